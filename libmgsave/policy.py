@@ -1,0 +1,156 @@
+"""The parsed policy: frozen dataclasses and enums, nothing else.
+
+The YAML file is read and validated by ``policyfile``; rules are applied to a guest by
+``matching``. Enum values are the spellings used in the YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+DEFAULT_POLICY_PATH = "/etc/mgsave/policy.yaml"
+DEFAULT_CONNECTIONS = ("qemu:///system",)
+
+
+class Autostart(enum.StrEnum):
+    ALWAYS = "always"  # start at boot; resume the saved state if there is one
+    IF_RUNNING = "if-running"  # start at boot only if it was running when the host went down
+    NEVER = "never"  # leave it off; its saved state is kept for a manual start
+
+
+class ShutdownStep(enum.StrEnum):
+    SAVE = "save"  # managed save (a file in mgsave's state directory for transient guests)
+    SHUTDOWN = "shutdown"  # ACPI/agent shutdown request, waiting shutdown_timeout
+    POWEROFF = "poweroff"  # hard stop (virDomainDestroy)
+
+
+class OnResumeFailure(enum.StrEnum):
+    BOOT_FRESH = "boot-fresh"  # keep the image for inspection, then cold-boot the guest
+    LEAVE_OFF = "leave-off"  # keep the image and leave the guest off
+
+
+class ReadyKind(enum.StrEnum):
+    NONE = "none"  # up as soon as libvirt says it runs
+    DELAY = "delay"  # up after a fixed number of seconds
+    AGENT = "agent"  # up when the QEMU guest agent answers a ping
+
+
+@dataclass(frozen=True)
+class Ready:
+    kind: ReadyKind = ReadyKind.NONE
+    seconds: float = 0.0  # DELAY: the delay; AGENT: how long to wait before giving up (warning)
+
+    def __str__(self) -> str:
+        if self.kind is ReadyKind.NONE:
+            return "none"
+        if self.kind is ReadyKind.DELAY:
+            return f"{self.seconds:g}s"
+        return f"agent (timeout {self.seconds:g}s)"
+
+
+@dataclass(frozen=True)
+class GuestSettings:
+    """Everything the policy decides for one guest. The defaults here are the built-in ones."""
+
+    autostart: Autostart = Autostart.IF_RUNNING
+    on_shutdown: tuple[ShutdownStep, ...] = (ShutdownStep.SAVE, ShutdownStep.SHUTDOWN, ShutdownStep.POWEROFF)
+    order: int = 0
+    priority: int = 0  # within one order group, higher priority is saved first under a deadline
+    after: tuple[str, ...] = ()  # guest names that must be up before this one starts
+    ready: Ready = Ready()
+    save_timeout: float = 600.0
+    shutdown_timeout: float = 120.0
+    bypass_cache: bool = False
+    sync_time: bool = False
+    on_resume_failure: OnResumeFailure = OnResumeFailure.BOOT_FRESH
+
+
+SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GuestSettings))
+BUILTIN_SETTINGS = GuestSettings()
+
+
+@dataclass(frozen=True)
+class MetadataMatch:
+    """Matches a guest carrying a libvirt <metadata> element in ``namespace``.
+
+    ``text`` (a glob) must then match the element's text content, when given.
+    """
+
+    namespace: str
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Match:
+    """A rule's selector. Each given field must match (AND); a list matches any of its items (OR).
+
+    An empty Match (no field given) matches every guest.
+    """
+
+    name: tuple[str, ...] = ()  # fnmatch globs, case-sensitive
+    uuid: tuple[str, ...] = ()  # exact, case-insensitive
+    title: tuple[str, ...] = ()  # globs on the libvirt <title>
+    connection: tuple[str, ...] = ()  # globs on the connection URI
+    metadata: tuple[MetadataMatch, ...] = ()
+
+
+def _frozen_mapping(value: Mapping[str, object] | None = None) -> Mapping[str, object]:
+    return MappingProxyType(dict(value or {}))
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One entry of ``guests:``. ``settings`` holds only the keys the admin wrote."""
+
+    index: int  # position in ``guests:``, 0-based
+    match: Match
+    settings: Mapping[str, object] = field(default_factory=_frozen_mapping)
+    line: int | None = None
+    comment: str | None = None  # the rule's optional ``name:`` for humans
+
+    @property
+    def label(self) -> str:
+        base = f"guests[{self.index}]"
+        return f"{base} ({self.comment})" if self.comment else base
+
+
+def default_parallelism() -> int:
+    """Concurrent saves/starts when the policy says ``auto``.
+
+    Saving is CPU-bound (QEMU serialising memory plus libvirt's I/O helper), so more
+    streams than about two per core only add contention; see docs/PERFORMANCE.md.
+    """
+    return max(2, 2 * (os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_parallel_saves: int = dataclasses.field(default_factory=default_parallelism)
+    max_parallel_starts: int = dataclasses.field(default_factory=default_parallelism)
+    shutdown_deadline: float = 900.0  # seconds for the whole shutdown pass
+    start_delay: float = 0.0  # seconds between two starts at boot
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: int = 1
+    source: str | None = None  # the file it came from; None for the built-in defaults
+    connections: tuple[str, ...] = DEFAULT_CONNECTIONS
+    defaults: Mapping[str, object] = field(default_factory=_frozen_mapping)  # only keys written
+    rules: tuple[Rule, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.source is None
+
+    def with_connections(self, connections: tuple[str, ...]) -> Policy:
+        return dataclasses.replace(self, connections=tuple(connections))
+
+
+BUILTIN_POLICY = Policy()
