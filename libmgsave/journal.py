@@ -1,0 +1,203 @@
+"""Logging: to the systemd journal with structured fields under systemd, plain stderr otherwise.
+
+Every module logs through ``logging.getLogger("mgsave")`` (or a child of it) and passes
+per-guest fields as ``extra=journal.guest_fields(guest, action=..., result=...)``. Under
+systemd those fields become journal fields, so ``journalctl -u mgsave MGSAVE_GUEST=db1``
+shows one guest's history; on a terminal (or a console at shutdown) they are left out and
+the line reads ``mgsave: message``.
+
+``systemd.journal`` (systemd-python) is imported only when the journal is actually used,
+and its absence is never an error: mgsave then logs to stderr, which systemd also forwards
+to the journal, with the priority carried in an ``<N>`` prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+LOGGER_NAME = "mgsave"
+SYSLOG_IDENTIFIER = "mgsave"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+
+# MESSAGE_IDs (random 128-bit ids, generated once, never to change) mark
+# the start and end of a pass, so that ``journalctl MESSAGE_ID=...`` lists every pass.
+PASS_START = "1dee8e0a38b3499e9f4a1adbf98d90c5"
+PASS_END = "3ebcae7711ee49e692ef5f51a7dd88b6"
+
+_FIELD_NAME = re.compile(r"^[A-Z0-9][A-Z0-9_]*$")  # journald drops anything else (and "_" leads are trusted)
+
+# logging level -> syslog priority, as journald and the sd-daemon "<N>" prefix want it.
+_PRIORITIES = (
+    (logging.CRITICAL, 2),
+    (logging.ERROR, 3),
+    (logging.WARNING, 4),
+    (logging.INFO, 6),
+)
+
+
+def syslog_priority(levelno: int) -> int:
+    for threshold, priority in _PRIORITIES:
+        if levelno >= threshold:
+            return priority
+    return 7  # debug
+
+
+def guest_fields(
+    guest: Any = None,
+    *,
+    action: object = None,
+    result: object = None,
+    seconds: float | None = None,
+    bytes_: int | None = None,
+) -> dict[str, object]:
+    """The structured fields for one guest's log line, for ``logger.info(msg, extra=...)``.
+
+    ``guest`` is a ``GuestInfo`` or anything with ``.name``, ``.uuid`` and ``.connection``.
+    Values that are None are left out; enums are given by their value.
+    """
+    fields: dict[str, object] = {}
+    if guest is not None:
+        fields["MGSAVE_GUEST"] = guest.name
+        fields["MGSAVE_UUID"] = guest.uuid
+        fields["MGSAVE_CONNECTION"] = guest.connection
+    if action is not None:
+        fields["MGSAVE_ACTION"] = str(action)
+    if result is not None:
+        fields["MGSAVE_RESULT"] = str(result)
+    if seconds is not None:
+        fields["MGSAVE_SECONDS"] = round(float(seconds), 3)
+    if bytes_ is not None:
+        fields["MGSAVE_BYTES"] = int(bytes_)
+    return fields
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, object]:
+    """The journal fields a record carries in its ``extra``: every attribute named like one."""
+    return {k: v for k, v in vars(record).items() if _FIELD_NAME.match(k) and v is not None}
+
+
+class StderrFormatter(logging.Formatter):
+    """``mgsave: message``, with the level named for warnings, errors and debug lines.
+
+    With ``priority_prefix`` (stderr is a journal stream) the line starts with ``<N>`` instead,
+    which journald turns into the entry's priority; the identifier comes from the unit then.
+    """
+
+    def __init__(self, priority_prefix: bool = False):
+        super().__init__()
+        self.priority_prefix = priority_prefix
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.priority_prefix:
+            prefix = f"<{syslog_priority(record.levelno)}>"
+            return "\n".join(prefix + line for line in text.splitlines() or [""])
+        level = "" if record.levelno == logging.INFO else record.levelname.lower() + ": "
+        return f"{SYSLOG_IDENTIFIER}: {level}{text}"
+
+
+Sender = Callable[..., None]
+
+
+class JournalHandler(logging.Handler):
+    """Sends each record to the journal natively, its ``MGSAVE_*``/``MESSAGE_ID`` extras as fields.
+
+    ``sender`` is ``systemd.journal.send`` (or a stand-in in tests): called with ``MESSAGE=``
+    and the other fields as keyword arguments.
+    """
+
+    def __init__(self, sender: Sender, identifier: str = SYSLOG_IDENTIFIER):
+        super().__init__()
+        self.sender = sender
+        self.identifier = identifier
+        self.setFormatter(logging.Formatter("%(message)s"))
+        # When journald is gone (late in shutdown) a line on stderr still beats silence.
+        self.fallback = logging.StreamHandler(sys.stderr)
+        self.fallback.setFormatter(StderrFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, object] = {
+                "PRIORITY": syslog_priority(record.levelno),
+                "SYSLOG_IDENTIFIER": self.identifier,
+                "LOGGER": record.name,
+                "CODE_FILE": record.pathname,
+                "CODE_LINE": record.lineno,
+                "CODE_FUNC": record.funcName,
+            }
+            fields.update(record_fields(record))
+            fields = {k: str(v) for k, v in fields.items()}
+            self.sender(MESSAGE=self.format(record), **fields)
+        except OSError:
+            self.fallback.handle(record)
+        except Exception:  # noqa: BLE001 - logging must never take the pass down
+            self.handleError(record)
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None, stream: Any = None) -> bool:
+    """True when stderr is the journal stream systemd connected us to (``JOURNAL_STREAM``)."""
+    environ = os.environ if environ is None else environ
+    stream = sys.stderr if stream is None else stream
+    value = environ.get("JOURNAL_STREAM", "")
+    try:
+        device, inode = (int(part) for part in value.split(":"))
+        stat = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (stat.st_dev, stat.st_ino) == (device, inode)
+
+
+def under_systemd(environ: Mapping[str, str] | None = None, socket_path: str = JOURNAL_SOCKET) -> bool:
+    """True when systemd started us and a journald listens: the journal is worth using."""
+    environ = os.environ if environ is None else environ
+    started_by_systemd = bool(environ.get("JOURNAL_STREAM") or environ.get("INVOCATION_ID"))
+    return started_by_systemd and os.path.exists(socket_path)
+
+
+def _journal_sender() -> Sender | None:
+    try:
+        from systemd import journal as systemd_journal  # lazy: only a service pays for it
+    except ImportError:
+        return None
+
+    def send(**fields: str) -> None:
+        message = fields.pop("MESSAGE")
+        systemd_journal.send(message, **fields)
+
+    return send
+
+
+_installed: list[logging.Handler] = []
+
+
+def setup_logging(debug: bool = False, *, use_journal: bool | None = None) -> None:
+    """Configure the ``mgsave`` logger once per process (calling again replaces the handler).
+
+    ``use_journal`` None means: the journal when running under systemd and systemd-python
+    imports, stderr otherwise. Debug lines are shown only with ``debug``.
+    """
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in _installed:
+        logger.removeHandler(handler)
+    _installed.clear()
+
+    handler: logging.Handler | None = None
+    if use_journal is None:
+        use_journal = under_systemd()
+    if use_journal:
+        sender = _journal_sender()
+        if sender is not None:
+            handler = JournalHandler(sender)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(StderrFormatter(priority_prefix=stderr_is_journal()))
+
+    logger.addHandler(handler)
+    _installed.append(handler)
+    logger.setLevel(logging.DEBUG if debug else logging.INFO)
+    logger.propagate = False
