@@ -1,0 +1,495 @@
+"""The ``mgsave`` command: argument parsing, the passes' outline, and the one error handler.
+
+Each subcommand is a short function: read the policy, look at the guests, build the plan,
+then print it or execute it and print the summary. Errors are mgsave's own exceptions,
+turned into a message and an exit code in ``main`` (a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from libmgsave import __version__
+from libmgsave.errors import ExitCode, HypervisorUnavailable, MgsaveError, PolicyError, Problem
+
+log = logging.getLogger("mgsave")
+
+# How long a pass keeps trying to reach a libvirt daemon that does not answer (yet): at boot
+# it may still be starting; at shutdown its socket may be restarting.
+PASS_CONNECT_RETRY = 60.0
+QUERY_CONNECT_RETRY = 0.0
+
+DESCRIPTION = """\
+Managed-save every running libvirt guest at host shutdown and bring the guests back at
+boot, resumed where they were, as the YAML policy says. The systemd unit mgsave.service
+runs 'mgsave boot' at boot and 'mgsave shutdown' at shutdown; run them by hand with
+--dry-run to see what they would do.
+"""
+
+EPILOG = """\
+commands:
+  check      validate the policy file (every problem, with file:line:column) and warn about
+             conflicts: libvirt autostart flags, libvirt-guests, libvirtd's own shutdown handling
+  plan       print the plan for the shutdown and/or boot pass, with each guest's effective
+             settings and the policy rule that set each value
+  status     every guest: state, saved image (size, age), effective autostart, last results
+  shutdown   save (or shut down, or power off, per the policy's fallback chain) every running guest
+  boot       start, resume or leave off every guest, per its autostart setting
+
+policy file: --policy FILE, else $MGSAVE_POLICY, else /etc/mgsave/policy.yaml; when that is
+missing the built-in defaults apply (save every running guest, resume it at boot).
+A broken policy stops 'check' (exit 2) but never a pass: 'shutdown' and 'boot' then log every
+problem and go on with the built-in defaults, so no guest is lost to a typo.
+
+exit codes: 0 every guest reached its intended state; 1 at least one did not; 2 bad policy or
+usage; 3 another pass holds the lock; 4 the hypervisor could not be reached.
+"""
+
+
+def _global_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("global options")
+    g.add_argument("--policy", metavar="FILE", default=argparse.SUPPRESS,
+                   help="policy file (default: $MGSAVE_POLICY, else /etc/mgsave/policy.yaml)")
+    g.add_argument("--connect", metavar="URI", action="append", default=argparse.SUPPRESS,
+                   help="libvirt URI to manage, instead of the policy's connections (repeatable)")
+    g.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
+                   help="where records, the lock and kept images live "
+                        "(default: $STATE_DIRECTORY, else /var/lib/mgsave)")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="machine-readable output on stdout; log lines stay on stderr")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="debug logging, and a traceback on internal errors")
+    g.add_argument("--insecure-policy", action="store_true", default=argparse.SUPPRESS,
+                   help="accept a policy file or directory writable by users other than root")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options()
+    parser = argparse.ArgumentParser(
+        prog="mgsave", description=DESCRIPTION, epilog=EPILOG, parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"mgsave {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_text, description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    add("check", "validate the policy and warn about conflicts",
+        "Validate the policy file and report every problem at once, each with file:line:column,\n"
+        "the key path and a hint (exit 2). Then, if the hypervisor answers, warn about guests whose\n"
+        "libvirt autostart flag fights the policy, about 'after' names that match no guest or form a\n"
+        "cycle, and about libvirt-guests or libvirtd's own shutdown handling being enabled.")
+    p = add("plan", "print what a pass would do",
+            "Print the plan that 'mgsave shutdown' or 'mgsave boot' would carry out now, computed the\n"
+            "same way: per guest the actions, the order, what it waits for, the estimated end of its\n"
+            "save under the deadline, and each effective setting with the rule that set it.")
+    p.add_argument("which", nargs="?", choices=["shutdown", "boot"], help="one pass only (default: both)")
+    add("status", "show every guest's state, saved image and last results",
+        "Show every guest: its state, whether it has a saved image (size, age), its effective\n"
+        "autostart, and what the last shutdown and boot passes did to it.")
+    for name, text in (
+        ("shutdown", "Save every running guest, running each guest's on_shutdown fallback chain\n"
+                     "(save -> shutdown -> poweroff by default), saves in parallel up to\n"
+                     "limits.max_parallel_saves, within limits.shutdown_deadline. Records which guests\n"
+                     "were running in the state directory before touching any."),
+        ("boot", "Start or resume guests per their autostart setting: 'always', 'if-running' (only\n"
+                 "those running at the last shutdown) or 'never'. Guests already running are left\n"
+                 "alone, so running it twice changes nothing."),
+    ):
+        p = add(name, f"run the {name} pass", text)
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the plan and the summary the real pass would give; change nothing")
+        p.add_argument("--wait", type=float, metavar="SECONDS", default=None,
+                       help="how long to wait for another pass to finish (default: the deadline for "
+                            "shutdown, 300 for boot)")
+        if name == "shutdown":
+            p.add_argument("--deadline", type=float, metavar="SECONDS", default=None,
+                           help="override limits.shutdown_deadline for this pass")
+    return parser
+
+
+class Context:
+    """What every command needs, derived once from the arguments and the environment."""
+
+    def __init__(self, args: argparse.Namespace, environ):
+        from libmgsave import policyfile, state
+
+        self.args = args
+        self.json = getattr(args, "json", False)
+        self.debug = getattr(args, "debug", False)
+        self.trust_insecure = getattr(args, "insecure_policy", False)
+        self.policy_path, self.policy_explicit = policyfile.policy_path_from(getattr(args, "policy", None), environ)
+        self.state_dir = state.state_dir_from(getattr(args, "state_dir", None), environ)
+        self.connect = tuple(getattr(args, "connect", None) or ())
+
+    def strict_policy(self):
+        """The policy for check/plan-style commands: a missing default file means defaults."""
+        from libmgsave import policyfile
+        from libmgsave.policy import BUILTIN_POLICY
+
+        if not self.policy_explicit and not os.path.lexists(self.policy_path):
+            log.info("no policy file at %s: using the built-in defaults", self.policy_path)
+            policy = BUILTIN_POLICY
+        else:
+            policy = policyfile.load_policy(self.policy_path, trust_insecure=self.trust_insecure)
+        return self._with_connections(policy)
+
+    def pass_policy(self) -> tuple:
+        """The policy for a pass: never raises; a broken file gives defaults plus problems."""
+        from libmgsave import policyfile
+
+        policy, problems = policyfile.load_policy_for_pass(
+            self.policy_path, explicit=self.policy_explicit, trust_insecure=self.trust_insecure
+        )
+        if policy.is_builtin and not problems:
+            log.info("no policy file at %s: using the built-in defaults", self.policy_path)
+        for problem in problems:
+            log.error("policy problem: %s", problem)
+        if problems:
+            log.error("the policy %s is unusable: carrying on with the built-in safe defaults "
+                      "(save every running guest; resume at boot those that were running)", self.policy_path)
+        return self._with_connections(policy), problems
+
+    def _with_connections(self, policy):
+        return policy.with_connections(self.connect) if self.connect else policy
+
+    def emit(self, data: dict, text: str) -> None:
+        if self.json:
+            json.dump(data, sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+        else:
+            print(text)
+        sys.stdout.flush()
+
+
+def _open_hosts(policy, retry_for: float) -> tuple[dict, list[str]]:
+    """Open every connection of the policy; returns the hosts that answered and a warning per
+    one that did not. Raises HypervisorUnavailable when none answered."""
+    from libmgsave.hypervisor import Host
+
+    hosts, warnings = {}, []
+    for uri in policy.connections:
+        try:
+            hosts[uri] = Host.open(uri, retry_for=retry_for)
+        except HypervisorUnavailable as error:
+            log.error("cannot reach %s: %s", uri, error.message)
+            warnings.append(f"could not reach {uri}: its guests were not handled ({error.message})")
+    if not hosts:
+        raise HypervisorUnavailable(
+            "no libvirt connection could be opened: " + ", ".join(policy.connections),
+            hint="is the libvirt daemon running? (systemctl status libvirtd)",
+        )
+    return hosts, warnings
+
+
+def _needs_details(policy) -> bool:
+    return any(rule.match.title or rule.match.metadata for rule in policy.rules)
+
+
+def _inventory(hosts: dict, policy) -> list:
+    details = _needs_details(policy)
+    guests = []
+    for host in hosts.values():
+        guests.extend(host.guests(with_details=details))
+    return guests
+
+
+def _problems_dict(problems: list[Problem]) -> list[dict]:
+    return [p.to_dict() for p in problems]
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def cmd_check(ctx: Context) -> int:
+    from libmgsave import conflicts
+    from libmgsave.plan import plan_boot, plan_shutdown
+
+    try:
+        policy = ctx.strict_policy()
+    except PolicyError as error:
+        if ctx.json:
+            ctx.emit({"ok": False, "policy": ctx.policy_path, "problems": _problems_dict(error.problems),
+                      "warnings": []}, "")
+        else:
+            for problem in error.problems:
+                print(problem, file=sys.stderr)
+            noun = "problem" if len(error.problems) == 1 else "problems"
+            print(f"{ctx.policy_path}: {len(error.problems)} {noun}; no change was made", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    warnings = conflicts.host_conflicts()
+    try:
+        hosts, unreachable = _open_hosts(policy, QUERY_CONNECT_RETRY)
+    except HypervisorUnavailable as error:
+        hosts, unreachable = {}, [f"could not look at the guests: {error.message}"]
+    warnings.extend(unreachable)
+    if hosts:
+        guests = _inventory(hosts, policy)
+        warnings.extend(conflicts.guest_conflicts(policy, guests))
+        seen = set()
+        for plan in (plan_shutdown(guests, policy, state_dir=ctx.state_dir), plan_boot(guests, policy, None)):
+            for warning in plan.warnings:
+                if warning not in seen and not warning.startswith("no usable shutdown record"):
+                    seen.add(warning)
+                    warnings.append(warning)
+    source = policy.source or f"built-in defaults (no file at {ctx.policy_path})"
+    text = [f"{source}: the policy is valid"] + [f"warning: {w}" for w in warnings]
+    ctx.emit({"ok": True, "policy": policy.source, "problems": [], "warnings": warnings}, "\n".join(text))
+    return ExitCode.OK
+
+
+def cmd_plan(ctx: Context) -> int:
+    from libmgsave import report
+
+    policy, problems = ctx.pass_policy()
+    hosts, warnings = _open_hosts(policy, QUERY_CONNECT_RETRY)
+    guests = _inventory(hosts, policy)
+    which = [ctx.args.which] if ctx.args.which else ["shutdown", "boot"]
+    plans = [_make_plan(kind, guests, policy, ctx) for kind in which]
+    data = {"policy_problems": _problems_dict(problems), "warnings": warnings,
+            "plans": [p.to_dict() for p in plans]}
+    text = "\n\n".join(report.render_plan(p) for p in plans)
+    if warnings:
+        text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
+    ctx.emit(data, text)
+    return ExitCode.OK
+
+
+def _make_plan(kind: str, guests, policy, ctx: Context, deadline: float | None = None):
+    from libmgsave import plan as planning
+    from libmgsave import state
+
+    if kind == "shutdown":
+        previous = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown", quiet=True)
+        throughput = previous.get("measured_throughput") if previous else None
+        return planning.plan_shutdown(guests, policy, state_dir=ctx.state_dir, throughput=throughput,
+                                      deadline=deadline, room=_room(policy, ctx.state_dir))
+    record = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown")
+    return planning.plan_boot(guests, policy, record)
+
+
+def _room(policy, state_dir: Path) -> dict:
+    from libmgsave.hypervisor import managed_save_dir
+    from libmgsave.plan import FILES_ROOM
+
+    def free(path: str | None) -> int | None:
+        while path and not os.path.isdir(path):
+            path = os.path.dirname(path) if path != "/" else None
+        if not path:
+            return None
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    room = {uri: free(managed_save_dir(uri)) for uri in policy.connections}
+    room[FILES_ROOM] = free(str(state_dir))
+    return room
+
+
+def _read_record(path: Path, kind: str, quiet: bool = False) -> dict | None:
+    from libmgsave import state
+
+    try:
+        return state.read_record(path, kind)
+    except state.RecordError as error:
+        if not quiet:
+            log.error("ignoring the %s record: %s", kind, error)
+        return None
+
+
+def cmd_status(ctx: Context) -> int:
+    from libmgsave import report, state
+    from libmgsave.hypervisor import managed_image_path
+    from libmgsave.matching import resolve
+
+    policy, problems = ctx.pass_policy()
+    hosts, warnings = _open_hosts(policy, QUERY_CONNECT_RETRY)
+    guests = _inventory(hosts, policy)
+    shutdown_record = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown") or {}
+    boot_record = _read_record(ctx.state_dir / state.BOOT_RECORD, "boot") or {}
+    rows = []
+    for guest in guests:
+        key = state.guest_record_key(*guest.key)
+        image = managed_image_path(guest.connection, guest.name) if guest.has_managed_save else None
+        image_stat = None
+        if image:
+            try:
+                image_stat = os.stat(image)
+            except OSError:
+                pass
+        rows.append({
+            "connection": guest.connection,
+            "name": guest.name,
+            "uuid": guest.uuid,
+            "state": str(guest.state),
+            "persistent": guest.persistent,
+            "saved_image": guest.has_managed_save,
+            "image_path": image,
+            "image_bytes": image_stat.st_size if image_stat else None,
+            "image_mtime": image_stat.st_mtime if image_stat else None,
+            "autostart": str(resolve(policy, guest).settings.autostart),
+            "libvirt_autostart": guest.libvirt_autostart,
+            "last_shutdown": shutdown_record.get("guests", {}).get(key, {}).get("outcome"),
+            "last_boot": boot_record.get("guests", {}).get(key, {}).get("outcome"),
+        })
+    data = {"policy": policy.source, "policy_problems": _problems_dict(problems), "warnings": warnings,
+            "state_dir": str(ctx.state_dir), "guests": rows}
+    text = report.render_status(rows)
+    if warnings:
+        text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
+    ctx.emit(data, text)
+    return ExitCode.OK
+
+
+def cmd_pass(ctx: Context) -> int:
+    """``mgsave shutdown`` and ``mgsave boot``: lock, plan, execute, record, summarise."""
+    from libmgsave import journal, lock, notify, report
+
+    kind = ctx.args.command
+    dry_run = ctx.args.dry_run
+    policy, problems = ctx.pass_policy()
+    deadline = getattr(ctx.args, "deadline", None) or policy.limits.shutdown_deadline
+    wait = ctx.args.wait if ctx.args.wait is not None else (deadline if kind == "shutdown" else 300.0)
+    started = time.time()
+    deadline_at = time.monotonic() + deadline
+    log.info("%s pass%s begins (mgsave %s)", kind, " (dry run)" if dry_run else "", __version__,
+             extra={"MESSAGE_ID": journal.PASS_START, "MGSAVE_PASS": kind})
+    notify.status(f"{kind} pass: starting")
+    holder = lock.pass_lock(ctx.state_dir, f"mgsave {kind}", wait=wait) if not dry_run else _no_lock()
+    with holder:
+        hosts, warnings = _open_hosts(policy, min(PASS_CONNECT_RETRY, deadline / 4))
+        warnings = [str(p) for p in problems] + warnings
+        from libmgsave.execute import Connections, PassResult
+
+        connections = Connections(hosts, give_up_at=deadline_at)
+        guests = _inventory(hosts, policy)
+        the_plan = _make_plan(kind, guests, policy, ctx,
+                              deadline=max(0.0, deadline_at - time.monotonic()) if kind == "shutdown" else None)
+        for warning in the_plan.warnings:
+            log.warning("%s", warning)
+        if not ctx.json:
+            print(report.render_plan(the_plan, settings=False))
+            sys.stdout.flush()
+        results = (_run_shutdown if kind == "shutdown" else _run_boot)(the_plan, connections, ctx, dry_run,
+                                                                      deadline_at)
+        result = PassResult(kind=the_plan.kind, dry_run=dry_run, started=started, finished=time.time(),
+                            results=results, warnings=warnings + list(the_plan.warnings))
+    failed = [r for r in result.results if not r.ok]
+    log.log(logging.ERROR if failed else logging.INFO,
+            "%s pass%s ends: %d guests, %d failed, %.1f s", kind, " (dry run)" if dry_run else "",
+            len(result.results), len(failed), result.finished - result.started,
+            extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": kind})
+    notify.status(f"{kind} pass: done, {len(result.results) - len(failed)}/{len(result.results)} guests ok")
+    ctx.emit(result.to_dict(), report.render_result(result))
+    unreachable = any(w.startswith("could not reach") for w in warnings)
+    return ExitCode.GUEST_FAILED if failed or unreachable else ExitCode.OK
+
+
+class _no_lock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _run_shutdown(the_plan, connections, ctx: Context, dry_run: bool, deadline_at: float) -> list:
+    from libmgsave import state
+    from libmgsave.execute import ShutdownPass
+
+    writer = None
+    if not dry_run:
+        writer = state.RecordWriter.begin(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown",
+                                          _shutdown_guest_entries(the_plan, ctx))
+    results = ShutdownPass(the_plan, connections, record=writer, deadline_at=deadline_at, dry_run=dry_run).run()
+    if writer:
+        writer.finish(measured_throughput=_throughput(results), ok=all(r.ok for r in results))
+    return results
+
+
+def _shutdown_guest_entries(the_plan, ctx: Context) -> dict:
+    """The record's guest list: every guest running now, plus every guest an earlier, unfinished
+    or repeated shutdown pass of this same host cycle already recorded (so a pass killed half-way
+    and run again still knows which guests were running)."""
+    from libmgsave import state
+
+    entries = {}
+    previous = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown")
+    boot = _read_record(ctx.state_dir / state.BOOT_RECORD, "boot", quiet=True)
+    if previous and (boot is None or boot.get("started", 0) < previous.get("started", 0)):
+        entries.update(previous["guests"])
+        log.info("continuing the shutdown record of %s (no boot since)",
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(previous.get("started", 0))))
+    for entry in the_plan.active:
+        g = entry.guest
+        entries[state.guest_record_key(*g.key)] = {
+            "connection": g.connection, "name": g.name, "uuid": g.uuid, "persistent": g.persistent,
+            "state": str(g.state), "memory_kib": g.memory_kib, "title": g.title, "metadata": dict(g.metadata),
+            "outcome": state.PENDING, "image": entry.image, "planned": [str(a) for a in entry.actions],
+        }
+    return entries
+
+
+def _throughput(results) -> float | None:
+    """Aggregate bytes/s of this pass's saves, for the next pass's estimates."""
+    saves = [s for r in results for s in r.steps if s.ok and s.bytes and str(s.action).startswith("save")]
+    if not saves:
+        return None
+    span = max(s.finished for s in saves) - min(s.started for s in saves)
+    return sum(s.bytes for s in saves) / span if span > 0 else None
+
+
+def _run_boot(the_plan, connections, ctx: Context, dry_run: bool, _deadline_at: float) -> list:
+    from libmgsave import state
+    from libmgsave.execute import BootPass
+
+    started = time.time()
+    results = BootPass(the_plan, connections, state_dir=ctx.state_dir, dry_run=dry_run).run()
+    if not dry_run:
+        state.write_json_atomic(ctx.state_dir / state.BOOT_RECORD, {
+            "format": state.RECORD_FORMAT, "kind": "boot", "version": state.RECORD_VERSION,
+            "mgsave_version": __version__, "started": started,
+            "finished": time.time(),
+            "guests": {state.guest_record_key(*r.plan.key): {
+                "connection": r.plan.guest.connection, "name": r.plan.guest.name, "uuid": r.plan.guest.uuid,
+                "outcome": r.outcome, "ok": r.ok, "messages": r.messages} for r in results},
+        })
+    return results
+
+
+COMMANDS = {"check": cmd_check, "plan": cmd_plan, "status": cmd_status, "shutdown": cmd_pass, "boot": cmd_pass}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from libmgsave import journal
+
+    journal.setup_logging(debug=getattr(args, "debug", False))
+    try:
+        ctx = Context(args, os.environ)
+        return int(COMMANDS[args.command](ctx))
+    except MgsaveError as error:
+        log.error("%s", error.message)
+        if error.hint:
+            log.error("hint: %s", error.hint)
+        return int(error.exit_code)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except Exception:
+        if getattr(args, "debug", False):
+            raise
+        log.exception("internal error (please report it; --debug shows more)")
+        return int(ExitCode.INTERNAL)

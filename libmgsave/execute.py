@@ -1,0 +1,674 @@
+"""Carrying out a plan: the shutdown and boot passes.
+
+Guests run in order groups (ascending at boot, descending at shutdown); inside a group they
+run in parallel, a guest waiting only for the guests named in its plan's ``wait_for``. Saves
+and starts take a slot from a bounded, first-come pool, so the plan's priority order is the
+order in which they begin. One guest's failure is recorded in its result and never stops the
+others. With ``dry_run`` nothing is executed: each guest's result just repeats its plan.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from libmgsave import journal, notify, state
+from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationTimeout
+from libmgsave.hypervisor import Guest, Host, managed_image_path
+from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan, PassKind, Plan
+from libmgsave.policy import OnResumeFailure, ReadyKind
+
+log = logging.getLogger("mgsave")
+
+PROGRESS_EVERY = 3.0  # seconds between progress lines for a running save
+STALL_LIMIT = 60.0  # a save with no progress for this long, past the deadline, is aborted
+SHUTDOWN_POLL = 0.5
+
+_OUTCOME_OF_STEP = {
+    Action.SAVE: state.SAVED,
+    Action.SAVE_TO_FILE: state.SAVED_TO_FILE,
+    Action.SHUTDOWN: state.SHUT_DOWN,
+    Action.POWEROFF: state.POWERED_OFF,
+}
+
+
+@dataclass
+class StepResult:
+    action: Action
+    ok: bool
+    started: float
+    finished: float
+    bytes: int | None = None
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+    def to_dict(self) -> dict:
+        return {
+            "action": str(self.action),
+            "ok": self.ok,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": round(self.seconds, 3),
+            "bytes": self.bytes,
+            "error": self.error,
+        }
+
+
+@dataclass
+class GuestResult:
+    plan: GuestPlan
+    outcome: str  # shutdown: a state.* outcome; boot: resumed/restored/started/booted-fresh/left-off/skipped/failed
+    ok: bool  # the guest reached the state the policy intends
+    steps: list[StepResult] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished - self.started) if self.started and self.finished else 0.0
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes or 0 for s in self.steps if s.ok)
+
+    @property
+    def action(self) -> str:
+        """The step that settled the guest (the last one tried), or the plan's action."""
+        return str(self.steps[-1].action) if self.steps else str(self.plan.actions[0])
+
+    def to_dict(self) -> dict:
+        guest = self.plan.guest
+        return {
+            "connection": guest.connection,
+            "name": guest.name,
+            "uuid": guest.uuid,
+            "action": self.action,
+            "outcome": self.outcome,
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "bytes": self.bytes,
+            "steps": [s.to_dict() for s in self.steps],
+            "messages": self.messages,
+            "started": self.started,
+            "finished": self.finished,
+        }
+
+
+@dataclass
+class PassResult:
+    kind: PassKind
+    dry_run: bool
+    started: float
+    finished: float
+    results: list[GuestResult]
+    warnings: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def to_dict(self) -> dict:
+        return {
+            "pass": str(self.kind),
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": round(self.finished - self.started, 3),
+            "warnings": self.warnings,
+            "guests": [r.to_dict() for r in self.results],
+        }
+
+
+class Slots:
+    """At most ``size`` holders at once, admitted strictly in the order they asked."""
+
+    def __init__(self, size: int):
+        self._free = max(1, size)
+        self._queue: collections.deque[object] = collections.deque()
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def held(self):
+        ticket = object()
+        with self._cond:
+            self._queue.append(ticket)
+            self._cond.wait_for(lambda: self._free > 0 and self._queue[0] is ticket)
+            self._queue.popleft()
+            self._free -= 1
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += 1
+                self._cond.notify_all()
+
+
+class Connections:
+    """The open hosts of a pass, reconnected (once at a time) when a daemon went away."""
+
+    def __init__(self, hosts: dict[str, Host], give_up_at: float):
+        self._hosts = hosts
+        self._give_up_at = give_up_at
+        self._locks = {uri: threading.Lock() for uri in hosts}
+
+    def host(self, uri: str) -> Host:
+        return self._hosts[uri]
+
+    def guest(self, uri: str, uuid: str) -> Guest:
+        return self._hosts[uri].guest(uuid)
+
+    def recover(self, uri: str) -> None:
+        """Reconnect to ``uri`` unless another thread already did; raises HypervisorUnavailable."""
+        host = self._hosts[uri]
+        with self._locks[uri]:
+            if host.is_alive():
+                return
+            remaining = max(0.0, self._give_up_at - time.monotonic())
+            log.warning("lost the connection to %s; reconnecting (for up to %.0f s)", uri, remaining)
+            host.reconnect(retry_for=remaining)
+            log.info("reconnected to %s", uri)
+
+
+class _Progress:
+    """Watches running saves: logs progress, keeps systemd informed, aborts hung saves."""
+
+    def __init__(self, total: int, deadline_at: float):
+        self.total = total
+        self.done = 0
+        self.deadline_at = deadline_at
+        self._running: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mgsave-progress", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def begin(self, guest: Guest, plan: GuestPlan, timeout: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._running[guest.uuid] = {
+                "guest": guest,
+                "plan": plan,
+                "started": now,
+                "timeout_at": now + timeout,
+                "last_bytes": -1,
+                "last_change": now,
+                "last_seen": None,
+                "aborted": None,
+            }
+        self._status()
+
+    def end(self, guest: Guest) -> tuple[int | None, str | None]:
+        """Stop watching; returns (bytes seen, why it was aborted or None)."""
+        with self._lock:
+            entry = self._running.pop(guest.uuid, None)
+            self.done += 1
+        self._status()
+        if entry is None:
+            return None, None
+        return entry["last_seen"], entry["aborted"]
+
+    def _status(self, detail: str = "") -> None:
+        with self._lock:
+            names = ", ".join(e["guest"].name for e in self._running.values())
+        text = f"saving {self.done}/{self.total}"
+        if names:
+            text += f": {detail or names}"
+        notify.status(text)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(PROGRESS_EVERY):
+            with self._lock:
+                entries = list(self._running.values())
+            moving = False
+            parts = []
+            for entry in entries:
+                moving |= self._check(entry, parts)
+            if parts:
+                self._status(", ".join(parts))
+            if moving:
+                # A save that makes progress is never killed by systemd's stop timeout.
+                notify.extend_timeout(PROGRESS_EVERY * 4 + 30)
+
+    def _check(self, entry: dict, parts: list[str]) -> bool:
+        guest: Guest = entry["guest"]
+        now = time.monotonic()
+        try:
+            progress = guest.job_progress()
+        except HypervisorError:
+            progress = None
+        moving = False
+        if progress is not None:
+            if progress.processed > entry["last_bytes"]:
+                entry["last_bytes"] = progress.processed
+                entry["last_change"] = now
+                moving = True
+            entry["last_seen"] = progress.processed
+            fraction = progress.fraction
+            percent = f"{fraction * 100:.0f}%" if fraction is not None else "?"
+            parts.append(f"{guest.name} {percent}")
+            log.info(
+                "%s: saving %s (%s of %s)",
+                guest.name,
+                percent,
+                _mb(progress.processed),
+                _mb(progress.total) if progress.total else "?",
+                extra=journal.guest_fields(entry["plan"].guest, action="save", result="progress",
+                                           seconds=now - entry["started"], bytes_=progress.processed),
+            )
+        reason = None
+        if now > entry["timeout_at"]:
+            reason = "save_timeout reached"
+        elif now > self.deadline_at and now - entry["last_change"] > STALL_LIMIT:
+            reason = f"past the shutdown deadline with no progress for {STALL_LIMIT:.0f} s"
+        if reason and entry["aborted"] is None:
+            entry["aborted"] = reason
+            log.warning("%s: aborting the save: %s", guest.name, reason,
+                        extra=journal.guest_fields(entry["plan"].guest, action="save", result="abort"))
+            try:
+                guest.abort_job()
+            except HypervisorError as error:
+                log.warning("%s: could not abort the save: %s", guest.name, error.message)
+        return moving
+
+
+def _mb(n: float | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.0f} MB"
+
+
+def _group_by_order(entries: tuple[GuestPlan, ...]) -> list[list[GuestPlan]]:
+    groups: list[list[GuestPlan]] = []
+    for entry in entries:
+        if groups and groups[-1][0].order == entry.order:
+            groups[-1].append(entry)
+        else:
+            groups.append([entry])
+    return groups
+
+
+def _run_groups(plan: Plan, work, max_workers: int) -> list[GuestResult]:
+    """Run ``work(entry, dependency_results)`` for every active entry, honouring order and wait_for."""
+    results: dict[tuple[str, str], GuestResult] = {}
+    for group in _group_by_order(plan.active):
+        done_events = {e.key: threading.Event() for e in group}
+
+        def task(entry: GuestPlan):
+            try:
+                for key in entry.wait_for:
+                    if key in done_events:
+                        done_events[key].wait()
+                results[entry.key] = work(entry, {k: results.get(k) for k in entry.wait_for})
+            except Exception as error:  # a bug must not take the other guests down with it
+                log.exception("%s: internal error", entry.guest.name)
+                results[entry.key] = GuestResult(entry, state.FAILED, False, messages=[f"internal error: {error!r}"])
+            finally:
+                done_events[entry.key].set()
+
+        # Every guest of a group gets a thread (waiting on its dependencies costs nothing);
+        # the expensive part, a save or a start, is bounded by Slots.
+        with ThreadPoolExecutor(max_workers=min(len(group), max_workers), thread_name_prefix="mgsave") as pool:
+            list(pool.map(task, group))
+    return [results[e.key] for e in plan.active]
+
+
+def _skipped(plan: Plan) -> list[GuestResult]:
+    return [GuestResult(e, "skipped", True, messages=[e.reason]) for e in plan.entries if e.skipped]
+
+
+def _log_step(entry: GuestPlan, step: StepResult, extra_text: str = "") -> None:
+    name = entry.guest.name
+    fields = journal.guest_fields(entry.guest, action=step.action, result="ok" if step.ok else "failed",
+                                  seconds=step.seconds, bytes_=step.bytes)
+    if step.ok:
+        size = f", {_mb(step.bytes)}" if step.bytes else ""
+        log.info("%s: %s ok in %.1f s%s%s", name, step.action, step.seconds, size, extra_text, extra=fields)
+    else:
+        log.warning("%s: %s failed after %.1f s: %s", name, step.action, step.seconds, step.error, extra=fields)
+
+
+# --- shutdown -------------------------------------------------------------------------------
+
+
+class ShutdownPass:
+    def __init__(self, plan: Plan, connections: Connections, *, record: state.RecordWriter | None,
+                 deadline_at: float, dry_run: bool = False):
+        self.plan = plan
+        self.connections = connections
+        self.record = record
+        self.deadline_at = deadline_at  # monotonic
+        self.dry_run = dry_run
+        self.save_slots = Slots(plan.limits.max_parallel_saves)
+        self.progress: _Progress | None = None
+
+    def run(self) -> list[GuestResult]:
+        if self.dry_run:
+            return [GuestResult(e, "planned", True, messages=[e.reason, *e.notes]) for e in self.plan.active] + _skipped(self.plan)
+        with _Progress(sum(1 for e in self.plan.active if e.actions[0] in (Action.SAVE, Action.SAVE_TO_FILE)),
+                       self.deadline_at) as self.progress:
+            results = _run_groups(self.plan, lambda entry, _deps: self._guest(entry), max_workers=256)
+        return results + _skipped(self.plan)
+
+    def _past_deadline(self) -> bool:
+        return time.monotonic() >= self.deadline_at - DEADLINE_RESERVE
+
+    def _guest(self, entry: GuestPlan) -> GuestResult:
+        result = GuestResult(entry, state.FAILED, False, started=time.time())
+        result.messages.extend(entry.notes)
+        chain = list(entry.actions)
+        key = state.guest_record_key(*entry.key)
+        for index, action in enumerate(chain):
+            last = index == len(chain) - 1
+            if self._past_deadline() and not last:
+                result.messages.append(f"deadline reached: {action} skipped")
+                log.warning("%s: shutdown deadline reached, skipping %s", entry.guest.name, action,
+                            extra=journal.guest_fields(entry.guest, action=action, result="skipped"))
+                continue
+            step = self._step(entry, action)
+            if step is None:  # the guest is already off or gone: someone else stopped it
+                result.outcome, result.ok = state.VANISHED, True
+                result.messages.append("the guest was stopped or undefined by someone else during the pass")
+                log.warning("%s: stopped or undefined by someone else during the pass", entry.guest.name,
+                            extra=journal.guest_fields(entry.guest, result=state.VANISHED))
+                break
+            result.steps.append(step)
+            _log_step(entry, step)
+            if step.ok:
+                result.outcome, result.ok = _OUTCOME_OF_STEP[action], True
+                break
+        result.finished = time.time()
+        if not result.ok and result.outcome == state.FAILED:
+            log.error("%s: every step failed; the guest may still be running", entry.guest.name,
+                      extra=journal.guest_fields(entry.guest, result=state.FAILED))
+        if self.record:
+            self.record.update_guest(
+                key, outcome=result.outcome, steps=[s.to_dict() for s in result.steps],
+                finished=result.finished, bytes=result.bytes,
+            )
+        return result
+
+    def _step(self, entry: GuestPlan, action: Action) -> StepResult | None:
+        """Run one step, reconnecting once if the daemon went away. None: the guest is gone/off."""
+        for attempt in (1, 2):
+            started = time.time()
+            try:
+                guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
+                if not guest.is_active():
+                    return None
+                size = self._do(guest, entry, action)
+                return StepResult(action, True, started, time.time(), bytes=size)
+            except GuestGone:
+                return None
+            except HypervisorUnavailable as error:
+                if attempt == 2:
+                    return StepResult(action, False, started, time.time(), error=error.message)
+                try:
+                    self.connections.recover(entry.guest.connection)
+                except HypervisorUnavailable as again:
+                    return StepResult(action, False, started, time.time(), error=again.message)
+                # The step may have completed before the connection dropped.
+                if action in (Action.SAVE, Action.SAVE_TO_FILE):
+                    with contextlib.suppress(HypervisorError):
+                        guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
+                        if not guest.is_active() and (action is Action.SAVE_TO_FILE or guest.has_saved_state()):
+                            return StepResult(action, True, started, time.time())
+            except HypervisorError as error:
+                return StepResult(action, False, started, time.time(), error=error.message)
+        raise AssertionError("unreachable")
+
+    def _do(self, guest: Guest, entry: GuestPlan, action: Action) -> int | None:
+        settings = entry.effective.settings
+        resume_running = entry.guest.state.value == "running"
+        if action in (Action.SAVE, Action.SAVE_TO_FILE):
+            with self.save_slots.held():
+                if self._past_deadline():
+                    raise OperationTimeout("the shutdown deadline came while the save waited for a slot")
+                timeout = settings.save_timeout
+                log.info("%s: saving (%s of memory)", entry.guest.name, _mb(entry.guest.memory_bytes),
+                         extra=journal.guest_fields(entry.guest, action=action, result="begin"))
+                self.progress.begin(guest, entry, timeout)
+                aborted = None
+                try:
+                    if action is Action.SAVE:
+                        guest.save_memory_state(bypass_cache=settings.bypass_cache, resume_running=resume_running)
+                        path = managed_image_path(entry.guest.connection, entry.guest.name)
+                    else:
+                        path = entry.image
+                        Path(path).parent.mkdir(parents=True, exist_ok=True)
+                        guest.save_to_file(path, bypass_cache=settings.bypass_cache, resume_running=resume_running)
+                except HypervisorError:
+                    if action is Action.SAVE_TO_FILE:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.image)  # never leave a partial file to be "restored"
+                    raise
+                finally:
+                    seen, aborted = self.progress.end(guest)
+                if aborted:
+                    log.info("%s: %s", entry.guest.name, aborted)
+                return _file_size(path) or seen
+        if action is Action.SHUTDOWN:
+            guest.request_shutdown()
+            wait_until = min(time.monotonic() + settings.shutdown_timeout, self.deadline_at - DEADLINE_RESERVE)
+            while time.monotonic() < wait_until:
+                if not guest.is_active():
+                    return None
+                time.sleep(SHUTDOWN_POLL)
+            if not guest.is_active():
+                return None
+            raise OperationTimeout(f"still running {settings.shutdown_timeout:g} s after the shutdown request")
+        if action is Action.POWEROFF:
+            guest.power_off()
+            return None
+        raise ValueError(f"not a shutdown step: {action}")
+
+
+def _file_size(path: str | None) -> int | None:
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+# --- boot -----------------------------------------------------------------------------------
+
+
+class BootPass:
+    def __init__(self, plan: Plan, connections: Connections, *, state_dir: Path, dry_run: bool = False):
+        self.plan = plan
+        self.connections = connections
+        self.state_dir = state_dir
+        self.dry_run = dry_run
+        self.start_slots = Slots(plan.limits.max_parallel_starts)
+        self._last_start = 0.0
+        self._delay_lock = threading.Lock()
+        self._started_count = 0
+        self._count_lock = threading.Lock()
+
+    def run(self) -> list[GuestResult]:
+        if self.dry_run:
+            return [GuestResult(e, "planned", True, messages=[e.reason, *e.notes]) for e in self.plan.active] + _skipped(self.plan)
+        return _run_groups(self.plan, self._guest, max_workers=256) + _skipped(self.plan)
+
+    def _guest(self, entry: GuestPlan, deps: dict) -> GuestResult:
+        result = GuestResult(entry, "failed", False, started=time.time())
+        for key, dep in deps.items():
+            if dep is not None and not dep.ok:
+                result.messages.append(f"starts although {dep.plan.guest.name}, which it is after, failed")
+        action = entry.actions[0]
+        step_started = time.time()
+        try:
+            with self.start_slots.held():
+                self._respect_start_delay()
+                outcome = self._start(entry, action, result)
+        except HypervisorError as error:
+            step = StepResult(action, False, step_started, time.time(), error=error.message)
+            result.steps.append(step)
+            _log_step(entry, step)
+            result.finished = time.time()
+            return result
+        with self._count_lock:
+            self._started_count += 1
+            notify.status(f"starting {self._started_count}/{len(self.plan.active)}: {entry.guest.name}")
+        result.outcome = outcome
+        result.ok = outcome in ("resumed", "restored", "started")
+        if outcome in ("resumed", "restored", "started", "booted-fresh"):
+            self._after_start(entry, result)
+        result.finished = time.time()
+        return result
+
+    def _respect_start_delay(self) -> None:
+        delay = self.plan.limits.start_delay
+        if delay <= 0:
+            return
+        with self._delay_lock:
+            wait = self._last_start + delay - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            self._last_start = time.monotonic()
+
+    def _start(self, entry: GuestPlan, action: Action, result: GuestResult) -> str:
+        settings = entry.effective.settings
+        started = time.time()
+        if action is Action.RESTORE:
+            return self._restore_transient(entry, result)
+        guest = self._guest_handle(entry)
+        if guest.is_active():
+            result.messages.append("already running (started by someone else)")
+            return "skipped"
+        try:
+            guest.start(bypass_cache=settings.bypass_cache)
+        except HypervisorError as error:
+            if action is not Action.RESUME or not guest.has_saved_state():
+                raise  # recorded by the caller
+            step = StepResult(action, False, started, time.time(), error=error.message)
+            result.steps.append(step)
+            _log_step(entry, step)
+            return self._resume_failed(entry, guest, result, error)
+        restored = guest.was_restored()
+        step = StepResult(action, True, started, time.time())
+        result.steps.append(step)
+        if action is Action.RESUME and not restored:
+            result.messages.append("libvirt booted it fresh: the saved image was not used")
+            _log_step(entry, step, " (booted fresh, not restored)")
+            return "booted-fresh"
+        _log_step(entry, step)
+        return "resumed" if action is Action.RESUME else "started"
+
+    def _guest_handle(self, entry: GuestPlan) -> Guest:
+        try:
+            return self.connections.guest(entry.guest.connection, entry.guest.uuid)
+        except HypervisorUnavailable:
+            self.connections.recover(entry.guest.connection)
+            return self.connections.guest(entry.guest.connection, entry.guest.uuid)
+
+    def _resume_failed(self, entry: GuestPlan, guest: Guest, result: GuestResult, error: HypervisorError) -> str:
+        kept = self._keep_failed_image(entry)
+        where = f"kept at {kept}" if kept else "left in place"
+        log.error("%s: resuming failed (%s); the saved image is %s", entry.guest.name, error.message, where,
+                  extra=journal.guest_fields(entry.guest, action="resume", result="failed"))
+        result.messages.append(f"resume failed: {error.message}; image {where}")
+        if kept is None or entry.effective.settings.on_resume_failure is OnResumeFailure.LEAVE_OFF:
+            if kept is None:
+                result.messages.append("left off: the image could not be set aside, so it is not discarded")
+            return "left-off"
+        started = time.time()
+        guest.discard_saved_state()
+        guest.start(bypass_cache=entry.effective.settings.bypass_cache, force_boot=True)
+        step = StepResult(Action.START, True, started, time.time())
+        result.steps.append(step)
+        _log_step(entry, step, " (booted fresh after the failed resume)")
+        return "booted-fresh"
+
+    def _keep_failed_image(self, entry: GuestPlan) -> str | None:
+        """Move the image that failed to resume into failed-images/; None when that is impossible."""
+        source = managed_image_path(entry.guest.connection, entry.guest.name)
+        if source is None or not os.path.exists(source):
+            return None
+        target_dir = self.state_dir / "failed-images"
+        target_dir.mkdir(parents=True, exist_ok=True)
+        target = target_dir / f"{entry.guest.name}-{time.strftime('%Y%m%d-%H%M%S')}.save"
+        try:
+            os.link(source, target)  # instant on the same filesystem; the data outlives libvirt's unlink
+        except OSError:
+            try:
+                shutil.copy2(source, target)
+            except OSError as error:
+                log.error("%s: could not keep the image: %s", entry.guest.name, error)
+                with contextlib.suppress(OSError):
+                    target.unlink()
+                return None
+        return str(target)
+
+    def _restore_transient(self, entry: GuestPlan, result: GuestResult) -> str:
+        host = self.connections.host(entry.guest.connection)
+        started = time.time()
+        try:
+            host.restore_from_file(entry.image, bypass_cache=entry.effective.settings.bypass_cache)
+        except HypervisorError as error:
+            step = StepResult(Action.RESTORE, False, started, time.time(), error=error.message)
+            result.steps.append(step)
+            _log_step(entry, step)
+            kept = self.state_dir / "failed-images" / Path(entry.image).name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):
+                os.replace(entry.image, kept)
+            result.messages.append(f"restore failed; a transient guest cannot boot fresh; image kept at {kept}")
+            return "left-off"
+        step = StepResult(Action.RESTORE, True, started, time.time(), bytes=_file_size(entry.image))
+        result.steps.append(step)
+        _log_step(entry, step)
+        # A save file restored once is stale the moment the guest runs on: never restore it twice.
+        with contextlib.suppress(OSError):
+            os.unlink(entry.image)
+        return "restored"
+
+    def _after_start(self, entry: GuestPlan, result: GuestResult) -> None:
+        settings = entry.effective.settings
+        try:
+            guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
+        except HypervisorError as error:
+            result.messages.append(f"could not look at it after starting: {error.message}")
+            return
+        if settings.sync_time and result.outcome in ("resumed", "restored"):
+            try:
+                guest.sync_clock()
+            except HypervisorError as error:
+                result.messages.append(f"clock not synced (needs the guest agent): {error.message}")
+                log.warning("%s: clock not synced: %s", entry.guest.name, error.message,
+                            extra=journal.guest_fields(entry.guest, action="sync_time", result="failed"))
+        ready = settings.ready
+        if ready.kind is ReadyKind.DELAY:
+            time.sleep(ready.seconds)
+        elif ready.kind is ReadyKind.AGENT:
+            give_up_at = time.monotonic() + ready.seconds
+            while not guest.agent_responds(timeout=2):
+                if time.monotonic() >= give_up_at:
+                    result.messages.append(
+                        f"not ready: the guest agent did not answer within {ready.seconds:g} s; dependents start anyway"
+                    )
+                    log.warning("%s: guest agent did not answer within %g s; dependents start anyway",
+                                entry.guest.name, ready.seconds,
+                                extra=journal.guest_fields(entry.guest, action="ready", result="timeout"))
+                    break
+                time.sleep(1)

@@ -1,0 +1,345 @@
+"""The one thin wrapper around libvirt.
+
+Every libvirt call mgsave makes goes through ``Host`` or ``Guest`` here, and every
+``libvirt.libvirtError`` is turned into one of mgsave's own errors by ``translate_error``,
+the only place that looks at libvirt's error codes. Method names say what they mean for a
+guest (``save_memory_state``), not which libvirt call they make (``managedSave``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import libvirt
+
+from libmgsave.errors import (
+    GuestGone,
+    HypervisorError,
+    HypervisorUnavailable,
+    OperationRefused,
+    OperationTimeout,
+)
+from libmgsave.inventory import GuestInfo, GuestState
+
+log = logging.getLogger("mgsave")
+
+_STATES = {
+    libvirt.VIR_DOMAIN_NOSTATE: GuestState.NOSTATE,
+    libvirt.VIR_DOMAIN_RUNNING: GuestState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: GuestState.BLOCKED,
+    libvirt.VIR_DOMAIN_PAUSED: GuestState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: GuestState.SHUTDOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: GuestState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: GuestState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: GuestState.PMSUSPENDED,
+}
+
+# Codes that mean "the daemon is not there (any more)": worth reconnecting and retrying.
+# A system error is only a lost connection when the RPC layer reports it: the same code also
+# carries I/O failures of the operation itself (ENOSPC while saving), which are refusals.
+_UNAVAILABLE_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC}
+_UNAVAILABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
+_GONE_CODES = {libvirt.VIR_ERR_NO_DOMAIN}
+_TIMEOUT_CODES = {libvirt.VIR_ERR_OPERATION_ABORTED, libvirt.VIR_ERR_OPERATION_TIMEOUT}
+
+
+def _silence_default_error_printing() -> None:
+    # libvirt prints every error to stderr by default; we report them ourselves, once.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+_silence_default_error_printing()
+
+
+def translate_error(error: libvirt.libvirtError, doing: str) -> HypervisorError:
+    """Map a libvirtError to mgsave's error for it; ``doing`` says what we were attempting."""
+    code = error.get_error_code()
+    message = f"{doing}: {error.get_error_message() or error}"
+    if code in _GONE_CODES:
+        return GuestGone(message, code=code)
+    if code in _UNAVAILABLE_CODES or error.get_error_domain() in _UNAVAILABLE_DOMAINS:
+        return HypervisorUnavailable(
+            message, hint="is the libvirt daemon running? (systemctl status libvirtd)", code=code
+        )
+    if code in _TIMEOUT_CODES:
+        return OperationTimeout(message, code=code)
+    return OperationRefused(message, code=code)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    processed: int  # bytes
+    total: int  # bytes; 0 when libvirt does not know yet
+
+    @property
+    def fraction(self) -> float | None:
+        return self.processed / self.total if self.total else None
+
+
+class Host:
+    """One libvirt connection."""
+
+    def __init__(self, uri: str, conn: libvirt.virConnect):
+        self.uri = uri
+        self._conn = conn
+
+    @classmethod
+    def open(cls, uri: str, *, retry_for: float = 0.0, retry_every: float = 1.0) -> Host:
+        """Connect to ``uri``, retrying for ``retry_for`` seconds while the daemon is unavailable.
+
+        Raises HypervisorUnavailable when it never answers, HypervisorError for other refusals.
+        """
+        give_up_at = time.monotonic() + retry_for
+        while True:
+            try:
+                return cls(uri, libvirt.open(uri))
+            except libvirt.libvirtError as error:
+                translated = translate_error(error, f"connecting to {uri}")
+                # libvirt.open reports a missing daemon socket as a generic failure; treat any
+                # failure to connect as "unavailable" so the caller can retry.
+                if not isinstance(translated, HypervisorUnavailable):
+                    translated = HypervisorUnavailable(
+                        translated.message, hint="is the libvirt daemon running?", code=translated.code
+                    )
+                if time.monotonic() + retry_every > give_up_at:
+                    raise translated from None
+                log.warning("%s; retrying", translated.message)
+                time.sleep(retry_every)
+
+    def reconnect(self, *, retry_for: float = 0.0) -> None:
+        """Replace a dead connection by a new one to the same URI."""
+        fresh = Host.open(self.uri, retry_for=retry_for)
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass
+        self._conn = fresh._conn
+
+    def is_alive(self) -> bool:
+        try:
+            return bool(self._conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def guests(self, *, with_details: bool = True) -> list[GuestInfo]:
+        """Snapshot every guest on this connection, sorted by name.
+
+        ``with_details`` reads title and metadata from each guest's XML (only needed when a
+        rule matches on them). A guest that vanishes while we look is left out.
+        """
+        try:
+            domains = self._conn.listAllDomains(0)
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"listing guests on {self.uri}") from None
+        snapshots = []
+        for domain in domains:
+            try:
+                snapshots.append(Guest(self, domain).info(with_details=with_details))
+            except GuestGone:
+                continue
+        snapshots.sort(key=lambda g: g.name)
+        return snapshots
+
+    def guest(self, uuid: str) -> Guest:
+        """The guest with this UUID; raises GuestGone when it is not defined (any more)."""
+        try:
+            return Guest(self, self._conn.lookupByUUIDString(uuid))
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"looking up guest {uuid} on {self.uri}") from None
+
+    def restore_from_file(self, path: str, *, bypass_cache: bool = False) -> None:
+        """Recreate a (transient) guest from a file written by ``Guest.save_to_file``."""
+        flags = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE if bypass_cache else 0
+        try:
+            self._conn.restoreFlags(path, None, flags)
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"restoring {path}") from None
+
+    def hostname(self) -> str:
+        try:
+            return self._conn.getHostname()
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"asking {self.uri} for its hostname") from None
+
+
+class Guest:
+    """One libvirt domain, seen through intent-named methods."""
+
+    def __init__(self, host: Host, domain: libvirt.virDomain):
+        self.host = host
+        self._dom = domain
+        self.name = domain.name()
+        self.uuid = domain.UUIDString()
+
+    def _call(self, doing: str, fn, *args):
+        try:
+            return fn(*args)
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"{self.name}: {doing}") from None
+
+    def info(self, *, with_details: bool = True) -> GuestInfo:
+        state_code, _reason = self._call("reading state", self._dom.state)
+        persistent = bool(self._call("reading persistence", self._dom.isPersistent))
+        managed = bool(persistent and self._call("checking for a saved image", self._dom.hasManagedSaveImage, 0))
+        info = self._call("reading info", self._dom.info)
+        title, metadata = "", {}
+        if with_details:
+            title, metadata = _title_and_metadata(self._call("reading XML", self._dom.XMLDesc, 0))
+        autostart = bool(persistent and self._call("reading autostart flag", self._dom.autostart))
+        return GuestInfo(
+            connection=self.host.uri,
+            name=self.name,
+            uuid=self.uuid,
+            state=_STATES.get(state_code, GuestState.NOSTATE),
+            persistent=persistent,
+            has_managed_save=managed,
+            memory_kib=int(info[2]) or int(info[1]),
+            title=title,
+            metadata=MappingProxyType(metadata),
+            libvirt_autostart=autostart,
+        )
+
+    def state(self) -> tuple[GuestState, int]:
+        """The guest's state and libvirt's reason code for it."""
+        code, reason = self._call("reading state", self._dom.state)
+        return _STATES.get(code, GuestState.NOSTATE), reason
+
+    def is_active(self) -> bool:
+        return bool(self._call("reading state", self._dom.isActive))
+
+    def was_restored(self) -> bool:
+        """True when libvirt says the running guest came back from a saved image."""
+        code, reason = self._call("reading state", self._dom.state)
+        return code == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_RESTORED
+
+    def save_memory_state(self, *, bypass_cache: bool = False, resume_running: bool = False) -> None:
+        """Managed save: libvirt writes memory to its own image and stops the guest.
+
+        ``resume_running`` marks the image to come back running even if the guest was paused
+        when the save began (a save interrupted by a daemon restart can leave it paused).
+        """
+        self._call("managed save", self._dom.managedSave, _save_flags(bypass_cache, resume_running))
+
+    def save_to_file(self, path: str, *, bypass_cache: bool = False, resume_running: bool = False) -> None:
+        """Save to ``path`` and stop the guest (for transient guests, which have no managed slot)."""
+        flags = _save_flags(bypass_cache, resume_running)
+        self._call(f"saving to {path}", self._dom.saveFlags, path, None, flags)
+
+    def has_saved_state(self) -> bool:
+        return bool(self._call("checking for a saved image", self._dom.hasManagedSaveImage, 0))
+
+    def discard_saved_state(self) -> None:
+        self._call("removing the saved image", self._dom.managedSaveRemove, 0)
+
+    def start(self, *, bypass_cache: bool = False, force_boot: bool = False) -> None:
+        """Start the guest; libvirt resumes it from its managed-save image when it has one.
+
+        ``force_boot`` discards the image and cold-boots instead.
+        """
+        flags = 0
+        if bypass_cache:
+            flags |= libvirt.VIR_DOMAIN_START_BYPASS_CACHE
+        if force_boot:
+            flags |= libvirt.VIR_DOMAIN_START_FORCE_BOOT
+        self._call("starting", self._dom.createWithFlags, flags)
+
+    def request_shutdown(self) -> None:
+        """Ask the guest OS to shut down (ACPI power button or agent, as libvirt chooses)."""
+        self._call("requesting shutdown", self._dom.shutdown)
+
+    def power_off(self) -> None:
+        """Hard stop, like pulling the plug."""
+        self._call("powering off", self._dom.destroy)
+
+    def job_progress(self) -> JobProgress | None:
+        """Progress of the running save job, or None when libvirt cannot tell."""
+        try:
+            stats = self._dom.jobStats(0)
+        except libvirt.libvirtError as error:
+            translated = translate_error(error, f"{self.name}: reading job progress")
+            if isinstance(translated, (HypervisorUnavailable, GuestGone)):
+                raise translated from None
+            return None
+        if not stats or stats.get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
+            return None
+        for processed_key, total_key in (("data_processed", "data_total"), ("memory_processed", "memory_total")):
+            if processed_key in stats:
+                return JobProgress(int(stats[processed_key]), int(stats.get(total_key, 0)))
+        return None
+
+    def abort_job(self) -> None:
+        """Abort a running save; the guest keeps running."""
+        self._call("aborting the running job", self._dom.abortJob)
+
+    def agent_responds(self, timeout: int = 5) -> bool:
+        """True when the QEMU guest agent answers a ping."""
+        import libvirt_qemu  # only needed for ``ready: agent``
+
+        try:
+            libvirt_qemu.qemuAgentCommand(self._dom, '{"execute":"guest-ping"}', timeout, 0)
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def sync_clock(self) -> None:
+        """Set the guest clock from the host's, through the guest agent."""
+        now = time.time()
+        seconds = int(now)
+        self._call(
+            "setting the guest clock",
+            self._dom.setTime,
+            {"seconds": seconds, "nseconds": int((now - seconds) * 1e9)},
+            0,
+        )
+
+
+def _save_flags(bypass_cache: bool, resume_running: bool) -> int:
+    flags = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE if bypass_cache else 0
+    if resume_running:
+        flags |= libvirt.VIR_DOMAIN_SAVE_RUNNING
+    return flags
+
+
+def _title_and_metadata(xml: str) -> tuple[str, dict[str, str]]:
+    """Read <title> and the <metadata> children (namespace URI -> their text) from domain XML."""
+    root = ET.fromstring(xml)
+    title = (root.findtext("title") or "").strip()
+    metadata: dict[str, str] = {}
+    meta = root.find("metadata")
+    if meta is not None:
+        for child in meta:
+            if child.tag.startswith("{"):
+                namespace = child.tag[1:].split("}", 1)[0]
+                metadata[namespace] = " ".join("".join(child.itertext()).split())
+    return title, metadata
+
+
+def managed_save_dir(uri: str) -> str | None:
+    """Where libvirt keeps managed-save images for a local QEMU connection, else None.
+
+    libvirt does not tell; these are its fixed locations. Used to check free space before
+    saving and to keep an image that failed to resume.
+    """
+    import os
+
+    if uri.rstrip("/") in ("qemu:///system", "qemu://system"):
+        return "/var/lib/libvirt/qemu/save"
+    if uri.rstrip("/") == "qemu:///session":
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        return os.path.join(base, "libvirt", "qemu", "save")
+    return None
+
+
+def managed_image_path(uri: str, guest_name: str) -> str | None:
+    directory = managed_save_dir(uri)
+    return None if directory is None else f"{directory}/{guest_name}.save"

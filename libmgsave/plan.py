@@ -1,0 +1,411 @@
+"""Planning: guests + policy (+ the last shutdown record) in, decisions out. Pure.
+
+Nothing here talks to libvirt or the disk. The plan is computed once, as data; ``mgsave plan``
+and ``--dry-run`` print it and the real pass executes exactly it, so what an admin sees is
+what happens.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from libmgsave import state
+from libmgsave.inventory import GuestInfo, GuestState
+from libmgsave.matching import Effective, resolve
+from libmgsave.policy import Autostart, Limits, Policy, ShutdownStep
+
+# Aggregate save throughput assumed before any pass has measured one on this host. Saving is
+# CPU-bound (QEMU and libvirt's I/O helper); 200 MB/s is below what a 2-core host reached.
+DEFAULT_SAVE_THROUGHPUT = 200e6
+# Time kept back at the end of the shutdown deadline for the last fallback step (a poweroff).
+DEADLINE_RESERVE = 10.0
+
+GuestKey = tuple[str, str]  # (connection URI, UUID)
+FILES_ROOM = "<state directory>"  # key of ``room`` for transient guests' save files
+
+
+class PassKind(enum.StrEnum):
+    SHUTDOWN = "shutdown"
+    BOOT = "boot"
+
+
+class Action(enum.StrEnum):
+    SAVE = "save"  # managed save
+    SAVE_TO_FILE = "save-to-file"  # transient guest: save to images/<uuid>.save
+    SHUTDOWN = "shutdown"
+    POWEROFF = "poweroff"
+    RESUME = "resume"  # start from the managed-save image
+    RESTORE = "restore"  # recreate a transient guest from its save file
+    START = "start"  # cold boot
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class GuestPlan:
+    """What happens to one guest in one pass, and why."""
+
+    guest: GuestInfo
+    effective: Effective
+    actions: tuple[Action, ...]  # shutdown: the fallback chain; boot: one action; (SKIP,) = nothing
+    reason: str
+    order: int = 0  # effective order, after ``after`` has pulled a guest behind its dependencies
+    wait_for: tuple[GuestKey, ...] = ()  # guests that must finish first
+    estimate_seconds: float | None = None  # shutdown: estimated end of this guest's save, from pass start
+    image: str | None = None  # save file of a transient guest
+    notes: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> GuestKey:
+        return self.guest.key
+
+    @property
+    def skipped(self) -> bool:
+        return self.actions == (Action.SKIP,)
+
+    def to_dict(self) -> dict:
+        return {
+            "connection": self.guest.connection,
+            "name": self.guest.name,
+            "uuid": self.guest.uuid,
+            "state": str(self.guest.state),
+            "persistent": self.guest.persistent,
+            "has_saved_image": self.guest.has_managed_save,
+            "memory_bytes": self.guest.memory_bytes,
+            "actions": [str(a) for a in self.actions],
+            "reason": self.reason,
+            "order": self.order,
+            "wait_for": [f"{c} {u}" for c, u in self.wait_for],
+            "estimate_seconds": self.estimate_seconds,
+            "image": self.image,
+            "notes": list(self.notes),
+            "settings": _settings_dict(self.effective),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: PassKind
+    entries: tuple[GuestPlan, ...]  # in execution order
+    limits: Limits
+    policy_source: str | None
+    warnings: tuple[str, ...] = ()
+    throughput: float | None = None  # shutdown: assumed aggregate save throughput, bytes/s
+
+    @property
+    def active(self) -> tuple[GuestPlan, ...]:
+        return tuple(e for e in self.entries if not e.skipped)
+
+    def to_dict(self) -> dict:
+        return {
+            "pass": str(self.kind),
+            "policy": self.policy_source or "built-in defaults",
+            "limits": {
+                "max_parallel_saves": self.limits.max_parallel_saves,
+                "max_parallel_starts": self.limits.max_parallel_starts,
+                "shutdown_deadline": self.limits.shutdown_deadline,
+                "start_delay": self.limits.start_delay,
+            },
+            "assumed_save_throughput": self.throughput,
+            "warnings": list(self.warnings),
+            "guests": [e.to_dict() for e in self.entries],
+        }
+
+
+def _settings_dict(effective: Effective) -> dict:
+    out = {}
+    for name, source in effective.sources.items():
+        value = getattr(effective.settings, name)
+        if isinstance(value, tuple):
+            value = [str(v) for v in value]
+        elif isinstance(value, enum.Enum):
+            value = str(value)
+        elif not isinstance(value, (int, float, bool, str, type(None))):
+            value = str(value)
+        out[name] = {"value": value, "from": source}
+    return out
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.0f} MB"
+
+
+def transient_image_path(state_dir: Path, guest: GuestInfo) -> str:
+    return str(state_dir / "images" / f"{guest.uuid}.save")
+
+
+# --- ordering -------------------------------------------------------------------------------
+
+
+def _dependencies(
+    resolved: Mapping[GuestKey, tuple[GuestInfo, Effective]], warnings: list[str]
+) -> dict[GuestKey, tuple[GuestKey, ...]]:
+    """For each guest, the guests it is ``after`` (they must be up before it starts).
+
+    A name is looked up on the guest's own connection first, then on any connection.
+    Unknown names and cycles are warnings: a cycle's edges are dropped so that no guest is
+    ever left waiting forever (at shutdown, an unsaved guest is a lost guest).
+    """
+    by_name: dict[str, list[GuestKey]] = {}
+    for key, (guest, _eff) in resolved.items():
+        by_name.setdefault(guest.name, []).append(key)
+    deps: dict[GuestKey, tuple[GuestKey, ...]] = {}
+    for key, (guest, eff) in resolved.items():
+        found = []
+        for name in eff.settings.after:
+            candidates = by_name.get(name, [])
+            same_connection = [k for k in candidates if k[0] == guest.connection]
+            chosen = same_connection or candidates
+            if not chosen:
+                warnings.append(f"{guest.name}: 'after' names {name!r}, which is not a guest here; ignored")
+            elif chosen[0] == key:
+                warnings.append(f"{guest.name}: 'after' names the guest itself; ignored")
+            else:
+                found.append(chosen[0])
+        deps[key] = tuple(found)
+    _break_cycles(deps, resolved, warnings)
+    return deps
+
+
+def _break_cycles(
+    deps: dict[GuestKey, tuple[GuestKey, ...]],
+    resolved: Mapping[GuestKey, tuple[GuestInfo, Effective]],
+    warnings: list[str],
+) -> None:
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = dict.fromkeys(deps, WHITE)
+    for root in deps:
+        if colour[root] != WHITE:
+            continue
+        stack = [(root, iter(deps[root]))]
+        colour[root] = GREY
+        path = [root]
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if colour[child] == GREY:
+                    cycle = path[path.index(child):] + [child]
+                    names = " -> ".join(resolved[k][0].name for k in cycle)
+                    warnings.append(
+                        f"'after' forms a cycle ({names}); ignoring "
+                        f"'{resolved[node][0].name} after {resolved[child][0].name}'"
+                    )
+                    deps[node] = tuple(d for d in deps[node] if d != child)
+                elif colour[child] == WHITE:
+                    colour[child] = GREY
+                    stack.append((child, iter(deps[child])))
+                    path.append(child)
+                    break
+            else:
+                colour[node] = BLACK
+                stack.pop()
+                path.pop()
+
+
+def _effective_orders(
+    resolved: Mapping[GuestKey, tuple[GuestInfo, Effective]], deps: Mapping[GuestKey, tuple[GuestKey, ...]]
+) -> dict[GuestKey, int]:
+    """A guest starts no earlier than the order group of anything it is ``after``.
+
+    Without this, "x (order 0) after y (order 10)" would wait for a group that waits for it.
+    """
+    memo: dict[GuestKey, int] = {}
+
+    def order_of(key: GuestKey) -> int:
+        if key in memo:
+            return memo[key]
+        memo[key] = resolved[key][1].settings.order  # provisional; deps are acyclic now
+        memo[key] = max([resolved[key][1].settings.order] + [order_of(d) for d in deps[key]])
+        return memo[key]
+
+    return {key: order_of(key) for key in resolved}
+
+
+# --- shutdown -------------------------------------------------------------------------------
+
+
+def plan_shutdown(
+    guests: Iterable[GuestInfo],
+    policy: Policy,
+    *,
+    state_dir: Path,
+    throughput: float | None = None,
+    deadline: float | None = None,
+    room: Mapping[str, int | None] | None = None,
+) -> Plan:
+    """Decide the fallback chain of every running guest, in the order the pass will work.
+
+    Guests stop in descending ``order``; a guest stops before anything it is ``after``.
+    Under the deadline, saves are estimated from guest memory and ``throughput`` (aggregate
+    bytes/s); a save that would end after the deadline is dropped from the chain up front, so
+    the guest goes to its next step at once instead of being cut off mid-save.
+
+    ``room`` gives the free bytes where images go: per connection URI for managed saves, and
+    under ``FILES_ROOM`` for transient guests' files (None or absent: unknown, not checked).
+    A save whose image (estimated as the guest's memory size, an upper bound) does not fit
+    what is left is dropped from the chain the same way.
+    """
+    room_left = dict(room or {})
+    throughput = throughput or DEFAULT_SAVE_THROUGHPUT
+    deadline = policy.limits.shutdown_deadline if deadline is None else deadline
+    warnings: list[str] = []
+    resolved = {g.key: (g, resolve(policy, g)) for g in guests}
+    deps = _dependencies(resolved, warnings)
+    orders = _effective_orders(resolved, deps)
+
+    # Stop dependents before what they depend on: invert the edges among active guests.
+    stop_first: dict[GuestKey, list[GuestKey]] = {k: [] for k in resolved}
+    for key, needs in deps.items():
+        if resolved[key][0].state.is_active:
+            for needed in needs:
+                if orders[needed] == orders[key]:
+                    stop_first[needed].append(key)
+
+    def sort_key(key: GuestKey):
+        guest, eff = resolved[key]
+        return (-orders[key], -eff.settings.priority, guest.name, guest.connection)
+
+    entries = []
+    budget = deadline - DEADLINE_RESERVE
+    saved_bytes = 0.0
+    for key in sorted(resolved, key=sort_key):
+        guest, eff = resolved[key]
+        if not guest.state.is_active:
+            reason = f"{guest.state}: nothing to do"
+            entries.append(GuestPlan(guest, eff, (Action.SKIP,), reason, orders[key]))
+            continue
+        notes: list[str] = []
+        chain = []
+        image = None
+        for step in eff.settings.on_shutdown:
+            if step is ShutdownStep.SAVE:
+                chain.append(Action.SAVE if guest.persistent else Action.SAVE_TO_FILE)
+                if not guest.persistent:
+                    image = transient_image_path(state_dir, guest)
+                    notes.append("transient guest: saved to a file, restored from it at boot")
+            else:
+                chain.append(Action(step.value))
+        estimate = None
+        if chain[0] in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1:
+            estimate = (saved_bytes + guest.memory_bytes) / throughput
+            room_key = guest.connection if chain[0] is Action.SAVE else FILES_ROOM
+            free = room_left.get(room_key)
+            if estimate > budget:
+                notes.append(
+                    f"save skipped: it would end about {estimate:.0f} s into the pass, past the "
+                    f"{deadline:g} s deadline"
+                )
+            elif free is not None and guest.memory_bytes > free:
+                notes.append(
+                    f"save skipped: its image may need {_mb(guest.memory_bytes)}, only {_mb(free)} free"
+                )
+            else:
+                saved_bytes += guest.memory_bytes
+                if free is not None:
+                    room_left[room_key] = free - guest.memory_bytes
+            if notes and notes[-1].startswith("save skipped"):
+                chain = chain[1:]
+                image = None
+                estimate = None
+        reason = f"{guest.state}; chain {' -> '.join(chain)}"
+        entries.append(
+            GuestPlan(
+                guest,
+                eff,
+                tuple(chain),
+                reason,
+                orders[key],
+                tuple(sorted(stop_first[key])),
+                estimate,
+                image,
+                tuple(notes),
+            )
+        )
+    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), throughput)
+
+
+# --- boot -----------------------------------------------------------------------------------
+
+
+def _recorded_guest(entry: Mapping) -> GuestInfo:
+    """A transient guest exists only in the record between shutdown and boot: rebuild it."""
+    return GuestInfo(
+        connection=entry["connection"],
+        name=entry["name"],
+        uuid=entry["uuid"],
+        state=GuestState.SHUTOFF,
+        persistent=False,
+        memory_kib=int(entry.get("memory_kib") or 0),
+        title=entry.get("title") or "",
+        metadata=dict(entry.get("metadata") or {}),
+    )
+
+
+def plan_boot(guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None) -> Plan:
+    """Decide which guests to start, resume or leave off, in start order.
+
+    ``record`` is the last shutdown record, or None when there is none to trust: then a guest
+    with a saved image counts as "was running" (libvirt only has one if it was saved running).
+    """
+    warnings: list[str] = []
+    recorded = {} if record is None else dict(record.get("guests", {}))
+    if record is None:
+        warnings.append("no usable shutdown record: 'if-running' guests are started when they have a saved image")
+    resolved: dict[GuestKey, tuple[GuestInfo, Effective]] = {}
+    for guest in guests:
+        resolved[guest.key] = (guest, resolve(policy, guest))
+    transient_images: dict[GuestKey, str] = {}
+    for entry in recorded.values():
+        if entry.get("outcome") == state.SAVED_TO_FILE and entry.get("image"):
+            guest = _recorded_guest(entry)
+            if guest.key not in resolved:
+                resolved[guest.key] = (guest, resolve(policy, guest))
+                transient_images[guest.key] = entry["image"]
+    deps = _dependencies(resolved, warnings)
+    orders = _effective_orders(resolved, deps)
+
+    def sort_key(key: GuestKey):
+        guest, eff = resolved[key]
+        return (orders[key], -eff.settings.priority, guest.name, guest.connection)
+
+    entries = []
+    for key in sorted(resolved, key=sort_key):
+        guest, eff = resolved[key]
+        entry = recorded.get(state.guest_record_key(*key))
+        action, reason = _boot_decision(guest, eff, entry, record is not None, key in transient_images)
+        wait_for = tuple(d for d in deps[key] if orders[d] == orders[key])
+        entries.append(
+            GuestPlan(guest, eff, (action,), reason, orders[key], wait_for if action is not Action.SKIP else (),
+                      image=transient_images.get(key))
+        )
+    return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings))
+
+
+def _boot_decision(
+    guest: GuestInfo, eff: Effective, entry: Mapping | None, have_record: bool, from_file: bool
+) -> tuple[Action, str]:
+    autostart = eff.settings.autostart
+    has_image = guest.has_managed_save or from_file
+    resume = Action.RESTORE if from_file else Action.RESUME
+    if guest.state.is_active:
+        return Action.SKIP, f"already {guest.state}"
+    if autostart is Autostart.NEVER:
+        kept = "; its saved state is kept for a manual start" if has_image else ""
+        return Action.SKIP, f"autostart never{kept}"
+    if autostart is Autostart.ALWAYS:
+        if has_image:
+            return resume, "autostart always; resumes its saved state"
+        return Action.START, "autostart always; no saved state, boots fresh"
+    # if-running
+    if have_record:
+        if entry is None:
+            kept = " (it has a saved image, kept)" if has_image else ""
+            return Action.SKIP, f"if-running: was not running at the last shutdown{kept}"
+        if has_image:
+            return resume, f"if-running: was running at the last shutdown ({entry.get('outcome')}); resumes"
+        return Action.START, f"if-running: was running at the last shutdown ({entry.get('outcome')}); boots fresh"
+    if has_image:
+        return resume, "if-running: has a saved image, so it was running when saved; resumes"
+    return Action.SKIP, "if-running: no record and no saved image"

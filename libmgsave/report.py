@@ -1,0 +1,133 @@
+"""Turning plans, pass results and status into text for people (JSON comes from ``to_dict``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+from libmgsave.execute import PassResult
+from libmgsave.plan import Plan, PassKind
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
+
+
+def size(n: float | None) -> str:
+    if not n:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _guest_label(entry, many_connections: bool) -> str:
+    return f"{entry.guest.name} ({entry.guest.connection})" if many_connections else entry.guest.name
+
+
+def render_plan(plan: Plan, *, settings: bool = True) -> str:
+    """The plan as a table, then each guest's effective settings with where each came from."""
+    many = len({e.guest.connection for e in plan.entries}) > 1
+    names = {e.key: e.guest.name for e in plan.entries}
+    lines = []
+    limits = plan.limits
+    source = plan.policy_source or "built-in defaults"
+    if plan.kind is PassKind.SHUTDOWN:
+        lines.append(
+            f"Shutdown plan (policy: {source}; deadline {limits.shutdown_deadline:g} s; "
+            f"up to {limits.max_parallel_saves} saves at once; estimates assume {size(plan.throughput)}/s)"
+        )
+    else:
+        delay = f"; {limits.start_delay:g} s between starts" if limits.start_delay else ""
+        lines.append(f"Boot plan (policy: {source}; up to {limits.max_parallel_starts} starts at once{delay})")
+    if not plan.entries:
+        lines.append("  no guests")
+    rows = []
+    for e in plan.entries:
+        estimate = f"{e.estimate_seconds:.0f} s" if e.estimate_seconds is not None else "-"
+        waits = ", ".join(names.get(k, k[1]) for k in e.wait_for) or "-"
+        rows.append([e.order, _guest_label(e, many), e.guest.state, " -> ".join(e.actions), estimate, waits, e.reason])
+    headers = ["ORDER", "GUEST", "STATE", "ACTIONS", "SAVE ENDS" if plan.kind is PassKind.SHUTDOWN else "-", "AFTER", "WHY"]
+    if plan.kind is PassKind.BOOT:
+        headers = ["ORDER", "GUEST", "STATE", "ACTION", "-", "AFTER", "WHY"]
+        rows = [r[:4] + r[5:] for r in rows]
+        headers = headers[:4] + headers[5:]
+    if rows:
+        lines.extend("  " + line for line in _table(headers, rows))
+    for e in plan.entries:
+        for note in e.notes:
+            lines.append(f"  note: {e.guest.name}: {note}")
+    for warning in plan.warnings:
+        lines.append(f"  warning: {warning}")
+    if settings and plan.entries:
+        lines.append("Effective settings (value [where it came from]):")
+        for e in plan.entries:
+            parts = []
+            for name, src in e.effective.sources.items():
+                value = getattr(e.effective.settings, name)
+                if isinstance(value, tuple):
+                    value = ",".join(str(v) for v in value) or "[]"
+                parts.append(f"{name}={value} [{src}]")
+            lines.append(f"  {_guest_label(e, many)}: " + "  ".join(parts))
+    return "\n".join(lines)
+
+
+def render_result(result: PassResult) -> str:
+    """The per-guest summary that ends every pass."""
+    title = f"{result.kind} pass{' (dry run: nothing was done)' if result.dry_run else ''}"
+    lines = [f"Summary of the {title}, {result.finished - result.started:.1f} s:"]
+    rows = []
+    for r in result.results:
+        mark = "ok" if r.ok else "FAILED"
+        rows.append([r.plan.guest.name, r.action, r.outcome, mark, f"{r.seconds:.1f}", size(r.bytes)])
+    if rows:
+        lines.extend("  " + line for line in _table(["GUEST", "ACTION", "RESULT", "", "SECONDS", "BYTES"], rows))
+    else:
+        lines.append("  no guests")
+    for r in result.results:
+        if r.outcome == "skipped":
+            continue
+        for message in r.messages:
+            lines.append(f"  {r.plan.guest.name}: {message}")
+        for step in r.steps:
+            if not step.ok:
+                lines.append(f"  {r.plan.guest.name}: {step.action} failed: {step.error}")
+    for warning in result.warnings:
+        lines.append(f"  warning: {warning}")
+    failed = [r for r in result.results if not r.ok]
+    total = len(result.results)
+    if failed:
+        lines.append(f"{len(failed)} of {total} guests did NOT reach their intended state: "
+                     + ", ".join(r.plan.guest.name for r in failed))
+    else:
+        lines.append(f"all {total} guests reached their intended state")
+    return "\n".join(lines)
+
+
+def render_status(rows: list[dict]) -> str:
+    """``mgsave status``: one line a guest."""
+    table = []
+    now = time.time()
+    for r in rows:
+        image = "-"
+        if r["saved_image"]:
+            age = f", {_age(now - r['image_mtime'])} old" if r.get("image_mtime") else ""
+            image = f"yes ({size(r.get('image_bytes'))}{age})"
+        last = r.get("last_shutdown") or "-"
+        if r.get("last_boot"):
+            last = f"{last} / {r['last_boot']}"
+        table.append([r["name"], r["state"], image, r["autostart"], last])
+    if not table:
+        return "no guests"
+    return "\n".join(_table(["GUEST", "STATE", "SAVED IMAGE", "AUTOSTART", "LAST SHUTDOWN / BOOT"], table))
+
+
+def _age(seconds: float) -> str:
+    for unit, scale in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= scale:
+            return f"{seconds / scale:.0f} {unit}"
+    return f"{seconds:.0f} s"

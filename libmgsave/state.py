@@ -1,0 +1,155 @@
+"""The durable record of what each pass did, kept in the state directory.
+
+A record is written atomically (temporary file, fsync, rename, fsync of the directory), so a
+power loss leaves either the old or the new record, never half of one. The shutdown record is
+written before the first guest is touched, so the list of guests that were running survives
+even if mgsave is killed mid-pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from libmgsave import __version__
+
+RECORD_FORMAT = "mgsave-state"
+RECORD_VERSION = 1
+SHUTDOWN_RECORD = "last-shutdown.json"
+BOOT_RECORD = "last-boot.json"
+DEFAULT_STATE_DIR = "/var/lib/mgsave"
+
+# What happened to a guest at shutdown, as stored in the record.
+PENDING = "pending"  # running when the pass began; not handled yet
+SAVED = "saved"  # managed-saved: libvirt resumes it from its image at the next start
+SAVED_TO_FILE = "saved-to-file"  # a transient guest saved to a file under images/
+SHUT_DOWN = "shut-down"
+POWERED_OFF = "powered-off"
+FAILED = "failed"  # every step failed: the guest may still be running
+VANISHED = "vanished"  # undefined or stopped by someone else while the pass ran
+
+
+def state_dir_from(cli_value: str | None, environ) -> Path:
+    """``--state-dir`` wins, then systemd's ``$STATE_DIRECTORY`` (first entry), then the default."""
+    if cli_value:
+        return Path(cli_value)
+    from_systemd = environ.get("STATE_DIRECTORY")
+    if from_systemd:
+        return Path(from_systemd.split(":")[0])
+    return Path(environ.get("MGSAVE_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Replace ``path`` with ``data`` as JSON so that readers see the old or the new file, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out, indent=1, sort_keys=True)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class RecordError(Exception):
+    """A record exists but cannot be trusted (corrupt, or from an incompatible mgsave)."""
+
+
+def read_record(path: Path, kind: str) -> dict | None:
+    """The record at ``path``, or None when there is none.
+
+    Raises RecordError when the file is unreadable, not JSON, not an mgsave record of this
+    ``kind``, or of a format version this mgsave does not know.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise RecordError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise RecordError(f"{path}: not valid JSON ({error}); the file is corrupt") from None
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT or data.get("kind") != kind:
+        raise RecordError(f"{path}: not an mgsave {kind} record")
+    version = data.get("version")
+    if version != RECORD_VERSION:
+        raise RecordError(
+            f"{path}: written by mgsave {data.get('mgsave_version', '?')} in record format {version!r}; "
+            f"this mgsave {__version__} reads format {RECORD_VERSION} only"
+        )
+    if not isinstance(data.get("guests"), dict):
+        raise RecordError(f"{path}: has no guest list; the file is corrupt")
+    for key, entry in data["guests"].items():
+        if not isinstance(entry, dict) or not {"name", "uuid", "connection", "outcome"} <= entry.keys():
+            raise RecordError(f"{path}: entry {key!r} is incomplete; the file is corrupt")
+    return data
+
+
+def guest_record_key(connection: str, uuid: str) -> str:
+    return f"{connection} {uuid.lower()}"
+
+
+@dataclass
+class RecordWriter:
+    """Keeps one pass's record in memory and on disk, updating both under a lock."""
+
+    path: Path
+    kind: str
+    data: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def begin(cls, path: Path, kind: str, guests: dict[str, dict], extra: dict | None = None) -> RecordWriter:
+        now = time.time()
+        data = {
+            "format": RECORD_FORMAT,
+            "kind": kind,
+            "version": RECORD_VERSION,
+            "mgsave_version": __version__,
+            "started": now,
+            "finished": None,
+            "guests": guests,
+        }
+        data.update(extra or {})
+        writer = cls(path=path, kind=kind, data=data)
+        writer.flush()
+        return writer
+
+    def update_guest(self, key: str, **changes) -> None:
+        with self._lock:
+            self.data["guests"].setdefault(key, {}).update(changes)
+            self._flush_locked()
+
+    def update(self, **changes) -> None:
+        with self._lock:
+            self.data.update(changes)
+            self._flush_locked()
+
+    def finish(self, **changes) -> None:
+        self.update(finished=time.time(), **changes)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        write_json_atomic(self.path, self.data)
