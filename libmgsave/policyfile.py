@@ -563,8 +563,12 @@ class _Reporter:
                     message, hint = _unknown_key(key, allowed, path)
                     self.at((*path, key), message, hint, key=True)
         elif kind == "required":
+            known = set(schema.get("properties", {}))
+            misspelt = [k for k in value if k not in known] if isinstance(value, dict) else []
             for key in error.validator_value:
                 if isinstance(value, dict) and key not in value:
+                    if any(_did_you_mean(k, [key]) for k in misspelt):
+                        continue  # the misspelt key is reported as unknown, with this one as hint
                     hint = None
                     if key == "match" and "name" in value:
                         hint = "'name:' is only a label; select guests with 'match: {name: ...}'"
