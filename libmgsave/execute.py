@@ -23,6 +23,7 @@ from pathlib import Path
 from libmgsave import journal, notify, state
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationTimeout
 from libmgsave.hypervisor import Guest, Host, managed_image_path
+from libmgsave.inventory import GuestState
 from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan, PassKind, Plan
 from libmgsave.policy import OnResumeFailure, ReadyKind
 
@@ -433,11 +434,12 @@ class ShutdownPass:
                             return StepResult(action, True, started, time.time())
             except HypervisorError as error:
                 return StepResult(action, False, started, time.time(), error=error.message)
+            except OSError as error:  # our side of a save to a file: the images directory
+                return StepResult(action, False, started, time.time(), error=f"{error.strerror}: {error.filename}")
         raise AssertionError("unreachable")
 
     def _do(self, guest: Guest, entry: GuestPlan, action: Action) -> int | None:
         settings = entry.effective.settings
-        resume_running = entry.guest.state.value == "running"
         if action in (Action.SAVE, Action.SAVE_TO_FILE):
             with self.save_slots.held():
                 if self._past_deadline():
@@ -445,6 +447,9 @@ class ShutdownPass:
                 timeout = settings.save_timeout
                 log.info("%s: saving (%s of memory)", entry.guest.name, _mb(entry.guest.memory_bytes),
                          extra=journal.guest_fields(entry.guest, action=action, result="begin"))
+                # A save interrupted by a daemon restart can leave a running guest paused: make
+                # sure the image still comes back running.
+                resume_running = entry.guest.state is GuestState.RUNNING and guest.state()[0] is GuestState.PAUSED
                 self.progress.begin(guest, entry, timeout)
                 aborted = None
                 try:
@@ -468,17 +473,23 @@ class ShutdownPass:
         if action is Action.SHUTDOWN:
             guest.request_shutdown()
             wait_until = min(time.monotonic() + settings.shutdown_timeout, self.deadline_at - DEADLINE_RESERVE)
-            while time.monotonic() < wait_until:
-                if not guest.is_active():
-                    return None
+            while not _stopped(guest):
+                if time.monotonic() >= wait_until:
+                    raise OperationTimeout(f"still running {settings.shutdown_timeout:g} s after the shutdown request")
                 time.sleep(SHUTDOWN_POLL)
-            if not guest.is_active():
-                return None
-            raise OperationTimeout(f"still running {settings.shutdown_timeout:g} s after the shutdown request")
+            return None
         if action is Action.POWEROFF:
             guest.power_off()
             return None
         raise ValueError(f"not a shutdown step: {action}")
+
+
+def _stopped(guest: Guest) -> bool:
+    """True once the guest no longer runs; a transient guest disappears when it stops."""
+    try:
+        return not guest.is_active()
+    except GuestGone:
+        return True
 
 
 def _file_size(path: str | None) -> int | None:
@@ -565,13 +576,10 @@ class BootPass:
             result.steps.append(step)
             _log_step(entry, step)
             return self._resume_failed(entry, guest, result, error)
-        restored = guest.was_restored()
+        # libvirt either resumes from the image or fails: it never boots fresh behind our back
+        # unless asked to (force_boot), so a successful start of a saved guest is a resume.
         step = StepResult(action, True, started, time.time())
         result.steps.append(step)
-        if action is Action.RESUME and not restored:
-            result.messages.append("libvirt booted it fresh: the saved image was not used")
-            _log_step(entry, step, " (booted fresh, not restored)")
-            return "booted-fresh"
         _log_step(entry, step)
         return "resumed" if action is Action.RESUME else "started"
 
