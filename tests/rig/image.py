@@ -1,0 +1,306 @@
+"""The tiny test guest: a Debian kernel and a busybox initramfs, built at test time and cached.
+
+The guest's /init mounts proc/sys/devtmpfs, fills ``fill=<MiB>`` of a tmpfs from /dev/urandom (so a
+save image holds real, incompressible memory), then writes ``tick <n>`` to /dev/ttyS0 once a second
+forever. Unless the kernel command line says ``ignore_acpi=1`` it loads the ACPI button driver and
+powers off (``poweroff -f``) when the power button is pressed (an ACPI shutdown request).
+
+Lines it writes to the serial console (besides kernel messages):
+
+    rig: init up fill=<MiB> ignore_acpi=<0|1>       once per boot (so a count of these = boots)
+    rig: power button armed (<device>)               the power-button watcher is running
+    rig: filled <MiB> MiB                            the fill is done
+    tick <n>                                         once a second, n = 1, 2, ...
+    rig: power button pressed, powering off
+
+The build needs apt (to download the kernel package), dpkg-deb and /bin/busybox (busybox-static).
+Everything is cached under ``${XDG_CACHE_HOME:-$HOME/.cache}/mgsave-testrig``, keyed by content:
+the kernel package name and version, and a hash of the initramfs's inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+# Bump when the initramfs layout changes in a way the hashed inputs don't show.
+BUILD_FORMAT = 3
+
+BUSYBOX = Path("/bin/busybox")
+KERNEL_META_PACKAGE = "linux-image-amd64"
+# Kernel modules the power-button handling needs (with their dependencies, resolved from the .ko).
+MODULES = ("evdev", "button")
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/null >/dev/ttyS0 2>&1
+
+fill=0
+ignore_acpi=0
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        fill=*) fill="${arg#fill=}" ;;
+        ignore_acpi=*) ignore_acpi="${arg#ignore_acpi=}" ;;
+    esac
+done
+echo "rig: init up fill=$fill ignore_acpi=$ignore_acpi"
+
+if [ "$ignore_acpi" != 1 ]; then
+    for m in $(cat /lib/modules/load-order); do
+        insmod "/lib/modules/$m.ko" || echo "rig: insmod $m failed"
+    done
+    armed=0
+    for ev in /sys/class/input/event*; do
+        [ -e "$ev/device/name" ] || continue
+        if [ "$(cat "$ev/device/name")" = "Power Button" ]; then
+            dev="/dev/input/${ev##*/}"
+            # One input event from the power button (a press) is enough.
+            ( dd if="$dev" of=/dev/null bs=24 count=1 2>/dev/null
+              echo "rig: power button pressed, powering off"
+              sync
+              poweroff -f ) &
+            echo "rig: power button armed ($dev)"
+            armed=1
+        fi
+    done
+    [ "$armed" = 1 ] || echo "rig: no power button found"
+fi
+
+mkdir -p /fill
+mount -t tmpfs -o size=$((fill + 8))m tmpfs /fill
+if [ "$fill" -gt 0 ]; then
+    dd if=/dev/urandom of=/fill/data bs=1M count="$fill" 2>/dev/null
+fi
+echo "rig: filled $fill MiB"
+
+n=0
+while :; do
+    n=$((n + 1))
+    echo "tick $n"
+    sleep 1
+done
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class GuestImage:
+    kernel: Path
+    initrd: Path
+    kernel_package: str   # e.g. "linux-image-6.1.0-56-amd64=6.1.192-2"
+
+
+class ImageBuildError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mgsave-testrig"
+
+
+def _run(cmd: list[str], **kw) -> str:
+    try:
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    except FileNotFoundError as exc:
+        raise ImageBuildError(f"{cmd[0]} is not installed") from exc
+    except subprocess.CalledProcessError as exc:
+        raise ImageBuildError(f"{' '.join(cmd)} failed: {exc.stderr.strip()}") from exc
+    return proc.stdout
+
+
+def _apt_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("DEBIAN_FRONTEND", "noninteractive")
+    return env
+
+
+def _kernel_package() -> tuple[str, str]:
+    """(package, version) of the kernel image linux-image-amd64 currently depends on."""
+    for attempt in range(2):
+        try:
+            out = _run(["apt-cache", "depends", KERNEL_META_PACKAGE], env=_apt_env())
+            m = re.search(r"Depends:\s*(linux-image-\S+)", out)
+            if m:
+                pkg = m.group(1)
+                policy = _run(["apt-cache", "policy", pkg], env=_apt_env())
+                v = re.search(r"Candidate:\s*(\S+)", policy)
+                if v and v.group(1) != "(none)":
+                    return pkg, v.group(1)
+        except ImageBuildError:
+            if attempt:
+                raise
+        if attempt == 0 and os.geteuid() == 0:
+            _run(["apt-get", "update", "-q"], env=_apt_env())   # no package lists yet
+    raise ImageBuildError(f"cannot find the kernel package {KERNEL_META_PACKAGE} depends on "
+                          "(apt-cache depends/policy)")
+
+
+def _modinfo_depends(data: bytes) -> list[str]:
+    m = re.search(rb"(?:^|\0)depends=([^\0]*)\0", data)
+    if not m or not m.group(1):
+        return []
+    return [d.decode() for d in m.group(1).split(b",") if d]
+
+
+def _read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".ko"):
+        return data
+    raise ImageBuildError(f"cannot decompress kernel module {path}")
+
+
+def _extract_kernel(dest: Path, pkg: str, version: str) -> None:
+    """Download the kernel package and keep vmlinuz plus the modules we need (deps resolved)."""
+    with tempfile.TemporaryDirectory(prefix="kernel-", dir=dest.parent) as tmp:
+        tmp = Path(tmp)
+        # apt's sandbox user cannot write to a root-only temp dir; downloading as root is fine.
+        _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{pkg}={version}"],
+             cwd=tmp, env=_apt_env())
+        debs = list(tmp.glob("*.deb"))
+        if len(debs) != 1:
+            raise ImageBuildError(f"apt-get download {pkg} gave {debs}")
+        root = tmp / "root"
+        _run(["dpkg-deb", "-x", str(debs[0]), str(root)])
+        vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
+        if not vmlinuz:
+            raise ImageBuildError(f"{pkg} has no boot/vmlinuz-*")
+        out = tmp / "out"
+        (out / "modules").mkdir(parents=True)
+        shutil.copyfile(vmlinuz[0], out / "vmlinuz")
+
+        by_name = {}
+        for ko in (root / "lib" / "modules").rglob("*.ko*"):
+            name = ko.name.split(".ko")[0].replace("-", "_")
+            by_name[name] = ko
+        order: list[str] = []
+
+        def add(name: str) -> None:
+            name = name.replace("-", "_")
+            if name in order:
+                return
+            if name not in by_name:
+                raise ImageBuildError(f"kernel module {name} not in {pkg} (built in?)")
+            data = _read_module(by_name[name])
+            for dep in _modinfo_depends(data):
+                add(dep)
+            (out / "modules" / f"{name}.ko").write_bytes(data)
+            order.append(name)
+
+        for name in MODULES:
+            add(name)
+        (out / "modules" / "load-order").write_text("\n".join(order) + "\n")
+        (out / "package").write_text(f"{pkg}={version}\n")
+        os.rename(out, dest)
+
+
+# --- cpio "newc" writer (device nodes without mknod, deterministic output) ---
+
+class _Cpio:
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.ino = 1
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)) -> None:
+        nameb = name.encode() + b"\0"
+        fields = [self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nameb), 0]
+        self.ino += 1
+        hdr = b"070701" + b"".join(b"%08X" % f for f in fields)
+        self.buf.write(hdr + nameb)
+        self.buf.write(b"\0" * (-(len(hdr) + len(nameb)) % 4))
+        self.buf.write(data)
+        self.buf.write(b"\0" * (-len(data) % 4))
+
+    def dir(self, name: str, perm: int = 0o755) -> None:
+        self._entry(name, 0o040000 | perm)
+
+    def file(self, name: str, data: bytes, perm: int = 0o644) -> None:
+        self._entry(name, 0o100000 | perm, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, 0o120777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int, perm: int = 0o600) -> None:
+        self._entry(name, 0o020000 | perm, rdev=(major, minor))
+
+    def finish(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        data = self.buf.getvalue()
+        return data + b"\0" * (-len(data) % 512)
+
+
+def _build_initrd(kernel_dir: Path, busybox: bytes) -> bytes:
+    c = _Cpio()
+    for d in ("bin", "dev", "proc", "sys", "tmp", "run", "fill", "lib", "lib/modules"):
+        c.dir(d)
+    c.chardev("dev/console", 5, 1)
+    c.chardev("dev/null", 1, 3, 0o666)
+    c.file("bin/busybox", busybox, 0o755)
+    c.symlink("bin/sh", "busybox")
+    c.file("init", INIT_SCRIPT.encode(), 0o755)
+    mods = kernel_dir / "modules"
+    order = (mods / "load-order").read_text().split()
+    c.file("lib/modules/load-order", (mods / "load-order").read_bytes())
+    for name in order:
+        c.file(f"lib/modules/{name}.ko", (mods / f"{name}.ko").read_bytes())
+    raw = c.finish()
+    out = io.BytesIO()
+    with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
+        gz.write(raw)
+    return out.getvalue()
+
+
+_built: GuestImage | None = None
+
+
+def ensure_image() -> GuestImage:
+    """Build (or find in the cache) the guest kernel and initramfs; returns their paths."""
+    global _built
+    if _built and _built.kernel.exists() and _built.initrd.exists():
+        return _built
+    if not BUSYBOX.exists():
+        raise ImageBuildError(f"{BUSYBOX} is missing (Debian package busybox-static)")
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pkg, version = _kernel_package()
+        kernel_dir = cache / f"kernel-{pkg}-{version}"
+        if not (kernel_dir / "vmlinuz").exists():
+            shutil.rmtree(kernel_dir, ignore_errors=True)
+            _extract_kernel(kernel_dir, pkg, version)
+        busybox = BUSYBOX.read_bytes()
+        h = hashlib.sha256()
+        h.update(f"format {BUILD_FORMAT}\n{pkg}={version}\n".encode())
+        h.update(hashlib.sha256(busybox).digest())
+        h.update(INIT_SCRIPT.encode())
+        h.update((kernel_dir / "modules" / "load-order").read_bytes())
+        guest_dir = cache / f"guest-{h.hexdigest()[:16]}"
+        initrd = guest_dir / "initrd.gz"
+        if not initrd.exists():
+            tmp = Path(tempfile.mkdtemp(prefix="guest-", dir=cache))
+            os.chmod(tmp, 0o755)
+            try:
+                (tmp / "initrd.gz").write_bytes(_build_initrd(kernel_dir, busybox))
+                os.link(kernel_dir / "vmlinuz", tmp / "vmlinuz")
+                shutil.rmtree(guest_dir, ignore_errors=True)
+                os.rename(tmp, guest_dir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        _built = GuestImage(guest_dir / "vmlinuz", initrd, f"{pkg}={version}")
+        return _built
