@@ -166,8 +166,8 @@ def _journal_sender() -> Sender | None:
         return None
 
     def send(**fields: str) -> None:
-        message = fields.pop("MESSAGE")
-        systemd_journal.send(message, **fields)
+        # sendv takes the fields as they go on the wire; send() would insist on an int CODE_LINE.
+        systemd_journal.sendv(*(f"{key}={value}" for key, value in fields.items()))
 
     return send
 
