@@ -135,11 +135,11 @@ def load_policy_for_pass(
         data = _read_policy_file(path, trust_insecure=trust_insecure)
     except PolicyError as error:
         return BUILTIN_POLICY, error.problems
-    policy, problems = _parse(data, path)
+    policy, problems, document = _parse_document(data, path)
     if not problems:
         assert policy is not None
         return policy, []
-    connections = _salvage_connections(data, path)
+    connections = _salvage_connections(document)
     fallback = BUILTIN_POLICY.with_connections(connections) if connections else BUILTIN_POLICY
     return fallback, problems
 
@@ -470,12 +470,18 @@ def _read_document(data: bytes | str, source: str) -> tuple[object, _Builder]:
 
 
 def _parse(data: bytes | str, source: str) -> tuple[Policy | None, list[Problem]]:
+    policy, problems, _ = _parse_document(data, source)
+    return policy, problems
+
+
+def _parse_document(data: bytes | str, source: str) -> tuple[Policy | None, list[Problem], object]:
+    """The policy or the problems, plus the document as far as YAML could read it (or None)."""
     try:
         document, builder = _read_document(data, source)
     except _Abort as abort:
-        return None, [abort.problem]
+        return None, [abort.problem], None
     if document is None:
-        return None, [Problem(source, 1, 1, "", "the policy is empty", "it needs at least 'version: 1'")]
+        return None, [Problem(source, 1, 1, "", "the policy is empty", "it needs at least 'version: 1'")], None
     problems = list(builder.problems)
     schema_problems = _schema_problems(document, builder)
     problems += schema_problems
@@ -483,11 +489,11 @@ def _parse(data: bytes | str, source: str) -> tuple[Policy | None, list[Problem]
     problems += _cross_field_problems(document, builder, bad)
     problems = _unique_sorted(problems)
     if problems:
-        return None, problems
+        return None, problems, document
     try:
-        return _build_policy(document, builder, source), []
+        return _build_policy(document, builder, source), [], document
     except (ValueError, TypeError, KeyError) as error:  # a gap between schema and model: a bug
-        return None, [Problem(source, None, None, "", f"cannot build the policy: {error}")]
+        return None, [Problem(source, None, None, "", f"cannot build the policy: {error}")], document
 
 
 def _unique_sorted(problems: list[Problem]) -> list[Problem]:
@@ -771,12 +777,8 @@ def _check_self_wait(reporter: _Reporter, path: Path, rule: object, clean) -> No
             )
 
 
-def _salvage_connections(data: bytes | str, source: str) -> tuple[str, ...] | None:
+def _salvage_connections(document: object) -> tuple[str, ...] | None:
     """A broken policy's ``connections:``, when that part alone is valid; None otherwise."""
-    try:
-        document, _ = _read_document(data, source)
-    except (_Abort, RecursionError):
-        return None
     if not isinstance(document, dict) or "connections" not in document:
         return None
     connections = document["connections"]
