@@ -411,12 +411,14 @@ class ShutdownPass:
         """Run one step, reconnecting once if the daemon went away. None: the guest is gone/off."""
         for attempt in (1, 2):
             started = time.time()
+            # A save's own start and end, set once it holds a slot: waiting for a slot is not saving.
+            span: list = [started, None]
             try:
                 guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
                 if not guest.is_active():
                     return None
-                size = self._do(guest, entry, action)
-                return StepResult(action, True, started, time.time(), bytes=size)
+                size = self._do(guest, entry, action, span)
+                return StepResult(action, True, span[0], span[1] or time.time(), bytes=size)
             except GuestGone:
                 return None
             except HypervisorUnavailable as error:
@@ -433,17 +435,22 @@ class ShutdownPass:
                         if not guest.is_active() and (action is Action.SAVE_TO_FILE or guest.has_saved_state()):
                             return StepResult(action, True, started, time.time())
             except HypervisorError as error:
-                return StepResult(action, False, started, time.time(), error=error.message)
+                return StepResult(action, False, span[0], span[1] or time.time(), error=error.message)
             except OSError as error:  # our side of a save to a file: the images directory
-                return StepResult(action, False, started, time.time(), error=f"{error.strerror}: {error.filename}")
+                return StepResult(action, False, span[0], span[1] or time.time(),
+                                  error=f"{error.strerror}: {error.filename}")
         raise AssertionError("unreachable")
 
-    def _do(self, guest: Guest, entry: GuestPlan, action: Action) -> int | None:
+    def _do(self, guest: Guest, entry: GuestPlan, action: Action, span: list | None = None) -> int | None:
+        """Carry out one step. A save puts the times it began (holding its slot) and ended in
+        ``span[0]`` and ``span[1]``, so the step's times leave out the wait for a slot."""
+        span = span if span is not None else [None, None]
         settings = entry.effective.settings
         if action in (Action.SAVE, Action.SAVE_TO_FILE):
             with self.save_slots.held():
                 if self._past_deadline():
                     raise OperationTimeout("the shutdown deadline came while the save waited for a slot")
+                span[0] = time.time()
                 timeout = settings.save_timeout
                 log.info("%s: saving (%s of memory)", entry.guest.name, _mb(entry.guest.memory_bytes),
                          extra=journal.guest_fields(entry.guest, action=action, result="begin"))
@@ -467,6 +474,7 @@ class ShutdownPass:
                     raise
                 finally:
                     seen, aborted = self.progress.end(guest)
+                    span[1] = time.time()
                 if aborted:
                     log.info("%s: %s", entry.guest.name, aborted)
                 return _file_size(path) or seen
