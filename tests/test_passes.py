@@ -248,3 +248,53 @@ def test_a_rerun_after_an_interrupted_shutdown_keeps_the_record_of_running_guest
     code, result, _ = run("shutdown")
     record = json.loads((run.state_dir / state.SHUTDOWN_RECORD).read_text())
     assert {g["name"]: g["outcome"] for g in record["guests"].values()} == {"a": "saved"}
+
+
+def node_xml(tmp_path: Path, count: int) -> str:
+    """A test-driver node file with ``count`` running guests; every 10th has a title and metadata."""
+    domains = []
+    for i in range(count):
+        extra = ""
+        if i % 10 == 0:
+            extra = ("<title>prod database</title><metadata><m:policy xmlns:m='https://example.org/mgsave'>"
+                     "tier=db</m:policy></metadata>")
+        domains.append(f"<domain type='test'><name>g{i:04d}</name>{extra}<memory>131072</memory>"
+                       f"<os><type>hvm</type></os></domain>")
+    path = tmp_path / "node.xml"
+    path.write_text("<node>" + "".join(domains) + "</node>")
+    return f"test://{path}"
+
+
+def test_many_guests_from_a_node_file_are_all_saved(tmp_path, capsys):
+    uri = node_xml(tmp_path, 200)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("""
+version: 1
+limits: {max_parallel_saves: 8}
+guests:
+  - name: prod by title
+    match: {title: "*prod*"}
+    order: 5
+  - name: db tier by metadata
+    match: {metadata: {namespace: "https://example.org/mgsave", text: "tier=db"}}
+    priority: 7
+""")
+    os.chmod(policy, 0o644)
+    common = ["--connect", uri, "--policy", str(policy), "--state-dir", str(tmp_path / "s"), "--json"]
+    assert cli.main(common + ["plan", "shutdown"]) == ExitCode.OK
+    plan = json.loads(capsys.readouterr().out)["plans"][0]
+    guests = {g["name"]: g for g in plan["guests"]}
+    assert len(guests) == 200
+    assert guests["g0010"]["settings"]["order"] == {"value": 5, "from": "guests[0] (prod by title)"}
+    assert guests["g0010"]["settings"]["priority"] == {"value": 7, "from": "guests[1] (db tier by metadata)"}
+    assert guests["g0011"]["settings"]["order"]["from"] == "built-in"
+    # order 5 goes down first
+    assert [g["name"] for g in plan["guests"][:20]] == [f"g{i:04d}" for i in range(0, 200, 10)]
+
+    # One process, one connection: the pass sees the node file's guests and saves them all.
+    assert cli.main(common + ["shutdown"]) == ExitCode.OK
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["guests"]) == 200
+    assert {g["outcome"] for g in result["guests"]} == {"saved"}
+    record = json.loads((tmp_path / "s" / state.SHUTDOWN_RECORD).read_text())
+    assert len(record["guests"]) == 200 and {g["outcome"] for g in record["guests"].values()} == {"saved"}
