@@ -21,7 +21,7 @@ def test_guest_ticks(make_guests, rig_conn):
     [name] = make_guests(1)
     first = last_tick(name)
     assert first >= 1
-    assert wait_for_tick_after(name, first + 1, timeout=15) > first + 1
+    assert wait_for_tick_after(name, first + 1, timeout=60) > first + 1
     assert boots(name) == 1
     assert state_reason(rig_conn, name) == ("running", "booted")
     assert rig_conn.lookupByName(name).isPersistent()
@@ -55,26 +55,30 @@ def test_managedsave_and_start_resumes_memory_state(make_guests, rig_conn):
     virsh("start", name)
     restore_s = time.monotonic() - t0
     assert state_reason(rig_conn, name) == ("running", "restored")
-    after = wait_for_tick_after(name, last_before, timeout=15)
-    assert after == last_before + 1 or after <= last_before + 3, ticks(name)[-10:]
+    after = wait_for_tick_after(name, last_before, timeout=60)
+    assert after > last_before
+    seq = ticks(name)
+    assert seq == list(range(1, len(seq) + 1)), f"ticks must go on, not start again: {seq}"
     assert boots(name) == 1, "a restore must not run /init again"
     assert not os.path.exists(image)
     print(f"managedsave {save_s:.1f} s ({size / 1e6:.0f} MB), start (restore) {restore_s:.1f} s")
 
 
 def test_acpi_shutdown_powers_off_unless_ignored(make_guests, rig_conn):
-    [normal] = make_guests(1, prefix="acpi")
-    [deaf] = make_guests(1, prefix="deaf", ignore_acpi=True)
+    [normal] = make_guests(1, prefix="acpi", start=False)
+    [deaf] = make_guests(1, prefix="deaf", ignore_acpi=True, start=False)
+    start_and_wait_ticking(rig_conn, [normal, deaf])     # both boot at once
     deaf_tick = last_tick(deaf)
 
     t0 = time.monotonic()
     rig_conn.lookupByName(normal).shutdown()
     rig_conn.lookupByName(deaf).shutdown()
-    assert wait_for_state(rig_conn, normal, "shutoff", timeout=20) == ("shutoff", "shutdown")
+    # About 2 s on an idle 2-core machine; generous for a loaded one.
+    assert wait_for_state(rig_conn, normal, "shutoff", timeout=30) == ("shutoff", "shutdown")
     took = time.monotonic() - t0
     time.sleep(max(0.0, 5 - took))
     assert state_reason(rig_conn, deaf)[0] == "running"
-    assert wait_for_tick_after(deaf, deaf_tick + 3, timeout=10)
+    assert wait_for_tick_after(deaf, deaf_tick + 3, timeout=60)
     assert boots(deaf) == 1
     print(f"ACPI shutdown took {took:.1f} s")
 
@@ -102,11 +106,10 @@ def test_no_room_in_save_dir(rig, make_guests, rig_conn):
 
 
 def test_rig_is_invisible_outside(rig):
-    # The host's mount namespace (PID 1's) sees none of the rig's libvirt paths.
-    out = subprocess.run(["nsenter", "--mount=/proc/1/ns/mnt", "sh", "-c",
-                          "test -e /run/libvirt/rig-libvirtd.pid && echo visible || echo hidden"],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cannot enter PID 1's mount namespace: {out.stderr.strip()}")
-    assert out.stdout.strip() == "hidden"
-    assert os.path.exists("/run/libvirt/rig-libvirtd.pid")
+    # The mount namespace the rig left (the machine's) sees none of the rig's libvirt paths.
+    probe = "test -e /run/libvirt/rig-libvirtd.pid && echo visible || echo hidden"
+    outside = subprocess.run(["nsenter", f"--mount={rig.host_mntns_path()}", "sh", "-c", probe],
+                             capture_output=True, text=True, check=True)
+    assert outside.stdout.strip() == "hidden"
+    inside = subprocess.run(["sh", "-c", probe], capture_output=True, text=True, check=True)
+    assert inside.stdout.strip() == "visible"

@@ -222,7 +222,6 @@ class Rig:
         self.start_seconds: float | None = None
         self._orig_ns: int | None = None
         self._ns: int | None = None
-        self._created_mountpoints: list[str] = []
         self._mounts: list[str] = []
         self._extra_mounts: list[str] = []
 
@@ -274,10 +273,6 @@ class Rig:
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-        for mp in reversed(self._created_mountpoints):
-            with contextlib.suppress(OSError):
-                os.rmdir(mp)
-        self._created_mountpoints = []
         self.started = False
 
     def _prepare_workdir(self) -> None:
@@ -303,16 +298,11 @@ class Rig:
     def _enter_namespace(self) -> None:
         self._orig_ns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self._cwd = os.getcwd()
-        # Mount points must exist in the real file system; remember the ones we create.
+        # Mount points must exist in the real file system. One we create stays (an empty
+        # directory): removing it would detach the mounts of another rig running at the same
+        # time (Linux lets a mount point of another namespace be removed, and unmounts it there).
         for mp in LIBVIRT_DIRS:
-            if not os.path.isdir(mp):
-                missing = []
-                p = mp
-                while not os.path.exists(p):
-                    missing.append(p)
-                    p = os.path.dirname(p)
-                os.makedirs(mp)
-                self._created_mountpoints.extend(reversed(missing))
+            os.makedirs(mp, exist_ok=True)
         _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         self._ns = _mntns()
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -343,6 +333,11 @@ class Rig:
             os.close(self._orig_ns)
             self._orig_ns = None
         self._ns = None
+
+    def host_mntns_path(self) -> str:
+        """A path naming the mount namespace the rig left (for ``nsenter --mount=...``)."""
+        self._require_inside()
+        return f"/proc/{os.getpid()}/fd/{self._orig_ns}"
 
     def _require_inside(self) -> None:
         if not self.started or _mntns() != self._ns:

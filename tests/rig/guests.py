@@ -109,7 +109,7 @@ def serial_text(name: str) -> str:
         return ""
 
 
-def wait_for_tick_after(name: str, tick: int, timeout: float = 30.0) -> int:
+def wait_for_tick_after(name: str, tick: int, timeout: float = 60.0) -> int:
     """Wait until the guest writes a tick greater than ``tick``; returns it."""
     deadline = time.monotonic() + timeout
     while True:
@@ -122,7 +122,7 @@ def wait_for_tick_after(name: str, tick: int, timeout: float = 30.0) -> int:
         time.sleep(0.2)
 
 
-def start_and_wait_ticking(conn, names: list[str], timeout: float = 120.0) -> dict[str, float]:
+def start_and_wait_ticking(conn, names: list[str], timeout: float = 300.0) -> dict[str, float]:
     """Start every named guest that is not running (all at once), then wait until each one ticks.
 
     Returns seconds from start until the first tick, per guest (its boot time, including the fill).
@@ -172,7 +172,7 @@ def state_reason(conn, name: str) -> tuple[str, str]:
     return _STATES.get(state, str(state)), _REASONS.get(state, {}).get(reason, str(reason))
 
 
-def wait_for_state(conn, name: str, state: str, timeout: float = 30.0) -> tuple[str, str]:
+def wait_for_state(conn, name: str, state: str, timeout: float = 60.0) -> tuple[str, str]:
     """Wait until the guest's state (a virsh word, e.g. "shutoff") is ``state``; returns (state, reason)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -196,11 +196,15 @@ def cleanup(conn) -> None:
 
     def remove(dom) -> None:
         name = dom.name()
+        try:
+            persistent = dom.isPersistent()   # ask first: a transient guest vanishes when destroyed
+        except libvirt.libvirtError:
+            return
         with contextlib.suppress(libvirt.libvirtError):
             if dom.isActive():
                 dom.destroy()
         with contextlib.suppress(libvirt.libvirtError):
-            if dom.isPersistent():
+            if persistent:
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
                                   | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
                                   | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
