@@ -50,6 +50,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_NODES",
     "POLICY_ENV_VAR",
+    "format_path",
     "load_policy",
     "load_policy_for_pass",
     "parse_duration",
@@ -268,12 +269,14 @@ def _read_policy_file(path: str, *, trust_insecure: bool) -> bytes:
 def _check_ownership(path: str, info: os.stat_result) -> None:
     """Refuse a file that someone other than root or us could have written: it drives root."""
     trusted_uids = {0, os.geteuid()}
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        directory_info = os.stat(directory)
-    except OSError as error:
-        raise PolicyError([Problem(path, None, None, "", f"cannot check its directory: {error.strerror}")])
-    for what, where, where_info in (("the file", path, info), ("its directory", directory, directory_info)):
+    checks = [("the file", path, info)]
+    # The directory of the path given and, through a symlink, the one of the real file.
+    for directory in dict.fromkeys(os.path.dirname(p) for p in (os.path.abspath(path), os.path.realpath(path))):
+        try:
+            checks.append(("its directory", directory, os.stat(directory)))
+        except OSError as error:
+            raise PolicyError([Problem(path, None, None, "", f"cannot check its directory: {error.strerror}")])
+    for what, where, where_info in checks:
         if where_info.st_uid not in trusted_uids:
             message = f"refusing an insecure policy: {what} {where} is owned by uid {where_info.st_uid}"
             raise PolicyError([Problem(path, None, None, "", message, INSECURE_HINT)])
@@ -295,18 +298,22 @@ class _Abort(Exception):
 
 
 class _CountingLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a document with too many nodes while composing it."""
+    """SafeLoader that refuses, while composing, a document with too many nodes or too deep."""
 
     node_count = 0
+    depth = 0
 
     def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
         self.node_count += 1
-        if self.node_count > MAX_NODES:
+        self.depth += 1
+        if self.node_count > MAX_NODES or self.depth > MAX_DEPTH:
             mark = self.peek_event().start_mark
-            raise _Abort(
-                Problem(self.name, mark.line + 1, mark.column + 1, "", f"more than {MAX_NODES} YAML nodes")
-            )
-        return super().compose_node(parent, index)
+            message = "nested too deeply" if self.depth > MAX_DEPTH else f"more than {MAX_NODES} YAML nodes"
+            raise _Abort(Problem(self.name, mark.line + 1, mark.column + 1, "", message))
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _compose(text: str, source: str) -> yaml.Node | None:
@@ -368,6 +375,9 @@ class _Builder:
         return value
 
     def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict[str, object]:
+        if depth > MAX_DEPTH:  # merge keys recurse here without going through build()
+            line, column = _mark(node)
+            raise _Abort(Problem(self.source, line, column, format_path(path), "nested too deeply"))
         result: dict[str, object] = {}
         merges = []
         for key_node, value_node in node.value:
@@ -434,6 +444,17 @@ def _decode(data: bytes | str, source: str) -> str:
         raise _Abort(Problem(source, line, column, "", f"not valid UTF-8 text (byte 0x{data[error.start]:02x})"))
 
 
+def _yaml_hint(message: str) -> str | None:
+    """What usually causes a YAML error of this kind."""
+    if "\\t" in message:  # PyYAML shows the character as '\t'
+        return "indent with spaces, not tabs"
+    if "alias" in message or "anchor" in message:
+        return "in YAML a value starting with * or & is an alias or an anchor: quote globs, as in \"*prod*\""
+    if "mapping values are not allowed" in message:
+        return "quote a value that contains ': ', or check the indentation of this line"
+    return None
+
+
 def _read_document(data: bytes | str, source: str) -> tuple[object, _Builder]:
     """The document as plain data plus its marks; raises _Abort when it is not readable YAML."""
     text = _decode(data, source)
@@ -447,7 +468,7 @@ def _read_document(data: bytes | str, source: str) -> tuple[object, _Builder]:
         message = "YAML syntax error: " + (error.problem or error.context or "unreadable")
         if error.context and error.problem:
             message += f" ({error.context})"
-        raise _Abort(Problem(source, line, column, "", message))
+        raise _Abort(Problem(source, line, column, "", message, _yaml_hint(message)))
     except yaml.reader.ReaderError as error:
         line, column = _line_column(text, error.position)
         message = f"YAML cannot contain the character {error.character!r} ({error.reason})"
@@ -556,12 +577,19 @@ class _Reporter:
         self.problems.append(Problem(self.builder.source, line, column, format_path(path), message, hint))
 
     def report(self, error: jsonschema.ValidationError) -> None:
+        before = len(self.problems)
+        explained_elsewhere = self._report(error)
+        if len(self.problems) == before and not explained_elsewhere:
+            self.at(tuple(error.absolute_path), error.message)  # never let a schema error pass unreported
+
+    def _report(self, error: jsonschema.ValidationError) -> bool:
+        """Adds the problems ``error`` stands for; True when another error explains it."""
         path: Path = tuple(error.absolute_path)
         schema = error.schema if isinstance(error.schema, dict) else {}
         value = error.instance
         kind = error.validator
         if kind in ("anyOf", "oneOf"):
-            self._alternatives(error, path, schema)
+            return self._alternatives(error, path, schema)
         elif kind == "additionalProperties":
             allowed = list(schema.get("properties", {}))
             for key in value:
@@ -571,14 +599,17 @@ class _Reporter:
         elif kind == "required":
             known = set(schema.get("properties", {}))
             misspelt = [k for k in value if k not in known] if isinstance(value, dict) else []
+            explained = False
             for key in error.validator_value:
                 if isinstance(value, dict) and key not in value:
                     if any(_did_you_mean(k, [key]) for k in misspelt):
-                        continue  # the misspelt key is reported as unknown, with this one as hint
+                        explained = True  # the misspelt key is reported as unknown, with this as hint
+                        continue
                     hint = None
                     if key == "match" and "name" in value:
                         hint = "'name:' is only a label; select guests with 'match: {name: ...}'"
                     self.at(path, f"missing required key '{key}'", hint)
+            return explained
         elif kind == "type":
             expected = error.validator_value
             words = (
@@ -613,6 +644,7 @@ class _Reporter:
             self.at(path, f"must be {title}, not {_describe(value)}" if title else error.message)
         else:
             self.at(path, error.message)
+        return False
 
     def _alternatives(self, error: jsonschema.ValidationError, path: Path, schema: Mapping) -> None:
         # Report the errors of the one alternative whose shape fits (e.g. the mapping form of
@@ -628,13 +660,14 @@ class _Reporter:
         if len(fitting) == 1:
             for sub in fitting[0]:
                 self.report(sub)
-            return
+            return True
         title = schema.get("title") or "one of the allowed forms"
         hint = None
         if isinstance(error.instance, str):
             words = [v for sub in error.context or () if sub.validator == "enum" for v in sub.validator_value]
             hint = _did_you_mean(error.instance, [str(w) for w in words])
         self.at(path, f"must be {title}, not {_describe(error.instance)}", hint)
+        return False
 
 
 _SELECTORS = ("name", "uuid", "title", "connection", "metadata")
@@ -864,7 +897,7 @@ def _build_policy(document: dict, builder: _Builder, source: str) -> Policy:
         for index, rule in enumerate(document.get("guests") or ())
     )
     return Policy(
-        version=document["version"],
+        version=int(document["version"]),
         source=source,
         connections=tuple(document.get("connections", DEFAULT_CONNECTIONS)),
         defaults=_settings(document.get("defaults") or {}),

@@ -418,6 +418,25 @@ def test_yaml_errors_have_line_and_column(policy_dir, text, line, column, words)
     assert words in problem.message
 
 
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("version: 1\n\tdefaults: {}\n", "not tabs"),
+        ("version: 1\nguests:\n  - match: {title: *prod*}\n", 'quote globs, as in "*prod*"'),
+        ("version: 1\nguests:\n  - match:\n      name: *db\n", "quote globs"),
+        ("version: 1\nguests:\n  - name: a: b\n", "quote a value that contains ': '"),
+    ],
+)
+def test_common_yaml_mistakes_get_a_hint(policy_dir, text, hint):
+    problem = only_problem(write(policy_dir, text))
+    assert problem.line is not None and hint in (problem.hint or "")
+
+
+def test_a_merge_key_cycle_is_refused(policy_dir):
+    problem = only_problem(write(policy_dir, "version: 1\ndefaults: &d {<<: *d}\n"))
+    assert "nested too deeply" in problem.message
+
+
 def test_bad_utf8_is_located(policy_dir):
     problem = only_problem(write(policy_dir, b"version: 1\ndefaults:\n  order: \xff\n"))
     assert (problem.line, problem.column) == (3, 10)
@@ -435,9 +454,9 @@ def test_a_yaml_bomb_is_refused_fast(policy_dir):
         items = ", ".join([f"*a{level - 1}"] * 9)
         lines.append(f"a{level}: &a{level} [{items}]")
     file = write(policy_dir, "version: 1\n" + "\n".join(lines) + "\n")
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: other work on a busy machine does not count
     problem = only_problem(file)
-    assert time.monotonic() - started < 2
+    assert time.process_time() - started < 2  # expanding it would take 10**9 nodes
     assert "YAML nodes" in problem.message
 
 
@@ -466,9 +485,9 @@ def test_a_huge_file_is_refused_before_parsing(policy_dir):
 
 def test_too_many_nodes_are_refused(policy_dir):
     file = write(policy_dir, "version: 1\nconnections: [" + ", ".join(["1"] * 100_001) + "]\n")
-    started = time.monotonic()
+    started = time.process_time()
     assert "YAML nodes" in only_problem(file).message
-    assert time.monotonic() - started < 10
+    assert time.process_time() - started < 10
 
 
 # -- the file itself ----------------------------------------------------------------------------
@@ -502,6 +521,17 @@ def test_a_directory_writable_by_others_is_refused(policy_dir):
     problem = only_problem(path)
     assert "its directory" in problem.message and "--insecure-policy" in problem.hint
     assert load_policy(path, trust_insecure=True).version == 1
+
+
+def test_the_directory_of_a_symlinks_target_is_checked_too(policy_dir):
+    (policy_dir / "etc").mkdir(mode=0o755)
+    (policy_dir / "shared").mkdir()
+    (policy_dir / "shared").chmod(0o777)
+    target = write(policy_dir / "shared", "version: 1\n")
+    link = policy_dir / "etc" / "policy.yaml"
+    link.symlink_to(target)
+    problem = only_problem(str(link))
+    assert "shared is writable by group or others" in problem.message
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")

@@ -234,9 +234,9 @@ def test_ten_thousand_guests_and_fifty_rules_resolve_well_under_a_second(tmp_pat
         guest(f"g{i}", uuid=f"{i:08x}-0000-0000-0000-000000000000", metadata={"https://ns": f"tier={i % 3}"})
         for i in range(10_000)
     ]
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: other work on a busy machine does not count
     results = [resolve(policy, info) for info in guests]
-    elapsed = time.perf_counter() - started
-    assert elapsed < 0.8, f"{elapsed:.2f}s"
+    elapsed = time.process_time() - started
+    assert elapsed < 0.8, f"{elapsed:.2f}s of CPU"
     assert results[47].settings.order == 47 and results[47].settings.ready.kind is ReadyKind.AGENT
     assert results[4711].sources["order"] == "guests[47] (rule 47)"
