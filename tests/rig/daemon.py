@@ -23,6 +23,7 @@ A rig whose owner died without stopping it is cleaned up by the next ``Rig.start
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import errno
@@ -259,10 +260,12 @@ class Rig:
             self.stop()
             raise
         self.start_seconds = time.monotonic() - t0
+        atexit.register(self.stop)       # an owner exiting without stop() still cleans up
         return self
 
     def stop(self) -> None:
         """Destroy every guest, stop the daemons, leave the machine as it was found."""
+        atexit.unregister(self.stop)
         if self._ns is not None and _mntns() == self._ns:
             with contextlib.suppress(Exception):
                 if self.libvirtd_running():

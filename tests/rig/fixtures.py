@@ -7,7 +7,8 @@
     make_guests  function: make_guests(n=1, *, start=True, **define_guests_kwargs) -> [names];
                  started guests are ticking when it returns
 
-Tests using them carry ``@pytest.mark.rig``.
+Tests using them carry ``@pytest.mark.rig``. The hook ``pytest_collection_finish`` (imported into
+tests/conftest.py too) starts the rig before the first test, while the process is single-threaded.
 """
 
 from __future__ import annotations
@@ -32,19 +33,51 @@ def _unavailable(reason: str):
     pytest.skip(f"test rig unavailable: {reason}")
 
 
-@pytest.fixture(scope="session")
-def rig():
+_early: dict = {}
+
+
+def _start() -> Rig:
     reason = unavailable_reason()
     if reason:
-        _unavailable(reason)
+        raise _Unavailable(reason)
     ensure_image()            # download/build (or take from the cache) before the clock starts
     r = Rig()
     try:
         r.start()
     except OSError as exc:
         if exc.errno == errno.EPERM:     # e.g. an unprivileged container: no unshare/mount
-            _unavailable(f"cannot isolate a private libvirtd here: {exc}")
+            raise _Unavailable(f"cannot isolate a private libvirtd here: {exc}") from exc
         raise
+    return r
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def pytest_collection_finish(session):
+    """Start the rig right after collection, if any selected test needs it.
+
+    Entering a mount namespace needs a single-threaded process; later, other tests may have left
+    threads behind (thread pools, a libvirt event loop), so the rig starts before any test runs.
+    The ``rig`` fixture picks it up (or the error) from here."""
+    if session.config.option.collectonly:
+        return
+    if any("rig" in getattr(item, "fixturenames", ()) for item in session.items):
+        try:
+            _early["rig"] = _start()
+        except Exception as exc:          # reported by the fixture, in the tests that need it
+            _early["error"] = exc
+
+
+@pytest.fixture(scope="session")
+def rig():
+    try:
+        if "error" in _early:
+            raise _early.pop("error")
+        r = _early.pop("rig", None) or _start()
+    except _Unavailable as exc:
+        _unavailable(str(exc))
     old = os.environ.get("MGSAVE_RIG")
     os.environ["MGSAVE_RIG"] = "1"
     try:
@@ -86,4 +119,4 @@ def make_guests(rig, rig_conn):
     return make
 
 
-__all__ = ["rig", "rig_conn", "make_guests", "RigError"]
+__all__ = ["rig", "rig_conn", "make_guests", "pytest_collection_finish", "RigError"]
