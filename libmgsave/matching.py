@@ -72,7 +72,7 @@ def _compile_match(match: Match) -> Predicate:
         tests.append(lambda guest: guest.uuid.replace("-", "").lower() in uuids)
     if match.title:
         title_matches = _globs(match.title)
-        tests.append(lambda guest: title_matches(guest.title) is not None)
+        tests.append(lambda guest: title_matches(guest.title or "") is not None)
     if match.connection:
         connection_matches = _globs(match.connection)
         tests.append(lambda guest: connection_matches(guest.connection) is not None)

@@ -134,9 +134,11 @@ def load_policy_for_pass(
         return BUILTIN_POLICY, []
     try:
         data = _read_policy_file(path, trust_insecure=trust_insecure)
+        policy, problems, document = _parse_document(data, path)
     except PolicyError as error:
         return BUILTIN_POLICY, error.problems
-    policy, problems, document = _parse_document(data, path)
+    except Exception as error:  # a bug here must not cost a guest its save: report it, carry on
+        return BUILTIN_POLICY, [Problem(path, None, None, "", f"internal error reading the policy: {error!r}")]
     if not problems:
         assert policy is not None
         return policy, []
@@ -242,10 +244,13 @@ def _read_policy_file(path: str, *, trust_insecure: bool) -> bytes:
         return PolicyError([Problem(path, None, None, "", message, hint)])
 
     try:
-        with open(path, "rb") as file:
+        # O_NONBLOCK: a FIFO must not hang the boot pass; it is refused as not a regular file.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
             info = os.fstat(file.fileno())
             if stat.S_ISDIR(info.st_mode):
                 raise refuse("is a directory, not a policy file")
+            if not stat.S_ISREG(info.st_mode):
+                raise refuse("is not a regular file")
             if not trust_insecure:
                 _check_ownership(path, info)
             if info.st_size > MAX_FILE_BYTES:
@@ -617,7 +622,7 @@ class _Reporter:
                 if isinstance(expected, list)
                 else _TYPE_WORDS.get(expected, expected)
             )
-            self.at(path, f"must be {words}, not {_describe(value)}")
+            self.at(path, f"must be {words}, not {_describe(value)}", _type_hint(expected, value, path))
         elif kind == "enum":
             allowed = [str(v) for v in error.validator_value]
             hint = _did_you_mean(str(value), allowed) if isinstance(value, str) else None
@@ -671,6 +676,18 @@ class _Reporter:
 
 
 _SELECTORS = ("name", "uuid", "title", "connection", "metadata")
+
+
+def _type_hint(expected: object, value: object, path: Path) -> str | None:
+    """How to write what was meant, for the usual wrong shapes."""
+    scalar = isinstance(value, str | int | float) and not isinstance(value, bool)
+    if expected == "array" and scalar:
+        return f"write a list, as in [{value}]"
+    if expected == "object" and isinstance(value, str) and path and path[-1] == "match":
+        return f"select guests by name with 'match: {{name: \"{value}\"}}'"
+    if expected == "object" and isinstance(value, str) and len(path) == 2 and path[0] == "guests":
+        return f"each rule is a mapping, as in '- match: {{name: \"{value}\"}}'"
+    return None
 
 
 def _unknown_key(key: str, allowed: list[str], path: Path) -> tuple[str, str | None]:

@@ -346,6 +346,18 @@ LOCATED_PROBLEMS = [
         "version: 1\nguests: {match: {}}\n", "guests", 2, 9, "must be a list, not a mapping", None, id="guests-type",
     ),
     pytest.param(
+        "version: 1\ndefaults: {after: dns1}\n", "defaults.after", 2, 19, "must be a list", "write a list, as in [dns1]",
+        id="list-wanted",
+    ),
+    pytest.param(
+        "version: 1\nguests:\n  - match: db*\n", "guests[0].match", 3, 12, "must be a mapping",
+        "'match: {name: \"db*\"}'", id="match-string",
+    ),
+    pytest.param(
+        "version: 1\nguests:\n  - db*\n", "guests[0]", 3, 5, "must be a mapping", "each rule is a mapping",
+        id="rule-string",
+    ),
+    pytest.param(
         "version: 1\ndefaults:\n  order: 0\n  order: 1\n",
         "defaults.order", 4, 3, "duplicate key 'order' (first given on line 3)", "only the last one", id="duplicate-key",
     ),
@@ -503,6 +515,12 @@ def test_a_missing_file_is_a_problem_without_a_line(policy_dir):
 def test_a_directory_is_not_a_policy(policy_dir):
     (policy_dir / "dir").mkdir()
     assert "directory" in only_problem(str(policy_dir / "dir")).message
+
+
+def test_a_fifo_is_refused_without_hanging(policy_dir):
+    fifo = policy_dir / "policy.yaml"
+    os.mkfifo(fifo, 0o644)
+    assert "not a regular file" in only_problem(str(fifo)).message
 
 
 @pytest.mark.parametrize("mode", [0o664, 0o646, 0o666])
