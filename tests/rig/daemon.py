@@ -204,7 +204,7 @@ def sweep_stale(parent: str = DEFAULT_PARENT) -> None:
                 if time.time() - wd.stat().st_mtime > 3600:
                     shutil.rmtree(wd, ignore_errors=True)
             continue
-        if _start_time(owner["pid"]) == owner["start_time"]:
+        if _start_time(owner["pid"]) == owner["start_time"] and not _is_zombie(owner["pid"]):
             continue                                    # its owner is alive
         if owner.get("mntns"):
             _kill_all(_pids_in_mntns(owner["mntns"]))
