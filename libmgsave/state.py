@@ -9,6 +9,7 @@ even if mgsave is killed mid-pass.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import threading
@@ -75,17 +76,20 @@ def read_record(path: Path, kind: str) -> dict | None:
     """The record at ``path``, or None when there is none.
 
     Raises RecordError when the file is unreadable, not JSON, not an mgsave record of this
-    ``kind``, or of a format version this mgsave does not know.
+    ``kind``, of a format version this mgsave does not know, or has a field of the wrong type:
+    a damaged or hand-edited record is never trusted blindly, nor allowed to crash a pass.
     """
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as error:
         raise RecordError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        data = json.loads(text)
-    except ValueError as error:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not valid JSON (not UTF-8 text); the file is corrupt") from None
+    except (ValueError, RecursionError) as error:
         raise RecordError(f"{path}: not valid JSON ({error}); the file is corrupt") from None
     if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT or data.get("kind") != kind:
         raise RecordError(f"{path}: not an mgsave {kind} record")
@@ -97,10 +101,41 @@ def read_record(path: Path, kind: str) -> dict | None:
         )
     if not isinstance(data.get("guests"), dict):
         raise RecordError(f"{path}: has no guest list; the file is corrupt")
+    problem = _type_problem(data)
+    if problem:
+        raise RecordError(f"{path}: {problem}; the file is corrupt")
+    return data
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _type_problem(data: dict) -> str | None:
+    """What is wrong with the types of a record's fields, or None."""
+    if not _is_number(data.get("started")):
+        return f"'started' is {data.get('started')!r}, not a time"
+    if data.get("finished") is not None and not _is_number(data["finished"]):
+        return f"'finished' is {data['finished']!r}, not a time"
+    throughput = data.get("measured_throughput")
+    if throughput is not None and not (_is_number(throughput) and throughput > 0):
+        return f"'measured_throughput' is {throughput!r}, not a positive number"
     for key, entry in data["guests"].items():
         if not isinstance(entry, dict) or not {"name", "uuid", "connection", "outcome"} <= entry.keys():
-            raise RecordError(f"{path}: entry {key!r} is incomplete; the file is corrupt")
-    return data
+            return f"entry {key!r} is incomplete"
+        for name in ("name", "uuid", "connection", "outcome"):
+            if not isinstance(entry[name], str):
+                return f"entry {key!r}: '{name}' is {entry[name]!r}, not a string"
+        if key != guest_record_key(entry["connection"], entry["uuid"]):
+            return f"entry {key!r} is filed under the wrong key (it describes {entry['name']!r})"
+        memory = entry.get("memory_kib")
+        if memory is not None and not (isinstance(memory, int) and not isinstance(memory, bool) and memory >= 0):
+            return f"entry {key!r}: 'memory_kib' is {memory!r}, not a size"
+        if entry.get("image") is not None and not isinstance(entry["image"], str):
+            return f"entry {key!r}: 'image' is {entry['image']!r}, not a path"
+        if entry.get("persistent") is not None and not isinstance(entry["persistent"], bool):
+            return f"entry {key!r}: 'persistent' is {entry['persistent']!r}, not true or false"
+    return None
 
 
 def guest_record_key(connection: str, uuid: str) -> str:
