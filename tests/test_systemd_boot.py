@@ -1,0 +1,554 @@
+"""The proof with a real systemd: a host boots, runs guests, powers off, boots again.
+
+The "host" is this machine's own root filesystem booted by ``systemd-nspawn -b`` with systemd as
+PID 1: an overlay over ``/`` with a tmpfs upper layer (so nothing of the machine changes), kept
+mounted across both boots so what ``make install`` put there survives the "reboot", and with
+persistent binds for what a real host keeps on disk:
+
+    /var/lib/libvirt   libvirt's state, managed-save images
+    /etc/libvirt       a copy of this machine's config, qemu.conf set for root + TCG in a container
+    /var/log/libvirt   libvirt's logs and the test guests' serial consoles (their heartbeat)
+    /var/lib/mgsave    mgsave's state directory
+    /var/log/journal   the persistent journal, read afterwards from outside
+
+The container has a private network (only loopback), so the wheels mgsave installs from are
+built outside first. Guests are defined and read through the container's libvirt socket.
+
+test_mgsave_round_trip asserts; test_libvirt_guests_round_trip runs the same scenario with
+Debian's libvirt-guests (ON_SHUTDOWN=suspend, ON_BOOT=start) for comparison and only reports.
+Run with ``-s`` to see the timings; docs/SYSTEMD.md has the numbers of a run.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.rig.guests import domain_xml
+from tests.rig.image import ImageBuildError, ensure_image
+
+pytestmark = [pytest.mark.systemd, pytest.mark.rig]
+
+ROOT = Path(__file__).resolve().parent.parent
+GUESTS = ("mg-1", "mg-2", "mg-3")
+FILL_MIB = 256
+SRC = "/usr/src/mgsave"  # where the container gets its copy of this tree
+WHEELS = "/var/cache/mgsave-wheels"
+SERIAL_DIR = "rig-serial"  # under /var/log/libvirt, as tests.rig.guests puts it
+CONTAINER_ENV = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8",
+                 "SYSTEMD_COLORS=0", "SYSTEMD_PAGER=", "PAGER=cat"]
+QEMU_CONF = """
+# mgsave test: QEMU as root, no MAC driver, and no cgroup controllers (the container's v1
+# controllers are read-only); systemd still puts each guest in a machine scope.
+user = "root"
+group = "root"
+security_driver = "none"
+cgroup_controllers = [ ]
+"""
+POLICY = """\
+version: 1
+connections: ['qemu:///system']
+defaults:
+  autostart: if-running
+  on_shutdown: [save, shutdown, poweroff]
+"""
+LIBVIRT_GUESTS_DEFAULTS = """\
+URIS=qemu:///system
+ON_BOOT=start
+ON_SHUTDOWN=suspend
+SHUTDOWN_TIMEOUT=300
+"""
+_TICK = re.compile(rb"^tick (\d+)\r?$", re.M)
+_BOOT = re.compile(rb"^rig: init up ", re.M)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _unavailable(reason: str):
+    if _in_ci():
+        pytest.fail(f"systemd container test cannot run under CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def _unavailable_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("systemd-nspawn", "nsenter", "journalctl", "make"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    for path in ("/usr/sbin/libvirtd", "/usr/bin/qemu-system-x86_64", "/lib/systemd/systemd"):
+        if not os.path.exists(path):
+            return f"{path} is missing"
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        return "libvirt-python is not importable"
+    return None
+
+
+# --- the container -----------------------------------------------------------------------------
+
+
+@dataclass
+class Container:
+    """This machine's root booted by systemd-nspawn, as many times as wanted, as one host."""
+
+    workdir: Path
+    machine_uuid: str = field(default_factory=lambda: uuid.uuid4().hex)
+    binds_ro: list[str] = field(default_factory=list)
+    nspawn: subprocess.Popen | None = None
+    pid1: int | None = None
+    boots: int = 0
+    mounted: list[Path] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return self.workdir / "root"
+
+    def dir(self, name: str) -> Path:
+        return self.workdir / name
+
+    def prepare(self) -> None:
+        """Mount the overlay and lay out the persistent directories and libvirt's config."""
+        for name in ("ovl", "root", "lib", "etc", "log", "mgsave", "journal"):
+            self.dir(name).mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(self.dir("ovl"))], check=True)
+        self.mounted.append(self.dir("ovl"))
+        (self.dir("ovl") / "upper").mkdir()
+        (self.dir("ovl") / "work").mkdir()
+        options = f"lowerdir=/,upperdir={self.dir('ovl')}/upper,workdir={self.dir('ovl')}/work"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(self.root)], check=True)
+        self.mounted.append(self.root)
+
+        etc = self.dir("etc")
+        shutil.copytree("/etc/libvirt", etc, dirs_exist_ok=True, symlinks=True)
+        # Only what this test defines: no guests or autostarted networks of this machine's config.
+        for pattern in ("qemu/*.xml", "qemu/autostart/*", "qemu/networks/autostart/*"):
+            for path in etc.glob(pattern):
+                path.unlink()
+        conf = etc / "qemu.conf"
+        ours = re.compile(r"^\s*(user|group|security_driver|cgroup_controllers)\s*=")
+        kept = [line for line in conf.read_text().splitlines() if not ours.match(line)]
+        conf.write_text("\n".join(kept) + "\n" + QEMU_CONF)
+        (self.dir("log") / SERIAL_DIR).mkdir(exist_ok=True)
+
+    def write(self, path: str, text: str, mode: int = 0o644) -> None:
+        """Put a file into the host's root (the overlay's upper layer), as the admin would."""
+        target = self.root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(mode)
+
+    def boot(self, timeout: float = 180) -> float:
+        """Boot; returns seconds until systemd reports the boot finished (the boot pass included)."""
+        assert self.nspawn is None
+        started = time.monotonic()
+        command = [
+            "systemd-nspawn", "-D", str(self.root), "--register=no", "--keep-unit", "--link-journal=no",
+            f"--uuid={self.machine_uuid}", "--private-network", "--quiet",
+            f"--bind={self.dir('lib')}:/var/lib/libvirt",
+            f"--bind={self.dir('etc')}:/etc/libvirt",
+            f"--bind={self.dir('log')}:/var/log/libvirt",
+            f"--bind={self.dir('mgsave')}:/var/lib/mgsave",
+            f"--bind={self.dir('journal')}:/var/log/journal",
+            *(f"--bind-ro={path}" for path in self.binds_ro),
+            "-b",
+        ]
+        self.boots += 1
+        console = open(self.workdir / f"console-{self.boots}.log", "wb")
+        self.nspawn = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        console.close()
+        self.pid1 = self._find_pid1(started + 60)
+        state = ""
+        while not state and time.monotonic() - started < timeout:
+            # Until the container's systemd listens on its bus this fails at once and says nothing.
+            out = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=timeout)
+            state = out.stdout.strip()
+            if not state:
+                time.sleep(0.1)
+        seconds = time.monotonic() - started
+        if state not in ("running", "degraded"):
+            raise AssertionError(f"boot {self.boots} ended {state!r}; console:\n{self.console_tail()}")
+        return seconds
+
+    def _find_pid1(self, deadline: float) -> int:
+        while time.monotonic() < deadline:
+            if self.nspawn.poll() is not None:
+                raise AssertionError(f"systemd-nspawn exited {self.nspawn.returncode}:\n{self.console_tail()}")
+            for child in _children(self.nspawn.pid):
+                if _comm(child) == "systemd":
+                    return child
+            time.sleep(0.05)
+        raise AssertionError("the container's systemd did not show up")
+
+    def console_tail(self, n: int = 4000) -> str:
+        path = self.workdir / f"console-{self.boots}.log"
+        return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+    def run(self, *command: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run a command inside the running container (all of its namespaces, a clean environment)."""
+        assert self.pid1 is not None, "the container is not running"
+        out = subprocess.run(["nsenter", "-t", str(self.pid1), "-a", *CONTAINER_ENV, *command],
+                             capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{' '.join(command)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+        return out
+
+    def poweroff(self, timeout: float = 1200) -> float:
+        """``systemctl poweroff`` inside; returns seconds until the container has exited."""
+        started = time.monotonic()
+        self.run("systemctl", "poweroff", check=False)
+        try:
+            self.nspawn.wait(timeout=timeout)
+        finally:
+            seconds = time.monotonic() - started
+            if self.nspawn.poll() is None:
+                self.kill()
+        self.nspawn = self.pid1 = None
+        return seconds
+
+    def kill(self) -> None:
+        """Stop the container at once: SIGKILL to its PID 1 ends its whole PID namespace."""
+        if self.nspawn is None:
+            return
+        if self.nspawn.poll() is None:
+            if self.pid1 is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid1, signal.SIGKILL)
+            try:
+                self.nspawn.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.nspawn.kill()
+                self.nspawn.wait(timeout=30)
+        self.nspawn = self.pid1 = None
+
+    def close(self) -> None:
+        self.kill()
+        for path in reversed(self.mounted):
+            subprocess.run(["umount", "-l", str(path)], check=False)
+        self.mounted.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- libvirt, the guests' heartbeat, the journal, seen from outside --
+
+    def connect(self):
+        import libvirt
+
+        socket_path = Path(f"/proc/{self.pid1}/root/run/libvirt/libvirt-sock")
+        deadline = time.monotonic() + 60
+        while not socket_path.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError("the container's libvirt socket never appeared")
+            time.sleep(0.2)
+        return libvirt.open(f"qemu+unix:///system?socket={socket_path}")
+
+    def serial(self, name: str) -> bytes:
+        try:
+            return (self.dir("log") / SERIAL_DIR / f"{name}.log").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def ticks(self, name: str) -> list[int]:
+        return [int(t) for t in _TICK.findall(self.serial(name))]
+
+    def guest_boots(self, name: str) -> int:
+        return len(_BOOT.findall(self.serial(name)))
+
+    def wait_ticking(self, names, after: dict[str, int] | None = None, timeout: float = 180) -> float:
+        started = time.monotonic()
+        after = after or {}
+        while True:
+            if all((self.ticks(n) or [0])[-1] > after.get(n, 0) for n in names):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                tails = {n: self.serial(n)[-300:] for n in names}
+                raise AssertionError(f"guests not ticking after {timeout} s: {tails}")
+            time.sleep(0.2)
+
+    def journal(self, *matches: str, since: float | None = None, until: float | None = None) -> list[dict]:
+        """Journal entries (journalctl -o json) of this host, optionally between two wall-clock times."""
+        directories = [str(p) for p in self.dir("journal").iterdir() if p.is_dir()]
+        entries = []
+        for directory in directories:
+            out = subprocess.run(["journalctl", "-D", directory, "-o", "json", "--no-pager", *matches],
+                                 capture_output=True, text=True)
+            entries += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        def inside(entry: dict) -> bool:
+            t = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
+            return (since is None or t >= since) and (until is None or t <= until)
+        return sorted(filter(inside, entries), key=lambda e: int(e["__REALTIME_TIMESTAMP"]))
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _install_requires() -> list[str]:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return [line.strip() for line in cfg["options"]["install_requires"].splitlines() if line.strip()]
+
+
+def _build_wheels(into: Path) -> None:
+    """Wheels of mgsave's dependencies (and its build backend) for the offline container."""
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check",
+                          "-w", str(into), "setuptools>=61", "wheel", *_install_requires()],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        _unavailable(f"cannot build the wheels mgsave needs: {out.stderr.strip()[-500:]}")
+
+
+def _copy_tree(into: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
+                                    ".pytest_cache", ".hypothesis", ".cache")
+    shutil.copytree(ROOT, into, ignore=ignore, symlinks=True)
+
+
+@pytest.fixture
+def container():
+    reason = _unavailable_reason()
+    if reason:
+        _unavailable(reason)
+    try:
+        image = ensure_image()
+    except ImageBuildError as error:
+        _unavailable(f"cannot build the test guest: {error}")
+    workdir = Path(tempfile.mkdtemp(prefix="mgsave-nspawn-", dir="/var/tmp"))
+    c = Container(workdir, binds_ro=[str(image.kernel.parent)])
+    try:
+        try:
+            c.prepare()
+        except subprocess.CalledProcessError as error:
+            _unavailable(f"cannot mount the container's overlay: {error}")
+        yield c
+    finally:
+        c.close()
+
+
+# --- the scenario --------------------------------------------------------------------------------
+
+
+@dataclass
+class Timings:
+    rows: list[tuple[str, float]] = field(default_factory=list)
+
+    def add(self, what: str, seconds: float) -> None:
+        self.rows.append((what, seconds))
+
+    def __str__(self) -> str:
+        return "\n".join(f"  {what:<52} {seconds:7.1f} s" for what, seconds in self.rows)
+
+
+def start_guests(c: Container, timings: Timings) -> None:
+    conn = c.connect()
+    try:
+        for name in GUESTS:
+            conn.defineXML(domain_xml(name, fill_mib=FILL_MIB))
+        started = time.monotonic()
+        for name in GUESTS:
+            conn.lookupByName(name).create()
+    finally:
+        conn.close()
+    c.wait_ticking(GUESTS)
+    timings.add(f"{len(GUESTS)} guests boot and fill {FILL_MIB} MiB each", time.monotonic() - started)
+
+
+def guest_states(c: Container) -> dict[str, tuple[int, int]]:
+    conn = c.connect()
+    try:
+        return {name: tuple(conn.lookupByName(name).state()) for name in GUESTS}
+    finally:
+        conn.close()
+
+
+RUNNING_RESTORED = (1, 3)  # VIR_DOMAIN_RUNNING, VIR_DOMAIN_RUNNING_RESTORED
+
+
+def pass_window(entries: list[dict], kind: str) -> tuple[float, float] | None:
+    from libmgsave import journal
+
+    start = [e for e in entries if e.get("MESSAGE_ID") == journal.PASS_START and e.get("MGSAVE_PASS") == kind]
+    end = [e for e in entries if e.get("MESSAGE_ID") == journal.PASS_END and e.get("MGSAVE_PASS") == kind]
+    if not start or not end:
+        return None
+    return int(start[-1]["__REALTIME_TIMESTAMP"]) / 1e6, int(end[-1]["__REALTIME_TIMESTAMP"]) / 1e6
+
+
+def first_realtime(entries: list[dict], pattern: str) -> float | None:
+    for entry in entries:
+        if re.search(pattern, str(entry.get("MESSAGE", ""))):
+            return int(entry["__REALTIME_TIMESTAMP"]) / 1e6
+    return None
+
+
+def test_mgsave_round_trip(container):
+    c = container
+    t = Timings()
+    wheels = c.root / WHEELS.lstrip("/")
+    started = time.monotonic()
+    _build_wheels(wheels)
+    t.add("build the dependency wheels (outside)", time.monotonic() - started)
+    _copy_tree(c.root / SRC.lstrip("/"))
+    c.write("/etc/mgsave/policy.yaml", POLICY)
+
+    t.add("boot 1: container up (systemctl is-system-running)", c.boot())
+    started = time.monotonic()
+    install = c.run("make", "-C", SRC, "install", f"PIP_ARGS=--no-index --find-links {WHEELS}")
+    t.add("make install (venv, enable, start = boot pass)", time.monotonic() - started)
+    assert "keeping the existing /etc/mgsave/policy.yaml" in install.stdout
+    assert c.run("systemctl", "is-enabled", "mgsave.service").stdout.strip() == "enabled"
+    assert c.run("systemctl", "is-active", "mgsave.service").stdout.strip() == "active"  # armed
+
+    start_guests(c, t)
+
+    # The stop timeout is only a backstop: a pass whose saves make progress extends it
+    # (EXTEND_TIMEOUT_USEC), so even a 5 s TimeoutStopSec does not kill it.
+    dropin = "/etc/systemd/system/mgsave.service.d/short-timeout.conf"
+    c.write(dropin, "[Service]\nTimeoutStopSec=5\n")
+    c.run("systemctl", "daemon-reload")
+    started = time.monotonic()
+    c.run("systemctl", "stop", "mgsave.service")
+    stop_seconds = time.monotonic() - started
+    result = c.run("systemctl", "show", "-p", "Result", "--value", "mgsave.service").stdout.strip()
+    t.add("systemctl stop mgsave with TimeoutStopSec=5 (saves 3)", stop_seconds)
+    assert result == "success", c.run("journalctl", "-u", "mgsave", "-n", "40", check=False).stdout
+    extended = stop_seconds > 5
+    c.run("rm", "-r", os.path.dirname(dropin))
+    c.run("systemctl", "daemon-reload")
+    started = time.monotonic()
+    c.run("systemctl", "start", "mgsave.service")  # the boot pass resumes them
+    t.add("systemctl start mgsave (resumes 3)", time.monotonic() - started)
+    assert set(guest_states(c).values()) == {RUNNING_RESTORED}
+
+    # The real thing: power the host off with the guests running.
+    c.wait_ticking(GUESTS, after={n: c.ticks(n)[-1] for n in GUESTS})
+    boots_before = {n: c.guest_boots(n) for n in GUESTS}
+    off_started = time.time()
+    t.add("boot 1: systemctl poweroff until the container exited", c.poweroff())
+    off_ended = time.time()
+    last_tick = {n: c.ticks(n)[-1] for n in GUESTS}
+    for name in GUESTS:
+        assert (c.dir("lib") / "qemu/save" / f"{name}.save").is_file(), f"{name} has no managed-save image"
+
+    # The journal of the poweroff: the pass ran, and each guest was saved, as its own entry.
+    shutdown = c.journal("_SYSTEMD_UNIT=mgsave.service", since=off_started, until=off_ended)
+    window = pass_window(shutdown, "shutdown")
+    assert window, "no shutdown pass in the journal"
+    t.add("  of which the shutdown pass (PASS_START..PASS_END)", window[1] - window[0])
+    for name in GUESTS:
+        saved = c.journal("-u", "mgsave", f"MGSAVE_GUEST={name}", "MGSAVE_ACTION=save", "MGSAVE_RESULT=ok",
+                          since=off_started, until=off_ended)
+        assert saved, f"no 'save ok' journal entry for {name}"
+        assert saved[-1]["SYSLOG_IDENTIFIER"] == "mgsave" and int(saved[-1]["MGSAVE_BYTES"]) > FILL_MIB << 20
+    # Ordering: the pass finished before libvirtd was stopped.
+    system = c.journal("_PID=1", since=off_started, until=off_ended)
+    mgsave_stopping = first_realtime(system, r"^Stopping mgsave\.service")
+    mgsave_stopped = first_realtime(system, r"^Stopped mgsave\.service")
+    libvirtd_stopping = first_realtime(system, r"^Stopping libvirtd\.service")
+    assert mgsave_stopped and libvirtd_stopping and mgsave_stopped <= libvirtd_stopping
+    # logind holds the poweroff while libvirtd's delay inhibitor lock is held (InhibitDelayMaxSec).
+    t.add("  of which poweroff requested .. Stopping mgsave.service", mgsave_stopping - off_started)
+    t.add("  of which Stopping .. Stopped mgsave.service", mgsave_stopped - mgsave_stopping)
+
+    # Boot 2: the same host; the boot pass resumes the guests before the boot counts as finished.
+    on_started = time.time()
+    t.add("boot 2: container up, boot pass included", c.boot())
+    states = guest_states(c)
+    assert states == {n: RUNNING_RESTORED for n in GUESTS}, states
+    c.wait_ticking(GUESTS, after=last_tick)
+    for name in GUESTS:
+        ticks = c.ticks(name)
+        after_save = ticks[ticks.index(last_tick[name]) + 1]
+        assert after_save == last_tick[name] + 1, f"{name}: tick {last_tick[name]}, then {after_save}"
+        assert c.guest_boots(name) == boots_before[name], f"{name} was cold-booted"
+    boot = c.journal("_SYSTEMD_UNIT=mgsave.service", since=on_started)
+    window = pass_window(boot, "boot")
+    assert window, "no boot pass in the journal"
+    t.add("  of which the boot pass (PASS_START..PASS_END)", window[1] - window[0])
+    for name in GUESTS:
+        assert c.journal("-u", "mgsave", f"MGSAVE_GUEST={name}", "MGSAVE_ACTION=resume", "MGSAVE_RESULT=ok",
+                         since=on_started), f"no 'resume ok' journal entry for {name}"
+
+    # make uninstall must not run the shutdown pass: the guests keep running.
+    c.run("make", "-C", SRC, "uninstall")
+    assert c.run("systemctl", "is-active", "mgsave.service", check=False).stdout.strip() != "active"
+    assert guest_states(c) == states
+    assert c.run("cat", "/etc/mgsave/policy.yaml").stdout == POLICY
+    t.add("boot 2: systemctl poweroff (mgsave uninstalled)", c.poweroff())
+
+    print(f"\nmgsave under a real systemd ({len(GUESTS)} guests x 512 MiB, {FILL_MIB} MiB filled):\n{t}")
+    print(f"  stop timeout extension {'exercised (the stop outlasted TimeoutStopSec=5)' if extended else 'not needed: the saves finished within 5 s'}")
+
+
+def test_libvirt_guests_round_trip(container):
+    """The same with Debian's libvirt-guests and no mgsave: printed for comparison, not asserted."""
+    c = container
+    t = Timings()
+    c.write("/etc/default/libvirt-guests", LIBVIRT_GUESTS_DEFAULTS)
+    t.add("boot 1: container up", c.boot())
+    start_guests(c, t)
+    boots_before = {n: c.guest_boots(n) for n in GUESTS}
+    off_started = time.time()
+    t.add("boot 1: systemctl poweroff until the container exited", c.poweroff())
+    off_ended = time.time()
+    last_tick = {n: c.ticks(n)[-1] for n in GUESTS}
+    entries = c.journal("_SYSTEMD_UNIT=libvirt-guests.service", since=off_started, until=off_ended)
+    system = c.journal("_PID=1", since=off_started, until=off_ended)
+    stopping = first_realtime(system, r"^Stopping libvirt-guests\.service")
+    stopped = first_realtime(system, r"^Stopped libvirt-guests\.service")
+    if stopping and stopped:
+        t.add("  of which poweroff requested .. Stopping libvirt-guests", stopping - off_started)
+        t.add("  of which Stopping .. Stopped libvirt-guests", stopped - stopping)
+    saved = [n for n in GUESTS if (c.dir("lib") / "qemu/save" / f"{n}.save").is_file()]
+    on_started = time.time()
+    t.add("boot 2: container up (libvirt-guests.sh start included)", c.boot())
+    system = c.journal("_PID=1", since=on_started)
+    starting = first_realtime(system, r"^Starting libvirt-guests\.service")
+    finished = first_realtime(system, r"^Finished libvirt-guests\.service")
+    if starting and finished:
+        t.add("  of which Starting .. Finished libvirt-guests", finished - starting)
+    boot_log = c.journal("_SYSTEMD_UNIT=libvirt-guests.service", since=on_started)
+    try:
+        resume = c.wait_ticking(GUESTS, after=last_tick, timeout=60)
+        t.add("boot 2 finished until every guest ticks again", resume)
+    except AssertionError:
+        pass
+    states = guest_states(c)
+    restored = [n for n in GUESTS if states[n] == RUNNING_RESTORED and c.guest_boots(n) == boots_before[n]]
+    t.add("boot 2: systemctl poweroff", c.poweroff())
+    print(f"\nlibvirt-guests (ON_SHUTDOWN=suspend, ON_BOOT=start), {len(GUESTS)} guests:\n{t}")
+    print(f"  saved at poweroff: {saved}; resumed with their memory at boot: {restored}")
+    for title, log in (("its stop log", entries), ("its start log", boot_log)):
+        if log:
+            t0 = int(log[0]["__REALTIME_TIMESTAMP"])
+            print(f"  {title}:\n" + "\n".join(
+                f"    +{(int(e['__REALTIME_TIMESTAMP']) - t0) / 1e6:5.1f} s  {e.get('MESSAGE')}" for e in log))
