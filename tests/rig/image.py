@@ -128,6 +128,32 @@ def _apt_env() -> dict:
     return env
 
 
+def _apt_lists_stamp() -> str:
+    lists = Path("/var/lib/apt/lists")
+    try:
+        st = [(p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in lists.iterdir() if p.is_file()]
+    except OSError:
+        return ""
+    return hashlib.sha256(repr(sorted(st)).encode()).hexdigest()
+
+
+def _kernel_package_cached(cache: Path) -> tuple[str, str]:
+    """_kernel_package(), remembered until apt's package lists change (apt-cache takes ~1 s)."""
+    memo = cache / "kernel-package"
+    stamp = _apt_lists_stamp()
+    try:
+        saved_stamp, pkg, version = memo.read_text().split()
+        if stamp and saved_stamp == stamp:
+            return pkg, version
+    except (OSError, ValueError):
+        pass
+    pkg, version = _kernel_package()
+    stamp = _apt_lists_stamp()     # apt-get update may have run
+    if stamp:
+        memo.write_text(f"{stamp} {pkg} {version}\n")
+    return pkg, version
+
+
 def _kernel_package() -> tuple[str, str]:
     """(package, version) of the kernel image linux-image-amd64 currently depends on."""
     for attempt in range(2):
@@ -279,7 +305,7 @@ def ensure_image() -> GuestImage:
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        pkg, version = _kernel_package()
+        pkg, version = _kernel_package_cached(cache)
         kernel_dir = cache / f"kernel-{pkg}-{version}"
         if not (kernel_dir / "vmlinuz").exists():
             shutil.rmtree(kernel_dir, ignore_errors=True)
