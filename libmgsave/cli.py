@@ -131,6 +131,7 @@ class Context:
         self.policy_path, self.policy_explicit = policyfile.policy_path_from(getattr(args, "policy", None), environ)
         self.state_dir = state.state_dir_from(getattr(args, "state_dir", None), environ)
         self.connect = tuple(getattr(args, "connect", None) or ())
+        self.warnings: list[str] = []  # problems met on the way (untrusted records...), for the summary
 
     def strict_policy(self):
         """The policy for check/plan-style commands: a missing default file means defaults."""
@@ -165,8 +166,9 @@ class Context:
 
     def emit(self, data: dict, text: str) -> None:
         if self.json:
-            json.dump(data, sys.stdout, indent=2, default=str)
-            sys.stdout.write("\n")
+            # One string, one write: json.dump would write every token on its own (560,000
+            # writes for 10,000 guests' status).
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         else:
             print(text)
         sys.stdout.flush()
@@ -256,11 +258,16 @@ def cmd_plan(ctx: Context) -> int:
     guests = _inventory(hosts, policy)
     which = [ctx.args.which] if ctx.args.which else ["shutdown", "boot"]
     plans = [_make_plan(kind, guests, policy, ctx) for kind in which]
-    data = {"policy_problems": _problems_dict(problems), "warnings": warnings,
-            "plans": [p.to_dict() for p in plans]}
-    text = "\n\n".join(report.render_plan(p) for p in plans)
-    if warnings:
-        text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
+    warnings += ctx.warnings
+    # Only the form asked for: each costs as much as the plan itself with thousands of guests.
+    data, text = {}, ""
+    if ctx.json:
+        data = {"policy_problems": _problems_dict(problems), "warnings": warnings,
+                "plans": [p.to_dict() for p in plans]}
+    else:
+        text = "\n\n".join(report.render_plan(p) for p in plans)
+        if warnings:
+            text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
     ctx.emit(data, text)
     return ExitCode.OK
 
@@ -274,7 +281,7 @@ def _make_plan(kind: str, guests, policy, ctx: Context, deadline: float | None =
         throughput = previous.get("measured_throughput") if previous else None
         return planning.plan_shutdown(guests, policy, state_dir=ctx.state_dir, throughput=throughput,
                                       deadline=deadline, room=_room(policy, ctx.state_dir))
-    record = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown")
+    record = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown", warnings=ctx.warnings)
     return planning.plan_boot(guests, policy, record)
 
 
@@ -298,7 +305,9 @@ def _room(policy, state_dir: Path) -> dict:
     return room
 
 
-def _read_record(path: Path, kind: str, quiet: bool = False) -> dict | None:
+def _read_record(path: Path, kind: str, quiet: bool = False, warnings: list[str] | None = None) -> dict | None:
+    """The record, or None when there is none or it cannot be trusted (logged as an error and,
+    given ``warnings``, added to them for the summary)."""
     from libmgsave import state
 
     try:
@@ -306,7 +315,35 @@ def _read_record(path: Path, kind: str, quiet: bool = False) -> dict | None:
     except state.RecordError as error:
         if not quiet:
             log.error("ignoring the %s record: %s", kind, error)
+        if warnings is not None:
+            warnings.append(f"ignoring the {kind} record: {error}")
         return None
+
+
+def _set_aside_untrusted(path: Path, kind: str, ctx: Context) -> None:
+    """Before a pass replaces the record at ``path``: a record that cannot be trusted is renamed
+    to ``<name>.untrusted-<time>`` and kept for inspection, never silently overwritten."""
+    from libmgsave import state
+
+    try:
+        state.read_record(path, kind)
+        return
+    except state.RecordError as error:
+        problem = str(error)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.untrusted-{stamp}")
+    n = 1
+    while os.path.lexists(target):
+        n += 1
+        target = path.with_name(f"{path.name}.untrusted-{stamp}-{n}")
+    try:
+        os.replace(path, target)
+    except OSError as error:
+        log.error("ignoring the %s record: %s; could not keep it aside (%s)", kind, problem, error.strerror)
+        ctx.warnings.append(f"ignoring the {kind} record: {problem}; could not keep it aside ({error.strerror})")
+        return
+    log.error("ignoring the %s record: %s; kept as %s", kind, problem, target)
+    ctx.warnings.append(f"ignoring the {kind} record: {problem}; kept as {target}")
 
 
 def cmd_status(ctx: Context) -> int:
@@ -346,8 +383,8 @@ def cmd_status(ctx: Context) -> int:
         })
     data = {"policy": policy.source, "policy_problems": _problems_dict(problems), "warnings": warnings,
             "state_dir": str(ctx.state_dir), "guests": rows}
-    text = report.render_status(rows)
-    if warnings:
+    text = "" if ctx.json else report.render_status(rows)
+    if warnings and not ctx.json:
         text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
     ctx.emit(data, text)
     return ExitCode.OK
@@ -385,14 +422,17 @@ def cmd_pass(ctx: Context) -> int:
         results = (_run_shutdown if kind == "shutdown" else _run_boot)(the_plan, connections, ctx, dry_run,
                                                                       deadline_at)
         result = PassResult(kind=the_plan.kind, dry_run=dry_run, started=started, finished=time.time(),
-                            results=results, warnings=warnings + list(the_plan.warnings))
+                            results=results, warnings=warnings + ctx.warnings + list(the_plan.warnings))
     failed = [r for r in result.results if not r.ok]
     log.log(logging.ERROR if failed else logging.INFO,
             "%s pass%s ends: %d guests, %d failed, %.1f s", kind, " (dry run)" if dry_run else "",
             len(result.results), len(failed), result.finished - result.started,
             extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": kind})
     notify.status(f"{kind} pass: done, {len(result.results) - len(failed)}/{len(result.results)} guests ok")
-    ctx.emit(result.to_dict(), report.render_result(result))
+    if ctx.json:
+        ctx.emit(result.to_dict(), "")
+    else:
+        ctx.emit({}, report.render_result(result))
     unreachable = any(w.startswith("could not reach") for w in warnings)
     return ExitCode.GUEST_FAILED if failed or unreachable else ExitCode.OK
 
@@ -426,7 +466,8 @@ def _shutdown_guest_entries(the_plan, ctx: Context) -> dict:
     from libmgsave import state
 
     entries = {}
-    previous = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown")
+    _set_aside_untrusted(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown", ctx)
+    previous = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown", quiet=True)
     boot = _read_record(ctx.state_dir / state.BOOT_RECORD, "boot", quiet=True)
     if previous and (boot is None or boot.get("started", 0) < previous.get("started", 0)):
         entries.update(previous["guests"])
@@ -458,6 +499,7 @@ def _run_boot(the_plan, connections, ctx: Context, dry_run: bool, _deadline_at: 
     started = time.time()
     results = BootPass(the_plan, connections, state_dir=ctx.state_dir, dry_run=dry_run).run()
     if not dry_run:
+        _set_aside_untrusted(ctx.state_dir / state.BOOT_RECORD, "boot", ctx)
         state.write_json_atomic(ctx.state_dir / state.BOOT_RECORD, {
             "format": state.RECORD_FORMAT, "kind": "boot", "version": state.RECORD_VERSION,
             "mgsave_version": __version__, "started": started,
