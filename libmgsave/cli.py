@@ -484,12 +484,18 @@ def _shutdown_guest_entries(the_plan, ctx: Context) -> dict:
 
 
 def _throughput(results) -> float | None:
-    """Aggregate bytes/s of this pass's saves, for the next pass's estimates."""
-    saves = [s for r in results for s in r.steps if s.ok and s.bytes and str(s.action).startswith("save")]
+    """This pass's aggregate save rate, for the next pass's estimates, in the planner's unit:
+    bytes of guest memory saved per second (the planner estimates a save from the guest's
+    memory size; the image is smaller, as pages never touched are not written, so a rate of
+    image bytes would make the next estimates too long by that ratio, about 1.4 on the
+    benchmark's guests; see docs/PERFORMANCE.md)."""
+    saves = [(r.plan.guest.memory_bytes, s) for r in results for s in r.steps
+             if s.ok and str(s.action).startswith("save")]
     if not saves:
         return None
-    span = max(s.finished for s in saves) - min(s.started for s in saves)
-    return sum(s.bytes for s in saves) / span if span > 0 else None
+    span = max(s.finished for _m, s in saves) - min(s.started for _m, s in saves)
+    memory = sum(m for m, _s in saves)
+    return memory / span if span > 0 and memory > 0 else None
 
 
 def _run_boot(the_plan, connections, ctx: Context, dry_run: bool, _deadline_at: float) -> list:
