@@ -1,0 +1,31 @@
+"""``python -m bench COMMAND [options]`` (from the repository root; ``bench/run`` does that).
+
+    compare    save-all / resume-all: mgsave vs libvirt-guests vs plain parallel virsh, on the
+               real test rig (root; tests/rig), plus sweeps over the guest count and parallelism
+    deadline   a shutdown deadline that fits about half of 8 guests: which are saved, which shut down
+    scale      mgsave plan / status / shutdown --dry-run with 1,000 and 10,000 guests (libvirt's
+               test driver): time and peak memory
+    startup    the start-up cost of the mgsave command and what it imports
+
+Each prints its figures as Markdown tables on stdout (progress on stderr); --help for options.
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = ("compare", "deadline", "scale", "startup")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    module = __import__(f"bench.{command}", fromlist=["main"])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,421 @@
+"""Save-all and resume-all: mgsave against libvirt-guests and against the raw floor.
+
+On the real test rig (a private libvirtd with TCG guests; see tests/rig), with the same guests
+in the same run, contenders alternate round by round:
+
+  mgsave          ``mgsave shutdown`` / ``mgsave boot`` with a policy that saves and resumes
+                  every guest (the built-in behaviour, written out), at a given parallelism
+  libvirt-guests  libvirt's own ``libvirt-guests.sh stop`` / ``start`` configured for managed
+                  save and resume (URIS=qemu:///system, ON_SHUTDOWN=suspend, ON_BOOT=start)
+  floor           ``virsh managedsave`` / ``virsh start`` of every guest, all at once
+
+After every resume each guest must be running, restored (not booted afresh), and its serial
+heartbeat must go on from where it was: no contender can win by skipping work.
+
+Also: how the figures change with the number of guests (--sweep-n) and with mgsave's
+parallelism limit (--sweep-parallel, at --parallel-guests guests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.common import (URI, dump_json, foreign_guests, load_average, machine_description,
+                          median, mgsave_command, note, run_parallel, run_timed, say, spread,
+                          table, tempdir, write_policy)
+
+LIBVIRT_GUESTS_SH = "/usr/lib/libvirt/libvirt-guests.sh"
+LIBVIRT_GUESTS_CONF = "/etc/default/libvirt-guests"
+PREFIX = "bench"
+CONTENDERS = ("mgsave", "libvirt-guests", "floor")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()] if text else []
+
+
+# --- the rig and its guests ---------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = tempdir("compare")
+        self.log = self.work / "commands.log"
+        self.policy_dir = self.work / "policy"
+        self.state_dir = None  # set inside the rig
+        self.rig = None
+        self.conn = None
+        self.names: list[str] = []
+        self.boots: dict[str, int] = {}
+        self._mounts: list[str] = []
+        self.mgsave = mgsave_command()
+        self.busy: list[str] = []
+
+    # life cycle
+
+    def start(self, count: int) -> None:
+        from tests.rig import Rig, define_guests, ensure_image, start_and_wait_ticking
+
+        ensure_image()
+        outer_ns = os.stat("/proc/self/ns/mnt").st_ino
+        self.rig = Rig()
+        self.rig.start()
+        if os.stat("/proc/self/ns/mnt").st_ino == outer_ns:
+            raise RuntimeError("the rig did not give this process a private mount namespace")
+        self._configure_libvirt_guests()
+        self.state_dir = Path("/var/lib/mgsave/bench")  # the rig's private state directory
+        self.conn = self.rig.connect()
+        note(f"booting {count} guests ({self.args.memory} MiB, {self.args.fill} MiB filled)")
+        t0 = time.monotonic()
+        self.names = define_guests(self.conn, count, memory_mib=self.args.memory,
+                                   fill_mib=self.args.fill, prefix=PREFIX)
+        start_and_wait_ticking(self.conn, self.names, timeout=120 + 40 * count)
+        note(f"{count} guests ticking after {time.monotonic() - t0:.0f} s")
+        from tests.rig import boots
+        self.boots = {n: boots(n) for n in self.names}
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.conn is not None:
+                self.conn.close()
+        for mp in reversed(self._mounts):
+            subprocess.run(["umount", "-l", mp], check=False)
+        self._mounts = []
+        if self.rig is not None:
+            self.rig.stop()
+
+    def _mount(self, *argv: str) -> None:
+        subprocess.run(["mount", *argv], check=True)
+        self._mounts.append(argv[-1])
+
+    def _configure_libvirt_guests(self) -> None:
+        """Give libvirt-guests, inside the rig's mount namespace only, a private configuration
+        (managed save at stop, resume at start) and a private lock directory. The host's own
+        /etc/default/libvirt-guests and /run/lock are untouched."""
+        conf = self.work / "libvirt-guests"
+        conf.write_text(
+            "# mgsave benchmark: managed save at stop, resume at start\n"
+            f"URIS={URI}\nON_BOOT=start\nON_SHUTDOWN=suspend\nSTART_DELAY=0\n"
+            "BYPASS_CACHE=0\nSYNC_TIME=0\nPARALLEL_SHUTDOWN=0\nSHUTDOWN_TIMEOUT=300\n"
+        )
+        if os.path.isfile(LIBVIRT_GUESTS_CONF):
+            self._mount("--bind", str(conf), LIBVIRT_GUESTS_CONF)
+        else:  # no file to cover: cover /etc/default with a copy that has one
+            copy = self.work / "etc-default"
+            subprocess.run(["cp", "-a", "/etc/default", str(copy)], check=True)
+            (copy / "libvirt-guests").write_text(conf.read_text())
+            self._mount("--bind", str(copy), "/etc/default")
+        lock_dir = os.path.realpath("/var/lock")
+        if os.path.isdir(lock_dir):
+            self._mount("-t", "tmpfs", "-o", "mode=1777", "mgsave-bench-lock", lock_dir)
+
+    def keep(self, count: int) -> None:
+        """Destroy and undefine guests beyond the first ``count``."""
+        import libvirt
+
+        from tests.rig import serial_log
+        for name in self.names[count:]:
+            dom = self.conn.lookupByName(name)
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+            with contextlib.suppress(FileNotFoundError):
+                serial_log(name).unlink()
+        self.names = self.names[:count]
+
+    # checks
+
+    def check_busy(self, when: str) -> None:
+        others = foreign_guests()
+        if others:
+            self.busy.append(f"{when}: {others} other QEMU processes running (load {load_average()})")
+
+    def check_saved(self) -> int:
+        """Every guest shut off with a managed-save image; returns the images' total bytes."""
+        from tests.rig import SAVE_DIR, state_reason
+        total = 0
+        for name in self.names:
+            sr = state_reason(self.conn, name)
+            if sr != ("shutoff", "saved") or not self.conn.lookupByName(name).hasManagedSaveImage(0):
+                raise RuntimeError(f"{name}: not saved after the save phase: {sr}")
+            total += os.path.getsize(os.path.join(SAVE_DIR, f"{name}.save"))
+        return total
+
+    def check_resumed(self, before: dict[str, int]) -> None:
+        """Every guest running, restored from its image, not booted afresh, heartbeat going on."""
+        from tests.rig import boots, state_reason, ticks, wait_for_tick_after
+        for name in self.names:
+            sr = state_reason(self.conn, name)
+            if sr != ("running", "restored"):
+                raise RuntimeError(f"{name}: not resumed: {sr}")
+        for name in self.names:
+            wait_for_tick_after(name, before[name], timeout=60)
+            if boots(name) != self.boots[name]:
+                raise RuntimeError(f"{name}: booted afresh instead of resuming")
+            tail = ticks(name)[-40:]
+            if any(b <= a for a, b in zip(tail, tail[1:])):
+                raise RuntimeError(f"{name}: heartbeat went backwards: {tail}")
+
+    # contenders
+
+    def _settle(self) -> None:
+        os.sync()
+        time.sleep(self.args.settle)
+
+    def round_trip(self, contender: str, parallel: int | str = "auto") -> dict:
+        """Save every guest, check, resume every guest, check; returns the timings."""
+        from tests.rig import last_tick
+        self._settle()
+        self.check_busy(f"{contender} n={len(self.names)}")
+        out: dict = {}
+        save_s, extra = self._save(contender, parallel)
+        out["save"] = save_s
+        out.update(extra)
+        out["bytes"] = self.check_saved()
+        before = {n: last_tick(n) for n in self.names}
+        self._settle()
+        resume_s, extra = self._resume(contender, parallel)
+        out["resume"] = resume_s
+        out.update(extra)
+        self.check_resumed(before)
+        return out
+
+    def _mgsave(self, which: str, parallel) -> tuple[float, dict]:
+        policy = write_policy(self.policy_dir, parallel=parallel)
+        stdout = self.work / f"mgsave-{which}.json"
+        stdout.unlink(missing_ok=True)
+        t0 = time.time()
+        seconds, _rss = run_timed(self.mgsave + ["--policy", str(policy), "--state-dir", str(self.state_dir),
+                                                 "--json", which], log=self.log, stdout_file=stdout)
+        t_exit = t0 + seconds
+        return seconds, _phases(json.loads(stdout.read_text()), t0, t_exit, which)
+
+    def _save(self, contender: str, parallel) -> tuple[float, dict]:
+        if contender == "mgsave":
+            return self._mgsave("shutdown", parallel)
+        if contender == "libvirt-guests":
+            return run_timed([self.args.libvirt_guests, "stop"], log=self.log)[0], {}
+        return run_parallel([["virsh", "-q", "-c", URI, "managedsave", n] for n in self.names], log=self.log), {}
+
+    def _resume(self, contender: str, parallel) -> tuple[float, dict]:
+        if contender == "mgsave":
+            return self._mgsave("boot", parallel)
+        if contender == "libvirt-guests":
+            return run_timed([self.args.libvirt_guests, "start"], log=self.log)[0], {}
+        return run_parallel([["virsh", "-q", "-c", URI, "start", n] for n in self.names], log=self.log), {}
+
+
+def _phases(result: dict, t0: float, t_exit: float, which: str) -> dict:
+    """Where mgsave's wall time went, from its --json result: start-up (interpreter, imports,
+    policy) until the pass began, preparation (lock, connect, inventory, plan, record) until the
+    first guest's step, the guests' work, and the end (record, summary, exit)."""
+    steps = [s for g in result["guests"] for s in g["steps"]]
+    if not steps:
+        return {}
+    first = min(s["started"] for s in steps)
+    last = max(s["finished"] for s in steps)
+    return {
+        f"{which}_startup": result["started"] - t0,
+        f"{which}_prepare": first - result["started"],
+        f"{which}_work": last - first,
+        f"{which}_finish": t_exit - last,
+    }
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def _rotation(contenders: list[str], round_no: int) -> list[str]:
+    k = round_no % len(contenders)
+    return contenders[k:] + contenders[:k]
+
+
+def run(args) -> dict:
+    contenders = [c for c in args.contenders.split(",") if c]
+    for c in contenders:
+        if c not in CONTENDERS:
+            raise SystemExit(f"unknown contender {c!r} (choose from {', '.join(CONTENDERS)})")
+    sweep_n = sorted(set(_ints(args.sweep_n)) - {args.guests}, reverse=True)
+    sweep_p = _ints(args.sweep_parallel)
+    levels = sorted(set(sweep_n) | {args.guests} | ({args.parallel_guests} if sweep_p else set()),
+                    reverse=True)
+    data = {"machine": machine_description(), "args": vars(args), "levels": {}, "parallel": {},
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    bench = Bench(args)
+    data["foreign_qemu_at_start"] = foreign_guests()
+    try:
+        bench.start(levels[0])
+        for n in levels:
+            bench.keep(n)
+            if sweep_p and n == args.parallel_guests:
+                data["parallel"] = _parallel_sweep(bench, sweep_p, args.sweep_rounds)
+            if n == args.guests or n in sweep_n:
+                rounds = args.rounds if n == args.guests else args.sweep_rounds
+                data["levels"][n] = _compare(bench, contenders, rounds)
+                _print_level(n, data["levels"][n], args, main=(n == args.guests))
+    finally:
+        data["busy"] = bench.busy
+        bench.stop()
+    data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    _print_summary(data, args)
+    dump_json(args.json, data)
+    return data
+
+
+def _compare(bench: Bench, contenders: list[str], rounds: int) -> dict:
+    results = {c: [] for c in contenders}
+    for r in range(rounds):
+        for c in _rotation(contenders, r):
+            note(f"n={len(bench.names)} round {r + 1}/{rounds}: {c}")
+            results[c].append(bench.round_trip(c))
+            last = results[c][-1]
+            note(f"  save {last['save']:.2f} s, resume {last['resume']:.2f} s, {last['bytes'] / 1e6:.0f} MB")
+    return results
+
+
+def _parallel_sweep(bench: Bench, values: list[int], rounds: int) -> dict:
+    results = {p: [] for p in values}
+    for r in range(rounds):
+        order = values if r % 2 == 0 else list(reversed(values))
+        for p in order:
+            note(f"parallelism {p}, n={len(bench.names)}, round {r + 1}/{rounds}")
+            results[p].append(bench.round_trip("mgsave", parallel=p))
+            last = results[p][-1]
+            note(f"  save {last['save']:.2f} s, resume {last['resume']:.2f} s")
+    n = len(bench.names)
+    rows = []
+    for p in values:
+        saves = [x["save"] for x in results[p]]
+        resumes = [x["resume"] for x in results[p]]
+        rows.append([p, spread(saves), spread(resumes)])
+    say(f"\n## mgsave's parallelism limit, {n} guests ({rounds} rounds each)\n")
+    say(table(["max_parallel_saves/starts", "save-all", "resume-all"], rows))
+    from libmgsave.policy import default_parallelism
+    say(f"\n(default here: auto = {default_parallelism()})")
+    return results
+
+
+def _values(results: list[dict], key: str) -> list[float]:
+    return [r[key] for r in results if key in r]
+
+
+def _print_level(n: int, results: dict, args, main: bool) -> None:
+    rounds = len(next(iter(results.values())))
+    title = "Save-all and resume-all" if main else "Guest count"
+    say(f"\n## {title}: {n} guests x {args.memory} MiB ({args.fill} MiB filled), {rounds} rounds\n")
+    rows = []
+    for c, rs in results.items():
+        saves, resumes = _values(rs, "save"), _values(rs, "resume")
+        size = median(_values(rs, "bytes"))
+        rows.append([c, spread(saves), spread(resumes), f"{size / 1e6:.0f} MB",
+                     f"{size / median(saves) / 1e6:.0f} MB/s"])
+    say(table(["contender", "save-all median (min-max)", "resume-all median (min-max)", "images",
+               "save throughput"], rows))
+    ratios = _ratios(results)
+    if ratios:
+        say("")
+        say(table(["ratio (medians)", "save-all", "resume-all"],
+                  [[k, f"{v['save']:.2f}", f"{v['resume']:.2f}"] for k, v in ratios.items()]))
+    if "mgsave" in results:
+        keys = ["shutdown_startup", "shutdown_prepare", "shutdown_work", "shutdown_finish",
+                "boot_startup", "boot_prepare", "boot_work", "boot_finish"]
+        cells = [[k.replace("_", ": "), spread(_values(results["mgsave"], k), digits=3)]
+                 for k in keys if _values(results["mgsave"], k)]
+        if cells:
+            say("\nwhere mgsave's time went (start-up = interpreter, imports, policy; prepare = lock, "
+                "connect, inventory, plan, record):\n")
+            say(table(["mgsave phase", "median (min-max)"], cells))
+
+
+def _ratios(results: dict) -> dict:
+    out = {}
+    if "mgsave" not in results:
+        return out
+    m = results["mgsave"]
+    for other in ("libvirt-guests", "floor"):
+        if other in results:
+            o = results[other]
+            out[f"mgsave / {other}"] = {
+                k: median(_values(m, k)) / median(_values(o, k)) for k in ("save", "resume")
+            }
+    return out
+
+
+TARGETS = {"mgsave / libvirt-guests": {"save": 0.45, "resume": 0.35},
+           "mgsave / floor": {"save": 1.15, "resume": 1.15}}
+
+
+def _print_summary(data: dict, args) -> None:
+    levels = data["levels"]
+    if len(levels) > 1:
+        say("\n## How the medians change with the number of guests\n")
+        rows = []
+        for n in sorted(levels):
+            row = [n]
+            for c in CONTENDERS:
+                if c in levels[n]:
+                    row.append(f"{median(_values(levels[n][c], 'save')):.2f} / "
+                               f"{median(_values(levels[n][c], 'resume')):.2f}")
+                else:
+                    row.append("-")
+            r = _ratios(levels[n])
+            row.append(" / ".join(f"{v['save']:.2f}, {v['resume']:.2f}" for v in r.values()) or "-")
+            rows.append(row)
+        say(table(["guests", *(f"{c} save / resume (s)" for c in CONTENDERS),
+                   "mgsave/lg, mgsave/floor (save, resume)"], rows))
+    main = levels.get(args.guests)
+    if main:
+        say("\n## Targets (medians)\n")
+        rows = []
+        for name, r in _ratios(main).items():
+            for k in ("save", "resume"):
+                target = TARGETS[name][k]
+                rows.append([f"{k}-all {name}", f"{r[k]:.2f}", f"<= {target}", "met" if r[k] <= target else "MISSED"])
+        say(table(["ratio", "measured", "target", ""], rows))
+    say(f"\nmachine: {json.dumps(data['machine'])}")
+    say(f"other QEMU processes at start: {data['foreign_qemu_at_start']}")
+    if data["busy"]:
+        say("the machine was busy during: " + "; ".join(data["busy"][:10])
+            + (f" (and {len(data['busy']) - 10} more)" if len(data["busy"]) > 10 else ""))
+    else:
+        say("no other QEMU process ran during any measurement")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--guests", type=int, default=4, help="guests in the main comparison (default 4)")
+    p.add_argument("--memory", type=int, default=512, help="MiB of RAM per guest (default 512)")
+    p.add_argument("--fill", type=int, default=300, help="MiB of random data each guest holds (default 300)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds per contender in the main comparison (default 3)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS),
+                   help="comma-separated, from: " + ", ".join(CONTENDERS))
+    p.add_argument("--sweep-n", default="1,2,8", metavar="N,N,...",
+                   help="other guest counts to measure (default 1,2,8; '' for none)")
+    p.add_argument("--sweep-parallel", default="1,2,4,8", metavar="P,P,...",
+                   help="mgsave parallelism limits to measure (default 1,2,4,8; '' for none)")
+    p.add_argument("--parallel-guests", type=int, default=8,
+                   help="guests in the parallelism sweep (default 8)")
+    p.add_argument("--sweep-rounds", type=int, default=2, help="rounds per point of the sweeps (default 2)")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds of quiet (after sync) before each timed phase")
+    p.add_argument("--libvirt-guests", default=LIBVIRT_GUESTS_SH, help="libvirt-guests' script")
+    p.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/run compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""mgsave with thousands of guests, on libvirt's test driver.
+
+Generates test-driver node files (``test:///<file>``) with N guests (default 1,000 and 10,000:
+80% running, 5% of them transient; 10% shut off with a managed-save image; 10% shut off), then
+times, as separate processes, each run --repeat times:
+
+    mgsave plan                 (--connect test:///<file>, --state-dir in a temporary directory)
+    mgsave status --json
+    mgsave shutdown --dry-run
+
+and reports the median wall time and the peak resident memory of the process (getrusage of the
+child). libvirt's test driver parses the node file inside the mgsave process when it connects;
+that parse is timed on its own (a process that only imports libvirt and connects) so mgsave's
+own share can be told apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+from bench.common import (dump_json, machine_description, median, mgsave_command, note, run_timed,
+                          say, table, tempdir)
+
+COMMANDS = {
+    "plan": ["plan"],
+    "status --json": ["--json", "status"],
+    "shutdown --dry-run": ["shutdown", "--dry-run"],
+}
+
+
+def node_xml(n: int) -> str:
+    """A test-driver node with ``n`` guests of 512 MiB..8 GiB: 80% running (one in twenty of them
+    transient), 10% shut off with a managed-save image, 10% shut off without."""
+    parts = ["<node>\n",
+             "  <cpu><nodes>1</nodes><sockets>1</sockets><cores>64</cores><threads>1</threads>"
+             "<active>64</active><mhz>2000</mhz><model>x86_64</model></cpu>\n",
+             "  <memory>1073741824</memory>\n"]
+    ns = "xmlns:test='http://libvirt.org/schemas/domain/test/1.0'"
+    for i in range(n):
+        mib = 512 << (i % 5)
+        state = ""
+        if i % 10 == 8:
+            state = "<test:runstate>5</test:runstate><test:hasmanagedsave>yes</test:hasmanagedsave>"
+        elif i % 10 == 9:
+            state = "<test:runstate>5</test:runstate>"
+        elif i % 20 == 7:
+            state = "<test:transient/>"
+        parts.append(
+            f"  <domain type='test' {ns}><name>guest-{i:05d}</name><uuid>{uuid.UUID(int=i + 1)}</uuid>"
+            f"<memory unit='MiB'>{mib}</memory><currentMemory unit='MiB'>{mib}</currentMemory>"
+            f"<vcpu>1</vcpu><os><type>hvm</type></os>{state}</domain>\n")
+    parts.append("</node>\n")
+    return "".join(parts)
+
+
+def run(args) -> dict:
+    sizes = [int(x) for x in args.guests.split(",") if x]
+    work = tempdir("scale")
+    mgsave = mgsave_command()
+    policy = work / "policy.yaml"
+    policy.write_text("version: 1\nconnections: ['qemu:///system']\n")
+    data = {"machine": machine_description(), "sizes": {}}
+    try:
+        for n in sizes:
+            path = work / f"node-{n}.xml"
+            path.write_text(node_xml(n))
+            uri = f"test://{path}"
+            row = {}
+            connect = [sys.executable, "-c", f"import libvirt; c = libvirt.open({uri!r}); c.listAllDomains(0)"]
+            row["libvirt connect only"] = _measure(connect, args.repeat, work)
+            for label, argv in COMMANDS.items():
+                state = work / f"state-{n}"
+                cmd = mgsave + ["--policy", str(policy), "--connect", uri, "--state-dir", str(state), *argv]
+                row[f"mgsave {label}"] = _measure(cmd, args.repeat, work)
+                shutil.rmtree(state, ignore_errors=True)
+            data["sizes"][n] = row
+            note(f"{n} guests: " + ", ".join(f"{k} {v['seconds']:.2f} s" for k, v in row.items()))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _print(data, args)
+    dump_json(args.json, data)
+    return data
+
+
+def _measure(argv: list[str], repeat: int, work: Path) -> dict:
+    times, rss = [], []
+    for _ in range(repeat):
+        seconds, kib = run_timed(argv, log=work / "scale.log", stdout_file=Path(os.devnull))
+        times.append(seconds)
+        rss.append(kib)
+    return {"seconds": median(times), "min": min(times), "max": max(times), "maxrss_kib": max(rss)}
+
+
+def _print(data: dict, args) -> None:
+    sizes = sorted(data["sizes"])
+    labels = list(next(iter(data["sizes"].values())))
+    say(f"## Scale: libvirt's test driver, median of {args.repeat} runs (wall time; peak RSS)\n")
+    headers = ["command"] + [f"{n} guests" for n in sizes]
+    rows = []
+    for label in labels:
+        row = [label]
+        for n in sizes:
+            m = data["sizes"][n][label]
+            row.append(f"{m['seconds']:.2f} s; {m['maxrss_kib'] / 1024:.0f} MiB")
+        rows.append(row)
+    if len(sizes) > 1:
+        headers.append(f"time ratio {sizes[-1]}/{sizes[0]} (guests x{sizes[-1] / sizes[0]:g})")
+        for row, label in zip(rows, labels):
+            a, b = data["sizes"][sizes[0]][label]["seconds"], data["sizes"][sizes[-1]][label]["seconds"]
+            row.append(f"{b / a:.1f}")
+    say(table(headers, rows))
+    say("\nmgsave's own share (command minus 'libvirt connect only', which includes the driver "
+        "parsing the node file, the interpreter and importing libvirt):\n")
+    rows = []
+    for label in labels[1:]:
+        row = [label]
+        for n in sizes:
+            own = data["sizes"][n][label]["seconds"] - data["sizes"][n]["libvirt connect only"]["seconds"]
+            row.append(f"{own:.2f} s ({own / n * 1e3:.2f} ms/guest)")
+        rows.append(row)
+    say(table(["command"] + [f"{n} guests" for n in sizes], rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/run scale", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--guests", default="1000,10000", help="comma-separated guest counts (default 1000,10000)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per command (default 3)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The start-up cost of the ``mgsave`` command, and what it imports.
+
+Times, as separate processes (median of --repeat runs, wall time and peak RSS): the bare
+interpreter, ``mgsave --version``, ``mgsave --help``, ``mgsave check`` and ``mgsave plan`` (with a
+policy file, on libvirt's in-process ``test:///default`` driver, so no daemon is involved), and
+lists the heaviest imports of each command (``python -X importtime``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.common import dump_json, machine_description, median, mgsave_command, run_timed, say, table, tempdir
+
+URI = "test:///default"
+
+
+def _commands(policy: Path, state: Path) -> dict[str, list[str]]:
+    common = ["--policy", str(policy), "--connect", URI, "--state-dir", str(state)]
+    return {
+        "mgsave --version": ["--version"],
+        "mgsave --help": ["--help"],
+        "mgsave check": [*common, "check"],
+        "mgsave plan": [*common, "plan"],
+        "mgsave boot --dry-run": [*common, "boot", "--dry-run"],
+    }
+
+
+def imports(argv: list[str], top: int) -> list[tuple[str, float]]:
+    """The top-level imports of ``python -m libmgsave argv`` with their cumulative seconds."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "libmgsave", *argv],
+                          capture_output=True, text=True)
+    found = []
+    for line in proc.stderr.splitlines():
+        m = re.match(r"import time:\s+\d+ \|\s+(\d+) \|( *)(\S+)", line)
+        if m and len(m.group(2)) <= 1:  # imported by the program itself, not by another module
+            found.append((m.group(3), int(m.group(1)) / 1e6))
+    found.sort(key=lambda x: -x[1])
+    return found[:top]
+
+
+def run(args) -> dict:
+    work = tempdir("startup")
+    policy = work / "policy.yaml"
+    policy.write_text("version: 1\nconnections: ['qemu:///system']\nlimits: {max_parallel_saves: auto}\n")
+    state = work / "state"
+    mgsave = mgsave_command()
+    data = {"machine": machine_description(), "commands": {}, "imports": {}}
+    rows = []
+    base = [sys.executable, "-c", "pass"]
+    for label, argv in [("python -c pass (the interpreter alone)", base),
+                        *[(k, mgsave + v) for k, v in _commands(policy, state).items()]]:
+        times, rss = [], []
+        for _ in range(args.repeat):
+            s, kib = run_timed(argv, log=work / "log", stdout_file=Path(os.devnull), check=False)
+            times.append(s)
+            rss.append(kib)
+        data["commands"][label] = {"seconds": median(times), "min": min(times), "max": max(times),
+                                   "maxrss_kib": max(rss)}
+        rows.append([label, f"{median(times) * 1e3:.0f} ms ({min(times) * 1e3:.0f}-{max(times) * 1e3:.0f})",
+                     f"{max(rss) / 1024:.0f} MiB"])
+    say(f"## Start-up cost of the mgsave command (median of {args.repeat} runs)\n")
+    say(table(["command", "wall time (min-max)", "peak RSS"], rows))
+    for label, argv in _commands(policy, state).items():
+        if label in ("mgsave --version",):
+            continue
+        found = imports(argv, args.top)
+        data["imports"][label] = found
+        say(f"\nheaviest imports of `{label}` (cumulative, one run): "
+            + ", ".join(f"{name} {sec * 1e3:.0f} ms" for name, sec in found))
+    subprocess.run(["rm", "-rf", str(work)], check=False)
+    dump_json(args.json, data)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/run startup", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeat", type=int, default=10, help="runs per command (default 10)")
+    p.add_argument("--top", type=int, default=6, help="imports listed per command (default 6)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    run(p.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
