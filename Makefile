@@ -95,7 +95,7 @@ install-policy:
 # Enable, and (START=yes) start: the unit must be active for systemd to run the shutdown
 # pass at the next shutdown; starting runs the boot pass now, which leaves running guests
 # alone. An already active unit is not restarted: a restart would run the shutdown pass.
-install-systemd:
+install-systemd: install-files install-policy
 ifneq ($(LIVE),)
 	systemctl daemon-reload
 	systemctl enable mgsave.service

@@ -257,7 +257,7 @@ def cmd_plan(ctx: Context) -> int:
     hosts, warnings = _open_hosts(policy, QUERY_CONNECT_RETRY)
     guests = _inventory(hosts, policy)
     which = [ctx.args.which] if ctx.args.which else ["shutdown", "boot"]
-    plans = [_make_plan(kind, guests, policy, ctx) for kind in which]
+    plans = [_make_plan(kind, guests, policy, ctx, hosts=hosts) for kind in which]
     warnings += ctx.warnings
     # Only the form asked for: each costs as much as the plan itself with thousands of guests.
     data, text = {}, ""
@@ -272,7 +272,7 @@ def cmd_plan(ctx: Context) -> int:
     return ExitCode.OK
 
 
-def _make_plan(kind: str, guests, policy, ctx: Context, deadline: float | None = None):
+def _make_plan(kind: str, guests, policy, ctx: Context, deadline: float | None = None, hosts: dict | None = None):
     from libmgsave import plan as planning
     from libmgsave import state
 
@@ -282,7 +282,57 @@ def _make_plan(kind: str, guests, policy, ctx: Context, deadline: float | None =
         return planning.plan_shutdown(guests, policy, state_dir=ctx.state_dir, throughput=throughput,
                                       deadline=deadline, room=_room(policy, ctx.state_dir))
     record = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown", warnings=ctx.warnings)
-    return planning.plan_boot(guests, policy, record)
+    recovered = _transient_images_without_record(ctx, record, hosts or {})
+    return planning.plan_boot(guests, policy, record, recovered)
+
+
+def _transient_images_without_record(ctx: Context, record: dict | None, hosts: dict) -> list[dict]:
+    """Save files of transient guests under ``images/`` that the shutdown record does not name.
+
+    Without a usable record they would never be restored: each file is read back through the
+    connections (libvirt stores the guest's definition in it) and returned as a record-like
+    entry, so the boot pass restores it. With a record, a file it does not name is only reported.
+    """
+    from libmgsave import state
+    from libmgsave.errors import HypervisorError
+
+    images = ctx.state_dir / "images"
+    try:
+        files = sorted(p for p in images.iterdir() if p.name.endswith(".save"))
+    except OSError:
+        return []
+    named = {entry.get("image") for entry in (record or {}).get("guests", {}).values()}
+    entries = []
+    for path in files:
+        if str(path) in named:
+            continue
+        if record is not None:
+            message = (f"{path}: a saved transient guest that the shutdown record does not name; kept, "
+                       f"not restored (restore it by hand: virsh restore {path})")
+            log.warning("%s", message)
+            ctx.warnings.append(message)
+            continue
+        guest, problems = None, []
+        for host in hosts.values():
+            try:
+                guest = host.saved_image_guest(str(path))
+                break
+            except HypervisorError as error:
+                problems.append(error.message)
+        if guest is None:
+            message = f"{path}: a saved transient guest that no connection can read; kept, not restored"
+            log.error("%s (%s)", message, "; ".join(problems) or "no connection")
+            ctx.warnings.append(message)
+            continue
+        message = f"{guest.name}: restoring its saved image {path}, found with no usable record to name it"
+        log.warning("%s", message)
+        ctx.warnings.append(message)
+        entries.append({
+            "connection": guest.connection, "name": guest.name, "uuid": guest.uuid, "persistent": False,
+            "memory_kib": guest.memory_kib, "title": guest.title, "metadata": dict(guest.metadata),
+            "outcome": state.SAVED_TO_FILE, "image": str(path),
+        })
+    return entries
 
 
 def _room(policy, state_dir: Path) -> dict:
@@ -412,7 +462,7 @@ def cmd_pass(ctx: Context) -> int:
 
         connections = Connections(hosts, give_up_at=deadline_at)
         guests = _inventory(hosts, policy)
-        the_plan = _make_plan(kind, guests, policy, ctx,
+        the_plan = _make_plan(kind, guests, policy, ctx, hosts=hosts,
                               deadline=max(0.0, deadline_at - time.monotonic()) if kind == "shutdown" else None)
         for warning in the_plan.warnings:
             log.warning("%s", warning)

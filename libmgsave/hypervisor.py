@@ -165,6 +165,30 @@ class Host:
         except libvirt.libvirtError as error:
             raise translate_error(error, f"restoring {path}") from None
 
+    def saved_image_guest(self, path: str) -> GuestInfo:
+        """The (transient, stopped) guest a save file written by ``Guest.save_to_file`` holds,
+        read from the definition libvirt stored in it; raises HypervisorError when this
+        connection cannot read it (not a save file of its kind, damaged, unreadable)."""
+        try:
+            xml = self._conn.saveImageGetXMLDesc(path, 0)
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"reading the guest definition in {path}") from None
+        try:
+            root = ET.fromstring(xml)
+        except ET.ParseError as error:
+            raise OperationRefused(f"{path}: the guest definition in it is not XML ({error})") from None
+        name, uuid = (root.findtext("name") or "").strip(), (root.findtext("uuid") or "").strip()
+        if not name or not uuid:
+            raise OperationRefused(f"{path}: the guest definition in it has no name or UUID")
+        memory = root.find("currentMemory")
+        if memory is None:
+            memory = root.find("memory")
+        title, metadata = _title_and_metadata(xml)
+        return GuestInfo(
+            connection=self.uri, name=name, uuid=uuid.lower(), state=GuestState.SHUTOFF, persistent=False,
+            memory_kib=_kib(memory), title=title, metadata=MappingProxyType(metadata),
+        )
+
     def hostname(self) -> str:
         try:
             return self._conn.getHostname()
@@ -308,6 +332,22 @@ def _save_flags(bypass_cache: bool, resume_running: bool) -> int:
     if resume_running:
         flags |= libvirt.VIR_DOMAIN_SAVE_RUNNING
     return flags
+
+
+_UNIT_BYTES = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000**2, "m": 1024**2,
+               "mib": 1024**2, "gb": 1000**3, "g": 1024**3, "gib": 1024**3, "tb": 1000**4, "t": 1024**4,
+               "tib": 1024**4}
+
+
+def _kib(element) -> int:
+    """A libvirt memory element (``<memory unit='MiB'>256</memory>``) in KiB; 0 when unknown."""
+    if element is None:
+        return 0
+    try:
+        value = int((element.text or "0").strip())
+    except ValueError:
+        return 0
+    return value * _UNIT_BYTES.get((element.get("unit") or "KiB").lower(), 1024) // 1024
 
 
 def _title_and_metadata(xml: str) -> tuple[str, dict[str, str]]:

@@ -343,7 +343,9 @@ def _recorded_guest(entry: Mapping) -> GuestInfo:
     )
 
 
-def plan_boot(guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None) -> Plan:
+def plan_boot(
+    guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None, recovered: Iterable[Mapping] = ()
+) -> Plan:
     """Decide which guests to start, resume or leave off, in start order.
 
     ``record`` is the last shutdown record, or None when there is none to trust: then a guest
@@ -357,7 +359,9 @@ def plan_boot(guests: Iterable[GuestInfo], policy: Policy, record: Mapping | Non
     for guest in guests:
         resolved[guest.key] = (guest, resolve(policy, guest))
     transient_images: dict[GuestKey, str] = {}
-    for entry in recorded.values():
+    # ``recovered``: record-like entries for transient guests' save files found with no usable
+    # record (read back from the files themselves), restored like recorded ones.
+    for entry in [*recorded.values(), *recovered]:
         if entry.get("outcome") == state.SAVED_TO_FILE and entry.get("image"):
             guest = _recorded_guest(entry)
             if guest.key not in resolved:
