@@ -535,13 +535,14 @@ class BootPass:
             if dep is not None and not dep.ok:
                 result.messages.append(f"starts although {dep.plan.guest.name}, which it is after, failed")
         action = entry.actions[0]
-        step_started = time.time()
+        step_started = None  # once a start slot is held: waiting for one is not starting
         try:
             with self.start_slots.held():
                 self._respect_start_delay()
+                step_started = time.time()
                 outcome = self._start(entry, action, result)
         except HypervisorError as error:
-            step = StepResult(action, False, step_started, time.time(), error=error.message)
+            step = StepResult(action, False, step_started or time.time(), time.time(), error=error.message)
             result.steps.append(step)
             _log_step(entry, step)
             result.finished = time.time()
