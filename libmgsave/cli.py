@@ -132,6 +132,7 @@ class Context:
         self.state_dir = state.state_dir_from(getattr(args, "state_dir", None), environ)
         self.connect = tuple(getattr(args, "connect", None) or ())
         self.warnings: list[str] = []  # problems met on the way (untrusted records...), for the summary
+        self.bookkeeping_failed = False  # the lock or a record could not be written: exit 1
 
     def strict_policy(self):
         """The policy for check/plan-style commands: a missing default file means defaults."""
@@ -455,7 +456,10 @@ def cmd_pass(ctx: Context) -> int:
              extra={"MESSAGE_ID": journal.PASS_START, "MGSAVE_PASS": kind})
     notify.status(f"{kind} pass: starting")
     holder = lock.pass_lock(ctx.state_dir, f"mgsave {kind}", wait=wait) if not dry_run else _no_lock()
-    with holder:
+    with holder as locked:
+        if not locked:
+            ctx.bookkeeping_failed = True
+            ctx.warnings.append(f"ran without the pass lock: it could not be taken in {ctx.state_dir}")
         hosts, warnings = _open_hosts(policy, min(PASS_CONNECT_RETRY, deadline / 4))
         warnings = [str(p) for p in problems] + warnings
         from libmgsave.execute import Connections, PassResult
@@ -484,7 +488,7 @@ def cmd_pass(ctx: Context) -> int:
     else:
         ctx.emit({}, report.render_result(result))
     unreachable = any(w.startswith("could not reach") for w in warnings)
-    return ExitCode.GUEST_FAILED if failed or unreachable else ExitCode.OK
+    return ExitCode.GUEST_FAILED if failed or unreachable or ctx.bookkeeping_failed else ExitCode.OK
 
 
 class _no_lock:
@@ -506,6 +510,12 @@ def _run_shutdown(the_plan, connections, ctx: Context, dry_run: bool, deadline_a
     results = ShutdownPass(the_plan, connections, record=writer, deadline_at=deadline_at, dry_run=dry_run).run()
     if writer:
         writer.finish(measured_throughput=_throughput(results), ok=all(r.ok for r in results))
+        if writer.error:
+            ctx.bookkeeping_failed = True
+            ctx.warnings.append(
+                f"the shutdown record {writer.path} could not be written ({writer.error}): the next boot "
+                f"pass will go by the guests' saved images alone"
+            )
     return results
 
 
@@ -556,14 +566,21 @@ def _run_boot(the_plan, connections, ctx: Context, dry_run: bool, _deadline_at: 
     results = BootPass(the_plan, connections, state_dir=ctx.state_dir, dry_run=dry_run).run()
     if not dry_run:
         _set_aside_untrusted(ctx.state_dir / state.BOOT_RECORD, "boot", ctx)
-        state.write_json_atomic(ctx.state_dir / state.BOOT_RECORD, {
-            "format": state.RECORD_FORMAT, "kind": "boot", "version": state.RECORD_VERSION,
-            "mgsave_version": __version__, "started": started,
-            "finished": time.time(),
-            "guests": {state.guest_record_key(*r.plan.key): {
-                "connection": r.plan.guest.connection, "name": r.plan.guest.name, "uuid": r.plan.guest.uuid,
-                "outcome": r.outcome, "ok": r.ok, "messages": r.messages} for r in results},
-        })
+        path = ctx.state_dir / state.BOOT_RECORD
+        try:
+            state.write_json_atomic(path, {
+                "format": state.RECORD_FORMAT, "kind": "boot", "version": state.RECORD_VERSION,
+                "mgsave_version": __version__, "started": started,
+                "finished": time.time(),
+                "guests": {state.guest_record_key(*r.plan.key): {
+                    "connection": r.plan.guest.connection, "name": r.plan.guest.name, "uuid": r.plan.guest.uuid,
+                    "outcome": r.outcome, "ok": r.ok, "messages": r.messages} for r in results},
+            })
+        except OSError as error:
+            reason = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+            log.error("cannot write the boot record %s (%s)", path, reason)
+            ctx.bookkeeping_failed = True
+            ctx.warnings.append(f"the boot record {path} could not be written ({reason})")
     return results
 
 

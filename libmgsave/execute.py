@@ -623,7 +623,11 @@ class BootPass:
         if source is None or not os.path.exists(source):
             return None
         target_dir = self.state_dir / "failed-images"
-        target_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            target_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            log.error("%s: could not keep the image: %s: %s", entry.guest.name, error.strerror, target_dir)
+            return None
         target = target_dir / f"{entry.guest.name}-{time.strftime('%Y%m%d-%H%M%S')}.save"
         try:
             os.link(source, target)  # instant on the same filesystem; the data outlives libvirt's unlink

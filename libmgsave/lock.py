@@ -6,6 +6,7 @@ The kernel drops an flock when its holder dies, so a killed pass never leaves a 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from contextlib import contextmanager
@@ -13,18 +14,30 @@ from pathlib import Path
 
 from libmgsave.errors import LockBusy
 
+log = logging.getLogger("mgsave")
+
 
 @contextmanager
 def pass_lock(state_dir: Path, what: str, *, wait: float):
     """Hold the pass lock for the ``with`` body, waiting up to ``wait`` seconds for it.
 
-    Raises LockBusy, naming the holder, when it is still taken after ``wait`` seconds.
+    Raises LockBusy, naming the holder, when it is still taken after ``wait`` seconds. Yields
+    True when the lock is held, False when the lock file could not be created or locked at all
+    (the state directory is read-only, full, or has a file in its way): the pass then goes on
+    without it, logged as an error, because mgsave's own bookkeeping must never be the reason
+    a guest was not saved.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        log.error("cannot take the pass lock %s (%s): carrying on without the lock", path, error.strerror or error)
+        yield False
+        return
     try:
         give_up_at = time.monotonic() + wait
+        locked = True
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -37,9 +50,19 @@ def pass_lock(state_dir: Path, what: str, *, wait: float):
                         hint="wait for it to finish, or pass --wait SECONDS to wait longer",
                     ) from None
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
-        yield
+            except OSError as error:  # e.g. ENOLCK: the file system cannot lock at all
+                log.error("cannot take the pass lock %s (%s): carrying on without the lock", path,
+                          error.strerror or error)
+                locked = False
+                break
+        if locked:
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+            except OSError as error:
+                log.warning("holding the pass lock, but cannot write who holds it into %s (%s)", path,
+                            error.strerror or error)
+        yield locked
     finally:
         os.close(fd)  # closing releases the flock
 

@@ -9,6 +9,7 @@ even if mgsave is killed mid-pass.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 from libmgsave import __version__
+
+log = logging.getLogger("mgsave")
 
 RECORD_FORMAT = "mgsave-state"
 RECORD_VERSION = 1
@@ -149,6 +152,9 @@ class RecordWriter:
     Later updates are written by a background thread, at most every ``FLUSH_EVERY`` seconds,
     because each write costs an fsync: per guest, that made a pass over 300 instant saves take
     12 s. ``finish`` writes the final record synchronously.
+
+    A write that fails (the state directory is read-only or full) never stops the pass: it is
+    logged as an error, ``error`` says why, and the next update tries again.
     """
 
     FLUSH_EVERY = 0.5
@@ -160,6 +166,7 @@ class RecordWriter:
         self._lock = threading.Lock()
         self._dirty = threading.Event()
         self._closed = False
+        self.error: str | None = None  # why the last write failed; None once one succeeds
         self._flusher = threading.Thread(target=self._flush_loop, name="mgsave-record", daemon=True)
 
     @classmethod
@@ -196,7 +203,17 @@ class RecordWriter:
 
     def flush(self) -> None:
         with self._lock:
-            write_json_atomic(self.path, self.data)
+            try:
+                write_json_atomic(self.path, self.data)
+            except OSError as error:
+                reason = f"{error.strerror or error}" + (f": {error.filename}" if error.filename else "")
+                if self.error is None:
+                    log.error("cannot write the %s record %s (%s); the pass goes on", self.kind, self.path, reason)
+                self.error = reason
+            else:
+                if self.error is not None:
+                    log.info("the %s record %s is written again", self.kind, self.path)
+                self.error = None
 
     def _flush_loop(self) -> None:
         while True:
