@@ -360,3 +360,65 @@ def test_transient_guests_saved_images_are_restored_even_without_a_usable_record
     assert running(hv) == ["a", "transient"]
     assert code == ExitCode.OK
     assert not images[0].exists(), "a restored save file is stale and must not be restored twice"
+
+
+# --- a state directory that cannot be written -----------------------------------------------
+
+
+def test_a_state_dir_that_cannot_be_created_does_not_stop_either_pass(hv, tmp_path, capsys):
+    """No lock, no record: the guests still matter more. Both passes do their work, say loudly
+    what they could not write, and exit 1."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the state directory's parent should be\n")
+    state_dir = blocker / "state"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nconnections: ['{URI}']\n")
+    define(hv, "a", "b")
+
+    def run(*args):
+        capsys.readouterr()
+        code = cli.main([args[0], "--state-dir", str(state_dir), "--policy", str(policy), "--json"])
+        out, err = capsys.readouterr()
+        return code, json.loads(out), err
+
+    code, result, err = run("shutdown")
+    assert outcomes(result) == {"a": "saved", "b": "saved"}, err
+    assert running(hv) == []
+    assert code == ExitCode.GUEST_FAILED
+    assert "without the lock" in err
+    assert any("could not be written" in w and state.SHUTDOWN_RECORD in w for w in result["warnings"]), result
+
+    code, result, err = run("boot")
+    assert outcomes(result) == {"a": "resumed", "b": "resumed"}, err
+    assert running(hv) == ["a", "b"]
+    assert code == ExitCode.GUEST_FAILED
+    assert any("could not be written" in w and state.BOOT_RECORD in w for w in result["warnings"]), result
+
+
+FULL_STATE_FS = """
+set -e
+mount -t tmpfs -o size=64k,mode=0700 mgsave-test-state "$STATE"
+dd if=/dev/zero of="$STATE/filler" bs=4096 2>/dev/null || true
+exec "$PYTHON" -m libmgsave shutdown --connect test:///default --state-dir "$STATE" --policy "$POLICY" --json
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount a private tmpfs")
+def test_a_full_state_filesystem_does_not_stop_the_shutdown_pass(tmp_path):
+    """The state directory's file system is full (ENOSPC on every write). In a private mount
+    namespace, with a fresh test:///default (its sample guest 'test' running)."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nconnections: ['{URI}']\n")
+    env = dict(os.environ, STATE=str(state_dir), PYTHON=sys.executable, POLICY=str(policy),
+               PYTHONPATH=str(REPO))
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", FULL_STATE_FS],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0 and not proc.stdout.strip():
+        pytest.fail(f"mgsave gave no summary (exit {proc.returncode}):\n{proc.stderr}")
+    result = json.loads(proc.stdout)
+    assert outcomes(result) == {"test": "saved"}, proc.stderr
+    assert proc.returncode == ExitCode.GUEST_FAILED, proc.stderr
+    assert "No space left on device" in proc.stderr
+    assert any("could not be written" in w for w in result["warnings"]), result["warnings"]
