@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import heapq
 import logging
 import os
 import shutil
@@ -307,6 +308,34 @@ def _group_by_order(entries: tuple[GuestPlan, ...]) -> list[list[GuestPlan]]:
     return groups
 
 
+def _dependencies_first(group: list[GuestPlan]) -> list[GuestPlan]:
+    """The group in plan order, except that a guest comes after every guest it waits for.
+
+    Tasks are handed to a bounded thread pool in this order, first come first served, so a
+    task that waits for another can never hold the last free thread while the other is still
+    queued behind it.
+    """
+    position = {e.key: i for i, e in enumerate(group)}
+    waiting_on = {e.key: {k for k in e.wait_for if k in position} for e in group}
+    dependents: dict = collections.defaultdict(list)
+    for e in group:
+        for k in waiting_on[e.key]:
+            dependents[k].append(e.key)
+    ready = [position[e.key] for e in group if not waiting_on[e.key]]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        entry = group[heapq.heappop(ready)]
+        ordered.append(entry)
+        for key in dependents[entry.key]:
+            waiting_on[key].discard(entry.key)
+            if not waiting_on[key]:
+                heapq.heappush(ready, position[key])
+    if len(ordered) != len(group):  # a cycle: the planner breaks them, so this is a bug
+        raise AssertionError("dependency cycle left in the plan")
+    return ordered
+
+
 def _run_groups(plan: Plan, work, max_workers: int) -> list[GuestResult]:
     """Run ``work(entry, dependency_results)`` for every active entry, honouring order and wait_for."""
     results: dict[tuple[str, str], GuestResult] = {}
@@ -328,7 +357,7 @@ def _run_groups(plan: Plan, work, max_workers: int) -> list[GuestResult]:
         # Every guest of a group gets a thread (waiting on its dependencies costs nothing);
         # the expensive part, a save or a start, is bounded by Slots.
         with ThreadPoolExecutor(max_workers=min(len(group), max_workers), thread_name_prefix="mgsave") as pool:
-            list(pool.map(task, group))
+            list(pool.map(task, _dependencies_first(group)))
     return [results[e.key] for e in plan.active]
 
 

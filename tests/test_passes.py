@@ -298,3 +298,24 @@ guests:
     assert {g["outcome"] for g in result["guests"]} == {"saved"}
     record = json.loads((tmp_path / "s" / state.SHUTDOWN_RECORD).read_text())
     assert len(record["guests"]) == 200 and {g["outcome"] for g in record["guests"].values()} == {"saved"}
+
+
+def test_more_dependent_guests_than_threads_do_not_deadlock(hv, run, monkeypatch):
+    # At boot, 40 guests are all 'after' the one that sorts last, and there are only 4 threads:
+    # in plan order the 4 threads would all go to guests waiting for one still queued.
+    from libmgsave import execute
+
+    real = execute._run_groups
+    monkeypatch.setattr(execute, "_run_groups", lambda plan, work, max_workers: real(plan, work, 4))
+    names = [f"g{i:04d}" for i in range(40)]
+    define(hv, *names, running=False)
+    policy = "version: 1\ndefaults:\n  autostart: always\n  after: [g0039]\n"
+    done = []
+    t = threading.Thread(target=lambda: done.append(run("boot", policy=policy)), daemon=True)
+    t.start()
+    t.join(60)
+    assert done and done[0][0] == ExitCode.OK, "the pass did not finish: deadlock"
+    result = done[0][1]
+    started = {g["name"]: g["steps"][0]["started"] for g in result["guests"]}
+    assert min(v for k, v in started.items() if k != "g0039") >= started["g0039"]
+    assert running(hv) == names
