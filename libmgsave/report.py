@@ -46,16 +46,16 @@ def render_plan(plan: Plan, *, settings: bool = True) -> str:
         lines.append(f"Boot plan (policy: {source}; up to {limits.max_parallel_starts} starts at once{delay})")
     if not plan.entries:
         lines.append("  no guests")
+    shutdown = plan.kind is PassKind.SHUTDOWN
     rows = []
     for e in plan.entries:
-        estimate = f"{e.estimate_seconds:.0f} s" if e.estimate_seconds is not None else "-"
-        waits = ", ".join(names.get(k, k[1]) for k in e.wait_for) or "-"
-        rows.append([e.order, _guest_label(e, many), e.guest.state, " -> ".join(e.actions), estimate, waits, e.reason])
-    headers = ["ORDER", "GUEST", "STATE", "ACTIONS", "SAVE ENDS" if plan.kind is PassKind.SHUTDOWN else "-", "AFTER", "WHY"]
-    if plan.kind is PassKind.BOOT:
-        headers = ["ORDER", "GUEST", "STATE", "ACTION", "-", "AFTER", "WHY"]
-        rows = [r[:4] + r[5:] for r in rows]
-        headers = headers[:4] + headers[5:]
+        row = [e.order, _guest_label(e, many), e.guest.state, " -> ".join(e.actions)]
+        if shutdown:
+            row.append(f"{e.estimate_seconds:.0f} s" if e.estimate_seconds is not None else "-")
+        row += [", ".join(names.get(k, k[1]) for k in e.wait_for) or "-", e.reason]
+        rows.append(row)
+    headers = ["ORDER", "GUEST", "STATE", "ACTIONS" if shutdown else "ACTION"]
+    headers += (["SAVE ENDS"] if shutdown else []) + ["WAITS FOR", "WHY"]
     if rows:
         lines.extend("  " + line for line in _table(headers, rows))
     for e in plan.entries:
