@@ -404,6 +404,11 @@ class ShutdownPass:
     def _guest(self, entry: GuestPlan) -> GuestResult:
         result = GuestResult(entry, state.FAILED, False, started=time.time())
         result.messages.extend(entry.notes)
+        for note in entry.notes:  # e.g. why its save was dropped from the chain up front
+            skipped = note.startswith("save skipped")
+            log.log(logging.WARNING if skipped else logging.INFO, "%s: %s", entry.guest.name, note,
+                    extra=journal.guest_fields(entry.guest, action="save" if skipped else None,
+                                               result="skipped" if skipped else None))
         chain = list(entry.actions)
         key = state.guest_record_key(*entry.key)
         for index, action in enumerate(chain):
