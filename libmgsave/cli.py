@@ -455,6 +455,9 @@ def cmd_pass(ctx: Context) -> int:
     log.info("%s pass%s begins (mgsave %s)", kind, " (dry run)" if dry_run else "", __version__,
              extra={"MESSAGE_ID": journal.PASS_START, "MGSAVE_PASS": kind})
     notify.status(f"{kind} pass: starting")
+    if kind == "shutdown" and not dry_run:
+        # The unit's TimeoutStopSec fits the default deadline; a policy may give a longer one.
+        notify.extend_timeout(deadline + 60)
     holder = lock.pass_lock(ctx.state_dir, f"mgsave {kind}", wait=wait) if not dry_run else _no_lock()
     with holder as locked:
         if not locked:
@@ -584,6 +587,14 @@ def _run_boot(the_plan, connections, ctx: Context, dry_run: bool, _deadline_at: 
     return results
 
 
+def notify_failure(command: str, message: str) -> None:
+    """Leave ``systemctl status mgsave`` saying why a pass stopped, not "starting"."""
+    if command in ("shutdown", "boot"):
+        from libmgsave import notify
+
+        notify.status(f"{command} pass failed: {message}")
+
+
 COMMANDS = {"check": cmd_check, "plan": cmd_plan, "status": cmd_status, "shutdown": cmd_pass, "boot": cmd_pass}
 
 
@@ -596,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(args, os.environ)
         return int(COMMANDS[args.command](ctx))
     except MgsaveError as error:
+        notify_failure(args.command, error.message)
         log.error("%s", error.message)
         if error.hint:
             log.error("hint: %s", error.hint)

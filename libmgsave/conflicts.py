@@ -50,7 +50,7 @@ def host_conflicts(root: str = "/") -> list[str]:
         if os.path.lexists(os.path.join(root, link.lstrip("/"))):
             warnings.append(
                 "libvirt-guests.service is enabled: it acts on the same guests at shutdown and boot "
-                "(fix: systemctl disable --now libvirt-guests.service)"
+                "(fix: systemctl disable libvirt-guests.service; not --now, since stopping it shuts every guest down)"
             )
             break
     qemu_conf = Path(root, QEMU_CONF.lstrip("/"))
