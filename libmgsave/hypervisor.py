@@ -71,6 +71,17 @@ def translate_error(error: libvirt.libvirtError, doing: str) -> HypervisorError:
 
 
 @dataclass(frozen=True)
+class _Facts:
+    """What one bulk query told about a guest (see ``Host._bulk_facts``)."""
+
+    state: int
+    persistent: bool
+    managed_save: bool
+    autostart: bool
+    memory_kib: int | None  # None: not reported, ask the guest
+
+
+@dataclass(frozen=True)
 class JobProgress:
     processed: int  # bytes
     total: int  # bytes; 0 when libvirt does not know yet
@@ -141,14 +152,52 @@ class Host:
             domains = self._conn.listAllDomains(0)
         except libvirt.libvirtError as error:
             raise translate_error(error, f"listing guests on {self.uri}") from None
+        known = self._bulk_facts()
         snapshots = []
         for domain in domains:
             try:
-                snapshots.append(Guest(self, domain).info(with_details=with_details))
+                guest = Guest(self, domain)
+                snapshots.append(guest.info(with_details=with_details, facts=known.get(guest.uuid)))
             except GuestGone:
                 continue
         snapshots.sort(key=lambda g: g.name)
         return snapshots
+
+    def _bulk_facts(self) -> dict[str, _Facts]:
+        """State, persistence, saved image, autostart flag and memory of every guest, by UUID,
+        in four calls for all guests instead of five per guest (each a round trip to the
+        daemon: 50,000 of them for 10,000 guests). A guest missing here (defined meanwhile,
+        or a daemon that cannot answer these calls: then this is empty) is asked on its own.
+        """
+        try:
+            stats = self._conn.getAllDomainStats(
+                libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BALLOON,
+                libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT,
+            )
+
+            def uuids(flag: int) -> set[str]:
+                return {d.UUIDString() for d in self._conn.listAllDomains(flag)}
+
+            transient = uuids(libvirt.VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
+            managed = uuids(libvirt.VIR_CONNECT_LIST_DOMAINS_MANAGEDSAVE)
+            autostart = uuids(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
+        except libvirt.libvirtError as error:
+            log.debug("listing every guest's facts at once failed (%s); asking each guest", error)
+            return {}
+        facts = {}
+        for domain, record in stats:
+            uuid = domain.UUIDString()
+            if "state.state" not in record:
+                continue
+            persistent = uuid not in transient
+            facts[uuid] = _Facts(
+                state=int(record["state.state"]),
+                persistent=persistent,
+                managed_save=persistent and uuid in managed,
+                autostart=persistent and uuid in autostart,
+                memory_kib=int(record.get("balloon.current") or record.get("balloon.maximum") or 0) or None,
+            )
+        return facts
 
     def guest(self, uuid: str) -> Guest:
         """The guest with this UUID; raises GuestGone when it is not defined (any more)."""
@@ -211,15 +260,24 @@ class Guest:
         except libvirt.libvirtError as error:
             raise translate_error(error, f"{self.name}: {doing}") from None
 
-    def info(self, *, with_details: bool = True) -> GuestInfo:
-        state_code, _reason = self._call("reading state", self._dom.state)
-        persistent = bool(self._call("reading persistence", self._dom.isPersistent))
-        managed = bool(persistent and self._call("checking for a saved image", self._dom.hasManagedSaveImage, 0))
-        info = self._call("reading info", self._dom.info)
+    def info(self, *, with_details: bool = True, facts: _Facts | None = None) -> GuestInfo:
+        """A snapshot of the guest. ``facts`` are what ``Host._bulk_facts`` already knows
+        about it; what they lack is asked of libvirt."""
+        if facts is None:
+            state_code, _reason = self._call("reading state", self._dom.state)
+            persistent = bool(self._call("reading persistence", self._dom.isPersistent))
+            managed = bool(persistent and self._call("checking for a saved image", self._dom.hasManagedSaveImage, 0))
+            autostart = bool(persistent and self._call("reading autostart flag", self._dom.autostart))
+            memory_kib = None
+        else:
+            state_code, persistent = facts.state, facts.persistent
+            managed, autostart, memory_kib = facts.managed_save, facts.autostart, facts.memory_kib
+        if memory_kib is None:
+            info = self._call("reading info", self._dom.info)
+            memory_kib = int(info[2]) or int(info[1])
         title, metadata = "", {}
         if with_details:
             title, metadata = _title_and_metadata(self._call("reading XML", self._dom.XMLDesc, 0))
-        autostart = bool(persistent and self._call("reading autostart flag", self._dom.autostart))
         return GuestInfo(
             connection=self.host.uri,
             name=self.name,
@@ -227,7 +285,7 @@ class Guest:
             state=_STATES.get(state_code, GuestState.NOSTATE),
             persistent=persistent,
             has_managed_save=managed,
-            memory_kib=int(info[2]) or int(info[1]),
+            memory_kib=memory_kib,
             title=title,
             metadata=MappingProxyType(metadata),
             libvirt_autostart=autostart,
