@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from libmgsave import journal, notify, state
-from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationTimeout
-from libmgsave.hypervisor import Guest, Host, managed_image_path
+from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused, OperationTimeout
+from libmgsave.hypervisor import Guest, Host, managed_image_path, saved_image_is_partial
 from libmgsave.inventory import GuestState
 from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan, PassKind, Plan
 from libmgsave.policy import OnResumeFailure, ReadyKind
@@ -565,6 +565,7 @@ class BootPass:
 
     def _guest(self, entry: GuestPlan, deps: dict) -> GuestResult:
         result = GuestResult(entry, "failed", False, started=time.time())
+        result.messages.extend(entry.notes)
         for key, dep in deps.items():
             if dep is not None and not dep.ok:
                 result.messages.append(f"starts although {dep.plan.guest.name}, which it is after, failed")
@@ -575,6 +576,13 @@ class BootPass:
                 self._respect_start_delay()
                 step_started = time.time()
                 outcome = self._start(entry, action, result)
+        except GuestGone:
+            result.outcome, result.ok = state.VANISHED, True
+            result.messages.append("the guest was undefined by someone else during the pass")
+            log.warning("%s: undefined by someone else during the pass", entry.guest.name,
+                        extra=journal.guest_fields(entry.guest, result=state.VANISHED))
+            result.finished = time.time()
+            return result
         except HypervisorError as error:
             step = StepResult(action, False, step_started or time.time(), time.time(), error=error.message)
             result.steps.append(step)
@@ -585,7 +593,7 @@ class BootPass:
             self._started_count += 1
             notify.status(f"starting {self._started_count}/{len(self.plan.active)}: {entry.guest.name}")
         result.outcome = outcome
-        result.ok = outcome in ("resumed", "restored", "started")
+        result.ok = outcome in ("resumed", "restored", "started", "skipped")
         if outcome in ("resumed", "restored", "started", "booted-fresh"):
             self._after_start(entry, result)
         result.finished = time.time()
@@ -602,16 +610,42 @@ class BootPass:
             self._last_start = time.monotonic()
 
     def _start(self, entry: GuestPlan, action: Action, result: GuestResult) -> str:
-        settings = entry.effective.settings
-        started = time.time()
         if action is Action.RESTORE:
             return self._restore_transient(entry, result)
+        started = time.time()
+        try:
+            return self._start_once(entry, action, result, started)
+        except HypervisorUnavailable as error:
+            # The daemon went away during the start: reconnect, then see whether it started.
+            log.warning("%s: lost the connection while starting it (%s); reconnecting", entry.guest.name,
+                        error.message, extra=journal.guest_fields(entry.guest, action=action, result="retry"))
+            self.connections.recover(entry.guest.connection)
+            guest = self._guest_handle(entry)
+            if guest.is_active():
+                result.messages.append(f"the connection to libvirt was lost during the {action}; it had gone through")
+                return self._started(entry, action, guest, result, started)
+            result.messages.append(f"the connection to libvirt was lost during the {action}; tried again")
+            return self._start_once(entry, action, result, time.time())
+
+    def _start_once(self, entry: GuestPlan, action: Action, result: GuestResult, started: float) -> str:
+        settings = entry.effective.settings
         guest = self._guest_handle(entry)
         if guest.is_active():
             result.messages.append("already running (started by someone else)")
             return "skipped"
+        if action is Action.RESUME and saved_image_is_partial(
+                managed_image_path(entry.guest.connection, entry.guest.name)):
+            # libvirt would delete it and boot the guest fresh without telling: decide ourselves
+            error = OperationRefused(f"{entry.guest.name}: its saved image is incomplete: the save never "
+                                     f"finished (a power loss or crash during the shutdown pass)")
+            step = StepResult(action, False, started, time.time(), error=error.message)
+            result.steps.append(step)
+            _log_step(entry, step)
+            return self._resume_failed(entry, guest, result, error)
         try:
             guest.start(bypass_cache=settings.bypass_cache)
+        except HypervisorUnavailable:
+            raise
         except HypervisorError as error:
             if action is not Action.RESUME or not guest.has_saved_state():
                 raise  # recorded by the caller
@@ -619,12 +653,36 @@ class BootPass:
             result.steps.append(step)
             _log_step(entry, step)
             return self._resume_failed(entry, guest, result, error)
-        # libvirt either resumes from the image or fails: it never boots fresh behind our back
-        # unless asked to (force_boot), so a successful start of a saved guest is a resume.
+        return self._started(entry, action, guest, result, started)
+
+    def _started(self, entry: GuestPlan, action: Action, guest: Guest, result: GuestResult, started: float) -> str:
+        """The outcome of a start that went through."""
         step = StepResult(action, True, started, time.time())
         result.steps.append(step)
+        if action is Action.RESUME and not self._resumed(entry, guest):
+            message = "libvirt booted it fresh instead of resuming it: its saved image was not used"
+            result.messages.append(message)
+            _log_step(entry, step, " (booted fresh, not resumed)")
+            log.error("%s: %s", entry.guest.name, message,
+                      extra=journal.guest_fields(entry.guest, action="resume", result="booted-fresh"))
+            return "booted-fresh"
         _log_step(entry, step)
+        if action is Action.START and entry.unsaved:
+            log.error("%s: %s", entry.guest.name, entry.notes[0],
+                      extra=journal.guest_fields(entry.guest, action="start", result="booted-fresh"))
+            return "booted-fresh"
         return "resumed" if action is Action.RESUME else "started"
+
+    @staticmethod
+    def _resumed(entry: GuestPlan, guest: Guest) -> bool:
+        """False only when libvirt says a guest it was asked to resume booted instead. Only QEMU
+        connections (whose image location we know) say so reliably; elsewhere, assume it did."""
+        if managed_image_path(entry.guest.connection, entry.guest.name) is None:
+            return True
+        try:
+            return guest.was_restored()
+        except HypervisorError:
+            return True
 
     def _guest_handle(self, entry: GuestPlan) -> Guest:
         try:

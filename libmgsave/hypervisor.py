@@ -438,6 +438,24 @@ def managed_save_dir(uri: str) -> str | None:
     return None
 
 
+# libvirt's QEMU save images begin with this mark while being written; it is replaced by the
+# real one ("LibvirtQemudSave") only once the save has completed.
+_QEMU_SAVE_PARTIAL = b"LibvirtQemudPart"
+
+
+def saved_image_is_partial(path: str | None) -> bool:
+    """True when the QEMU save image at ``path`` was never finished (the host lost power or
+    libvirtd died during the save). Starting the guest would not fail: libvirt deletes such an
+    image and boots the guest fresh, without a word to the caller."""
+    if not path:
+        return False
+    try:
+        with open(path, "rb") as image:
+            return image.read(len(_QEMU_SAVE_PARTIAL)) == _QEMU_SAVE_PARTIAL
+    except OSError:
+        return False
+
+
 def managed_image_path(uri: str, guest_name: str) -> str | None:
     directory = managed_save_dir(uri)
     return None if directory is None else f"{directory}/{guest_name}.save"

@@ -56,6 +56,9 @@ class GuestPlan:
     estimate_seconds: float | None = None  # shutdown: estimated end of this guest's save, from pass start
     image: str | None = None  # save file of a transient guest
     notes: tuple[str, ...] = ()
+    # boot: it was running at the last shutdown but its memory state was not saved, so starting
+    # it is a cold boot the admin must hear about
+    unsaved: bool = False
 
     @property
     def key(self) -> GuestKey:
@@ -380,11 +383,28 @@ def plan_boot(
         entry = recorded.get(state.guest_record_key(*key))
         action, reason = _boot_decision(guest, eff, entry, record is not None, key in transient_images)
         wait_for = tuple(d for d in deps[key] if orders[d] == orders[key])
+        lost = _lost_state_note(entry) if action is Action.START else None
         entries.append(
             GuestPlan(guest, eff, (action,), reason, orders[key], wait_for if action is not Action.SKIP else (),
-                      image=transient_images.get(key))
+                      image=transient_images.get(key), notes=(lost,) if lost else (), unsaved=lost is not None)
         )
     return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings))
+
+
+def _lost_state_note(entry: Mapping | None) -> str | None:
+    """Why a guest about to be started fresh lost the memory state it had at the last shutdown,
+    or None when nothing was lost (it was not running, or was shut down on purpose)."""
+    outcome = entry.get("outcome") if entry else None
+    if outcome == state.PENDING:
+        return ("it was running at the last shutdown but was not saved (its record says 'pending': the pass "
+                "was cut short, by a crash or a power loss): it boots fresh, its memory state is lost")
+    if outcome == state.FAILED:
+        return ("it was running at the last shutdown and every step of its shutdown chain failed (its "
+                "record says 'failed'): it boots fresh, its memory state is lost")
+    if outcome in (state.SAVED, state.SAVED_TO_FILE):
+        return ("the last shutdown saved it, but there is no saved image for it any more (removed by "
+                "someone?): it boots fresh, its memory state is lost")
+    return None
 
 
 def _boot_decision(
