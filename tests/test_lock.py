@@ -27,7 +27,9 @@ from pathlib import Path
 from libmgsave import lock
 with lock.pass_lock(Path(sys.argv[1]), sys.argv[2], wait=float(sys.argv[3])):
     if len(sys.argv) > 4:   # a child started while holding the lock: it must not inherit it
-        os.spawnlp(os.P_NOWAIT, "sleep", "sleep", sys.argv[4])
+        child = os.spawnlp(os.P_NOWAIT, "sleep", "sleep", sys.argv[4])
+        while open(f"/proc/{child}/comm").read().strip() != "sleep":  # until it has exec'd
+            time.sleep(0.01)
     print("locked", flush=True)
     time.sleep(float(sys.argv[5]) if len(sys.argv) > 5 else 60)
 print("released", flush=True)

@@ -422,3 +422,29 @@ def test_a_full_state_filesystem_does_not_stop_the_shutdown_pass(tmp_path):
     assert proc.returncode == ExitCode.GUEST_FAILED, proc.stderr
     assert "No space left on device" in proc.stderr
     assert any("could not be written" in w for w in result["warnings"]), result["warnings"]
+
+
+@pytest.mark.parametrize("outcome,words", [
+    ("pending", "was not saved"),
+    ("failed", "every step of its shutdown chain failed"),
+    ("saved", "there is no saved image for it any more"),
+])
+def test_boot_says_loudly_when_a_guest_that_was_running_lost_its_memory_state(hv, run, outcome, words):
+    """The record says 'a' was running at the last shutdown, but libvirt has no saved image of it
+    (its save never finished, or the image went missing): 'a' is booted fresh, and the boot pass
+    says that its memory state is lost, in the summary and the log, and exits 1."""
+    define(hv, "a", "b")
+    run("shutdown")
+    hv.lookupByName("a").managedSaveRemove(0)
+    data = json.loads(shutdown_record(run).read_text())
+    for entry in data["guests"].values():
+        if entry["name"] == "a":
+            entry["outcome"] = outcome
+    shutdown_record(run).write_text(json.dumps(data))
+    code, result, err = run("boot")
+    assert outcomes(result) == {"a": "booted-fresh", "b": "resumed"}
+    assert running(hv) == ["a", "b"]
+    assert code == ExitCode.GUEST_FAILED
+    (a,) = [g for g in result["guests"] if g["name"] == "a"]
+    assert a["ok"] is False and any(words in m and "memory state is lost" in m for m in a["messages"]), a
+    assert words in err
