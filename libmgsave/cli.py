@@ -448,6 +448,7 @@ def cmd_pass(ctx: Context) -> int:
     kind = ctx.args.command
     dry_run = ctx.args.dry_run
     policy, problems = ctx.pass_policy()
+    ctx.policy = policy
     deadline = getattr(ctx.args, "deadline", None) or policy.limits.shutdown_deadline
     wait = ctx.args.wait if ctx.args.wait is not None else (deadline if kind == "shutdown" else 300.0)
     started = time.time()
@@ -511,6 +512,8 @@ def _run_shutdown(the_plan, connections, ctx: Context, dry_run: bool, deadline_a
         writer = state.RecordWriter.begin(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown",
                                           _shutdown_guest_entries(the_plan, ctx))
     results = ShutdownPass(the_plan, connections, record=writer, deadline_at=deadline_at, dry_run=dry_run).run()
+    if not dry_run:
+        results = _late_guests(results, connections, ctx, writer, deadline_at)
     if writer:
         writer.finish(measured_throughput=_throughput(results), ok=all(r.ok for r in results))
         if writer.error:
@@ -536,14 +539,85 @@ def _shutdown_guest_entries(the_plan, ctx: Context) -> dict:
         entries.update(previous["guests"])
         log.info("continuing the shutdown record of %s (no boot since)",
                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(previous.get("started", 0))))
+        _settle_interrupted(entries, the_plan)
     for entry in the_plan.active:
-        g = entry.guest
-        entries[state.guest_record_key(*g.key)] = {
-            "connection": g.connection, "name": g.name, "uuid": g.uuid, "persistent": g.persistent,
-            "state": str(g.state), "memory_kib": g.memory_kib, "title": g.title, "metadata": dict(g.metadata),
-            "outcome": state.PENDING, "image": entry.image, "planned": [str(a) for a in entry.actions],
-        }
+        entries[state.guest_record_key(*entry.guest.key)] = _record_entry(entry)
     return entries
+
+
+def _record_entry(entry) -> dict:
+    """A guest's entry in the shutdown record, before anything is done to it."""
+    from libmgsave import state
+
+    g = entry.guest
+    return {
+        "connection": g.connection, "name": g.name, "uuid": g.uuid, "persistent": g.persistent,
+        "state": str(g.state), "memory_kib": g.memory_kib, "title": g.title, "metadata": dict(g.metadata),
+        "outcome": state.PENDING, "image": entry.image, "planned": [str(a) for a in entry.actions],
+    }
+
+
+def _settle_interrupted(entries: dict, the_plan) -> None:
+    """Entries an interrupted pass left 'pending' whose guest is now off with a complete saved
+    state: libvirt finished the save after that pass died. Record them as saved."""
+    from libmgsave import state
+    from libmgsave.hypervisor import saved_image_is_partial
+
+    now = {state.guest_record_key(*e.guest.key): e.guest for e in the_plan.entries}
+    for key, entry in entries.items():
+        if entry.get("outcome") != state.PENDING:
+            continue
+        guest = now.get(key)
+        if guest is not None and not guest.state.is_active and guest.has_managed_save:
+            outcome = state.SAVED
+        elif guest is None and entry.get("image") and os.path.isfile(entry["image"]) \
+                and not saved_image_is_partial(entry["image"]):
+            outcome = state.SAVED_TO_FILE
+        else:
+            continue
+        entries[key] = dict(entry, outcome=outcome, note="its save, begun by an interrupted pass, completed")
+        log.info("%s: found saved by the interrupted pass", entry.get("name"))
+
+
+def _late_guests(results: list, connections, ctx: Context, writer, deadline_at: float) -> list:
+    """Guests started by someone else while the pass ran would be left running: look again once
+    the plan is done, and put each one found running through its chain too (two rounds at most)."""
+    from libmgsave import journal, state
+    from libmgsave.errors import HypervisorError
+    from libmgsave.execute import ShutdownPass
+    from libmgsave.plan import DEADLINE_RESERVE
+
+    for _round in range(2):
+        remaining = deadline_at - time.monotonic()
+        if remaining <= DEADLINE_RESERVE:
+            break
+        given_up = {r.plan.key for r in results if r.outcome == state.FAILED}  # every step failed: not again
+        late = []
+        for uri in connections.uris():
+            try:
+                late += [g for g in connections.host(uri).guests(with_details=_needs_details(ctx.policy))
+                         if g.state.is_active and g.key not in given_up]
+            except HypervisorError as error:
+                log.warning("could not look for guests started during the pass on %s: %s", uri, error.message)
+        if not late:
+            break
+        plan = _make_plan("shutdown", late, ctx.policy, ctx, deadline=remaining)
+        for entry in plan.active:
+            log.warning("%s: started by someone else during the pass; handling it now", entry.guest.name,
+                        extra=journal.guest_fields(entry.guest, result="late"))
+            if writer:
+                writer.update_guest(state.guest_record_key(*entry.guest.key), **_record_entry(entry))
+        more = ShutdownPass(plan, connections, record=writer, deadline_at=deadline_at).run()
+        index = {r.plan.key: i for i, r in enumerate(results)}
+        for r in more:
+            if r.outcome == "skipped":
+                continue
+            r.messages.insert(0, "started by someone else during the pass: handled after the others")
+            if r.plan.key in index:  # stopped by this pass, then started again
+                results[index[r.plan.key]] = r
+            else:
+                results.append(r)
+    return results
 
 
 def _throughput(results) -> float | None:

@@ -170,6 +170,9 @@ class Connections:
     def host(self, uri: str) -> Host:
         return self._hosts[uri]
 
+    def uris(self) -> list[str]:
+        return list(self._hosts)
+
     def guest(self, uri: str, uuid: str) -> Guest:
         return self._hosts[uri].guest(uuid)
 
@@ -418,8 +421,16 @@ class ShutdownPass:
                 log.warning("%s: shutdown deadline reached, skipping %s", entry.guest.name, action,
                             extra=journal.guest_fields(entry.guest, action=action, result="skipped"))
                 continue
-            step = self._step(entry, action)
-            if step is None:  # the guest is already off or gone: someone else stopped it
+            step = self._step(entry, action, result.messages)
+            if step is None:  # the guest is already off or gone
+                found = self._found_saved(entry)
+                if found:  # a save begun before this step (an interrupted pass's) completed
+                    result.outcome, result.ok = found, True
+                    result.messages.append("found saved: a save begun before (by an interrupted pass, or by "
+                                           "someone else) completed; not saved again")
+                    log.warning("%s: found saved by a save begun before this pass's; not saved again",
+                                entry.guest.name, extra=journal.guest_fields(entry.guest, result=found))
+                    break
                 result.outcome, result.ok = state.VANISHED, True
                 result.messages.append("the guest was stopped or undefined by someone else during the pass")
                 log.warning("%s: stopped or undefined by someone else during the pass", entry.guest.name,
@@ -437,11 +448,24 @@ class ShutdownPass:
         if self.record:
             self.record.update_guest(
                 key, outcome=result.outcome, steps=[s.to_dict() for s in result.steps],
-                finished=result.finished, bytes=result.bytes,
+                finished=result.finished, bytes=result.bytes, messages=list(result.messages),
             )
         return result
 
-    def _step(self, entry: GuestPlan, action: Action) -> StepResult | None:
+    def _found_saved(self, entry: GuestPlan) -> str | None:
+        """The outcome when a guest found off already has a complete saved state, else None."""
+        try:
+            guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
+            if not guest.is_active() and guest.has_saved_state():
+                return state.SAVED
+        except GuestGone:  # a transient guest is gone once saved: look at its file
+            if entry.image and os.path.isfile(entry.image) and not saved_image_is_partial(entry.image):
+                return state.SAVED_TO_FILE
+        except HypervisorError:
+            pass
+        return None
+
+    def _step(self, entry: GuestPlan, action: Action, messages: list[str] | None = None) -> StepResult | None:
         """Run one step, reconnecting once if the daemon went away. None: the guest is gone/off."""
         for attempt in (1, 2):
             started = time.time()
@@ -451,13 +475,18 @@ class ShutdownPass:
                 guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
                 if not guest.is_active():
                     return None
-                size = self._do(guest, entry, action, span)
+                size = self._do(guest, entry, action, span, messages)
+                if size is _NOT_RUNNING:
+                    return None
                 return StepResult(action, True, span[0], span[1] or time.time(), bytes=size)
             except GuestGone:
                 return None
             except HypervisorUnavailable as error:
                 if attempt == 2:
                     return StepResult(action, False, started, time.time(), error=error.message)
+                if messages is not None:
+                    messages.append(f"the connection to libvirt was lost during the {action} ({error.message}); "
+                                    f"reconnected")
                 try:
                     self.connections.recover(entry.guest.connection)
                 except HypervisorUnavailable as again:
@@ -475,9 +504,11 @@ class ShutdownPass:
                                   error=f"{error.strerror}: {error.filename}")
         raise AssertionError("unreachable")
 
-    def _do(self, guest: Guest, entry: GuestPlan, action: Action, span: list | None = None) -> int | None:
+    def _do(self, guest: Guest, entry: GuestPlan, action: Action, span: list | None = None,
+            messages: list[str] | None = None):
         """Carry out one step. A save puts the times it began (holding its slot) and ended in
-        ``span[0]`` and ``span[1]``, so the step's times leave out the wait for a slot."""
+        ``span[0]`` and ``span[1]``, so the step's times leave out the wait for a slot.
+        Returns the bytes saved (or None), or _NOT_RUNNING when the guest stopped meanwhile."""
         span = span if span is not None else [None, None]
         settings = entry.effective.settings
         if action in (Action.SAVE, Action.SAVE_TO_FILE):
@@ -486,6 +517,8 @@ class ShutdownPass:
                     raise OperationTimeout("the shutdown deadline came while the save waited for a slot")
                 span[0] = time.time()
                 timeout = settings.save_timeout
+                if self._wait_for_a_save_under_way(guest, entry, timeout, messages):
+                    return _NOT_RUNNING
                 log.info("%s: saving (%s of memory)", entry.guest.name, _mb(entry.guest.memory_bytes),
                          extra=journal.guest_fields(entry.guest, action=action, result="begin"))
                 # A save interrupted by a daemon restart can leave a running guest paused: make
@@ -524,6 +557,31 @@ class ShutdownPass:
             guest.power_off()
             return None
         raise ValueError(f"not a shutdown step: {action}")
+
+
+    def _wait_for_a_save_under_way(self, guest: Guest, entry: GuestPlan, timeout: float,
+                                   messages: list[str] | None) -> bool:
+        """When a save of the guest begun by someone else (a pass killed mid-save: libvirtd goes
+        on with it) is under way, wait for it rather than start a second one, which would fail
+        once the first completes. True when the guest is no longer running afterwards."""
+        if not guest.being_saved():
+            return False
+        text = "a save of it begun before (by an interrupted pass?) is under way: waiting for it"
+        log.warning("%s: %s", entry.guest.name, text,
+                    extra=journal.guest_fields(entry.guest, action="save", result="wait"))
+        if messages is not None:
+            messages.append(text)
+        give_up_at = min(time.monotonic() + timeout, self.deadline_at - DEADLINE_RESERVE)
+        while time.monotonic() < give_up_at:
+            if _stopped(guest):
+                return True
+            if not guest.being_saved():
+                break
+            time.sleep(SHUTDOWN_POLL)
+        return _stopped(guest)
+
+
+_NOT_RUNNING = object()  # _do: the guest was found stopped, nothing was done
 
 
 def _stopped(guest: Guest) -> bool:

@@ -304,6 +304,11 @@ class Guest:
         code, reason = self._call("reading state", self._dom.state)
         return code == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_RESTORED
 
+    def being_saved(self) -> bool:
+        """True while a save of this guest runs, whoever began it (libvirt pauses it to save it)."""
+        code, reason = self._call("reading state", self._dom.state)
+        return code == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_SAVE
+
     def save_memory_state(self, *, bypass_cache: bool = False, resume_running: bool = False) -> None:
         """Managed save: libvirt writes memory to its own image and stops the guest.
 
