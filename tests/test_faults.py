@@ -1,0 +1,738 @@
+"""Faults at shutdown and boot, on the real rig: whatever goes wrong, no guest and no saved state
+is lost, and every problem is reported.
+
+Each test runs the real CLI (``python -m libmgsave``) as a subprocess with a policy file and a state
+directory in ``tmp_path``. The ``rig`` fixture has put this process, and so every subprocess, in the
+rig's mount namespace, where ``qemu:///system`` is the rig's private libvirtd and SAVE_DIR its
+managed-save directory. Guests are small (256 MiB, 32-64 MiB of it filled with random data).
+
+A guest's serial heartbeat (``tick N`` once a second, ``rig: init up`` once per boot) tells a
+resume (the ticks go on, one boot) from a cold boot (a second ``init up``, ticks from 1 again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from libmgsave import state
+from tests.rig import (SAVE_DIR, boots, domain_xml, last_tick, start_and_wait_ticking, state_reason, ticks,
+                       wait_for_state, wait_for_tick_after)
+
+pytestmark = pytest.mark.rig
+
+REPO = Path(__file__).resolve().parents[1]
+URI = "qemu:///system"
+SMALL = dict(memory_mib=256, fill_mib=64)
+TINY = dict(memory_mib=256, fill_mib=32)
+# The environment of a service or a caller that would send output or state elsewhere.
+FOREIGN_ENV = ("JOURNAL_STREAM", "INVOCATION_ID", "NOTIFY_SOCKET", "STATE_DIRECTORY", "MGSAVE_POLICY",
+               "MGSAVE_STATE_DIR", "LIBVIRT_DEFAULT_URI")
+BASE_POLICY = """\
+    version: 1
+    connections: ['qemu:///system']
+    limits:
+      max_parallel_saves: 1
+      max_parallel_starts: 1
+"""
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+class Run:
+    """A finished ``mgsave`` command: exit status, stdout (text summary), stderr (the log)."""
+
+    def __init__(self, args, rc: int, stdout: str, stderr: str, seconds: float):
+        self.args, self.rc, self.stdout, self.stderr, self.seconds = args, rc, stdout, stderr, seconds
+
+    def __str__(self) -> str:
+        return (f"mgsave {' '.join(self.args)}: exit {self.rc} after {self.seconds:.1f} s\n"
+                f"--- stderr ---\n{self.stderr[-5000:]}\n--- stdout ---\n{self.stdout[-5000:]}")
+
+    __repr__ = __str__
+
+
+class Mgsave:
+    """The real CLI, with this test's policy file (0644) and state directory."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.state_dir = tmp_path / "state"
+        self.policy = tmp_path / "policy.yaml"
+        self.write_policy(BASE_POLICY)
+        self.runs = 0
+
+    def write_policy(self, text: str) -> None:
+        if self.policy.is_dir():
+            self.policy.rmdir()
+        self.policy.write_text(textwrap.dedent(text))
+        os.chmod(self.policy, 0o644)
+
+    def argv(self, args) -> list[str]:
+        return [sys.executable, "-m", "libmgsave", args[0], "--policy", str(self.policy),
+                "--state-dir", str(self.state_dir), *args[1:]]
+
+    def env(self) -> dict:
+        return {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
+
+    def start(self, *args, preexec=None) -> "Running":
+        self.runs += 1
+        out = self.tmp / f"run{self.runs}.out"
+        err = self.tmp / f"run{self.runs}.err"
+        argv = self.argv(args)
+        if preexec:
+            argv = preexec + argv
+        proc = subprocess.Popen(argv, cwd=REPO, env=self.env(), stdout=out.open("w"), stderr=err.open("w"),
+                                stdin=subprocess.DEVNULL)
+        return Running(args, proc, out, err)
+
+    def __call__(self, *args, expect_rc: int | None = 0, timeout: float = 300, preexec=None) -> Run:
+        run = self.start(*args, preexec=preexec).wait(timeout)
+        print(f"mgsave {' '.join(args)}: exit {run.rc}, {run.seconds:.1f} s")
+        if expect_rc is not None:
+            assert run.rc == expect_rc, str(run)
+        return run
+
+    def record(self, kind: str) -> dict:
+        """The record, read as mgsave reads it: whole, of the right kind and format."""
+        data = state.read_record(self.state_dir / f"last-{kind}.json", kind)
+        assert data is not None, f"no {kind} record"
+        return data
+
+    def outcomes(self, kind: str) -> dict[str, str]:
+        return {e["name"]: e["outcome"] for e in self.record(kind)["guests"].values()}
+
+    def entry(self, kind: str, name: str) -> dict:
+        [entry] = [e for e in self.record(kind)["guests"].values() if e["name"] == name]
+        return entry
+
+
+class Running:
+    def __init__(self, args, proc: subprocess.Popen, out: Path, err: Path):
+        self.args, self.proc, self.out, self.err = args, proc, out, err
+        self.t0 = time.monotonic()
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def wait(self, timeout: float = 300) -> Run:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"mgsave {' '.join(self.args)} still running after {timeout:.0f} s:\n{self.stderr()[-5000:]}")
+        return Run(self.args, rc, self.out.read_text(errors="replace"), self.stderr(), time.monotonic() - self.t0)
+
+
+@pytest.fixture
+def mgsave(rig, tmp_path) -> Mgsave:
+    return Mgsave(tmp_path)
+
+
+def image(name: str) -> Path:
+    return Path(SAVE_DIR) / f"{name}.save"
+
+
+def running(conn) -> list[str]:
+    return sorted(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+
+
+def wait_until(condition, timeout: float, what: str, every: float = 0.002):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(every)
+
+
+def size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def qemu_pid(name: str) -> int:
+    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+
+
+def steps(entry: dict) -> list[tuple[str, bool]]:
+    return [(s["action"], s["ok"]) for s in entry.get("steps", [])]
+
+
+def assert_resumed(conn, name: str, tick_before: int) -> None:
+    """Running from its saved memory: libvirt says restored, the heartbeat goes on, /init ran once."""
+    assert state_reason(conn, name) == ("running", "restored"), name
+    after = wait_for_tick_after(name, tick_before, timeout=60)
+    seq = ticks(name)
+    assert all(b > a for a, b in zip(seq, seq[1:])), f"{name}: the heartbeat restarted: {seq[-20:]}"
+    assert after <= tick_before + 15, f"{name}: tick {tick_before} then {after}"
+    assert boots(name) == 1, f"{name}: /init ran again: a cold boot, not a resume"
+
+
+def assert_cold_booted(conn, name: str, times: int = 2) -> None:
+    """Running, but booted afresh (not from a saved image)."""
+    assert state_reason(conn, name) == ("running", "booted"), name
+    wait_until(lambda: boots(name) >= times, 60, f"{name} to boot", every=0.2)
+    assert boots(name) == times
+
+
+def define_with_extra_device(conn, name: str, device_xml: str, **kw) -> None:
+    xml = domain_xml(name, **kw).replace("</devices>", f"  {device_xml}\n  </devices>")
+    conn.defineXML(xml)
+
+
+# --- 1. no room for the images ------------------------------------------------------------------
+
+
+def fill_leaving(path: Path, directory: str, leave: int) -> int:
+    """Allocate a file in ``directory`` so that only ``leave`` bytes stay free; returns its size."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for _ in range(100):
+            st = os.statvfs(directory)
+            want = st.f_bavail * st.f_frsize - leave
+            if want <= 0:
+                return 0
+            try:
+                os.posix_fallocate(fd, os.fstat(fd).st_size, want)
+                return os.fstat(fd).st_size
+            except OSError:  # the save grew in between: measure again
+                continue
+        raise RuntimeError("could not fill the save directory")
+    finally:
+        os.close(fd)
+
+
+def test_fault_no_room_for_the_images(rig, mgsave, make_guests, rig_conn):
+    """The save directory (a 300 MiB tmpfs) has room for one 256 MiB guest by the up-front check:
+    the other goes straight to its next step. The first one's save then runs out of space half-way
+    (another writer takes the room once the image is being written): the partial image is gone,
+    the guest is shut down instead. Nothing is left running, nothing half-written stays."""
+    first, second = make_guests(2, prefix="room", **SMALL)
+    rig.limit_save_dir(300)
+    filler = Path(SAVE_DIR) / "someone-elses-file"
+    grabbed = {}
+
+    def grab_the_room():
+        wait_until(lambda: size_of(image(first)) > 0, 120, f"{first}'s image to be written")
+        grabbed["at"] = size_of(image(first))
+        grabbed["bytes"] = fill_leaving(filler, SAVE_DIR, leave=2 * 2**20)
+
+    thief = threading.Thread(target=grab_the_room, daemon=True)
+    thief.start()
+    run = mgsave("shutdown", expect_rc=0)
+    thief.join(5)
+    assert grabbed.get("bytes"), f"the room was not taken while {first} saved: {grabbed}"
+
+    # The up-front check: second never tried to save, and says why, in the summary and the log.
+    note = f"{second}: save skipped: its image may need 268 MB, only"
+    assert note in run.stdout, run
+    assert "save skipped" in run.stderr and second in run.stderr, run
+    assert steps(mgsave.entry("shutdown", second)) == [("shutdown", True)]
+    # The save that ran out of room mid-way: failed with ENOSPC, then the chain went on.
+    entry = mgsave.entry("shutdown", first)
+    assert steps(entry) == [("save", False), ("shutdown", True)], entry
+    assert "No space left on device" in entry["steps"][0]["error"]
+    assert "No space left on device" in run.stdout and "No space left on device" in run.stderr
+    assert grabbed["at"] < 100 * 2**20, f"the image was {grabbed['at']} bytes when the room went"
+    assert mgsave.outcomes("shutdown") == {first: "shut-down", second: "shut-down"}
+    # No guest left running, no partial image left behind, libvirt knows of no saved state.
+    assert running(rig_conn) == []
+    assert sorted(os.listdir(SAVE_DIR)) == [filler.name]
+    for name in (first, second):
+        assert state_reason(rig_conn, name) == ("shutoff", "shutdown")
+        assert not rig_conn.lookupByName(name).hasManagedSaveImage(0)
+    # At boot both come back (booted: there is no saved state to resume).
+    rig.release_save_dir()
+    boot = mgsave("boot", expect_rc=0)
+    assert mgsave.outcomes("boot") == {first: "started", second: "started"}, boot
+    assert running(rig_conn) == [first, second]
+
+
+# --- 2. the daemon is not answering -------------------------------------------------------------
+
+
+def test_fault_daemon_down_when_the_passes_start(rig, mgsave, make_guests):
+    """libvirtd is stopped when 'mgsave shutdown' starts and comes back 5 s later: mgsave keeps
+    trying and finishes. The same at boot."""
+    [name] = make_guests(1, prefix="nodaemon", **TINY)
+    tick = last_tick(name)
+    rig.stop_libvirtd()
+    pending = mgsave.start("shutdown")
+    time.sleep(5)
+    assert pending.proc.poll() is None, f"mgsave gave up at once:\n{pending.stderr()}"
+    rig.start_libvirtd()
+    run = pending.wait(120)
+    assert run.rc == 0, run
+    assert "retrying" in run.stderr, run
+    assert mgsave.outcomes("shutdown") == {name: "saved"}
+    conn = rig.connect()
+    assert state_reason(conn, name) == ("shutoff", "saved")
+    conn.close()
+    tick = last_tick(name)
+
+    rig.stop_libvirtd()
+    pending = mgsave.start("boot")
+    time.sleep(5)
+    assert pending.proc.poll() is None, f"mgsave gave up at once:\n{pending.stderr()}"
+    rig.start_libvirtd()
+    run = pending.wait(120)
+    assert run.rc == 0, run
+    assert "retrying" in run.stderr, run
+    assert mgsave.outcomes("boot") == {name: "resumed"}
+    conn = rig.connect()
+    assert_resumed(conn, name, tick)
+    conn.close()
+
+
+def test_fault_daemon_killed_mid_save(rig, mgsave, make_guests):
+    """libvirtd is SIGKILLed while the first of three guests is being saved (one save at a time)
+    and is started again 3 s later. mgsave reconnects, finishes every guest, and says what
+    happened; at boot every saved guest resumes."""
+    names = make_guests(3, prefix="killd", **SMALL)
+    pending = mgsave.start("shutdown")
+    wait_until(lambda: size_of(image(names[0])) > 8 * 2**20, 120, f"{names[0]}'s save to be under way")
+    os.kill(int(Path("/run/libvirt/rig-libvirtd.pid").read_text()), signal.SIGKILL)
+    killed_at = time.monotonic()
+    time.sleep(3)
+    rig.start_libvirtd()
+    run = pending.wait(300)
+    print(f"libvirtd was down {time.monotonic() - killed_at:.1f} s; pass {run.seconds:.1f} s")
+    assert "lost the connection" in run.stderr, run
+    conn = rig.connect()
+    try:
+        assert running(conn) == [], f"a guest is left running:\n{run}"
+        outcomes = mgsave.outcomes("shutdown")
+        assert set(outcomes) == set(names), outcomes
+        for name in names:
+            assert outcomes[name] in ("saved", "shut-down"), (name, outcomes, str(run))
+            if outcomes[name] == "saved":
+                assert state_reason(conn, name) == ("shutoff", "saved")
+                assert conn.lookupByName(name).hasManagedSaveImage(0)
+            else:
+                assert name in run.stdout  # said, in the summary
+        assert outcomes[names[1]] == outcomes[names[2]] == "saved", outcomes
+        assert run.rc == 0, run
+        ticks_before = {n: last_tick(n) for n in names}
+    finally:
+        conn.close()
+
+    boot = mgsave("boot", expect_rc=0)
+    conn = rig.connect()
+    try:
+        for name in names:
+            if outcomes[name] == "saved":
+                assert mgsave.outcomes("boot")[name] == "resumed", boot
+                assert_resumed(conn, name, ticks_before[name])
+            else:
+                assert mgsave.outcomes("boot")[name] == "started", boot
+    finally:
+        conn.close()
+
+
+def test_fault_daemon_killed_mid_boot(rig, mgsave, make_guests):
+    """libvirtd is SIGKILLed just after the first of three guests was resumed (one start at a
+    time, 2 s apart) and started again 3 s later: mgsave reconnects and resumes the rest."""
+    mgsave.write_policy(BASE_POLICY + "      start_delay: 2\n")
+    names = make_guests(3, prefix="killb", **TINY)
+    mgsave("shutdown", expect_rc=0)
+    assert mgsave.outcomes("shutdown") == dict.fromkeys(names, "saved")
+    ticks_before = {n: last_tick(n) for n in names}
+    pending = mgsave.start("boot")
+    # libvirt removes the image once the guest runs from it
+    wait_until(lambda: not image(names[0]).exists(), 120, f"{names[0]} to be resumed")
+    os.kill(int(Path("/run/libvirt/rig-libvirtd.pid").read_text()), signal.SIGKILL)
+    time.sleep(3)
+    rig.start_libvirtd()
+    run = pending.wait(300)
+    assert run.rc == 0, run
+    assert "lost the connection" in run.stderr, run
+    assert mgsave.outcomes("boot") == dict.fromkeys(names, "resumed"), run
+    conn = rig.connect()
+    try:
+        for name in names:
+            assert_resumed(conn, name, ticks_before[name])
+    finally:
+        conn.close()
+
+
+# --- 3. a corrupt or truncated image at boot ----------------------------------------------------
+
+
+def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
+    """One guest's saved image is cut to half, another's header is overwritten. Resuming fails;
+    each image is kept under failed-images/; 'fresh' (boot-fresh, the default) is booted fresh,
+    'off' (leave-off) stays off with its image in place. One attempt each, no retry loop; the
+    summary and the log say so, and the pass exits 1."""
+    mgsave.write_policy(BASE_POLICY + """\
+    guests:
+      - match: {name: "off-*"}
+        on_resume_failure: leave-off
+    """)
+    [fresh] = make_guests(1, prefix="fresh", **TINY)
+    [off] = make_guests(1, prefix="off", **TINY)
+    mgsave("shutdown", expect_rc=0)
+    assert mgsave.outcomes("shutdown") == {fresh: "saved", off: "saved"}
+    full = size_of(image(fresh))
+    os.truncate(image(fresh), full // 2)
+    with open(image(off), "r+b") as f:
+        f.write(b"\0" * 4096)
+    off_bytes = image(off).read_bytes()
+
+    run = mgsave("boot", expect_rc=1)
+    outcomes = mgsave.outcomes("boot")
+    assert outcomes == {fresh: "booted-fresh", off: "left-off"}, run
+    kept = {p.name: p for p in (mgsave.state_dir / "failed-images").iterdir()}
+    assert len(kept) == 2, kept
+    [kept_fresh] = [p for n, p in kept.items() if n.startswith(fresh + "-")]
+    [kept_off] = [p for n, p in kept.items() if n.startswith(off + "-")]
+    assert size_of(kept_fresh) == full // 2, "the bad image must be kept as it was"
+    assert kept_off.read_bytes() == off_bytes
+    # fresh: booted fresh, its bad image gone from libvirt's slot (a copy is kept)
+    assert_cold_booted(rig_conn, fresh)
+    assert not rig_conn.lookupByName(fresh).hasManagedSaveImage(0)
+    # off: left off, the image still in libvirt's slot for the admin
+    assert state_reason(rig_conn, off)[0] == "shutoff"
+    assert rig_conn.lookupByName(off).hasManagedSaveImage(0)
+    assert image(off).read_bytes() == off_bytes
+    # one attempt each, said in the summary and the log
+    for name, kept_path in ((fresh, kept_fresh), (off, kept_off)):
+        entry = mgsave.entry("boot", name)
+        assert any(f"image kept at {kept_path}" in m for m in entry["messages"]), entry
+        assert f"{name}: resume failed" in run.stdout, run
+        assert f"{name}: resuming failed" in run.stderr, run
+        assert run.stderr.count(f"{name}: resume failed") <= 1
+    assert run.stdout.count("; image kept at ") == 2, run
+    assert "2 of 2 guests did NOT reach their intended state" in run.stdout
+
+
+# --- 4. mgsave itself killed mid-pass -----------------------------------------------------------
+
+
+def iohelper_writing(path: Path) -> int | None:
+    """The libvirt_iohelper process that writes the save image ``path`` (libvirtd's child)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"libvirt_iohelper" in cmdline and str(path).encode() in cmdline:
+                return int(entry.name)
+    return None
+
+
+def test_fault_mgsave_killed_mid_shutdown(mgsave, make_guests, rig_conn):
+    """'mgsave shutdown' is SIGKILLed while it saves the second of three guests (one at a time);
+    libvirtd goes on with that save, held up here (its I/O helper stopped) so that the rerun
+    meets it under way. Running the pass again completes the job: it waits for the save under
+    way instead of starting a second one, saves the third guest, leaves the first alone, and the
+    record still lists all three. The boot pass then resumes them all."""
+    names = make_guests(3, prefix="rerun", **SMALL)
+    pending = mgsave.start("shutdown")
+    begun = lambda: [n for n in names if size_of(image(n)) > 2**20]  # noqa: E731
+    wait_until(lambda: len(begun()) == 2, 120, "the second save to be under way")
+    [first] = [n for n in begun() if rig_conn.lookupByName(n).isActive() == 0]
+    [second] = [n for n in begun() if n != first]
+    [third] = [n for n in names if n not in (first, second)]
+    helper = wait_until(lambda: iohelper_writing(image(second)), 10, f"the I/O helper saving {second}")
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        pending.proc.send_signal(signal.SIGKILL)
+        killed = pending.wait(10)
+        assert killed.rc == -signal.SIGKILL
+        first_image = image(first).stat()
+        record = mgsave.record("shutdown")  # whole, although its writer was killed
+        assert {e["name"] for e in record["guests"].values()} == set(names)
+        assert state_reason(rig_conn, second) == ("paused", "save")
+
+        rerun = mgsave.start("shutdown")
+        wait_until(lambda: "under way: waiting for it" in rerun.stderr(), 60, "the rerun to find the save", 0.1)
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    run = rerun.wait(300)
+    assert run.rc == 0, run
+    assert running(rig_conn) == [], run
+    assert mgsave.outcomes("shutdown") == dict.fromkeys(names, "saved"), run
+    assert f"{second}: saving" not in run.stderr, f"{second} was saved twice:\n{run}"
+    assert "found saved" in " ".join(mgsave.entry("shutdown", second).get("messages", [])) or \
+        f"{second}: found saved" in run.stderr, run
+    assert f"{first}: saving" not in run.stderr
+    # the first guest's image, saved by the killed pass, is untouched
+    again = image(first).stat()
+    assert (again.st_ino, again.st_mtime_ns, again.st_size) == \
+        (first_image.st_ino, first_image.st_mtime_ns, first_image.st_size)
+    ticks_before = {}
+    for name in names:
+        assert state_reason(rig_conn, name) == ("shutoff", "saved")
+        ticks_before[name] = last_tick(name)
+
+    boot = mgsave("boot", expect_rc=0)
+    assert mgsave.outcomes("boot") == dict.fromkeys(names, "resumed"), boot
+    for name in names:
+        assert_resumed(rig_conn, name, ticks_before[name])
+
+
+# --- 5. power loss during a save ----------------------------------------------------------------
+
+
+def power_loss(rig, names: list[str], mgsave_proc: subprocess.Popen) -> None:
+    """Everything dies at once (SIGKILL: mgsave, every QEMU, libvirtd), and what lived in /run is
+    gone as after a real power cut. Then the host "boots": libvirtd starts again."""
+    pids = [mgsave_proc.pid, int(Path("/run/libvirt/rig-libvirtd.pid").read_text())]
+    pids += [qemu_pid(n) for n in names if Path(f"/run/libvirt/qemu/{n}.pid").exists()]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    mgsave_proc.wait()
+    wait_until(lambda: all(not Path(f"/proc/{p}").exists() or _zombie(p) for p in pids), 10, "the kill",
+               every=0.05)
+    for f in Path("/run/libvirt/qemu").iterdir():
+        if f.is_file():
+            f.unlink()
+    rig.start_libvirtd()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def test_fault_power_loss_during_a_save(rig, mgsave, make_guests):
+    """The power goes while the second of three guests is being saved (the first is saved, the
+    third still running). At boot: the first resumes; the second's image is partial, so it is
+    not resumed but booted fresh (its partial image kept); the third, never saved, boots fresh.
+    The admin is told about both, and the pass exits 1."""
+    saved, partial, unsaved = make_guests(3, prefix="power", **SMALL)
+    pending = mgsave.start("shutdown")
+    wait_until(lambda: size_of(image(partial)) > 8 * 2**20, 120, f"{partial}'s save to be under way")
+    tick_saved = last_tick(saved)
+    power_loss(rig, [saved, partial, unsaved], pending.proc)
+    assert image(partial).exists(), "the partial image is the point of this test"
+    partial_bytes = size_of(image(partial))
+
+    run = mgsave("boot", expect_rc=1)
+    conn = rig.connect()
+    try:
+        outcomes = mgsave.outcomes("boot")
+        assert outcomes == {saved: "resumed", partial: "booted-fresh", unsaved: "booted-fresh"}, run
+        assert_resumed(conn, saved, tick_saved)
+        assert_cold_booted(conn, partial)
+        assert_cold_booted(conn, unsaved)
+        # never resumed from the partial image; it is kept for the admin
+        [kept] = list((mgsave.state_dir / "failed-images").iterdir())
+        assert kept.name.startswith(partial + "-") and size_of(kept) == partial_bytes
+        assert "incomplete" in " ".join(mgsave.entry("boot", partial)["messages"]), run
+        assert f"{partial}: " in run.stdout and "incomplete" in run.stdout, run
+        # the unsaved guest: told that its memory state was lost
+        assert "was not saved" in " ".join(mgsave.entry("boot", unsaved)["messages"]), run
+        assert f"{unsaved}: " in run.stdout, run
+        assert "2 of 3 guests did NOT reach their intended state" in run.stdout, run
+    finally:
+        conn.close()
+
+
+# --- 6. a broken policy -------------------------------------------------------------------------
+
+
+def test_fault_broken_policy_at_shutdown_and_boot(mgsave, make_guests, rig_conn):
+    """Four kinds of broken policy file, two shutdown/boot cycles: a YAML syntax error, wrong
+    types, a file mgsave may not read (EACCES), a directory. Every time the guest is saved and
+    resumed with the built-in defaults, and the log says what is wrong, with file:line."""
+    [name] = make_guests(1, prefix="policy", **TINY)
+    broken = {
+        "syntax": ("version: 1\nlimits:\n  max_parallel_saves: 1: 2\ndefaults:\n  autostart: always\n", ":3:24"),
+        "types": ("version: 1\ndefaults:\n  autostart: sometimes\n  save_timeout: soon\n", ":3:14"),
+    }
+    # cycle 1: shutdown with a syntax error, boot with wrong types
+    tick = last_tick(name)
+    mgsave.write_policy(broken["syntax"][0])
+    run = mgsave("shutdown", expect_rc=0)
+    assert f"{mgsave.policy}{broken['syntax'][1]}" in run.stderr, run
+    assert "built-in safe defaults" in run.stderr
+    assert mgsave.outcomes("shutdown") == {name: "saved"}
+    mgsave.write_policy(broken["types"][0])
+    run = mgsave("boot", expect_rc=0)
+    assert f"{mgsave.policy}{broken['types'][1]}" in run.stderr, run
+    assert f"{mgsave.policy}:4:17" in run.stderr, run
+    assert mgsave.outcomes("boot") == {name: "resumed"}
+    assert_resumed(rig_conn, name, tick)
+
+    # cycle 2: a file root may not read (mgsave runs without CAP_DAC_OVERRIDE), then a directory
+    tick = last_tick(name)
+    os.chmod(mgsave.policy, 0o000)
+    no_dac = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+              "-dac_override,-dac_read_search"]
+    run = mgsave("shutdown", expect_rc=0, preexec=no_dac)
+    assert f"{mgsave.policy}: cannot be read: Permission denied" in run.stderr, run
+    assert mgsave.outcomes("shutdown") == {name: "saved"}
+    mgsave.policy.unlink()
+    mgsave.policy.mkdir()
+    run = mgsave("boot", expect_rc=0)
+    assert f"{mgsave.policy}: is a directory" in run.stderr, run
+    assert mgsave.outcomes("boot") == {name: "resumed"}
+    assert_resumed(rig_conn, name, tick)
+
+
+# --- 7. the hypervisor refuses the save ---------------------------------------------------------
+
+# QEMU blocks migration, and so saving, of a guest with an ivshmem device in 'peer' role.
+SAVE_BLOCKER = ("<shmem name='mgsave-test-blocker' role='peer'><model type='ivshmem-plain'/>"
+                "<size unit='M'>4</size></shmem>")
+
+
+def test_fault_save_refused_by_the_hypervisor(mgsave, rig_conn):
+    """Two guests whose save libvirt refuses (a device that blocks migration). One obeys the
+    shutdown request and is shut down; the other ignores it and is powered off after its
+    shutdown_timeout. Nothing stays running; the summary gives the hypervisor's reason."""
+    mgsave.write_policy(BASE_POLICY.replace("max_parallel_saves: 1", "max_parallel_saves: 2") + """\
+    guests:
+      - match: {name: "refuse-deaf"}
+        shutdown_timeout: 5
+    """)
+    define_with_extra_device(rig_conn, "refuse-polite", SAVE_BLOCKER, **TINY)
+    define_with_extra_device(rig_conn, "refuse-deaf", SAVE_BLOCKER, ignore_acpi=True, **TINY)
+    start_and_wait_ticking(rig_conn, ["refuse-polite", "refuse-deaf"])
+    run = mgsave("shutdown", expect_rc=0)
+    assert mgsave.outcomes("shutdown") == {"refuse-polite": "shut-down", "refuse-deaf": "powered-off"}, run
+    polite, deaf = mgsave.entry("shutdown", "refuse-polite"), mgsave.entry("shutdown", "refuse-deaf")
+    assert steps(polite) == [("save", False), ("shutdown", True)], polite
+    assert steps(deaf) == [("save", False), ("shutdown", False), ("poweroff", True)], deaf
+    for entry in (polite, deaf):
+        assert "Migration is disabled" in entry["steps"][0]["error"], entry
+    assert deaf["steps"][1]["seconds"] >= 4.5
+    assert "refuse-polite: save failed: " in run.stdout and "refuse-deaf: save failed: " in run.stdout
+    assert "refuse-deaf: shutdown failed: " in run.stdout and "still running 5 s" in run.stdout
+    assert running(rig_conn) == []
+    assert state_reason(rig_conn, "refuse-polite") == ("shutoff", "shutdown")
+    assert state_reason(rig_conn, "refuse-deaf") == ("shutoff", "destroyed")
+    assert os.listdir(SAVE_DIR) == []
+
+
+# --- 8. a guest that ignores the shutdown request -----------------------------------------------
+
+
+def test_fault_guest_ignores_the_shutdown_request(mgsave, make_guests, rig_conn):
+    """Chain [shutdown, poweroff], shutdown_timeout 5 s, a guest that ignores ACPI: powered off
+    after the timeout, and the summary says so."""
+    mgsave.write_policy(BASE_POLICY + """\
+    defaults:
+      on_shutdown: [shutdown, poweroff]
+      shutdown_timeout: 5
+    """)
+    [deaf] = make_guests(1, prefix="deaf", ignore_acpi=True, **TINY)
+    run = mgsave("shutdown", expect_rc=0)
+    entry = mgsave.entry("shutdown", deaf)
+    assert entry["outcome"] == "powered-off"
+    assert steps(entry) == [("shutdown", False), ("poweroff", True)]
+    assert 4.5 <= entry["steps"][0]["seconds"] < 15, entry
+    assert state_reason(rig_conn, deaf) == ("shutoff", "destroyed")
+    assert f"{deaf}: shutdown failed: " in run.stdout and "still running 5 s after the shutdown request" in run.stdout
+    summary_row = [line for line in run.stdout.splitlines() if line.strip().startswith(deaf) and "powered-off" in line]
+    assert summary_row, run
+    assert "shutdown failed" in run.stderr
+
+
+# --- 9. two passes at once ----------------------------------------------------------------------
+
+
+def test_fault_two_passes_at_once(mgsave, make_guests, rig_conn):
+    """While a shutdown pass runs: a second shutdown and a boot with --wait 0 fail at once with
+    exit 3 naming the holder; a third shutdown waits and then finds nothing left to do. The
+    record is valid JSON at every moment and accounts for every guest."""
+    names = make_guests(3, prefix="twice", **SMALL)
+    first = mgsave.start("shutdown")
+    lock_file = mgsave.state_dir / "lock"
+    wait_until(lambda: lock_file.exists() and f"pid {first.proc.pid}" in lock_file.read_text(), 60,
+               "the first pass to hold the lock")
+    waiting = mgsave.start("shutdown")  # waits for the lock (up to the deadline)
+    refused = [mgsave("shutdown", "--wait", "0", expect_rc=3), mgsave("boot", "--wait", "0", expect_rc=3)]
+    for run in refused:
+        assert f"another mgsave pass is running (pid {first.proc.pid}: mgsave shutdown)" in run.stderr, run
+    # watch the record while the first pass writes it
+    reads = 0
+    while first.proc.poll() is None:
+        path = mgsave.state_dir / state.SHUTDOWN_RECORD
+        if path.exists():
+            data = state.read_record(path, "shutdown")  # raises on a partial or corrupt record
+            assert {e["name"] for e in data["guests"].values()} == set(names)
+            reads += 1
+        time.sleep(0.01)
+    assert reads > 10
+    run1 = first.wait()
+    assert run1.rc == 0, run1
+    run2 = waiting.wait(120)
+    assert run2.rc == 0, run2
+    # it ran only after the first: every guest was off by then
+    assert run2.stdout.count("shut off: nothing to do") == 3, run2
+    assert mgsave.outcomes("shutdown") == dict.fromkeys(names, "saved")
+    assert running(rig_conn) == []
+
+
+# --- 10. guests changed by someone else during a pass -------------------------------------------
+
+
+def test_fault_guests_changed_by_someone_else_during_the_shutdown_pass(mgsave, make_guests, rig_conn):
+    """While the first guest saves (one save at a time), someone destroys one guest, undefines
+    another, starts a stopped one and creates a new one. mgsave does not crash: the destroyed
+    and undefined guests are reported as vanished, the others saved, and the guests started
+    during the pass are not left running."""
+    names = make_guests(4, prefix="chg", **SMALL)
+    [late] = make_guests(1, prefix="late", start=False, **TINY)
+    pending = mgsave.start("shutdown")
+    # one save at a time: while the first is written, the other three wait for their turn
+    saving = wait_until(lambda: next((n for n in names if size_of(image(n)) > 0), None), 120, "a save to begin")
+    stopped, undefined, untouched = [n for n in names if n != saving]
+    rig_conn.lookupByName(stopped).destroy()                       # stopped by someone else
+    dom = rig_conn.lookupByName(undefined)
+    dom.destroy()
+    dom.undefine()                                                  # gone altogether
+    rig_conn.lookupByName(late).create()                            # started by someone else
+    rig_conn.createXML(domain_xml("newcomer", **TINY), 0)           # a new (transient) guest
+    run = pending.wait(300)
+    assert run.rc == 0, run
+    outcomes = mgsave.outcomes("shutdown")
+    assert outcomes[saving] == outcomes[untouched] == "saved", run
+    assert outcomes[stopped] == outcomes[undefined] == "vanished", run
+    assert "stopped or undefined by someone else" in run.stdout
+    assert outcomes[late] == "saved" and outcomes["newcomer"] == "saved-to-file", run
+    assert run.stdout.count("started by someone else during the pass") == 2, run
+    assert running(rig_conn) == [], run
+    assert rig_conn.lookupByName(late).hasManagedSaveImage(0)
+
+
+def test_fault_guests_changed_by_someone_else_during_the_boot_pass(mgsave, make_guests, rig_conn):
+    """During a boot pass (one start at a time, 3 s apart): someone undefines one saved guest and
+    starts another by hand. No crash: vanished, already running, and the third resumed."""
+    mgsave.write_policy(BASE_POLICY + "      start_delay: 3\n")
+    first, gone, manual = make_guests(3, prefix="bchg", **TINY)
+    mgsave("shutdown", expect_rc=0)
+    pending = mgsave.start("boot")
+    wait_until(lambda: not image(first).exists(), 120, f"{first} to be resumed")
+    rig_conn.lookupByName(gone).undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
+    rig_conn.lookupByName(manual).create()
+    run = pending.wait(120)
+    assert run.rc == 0, run
+    outcomes = mgsave.outcomes("boot")
+    assert outcomes == {first: "resumed", gone: "vanished", manual: "skipped"}, run
+    assert "already running (started by someone else)" in " ".join(mgsave.entry("boot", manual)["messages"])
+    assert running(rig_conn) == sorted([first, manual])
