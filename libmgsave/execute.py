@@ -135,20 +135,60 @@ class PassResult:
 
 
 class Slots:
-    """At most ``size`` holders at once, admitted strictly in the order they asked."""
+    """At most ``size`` holders at once.
 
-    def __init__(self, size: int):
+    Without ``ranks``, holders are admitted in the order they asked. With ``ranks`` (key ->
+    position in the plan), the waiting holder of lowest rank goes first, and nobody is admitted
+    ahead of an ``expected`` key (one that will ask within moments: it waits for no other guest)
+    of lower rank until that key asks or is withdrawn. So saves begin in the plan's priority
+    order however the threads that run them happen to be scheduled; before, a thread's first
+    libvirt calls decided, and under a tight deadline the top-priority guest could be the one
+    left unsaved.
+    """
+
+    def __init__(self, size: int, ranks: dict | None = None, expected=()):
         self._free = max(1, size)
         self._queue: collections.deque[object] = collections.deque()
         self._cond = threading.Condition()
+        self._ranks = dict(ranks or {})
+        self._waiting: list[tuple[int, int]] = []  # heap of (rank, ticket number)
+        self._tickets = 0
+        self._expected = {key for key in expected if key in self._ranks}
+        self._expected_ranks = sorted(self._ranks[key] for key in self._expected)  # ascending
+        self._gone_ranks: set[int] = set()  # expected ranks withdrawn or arrived (lazy deletion)
+
+    def withdraw(self, key) -> None:
+        """``key`` will not ask (any more): stop keeping its turn."""
+        with self._cond:
+            if key in self._expected:
+                self._expected.discard(key)
+                self._gone_ranks.add(self._ranks[key])
+                self._cond.notify_all()
+
+    def _lowest_expected(self) -> float:
+        while self._expected_ranks and self._expected_ranks[0] in self._gone_ranks:
+            self._expected_ranks.pop(0)
+        return self._expected_ranks[0] if self._expected_ranks else float("inf")
 
     @contextlib.contextmanager
-    def held(self):
-        ticket = object()
+    def held(self, key=None):
         with self._cond:
-            self._queue.append(ticket)
-            self._cond.wait_for(lambda: self._free > 0 and self._queue[0] is ticket)
-            self._queue.popleft()
+            if key is not None and key in self._ranks:
+                rank = self._ranks[key]
+                if key in self._expected:
+                    self._expected.discard(key)
+                    self._gone_ranks.add(rank)
+                self._tickets += 1
+                ticket = (rank, self._tickets)
+                heapq.heappush(self._waiting, ticket)
+                self._cond.wait_for(lambda: self._free > 0 and self._waiting[0] is ticket
+                                    and self._lowest_expected() > rank)
+                heapq.heappop(self._waiting)
+            else:
+                ticket = object()
+                self._queue.append(ticket)
+                self._cond.wait_for(lambda: self._free > 0 and self._queue[0] is ticket)
+                self._queue.popleft()
             self._free -= 1
             self._cond.notify_all()
         try:
@@ -390,7 +430,11 @@ class ShutdownPass:
         self.record = record
         self.deadline_at = deadline_at  # monotonic
         self.dry_run = dry_run
-        self.save_slots = Slots(plan.limits.max_parallel_saves)
+        # Saves begin in plan order (dependencies first, then priority, then name).
+        saves = [e for group in _group_by_order(plan.active) for e in _dependencies_first(group)
+                 if e.actions[0] in (Action.SAVE, Action.SAVE_TO_FILE)]
+        self.save_slots = Slots(plan.limits.max_parallel_saves, ranks={e.key: i for i, e in enumerate(saves)},
+                                expected=[e.key for e in saves if not e.wait_for])
         self.progress: _Progress | None = None
 
     def run(self) -> list[GuestResult]:
@@ -405,6 +449,12 @@ class ShutdownPass:
         return time.monotonic() >= self.deadline_at - DEADLINE_RESERVE
 
     def _guest(self, entry: GuestPlan) -> GuestResult:
+        try:
+            return self._chain(entry)
+        finally:
+            self.save_slots.withdraw(entry.key)  # never keep later guests waiting for this one's turn
+
+    def _chain(self, entry: GuestPlan) -> GuestResult:
         result = GuestResult(entry, state.FAILED, False, started=time.time())
         result.messages.extend(entry.notes)
         for note in entry.notes:  # e.g. why its save was dropped from the chain up front
@@ -417,11 +467,13 @@ class ShutdownPass:
         for index, action in enumerate(chain):
             last = index == len(chain) - 1
             if self._past_deadline() and not last:
+                self.save_slots.withdraw(entry.key)
                 result.messages.append(f"deadline reached: {action} skipped")
                 log.warning("%s: shutdown deadline reached, skipping %s", entry.guest.name, action,
                             extra=journal.guest_fields(entry.guest, action=action, result="skipped"))
                 continue
             step = self._step(entry, action, result.messages)
+            self.save_slots.withdraw(entry.key)  # its save (if any) has had its turn
             if step is None:  # the guest is already off or gone
                 found = self._found_saved(entry)
                 if found:  # a save begun before this step (an interrupted pass's) completed
@@ -512,7 +564,7 @@ class ShutdownPass:
         span = span if span is not None else [None, None]
         settings = entry.effective.settings
         if action in (Action.SAVE, Action.SAVE_TO_FILE):
-            with self.save_slots.held():
+            with self.save_slots.held(entry.key):
                 if self._past_deadline():
                     raise OperationTimeout("the shutdown deadline came while the save waited for a slot")
                 span[0] = time.time()
