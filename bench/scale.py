@@ -70,14 +70,21 @@ def run(args) -> dict:
             path = work / f"node-{n}.xml"
             path.write_text(node_xml(n))
             uri = f"test://{path}"
-            row = {}
-            connect = [sys.executable, "-c", f"import libvirt; c = libvirt.open({uri!r}); c.listAllDomains(0)"]
-            row["libvirt connect only"] = _measure(connect, args.repeat, work)
+            state = work / f"state-{n}"
+            commands = {"libvirt connect only":
+                        [sys.executable, "-c", f"import libvirt; c = libvirt.open({uri!r}); c.listAllDomains(0)"]}
             for label, argv in COMMANDS.items():
-                state = work / f"state-{n}"
-                cmd = mgsave + ["--policy", str(policy), "--connect", uri, "--state-dir", str(state), *argv]
-                row[f"mgsave {label}"] = _measure(cmd, args.repeat, work)
-                shutil.rmtree(state, ignore_errors=True)
+                commands[f"mgsave {label}"] = mgsave + ["--policy", str(policy), "--connect", uri,
+                                                        "--state-dir", str(state), *argv]
+            # Round-robin, so that a busy moment of the machine hits every command alike.
+            runs: dict[str, list] = {label: [] for label in commands}
+            for _ in range(args.repeat):
+                for label, cmd in commands.items():
+                    runs[label].append(run_timed(cmd, log=work / "scale.log", stdout_file=Path(os.devnull)))
+            shutil.rmtree(state, ignore_errors=True)
+            row = {label: {"seconds": median([t for t, _ in r]), "min": min(t for t, _ in r),
+                           "max": max(t for t, _ in r), "maxrss_kib": max(k for _, k in r)}
+                   for label, r in runs.items()}
             data["sizes"][n] = row
             note(f"{n} guests: " + ", ".join(f"{k} {v['seconds']:.2f} s" for k, v in row.items()))
     finally:
@@ -87,40 +94,31 @@ def run(args) -> dict:
     return data
 
 
-def _measure(argv: list[str], repeat: int, work: Path) -> dict:
-    times, rss = [], []
-    for _ in range(repeat):
-        seconds, kib = run_timed(argv, log=work / "scale.log", stdout_file=Path(os.devnull))
-        times.append(seconds)
-        rss.append(kib)
-    return {"seconds": median(times), "min": min(times), "max": max(times), "maxrss_kib": max(rss)}
-
-
 def _print(data: dict, args) -> None:
     sizes = sorted(data["sizes"])
     labels = list(next(iter(data["sizes"].values())))
-    say(f"## Scale: libvirt's test driver, median of {args.repeat} runs (wall time; peak RSS)\n")
+    say(f"## Scale: libvirt's test driver, {args.repeat} runs each (wall time median, min-max; peak RSS)\n")
     headers = ["command"] + [f"{n} guests" for n in sizes]
     rows = []
     for label in labels:
         row = [label]
         for n in sizes:
             m = data["sizes"][n][label]
-            row.append(f"{m['seconds']:.2f} s; {m['maxrss_kib'] / 1024:.0f} MiB")
+            row.append(f"{m['seconds']:.2f} s ({m['min']:.2f}-{m['max']:.2f}); {m['maxrss_kib'] / 1024:.0f} MiB")
         rows.append(row)
     if len(sizes) > 1:
-        headers.append(f"time ratio {sizes[-1]}/{sizes[0]} (guests x{sizes[-1] / sizes[0]:g})")
+        headers.append(f"ratio of fastest runs {sizes[-1]}/{sizes[0]} (guests x{sizes[-1] / sizes[0]:g})")
         for row, label in zip(rows, labels):
-            a, b = data["sizes"][sizes[0]][label]["seconds"], data["sizes"][sizes[-1]][label]["seconds"]
+            a, b = data["sizes"][sizes[0]][label]["min"], data["sizes"][sizes[-1]][label]["min"]
             row.append(f"{b / a:.1f}")
     say(table(headers, rows))
-    say("\nmgsave's own share (command minus 'libvirt connect only', which includes the driver "
-        "parsing the node file, the interpreter and importing libvirt):\n")
+    say("\nmgsave's own share (fastest run of the command minus the fastest 'libvirt connect only', "
+        "which is the interpreter, importing libvirt, and the test driver parsing the node file):\n")
     rows = []
     for label in labels[1:]:
         row = [label]
         for n in sizes:
-            own = data["sizes"][n][label]["seconds"] - data["sizes"][n]["libvirt connect only"]["seconds"]
+            own = data["sizes"][n][label]["min"] - data["sizes"][n]["libvirt connect only"]["min"]
             row.append(f"{own:.2f} s ({own / n * 1e3:.2f} ms/guest)")
         rows.append(row)
     say(table(["command"] + [f"{n} guests" for n in sizes], rows))

@@ -53,18 +53,19 @@ def run(args) -> dict:
     data = {"machine": machine_description(), "commands": {}, "imports": {}}
     rows = []
     base = [sys.executable, "-c", "pass"]
-    for label, argv in [("python -c pass (the interpreter alone)", base),
-                        *[(k, mgsave + v) for k, v in _commands(policy, state).items()]]:
-        times, rss = [], []
-        for _ in range(args.repeat):
-            s, kib = run_timed(argv, log=work / "log", stdout_file=Path(os.devnull), check=False)
-            times.append(s)
-            rss.append(kib)
+    commands = [("python -c pass (the interpreter alone)", base),
+                *[(k, mgsave + v) for k, v in _commands(policy, state).items()]]
+    runs: dict[str, list] = {label: [] for label, _ in commands}
+    for _ in range(args.repeat):  # round-robin: a busy moment hits every command alike
+        for label, argv in commands:
+            runs[label].append(run_timed(argv, log=work / "log", stdout_file=Path(os.devnull), check=False))
+    for label, _ in commands:
+        times, rss = [t for t, _ in runs[label]], [k for _, k in runs[label]]
         data["commands"][label] = {"seconds": median(times), "min": min(times), "max": max(times),
                                    "maxrss_kib": max(rss)}
         rows.append([label, f"{median(times) * 1e3:.0f} ms ({min(times) * 1e3:.0f}-{max(times) * 1e3:.0f})",
                      f"{max(rss) / 1024:.0f} MiB"])
-    say(f"## Start-up cost of the mgsave command (median of {args.repeat} runs)\n")
+    say(f"## Start-up cost of the mgsave command ({args.repeat} runs each)\n")
     say(table(["command", "wall time (min-max)", "peak RSS"], rows))
     for label, argv in _commands(policy, state).items():
         if label in ("mgsave --version",):
