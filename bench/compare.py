@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -275,9 +276,13 @@ def run(args) -> dict:
                 rounds = args.rounds if n == args.guests else args.sweep_rounds
                 data["levels"][n] = _compare(bench, contenders, rounds)
                 _print_level(n, data["levels"][n], args, main=(n == args.guests))
+    except BaseException:
+        note(f"commands' output kept in {bench.work}")
+        raise
     finally:
         data["busy"] = bench.busy
         bench.stop()
+    shutil.rmtree(bench.work, ignore_errors=True)
     data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     _print_summary(data, args)
     dump_json(args.json, data)
