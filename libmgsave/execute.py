@@ -23,7 +23,7 @@ from pathlib import Path
 
 from libmgsave import journal, notify, state
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused, OperationTimeout
-from libmgsave.hypervisor import Guest, Host, managed_image_path, saved_image_is_partial
+from libmgsave.hypervisor import Guest, Host, JobProgress, managed_image_path, saved_image_is_partial
 from libmgsave.inventory import GuestState
 from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan, PassKind, Plan
 from libmgsave.policy import OnResumeFailure, ReadyKind
@@ -31,6 +31,7 @@ from libmgsave.policy import OnResumeFailure, ReadyKind
 log = logging.getLogger("mgsave")
 
 PROGRESS_EVERY = 3.0  # seconds between progress lines for a running save
+PROGRESS_POLL = 1.0  # how often running saves are looked at (the first line comes after this)
 STALL_LIMIT = 60.0  # a save with no progress for this long, past the deadline, is aborted
 SHUTDOWN_POLL = 0.5
 
@@ -248,7 +249,8 @@ class _Progress:
         self._stop.set()
         self._thread.join()
 
-    def begin(self, guest: Guest, plan: GuestPlan, timeout: float) -> None:
+    def begin(self, guest: Guest, plan: GuestPlan, timeout: float, image: str | None = None) -> None:
+        """Watch a save that writes ``image`` (None when its path is unknown)."""
         now = time.monotonic()
         with self._lock:
             self._running[guest.uuid] = {
@@ -260,6 +262,8 @@ class _Progress:
                 "last_change": now,
                 "last_seen": None,
                 "aborted": None,
+                "image": image,
+                "last_log": now - PROGRESS_EVERY + PROGRESS_POLL,
             }
         self._status()
 
@@ -282,7 +286,7 @@ class _Progress:
         notify.status(text)
 
     def _loop(self) -> None:
-        while not self._stop.wait(PROGRESS_EVERY):
+        while not self._stop.wait(PROGRESS_POLL):
             with self._lock:
                 entries = list(self._running.values())
             moving = False
@@ -293,15 +297,25 @@ class _Progress:
                 self._status(", ".join(parts))
             if moving:
                 # A save that makes progress is never killed by systemd's stop timeout.
-                notify.extend_timeout(PROGRESS_EVERY * 4 + 30)
+                notify.extend_timeout(PROGRESS_POLL * 10 + 30)
+
+    @staticmethod
+    def _measure(entry: dict) -> JobProgress | None:
+        """Bytes written so far: the image's size on disk when its path is known (that never
+        blocks, and is what reaches the disk), else libvirt's job statistics, which block
+        while libvirt holds the guest's job lock and count memory handed to the writer."""
+        if entry["image"]:
+            written = _file_size(entry["image"]) or 0
+            return JobProgress(written, max(written, entry["plan"].guest.memory_bytes))
+        try:
+            return entry["guest"].job_progress()
+        except HypervisorError:
+            return None
 
     def _check(self, entry: dict, parts: list[str]) -> bool:
         guest: Guest = entry["guest"]
         now = time.monotonic()
-        try:
-            progress = guest.job_progress()
-        except HypervisorError:
-            progress = None
+        progress = self._measure(entry)
         moving = False
         if progress is not None:
             if progress.processed > entry["last_bytes"]:
@@ -312,6 +326,8 @@ class _Progress:
             fraction = progress.fraction
             percent = f"{fraction * 100:.0f}%" if fraction is not None else "?"
             parts.append(f"{guest.name} {percent}")
+        if progress is not None and now - entry["last_log"] >= PROGRESS_EVERY - 0.05:
+            entry["last_log"] = now
             log.info(
                 "%s: saving %s (%s of %s)",
                 guest.name,
@@ -576,7 +592,9 @@ class ShutdownPass:
                 # A save interrupted by a daemon restart can leave a running guest paused: make
                 # sure the image still comes back running.
                 resume_running = entry.guest.state is GuestState.RUNNING and guest.state()[0] is GuestState.PAUSED
-                self.progress.begin(guest, entry, timeout)
+                image = (managed_image_path(entry.guest.connection, entry.guest.name)
+                         if action is Action.SAVE else entry.image)
+                self.progress.begin(guest, entry, timeout, image)
                 aborted = None
                 try:
                     if action is Action.SAVE:

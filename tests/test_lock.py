@@ -7,6 +7,7 @@ a pass killed with SIGKILL (or a host that lost power) must not block the next o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -141,7 +142,9 @@ def test_the_state_dir_is_created(tmp_path):
     assert (tmp_path / "a" / "b" / "lock").is_file()
 
 
-def test_an_unusable_state_dir_lets_the_pass_go_on_without_the_lock(tmp_path, caplog):
+def test_an_unusable_state_dir_lets_the_pass_go_on_without_the_lock(tmp_path, caplog, monkeypatch):
+    # An earlier in-process cli.main() set up mgsave's own handler, which stops propagation.
+    monkeypatch.setattr(logging.getLogger("mgsave"), "propagate", True)
     (tmp_path / "file").write_text("in the way\n")
     with lock.pass_lock(tmp_path / "file" / "state", "mgsave shutdown", wait=0) as locked:
         assert locked is False
