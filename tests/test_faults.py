@@ -257,7 +257,7 @@ def test_fault_no_room_for_the_images(rig, mgsave, make_guests, rig_conn):
     the other goes straight to its next step. The first one's save then runs out of space half-way
     (another writer takes the room once the image is being written): the partial image is gone,
     the guest is shut down instead. Nothing is left running, nothing half-written stays."""
-    first, second = make_guests(2, prefix="room", **SMALL)
+    first, second = make_guests(2, prefix="room", **TINY)
     rig.limit_save_dir(300)
     filler = Path(SAVE_DIR) / "someone-elses-file"
     pending = mgsave.start("shutdown")
@@ -415,8 +415,9 @@ def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
       - match: {name: "off-*"}
         on_resume_failure: leave-off
     """)
-    [fresh] = make_guests(1, prefix="fresh", **TINY)
-    [off] = make_guests(1, prefix="off", **TINY)
+    [fresh] = make_guests(1, prefix="fresh", start=False, **TINY)
+    [off] = make_guests(1, prefix="off", start=False, **TINY)
+    start_and_wait_ticking(rig_conn, [fresh, off])
     mgsave("shutdown", expect_rc=0)
     assert mgsave.outcomes("shutdown") == {fresh: "saved", off: "saved"}
     full = size_of(image(fresh))
@@ -507,6 +508,7 @@ def power_loss(rig, names: list[str], mgsave_proc: subprocess.Popen) -> None:
     gone as after a real power cut. Then the host "boots": libvirtd starts again."""
     pids = [mgsave_proc.pid, int(Path("/run/libvirt/rig-libvirtd.pid").read_text())]
     pids += [qemu_pid(n) for n in names if Path(f"/run/libvirt/qemu/{n}.pid").exists()]
+    pids += [p for p in (iohelper_writing(image(n)) for n in names) if p]
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -531,16 +533,15 @@ def test_fault_power_loss_during_a_save(rig, mgsave, make_guests):
     third still running). At boot: the first resumes; the second's image is partial, so it is
     not resumed but booted fresh (its partial image kept); the third, never saved, boots fresh.
     The admin is told about both, and the pass exits 1."""
-    names = make_guests(3, prefix="power", **SMALL)
+    names = make_guests(3, prefix="power", **TINY)
     pending = mgsave.start("shutdown")
     # one save at a time: the first image is complete when the second one is being written
-    begun = lambda: [n for n in names if size_of(image(n)) > 8 * 2**20]  # noqa: E731
-    wait_until(lambda: len(begun()) == 2, 120, "the second save to be under way")
-    [saved] = [n for n in begun() if not Path(f"/run/libvirt/qemu/{n}.pid").exists()]
-    [partial] = [n for n in begun() if n != saved]
-    [unsaved] = [n for n in names if n not in (saved, partial)]
-    tick_saved = last_tick(saved)
-    power_loss(rig, [saved, partial, unsaved], pending.proc)
+    wait_until(lambda: sum(image(n).exists() for n in names) == 2, 120, "the second save to begin")
+    [saved] = [n for n in names if image(n).exists() and not Path(f"/run/libvirt/qemu/{n}.pid").exists()]
+    with save_held([n for n in names if n != saved]) as partial:
+        [unsaved] = [n for n in names if n not in (saved, partial)]
+        tick_saved = last_tick(saved)
+        power_loss(rig, [saved, partial, unsaved], pending.proc)
     assert image(partial).exists(), "the partial image is the point of this test"
     partial_bytes = size_of(image(partial))
 
@@ -765,9 +766,9 @@ def test_fault_guests_changed_by_someone_else_during_the_shutdown_pass(mgsave, m
 
 
 def test_fault_guests_changed_by_someone_else_during_the_boot_pass(mgsave, make_guests, rig_conn):
-    """During a boot pass (one start at a time, 3 s apart): someone undefines one saved guest and
+    """During a boot pass (one start at a time, 2 s apart): someone undefines one saved guest and
     starts another by hand. No crash: vanished, already running, and the third resumed."""
-    mgsave.write_policy(BASE_POLICY + "      start_delay: 3\n")
+    mgsave.write_policy(BASE_POLICY + "      start_delay: 2\n")
     first, gone, manual = make_guests(3, prefix="bchg", **TINY)
     mgsave("shutdown", expect_rc=0)
     pending = mgsave.start("boot")
