@@ -318,7 +318,14 @@ def _parallel_sweep(bench: Bench, values: list[int], rounds: int) -> dict:
     say(f"\n## mgsave's parallelism limit, {n} guests ({rounds} rounds each)\n")
     say(table(["max_parallel_saves/starts", "save-all", "resume-all"], rows))
     from libmgsave.policy import default_parallelism
-    say(f"\n(default here: auto = {default_parallelism()})")
+    auto = default_parallelism()
+    say(f"\ndefault here: auto = {auto}")
+    for key in ("save", "resume"):
+        medians = {p: median([x[key] for x in results[p]]) for p in values}
+        best = min(medians, key=medians.get)
+        if auto in medians:
+            say(f"{key}-all: best at {best} ({medians[best]:.2f} s); the default {auto} takes "
+                f"{medians[auto]:.2f} s, {medians[auto] / medians[best] - 1:+.0%} of the best")
     return results
 
 
