@@ -325,7 +325,7 @@ def _parallel_sweep(bench: Bench, values: list[int], rounds: int) -> dict:
         best = min(medians, key=medians.get)
         if auto in medians:
             say(f"{key}-all: best at {best} ({medians[best]:.2f} s); the default {auto} takes "
-                f"{medians[auto]:.2f} s, {medians[auto] / medians[best] - 1:+.0%} of the best")
+                f"{medians[auto]:.2f} s ({medians[auto] / medians[best] - 1:+.0%})")
     return results
 
 
