@@ -298,7 +298,7 @@ def plan_shutdown(
             if estimate > budget:
                 notes.append(
                     f"save skipped: it would end about {estimate:.0f} s into the pass, past the "
-                    f"{deadline:g} s deadline"
+                    f"{deadline:.0f} s deadline"
                 )
             elif free is not None and guest.memory_bytes > free:
                 notes.append(

@@ -165,6 +165,7 @@ class RecordWriter:
         self.data = data
         self._lock = threading.Lock()
         self._dirty = threading.Event()
+        self._closing = threading.Event()  # wakes the writer from its pause at once
         self._closed = False
         self.error: str | None = None  # why the last write failed; None once one succeeds
         self._flusher = threading.Thread(target=self._flush_loop, name="mgsave-record", daemon=True)
@@ -196,6 +197,7 @@ class RecordWriter:
         with self._lock:
             self.data.update(finished=time.time(), **changes)
             self._closed = True
+        self._closing.set()
         self._dirty.set()
         if self._flusher.is_alive():
             self._flusher.join()
@@ -223,4 +225,4 @@ class RecordWriter:
                     return
             self._dirty.clear()
             self.flush()
-            time.sleep(self.FLUSH_EVERY)
+            self._closing.wait(self.FLUSH_EVERY)
