@@ -14,37 +14,8 @@ import pytest
 
 from libmgsave import cli, lock, state
 from libmgsave.errors import ExitCode
+from tests.testdriver import URI, define, domain_xml, has_image, hv, running  # noqa: F401
 
-URI = "test:///default"
-
-
-def domain_xml(name: str, memory_kib: int = 262144) -> str:
-    return (f"<domain type='test'><name>{name}</name><memory>{memory_kib}</memory>"
-            f"<os><type>hvm</type></os></domain>")
-
-
-@pytest.fixture
-def hv():
-    conn = libvirt.open(URI)
-    conn.lookupByName("test").destroy()  # the driver's own sample guest: keep it out of the way
-    conn.lookupByName("test").undefine()
-    yield conn
-    conn.close()
-
-
-def define(conn, *names, running=True):
-    for name in names:
-        dom = conn.defineXML(domain_xml(name))
-        if running:
-            dom.create()
-
-
-def running(conn):
-    return sorted(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
-
-
-def has_image(conn, name):
-    return bool(conn.lookupByName(name).hasManagedSaveImage(0))
 
 
 @pytest.fixture
