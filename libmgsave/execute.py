@@ -499,6 +499,14 @@ class ShutdownPass:
                     log.warning("%s: found saved by a save begun before this pass's; not saved again",
                                 entry.guest.name, extra=journal.guest_fields(entry.guest, result=found))
                     break
+                if any(s.action is Action.SHUTDOWN for s in result.steps):
+                    # it was asked to shut down and did, just after we stopped waiting for it
+                    result.outcome, result.ok = state.SHUT_DOWN, True
+                    result.messages.append(f"it shut down after its shutdown request had timed out; {action} "
+                                           f"was not needed")
+                    log.warning("%s: shut down late, after its shutdown request had timed out", entry.guest.name,
+                                extra=journal.guest_fields(entry.guest, action="shutdown", result="ok"))
+                    break
                 result.outcome, result.ok = state.VANISHED, True
                 result.messages.append("the guest was stopped or undefined by someone else during the pass")
                 log.warning("%s: stopped or undefined by someone else during the pass", entry.guest.name,
