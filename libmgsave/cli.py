@@ -284,7 +284,9 @@ def _make_plan(kind: str, guests, policy, ctx: Context, deadline: float | None =
                                       deadline=deadline, room=_room(policy, ctx.state_dir))
     record = _read_record(ctx.state_dir / state.SHUTDOWN_RECORD, "shutdown", warnings=ctx.warnings)
     recovered = _transient_images_without_record(ctx, record, hosts or {})
-    return planning.plan_boot(guests, policy, record, recovered)
+    boot = _read_record(ctx.state_dir / state.BOOT_RECORD, "boot", quiet=True)
+    booted_since = bool(record and boot and boot["started"] > record["started"])
+    return planning.plan_boot(guests, policy, record, recovered, booted_since=booted_since)
 
 
 def _transient_images_without_record(ctx: Context, record: dict | None, hosts: dict) -> list[dict]:

@@ -347,7 +347,8 @@ def _recorded_guest(entry: Mapping) -> GuestInfo:
 
 
 def plan_boot(
-    guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None, recovered: Iterable[Mapping] = ()
+    guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None, recovered: Iterable[Mapping] = (),
+    *, booted_since: bool = False,
 ) -> Plan:
     """Decide which guests to start, resume or leave off, in start order.
 
@@ -383,7 +384,9 @@ def plan_boot(
         entry = recorded.get(state.guest_record_key(*key))
         action, reason = _boot_decision(guest, eff, entry, record is not None, key in transient_images)
         wait_for = tuple(d for d in deps[key] if orders[d] == orders[key])
-        lost = _lost_state_note(entry) if action is Action.START else None
+        # After a first boot pass (``booted_since``) a guest of the record may simply have been
+        # resumed and stopped again: starting it fresh is no news then.
+        lost = _lost_state_note(entry) if action is Action.START and not booted_since else None
         entries.append(
             GuestPlan(guest, eff, (action,), reason, orders[key], wait_for if action is not Action.SKIP else (),
                       image=transient_images.get(key), notes=(lost,) if lost else (), unsaved=lost is not None)
