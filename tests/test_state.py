@@ -417,3 +417,17 @@ def test_boot_says_loudly_when_a_guest_that_was_running_lost_its_memory_state(hv
     (a,) = [g for g in result["guests"] if g["name"] == "a"]
     assert a["ok"] is False and any(words in m and "memory state is lost" in m for m in a["messages"]), a
     assert words in err
+
+
+def test_a_second_boot_pass_does_not_cry_wolf(hv, run):
+    """After a boot pass has used the shutdown record, a guest stopped by hand and started by a
+    second boot pass is started fresh without any claim that its memory state was lost."""
+    define(hv, "a")
+    run("shutdown")
+    code, result, _ = run("boot")
+    assert outcomes(result) == {"a": "resumed"}
+    hv.lookupByName("a").destroy()
+    code, result, err = run("boot")
+    assert outcomes(result) == {"a": "started"}, err
+    assert code == ExitCode.OK
+    assert "memory state is lost" not in err
