@@ -17,24 +17,9 @@ import libvirt
 import pytest
 
 from libmgsave import cli
+from tests.testdriver import URI, domain_xml, hv  # noqa: F401
 
-URI = "test:///default"
 REPO = Path(__file__).resolve().parent.parent
-
-
-def domain_xml(name: str) -> str:
-    return f"<domain type='test'><name>{name}</name><memory>262144</memory><os><type>hvm</type></os></domain>"
-
-
-@pytest.fixture
-def hv():
-    conn = libvirt.open(URI)
-    for dom in conn.listAllDomains():
-        if dom.isActive():
-            dom.destroy()
-        dom.undefine()
-    yield conn
-    conn.close()
 
 
 def save_order(result: dict) -> list[str]:

@@ -16,24 +16,7 @@ import libvirt
 import pytest
 
 from libmgsave import cli, journal, state
-
-URI = "test:///default"
-
-
-def domain_xml(name: str, memory_kib: int = 262144) -> str:
-    return (f"<domain type='test'><name>{name}</name><memory>{memory_kib}</memory>"
-            f"<os><type>hvm</type></os></domain>")
-
-
-@pytest.fixture
-def hv():
-    conn = libvirt.open(URI)
-    for dom in conn.listAllDomains():
-        if dom.isActive():
-            dom.destroy()
-        dom.undefine()
-    yield conn
-    conn.close()
+from tests.testdriver import URI, domain_xml, hv  # noqa: F401
 
 
 @pytest.fixture
