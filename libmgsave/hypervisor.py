@@ -238,12 +238,6 @@ class Host:
             memory_kib=_kib(memory), title=title, metadata=MappingProxyType(metadata),
         )
 
-    def hostname(self) -> str:
-        try:
-            return self._conn.getHostname()
-        except libvirt.libvirtError as error:
-            raise translate_error(error, f"asking {self.uri} for its hostname") from None
-
 
 class Guest:
     """One libvirt domain, seen through intent-named methods."""

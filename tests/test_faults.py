@@ -296,33 +296,33 @@ def test_fault_no_room_for_the_images(rig, mgsave, make_guests, rig_conn):
 # --- 2. the daemon is not answering -------------------------------------------------------------
 
 
-def test_fault_daemon_down_when_the_passes_start(rig, mgsave, make_guests):
-    """libvirtd is stopped when 'mgsave shutdown' starts and comes back 4 s later: mgsave keeps
-    trying and finishes. The same at boot."""
-    [name] = make_guests(1, prefix="nodaemon", **TINY)
-    tick = last_tick(name)
+def run_while_the_daemon_is_away(rig, mgsave, command: str):
+    """Run a pass with libvirtd stopped, bring the daemon back 4 s later: the pass must wait
+    for it (retrying), then succeed."""
     rig.stop_libvirtd()
-    pending = mgsave.start("shutdown")
+    pending = mgsave.start(command)
     time.sleep(4)
     assert pending.proc.poll() is None, f"mgsave gave up at once:\n{pending.stderr()}"
     rig.start_libvirtd()
     run = pending.wait(120)
     assert run.rc == 0, run
     assert "retrying" in run.stderr, run
+    return run
+
+
+def test_fault_daemon_down_when_the_passes_start(rig, mgsave, make_guests):
+    """libvirtd is stopped when 'mgsave shutdown' starts and comes back 4 s later: mgsave keeps
+    trying and finishes. The same at boot."""
+    [name] = make_guests(1, prefix="nodaemon", **TINY)
+    tick = last_tick(name)
+    run_while_the_daemon_is_away(rig, mgsave, "shutdown")
     assert mgsave.outcomes("shutdown") == {name: "saved"}
     conn = rig.connect()
     assert state_reason(conn, name) == ("shutoff", "saved")
     conn.close()
     tick = last_tick(name)
 
-    rig.stop_libvirtd()
-    pending = mgsave.start("boot")
-    time.sleep(4)
-    assert pending.proc.poll() is None, f"mgsave gave up at once:\n{pending.stderr()}"
-    rig.start_libvirtd()
-    run = pending.wait(120)
-    assert run.rc == 0, run
-    assert "retrying" in run.stderr, run
+    run_while_the_daemon_is_away(rig, mgsave, "boot")
     assert mgsave.outcomes("boot") == {name: "resumed"}
     conn = rig.connect()
     assert_resumed(conn, name, tick)
