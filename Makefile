@@ -33,6 +33,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 else
 UNITDIR ?= /etc/systemd/system
 endif
+UNITS := mgsave.service mgsave-boot.service
 CONFDIR := /etc/mgsave
 POLICY := $(CONFDIR)/policy.yaml
 SAMPLE_POLICY := config/policy.sample.yaml
@@ -75,9 +76,11 @@ install-files: install-venv
 		chmod 0755 '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" && \
 		mv -f '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" '$(DESTDIR)$(HOOKDIR)/'"$$hook" || exit 1; \
 	done
-	$(SUBST) units/mgsave.service > '$(DESTDIR)$(UNITDIR)/mgsave.service.tmp'
-	chmod 0644 '$(DESTDIR)$(UNITDIR)/mgsave.service.tmp'
-	mv -f '$(DESTDIR)$(UNITDIR)/mgsave.service.tmp' '$(DESTDIR)$(UNITDIR)/mgsave.service'
+	for unit in $(UNITS); do \
+		$(SUBST) "units/$$unit" > '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" && \
+		chmod 0644 '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" && \
+		mv -f '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" '$(DESTDIR)$(UNITDIR)/'"$$unit" || exit 1; \
+	done
 	install -m 0644 docs/SYSTEMD.md '$(DESTDIR)$(DOCDIR)/SYSTEMD.md'
 
 # The admin's policy is never overwritten: the sample goes in only where there is none.
@@ -92,13 +95,14 @@ install-policy:
 		echo "no $(SAMPLE_POLICY) in this tree: mgsave runs on its built-in policy"; \
 	fi
 
-# Enable, and (START=yes) start: the unit must be active for systemd to run the shutdown
-# pass at the next shutdown; starting runs the boot pass now, which leaves running guests
-# alone. An already active unit is not restarted: a restart would run the shutdown pass.
+# Enable both units, and (START=yes) start mgsave.service: it must be active for systemd to
+# run the shutdown pass at the next shutdown. Starting it runs nothing. The boot pass
+# (mgsave-boot.service) is not started: installing never starts a guest; it runs at the
+# next boot. An already active unit is not restarted: a restart would run the shutdown pass.
 install-systemd: install-files install-policy
 ifneq ($(LIVE),)
 	systemctl daemon-reload
-	systemctl enable mgsave.service
+	systemctl enable $(UNITS)
 ifeq ($(START),yes)
 	systemctl start mgsave.service
 else
@@ -118,12 +122,13 @@ endif
 # the unit's commands on daemon-reload, and only then is it stopped.
 uninstall:
 ifneq ($(LIVE),)
-	-systemctl disable mgsave.service
+	-systemctl disable $(UNITS)
+	-systemctl stop mgsave-boot.service
 endif
-	rm -f '$(DESTDIR)$(UNITDIR)/mgsave.service' '$(DESTDIR)$(BINDIR)/mgsave'
+	rm -f $(foreach unit,$(UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave'
 	rm -rf '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(DOCDIR)'
 ifneq ($(LIVE),)
 	systemctl daemon-reload
 	-systemctl stop mgsave.service
-	-systemctl reset-failed mgsave.service
+	-systemctl reset-failed $(UNITS)
 endif

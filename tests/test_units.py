@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "units" / "mgsave.service"
+BOOT_UNIT = ROOT / "units" / "mgsave-boot.service"
+UNITS = ("mgsave.service", "mgsave-boot.service")
 HOOKS = ("mgsave-boot", "mgsave-shutdown")
 PREFIX = "/usr/local"
 
@@ -27,10 +29,12 @@ def need(tool: str) -> str:
     return path
 
 
-def verify(unit_file: Path) -> None:
-    """systemd-analyze verify, treating every complaint about the unit as a failure."""
+def verify(*unit_files: Path, man: bool = False) -> None:
+    """systemd-analyze verify, treating every complaint about the units as a failure (with
+    ``man``, the man pages they name must be installed)."""
     tool = need("systemd-analyze")
-    out = subprocess.run([tool, "verify", str(unit_file)], capture_output=True, text=True)
+    out = subprocess.run([tool, "verify", f"--man={'yes' if man else 'no'}", *map(str, unit_files)],
+                         capture_output=True, text=True)
     complaints = [line for line in out.stderr.splitlines() if "mgsave" in line]
     assert out.returncode == 0 and not complaints, out.stderr
 
@@ -49,27 +53,46 @@ def test_shipped_unit_verifies(tmp_path):
     hookdir.mkdir()
     for hook in HOOKS:
         shutil.copy(ROOT / "hooks" / hook, hookdir / hook)
-    text = UNIT.read_text().replace("@HOOKDIR@", str(hookdir)).replace("@DOCDIR@", str(tmp_path))
-    assert "@" not in "".join(line for line in text.splitlines() if not line.startswith("#"))
-    unit = tmp_path / "mgsave.service"
-    unit.write_text(text)
-    verify(unit)
+    units = []
+    for name in UNITS:
+        text = (ROOT / "units" / name).read_text()
+        text = text.replace("@HOOKDIR@", str(hookdir)).replace("@DOCDIR@", str(tmp_path))
+        assert not re.search(r"@[A-Z]+@", "".join(line for line in text.splitlines() if not line.startswith("#")))
+        (tmp_path / name).write_text(text)
+        units.append(tmp_path / name)
+    verify(*units)
 
 
-def test_unit_keeps_its_promises():
+def test_arming_unit_keeps_its_promises():
     settings = unit_settings(UNIT.read_text())
+    # Active at once and unable to fail: no ExecStart, only the shutdown pass as ExecStop.
     assert settings["Type"] == ["oneshot"] and settings["RemainAfterExit"] == ["yes"]
-    # ExecStart tolerates every failure, so the unit is active and ExecStop armed.
-    assert settings["ExecStart"] == ["-@HOOKDIR@/mgsave-boot"]
+    assert "ExecStart" not in settings
     assert settings["ExecStop"] == ["@HOOKDIR@/mgsave-shutdown"]
     after = " ".join(settings["After"]).split()
-    for unit in ("libvirtd.service", "libvirtd.socket", "virt-guest-shutdown.target", "time-sync.target"):
+    for unit in ("libvirtd.service", "libvirtd.socket", "virtqemud.service", "virtqemud.socket",
+                 "virt-guest-shutdown.target", "libvirt-guests.service"):
         assert unit in after
     assert "virt-guest-shutdown.target" in settings["Requires"]
-    assert settings["NotifyAccess"] in (["all"], ["exec"], ["main"])
+    # Nothing of libvirt pulled in: the modular daemons conflict with libvirtd.service.
+    assert not any("libvirtd" in w or "virtqemud" in w for w in settings.get("Wants", []) + settings["Requires"])
+    assert settings["NotifyAccess"] == ["all"]  # ExecStop runs as a control process
     assert 900 < int(settings["TimeoutStopSec"][0]) <= 1800  # the 900 s deadline plus a margin
-    assert int(settings["TimeoutStartSec"][0]) > 0
     assert settings["StateDirectory"] == ["mgsave"]
+    assert settings["WantedBy"] == ["multi-user.target"]
+
+
+def test_boot_unit_keeps_its_promises():
+    settings = unit_settings(BOOT_UNIT.read_text())
+    # Does not hold up boot, and never touches the arming unit's state.
+    assert settings["Type"] == ["exec"]
+    assert settings["ExecStart"] == ["@HOOKDIR@/mgsave-boot"]
+    assert "ExecStop" not in settings
+    assert settings["Requires"] == ["mgsave.service"]
+    assert "mgsave.service" in " ".join(settings["After"]).split()
+    assert not any("libvirtd" in w or "virtqemud" in w for w in settings.get("Wants", []) + settings["Requires"])
+    assert int(settings["RuntimeMaxSec"][0]) > 0  # a hung pass ends
+    assert settings["SuccessExitStatus"] == ["143"]  # stopped by a shutdown is not a failure
     assert settings["WantedBy"] == ["multi-user.target"]
 
 
@@ -124,7 +147,9 @@ def test_install_lays_out_the_files(staged):
     unit = destdir / "usr/local/lib/systemd/system/mgsave.service"
     assert stat.S_IMODE(unit.stat().st_mode) == 0o644
     text = unit.read_text()
-    assert f"ExecStart=-{PREFIX}/lib/mgsave/hooks/mgsave-boot" in text
+    assert f"ExecStop={PREFIX}/lib/mgsave/hooks/mgsave-shutdown" in text
+    boot = (destdir / "usr/local/lib/systemd/system/mgsave-boot.service").read_text()
+    assert f"ExecStart={PREFIX}/lib/mgsave/hooks/mgsave-boot" in boot
     assert not re.search(r"@[A-Z]+@", text)
     assert (destdir / "usr/local/share/doc/mgsave/SYSTEMD.md").is_file()
 
