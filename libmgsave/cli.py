@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from libmgsave import __version__
+from libmgsave import interrupt
 from libmgsave.errors import ExitCode, HypervisorUnavailable, MgsaveError, PolicyError, Problem
 
 log = logging.getLogger("mgsave")
@@ -48,7 +49,9 @@ A broken policy stops 'check' (exit 2) but never a pass: 'shutdown' and 'boot' t
 problem and go on with the built-in defaults, so no guest is lost to a typo.
 
 exit codes: 0 every guest reached its intended state; 1 at least one did not; 2 bad policy or
-usage; 3 another pass holds the lock; 4 the hypervisor could not be reached.
+usage; 3 another pass holds the lock; 4 the hypervisor could not be reached; 130 or 143 the
+pass was stopped by SIGINT or SIGTERM (it finished the steps under way, started nothing new,
+and recorded and summarised what it did).
 """
 
 
@@ -444,11 +447,26 @@ def cmd_status(ctx: Context) -> int:
 
 
 def cmd_pass(ctx: Context) -> int:
-    """``mgsave shutdown`` and ``mgsave boot``: lock, plan, execute, record, summarise."""
-    from libmgsave import journal, lock, notify, report
+    """``mgsave shutdown`` and ``mgsave boot``: lock, plan, execute, record, summarise.
+
+    A pass asked to stop (SIGTERM, SIGINT; see ``interrupt``) still records and summarises
+    what it did, and exits 128 + the signal's number."""
 
     kind = ctx.args.command
     dry_run = ctx.args.dry_run
+    try:
+        return _pass(ctx, kind, dry_run)
+    except interrupt.Interrupted:
+        # Stopped before the first guest was looked at (waiting for the lock or the daemon).
+        log.warning("%s pass stopped (%s) before it handled any guest: nothing was done", kind,
+                    interrupt.signal_received().name)
+        notify_failure(kind, f"stopped by {interrupt.signal_received().name} before any guest was handled")
+        return interrupt.exit_code()
+
+
+def _pass(ctx: Context, kind: str, dry_run: bool) -> int:
+    from libmgsave import journal, lock, notify, report
+
     policy, problems = ctx.pass_policy()
     ctx.policy = policy
     deadline = getattr(ctx.args, "deadline", None) or policy.limits.shutdown_deadline
@@ -481,8 +499,10 @@ def cmd_pass(ctx: Context) -> int:
             sys.stdout.flush()
         results = (_run_shutdown if kind == "shutdown" else _run_boot)(the_plan, connections, ctx, dry_run,
                                                                       deadline_at)
+        stopped_by = interrupt.signal_received()
         result = PassResult(kind=the_plan.kind, dry_run=dry_run, started=started, finished=time.time(),
-                            results=results, warnings=warnings + ctx.warnings + list(the_plan.warnings))
+                            results=results, warnings=warnings + ctx.warnings + list(the_plan.warnings),
+                            interrupted=stopped_by.name if stopped_by else None)
     failed = [r for r in result.results if not r.ok]
     log.log(logging.ERROR if failed else logging.INFO,
             "%s pass%s ends: %d guests, %d failed, %.1f s", kind, " (dry run)" if dry_run else "",
@@ -493,6 +513,8 @@ def cmd_pass(ctx: Context) -> int:
         ctx.emit(result.to_dict(), "")
     else:
         ctx.emit({}, report.render_result(result))
+    if result.interrupted:
+        return interrupt.exit_code()
     unreachable = any(w.startswith("could not reach") for w in warnings)
     return ExitCode.GUEST_FAILED if failed or unreachable or ctx.bookkeeping_failed else ExitCode.OK
 
@@ -517,7 +539,9 @@ def _run_shutdown(the_plan, connections, ctx: Context, dry_run: bool, deadline_a
     if not dry_run:
         results = _late_guests(results, connections, ctx, writer, deadline_at)
     if writer:
-        writer.finish(measured_throughput=_throughput(results), ok=all(r.ok for r in results))
+        stopped_by = interrupt.signal_received()
+        writer.finish(measured_throughput=_throughput(results), ok=all(r.ok for r in results),
+                      interrupted=stopped_by.name if stopped_by else None)
         if writer.error:
             ctx.bookkeeping_failed = True
             ctx.warnings.append(
@@ -542,9 +566,28 @@ def _shutdown_guest_entries(the_plan, ctx: Context) -> dict:
         log.info("continuing the shutdown record of %s (no boot since)",
                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(previous.get("started", 0))))
         _settle_interrupted(entries, the_plan)
+    elif previous and boot and boot.get("interrupted"):
+        entries.update(_not_reached_by_boot_pass(previous, boot))
     for entry in the_plan.active:
         entries[state.guest_record_key(*entry.guest.key)] = _record_entry(entry)
     return entries
+
+
+def _not_reached_by_boot_pass(previous: dict, boot: dict) -> dict:
+    """The entries of the shutdown record before an interrupted boot pass (a shutdown came while
+    it ran) for the guests that pass never started: they are still saved, so they were running
+    as far as the next boot pass is concerned. Without this, an 'if-running' guest the stopped
+    pass did not reach would stay off for good at the next boot, its saved state unused."""
+    from libmgsave import state
+
+    carried = {key: entry for key, entry in previous["guests"].items()
+               if boot["guests"].get(key, {}).get("outcome") == state.INTERRUPTED}
+    for entry in carried.values():
+        log.info("%s: carried over from the shutdown record of %s: the boot pass was stopped (%s) before it "
+                 "reached it", entry.get("name"), time.strftime("%Y-%m-%d %H:%M:%S",
+                                                             time.localtime(previous.get("started", 0))),
+                 boot["interrupted"])
+    return carried
 
 
 def _record_entry(entry) -> dict:
@@ -591,7 +634,7 @@ def _late_guests(results: list, connections, ctx: Context, writer, deadline_at: 
 
     for _round in range(2):
         remaining = deadline_at - time.monotonic()
-        if remaining <= DEADLINE_RESERVE:
+        if remaining <= DEADLINE_RESERVE or interrupt.requested():
             break
         given_up = {r.plan.key for r in results if r.outcome == state.FAILED}  # every step failed: not again
         late = []
@@ -651,6 +694,9 @@ def _run_boot(the_plan, connections, ctx: Context, dry_run: bool, _deadline_at: 
                 "format": state.RECORD_FORMAT, "kind": "boot", "version": state.RECORD_VERSION,
                 "mgsave_version": __version__, "started": started,
                 "finished": time.time(),
+                # A boot pass stopped early (a shutdown while it ran): the next shutdown pass
+                # carries over the record entries of the guests it did not reach.
+                "interrupted": stopped.name if (stopped := interrupt.signal_received()) else None,
                 "guests": {state.guest_record_key(*r.plan.key): {
                     "connection": r.plan.guest.connection, "name": r.plan.guest.name, "uuid": r.plan.guest.uuid,
                     "outcome": r.outcome, "ok": r.ok, "messages": r.messages} for r in results},
@@ -679,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     from libmgsave import journal
 
     journal.setup_logging(debug=getattr(args, "debug", False))
+    if args.command in ("shutdown", "boot"):
+        interrupt.install()
     try:
         ctx = Context(args, os.environ)
         return int(COMMANDS[args.command](ctx))

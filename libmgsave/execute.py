@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libmgsave import journal, notify, state
+from libmgsave import interrupt, journal, notify, state
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused, OperationTimeout
 from libmgsave.hypervisor import Guest, Host, JobProgress, managed_image_path, saved_image_is_partial
 from libmgsave.inventory import GuestState
@@ -117,10 +117,11 @@ class PassResult:
     finished: float
     results: list[GuestResult]
     warnings: list[str]
+    interrupted: str | None = None  # the signal that stopped the pass early, e.g. "SIGTERM"
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.results)
+        return all(r.ok for r in self.results) and self.interrupted is None
 
     def to_dict(self) -> dict:
         return {
@@ -130,13 +131,15 @@ class PassResult:
             "started": self.started,
             "finished": self.finished,
             "seconds": round(self.finished - self.started, 3),
+            "interrupted": self.interrupted,
             "warnings": self.warnings,
             "guests": [r.to_dict() for r in self.results],
         }
 
 
 class Slots:
-    """At most ``size`` holders at once.
+    """At most ``size`` holders at once; once the pass is asked to stop, a holder still waiting
+    gets ``interrupt.Interrupted`` instead of a slot.
 
     Without ``ranks``, holders are admitted in the order they asked. With ``ranks`` (key ->
     position in the plan), the waiting holder of lowest rank goes first, and nobody is admitted
@@ -157,6 +160,11 @@ class Slots:
         self._expected = {key for key in expected if key in self._ranks}
         self._expected_ranks = sorted(self._ranks[key] for key in self._expected)  # ascending
         self._gone_ranks: set[int] = set()  # expected ranks withdrawn or arrived (lazy deletion)
+        interrupt.on_stop(self._wake_all)
+
+    def _wake_all(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def withdraw(self, key) -> None:
         """``key`` will not ask (any more): stop keeping its turn."""
@@ -182,13 +190,22 @@ class Slots:
                 self._tickets += 1
                 ticket = (rank, self._tickets)
                 heapq.heappush(self._waiting, ticket)
-                self._cond.wait_for(lambda: self._free > 0 and self._waiting[0] is ticket
-                                    and self._lowest_expected() > rank)
+                self._cond.wait_for(lambda: interrupt.requested() or (
+                    self._free > 0 and self._waiting[0] is ticket and self._lowest_expected() > rank))
+                if interrupt.requested():
+                    self._waiting.remove(ticket)
+                    heapq.heapify(self._waiting)
+                    self._cond.notify_all()
+                    raise interrupt.Interrupted()
                 heapq.heappop(self._waiting)
             else:
                 ticket = object()
                 self._queue.append(ticket)
-                self._cond.wait_for(lambda: self._free > 0 and self._queue[0] is ticket)
+                self._cond.wait_for(lambda: interrupt.requested() or (self._free > 0 and self._queue[0] is ticket))
+                if interrupt.requested():
+                    self._queue.remove(ticket)
+                    self._cond.notify_all()
+                    raise interrupt.Interrupted()
                 self._queue.popleft()
             self._free -= 1
             self._cond.notify_all()
@@ -482,14 +499,22 @@ class ShutdownPass:
         key = state.guest_record_key(*entry.key)
         for index, action in enumerate(chain):
             last = index == len(chain) - 1
+            if interrupt.requested():
+                self._interrupted(entry, result, action)
+                break
             if self._past_deadline() and not last:
                 self.save_slots.withdraw(entry.key)
                 result.messages.append(f"deadline reached: {action} skipped")
                 log.warning("%s: shutdown deadline reached, skipping %s", entry.guest.name, action,
                             extra=journal.guest_fields(entry.guest, action=action, result="skipped"))
                 continue
-            step = self._step(entry, action, result.messages)
-            self.save_slots.withdraw(entry.key)  # its save (if any) has had its turn
+            try:
+                step = self._step(entry, action, result.messages)
+            except interrupt.Interrupted:  # while waiting (for a slot, or the guest to shut down)
+                self._interrupted(entry, result, action)
+                break
+            finally:
+                self.save_slots.withdraw(entry.key)  # its save (if any) has had its turn
             if step is None:  # the guest is already off or gone
                 found = self._found_saved(entry)
                 if found:  # a save begun before this step (an interrupted pass's) completed
@@ -527,6 +552,14 @@ class ShutdownPass:
                 finished=result.finished, bytes=result.bytes, messages=list(result.messages),
             )
         return result
+
+    def _interrupted(self, entry: GuestPlan, result: GuestResult, action: Action) -> None:
+        """The pass was asked to stop before ``action`` could run (or while it waited)."""
+        signal_name = interrupt.signal_received().name if interrupt.signal_received() else "a stop request"
+        result.outcome, result.ok = state.INTERRUPTED, False
+        result.messages.append(f"the pass was stopped ({signal_name}) before its {action}: left as it was")
+        log.warning("%s: the pass was stopped (%s) before its %s; left as it was", entry.guest.name, signal_name,
+                    action, extra=journal.guest_fields(entry.guest, action=action, result=state.INTERRUPTED))
 
     def _found_saved(self, entry: GuestPlan) -> str | None:
         """The outcome when a guest found off already has a complete saved state, else None."""
@@ -629,7 +662,7 @@ class ShutdownPass:
             while not _stopped(guest):
                 if time.monotonic() >= wait_until:
                     raise OperationTimeout(f"still running {settings.shutdown_timeout:g} s after the shutdown request")
-                time.sleep(SHUTDOWN_POLL)
+                interrupt.sleep(SHUTDOWN_POLL)
             return None
         if action is Action.POWEROFF:
             guest.power_off()
@@ -655,7 +688,7 @@ class ShutdownPass:
                 return True
             if not guest.being_saved():
                 break
-            time.sleep(SHUTDOWN_POLL)
+            interrupt.sleep(SHUTDOWN_POLL)
         return _stopped(guest)
 
 
@@ -708,10 +741,14 @@ class BootPass:
         action = entry.actions[0]
         step_started = None  # once a start slot is held: waiting for one is not starting
         try:
+            interrupt.check()
             with self.start_slots.held():
                 self._respect_start_delay()
+                interrupt.check()  # the last moment to leave it alone: after this, libvirt starts it
                 step_started = time.time()
                 outcome = self._start(entry, action, result)
+        except interrupt.Interrupted:
+            return self._not_started(entry, action, result)
         except GuestGone:
             result.outcome, result.ok = state.VANISHED, True
             result.messages.append("the guest was undefined by someone else during the pass")
@@ -735,6 +772,19 @@ class BootPass:
         result.finished = time.time()
         return result
 
+    @staticmethod
+    def _not_started(entry: GuestPlan, action: Action, result: GuestResult) -> GuestResult:
+        """The pass was asked to stop before it started the guest: it stays off, and keeps its
+        saved state (and its entry in the shutdown record) for the next boot pass."""
+        signal_name = interrupt.signal_received().name if interrupt.signal_received() else "a stop request"
+        kept = "; its saved state is kept for the next boot" if action in (Action.RESUME, Action.RESTORE) else ""
+        result.outcome, result.ok = state.INTERRUPTED, False
+        result.messages.append(f"not started: the pass was stopped ({signal_name}) before it{kept}")
+        log.warning("%s: not started: the pass was stopped (%s)%s", entry.guest.name, signal_name, kept,
+                    extra=journal.guest_fields(entry.guest, action=action, result=state.INTERRUPTED))
+        result.finished = time.time()
+        return result
+
     def _respect_start_delay(self) -> None:
         delay = self.plan.limits.start_delay
         if delay <= 0:
@@ -742,7 +792,7 @@ class BootPass:
         with self._delay_lock:
             wait = self._last_start + delay - time.monotonic()
             if wait > 0:
-                time.sleep(wait)
+                interrupt.sleep(wait)
             self._last_start = time.monotonic()
 
     def _start(self, entry: GuestPlan, action: Action, result: GuestResult) -> str:
@@ -906,9 +956,16 @@ class BootPass:
                 result.messages.append(f"clock not synced (needs the guest agent): {error.message}")
                 log.warning("%s: clock not synced: %s", entry.guest.name, error.message,
                             extra=journal.guest_fields(entry.guest, action="sync_time", result="failed"))
-        ready = settings.ready
+        try:
+            self._wait_until_ready(entry, guest, result)
+        except interrupt.Interrupted:
+            result.messages.append("its readiness wait was cut short: the pass was stopped")
+
+    @staticmethod
+    def _wait_until_ready(entry: GuestPlan, guest: Guest, result: GuestResult) -> None:
+        ready = entry.effective.settings.ready
         if ready.kind is ReadyKind.DELAY:
-            time.sleep(ready.seconds)
+            interrupt.sleep(ready.seconds)
         elif ready.kind is ReadyKind.AGENT:
             give_up_at = time.monotonic() + ready.seconds
             while not guest.agent_responds(timeout=2):
@@ -920,4 +977,4 @@ class BootPass:
                                 entry.guest.name, ready.seconds,
                                 extra=journal.guest_fields(entry.guest, action="ready", result="timeout"))
                     break
-                time.sleep(1)
+                interrupt.sleep(1)

@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 import libvirt
 
+from libmgsave import interrupt
 from libmgsave.errors import (
     GuestGone,
     HypervisorError,
@@ -119,7 +120,7 @@ class Host:
                 if time.monotonic() + retry_every > give_up_at:
                     raise translated from None
                 log.warning("%s; retrying", translated.message)
-                time.sleep(retry_every)
+                interrupt.sleep(retry_every)  # a pass stopped meanwhile gives up at once
 
     def reconnect(self, *, retry_for: float = 0.0) -> None:
         """Replace a dead connection by a new one to the same URI."""

@@ -12,6 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from libmgsave import interrupt
 from libmgsave.errors import LockBusy
 
 log = logging.getLogger("mgsave")
@@ -49,7 +50,7 @@ def pass_lock(state_dir: Path, what: str, *, wait: float):
                         f"another mgsave pass is running ({holder}); gave up waiting after {wait:g} s",
                         hint="wait for it to finish, or pass --wait SECONDS to wait longer",
                     ) from None
-                time.sleep(0.2)
+                interrupt.sleep(0.2)  # a pass stopped while it waits gives up at once
             except OSError as error:  # e.g. ENOLCK: the file system cannot lock at all
                 log.error("cannot take the pass lock %s (%s): carrying on without the lock", path,
                           error.strerror or error)

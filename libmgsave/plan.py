@@ -401,6 +401,9 @@ def _lost_state_note(entry: Mapping | None) -> str | None:
     if outcome == state.PENDING:
         return ("it was running at the last shutdown but was not saved (its record says 'pending': the pass "
                 "was cut short, by a crash or a power loss): it boots fresh, its memory state is lost")
+    if outcome == state.INTERRUPTED:
+        return ("it was running at the last shutdown but the shutdown pass was stopped (by a signal) before "
+                "it reached it: it boots fresh, its memory state is lost")
     if outcome == state.FAILED:
         return ("it was running at the last shutdown and every step of its shutdown chain failed (its "
                 "record says 'failed'): it boots fresh, its memory state is lost")

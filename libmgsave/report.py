@@ -100,6 +100,10 @@ def render_result(result: PassResult) -> str:
         lines.append(f"  warning: {warning}")
     failed = [r for r in result.results if not r.ok]
     total = len(result.results)
+    if result.interrupted:
+        left = [r.plan.guest.name for r in result.results if r.outcome == "interrupted"]
+        lines.append(f"the pass was stopped by {result.interrupted}: {len(left)} guests were left as they were"
+                     + (": " + ", ".join(left) if left else ""))
     if failed:
         lines.append(f"{len(failed)} of {total} guests did NOT reach their intended state: "
                      + ", ".join(r.plan.guest.name for r in failed))

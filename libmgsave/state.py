@@ -35,6 +35,7 @@ SHUT_DOWN = "shut-down"
 POWERED_OFF = "powered-off"
 FAILED = "failed"  # every step failed: the guest may still be running
 VANISHED = "vanished"  # undefined or stopped by someone else while the pass ran
+INTERRUPTED = "interrupted"  # the pass was stopped (SIGTERM, SIGINT) before it handled the guest
 
 
 def state_dir_from(cli_value: str | None, environ) -> Path:
@@ -120,6 +121,8 @@ def _type_problem(data: dict) -> str | None:
         return f"'started' is {data.get('started')!r}, not a time"
     if data.get("finished") is not None and not _is_number(data["finished"]):
         return f"'finished' is {data['finished']!r}, not a time"
+    if data.get("interrupted") is not None and not isinstance(data["interrupted"], str):
+        return f"'interrupted' is {data['interrupted']!r}, not a signal name"
     throughput = data.get("measured_throughput")
     if throughput is not None and not (_is_number(throughput) and throughput > 0):
         return f"'measured_throughput' is {throughput!r}, not a positive number"

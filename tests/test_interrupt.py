@@ -1,0 +1,165 @@
+"""A pass asked to stop (SIGTERM, SIGINT) on libvirt's test driver: it starts nothing new,
+records what it did, and the guests it did not reach keep their saved state for the next boot.
+
+In-process runs go through ``interrupt.request`` (a pass run in a thread cannot own the
+process's signal handlers); one run in a subprocess gets a real SIGTERM.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from libmgsave import cli, interrupt, state
+from tests.testdriver import URI, define, has_image, hv, running  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOW_BOOT = """
+version: 1
+limits: {max_parallel_starts: 1, start_delay: 60}
+"""
+
+
+@pytest.fixture(autouse=True)
+def fresh_interrupt():
+    interrupt.reset()
+    yield
+    interrupt.reset()
+
+
+@pytest.fixture
+def run(tmp_path, capsys):
+    state_dir = tmp_path / "state"
+
+    def run_mgsave(*args, policy: str = "version: 1\n"):
+        path = tmp_path / "policy.yaml"
+        path.write_text(policy)
+        os.chmod(path, 0o644)
+        code = cli.main(["--connect", URI, "--state-dir", str(state_dir), "--json", "--policy", str(path), *args])
+        out, _err = capsys.readouterr()
+        return code, (json.loads(out) if out.strip() else None)
+
+    run_mgsave.state_dir = state_dir
+    return run_mgsave
+
+
+def in_thread(fn, *args, **kwargs):
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("value", fn(*args, **kwargs)), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def outcomes(result: dict) -> dict[str, str]:
+    return {g["name"]: g["outcome"] for g in result["guests"]}
+
+
+def test_a_boot_pass_stopped_midway_starts_nothing_more_and_a_later_boot_resumes_the_rest(hv, run):
+    define(hv, "g1", "g2", "g3")
+    code, _ = run("shutdown")
+    assert code == 0 and all(has_image(hv, n) for n in ("g1", "g2", "g3"))
+
+    # One start at a time, a minute apart: the first guest starts, the others wait for their turn.
+    thread, box = in_thread(run, "boot", policy=SLOW_BOOT)
+    deadline = time.monotonic() + 20
+    while not running(hv) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert running(hv) == ["g1"]
+    stopped_at = time.monotonic()
+    interrupt.request(signal.SIGTERM)
+    thread.join(10)
+    assert not thread.is_alive(), "the boot pass did not stop promptly"
+    assert time.monotonic() - stopped_at < 5
+    code, result = box["value"]
+    assert code == 128 + signal.SIGTERM
+    assert result["interrupted"] == "SIGTERM" and result["ok"] is False
+    assert outcomes(result) == {"g1": "resumed", "g2": "interrupted", "g3": "interrupted"}
+    assert running(hv) == ["g1"]
+    assert has_image(hv, "g2") and has_image(hv, "g3")  # their saved state is untouched
+    boot_record = json.loads((run.state_dir / state.BOOT_RECORD).read_text())
+    assert boot_record["interrupted"] == "SIGTERM"
+
+    # The host goes down: the shutdown pass saves g1 again and keeps g2, g3 in its record.
+    interrupt.reset()
+    code, result = run("shutdown")
+    assert code == 0 and outcomes(result) == {"g1": "saved", "g2": "skipped", "g3": "skipped"}
+    record = json.loads((run.state_dir / state.SHUTDOWN_RECORD).read_text())
+    assert {e["name"]: e["outcome"] for e in record["guests"].values()} == {
+        "g1": "saved", "g2": "saved", "g3": "saved"}
+
+    # The next boot resumes all three (if-running, by the record).
+    code, result = run("boot")
+    assert code == 0 and outcomes(result) == {"g1": "resumed", "g2": "resumed", "g3": "resumed"}
+    assert running(hv) == ["g1", "g2", "g3"]
+
+
+def test_without_the_carry_over_a_completed_boot_pass_starts_a_fresh_record(hv, run):
+    """The carry-over is only for a boot pass that was stopped: after a complete one, a guest
+    that is off (the admin stopped it) is not started at the next boot."""
+    define(hv, "g1", "g2")
+    assert run("shutdown")[0] == 0
+    assert run("boot")[0] == 0
+    hv.lookupByName("g2").destroy()  # the admin shuts g2 down
+    assert run("shutdown")[0] == 0
+    code, result = run("boot")
+    assert code == 0 and outcomes(result)["g2"] == "skipped" and running(hv) == ["g1"]
+
+
+def test_a_pass_stopped_while_it_waits_for_the_lock_does_nothing(hv, run):
+    define(hv, "g1", "g2")
+    from libmgsave import lock
+
+    with lock.pass_lock(run.state_dir, "test holder", wait=0):
+        thread, box = in_thread(run, "shutdown", "--wait", "60")
+        time.sleep(0.5)
+        assert thread.is_alive()  # waiting for the lock
+        interrupt.request(signal.SIGINT)
+        thread.join(10)
+        assert not thread.is_alive(), "the pass kept waiting for the lock"
+    code, _ = box["value"]
+    assert code == 128 + signal.SIGINT
+    assert running(hv) == ["g1", "g2"]  # nothing was done
+    assert not (run.state_dir / state.SHUTDOWN_RECORD).exists()
+
+
+def test_a_real_sigterm_ends_a_boot_pass_with_its_summary(tmp_path):
+    """A subprocess on a test-driver node file with guests off and 'autostart: always': the
+    first starts, the next waits out start_delay; SIGTERM ends the pass within a second or two."""
+    node = tmp_path / "node.xml"
+    node.write_text("<node>" + "".join(
+        # test:runstate 5: defined but shut off (the driver starts a node file's guests otherwise)
+        f"<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'><name>{n}</name>"
+        f"<memory>262144</memory><os><type>hvm</type></os><test:runstate>5</test:runstate></domain>"
+        for n in ("a1", "a2", "a3")) + "</node>")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nlimits: {max_parallel_starts: 1, start_delay: 300}\n"
+                      "defaults: {autostart: always}\n")
+    os.chmod(policy, 0o644)
+    command = [sys.executable, "-m", "libmgsave", "--connect", f"test://{node}", "--policy", str(policy),
+               "--state-dir", str(tmp_path / "state"), "--json", "boot"]
+    log = tmp_path / "stderr"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    deadline = time.monotonic() + 30
+    # Wait until the first guest has started (the next one then waits out start_delay).
+    while time.monotonic() < deadline and "start ok" not in log.read_text() and proc.poll() is None:
+        time.sleep(0.1)
+    assert "start ok" in log.read_text(), log.read_text()
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    out, _ = proc.communicate(timeout=20)
+    err = log.read_text()
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    result = json.loads(out)
+    assert result["interrupted"] == "SIGTERM"
+    assert outcomes(result) == {"a1": "started", "a2": "interrupted", "a3": "interrupted"}
+    assert "stop requested (SIGTERM)" in err
+    record = json.loads((tmp_path / "state" / state.BOOT_RECORD).read_text())
+    assert record["interrupted"] == "SIGTERM"
