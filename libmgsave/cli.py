@@ -234,6 +234,7 @@ def cmd_check(ctx: Context) -> int:
             print(f"{ctx.policy_path}: {len(error.problems)} {noun}; no change was made", file=sys.stderr)
         return ExitCode.BAD_INPUT
     warnings = conflicts.host_conflicts()
+    layout = conflicts.daemon_layout()
     try:
         hosts, unreachable = _open_hosts(policy, QUERY_CONNECT_RETRY)
     except HypervisorUnavailable as error:
@@ -249,8 +250,9 @@ def cmd_check(ctx: Context) -> int:
                     seen.add(warning)
                     warnings.append(warning)
     source = policy.source or f"built-in defaults (no file at {ctx.policy_path})"
-    text = [f"{source}: the policy is valid"] + [f"warning: {w}" for w in warnings]
-    ctx.emit({"ok": True, "policy": policy.source, "problems": [], "warnings": warnings}, "\n".join(text))
+    text = [f"{source}: the policy is valid", f"libvirt daemons: {layout}"] + [f"warning: {w}" for w in warnings]
+    ctx.emit({"ok": True, "policy": policy.source, "problems": [], "warnings": warnings,
+              "daemon_layout": layout.kind}, "\n".join(text))
     return ExitCode.OK
 
 

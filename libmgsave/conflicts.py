@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from libmgsave.inventory import GuestInfo
@@ -21,8 +22,43 @@ LIBVIRT_GUESTS_LINKS = (
     "/etc/systemd/system/virt-guest-shutdown.target.wants/libvirt-guests.service",
 )
 QEMU_CONF = "/etc/libvirt/qemu.conf"
-# Settings by which libvirtd itself saves or shuts down guests when it stops.
-_DAEMON_SHUTDOWN_KEYS = ("auto_shutdown_try_save", "auto_shutdown_try_shutdown", "auto_shutdown_poweroff")
+# Settings by which the QEMU driver (in libvirtd or virtqemud) itself saves, shuts down or
+# powers off guests when the daemon stops, and restores them when it starts (libvirt 11.2).
+_DAEMON_SHUTDOWN_KEYS = ("auto_shutdown_try_save", "auto_shutdown_try_shutdown", "auto_shutdown_poweroff",
+                         "auto_shutdown_restore")
+# Where an enabled socket unit is linked, and the sockets a running daemon listens on.
+_SOCKET_WANTS = "/etc/systemd/system/sockets.target.wants"
+_LAYOUTS = (
+    ("monolithic", "libvirtd", "libvirtd.socket", "/run/libvirt/libvirt-sock"),
+    ("modular", "virtqemud", "virtqemud.socket", "/run/libvirt/virtqemud-sock"),
+)
+
+
+@dataclass(frozen=True)
+class DaemonLayout:
+    """Which libvirt daemon serves QEMU on this host: 'monolithic' (libvirtd), 'modular'
+    (virtqemud), 'both' (a conflict) or 'unknown' (neither enabled nor running)."""
+
+    kind: str
+    evidence: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} ({self.evidence})"
+
+
+def daemon_layout(root: str = "/") -> DaemonLayout:
+    """Look at the enabled socket units, then at the sockets of running daemons."""
+    found = []
+    for kind, daemon, socket_unit, socket_path in _LAYOUTS:
+        if os.path.lexists(os.path.join(root, _SOCKET_WANTS.lstrip("/"), socket_unit)):
+            found.append((kind, f"{socket_unit} enabled"))
+        elif os.path.exists(os.path.join(root, socket_path.lstrip("/"))):
+            found.append((kind, f"{daemon} listening on {socket_path}"))
+    if not found:
+        return DaemonLayout("unknown", "no libvirtd or virtqemud socket enabled or listening")
+    if len(found) > 1:
+        return DaemonLayout("both", "; ".join(evidence for _kind, evidence in found))
+    return DaemonLayout(*found[0])
 
 
 def guest_conflicts(policy: Policy, guests: Iterable[GuestInfo]) -> list[str]:
@@ -53,6 +89,12 @@ def host_conflicts(root: str = "/") -> list[str]:
                 "(fix: systemctl disable libvirt-guests.service; not --now, since stopping it shuts every guest down)"
             )
             break
+    layout = daemon_layout(root)
+    if layout.kind == "both":
+        warnings.append(
+            f"both the monolithic and the modular libvirt daemons are enabled ({layout.evidence}): they "
+            f"conflict, and guests may be split between them (fix: disable one layout's sockets)"
+        )
     qemu_conf = Path(root, QEMU_CONF.lstrip("/"))
     try:
         text = qemu_conf.read_text()
@@ -62,7 +104,7 @@ def host_conflicts(root: str = "/") -> list[str]:
         match = re.search(rf"^\s*{key}\s*=\s*(\S+)", text, re.MULTILINE)
         if match and match.group(1).strip("\"'") not in ("0", "[]", "none", '"none"'):
             warnings.append(
-                f"{qemu_conf}: {key} = {match.group(1)}: libvirtd itself acts on guests when it stops, "
-                f"racing mgsave (fix: comment it out)"
+                f"{qemu_conf}: {key} = {match.group(1)}: the libvirt daemon itself acts on guests when it "
+                f"{'starts' if key == 'auto_shutdown_restore' else 'stops'}, racing mgsave (fix: comment it out)"
             )
     return warnings
