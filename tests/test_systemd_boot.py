@@ -37,7 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FILL_MIB = {"mg-1": 256, "mg-2": 256, "mg-3": 256, "mg-4": 0}
 GUESTS = tuple(FILL_MIB)
 SRC = "/usr/src/mgsave"  # where the container gets its copy of this tree
-WHEELS = "/var/cache/mgsave-wheels"
 SRC = "/usr/src/mgsave"  # where the container gets its copy of this tree
 WHEELS = "/var/cache/mgsave-wheels"
 POLICY = """\
@@ -139,10 +138,10 @@ def start_guests(c: Container, timings: Timings) -> None:
     timings.add(f"{len(GUESTS)} guests boot and fill their memory", time.monotonic() - started)
 
 
-def guest_states(c: Container) -> dict[str, tuple[int, int]]:
+def guest_states(c: Container, names=GUESTS) -> dict[str, tuple[int, int]]:
     conn = c.connect()
     try:
-        return {name: tuple(conn.lookupByName(name).state()) for name in GUESTS}
+        return {name: tuple(conn.lookupByName(name).state()) for name in names}
     finally:
         conn.close()
 
@@ -167,7 +166,76 @@ def first_realtime(entries: list[dict], pattern: str) -> float | None:
     return None
 
 
-def test_mgsave_round_trip(container):
+# Boots 2 and 3: mg-1 never becomes ready (the test guest has no guest agent) and mg-2 is after
+# it, so the boot pass is still waiting when the host goes down again.
+WAITING_POLICY = POLICY + """\
+guests:
+  - match: {name: mg-1}
+    ready: {agent: 10m}
+  - match: {name: mg-2}
+    after: [mg-1]
+"""
+SAVED_BEFORE_INSTALL = "mg-saved"  # has a managed-save image when mgsave is installed
+
+
+def unit_state(c: Container, unit: str) -> dict[str, str]:
+    out = c.run("systemctl", "show", "-p", "ActiveState,Result,ExecMainStatus,ExecMainStartTimestampMonotonic",
+                unit).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def wait_boot_pass(c: Container, timeout: float = 300) -> dict[str, str]:
+    """mgsave-boot.service is Type=exec: the boot counts as finished while the pass still runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = unit_state(c, "mgsave-boot.service")
+        if state["ActiveState"] in ("inactive", "failed") and state["ExecMainStartTimestampMonotonic"] != "0":
+            return state
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the boot pass did not end within {timeout} s: {state}")
+        time.sleep(0.5)
+
+
+def wait_states(c: Container, want: dict[str, tuple[int, int] | int], timeout: float = 120) -> None:
+    """Until each named guest is in the given (state, reason), or state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = guest_states(c, want)
+        if all(states[n] == w or (isinstance(w, int) and states[n][0] == w) for n, w in want.items()):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"guests not in {want} after {timeout} s: {states}")
+        time.sleep(0.5)
+
+
+def assert_resumed(c: Container, names, last_tick: dict[str, int], boots_before: dict[str, int]) -> None:
+    """Each guest runs its old memory on: the first tick after the save is the last one before + 1."""
+    c.wait_ticking(names, after=last_tick)
+    for name in names:
+        ticks = c.ticks(name)
+        after_save = ticks[len(ticks) - 1 - ticks[::-1].index(last_tick[name]) + 1]
+        assert after_save == last_tick[name] + 1, f"{name}: tick {last_tick[name]}, then {after_save}"
+        assert c.guest_boots(name) == boots_before[name], f"{name} was cold-booted"
+
+
+def save_before_install(c: Container) -> None:
+    conn = c.connect()
+    try:
+        dom = conn.defineXML(domain_xml(SAVED_BEFORE_INSTALL, fill_mib=0))
+        dom.create()
+    finally:
+        conn.close()
+    c.wait_ticking([SAVED_BEFORE_INSTALL])
+    conn = c.connect()
+    try:
+        conn.lookupByName(SAVED_BEFORE_INSTALL).managedSave(0)
+    finally:
+        conn.close()
+
+
+def test_mgsave_host_lifecycle(container):
+    """make install on a host with a saved guest; a stop and a start by hand; a poweroff; a
+    poweroff while the boot pass still waits; a boot pass killed by its timeout; a last boot."""
     c = container
     t = Timings()
     wheels = c.root / WHEELS.lstrip("/")
@@ -177,13 +245,20 @@ def test_mgsave_round_trip(container):
     _copy_tree(c.root / SRC.lstrip("/"))
     c.write("/etc/mgsave/policy.yaml", POLICY)
 
+    # Boot 1: install on a host where a guest has a managed-save image. Installing arms the
+    # shutdown pass and starts no guest.
     t.add("boot 1: container up (systemctl is-system-running)", c.boot())
+    save_before_install(c)
     started = time.monotonic()
     install = c.run("make", "-C", SRC, "install", f"PIP_ARGS=--no-index --find-links {WHEELS}")
-    t.add("make install (venv, enable, start = boot pass)", time.monotonic() - started)
+    t.add("make install (enable both units, start mgsave.service)", time.monotonic() - started)
     assert "keeping the existing /etc/mgsave/policy.yaml" in install.stdout
-    assert c.run("systemctl", "is-enabled", "mgsave.service").stdout.strip() == "enabled"
-    assert c.run("systemctl", "is-active", "mgsave.service").stdout.strip() == "active"  # armed
+    for unit in ("mgsave.service", "mgsave-boot.service"):
+        assert c.run("systemctl", "is-enabled", unit).stdout.strip() == "enabled"
+    assert unit_state(c, "mgsave.service")["ActiveState"] == "active"  # armed
+    assert unit_state(c, "mgsave-boot.service")["ExecMainStartTimestampMonotonic"] == "0"  # never ran
+    assert guest_states(c, [SAVED_BEFORE_INSTALL])[SAVED_BEFORE_INSTALL][0] == 5  # shut off
+    assert (c.dir("lib") / "qemu/save" / f"{SAVED_BEFORE_INSTALL}.save").is_file()
 
     start_guests(c, t)
 
@@ -195,16 +270,20 @@ def test_mgsave_round_trip(container):
     started = time.monotonic()
     c.run("systemctl", "stop", "mgsave.service")
     stop_seconds = time.monotonic() - started
-    result = c.run("systemctl", "show", "-p", "Result", "--value", "mgsave.service").stdout.strip()
     t.add(f"systemctl stop mgsave with TimeoutStopSec=5 (saves {len(GUESTS)})", stop_seconds)
-    assert result == "success", c.run("journalctl", "-u", "mgsave", "-n", "40", check=False).stdout
+    assert unit_state(c, "mgsave.service")["Result"] == "success", \
+        c.run("journalctl", "-u", "mgsave", "-n", "40", check=False).stdout
     extended = stop_seconds > 5
     c.run("rm", "-r", os.path.dirname(dropin))
     c.run("systemctl", "daemon-reload")
     started = time.monotonic()
-    c.run("systemctl", "start", "mgsave.service")  # the boot pass resumes them
-    t.add(f"systemctl start mgsave (resumes {len(GUESTS)})", time.monotonic() - started)
-    assert set(guest_states(c).values()) == {RUNNING_RESTORED}
+    c.run("systemctl", "start", "mgsave-boot.service")  # pulls in mgsave.service: armed again
+    assert unit_state(c, "mgsave.service")["ActiveState"] == "active"
+    assert wait_boot_pass(c)["Result"] == "success"
+    t.add(f"systemctl start mgsave-boot (resumes {len(GUESTS)})", time.monotonic() - started)
+    assert guest_states(c, GUESTS) == {n: RUNNING_RESTORED for n in GUESTS}
+    # It was not running at that shutdown: if-running leaves it off, its saved state kept.
+    assert guest_states(c, [SAVED_BEFORE_INSTALL])[SAVED_BEFORE_INSTALL][0] == 5
 
     # The real thing: power the host off with the guests running.
     c.wait_ticking(GUESTS, after={n: c.ticks(n)[-1] for n in GUESTS})
@@ -215,55 +294,100 @@ def test_mgsave_round_trip(container):
     last_tick = {n: c.ticks(n)[-1] for n in GUESTS}
     for name in GUESTS:
         assert (c.dir("lib") / "qemu/save" / f"{name}.save").is_file(), f"{name} has no managed-save image"
+    check_shutdown_journal(c, t, off_started, off_ended)
 
-    # The journal of the poweroff: the pass ran, and each guest was saved, as its own entry.
-    shutdown = c.journal("_SYSTEMD_UNIT=mgsave.service", since=off_started, until=off_ended)
+    # Boot 2: the boot pass resumes mg-1, mg-3, mg-4 and waits for mg-1 to be ready before it
+    # starts mg-2; the host goes down while it waits. systemd stops the boot pass first: it
+    # leaves mg-2 alone; the shutdown pass then saves the three it had resumed.
+    c.write("/etc/mgsave/policy.yaml", WAITING_POLICY)
+    resumed_first = [n for n in GUESTS if n != "mg-2"]
+    t.add("boot 2: container up", c.boot())
+    wait_states(c, {**{n: RUNNING_RESTORED for n in resumed_first}, "mg-2": 5})
+    assert unit_state(c, "mgsave-boot.service")["ActiveState"] == "active"  # still waiting for mg-1
+    assert_resumed(c, resumed_first, last_tick, boots_before)
+    off_started = time.time()
+    t.add("boot 2: systemctl poweroff during the boot pass", c.poweroff())
+    off_ended = time.time()
+    boot_pass = c.journal("_SYSTEMD_UNIT=mgsave-boot.service", since=off_started - 60, until=off_ended)
+    assert any("not started: the pass was stopped (SIGTERM)" in str(e.get("MESSAGE")) for e in boot_pass), \
+        [e.get("MESSAGE") for e in boot_pass]
+    system = c.journal("_PID=1", since=off_started, until=off_ended)
+    boot_stopped = first_realtime(system, r"^Stopped mgsave-boot\.service")
+    shutdown_stopping = first_realtime(system, r"^Stopping mgsave\.service")
+    assert boot_stopped and shutdown_stopping and boot_stopped <= shutdown_stopping
+    t.add("  of which Stopping .. Stopped mgsave-boot (SIGTERM mid-pass)",
+          boot_stopped - first_realtime(system, r"^Stopping mgsave-boot\.service"))
+    for name in GUESTS:  # mg-2's image is the one from boot 1's poweroff, never used
+        assert (c.dir("lib") / "qemu/save" / f"{name}.save").is_file(), f"{name} has no managed-save image"
+    last_tick.update({n: c.ticks(n)[-1] for n in resumed_first})
+    check_shutdown_journal(c, t, off_started, off_ended, names=resumed_first)
+
+    # Boot 3: the same wait, but the boot pass is killed by its own time limit. Its unit fails;
+    # mgsave.service stays active, so the next poweroff still saves every running guest.
+    c.write("/etc/systemd/system/mgsave-boot.service.d/short-runtime.conf", "[Service]\nRuntimeMaxSec=20\n")
+    t.add("boot 3: container up", c.boot())
+    state = wait_boot_pass(c, timeout=120)
+    assert state["ActiveState"] == "failed" and state["Result"] == "timeout", state
+    assert unit_state(c, "mgsave.service")["ActiveState"] == "active"
+    wait_states(c, {**{n: RUNNING_RESTORED for n in resumed_first}, "mg-2": 5})
+    assert_resumed(c, resumed_first, last_tick, boots_before)
+    off_started = time.time()
+    t.add("boot 3: systemctl poweroff after the boot pass timed out", c.poweroff())
+    off_ended = time.time()
+    last_tick.update({n: c.ticks(n)[-1] for n in resumed_first})
+    check_shutdown_journal(c, t, off_started, off_ended, names=resumed_first)
+
+    # Boot 4: no more waiting. Every guest comes back with its memory, mg-2 too (from its image
+    # of boot 1, carried in the records across the two stopped boot passes).
+    (c.root / "etc/systemd/system/mgsave-boot.service.d/short-runtime.conf").unlink()
+    c.write("/etc/mgsave/policy.yaml", POLICY)
+    on_started = time.time()
+    t.add("boot 4: container up", c.boot())
+    assert wait_boot_pass(c)["Result"] == "success"
+    t.add("boot 4: up .. boot pass ended", time.time() - on_started)
+    assert guest_states(c, GUESTS) == {n: RUNNING_RESTORED for n in GUESTS}
+    assert_resumed(c, GUESTS, last_tick, boots_before)
+    boot = c.journal("_SYSTEMD_UNIT=mgsave-boot.service", since=on_started)
+    window = pass_window(boot, "boot")
+    assert window, "no boot pass in the journal"
+    t.add("  of which the boot pass (PASS_START..PASS_END)", window[1] - window[0])
+    for name in GUESTS:
+        assert c.journal("-u", "mgsave-boot", f"MGSAVE_GUEST={name}", "MGSAVE_ACTION=resume", "MGSAVE_RESULT=ok",
+                         since=on_started), f"no 'resume ok' journal entry for {name}"
+    assert guest_states(c, [SAVED_BEFORE_INSTALL])[SAVED_BEFORE_INSTALL][0] == 5
+
+    # make uninstall must not run the shutdown pass: the guests keep running.
+    states = guest_states(c, GUESTS)
+    c.run("make", "-C", SRC, "uninstall")
+    assert unit_state(c, "mgsave.service")["ActiveState"] != "active"
+    assert guest_states(c, GUESTS) == states
+    assert c.run("cat", "/etc/mgsave/policy.yaml").stdout == POLICY
+    t.add("boot 4: systemctl poweroff (mgsave uninstalled)", c.poweroff())
+
+    print(f"\nmgsave under a real systemd, guests x 512 MiB with MiB filled {FILL_MIB}:\n{t}")
+    print(f"  stop timeout extension {'exercised (the stop outlasted TimeoutStopSec=5)' if extended else 'not needed: the saves finished within 5 s'}")
+
+
+def check_shutdown_journal(c: Container, t: Timings, since: float, until: float, names=GUESTS) -> None:
+    """The poweroff's journal: the pass ran, saved each guest (its own entry), and ended before
+    libvirtd was stopped."""
+    shutdown = c.journal("_SYSTEMD_UNIT=mgsave.service", since=since, until=until)
     window = pass_window(shutdown, "shutdown")
     assert window, "no shutdown pass in the journal"
     t.add("  of which the shutdown pass (PASS_START..PASS_END)", window[1] - window[0])
-    for name in GUESTS:
+    for name in names:
         saved = c.journal("-u", "mgsave", f"MGSAVE_GUEST={name}", "MGSAVE_ACTION=save", "MGSAVE_RESULT=ok",
-                          since=off_started, until=off_ended)
+                          since=since, until=until)
         assert saved, f"no 'save ok' journal entry for {name}"
         assert saved[-1]["SYSLOG_IDENTIFIER"] == "mgsave" and int(saved[-1]["MGSAVE_BYTES"]) > FILL_MIB[name] << 20
-    # Ordering: the pass finished before libvirtd was stopped.
-    system = c.journal("_PID=1", since=off_started, until=off_ended)
+    system = c.journal("_PID=1", since=since, until=until)
     mgsave_stopping = first_realtime(system, r"^Stopping mgsave\.service")
     mgsave_stopped = first_realtime(system, r"^Stopped mgsave\.service")
     libvirtd_stopping = first_realtime(system, r"^Stopping libvirtd\.service")
     assert mgsave_stopped and libvirtd_stopping and mgsave_stopped <= libvirtd_stopping
     # logind holds the poweroff while libvirtd's delay inhibitor lock is held (InhibitDelayMaxSec).
-    t.add("  of which poweroff requested .. Stopping mgsave.service", mgsave_stopping - off_started)
+    t.add("  of which poweroff requested .. Stopping mgsave.service", mgsave_stopping - since)
     t.add("  of which Stopping .. Stopped mgsave.service", mgsave_stopped - mgsave_stopping)
-
-    # Boot 2: the same host; the boot pass resumes the guests before the boot counts as finished.
-    on_started = time.time()
-    t.add("boot 2: container up, boot pass included", c.boot())
-    states = guest_states(c)
-    assert states == {n: RUNNING_RESTORED for n in GUESTS}, states
-    c.wait_ticking(GUESTS, after=last_tick)
-    for name in GUESTS:
-        ticks = c.ticks(name)
-        after_save = ticks[ticks.index(last_tick[name]) + 1]
-        assert after_save == last_tick[name] + 1, f"{name}: tick {last_tick[name]}, then {after_save}"
-        assert c.guest_boots(name) == boots_before[name], f"{name} was cold-booted"
-    boot = c.journal("_SYSTEMD_UNIT=mgsave.service", since=on_started)
-    window = pass_window(boot, "boot")
-    assert window, "no boot pass in the journal"
-    t.add("  of which the boot pass (PASS_START..PASS_END)", window[1] - window[0])
-    for name in GUESTS:
-        assert c.journal("-u", "mgsave", f"MGSAVE_GUEST={name}", "MGSAVE_ACTION=resume", "MGSAVE_RESULT=ok",
-                         since=on_started), f"no 'resume ok' journal entry for {name}"
-
-    # make uninstall must not run the shutdown pass: the guests keep running.
-    c.run("make", "-C", SRC, "uninstall")
-    assert c.run("systemctl", "is-active", "mgsave.service", check=False).stdout.strip() != "active"
-    assert guest_states(c) == states
-    assert c.run("cat", "/etc/mgsave/policy.yaml").stdout == POLICY
-    t.add("boot 2: systemctl poweroff (mgsave uninstalled)", c.poweroff())
-
-    print(f"\nmgsave under a real systemd, guests x 512 MiB with MiB filled {FILL_MIB}:\n{t}")
-    print(f"  stop timeout extension {'exercised (the stop outlasted TimeoutStopSec=5)' if extended else 'not needed: the saves finished within 5 s'}")
 
 
 def test_libvirt_guests_round_trip(container):
