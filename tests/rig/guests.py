@@ -26,12 +26,16 @@ def serial_log(name: str) -> Path:
 
 
 def domain_xml(name: str, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mib: int = 0,
-               ignore_acpi: bool = False, vcpus: int = 1) -> str:
-    """A TCG guest with no disks: the rig kernel + initramfs, serial console to a file."""
+               ignore_acpi: bool = False, vcpus: int = 1, agent: bool = False) -> str:
+    """A TCG guest with no disks: the rig kernel + initramfs, serial console to a file; with
+    ``agent``, QEMU's guest agent on a virtio-serial channel."""
     if fill_mib + 64 > memory_mib:
         raise ValueError(f"fill_mib={fill_mib} needs memory_mib >= {fill_mib + 64}")
     img = ensure_image()
-    cmdline = f"console=ttyS0 quiet mitigations=off fill={fill_mib} ignore_acpi={int(ignore_acpi)}"
+    cmdline = (f"console=ttyS0 quiet mitigations=off fill={fill_mib} ignore_acpi={int(ignore_acpi)} "
+               f"agent={int(agent)}")
+    channel = ("\n    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+               if agent else "")
     return f"""<domain type='qemu'>
   <name>{escape(name)}</name>
   <memory unit='MiB'>{memory_mib}</memory>
@@ -52,7 +56,7 @@ def domain_xml(name: str, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mib: int
       <source path='{escape(str(serial_log(name)))}' append='on'/>
       <target port='0'/>
     </serial>
-    <controller type='usb' model='none'/>
+    <controller type='usb' model='none'/>{channel}
     <memballoon model='none'/>
   </devices>
 </domain>
@@ -61,7 +65,7 @@ def domain_xml(name: str, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mib: int
 
 def define_guests(conn, n: int, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mib: int = 0,
                   prefix: str = "rig", ignore_acpi: bool = False, transient: bool = False,
-                  start: bool = False) -> list[str]:
+                  start: bool = False, agent: bool = False) -> list[str]:
     """Define ``n`` guests named ``<prefix>-1`` .. ``<prefix>-<n>``; returns their names.
 
     Persistent (defined, not started) unless ``start``. ``transient=True`` creates them with
@@ -69,7 +73,7 @@ def define_guests(conn, n: int, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mi
     names = [f"{prefix}-{i}" for i in range(1, n + 1)]
     for name in names:
         serial_log(name).parent.mkdir(parents=True, exist_ok=True)
-        xml = domain_xml(name, memory_mib=memory_mib, fill_mib=fill_mib, ignore_acpi=ignore_acpi)
+        xml = domain_xml(name, memory_mib=memory_mib, fill_mib=fill_mib, ignore_acpi=ignore_acpi, agent=agent)
         if transient:
             conn.createXML(xml, 0)
         else:

@@ -3,17 +3,23 @@
 The guest's /init mounts proc/sys/devtmpfs, fills ``fill=<MiB>`` of a tmpfs from /dev/urandom (so a
 save image holds real, incompressible memory), then writes ``tick <n>`` to /dev/ttyS0 once a second
 forever. Unless the kernel command line says ``ignore_acpi=1`` it loads the ACPI button driver and
-powers off (``poweroff -f``) when the power button is pressed (an ACPI shutdown request).
+powers off (``poweroff -f``) when the power button is pressed (an ACPI shutdown request). With
+``agent=1`` (and the domain's ``org.qemu.guest_agent.0`` channel, see ``guests.domain_xml``) it
+runs QEMU's guest agent: Debian's ``qemu-ga`` with the shared libraries it needs, copied from the
+host (they are QEMU's own dependencies, so a host that runs the rig has them), and busybox's
+``hwclock`` where the agent looks for it, so ``guest-set-time`` works.
 
 Lines it writes to the serial console (besides kernel messages):
 
     rig: init up fill=<MiB> ignore_acpi=<0|1>       once per boot (so a count of these = boots)
     rig: power button armed (<device>)               the power-button watcher is running
     rig: filled <MiB> MiB                            the fill is done
+    rig: agent up (<device>)                         qemu-ga runs on the agent's virtio port
     tick <n>                                         once a second, n = 1, 2, ...
     rig: power button pressed, powering off
 
-The build needs apt (to download the kernel package), dpkg-deb and /bin/busybox (busybox-static).
+The build needs apt (to download the kernel and guest agent packages), dpkg-deb and /bin/busybox
+(busybox-static).
 Everything is cached under ``${XDG_CACHE_HOME:-$HOME/.cache}/mgsave-testrig``, keyed by content:
 the kernel package name and version, and a hash of the initramfs's inputs.
 """
@@ -34,12 +40,16 @@ import tempfile
 from pathlib import Path
 
 # Bump when the initramfs layout changes in a way the hashed inputs don't show.
-BUILD_FORMAT = 3
+BUILD_FORMAT = 4
 
 BUSYBOX = Path("/bin/busybox")
 KERNEL_META_PACKAGE = "linux-image-amd64"
 # Kernel modules the power-button handling needs (with their dependencies, resolved from the .ko).
 MODULES = ("evdev", "button")
+# ... and those the guest agent's virtio-serial port needs.
+AGENT_MODULES = ("virtio_pci", "virtio_console")
+AGENT_PACKAGE = "qemu-guest-agent"
+AGENT_BINARY = "usr/sbin/qemu-ga"
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -51,13 +61,32 @@ exec </dev/null >/dev/ttyS0 2>&1
 
 fill=0
 ignore_acpi=0
+agent=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         fill=*) fill="${arg#fill=}" ;;
         ignore_acpi=*) ignore_acpi="${arg#ignore_acpi=}" ;;
+        agent=*) agent="${arg#agent=}" ;;
     esac
 done
-echo "rig: init up fill=$fill ignore_acpi=$ignore_acpi"
+echo "rig: init up fill=$fill ignore_acpi=$ignore_acpi agent=$agent"
+
+if [ "$agent" = 1 ]; then
+    for m in $(cat /lib/modules/agent-load-order); do
+        insmod "/lib/modules/$m.ko" || echo "rig: insmod $m failed"
+    done
+    port=""
+    for p in /sys/class/virtio-ports/*; do
+        [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port="/dev/${p##*/}"
+    done
+    if [ -n "$port" ]; then
+        mkdir -p /run/qga
+        /usr/sbin/qemu-ga -m virtio-serial -p "$port" -f /run/qga/pid -t /run/qga -l /run/qga/log &
+        echo "rig: agent up ($port)"
+    else
+        echo "rig: no guest agent port found"
+    fi
+fi
 
 if [ "$ignore_acpi" != 1 ]; then
     for m in $(cat /lib/modules/load-order); do
@@ -154,6 +183,57 @@ def _kernel_package_cached(cache: Path) -> tuple[str, str]:
     return pkg, version
 
 
+def _agent_version_cached(cache: Path) -> str:
+    """The candidate version of qemu-guest-agent, remembered until apt's package lists change."""
+    memo = cache / "agent-package"
+    stamp = _apt_lists_stamp()
+    try:
+        saved_stamp, version = memo.read_text().split()
+        if stamp and saved_stamp == stamp:
+            return version
+    except (OSError, ValueError):
+        pass
+    policy = _run(["apt-cache", "policy", AGENT_PACKAGE], env=_apt_env())
+    v = re.search(r"Candidate:\s*(\S+)", policy)
+    if not v or v.group(1) == "(none)":
+        raise ImageBuildError(f"apt knows no {AGENT_PACKAGE} package (apt-get update?)")
+    if stamp:
+        memo.write_text(f"{stamp} {v.group(1)}\n")
+    return v.group(1)
+
+
+def _extract_agent(dest: Path, version: str) -> None:
+    """qemu-ga from Debian's package, and the shared libraries it loads, resolved on this host."""
+    with tempfile.TemporaryDirectory(prefix="agent-", dir=dest.parent) as tmp:
+        tmp = Path(tmp)
+        _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{AGENT_PACKAGE}={version}"],
+             cwd=tmp, env=_apt_env())
+        debs = list(tmp.glob("*.deb"))
+        if len(debs) != 1:
+            raise ImageBuildError(f"apt-get download {AGENT_PACKAGE} gave {debs}")
+        _run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "root")])
+        binary = tmp / "root" / AGENT_BINARY
+        out = tmp / "out"
+        (out / "libs").mkdir(parents=True)
+        shutil.copyfile(binary, out / "qemu-ga")
+        # "libfoo.so.1 => /lib/x86_64-linux-gnu/libfoo.so.1 (0x...)", and the loader itself.
+        listing = _run([_loader(), "--list", str(binary)])
+        paths = re.findall(r"=>\s*(/\S+)", listing) + re.findall(r"^\s*(/lib\S*ld-linux\S*)", listing, re.M)
+        if not paths or "not found" in listing:
+            raise ImageBuildError(f"cannot resolve the libraries of qemu-ga:\n{listing}")
+        for path in paths:
+            shutil.copyfile(os.path.realpath(path), out / "libs" / os.path.basename(path))
+        (out / "libs.list").write_text("\n".join(paths) + "\n")
+        os.rename(out, dest)
+
+
+def _loader() -> str:
+    for path in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"):
+        if os.path.exists(path):
+            return path
+    raise ImageBuildError("no dynamic loader found to resolve qemu-ga's libraries")
+
+
 def _kernel_package() -> tuple[str, str]:
     """(package, version) of the kernel image linux-image-amd64 currently depends on."""
     for attempt in range(2):
@@ -231,6 +311,10 @@ def _extract_kernel(dest: Path, pkg: str, version: str) -> None:
         for name in MODULES:
             add(name)
         (out / "modules" / "load-order").write_text("\n".join(order) + "\n")
+        order = []
+        for name in AGENT_MODULES:
+            add(name)
+        (out / "modules" / "agent-load-order").write_text("\n".join(order) + "\n")
         (out / "package").write_text(f"{pkg}={version}\n")
         os.rename(out, dest)
 
@@ -270,20 +354,32 @@ class _Cpio:
         return data + b"\0" * (-len(data) % 512)
 
 
-def _build_initrd(kernel_dir: Path, busybox: bytes) -> bytes:
+def _build_initrd(kernel_dir: Path, agent_dir: Path, busybox: bytes) -> bytes:
     c = _Cpio()
-    for d in ("bin", "dev", "proc", "sys", "tmp", "run", "fill", "lib", "lib/modules"):
+    for d in ("bin", "sbin", "dev", "proc", "sys", "tmp", "run", "fill", "lib", "lib/modules", "usr", "usr/sbin"):
         c.dir(d)
     c.chardev("dev/console", 5, 1)
     c.chardev("dev/null", 1, 3, 0o666)
     c.file("bin/busybox", busybox, 0o755)
     c.symlink("bin/sh", "busybox")
+    c.symlink("sbin/hwclock", "/bin/busybox")  # where qemu-ga runs it for guest-set-time
     c.file("init", INIT_SCRIPT.encode(), 0o755)
     mods = kernel_dir / "modules"
-    order = (mods / "load-order").read_text().split()
-    c.file("lib/modules/load-order", (mods / "load-order").read_bytes())
-    for name in order:
+    order = (mods / "load-order").read_text().split() + (mods / "agent-load-order").read_text().split()
+    for name in ("load-order", "agent-load-order"):
+        c.file(f"lib/modules/{name}", (mods / name).read_bytes())
+    for name in dict.fromkeys(order):
         c.file(f"lib/modules/{name}.ko", (mods / f"{name}.ko").read_bytes())
+    c.file("usr/sbin/qemu-ga", (agent_dir / "qemu-ga").read_bytes(), 0o755)
+    made = {"lib"}
+    for path in (agent_dir / "libs.list").read_text().split():
+        parts = Path(path.lstrip("/")).parts
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent not in made:
+                c.dir(parent)
+                made.add(parent)
+        c.file("/".join(parts), (agent_dir / "libs" / parts[-1]).read_bytes(), 0o755)
     raw = c.finish()
     out = io.BytesIO()
     with gzip.GzipFile(fileobj=out, mode="wb", mtime=0, compresslevel=6) as gz:
@@ -306,23 +402,31 @@ def ensure_image() -> GuestImage:
     with open(cache / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         pkg, version = _kernel_package_cached(cache)
-        kernel_dir = cache / f"kernel-{pkg}-{version}"
+        modules = hashlib.sha256(repr((MODULES, AGENT_MODULES)).encode()).hexdigest()[:8]
+        kernel_dir = cache / f"kernel-{pkg}-{version}-{modules}"
         if not (kernel_dir / "vmlinuz").exists():
             shutil.rmtree(kernel_dir, ignore_errors=True)
             _extract_kernel(kernel_dir, pkg, version)
+        agent_version = _agent_version_cached(cache)
+        agent_dir = cache / f"agent-{agent_version.replace(':', '_')}"
+        if not (agent_dir / "libs.list").exists():
+            shutil.rmtree(agent_dir, ignore_errors=True)
+            _extract_agent(agent_dir, agent_version)
         busybox = BUSYBOX.read_bytes()
         h = hashlib.sha256()
         h.update(f"format {BUILD_FORMAT}\n{pkg}={version}\n".encode())
         h.update(hashlib.sha256(busybox).digest())
         h.update(INIT_SCRIPT.encode())
         h.update((kernel_dir / "modules" / "load-order").read_bytes())
+        h.update((kernel_dir / "modules" / "agent-load-order").read_bytes())
+        h.update(f"{AGENT_PACKAGE}={agent_version}\n".encode())
         guest_dir = cache / f"guest-{h.hexdigest()[:16]}"
         initrd = guest_dir / "initrd.gz"
         if not initrd.exists():
             tmp = Path(tempfile.mkdtemp(prefix="guest-", dir=cache))
             os.chmod(tmp, 0o755)
             try:
-                (tmp / "initrd.gz").write_bytes(_build_initrd(kernel_dir, busybox))
+                (tmp / "initrd.gz").write_bytes(_build_initrd(kernel_dir, agent_dir, busybox))
                 os.link(kernel_dir / "vmlinuz", tmp / "vmlinuz")
                 shutil.rmtree(guest_dir, ignore_errors=True)
                 os.rename(tmp, guest_dir)
