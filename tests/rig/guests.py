@@ -26,9 +26,11 @@ def serial_log(name: str) -> Path:
 
 
 def domain_xml(name: str, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mib: int = 0,
-               ignore_acpi: bool = False, vcpus: int = 1, agent: bool = False) -> str:
-    """A TCG guest with no disks: the rig kernel + initramfs, serial console to a file; with
-    ``agent``, QEMU's guest agent on a virtio-serial channel."""
+               ignore_acpi: bool = False, vcpus: int = 1, agent: bool = False,
+               serial: Path | None = None) -> str:
+    """A TCG guest with no disks: the rig kernel + initramfs, serial console to a file (``serial``,
+    by default the rig's ``serial_log(name)``); with ``agent``, QEMU's guest agent on a
+    virtio-serial channel."""
     if fill_mib + 64 > memory_mib:
         raise ValueError(f"fill_mib={fill_mib} needs memory_mib >= {fill_mib + 64}")
     img = ensure_image()
@@ -53,7 +55,7 @@ def domain_xml(name: str, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mib: int
   <on_crash>destroy</on_crash>
   <devices>
     <serial type='file'>
-      <source path='{escape(str(serial_log(name)))}' append='on'/>
+      <source path='{escape(str(serial or serial_log(name)))}' append='on'/>
       <target port='0'/>
     </serial>
     <controller type='usb' model='none'/>{channel}
