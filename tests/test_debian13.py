@@ -152,11 +152,20 @@ def unit_property(c: Container, unit: str, name: str) -> str:
     return c.run("systemctl", "show", "-p", name, "--value", unit).stdout.strip()
 
 
-def pass_ran(c: Container, kind: str, since: float, until: float | None = None) -> bool:
+def pass_seconds(c: Container, kind: str, since: float, until: float | None = None) -> float | None:
+    """How long the last pass of ``kind`` took (PASS_START..PASS_END), None if none finished."""
     from libmgsave import journal
 
-    entries = c.journal("SYSLOG_IDENTIFIER=mgsave", f"MESSAGE_ID={journal.PASS_END}", since=since, until=until)
-    return any(e.get("MGSAVE_PASS") == kind for e in entries)
+    ids = {journal.PASS_START: "start", journal.PASS_END: "end"}
+    times = {}
+    for entry in c.journal("SYSLOG_IDENTIFIER=mgsave", since=since, until=until):
+        if entry.get("MESSAGE_ID") in ids and entry.get("MGSAVE_PASS") == kind:
+            times[ids[entry["MESSAGE_ID"]]] = int(entry["__REALTIME_TIMESTAMP"]) / 1e6
+    return times["end"] - times["start"] if {"start", "end"} <= times.keys() else None
+
+
+def pass_ran(c: Container, kind: str, since: float, until: float | None = None) -> bool:
+    return pass_seconds(c, kind, since, until) is not None
 
 
 def guest_results(c: Container, action: str, since: float, until: float | None = None) -> dict[str, str]:
@@ -254,7 +263,9 @@ def round_trip(c: Container, t: Timings, boot: int, daemon: str = "libvirtd") ->
     last_tick = {n: c.ticks(n)[-1] for n in RUNNING}
     for name in (SAVED_BEFORE, *RUNNING):
         assert (c.dir("lib") / "qemu/save" / f"{name}.save").is_file(), f"{name} has no managed-save image"
-    assert pass_ran(c, "shutdown", off_started, off_ended), "no shutdown pass in the journal of the poweroff"
+    shutdown_pass = pass_seconds(c, "shutdown", off_started, off_ended)
+    assert shutdown_pass is not None, "no shutdown pass in the journal of the poweroff"
+    t.add("  of which the shutdown pass (PASS_START..PASS_END)", shutdown_pass)
     saved = guest_results(c, "save", off_started, off_ended)
     assert saved == {n: "ok" for n in RUNNING}, f"the shutdown pass's saves: {saved}"
     system = c.journal("_PID=1", since=off_started, until=off_ended)
@@ -270,6 +281,7 @@ def round_trip(c: Container, t: Timings, boot: int, daemon: str = "libvirtd") ->
         assert time.monotonic() < deadline, "no boot pass finished within 120 s of the boot"
         time.sleep(0.5)
     t.add(f"boot {boot + 1}: boot started .. boot pass finished", time.time() - on_started)
+    t.add("  of which the boot pass (PASS_START..PASS_END)", pass_seconds(c, "boot", on_started))
     now = states(c, [SAVED_BEFORE, *RUNNING])
     assert now[SAVED_BEFORE][0] == SHUTOFF and {n: now[n] for n in RUNNING} == dict.fromkeys(RUNNING, RUNNING_RESTORED), now
     assert unit_property(c, "mgsave-boot.service", "Result") == "success"
