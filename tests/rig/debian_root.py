@@ -46,6 +46,8 @@ PACKAGES = (
     "libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients", "qemu-system-x86",
     # what the mgsave package depends on and recommends
     "python3", "python3-libvirt", "python3-yaml", "python3-jsonschema", "python3-systemd",
+    # man: systemd-analyze verify checks that the units' Documentation=man: pages are installed
+    "man-db",
 )
 # The versions recorded in the root, by what they are called in a report.
 VERSIONED = {"Debian": None, "libvirt": "libvirt-daemon", "QEMU": "qemu-system-x86",
