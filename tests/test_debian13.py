@@ -224,7 +224,9 @@ def check_installed(c: Container) -> None:
     assert check.returncode == 0, f"mgsave check exited {check.returncode}:\n{check.stdout}\n{check.stderr}"
     report = json.loads(check.stdout)
     assert report["ok"] is True, report
-    print("  mgsave check: the policy is valid; warnings:" + "".join(f"\n    {w}" for w in report["warnings"]))
+    print(f"  mgsave check: the policy is valid; libvirt daemons: {report.get('daemon_layout')}; warnings:"
+          + "".join(f"\n    {w}" for w in report["warnings"]))
+    assert report.get("daemon_layout") == "monolithic", "Debian 13 enables libvirtd.socket"
     action, reason = boot_plan_for(c, SAVED_BEFORE)
     print(f"  mgsave plan boot, no shutdown record yet: {SAVED_BEFORE} {action}: {reason}")
     assert action == ["resume"], "with no shutdown record, a guest with a managed-save image counts as running"
