@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.machinery
 import importlib.util
+import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -198,3 +202,126 @@ def test_the_generator_check_mode_passes():
 def test_replace_section_touches_only_the_section():
     text = f"before\n{gen.BEGIN_MARKER}\nold\n{gen.END_MARKER}\nafter\n"
     assert gen.replace_section(text, "new\n") == f"before\n{gen.BEGIN_MARKER}\nnew\n{gen.END_MARKER}\nafter\n"
+
+
+# -- the installed default policy ---------------------------------------------------------------
+
+DEFAULT_PATH = ROOT / "config" / "policy.default.yaml"
+
+
+def test_the_installed_default_is_up_to_date_with_the_generator():
+    assert DEFAULT_PATH.read_text() == gen.render_sample(SCHEMA, commented=True), "run scripts/gen-policy-docs"
+
+
+def test_the_installed_default_sets_nothing_but_the_version():
+    text = DEFAULT_PATH.read_text()
+    assert text.splitlines()[0] == "# yaml-language-server: $schema=/usr/share/mgsave/policy.schema.yaml"
+    assert yaml.safe_load(text) == {"version": 1}
+    policy = load_policy(str(DEFAULT_PATH))
+    assert policy.rules == () or list(policy.rules) == []
+    guest = GuestInfo("qemu:///system", "db1", "5d3f1c2e-8a4b-4f2e-9c1d-0e6a7b8c9d0f", GuestState.RUNNING)
+    assert resolve(policy, guest).settings == BUILTIN_SETTINGS
+    assert policy.limits == Limits() and policy.connections == ("qemu:///system",)
+
+
+def test_uncommenting_the_installed_default_gives_the_sample():
+    """Every commented-out line is the sample's line behind a '#': deleting it restores the setting."""
+    restored = yaml.safe_load(gen.uncomment(DEFAULT_PATH.read_text()))
+    assert restored == yaml.safe_load(SAMPLE_PATH.read_text())
+    jsonschema.Draft202012Validator(SCHEMA).validate(restored)
+
+
+def _plan(policy_args: list[str], state_dir: Path, capsys) -> dict:
+    from libmgsave import cli
+
+    assert cli.main(["plan", "--json", "--connect", "test:///default", "--state-dir", str(state_dir),
+                     *policy_args]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    for each in plan["plans"]:
+        each.pop("policy")  # the policy's source: "built-in defaults" or the file's path
+    return plan
+
+
+def test_the_installed_default_plans_like_no_policy_at_all(tmp_path, monkeypatch, capsys):
+    from libmgsave import policyfile
+
+    monkeypatch.delenv("MGSAVE_POLICY", raising=False)
+    monkeypatch.setattr(policyfile, "DEFAULT_POLICY_PATH", str(tmp_path / "no-policy.yaml"))
+    without = _plan([], tmp_path / "state", capsys)
+    installed = tmp_path / "etc"
+    installed.mkdir(mode=0o755)
+    shutil.copy(DEFAULT_PATH, installed / "policy.yaml")
+    with_default = _plan(["--policy", str(installed / "policy.yaml")], tmp_path / "state", capsys)
+    assert with_default == without
+    assert [g["name"] for g in without["plans"][0]["guests"]] == ["test"]
+
+
+# -- the man pages ------------------------------------------------------------------------------
+
+MAN_COMMAND = ROOT / "man" / "mgsave.8"
+MAN_POLICY = ROOT / "man" / "mgsave-policy.5"
+
+
+def test_the_man_pages_are_up_to_date_with_the_generator():
+    assert MAN_POLICY.read_text() == gen.render_policy_man(SCHEMA), "run scripts/gen-policy-docs"
+    assert MAN_COMMAND.read_text() == gen.render_command_man(), "run scripts/gen-policy-docs"
+
+
+def test_mgsave_8_shows_every_command_and_option_of_the_parser():
+    import argparse
+
+    from libmgsave.cli import build_parser
+
+    text = MAN_COMMAND.read_text()
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == {"check", "plan", "status", "shutdown", "boot"}
+    for name, sub in [("", parser), *subparsers.choices.items()]:
+        if name:
+            assert f".TP\n\\fB{name}\\fR" in text, name
+        for action in sub._actions:
+            for option in action.option_strings:
+                assert f"\\fB{gen.roff_literal(option)}\\fR" in text, f"{name} {option}"
+            for choice in action.choices or () if not action.option_strings else ():
+                if isinstance(choice, str) and not isinstance(action, argparse._SubParsersAction):
+                    assert f"\\fB{choice}\\fR" in text, choice
+
+
+def test_mgsave_8_gives_every_exit_code():
+    from libmgsave.cli import EPILOG
+    from libmgsave.errors import ExitCode
+
+    assert set(gen.EXIT_STATUS) == {code.name for code in ExitCode}
+    section = MAN_COMMAND.read_text().split(".SH EXIT STATUS", 1)[1].split(".SH ", 1)[0]
+    documented = {int(n) for n in re.findall(r"^\\fB(\d+)\\fR$", section, re.M)}
+    assert documented == {int(code) for code in ExitCode} | {130}
+    named_by_the_epilog = {int(n) for n in re.findall(r"(?:^|; )(\d+) ", " ".join(EPILOG.split("exit codes:")[1].split()))}
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    named_by_the_readme = {int(n) for n in re.findall(r"(\d): ", readme.split("exits 0 only if", 1)[1][:300])}
+    assert named_by_the_epilog <= documented and named_by_the_readme <= documented
+    assert {0, 1, 2, 3, 4} <= named_by_the_epilog
+
+
+def test_mgsave_policy_5_describes_every_key():
+    text = MAN_POLICY.read_text()
+    for path, _prop in walk_properties(SCHEMA):
+        if path.endswith("ready.agent"):
+            continue  # explained in the description of ready
+        leaf = path.rsplit(".", 1)[-1]
+        assert re.search(rf"^\\fB(?:[a-z_]+\.)*{re.escape(gen.roff_literal(leaf))}\\fR", text, re.M), path
+
+
+@pytest.mark.parametrize("page", [MAN_COMMAND, MAN_POLICY], ids=lambda p: p.name)
+def test_the_man_pages_render_without_warnings(page):
+    if not shutil.which("man"):
+        if os.environ.get("CI") == "true":
+            pytest.fail("man is missing (scripts/setup installs man-db)")
+        pytest.skip("man is not installed")
+    env = dict(os.environ, LC_ALL="C.UTF-8", MANROFFSEQ="", MANWIDTH="80")
+    out = subprocess.run(["man", "--warnings", "-E", "UTF-8", "-l", "-Tutf8", "-Z", str(page)],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and not out.stderr, out.stderr
+    name = page.name.rsplit(".", 1)[0]
+    rendered = subprocess.run(["man", "-l", str(page)], capture_output=True, text=True, env=env).stdout
+    assert rendered.splitlines()[0].startswith(name.upper())
+    assert f"{name} - " in rendered  # the NAME line, which whatis/apropos read
