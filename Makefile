@@ -1,32 +1,45 @@
 # Install mgsave on a host (as root):            make install
 # Remove it (keeps the policy and the state):    make uninstall
+# Build the Debian package (Debian 12 or 13):    make deb    -> dist/mgsave_<version>_all.deb
+# On Debian, prefer the package: apt install ./dist/mgsave_<version>_all.deb
 #
-#   PREFIX    where the program goes (default /usr/local)
-#   DESTDIR   a staging root for packaging; nothing is enabled or started then
-#   PYTHON    the interpreter the private virtualenv is built from (Debian's, not one on PATH)
-#   PIP_ARGS  extra pip options, e.g. "--no-index --find-links DIR" for an offline install
-#   START     yes (default): arm the shutdown pass now by starting the unit; no: only enable it
+#   PREFIX      where the program goes (default /usr/local)
+#   DESTDIR     a staging root for packaging; nothing is enabled or started then
+#   PYTHON      the interpreter the mgsave command runs on (default /usr/bin/python3: the
+#               distribution's, with its python3-libvirt, python3-yaml, python3-jsonschema and,
+#               if installed, python3-systemd). `make install` fails, naming the packages, when
+#               it cannot import them.
+#   CHECK_DEPS  no: skip that check (staging for another machine)
+#   START       yes (default): arm the shutdown pass now by starting the unit; no: only enable it
 #
 # Layout (PREFIX=/usr/local):
-#   /usr/local/lib/mgsave/venv/              a private virtualenv holding mgsave and its deps
-#   /usr/local/bin/mgsave                    -> the virtualenv's mgsave command
+#   /usr/local/lib/mgsave/libmgsave/         mgsave's code: plain Python files, no virtualenv
+#   /usr/local/bin/mgsave                    runs it on $(PYTHON) (see bin/mgsave.in)
 #   /usr/local/lib/mgsave/hooks/mgsave-{boot,shutdown}
-#   /usr/local/lib/systemd/system/mgsave.service   (/etc/systemd/system for other prefixes)
-#   /usr/local/share/doc/mgsave/SYSTEMD.md
-#   /etc/mgsave/policy.yaml                  the sample policy, only if there is none yet
-# See docs/SYSTEMD.md.
+#   /usr/local/lib/systemd/system/mgsave{,-boot}.service   (/etc/systemd/system for other prefixes)
+#   /usr/local/share/man/man8/mgsave.8, man5/mgsave-policy.5
+#   /usr/local/share/mgsave/policy.schema.yaml
+#   /usr/local/share/doc/mgsave/             README.md, SYSTEMD.md, RELIABILITY.md
+#   /etc/mgsave/policy.yaml                  every setting commented out (the built-in
+#                                            defaults), only if there is no policy yet
+# No virtualenv: one is tied to the interpreter it was made from, and once a distribution
+# upgrade removes that Python the next shutdown pass fails and every guest is killed. The
+# distribution upgrades its python3-* modules together with its python3. See docs/SYSTEMD.md.
 
 PREFIX ?= /usr/local
 DESTDIR ?=
 PYTHON ?= /usr/bin/python3
-PIP_ARGS ?=
+CHECK_DEPS ?= yes
 START ?= yes
 
 BINDIR := $(PREFIX)/bin
 LIBDIR := $(PREFIX)/lib/mgsave
-VENV := $(LIBDIR)/venv
 HOOKDIR := $(LIBDIR)/hooks
 DOCDIR := $(PREFIX)/share/doc/mgsave
+DATADIR := $(PREFIX)/share/mgsave
+MANDIR := $(PREFIX)/share/man
+DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md
+MANPAGES := man/mgsave.8 man/mgsave-policy.5
 # systemd reads units from /usr/lib and /usr/local/lib, not from any other prefix.
 ifneq ($(filter /usr /usr/local,$(PREFIX)),)
 UNITDIR ?= $(PREFIX)/lib/systemd/system
@@ -36,41 +49,67 @@ endif
 UNITS := mgsave.service mgsave-boot.service
 CONFDIR := /etc/mgsave
 POLICY := $(CONFDIR)/policy.yaml
-SAMPLE_POLICY := config/policy.sample.yaml
+SAMPLE_POLICY := config/policy.default.yaml
 
 # systemctl only for a real install on a host that runs systemd.
 LIVE := $(if $(DESTDIR),,$(wildcard /run/systemd/system))
 ROOT_OWNED := $(if $(filter 0,$(shell id -u)),-o root -g root,)
-SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@HOOKDIR@|$(HOOKDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g'
+SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@HOOKDIR@|$(HOOKDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+	-e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@PYTHON@|$(PYTHON)|g' \
+	-e 's|/usr/share/mgsave/policy.schema.yaml|$(DATADIR)/policy.schema.yaml|g'
+# What the mgsave command imports, and the distribution packages that provide it.
+PY_DEPENDENCIES := libvirt:python3-libvirt yaml:python3-yaml jsonschema:python3-jsonschema
 
-.PHONY: all install install-files install-venv install-policy install-systemd uninstall
+# make deb: a copy of what the package is built from, built outside the work tree (dpkg-buildpackage
+# writes its results into the parent directory); the results are copied to $(DIST).
+DEB_BUILD_DIR ?= build/deb
+DIST ?= dist
+DEB_SOURCES := debian libmgsave hooks units config man docs README.md setup.cfg pyproject.toml
+
+.PHONY: all install check-python install-lib install-files install-policy install-systemd uninstall deb
 
 all:
-	@echo "nothing to build; run 'make install' as root (see docs/SYSTEMD.md)"
+	@echo "nothing to build; run 'make install' as root, or 'make deb' (see docs/SYSTEMD.md)"
 
 install: install-files install-policy install-systemd
 
-install-venv:
-	rm -rf '$(DESTDIR)$(VENV)'
-	# --system-site-packages: Debian's python3-libvirt, python3-systemd, python3-yaml and
-	# python3-jsonschema are used when installed, so nothing has to be compiled; pip
-	# fetches (and builds) only what is missing.
-	$(PYTHON) -m venv --system-site-packages '$(DESTDIR)$(VENV)'
-	'$(DESTDIR)$(VENV)/bin/python' -m pip install --quiet --disable-pip-version-check \
-		--no-compile $(PIP_ARGS) .
-ifneq ($(DESTDIR),)
-	# Staged: point the scripts and byte code at the final location, not the staging root.
-	find '$(DESTDIR)$(VENV)/bin' -maxdepth 1 -type f -exec \
-		sed -i 's|$(DESTDIR)$(VENV)|$(VENV)|g' {} +
-	sed -i 's|$(DESTDIR)$(VENV)|$(VENV)|g' '$(DESTDIR)$(VENV)/pyvenv.cfg'
-	'$(DESTDIR)$(VENV)/bin/python' -m compileall -q -f -s '$(DESTDIR)' -p / '$(DESTDIR)$(VENV)/lib'
-else
-	'$(VENV)/bin/python' -m compileall -q '$(VENV)/lib'
+check-python:
+ifeq ($(CHECK_DEPS),yes)
+	@if ! '$(PYTHON)' -I -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+		echo "make install: mgsave needs Python 3.11 or later as PYTHON=$(PYTHON)" >&2; exit 1; \
+	fi
+	@missing=; for dep in $(PY_DEPENDENCIES); do \
+		'$(PYTHON)' -I -c "import $${dep%%:*}" 2>/dev/null || missing="$$missing $${dep#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "make install: $(PYTHON) cannot import mgsave's dependencies. Install the distribution's" \
+			"packages:$$missing (Debian, Ubuntu and Fedora use these names), then run make install again." >&2; \
+		exit 1; \
+	fi
+	@'$(PYTHON)' -I -c 'import systemd.journal' 2>/dev/null || \
+		echo "note: without python3-systemd, mgsave's log records reach the journal without their MGSAVE_* fields"
 endif
 
-install-files: install-venv
-	install -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(HOOKDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(DOCDIR)'
-	ln -sfn '$(VENV)/bin/mgsave' '$(DESTDIR)$(BINDIR)/mgsave'
+# The code as plain files (a symlink such as libmgsave/policy.schema.yaml becomes its target),
+# compiled for $(PYTHON); swapped in whole, and an old install's virtualenv is removed.
+install-lib: check-python
+	rm -rf '$(DESTDIR)$(LIBDIR)/libmgsave.new'
+	install -d -m 0755 '$(DESTDIR)$(LIBDIR)'
+	cp -RL libmgsave '$(DESTDIR)$(LIBDIR)/libmgsave.new'
+	find '$(DESTDIR)$(LIBDIR)/libmgsave.new' -name __pycache__ -prune -exec rm -rf {} +
+	chmod -R u=rwX,go=rX '$(DESTDIR)$(LIBDIR)/libmgsave.new'
+	'$(PYTHON)' -I -m compileall -q -d '$(LIBDIR)/libmgsave' '$(DESTDIR)$(LIBDIR)/libmgsave.new'
+	rm -rf '$(DESTDIR)$(LIBDIR)/libmgsave' '$(DESTDIR)$(LIBDIR)/venv'
+	mv '$(DESTDIR)$(LIBDIR)/libmgsave.new' '$(DESTDIR)$(LIBDIR)/libmgsave'
+
+install-files: install-lib
+	install -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(HOOKDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(DOCDIR)' \
+		'$(DESTDIR)$(DATADIR)' '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(MANDIR)/man5'
+	# Each file is written beside its target and renamed over it (this also replaces the
+	# symlink into the virtualenv that older versions installed as $(BINDIR)/mgsave).
+	$(SUBST) bin/mgsave.in > '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
+	chmod 0755 '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
+	mv -f '$(DESTDIR)$(BINDIR)/.mgsave.tmp' '$(DESTDIR)$(BINDIR)/mgsave'
 	for hook in mgsave-boot mgsave-shutdown; do \
 		$(SUBST) "hooks/$$hook" > '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" && \
 		chmod 0755 '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" && \
@@ -81,16 +120,22 @@ install-files: install-venv
 		chmod 0644 '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" && \
 		mv -f '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" '$(DESTDIR)$(UNITDIR)/'"$$unit" || exit 1; \
 	done
-	install -m 0644 docs/SYSTEMD.md '$(DESTDIR)$(DOCDIR)/SYSTEMD.md'
+	install -m 0644 $(DOCS) '$(DESTDIR)$(DOCDIR)/'
+	install -m 0644 config/policy.schema.yaml '$(DESTDIR)$(DATADIR)/policy.schema.yaml'
+	install -m 0644 man/mgsave.8 '$(DESTDIR)$(MANDIR)/man8/mgsave.8'
+	install -m 0644 man/mgsave-policy.5 '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5'
 
-# The admin's policy is never overwritten: the sample goes in only where there is none.
+# The admin's policy is never overwritten: the default goes in only where there is none.
 install-policy:
 	install -d -m 0755 $(ROOT_OWNED) '$(DESTDIR)$(CONFDIR)'
 	@if [ -e '$(DESTDIR)$(POLICY)' ]; then \
 		echo "keeping the existing $(DESTDIR)$(POLICY)"; \
 	elif [ -f '$(SAMPLE_POLICY)' ]; then \
-		echo "install -m 0644 $(SAMPLE_POLICY) $(DESTDIR)$(POLICY)"; \
-		install -m 0644 $(ROOT_OWNED) '$(SAMPLE_POLICY)' '$(DESTDIR)$(POLICY)'; \
+		echo "installing $(SAMPLE_POLICY) as $(DESTDIR)$(POLICY)"; \
+		$(SUBST) '$(SAMPLE_POLICY)' > '$(DESTDIR)$(POLICY).tmp' && \
+		chmod 0644 '$(DESTDIR)$(POLICY).tmp' && \
+		$(if $(ROOT_OWNED),chown root:root '$(DESTDIR)$(POLICY).tmp' &&) \
+		mv '$(DESTDIR)$(POLICY).tmp' '$(DESTDIR)$(POLICY)'; \
 	else \
 		echo "no $(SAMPLE_POLICY) in this tree: mgsave runs on its built-in policy"; \
 	fi
@@ -125,10 +170,28 @@ ifneq ($(LIVE),)
 	-systemctl disable $(UNITS)
 	-systemctl stop mgsave-boot.service
 endif
-	rm -f $(foreach unit,$(UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave'
-	rm -rf '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(DOCDIR)'
+	rm -f $(foreach unit,$(UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave' \
+		'$(DESTDIR)$(MANDIR)/man8/mgsave.8' '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5'
+	rm -rf '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(DOCDIR)' '$(DESTDIR)$(DATADIR)'
 ifneq ($(LIVE),)
 	systemctl daemon-reload
 	-systemctl stop mgsave.service
 	-systemctl reset-failed $(UNITS)
 endif
+
+# The Debian package, as debian/ describes it (needs debhelper, dh-python,
+# pybuild-plugin-pyproject, python3-all, python3-setuptools, dpkg-dev: scripts/setup installs them).
+deb:
+	@version=$$(sed -n '1s/^mgsave (\([^)]*\)).*/\1/p' debian/changelog); \
+	code=$$(sed -n 's/^__version__ = "\(.*\)"/\1/p' libmgsave/__init__.py); \
+	if [ "$$version" != "$$code" ]; then \
+		echo "make deb: debian/changelog says $$version, libmgsave says $$code" >&2; exit 1; \
+	fi
+	rm -rf '$(DEB_BUILD_DIR)'
+	mkdir -p '$(DEB_BUILD_DIR)/mgsave' '$(DIST)'
+	tar -c --exclude=__pycache__ $(DEB_SOURCES) | tar -x -C '$(DEB_BUILD_DIR)/mgsave'
+	# Debian's own tools and interpreters only (pybuild runs "python3.X" from PATH).
+	cd '$(DEB_BUILD_DIR)/mgsave' && env PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b
+	cp '$(DEB_BUILD_DIR)'/mgsave_*_all.deb '$(DEB_BUILD_DIR)'/mgsave_*.buildinfo \
+		'$(DEB_BUILD_DIR)'/mgsave_*.changes '$(DIST)/'
+	@ls -1 '$(DIST)'/mgsave_*_all.deb
