@@ -83,7 +83,8 @@ ifeq ($(CHECK_DEPS),yes)
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "make install: $(PYTHON) cannot import mgsave's dependencies. Install the distribution's" \
-			"packages:$$missing (Debian, Ubuntu and Fedora use these names), then run make install again." >&2; \
+			"packages:$$missing (the Debian and Ubuntu names; Fedora calls python3-yaml python3-pyyaml)," \
+			"then run make install again." >&2; \
 		exit 1; \
 	fi
 	@'$(PYTHON)' -I -c 'import systemd.journal' 2>/dev/null || \
