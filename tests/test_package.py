@@ -11,7 +11,8 @@
 - one container boot (this machine's root under systemd-nspawn, ``tests.rig.container``) with two
   guests, one running and one with a managed-save image: ``apt-get install ./mgsave.deb`` arms the
   shutdown pass and starts neither guest, a reinstall (the upgrade path) restarts nothing, and
-  ``apt-get remove`` stops mgsave.service without saving the running guest.
+  ``apt-get remove`` stops mgsave.service without saving the running guest; then ``make install``
+  and ``make uninstall`` on the same host do the same.
 """
 
 from __future__ import annotations
@@ -329,6 +330,7 @@ def test_a_failed_removal_arms_the_shutdown_pass_again(built, tmp_path):
 
 GUESTS = ("pk-run", "pk-saved")
 DEB_IN_CONTAINER = "/var/cache/mgsave-test/mgsave.deb"
+SRC_IN_CONTAINER = "/usr/src/mgsave-package-test"  # a copy of this tree, for make install
 APT_ENV = ("env", "DEBIAN_FRONTEND=noninteractive")
 
 
@@ -407,7 +409,8 @@ def _exposure(c, unit: str) -> tuple[float, str, list[str]]:
 @pytest.mark.systemd
 @pytest.mark.rig
 def test_install_upgrade_and_remove_on_a_booted_host(built, host):
-    """One boot: install with a running and a saved guest, reinstall (the upgrade path), remove."""
+    """One boot: install with a running and a saved guest, reinstall (the upgrade path), remove;
+    then the same with make install and make uninstall."""
     from tests.rig.guests import domain_xml
 
     c = host
@@ -480,6 +483,23 @@ def test_install_upgrade_and_remove_on_a_booted_host(built, host):
     assert c.journal("_SYSTEMD_UNIT=mgsave.service", "MGSAVE_PASS=shutdown") == []
     c.run(*APT_ENV, "apt-get", "purge", "-y", "mgsave", timeout=600)
     assert c.run("test", "-e", "/etc/mgsave/policy.yaml", check=False).returncode == 1
+
+    # The same with `make install` (for other distributions), on the same host: it arms the
+    # shutdown pass and starts no guest; `make uninstall` saves none.
+    shutil.copytree(built.tree, c.root / SRC_IN_CONTAINER.lstrip("/"), ignore=IGNORE, symlinks=True)
+    started = time.monotonic()
+    c.run("make", "-C", SRC_IN_CONTAINER, "install")
+    timings.append(("make install", time.monotonic() - started))
+    assert _show(c, "mgsave.service", "ActiveState") == "active"
+    assert _show(c, "mgsave.service", "FragmentPath") == "/usr/local/lib/systemd/system/mgsave.service"
+    assert _show(c, "mgsave-boot.service", "ActiveState") == "inactive"
+    assert c.run("/usr/local/bin/mgsave", "check").returncode == 0  # Debian's python3 and modules
+    assert _domains(c) == before
+    _no_pass_ran(c)
+    c.run("make", "-C", SRC_IN_CONTAINER, "uninstall")
+    assert _show(c, "mgsave.service", "ActiveState") == "inactive"
+    assert _domains(c) == before
+    _no_pass_ran(c)
 
     conn = c.connect()
     try:
