@@ -33,7 +33,7 @@ class Effective:
 
     def to_dict(self) -> dict:
         """Settings as the policy file spells them, with their sources, for ``--json`` output."""
-        from libmgsave.policyfile import setting_to_json
+        from libmgsave.policyfile.settings import setting_to_json
 
         return {
             "settings": {name: setting_to_json(getattr(self.settings, name)) for name in SETTING_NAMES},

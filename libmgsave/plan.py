@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from libmgsave import state
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.matching import Effective, resolve
 from libmgsave.policy import Autostart, Limits, Policy, ShutdownStep
+from libmgsave.policyfile.settings import setting_to_json
 
 # Aggregate save throughput assumed before any pass has measured one on this host. Saving is
 # CPU-bound (QEMU and libvirt's I/O helper); 200 MB/s is below what a 2-core host reached.
@@ -118,17 +119,8 @@ class Plan:
 
 
 def _settings_dict(effective: Effective) -> dict:
-    out = {}
-    for name, source in effective.sources.items():
-        value = getattr(effective.settings, name)
-        if isinstance(value, tuple):
-            value = [str(v) for v in value]
-        elif isinstance(value, enum.Enum):
-            value = str(value)
-        elif not isinstance(value, (int, float, bool, str, type(None))):
-            value = str(value)
-        out[name] = {"value": value, "from": source}
-    return out
+    return {name: {"value": setting_to_json(getattr(effective.settings, name)), "from": source}
+            for name, source in effective.sources.items()}
 
 
 def _mb(n: float) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 
 from libmgsave.execute import PassResult
 from libmgsave.plan import Plan, PassKind
+from libmgsave.policyfile.settings import setting_text
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
@@ -68,10 +69,7 @@ def render_plan(plan: Plan, *, settings: bool = True) -> str:
         for e in plan.entries:
             parts = []
             for name, src in e.effective.sources.items():
-                value = getattr(e.effective.settings, name)
-                if isinstance(value, tuple):
-                    value = ",".join(str(v) for v in value) or "[]"
-                parts.append(f"{name}={value} [{src}]")
+                parts.append(f"{name}={setting_text(getattr(e.effective.settings, name))} [{src}]")
             lines.append(f"  {_guest_label(e, many)}: " + "  ".join(parts))
     return "\n".join(lines)
 

@@ -1,0 +1,98 @@
+"""Building the ``Policy`` model from a document that passed every check, and writing it back out."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+from libmgsave.policy import DEFAULT_CONNECTIONS, Limits, Match, MetadataMatch, Policy, Rule, default_parallelism
+from libmgsave.policyfile.marks import MarkedDocument
+from libmgsave.policyfile.settings import build_settings, parse_duration, setting_to_json
+
+
+def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
+    limits_doc = document.get("limits") or {}
+    limits = Limits(
+        max_parallel_saves=_parallelism(limits_doc.get("max_parallel_saves", "auto")),
+        max_parallel_starts=_parallelism(limits_doc.get("max_parallel_starts", "auto")),
+        shutdown_deadline=parse_duration(limits_doc.get("shutdown_deadline", Limits.shutdown_deadline)),
+        start_delay=parse_duration(limits_doc.get("start_delay", Limits.start_delay)),
+    )
+    rules = tuple(
+        Rule(
+            index=index,
+            match=_match(rule["match"]),
+            settings=build_settings(rule),
+            line=marks.value_marks.get(("guests", index), (None, None))[0],
+            comment=rule.get("name"),
+        )
+        for index, rule in enumerate(document.get("guests") or ())
+    )
+    return Policy(
+        version=int(document["version"]),
+        source=source,
+        connections=tuple(document.get("connections", DEFAULT_CONNECTIONS)),
+        defaults=build_settings(document.get("defaults") or {}),
+        rules=rules,
+        limits=limits,
+    )
+
+
+def _strings(value: object, transform=str) -> tuple[str, ...]:  # noqa: ANN001
+    items = [value] if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
+    return tuple(transform(item) for item in items)
+
+
+def _match(mapping: Mapping[str, object]) -> Match:
+    metadata = mapping.get("metadata") or ()
+    if isinstance(metadata, dict):
+        metadata = [metadata]
+    return Match(
+        name=_strings(mapping.get("name")),
+        uuid=_strings(mapping.get("uuid"), lambda u: str(u).replace("-", "").lower()),
+        title=_strings(mapping.get("title")),
+        connection=_strings(mapping.get("connection")),
+        metadata=tuple(MetadataMatch(item["namespace"], item.get("text")) for item in metadata),  # type: ignore[union-attr]
+    )
+
+
+def _parallelism(value: object) -> int:
+    return default_parallelism() if value == "auto" else int(value)  # type: ignore[call-overload]
+
+
+def policy_to_dict(policy: Policy) -> dict:
+    """The policy as plain JSON-able data, for ``--json`` output."""
+    return {
+        "source": policy.source,
+        "version": policy.version,
+        "connections": list(policy.connections),
+        "limits": dataclasses.asdict(policy.limits),
+        "defaults": {key: setting_to_json(value) for key, value in policy.defaults.items()},
+        "guests": [
+            {
+                "index": rule.index,
+                "label": rule.label,
+                "name": rule.comment,
+                "line": rule.line,
+                "match": _match_to_dict(rule.match),
+                "settings": {key: setting_to_json(value) for key, value in rule.settings.items()},
+            }
+            for rule in policy.rules
+        ],
+    }
+
+
+def _match_to_dict(match: Match) -> dict:
+    result: dict[str, object] = {}
+    for field in dataclasses.fields(match):
+        value = getattr(match, field.name)
+        if not value:
+            continue
+        if field.name == "metadata":
+            result["metadata"] = [
+                {"namespace": item.namespace, **({"text": item.text} if item.text is not None else {})}
+                for item in value
+            ]
+        else:
+            result[field.name] = list(value)
+    return result

@@ -1,0 +1,95 @@
+"""What the schema cannot say: durations written as strings, a guest waiting for itself."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jsonschema
+
+from libmgsave.errors import Problem
+from libmgsave.policyfile.marks import KeyPath, MarkedDocument, format_path
+from libmgsave.policyfile.schema_errors import Reporter, describe, path_within, policy_schema
+from libmgsave.policyfile.settings import parse_duration
+
+_POSITIVE_DURATIONS = ("save_timeout", "shutdown_timeout")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def cross_field_problems(document: object, marks: MarkedDocument, bad: set[str]) -> list[Problem]:
+    if not isinstance(document, dict):
+        return []
+    reporter = Reporter(marks)
+
+    def clean(path: KeyPath) -> bool:
+        text = format_path(path)
+        return not any(path_within(b, text) for b in bad)
+
+    def duration(path: KeyPath, value: object, *, zero_ok: bool = False) -> None:
+        if not clean(path):
+            return
+        try:
+            seconds = parse_duration(value)  # type: ignore[arg-type]
+        except (ValueError, TypeError):
+            return
+        if not math.isfinite(seconds):
+            reporter.at(path, f"must be a finite duration, not {describe(value)}")
+        elif seconds <= 0 and not zero_ok:
+            reporter.at(path, f"must be longer than 0 seconds, not {describe(value)}")
+
+    def settings(path: KeyPath, mapping: object) -> None:
+        if not isinstance(mapping, dict):
+            return
+        for key in _POSITIVE_DURATIONS:
+            if key in mapping:
+                duration((*path, key), mapping[key])
+        ready = mapping.get("ready")
+        if isinstance(ready, dict) and "agent" in ready:
+            duration((*path, "ready", "agent"), ready["agent"])
+        elif ready is not None and ready not in ("none", "agent"):
+            duration((*path, "ready"), ready)
+
+    limits = document.get("limits")
+    if isinstance(limits, dict):
+        if "shutdown_deadline" in limits:
+            duration(("limits", "shutdown_deadline"), limits["shutdown_deadline"])
+        if "start_delay" in limits:
+            duration(("limits", "start_delay"), limits["start_delay"], zero_ok=True)
+    settings(("defaults",), document.get("defaults"))
+    rules = document.get("guests")
+    if isinstance(rules, list):
+        for index, rule in enumerate(rules):
+            settings(("guests", index), rule)
+            _check_self_wait(reporter, ("guests", index), rule, clean)
+    return reporter.problems
+
+
+def _check_self_wait(reporter: Reporter, path: KeyPath, rule: object, clean) -> None:  # noqa: ANN001
+    """A rule for exactly one guest must not make it wait for itself (it would never start)."""
+    if not isinstance(rule, dict) or not clean((*path, "match")) or not clean((*path, "after")):
+        return
+    match, after = rule.get("match"), rule.get("after")
+    if not isinstance(match, dict) or not isinstance(after, list):
+        return
+    names = match.get("name")
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(names, list) or len(names) != 1 or _GLOB_CHARS.search(names[0]):
+        return
+    for index, item in enumerate(after):
+        if item == names[0]:
+            reporter.at(
+                (*path, "after", index),
+                f"guest '{item}' cannot wait for itself to be up",
+                "remove it from 'after'",
+            )
+
+
+def salvage_connections(document: object) -> tuple[str, ...] | None:
+    """A broken policy's ``connections:``, when that part alone is valid; None otherwise."""
+    if not isinstance(document, dict) or "connections" not in document:
+        return None
+    connections = document["connections"]
+    schema = policy_schema()["properties"]["connections"]
+    if not jsonschema.Draft202012Validator(schema).is_valid(connections):
+        return None
+    return tuple(connections)

@@ -1,0 +1,68 @@
+"""The policy file itself: opened safely, refused when someone other than root could write it."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from libmgsave.errors import PolicyError, Problem
+
+MAX_FILE_BYTES = 1024 * 1024  # a real policy is a few KiB
+INSECURE_HINT = (
+    "make the file and its directory owned by root and not writable by group or others "
+    "(chmod go-w), or pass --insecure-policy if you really trust it"
+)
+
+
+def read_policy_file(path: str, *, trust_insecure: bool) -> bytes:
+    """The file's bytes; raises PolicyError (line None) when it cannot or must not be used."""
+
+    def refuse(message: str, hint: str | None = None) -> PolicyError:
+        return PolicyError([Problem(path, None, None, "", message, hint)])
+
+    try:
+        # O_NONBLOCK: a FIFO must not hang the boot pass; it is refused as not a regular file.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
+            info = os.fstat(file.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                raise refuse("is a directory, not a policy file")
+            if not stat.S_ISREG(info.st_mode):
+                raise refuse("is not a regular file")
+            if not trust_insecure:
+                _check_ownership(path, info)
+            if info.st_size > MAX_FILE_BYTES:
+                raise refuse(f"is larger than {MAX_FILE_BYTES} bytes; a policy is a few KiB")
+            data = file.read(MAX_FILE_BYTES + 1)
+    except PolicyError:
+        raise
+    except FileNotFoundError:
+        raise refuse("no such file", "create it (see config/policy.sample.yaml) or name another with --policy")
+    except IsADirectoryError:
+        raise refuse("is a directory, not a policy file")
+    except PermissionError as error:
+        raise refuse(f"cannot be read: {error.strerror}")
+    except (OSError, ValueError) as error:
+        raise refuse(f"cannot be read: {getattr(error, 'strerror', None) or error}")
+    if len(data) > MAX_FILE_BYTES:
+        raise refuse(f"is larger than {MAX_FILE_BYTES} bytes; a policy is a few KiB")
+    return data
+
+
+def _check_ownership(path: str, info: os.stat_result) -> None:
+    """Refuse a file that someone other than root or us could have written: it drives root."""
+    trusted_uids = {0, os.geteuid()}
+    checks = [("the file", path, info)]
+    # The directory of the path given and, through a symlink, the one of the real file.
+    for directory in dict.fromkeys(os.path.dirname(p) for p in (os.path.abspath(path), os.path.realpath(path))):
+        try:
+            checks.append(("its directory", directory, os.stat(directory)))
+        except OSError as error:
+            raise PolicyError([Problem(path, None, None, "", f"cannot check its directory: {error.strerror}")])
+    for what, where, where_info in checks:
+        if where_info.st_uid not in trusted_uids:
+            message = f"refusing an insecure policy: {what} {where} is owned by uid {where_info.st_uid}"
+            raise PolicyError([Problem(path, None, None, "", message, INSECURE_HINT)])
+        if where_info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            mode = stat.filemode(where_info.st_mode)
+            message = f"refusing an insecure policy: {what} {where} is writable by group or others ({mode})"
+            raise PolicyError([Problem(path, None, None, "", message, INSECURE_HINT)])

@@ -1,0 +1,100 @@
+"""Every per-guest setting in one table: how it is built from the file and how it is written out.
+
+``plan``, ``--json``, the record and the docs all write a setting through ``setting_to_json``
+(the file's own spelling) or ``setting_text`` (the same, for a table cell), so a setting is
+spelt one way everywhere. Adding a setting means a field in ``policy.GuestSettings``, its
+schema entry and one line in ``SETTINGS`` here.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from libmgsave.policy import SETTING_NAMES, Autostart, OnResumeFailure, Ready, ReadyKind, ShutdownStep
+
+AGENT_READY_TIMEOUT = 120.0  # ``ready: agent`` without a timeout
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([hms])")
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: int | float | str) -> float:
+    """Seconds in a duration as the policy spells it: ``90``, ``2.5``, ``"90s"``, ``"5m"``, ``"1h30m"``.
+
+    Raises ``ValueError`` for anything else.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"not a duration: {value!r}")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+def _ready(value: object) -> Ready:
+    if value == "none":
+        return Ready()
+    if value == "agent":
+        return Ready(ReadyKind.AGENT, AGENT_READY_TIMEOUT)
+    if isinstance(value, dict):
+        return Ready(ReadyKind.AGENT, parse_duration(value["agent"]))
+    return Ready(ReadyKind.DELAY, parse_duration(value))  # type: ignore[arg-type]
+
+
+def setting_to_json(value: object) -> object:
+    """A setting's value as the policy file spells it, for JSON output."""
+    if isinstance(value, Ready):
+        if value.kind is ReadyKind.NONE:
+            return "none"
+        if value.kind is ReadyKind.DELAY:
+            return value.seconds
+        return {"agent": value.seconds}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [setting_to_json(item) for item in value]
+    return value
+
+
+def setting_text(value: object) -> str:
+    """A setting's value in a line of text (``mgsave plan``)."""
+    if isinstance(value, tuple | list):
+        return ",".join(setting_text(item) for item in value) or "[]"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    build: Callable[[object], object]  # the checked YAML value -> the model's value
+
+
+SETTINGS = {s.name: s for s in (
+    Setting("autostart", Autostart),
+    Setting("on_shutdown", lambda value: tuple(ShutdownStep(step) for step in value)),
+    Setting("order", int),
+    Setting("priority", int),
+    Setting("after", lambda value: tuple(str(name) for name in value)),
+    Setting("ready", _ready),
+    Setting("save_timeout", parse_duration),
+    Setting("shutdown_timeout", parse_duration),
+    Setting("bypass_cache", bool),
+    Setting("sync_time", bool),
+    Setting("on_resume_failure", OnResumeFailure),
+)}
+assert set(SETTINGS) == set(SETTING_NAMES), "the settings table and GuestSettings disagree"
+
+
+def build_settings(mapping: Mapping[str, object]) -> Mapping[str, object]:
+    """The settings a ``defaults:`` mapping or a rule gives, as model values."""
+    return MappingProxyType({key: SETTINGS[key].build(mapping[key]) for key in SETTING_NAMES if key in mapping})
