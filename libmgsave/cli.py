@@ -18,6 +18,7 @@ from pathlib import Path
 from libmgsave import __version__
 from libmgsave import interrupt
 from libmgsave.errors import ExitCode, HypervisorUnavailable, MgsaveError, PolicyError, Problem
+from libmgsave.outcomes import Outcome
 
 log = logging.getLogger("mgsave")
 
@@ -301,7 +302,6 @@ def _transient_images_without_record(ctx: Context, record: dict | None, hosts: d
     connections (libvirt stores the guest's definition in it) and returned as a record-like
     entry, so the boot pass restores it. With a record, a file it does not name is only reported.
     """
-    from libmgsave import state
     from libmgsave.errors import HypervisorError
 
     images = ctx.state_dir / "images"
@@ -338,7 +338,7 @@ def _transient_images_without_record(ctx: Context, record: dict | None, hosts: d
         entries.append({
             "connection": guest.connection, "name": guest.name, "uuid": guest.uuid, "persistent": False,
             "memory_kib": guest.memory_kib, "title": guest.title, "metadata": dict(guest.metadata),
-            "outcome": state.SAVED_TO_FILE, "image": str(path),
+            "outcome": Outcome.SAVED_TO_FILE, "image": str(path),
         })
     return entries
 
@@ -488,7 +488,8 @@ def _pass(ctx: Context, kind: str, dry_run: bool) -> int:
             ctx.warnings.append(f"ran without the pass lock: it could not be taken in {ctx.state_dir}")
         hosts, warnings = _open_hosts(policy, min(PASS_CONNECT_RETRY, deadline / 4))
         warnings = [str(p) for p in problems] + warnings
-        from libmgsave.execute import Connections, PassResult
+        from libmgsave.execute import Connections
+        from libmgsave.outcomes import PassResult
 
         connections = Connections(hosts, give_up_at=deadline_at)
         guests = _inventory(hosts, policy)
@@ -504,8 +505,10 @@ def _pass(ctx: Context, kind: str, dry_run: bool) -> int:
         stopped_by = interrupt.signal_received()
         result = PassResult(kind=the_plan.kind, dry_run=dry_run, started=started, finished=time.time(),
                             results=results, warnings=warnings + ctx.warnings + list(the_plan.warnings),
-                            interrupted=stopped_by.name if stopped_by else None)
-    failed = [r for r in result.results if not r.ok]
+                            interrupted=stopped_by.name if stopped_by else None,
+                            unreachable=tuple(uri for uri in policy.connections if uri not in hosts),
+                            bookkeeping_failed=ctx.bookkeeping_failed)
+    failed = result.failed
     log.log(logging.ERROR if failed else logging.INFO,
             "%s pass%s ends: %d guests, %d failed, %.1f s", kind, " (dry run)" if dry_run else "",
             len(result.results), len(failed), result.finished - result.started,
@@ -517,8 +520,7 @@ def _pass(ctx: Context, kind: str, dry_run: bool) -> int:
         ctx.emit({}, report.render_result(result))
     if result.interrupted:
         return interrupt.exit_code()
-    unreachable = any(w.startswith("could not reach") for w in warnings)
-    return ExitCode.GUEST_FAILED if failed or unreachable or ctx.bookkeeping_failed else ExitCode.OK
+    return ExitCode.OK if result.complete else ExitCode.GUEST_FAILED
 
 
 class _no_lock:
@@ -580,10 +582,9 @@ def _not_reached_by_boot_pass(previous: dict, boot: dict) -> dict:
     it ran) for the guests that pass never started: they are still saved, so they were running
     as far as the next boot pass is concerned. Without this, an 'if-running' guest the stopped
     pass did not reach would stay off for good at the next boot, its saved state unused."""
-    from libmgsave import state
 
     carried = {key: entry for key, entry in previous["guests"].items()
-               if boot["guests"].get(key, {}).get("outcome") == state.INTERRUPTED}
+               if boot["guests"].get(key, {}).get("outcome") == Outcome.INTERRUPTED}
     for entry in carried.values():
         log.info("%s: carried over from the shutdown record of %s: the boot pass was stopped (%s) before it "
                  "reached it", entry.get("name"), time.strftime("%Y-%m-%d %H:%M:%S",
@@ -594,13 +595,12 @@ def _not_reached_by_boot_pass(previous: dict, boot: dict) -> dict:
 
 def _record_entry(entry) -> dict:
     """A guest's entry in the shutdown record, before anything is done to it."""
-    from libmgsave import state
 
     g = entry.guest
     return {
         "connection": g.connection, "name": g.name, "uuid": g.uuid, "persistent": g.persistent,
         "state": str(g.state), "memory_kib": g.memory_kib, "title": g.title, "metadata": dict(g.metadata),
-        "outcome": state.PENDING, "image": entry.image, "planned": [str(a) for a in entry.actions],
+        "outcome": Outcome.PENDING, "image": entry.image, "planned": [str(a) for a in entry.actions],
     }
 
 
@@ -612,14 +612,14 @@ def _settle_interrupted(entries: dict, the_plan) -> None:
 
     now = {state.guest_record_key(*e.guest.key): e.guest for e in the_plan.entries}
     for key, entry in entries.items():
-        if entry.get("outcome") != state.PENDING:
+        if entry.get("outcome") != Outcome.PENDING:
             continue
         guest = now.get(key)
         if guest is not None and not guest.state.is_active and guest.has_managed_save:
-            outcome = state.SAVED
+            outcome = Outcome.SAVED
         elif guest is None and entry.get("image") and os.path.isfile(entry["image"]) \
                 and not saved_image_is_partial(entry["image"]):
-            outcome = state.SAVED_TO_FILE
+            outcome = Outcome.SAVED_TO_FILE
         else:
             continue
         entries[key] = dict(entry, outcome=outcome, note="its save, begun by an interrupted pass, completed")
@@ -638,7 +638,7 @@ def _late_guests(results: list, connections, ctx: Context, writer, deadline_at: 
         remaining = deadline_at - time.monotonic()
         if remaining <= DEADLINE_RESERVE or interrupt.requested():
             break
-        given_up = {r.plan.key for r in results if r.outcome == state.FAILED}  # every step failed: not again
+        given_up = {r.plan.key for r in results if r.outcome == Outcome.FAILED}  # every step failed: not again
         late = []
         for uri in connections.uris():
             try:
@@ -657,7 +657,7 @@ def _late_guests(results: list, connections, ctx: Context, writer, deadline_at: 
         more = ShutdownPass(plan, connections, record=writer, deadline_at=deadline_at).run()
         index = {r.plan.key: i for i, r in enumerate(results)}
         for r in more:
-            if r.outcome == "skipped":
+            if r.outcome is Outcome.SKIPPED:
                 continue
             r.messages.insert(0, "started by someone else during the pass: handled after the others")
             if r.plan.key in index:  # stopped by this pass, then started again

@@ -18,14 +18,14 @@ import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from libmgsave import interrupt, journal, notify, state
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused, OperationTimeout
 from libmgsave.hypervisor import Guest, Host, JobProgress, managed_image_path, saved_image_is_partial
 from libmgsave.inventory import GuestState
-from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan, PassKind, Plan
+from libmgsave.outcomes import GuestResult, Outcome, StepResult
+from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan, Plan
 from libmgsave.policy import OnResumeFailure, ReadyKind
 
 log = logging.getLogger("mgsave")
@@ -35,107 +35,13 @@ PROGRESS_POLL = 1.0  # how often running saves are looked at (the first line com
 STALL_LIMIT = 60.0  # a save with no progress for this long, past the deadline, is aborted
 SHUTDOWN_POLL = 0.5
 
-_OUTCOME_OF_STEP = {
-    Action.SAVE: state.SAVED,
-    Action.SAVE_TO_FILE: state.SAVED_TO_FILE,
-    Action.SHUTDOWN: state.SHUT_DOWN,
-    Action.POWEROFF: state.POWERED_OFF,
+# The outcome of a shutdown step that went through.
+OUTCOME_OF_STEP = {
+    Action.SAVE: Outcome.SAVED,
+    Action.SAVE_TO_FILE: Outcome.SAVED_TO_FILE,
+    Action.SHUTDOWN: Outcome.SHUT_DOWN,
+    Action.POWEROFF: Outcome.POWERED_OFF,
 }
-
-
-@dataclass
-class StepResult:
-    action: Action
-    ok: bool
-    started: float
-    finished: float
-    bytes: int | None = None
-    error: str | None = None
-
-    @property
-    def seconds(self) -> float:
-        return self.finished - self.started
-
-    def to_dict(self) -> dict:
-        return {
-            "action": str(self.action),
-            "ok": self.ok,
-            "started": self.started,
-            "finished": self.finished,
-            "seconds": round(self.seconds, 3),
-            "bytes": self.bytes,
-            "error": self.error,
-        }
-
-
-@dataclass
-class GuestResult:
-    plan: GuestPlan
-    outcome: str  # shutdown: a state.* outcome; boot: resumed/restored/started/booted-fresh/left-off/skipped/failed
-    ok: bool  # the guest reached the state the policy intends
-    steps: list[StepResult] = field(default_factory=list)
-    messages: list[str] = field(default_factory=list)
-    started: float | None = None
-    finished: float | None = None
-
-    @property
-    def seconds(self) -> float:
-        return (self.finished - self.started) if self.started and self.finished else 0.0
-
-    @property
-    def bytes(self) -> int:
-        return sum(s.bytes or 0 for s in self.steps if s.ok)
-
-    @property
-    def action(self) -> str:
-        """The step that settled the guest (the last one tried), or the plan's action."""
-        return str(self.steps[-1].action) if self.steps else str(self.plan.actions[0])
-
-    def to_dict(self) -> dict:
-        guest = self.plan.guest
-        return {
-            "connection": guest.connection,
-            "name": guest.name,
-            "uuid": guest.uuid,
-            "action": self.action,
-            "outcome": self.outcome,
-            "ok": self.ok,
-            "seconds": round(self.seconds, 3),
-            "bytes": self.bytes,
-            "steps": [s.to_dict() for s in self.steps],
-            "messages": self.messages,
-            "started": self.started,
-            "finished": self.finished,
-        }
-
-
-@dataclass
-class PassResult:
-    kind: PassKind
-    dry_run: bool
-    started: float
-    finished: float
-    results: list[GuestResult]
-    warnings: list[str]
-    interrupted: str | None = None  # the signal that stopped the pass early, e.g. "SIGTERM"
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.results) and self.interrupted is None
-
-    def to_dict(self) -> dict:
-        return {
-            "pass": str(self.kind),
-            "dry_run": self.dry_run,
-            "ok": self.ok,
-            "started": self.started,
-            "finished": self.finished,
-            "seconds": round(self.finished - self.started, 3),
-            "interrupted": self.interrupted,
-            "warnings": self.warnings,
-            "guests": [r.to_dict() for r in self.results],
-        }
-
 
 class Slots:
     """At most ``size`` holders at once; once the pass is asked to stop, a holder still waiting
@@ -426,7 +332,7 @@ def _run_groups(plan: Plan, work, max_workers: int) -> list[GuestResult]:
                 results[entry.key] = work(entry, {k: results.get(k) for k in entry.wait_for})
             except Exception as error:  # a bug must not take the other guests down with it
                 log.exception("%s: internal error", entry.guest.name)
-                results[entry.key] = GuestResult(entry, state.FAILED, False, messages=[f"internal error: {error!r}"])
+                results[entry.key] = GuestResult(entry, Outcome.FAILED, messages=[f"internal error: {error!r}"])
             finally:
                 done_events[entry.key].set()
 
@@ -438,7 +344,7 @@ def _run_groups(plan: Plan, work, max_workers: int) -> list[GuestResult]:
 
 
 def _skipped(plan: Plan) -> list[GuestResult]:
-    return [GuestResult(e, "skipped", True, messages=[e.reason]) for e in plan.entries if e.skipped]
+    return [GuestResult(e, Outcome.SKIPPED, messages=[e.reason]) for e in plan.entries if e.skipped]
 
 
 def _log_step(entry: GuestPlan, step: StepResult, extra_text: str = "") -> None:
@@ -472,7 +378,7 @@ class ShutdownPass:
 
     def run(self) -> list[GuestResult]:
         if self.dry_run:
-            return [GuestResult(e, "planned", True, messages=[e.reason, *e.notes]) for e in self.plan.active] + _skipped(self.plan)
+            return [GuestResult(e, Outcome.PLANNED, messages=[e.reason, *e.notes]) for e in self.plan.active] + _skipped(self.plan)
         with _Progress(sum(1 for e in self.plan.active if e.actions[0] in (Action.SAVE, Action.SAVE_TO_FILE)),
                        self.deadline_at) as self.progress:
             results = _run_groups(self.plan, lambda entry, _deps: self._guest(entry), max_workers=256)
@@ -488,7 +394,7 @@ class ShutdownPass:
             self.save_slots.withdraw(entry.key)  # never keep later guests waiting for this one's turn
 
     def _chain(self, entry: GuestPlan) -> GuestResult:
-        result = GuestResult(entry, state.FAILED, False, started=time.time())
+        result = GuestResult(entry, Outcome.FAILED, started=time.time())
         result.messages.extend(entry.notes)
         for note in entry.notes:  # e.g. why its save was dropped from the chain up front
             skipped = note.startswith("save skipped")
@@ -518,7 +424,7 @@ class ShutdownPass:
             if step is None:  # the guest is already off or gone
                 found = self._found_saved(entry)
                 if found:  # a save begun before this step (an interrupted pass's) completed
-                    result.outcome, result.ok = found, True
+                    result.outcome = found
                     result.messages.append("found saved: a save begun before (by an interrupted pass, or by "
                                            "someone else) completed; not saved again")
                     log.warning("%s: found saved by a save begun before this pass's; not saved again",
@@ -526,26 +432,26 @@ class ShutdownPass:
                     break
                 if any(s.action is Action.SHUTDOWN for s in result.steps):
                     # it was asked to shut down and did, just after we stopped waiting for it
-                    result.outcome, result.ok = state.SHUT_DOWN, True
+                    result.outcome = Outcome.SHUT_DOWN
                     result.messages.append(f"it shut down after its shutdown request had timed out; {action} "
                                            f"was not needed")
                     log.warning("%s: shut down late, after its shutdown request had timed out", entry.guest.name,
                                 extra=journal.guest_fields(entry.guest, action="shutdown", result="ok"))
                     break
-                result.outcome, result.ok = state.VANISHED, True
+                result.outcome = Outcome.VANISHED
                 result.messages.append("the guest was stopped or undefined by someone else during the pass")
                 log.warning("%s: stopped or undefined by someone else during the pass", entry.guest.name,
-                            extra=journal.guest_fields(entry.guest, result=state.VANISHED))
+                            extra=journal.guest_fields(entry.guest, result=Outcome.VANISHED))
                 break
             result.steps.append(step)
             _log_step(entry, step)
             if step.ok:
-                result.outcome, result.ok = _OUTCOME_OF_STEP[action], True
+                result.outcome = OUTCOME_OF_STEP[action]
                 break
         result.finished = time.time()
-        if not result.ok and result.outcome == state.FAILED:
+        if result.outcome is Outcome.FAILED:
             log.error("%s: every step failed; the guest may still be running", entry.guest.name,
-                      extra=journal.guest_fields(entry.guest, result=state.FAILED))
+                      extra=journal.guest_fields(entry.guest, result=Outcome.FAILED))
         if self.record:
             self.record.update_guest(
                 key, outcome=result.outcome, steps=[s.to_dict() for s in result.steps],
@@ -556,20 +462,20 @@ class ShutdownPass:
     def _interrupted(self, entry: GuestPlan, result: GuestResult, action: Action) -> None:
         """The pass was asked to stop before ``action`` could run (or while it waited)."""
         signal_name = interrupt.signal_received().name if interrupt.signal_received() else "a stop request"
-        result.outcome, result.ok = state.INTERRUPTED, False
+        result.outcome = Outcome.INTERRUPTED
         result.messages.append(f"the pass was stopped ({signal_name}) before its {action}: left as it was")
         log.warning("%s: the pass was stopped (%s) before its %s; left as it was", entry.guest.name, signal_name,
-                    action, extra=journal.guest_fields(entry.guest, action=action, result=state.INTERRUPTED))
+                    action, extra=journal.guest_fields(entry.guest, action=action, result=Outcome.INTERRUPTED))
 
-    def _found_saved(self, entry: GuestPlan) -> str | None:
+    def _found_saved(self, entry: GuestPlan) -> Outcome | None:
         """The outcome when a guest found off already has a complete saved state, else None."""
         try:
             guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
             if not guest.is_active() and guest.has_saved_state():
-                return state.SAVED
+                return Outcome.SAVED
         except GuestGone:  # a transient guest is gone once saved: look at its file
             if entry.image and os.path.isfile(entry.image) and not saved_image_is_partial(entry.image):
-                return state.SAVED_TO_FILE
+                return Outcome.SAVED_TO_FILE
         except HypervisorError:
             pass
         return None
@@ -729,11 +635,11 @@ class BootPass:
 
     def run(self) -> list[GuestResult]:
         if self.dry_run:
-            return [GuestResult(e, "planned", True, messages=[e.reason, *e.notes]) for e in self.plan.active] + _skipped(self.plan)
+            return [GuestResult(e, Outcome.PLANNED, messages=[e.reason, *e.notes]) for e in self.plan.active] + _skipped(self.plan)
         return _run_groups(self.plan, self._guest, max_workers=256) + _skipped(self.plan)
 
     def _guest(self, entry: GuestPlan, deps: dict) -> GuestResult:
-        result = GuestResult(entry, "failed", False, started=time.time())
+        result = GuestResult(entry, Outcome.FAILED, started=time.time())
         result.messages.extend(entry.notes)
         for key, dep in deps.items():
             if dep is not None and not dep.ok:
@@ -750,10 +656,10 @@ class BootPass:
         except interrupt.Interrupted:
             return self._not_started(entry, action, result)
         except GuestGone:
-            result.outcome, result.ok = state.VANISHED, True
+            result.outcome = Outcome.VANISHED
             result.messages.append("the guest was undefined by someone else during the pass")
             log.warning("%s: undefined by someone else during the pass", entry.guest.name,
-                        extra=journal.guest_fields(entry.guest, result=state.VANISHED))
+                        extra=journal.guest_fields(entry.guest, result=Outcome.VANISHED))
             result.finished = time.time()
             return result
         except HypervisorError as error:
@@ -766,8 +672,7 @@ class BootPass:
             self._started_count += 1
             notify.status(f"starting {self._started_count}/{len(self.plan.active)}: {entry.guest.name}")
         result.outcome = outcome
-        result.ok = outcome in ("resumed", "restored", "started", "skipped")
-        if outcome in ("resumed", "restored", "started", "booted-fresh"):
+        if outcome in (Outcome.RESUMED, Outcome.RESTORED, Outcome.STARTED, Outcome.BOOTED_FRESH):
             self._after_start(entry, result)
         result.finished = time.time()
         return result
@@ -778,10 +683,10 @@ class BootPass:
         saved state (and its entry in the shutdown record) for the next boot pass."""
         signal_name = interrupt.signal_received().name if interrupt.signal_received() else "a stop request"
         kept = "; its saved state is kept for the next boot" if action in (Action.RESUME, Action.RESTORE) else ""
-        result.outcome, result.ok = state.INTERRUPTED, False
+        result.outcome = Outcome.INTERRUPTED
         result.messages.append(f"not started: the pass was stopped ({signal_name}) before it{kept}")
         log.warning("%s: not started: the pass was stopped (%s)%s", entry.guest.name, signal_name, kept,
-                    extra=journal.guest_fields(entry.guest, action=action, result=state.INTERRUPTED))
+                    extra=journal.guest_fields(entry.guest, action=action, result=Outcome.INTERRUPTED))
         result.finished = time.time()
         return result
 
@@ -795,7 +700,7 @@ class BootPass:
                 interrupt.sleep(wait)
             self._last_start = time.monotonic()
 
-    def _start(self, entry: GuestPlan, action: Action, result: GuestResult) -> str:
+    def _start(self, entry: GuestPlan, action: Action, result: GuestResult) -> Outcome:
         if action is Action.RESTORE:
             return self._restore_transient(entry, result)
         started = time.time()
@@ -813,12 +718,12 @@ class BootPass:
             result.messages.append(f"the connection to libvirt was lost during the {action}; tried again")
             return self._start_once(entry, action, result, time.time())
 
-    def _start_once(self, entry: GuestPlan, action: Action, result: GuestResult, started: float) -> str:
+    def _start_once(self, entry: GuestPlan, action: Action, result: GuestResult, started: float) -> Outcome:
         settings = entry.effective.settings
         guest = self._guest_handle(entry)
         if guest.is_active():
             result.messages.append("already running (started by someone else)")
-            return "skipped"
+            return Outcome.SKIPPED
         if action is Action.RESUME and saved_image_is_partial(
                 managed_image_path(entry.guest.connection, entry.guest.name)):
             # libvirt would delete it and boot the guest fresh without telling: decide ourselves
@@ -841,7 +746,7 @@ class BootPass:
             return self._resume_failed(entry, guest, result, error)
         return self._started(entry, action, guest, result, started)
 
-    def _started(self, entry: GuestPlan, action: Action, guest: Guest, result: GuestResult, started: float) -> str:
+    def _started(self, entry: GuestPlan, action: Action, guest: Guest, result: GuestResult, started: float) -> Outcome:
         """The outcome of a start that went through."""
         step = StepResult(action, True, started, time.time())
         result.steps.append(step)
@@ -851,13 +756,13 @@ class BootPass:
             _log_step(entry, step, " (booted fresh, not resumed)")
             log.error("%s: %s", entry.guest.name, message,
                       extra=journal.guest_fields(entry.guest, action="resume", result="booted-fresh"))
-            return "booted-fresh"
+            return Outcome.BOOTED_FRESH
         _log_step(entry, step)
         if action is Action.START and entry.unsaved:
             log.error("%s: %s", entry.guest.name, entry.notes[0],
                       extra=journal.guest_fields(entry.guest, action="start", result="booted-fresh"))
-            return "booted-fresh"
-        return "resumed" if action is Action.RESUME else "started"
+            return Outcome.BOOTED_FRESH
+        return Outcome.RESUMED if action is Action.RESUME else Outcome.STARTED
 
     @staticmethod
     def _resumed(entry: GuestPlan, guest: Guest) -> bool:
@@ -877,7 +782,7 @@ class BootPass:
             self.connections.recover(entry.guest.connection)
             return self.connections.guest(entry.guest.connection, entry.guest.uuid)
 
-    def _resume_failed(self, entry: GuestPlan, guest: Guest, result: GuestResult, error: HypervisorError) -> str:
+    def _resume_failed(self, entry: GuestPlan, guest: Guest, result: GuestResult, error: HypervisorError) -> Outcome:
         kept = self._keep_failed_image(entry)
         where = f"kept at {kept}" if kept else "left in place"
         log.error("%s: resuming failed (%s); the saved image is %s", entry.guest.name, error.message, where,
@@ -886,14 +791,14 @@ class BootPass:
         if kept is None or entry.effective.settings.on_resume_failure is OnResumeFailure.LEAVE_OFF:
             if kept is None:
                 result.messages.append("left off: the image could not be set aside, so it is not discarded")
-            return "left-off"
+            return Outcome.LEFT_OFF
         started = time.time()
         guest.discard_saved_state()
         guest.start(bypass_cache=entry.effective.settings.bypass_cache, force_boot=True)
         step = StepResult(Action.START, True, started, time.time())
         result.steps.append(step)
         _log_step(entry, step, " (booted fresh after the failed resume)")
-        return "booted-fresh"
+        return Outcome.BOOTED_FRESH
 
     def _keep_failed_image(self, entry: GuestPlan) -> str | None:
         """Move the image that failed to resume into failed-images/; None when that is impossible."""
@@ -919,7 +824,7 @@ class BootPass:
                 return None
         return str(target)
 
-    def _restore_transient(self, entry: GuestPlan, result: GuestResult) -> str:
+    def _restore_transient(self, entry: GuestPlan, result: GuestResult) -> Outcome:
         host = self.connections.host(entry.guest.connection)
         started = time.time()
         try:
@@ -933,14 +838,14 @@ class BootPass:
             with contextlib.suppress(OSError):
                 os.replace(entry.image, kept)
             result.messages.append(f"restore failed; a transient guest cannot boot fresh; image kept at {kept}")
-            return "left-off"
+            return Outcome.LEFT_OFF
         step = StepResult(Action.RESTORE, True, started, time.time(), bytes=_file_size(entry.image))
         result.steps.append(step)
         _log_step(entry, step)
         # A save file restored once is stale the moment the guest runs on: never restore it twice.
         with contextlib.suppress(OSError):
             os.unlink(entry.image)
-        return "restored"
+        return Outcome.RESTORED
 
     def _after_start(self, entry: GuestPlan, result: GuestResult) -> None:
         settings = entry.effective.settings
@@ -949,7 +854,7 @@ class BootPass:
         except HypervisorError as error:
             result.messages.append(f"could not look at it after starting: {error.message}")
             return
-        if settings.sync_time and result.outcome in ("resumed", "restored"):
+        if settings.sync_time and result.outcome in (Outcome.RESUMED, Outcome.RESTORED):
             try:
                 guest.sync_clock()
             except HypervisorError as error:

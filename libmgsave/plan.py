@@ -15,6 +15,7 @@ from pathlib import Path
 from libmgsave import state
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.matching import Effective, resolve
+from libmgsave.outcomes import Outcome
 from libmgsave.policy import Autostart, Limits, Policy, ShutdownStep
 from libmgsave.policyfile.settings import setting_to_json
 
@@ -358,7 +359,7 @@ def plan_boot(
     # ``recovered``: record-like entries for transient guests' save files found with no usable
     # record (read back from the files themselves), restored like recorded ones.
     for entry in [*recorded.values(), *recovered]:
-        if entry.get("outcome") == state.SAVED_TO_FILE and entry.get("image"):
+        if entry.get("outcome") == Outcome.SAVED_TO_FILE and entry.get("image"):
             guest = _recorded_guest(entry)
             if guest.key not in resolved:
                 resolved[guest.key] = (guest, resolve(policy, guest))
@@ -390,16 +391,16 @@ def _lost_state_note(entry: Mapping | None) -> str | None:
     """Why a guest about to be started fresh lost the memory state it had at the last shutdown,
     or None when nothing was lost (it was not running, or was shut down on purpose)."""
     outcome = entry.get("outcome") if entry else None
-    if outcome == state.PENDING:
+    if outcome == Outcome.PENDING:
         return ("it was running at the last shutdown but was not saved (its record says 'pending': the pass "
                 "was cut short, by a crash or a power loss): it boots fresh, its memory state is lost")
-    if outcome == state.INTERRUPTED:
+    if outcome == Outcome.INTERRUPTED:
         return ("it was running at the last shutdown but the shutdown pass was stopped (by a signal) before "
                 "it reached it: it boots fresh, its memory state is lost")
-    if outcome == state.FAILED:
+    if outcome == Outcome.FAILED:
         return ("it was running at the last shutdown and every step of its shutdown chain failed (its "
                 "record says 'failed'): it boots fresh, its memory state is lost")
-    if outcome in (state.SAVED, state.SAVED_TO_FILE):
+    if outcome in (Outcome.SAVED, Outcome.SAVED_TO_FILE):
         return ("the last shutdown saved it, but there is no saved image for it any more (removed by "
                 "someone?): it boots fresh, its memory state is lost")
     return None

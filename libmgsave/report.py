@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from libmgsave.execute import PassResult
+from libmgsave.outcomes import Outcome, PassResult
 from libmgsave.plan import Plan, PassKind
 from libmgsave.policyfile.settings import setting_text
 
@@ -87,7 +87,7 @@ def render_result(result: PassResult) -> str:
     else:
         lines.append("  no guests")
     for r in result.results:
-        if r.outcome == "skipped":
+        if r.outcome is Outcome.SKIPPED:
             continue
         for message in r.messages:
             lines.append(f"  {r.plan.guest.name}: {message}")
@@ -96,10 +96,10 @@ def render_result(result: PassResult) -> str:
                 lines.append(f"  {r.plan.guest.name}: {step.action} failed: {step.error}")
     for warning in result.warnings:
         lines.append(f"  warning: {warning}")
-    failed = [r for r in result.results if not r.ok]
+    failed = result.failed
     total = len(result.results)
     if result.interrupted:
-        left = [r.plan.guest.name for r in result.results if r.outcome == "interrupted"]
+        left = [r.plan.guest.name for r in result.results if r.outcome is Outcome.INTERRUPTED]
         lines.append(f"the pass was stopped by {result.interrupted}: {len(left)} guests were left as they were"
                      + (": " + ", ".join(left) if left else ""))
     if failed:

@@ -27,17 +27,6 @@ SHUTDOWN_RECORD = "last-shutdown.json"
 BOOT_RECORD = "last-boot.json"
 DEFAULT_STATE_DIR = "/var/lib/mgsave"
 
-# What happened to a guest at shutdown, as stored in the record.
-PENDING = "pending"  # running when the pass began; not handled yet
-SAVED = "saved"  # managed-saved: libvirt resumes it from its image at the next start
-SAVED_TO_FILE = "saved-to-file"  # a transient guest saved to a file under images/
-SHUT_DOWN = "shut-down"
-POWERED_OFF = "powered-off"
-FAILED = "failed"  # every step failed: the guest may still be running
-VANISHED = "vanished"  # undefined or stopped by someone else while the pass ran
-INTERRUPTED = "interrupted"  # the pass was stopped (SIGTERM, SIGINT) before it handled the guest
-
-
 def state_dir_from(cli_value: str | None, environ) -> Path:
     """``--state-dir`` wins, then systemd's ``$STATE_DIRECTORY`` (first entry), then the default."""
     if cli_value:

@@ -6,6 +6,7 @@ import pytest
 
 from libmgsave import state
 from libmgsave.inventory import GuestInfo, GuestState
+from libmgsave.outcomes import Outcome
 from libmgsave.plan import FILES_ROOM, Action, plan_boot, plan_shutdown
 from libmgsave.policyfile import parse_policy
 
@@ -190,7 +191,7 @@ def test_boot_without_a_record_resumes_guests_that_have_an_image():
 
 def test_boot_restores_transient_guests_from_their_files():
     t = guest("t", persistent=False)
-    record = _record((t, state.SAVED_TO_FILE))
+    record = _record((t, Outcome.SAVED_TO_FILE))
     record["guests"][state.guest_record_key(t.connection, t.uuid)]["image"] = "/x/t.save"
     plan = plan_boot([], policy(), record)
     (entry,) = plan.entries

@@ -1,0 +1,169 @@
+"""What a pass did: the closed set of guest outcomes, and the results of steps, guests and passes.
+
+The executor produces these, the actions record and summarise them, ``report`` renders them
+and the exit code is computed from them alone, never from message text.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from libmgsave.plan import Action, GuestPlan, PassKind
+
+
+class Severity(enum.Enum):
+    OK = "ok"  # the guest is where the policy wants it
+    DEGRADED = "degraded"  # it runs or is off, but not as intended (its memory state was not used)
+    FAILED = "failed"  # it may be in any state: the admin must look
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one guest in one pass; the values are what records and ``--json`` say."""
+
+    PLANNED = "planned"  # a dry run: the plan, not carried out
+    SKIPPED = "skipped"  # nothing to do: the plan says so, or (boot) someone else already started it
+    PENDING = "pending"  # record only: running when the shutdown pass began, not handled yet
+    # shutdown
+    SAVED = "saved"  # managed-saved: libvirt resumes it from its image at the next start
+    SAVED_TO_FILE = "saved-to-file"  # a transient guest saved to a file under images/
+    SHUT_DOWN = "shut-down"
+    POWERED_OFF = "powered-off"
+    # boot
+    RESUMED = "resumed"
+    RESTORED = "restored"  # a transient guest recreated from its save file
+    STARTED = "started"  # a cold boot the policy asked for
+    BOOTED_FRESH = "booted-fresh"  # a cold boot where a resume was due: its memory state is lost
+    LEFT_OFF = "left-off"  # its resume failed and the policy (or a kept image) says leave it off
+    # either pass
+    VANISHED = "vanished"  # undefined or stopped by someone else while the pass ran
+    FAILED = "failed"  # every step failed: at shutdown the guest may still be running
+    INTERRUPTED = "interrupted"  # the pass was stopped (SIGTERM, SIGINT) before it handled the guest
+
+    @property
+    def severity(self) -> Severity:
+        return _SEVERITY.get(self, Severity.OK)
+
+    @property
+    def ok(self) -> bool:
+        return self.severity is Severity.OK
+
+
+_SEVERITY = {
+    Outcome.PENDING: Severity.FAILED,
+    Outcome.FAILED: Severity.FAILED,
+    Outcome.INTERRUPTED: Severity.FAILED,
+    Outcome.BOOTED_FRESH: Severity.DEGRADED,
+    Outcome.LEFT_OFF: Severity.DEGRADED,
+}
+
+@dataclass
+class StepResult:
+    action: Action
+    ok: bool
+    started: float
+    finished: float
+    bytes: int | None = None
+    error: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.finished - self.started
+
+    def to_dict(self) -> dict:
+        return {
+            "action": str(self.action),
+            "ok": self.ok,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": round(self.seconds, 3),
+            "bytes": self.bytes,
+            "error": self.error,
+        }
+
+
+@dataclass
+class GuestResult:
+    plan: GuestPlan
+    outcome: Outcome
+    steps: list[StepResult] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        """The guest reached the state the policy intends."""
+        return self.outcome.ok
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished - self.started) if self.started and self.finished else 0.0
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes or 0 for s in self.steps if s.ok)
+
+    @property
+    def action(self) -> str:
+        """The step that settled the guest (the last one tried), or the plan's action."""
+        return str(self.steps[-1].action) if self.steps else str(self.plan.actions[0])
+
+    def to_dict(self) -> dict:
+        guest = self.plan.guest
+        return {
+            "connection": guest.connection,
+            "name": guest.name,
+            "uuid": guest.uuid,
+            "action": self.action,
+            "outcome": str(self.outcome),
+            "ok": self.ok,
+            "seconds": round(self.seconds, 3),
+            "bytes": self.bytes,
+            "steps": [s.to_dict() for s in self.steps],
+            "messages": self.messages,
+            "started": self.started,
+            "finished": self.finished,
+        }
+
+
+@dataclass
+class PassResult:
+    kind: PassKind
+    dry_run: bool
+    started: float
+    finished: float
+    results: list[GuestResult]
+    warnings: list[str]
+    unreachable: tuple[str, ...] = ()  # connections whose guests were not handled at all
+    bookkeeping_failed: bool = False  # the lock or a record could not be had
+    interrupted: str | None = None  # the signal that stopped the pass early, e.g. "SIGTERM"
+
+    @property
+    def ok(self) -> bool:
+        """Every guest reached its intended state, and the pass was not stopped early."""
+        return all(r.ok for r in self.results) and self.interrupted is None
+
+    @property
+    def failed(self) -> list[GuestResult]:
+        return [r for r in self.results if not r.ok]
+
+    @property
+    def complete(self) -> bool:
+        """Every guest ok, every connection reached and every record written: exit 0."""
+        return self.ok and not self.unreachable and not self.bookkeeping_failed
+
+    def to_dict(self) -> dict:
+        return {
+            "pass": str(self.kind),
+            "dry_run": self.dry_run,
+            "ok": self.ok,
+            "started": self.started,
+            "finished": self.finished,
+            "seconds": round(self.finished - self.started, 3),
+            "interrupted": self.interrupted,
+            "warnings": self.warnings,
+            "guests": [r.to_dict() for r in self.results],
+        }
