@@ -9,6 +9,8 @@ guest (``save_memory_state``), not which libvirt call they make (``managedSave``
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from libmgsave.errors import (
     OperationTimeout,
 )
 from libmgsave.inventory import GuestInfo, GuestState
+from libmgsave.saveimages import managed_save_dir
 
 log = logging.getLogger("mgsave")
 
@@ -137,12 +140,6 @@ class Host:
         except libvirt.libvirtError:
             return False
 
-    def close(self) -> None:
-        try:
-            self._conn.close()
-        except libvirt.libvirtError:
-            pass
-
     def guests(self, *, with_details: bool = True) -> list[GuestInfo]:
         """Snapshot every guest on this connection, sorted by name.
 
@@ -238,6 +235,93 @@ class Host:
             connection=self.uri, name=name, uuid=uuid.lower(), state=GuestState.SHUTOFF, persistent=False,
             memory_kib=_kib(memory), title=title, metadata=MappingProxyType(metadata),
         )
+
+
+class Connections:
+    """The open hosts of a pass. A call that finds its daemon gone goes through
+    ``call_with_reconnect``: one thread at a time reconnects (until ``give_up_at``), the others
+    find the connection alive again, and the call is made once more. No other code handles a
+    lost connection."""
+
+    def __init__(self, hosts: dict[str, Host], give_up_at: float):
+        self._hosts = hosts
+        self._give_up_at = give_up_at  # time.monotonic()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, uris, *, retry_for: float, give_up_at: float) -> tuple[Connections, dict[str, str]]:
+        """Open every URI; returns the connections that answered and, by URI, why each other one
+        did not. Raises HypervisorUnavailable when none answered."""
+        hosts, unreachable = {}, {}
+        for uri in uris:
+            try:
+                hosts[uri] = Host.open(uri, retry_for=retry_for)
+            except HypervisorUnavailable as error:
+                log.error("cannot reach %s: %s", uri, error.message)
+                unreachable[uri] = error.message
+        if not hosts:
+            raise HypervisorUnavailable(
+                "no libvirt connection could be opened: " + ", ".join(uris),
+                hint="is the libvirt daemon running? (systemctl status libvirtd)",
+            )
+        return cls(hosts, give_up_at), unreachable
+
+    def uris(self) -> list[str]:
+        return list(self._hosts)
+
+    def host(self, uri: str) -> Host:
+        return self._hosts[uri]
+
+    def hosts(self) -> list[Host]:
+        return list(self._hosts.values())
+
+    def guest(self, uri: str, uuid: str) -> Guest:
+        """The guest's handle, reconnecting first when the daemon went away."""
+        return self.call_with_reconnect(uri, lambda: self._hosts[uri].guest(uuid))
+
+    def call_with_reconnect(self, uri: str, call, *, after_reconnect=None):
+        """``call()``; when it fails because the connection to ``uri`` is lost, reconnect, then
+        ``after_reconnect(error)`` (when given: it may find that the call had gone through before
+        the connection dropped, and return what to return instead of calling again, else None)
+        and ``call()`` once more. Raises HypervisorUnavailable when reconnecting fails or the
+        connection is lost again."""
+        try:
+            return call()
+        except HypervisorUnavailable as error:
+            self._reconnect(uri)
+            if after_reconnect is not None:
+                instead = after_reconnect(error)
+                if instead is not None:
+                    return instead
+            return call()
+
+    def _reconnect(self, uri: str) -> None:
+        host = self._hosts[uri]
+        with self._lock:
+            if host.is_alive():
+                return  # another thread did it
+            remaining = max(0.0, self._give_up_at - time.monotonic())
+            log.warning("lost the connection to %s; reconnecting (for up to %.0f s)", uri, remaining)
+            host.reconnect(retry_for=remaining)
+            log.info("reconnected to %s", uri)
+
+
+def save_room(uri: str) -> int | None:
+    """Free bytes where ``uri`` keeps managed-save images; None when unknown."""
+    return free_bytes(managed_save_dir(uri))
+
+
+def free_bytes(path: str | None) -> int | None:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    while path and not os.path.isdir(path):
+        path = os.path.dirname(path) if path != "/" else None
+    if not path:
+        return None
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 class Guest:
@@ -420,42 +504,3 @@ def _title_and_metadata(xml: str) -> tuple[str, dict[str, str]]:
                 namespace = child.tag[1:].split("}", 1)[0]
                 metadata[namespace] = " ".join("".join(child.itertext()).split())
     return title, metadata
-
-
-def managed_save_dir(uri: str) -> str | None:
-    """Where libvirt keeps managed-save images for a local QEMU connection, else None.
-
-    libvirt does not tell; these are its fixed locations. Used to check free space before
-    saving and to keep an image that failed to resume.
-    """
-    import os
-
-    if uri.rstrip("/") in ("qemu:///system", "qemu://system"):
-        return "/var/lib/libvirt/qemu/save"
-    if uri.rstrip("/") == "qemu:///session":
-        base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
-        return os.path.join(base, "libvirt", "qemu", "save")
-    return None
-
-
-# libvirt's QEMU save images begin with this mark while being written; it is replaced by the
-# real one ("LibvirtQemudSave") only once the save has completed.
-_QEMU_SAVE_PARTIAL = b"LibvirtQemudPart"
-
-
-def saved_image_is_partial(path: str | None) -> bool:
-    """True when the QEMU save image at ``path`` was never finished (the host lost power or
-    libvirtd died during the save). Starting the guest would not fail: libvirt deletes such an
-    image and boots the guest fresh, without a word to the caller."""
-    if not path:
-        return False
-    try:
-        with open(path, "rb") as image:
-            return image.read(len(_QEMU_SAVE_PARTIAL)) == _QEMU_SAVE_PARTIAL
-    except OSError:
-        return False
-
-
-def managed_image_path(uri: str, guest_name: str) -> str | None:
-    directory = managed_save_dir(uri)
-    return None if directory is None else f"{directory}/{guest_name}.save"

@@ -12,11 +12,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from libmgsave import state
+from libmgsave.saveimages import managed_image_path
+from libmgsave.state import StateDir
+from libmgsave.state.records import guest_record_key
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.matching import Effective, resolve
 from libmgsave.outcomes import Outcome
-from libmgsave.policy import Autostart, Limits, Policy, ShutdownStep
+from libmgsave.policy import Autostart, Limits, OnResumeFailure, Policy, ShutdownStep
 from libmgsave.policyfile.settings import setting_to_json
 
 # Aggregate save throughput assumed before any pass has measured one on this host. Saving is
@@ -58,9 +60,16 @@ class GuestPlan:
     estimate_seconds: float | None = None  # shutdown: estimated end of this guest's save, from pass start
     image: str | None = None  # save file of a transient guest
     notes: tuple[str, ...] = ()
-    # boot: it was running at the last shutdown but its memory state was not saved, so starting
-    # it is a cold boot the admin must hear about
-    unsaved: bool = False
+    # Where libvirt keeps the guest's managed-save image, when that is known (local QEMU): the
+    # save writes it, the resume reads it, a failed resume keeps it.
+    managed_image: str | None = None
+    # shutdown: why its save was dropped from the chain up front (deadline, room), or None
+    save_dropped_because: str | None = None
+    # boot: why a cold boot it gets is news (it was running at the last shutdown but its memory
+    # state was not saved), or None; and what to do when its resume fails (START: boot it fresh,
+    # SKIP: leave it off)
+    boots_fresh_because: str | None = None
+    if_resume_fails: Action = Action.SKIP
 
     @property
     def key(self) -> GuestKey:
@@ -85,6 +94,7 @@ class GuestPlan:
             "wait_for": [f"{c} {u}" for c, u in self.wait_for],
             "estimate_seconds": self.estimate_seconds,
             "image": self.image,
+            "managed_image": self.managed_image,
             "notes": list(self.notes),
             "settings": _settings_dict(self.effective),
         }
@@ -128,11 +138,14 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:.0f} MB"
 
 
-def transient_image_path(state_dir: Path, guest: GuestInfo) -> str:
-    return str(state_dir / "images" / f"{guest.uuid}.save")
-
-
 # --- ordering -------------------------------------------------------------------------------
+
+
+def dependency_warnings(guests: Iterable[GuestInfo], policy: Policy) -> list[str]:
+    """What is wrong with the guests' ``after`` settings: names that match no guest, cycles."""
+    warnings: list[str] = []
+    _dependencies({g.key: (g, resolve(policy, g)) for g in guests}, warnings)
+    return list(dict.fromkeys(warnings))
 
 
 def _dependencies(
@@ -264,62 +277,67 @@ def plan_shutdown(
         return (-orders[key], -eff.settings.priority, guest.name, guest.connection)
 
     entries = []
-    budget = deadline - DEADLINE_RESERVE
-    saved_bytes = 0.0
+    budget = _SaveBudget(throughput, deadline, room_left)
     for key in sorted(resolved, key=sort_key):
         guest, eff = resolved[key]
         if not guest.state.is_active:
             reason = f"{guest.state}: nothing to do"
             entries.append(GuestPlan(guest, eff, (Action.SKIP,), reason, orders[key]))
             continue
-        notes: list[str] = []
-        chain = []
-        image = None
-        for step in eff.settings.on_shutdown:
-            if step is ShutdownStep.SAVE:
-                chain.append(Action.SAVE if guest.persistent else Action.SAVE_TO_FILE)
-                if not guest.persistent:
-                    image = transient_image_path(state_dir, guest)
-                    notes.append("transient guest: saved to a file, restored from it at boot")
-            else:
-                chain.append(Action(step.value))
-        estimate = None
-        if chain[0] in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1:
-            estimate = (saved_bytes + guest.memory_bytes) / throughput
-            room_key = guest.connection if chain[0] is Action.SAVE else FILES_ROOM
-            free = room_left.get(room_key)
-            if estimate > budget:
-                notes.append(
-                    f"save skipped: it would end about {estimate:.0f} s into the pass, past the "
-                    f"{deadline:.0f} s deadline"
-                )
-            elif free is not None and guest.memory_bytes > free:
-                notes.append(
-                    f"save skipped: its image may need {_mb(guest.memory_bytes)}, only {_mb(free)} free"
-                )
-            else:
-                saved_bytes += guest.memory_bytes
-                if free is not None:
-                    room_left[room_key] = free - guest.memory_bytes
-            if notes and notes[-1].startswith("save skipped"):
-                chain = chain[1:]
-                image = None
-                estimate = None
-        reason = f"{guest.state}; chain {' -> '.join(chain)}"
-        entries.append(
-            GuestPlan(
-                guest,
-                eff,
-                tuple(chain),
-                reason,
-                orders[key],
-                tuple(sorted(stop_first[key])),
-                estimate,
-                image,
-                tuple(notes),
-            )
-        )
+        entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget))
     return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), throughput)
+
+
+class _SaveBudget:
+    """What is left of the deadline and of the free space as saves are planned, in plan order."""
+
+    def __init__(self, throughput: float, deadline: float, room: dict[str, int | None]):
+        self.throughput = throughput
+        self.deadline = deadline
+        self.seconds = deadline - DEADLINE_RESERVE
+        self.room = room
+        self.saved_bytes = 0.0
+
+    def take(self, guest: GuestInfo, room_key: str) -> tuple[float | None, str | None]:
+        """The estimated end of the guest's save, or why it must be dropped from the chain."""
+        estimate = (self.saved_bytes + guest.memory_bytes) / self.throughput
+        free = self.room.get(room_key)
+        if estimate > self.seconds:
+            return None, (f"save skipped: it would end about {estimate:.0f} s into the pass, past the "
+                          f"{self.deadline:.0f} s deadline")
+        if free is not None and guest.memory_bytes > free:
+            return None, f"save skipped: its image may need {_mb(guest.memory_bytes)}, only {_mb(free)} free"
+        self.saved_bytes += guest.memory_bytes
+        if free is not None:
+            self.room[room_key] = free - guest.memory_bytes
+        return estimate, None
+
+
+def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tuple[GuestKey, ...],
+                    state_dir: Path, budget: _SaveBudget) -> GuestPlan:
+    """A running guest's fallback chain, its save dropped up front when it cannot make it."""
+    notes: list[str] = []
+    chain = []
+    image = managed = None
+    for step in eff.settings.on_shutdown:
+        if step is ShutdownStep.SAVE:
+            chain.append(Action.SAVE if guest.persistent else Action.SAVE_TO_FILE)
+            if guest.persistent:
+                managed = managed_image_path(guest.connection, guest.name)
+            else:
+                image = StateDir(state_dir).transient_image(guest.uuid)
+                notes.append("transient guest: saved to a file, restored from it at boot")
+        else:
+            chain.append(Action(step.value))
+    estimate = dropped = None
+    if chain[0] in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1:
+        estimate, dropped = budget.take(guest, guest.connection if chain[0] is Action.SAVE else FILES_ROOM)
+        if dropped:
+            notes.append(dropped)
+            chain, image, managed = chain[1:], None, None
+    reason = f"{guest.state}; chain {' -> '.join(chain)}"
+    return GuestPlan(guest, eff, tuple(chain), reason, order, wait_for, estimate, image, tuple(notes),
+                     managed_image=managed, save_dropped_because=dropped)
 
 
 # --- boot -----------------------------------------------------------------------------------
@@ -374,15 +392,18 @@ def plan_boot(
     entries = []
     for key in sorted(resolved, key=sort_key):
         guest, eff = resolved[key]
-        entry = recorded.get(state.guest_record_key(*key))
+        entry = recorded.get(guest_record_key(*key))
         action, reason = _boot_decision(guest, eff, entry, record is not None, key in transient_images)
         wait_for = tuple(d for d in deps[key] if orders[d] == orders[key])
         # After a first boot pass (``booted_since``) a guest of the record may simply have been
         # resumed and stopped again: starting it fresh is no news then.
         lost = _lost_state_note(entry) if action is Action.START and not booted_since else None
+        if_fails = Action.START if eff.settings.on_resume_failure is OnResumeFailure.BOOT_FRESH else Action.SKIP
         entries.append(
             GuestPlan(guest, eff, (action,), reason, orders[key], wait_for if action is not Action.SKIP else (),
-                      image=transient_images.get(key), notes=(lost,) if lost else (), unsaved=lost is not None)
+                      image=transient_images.get(key), notes=(lost,) if lost else (),
+                      managed_image=managed_image_path(guest.connection, guest.name) if guest.persistent else None,
+                      boots_fresh_because=lost, if_resume_fails=if_fails)
         )
     return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings))
 

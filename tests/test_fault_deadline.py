@@ -108,11 +108,13 @@ def test_a_guest_that_shuts_down_just_after_its_timeout_is_shut_down_not_vanishe
     has gone off: that is the shutdown it was asked for, arriving late, not someone else's doing.
     (Seen on the rig under load, where it was reported 'vanished'.) A stand-in guest makes the
     timing exact: it is still running when the wait gives up, and off when poweroff looks."""
-    from libmgsave import execute, policyfile
+    from libmgsave import policyfile
+    from libmgsave.execute import ShutdownPass, shutdown
+    from libmgsave.hypervisor import Connections
     from libmgsave.inventory import GuestInfo, GuestState
     from libmgsave.plan import plan_shutdown
 
-    monkeypatch.setattr(execute, "SHUTDOWN_POLL", 0.02)
+    monkeypatch.setattr(shutdown, "SHUTDOWN_POLL", 0.02)
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text("version: 1\ndefaults:\n  on_shutdown: [shutdown, poweroff]\n  shutdown_timeout: 0.3\n")
     os.chmod(policy_file, 0o644)
@@ -121,17 +123,18 @@ def test_a_guest_that_shuts_down_just_after_its_timeout_is_shut_down_not_vanishe
                      memory_kib=262144)
 
     class SlowGuest:
-        """Keeps running while mgsave waits for it to shut down (``_stopped`` polls), and is off
-        when the next step's first look (in ``_step``) comes."""
+        """Keeps running while mgsave waits for it to shut down, and is off once its shutdown
+        request has timed out: every step looks its guest up afresh, so it goes off when the
+        next step (poweroff) looks it up."""
 
         name, uuid = info.name, info.uuid
-        asked = powered_off = False
+        asked = off = powered_off = False
 
         def request_shutdown(self):
             self.asked = True
 
         def is_active(self):
-            return not (self.asked and sys._getframe(1).f_code.co_name == "_step")
+            return not self.off
 
         def has_saved_state(self):
             return False
@@ -141,12 +144,19 @@ def test_a_guest_that_shuts_down_just_after_its_timeout_is_shut_down_not_vanishe
 
     guest = SlowGuest()
 
-    class Connections:
+    class OneGuest(Connections):
+        def __init__(self):
+            super().__init__({}, give_up_at=time.monotonic() + 60)
+            self.lookups = 0
+
         def guest(self, uri, uuid):
+            self.lookups += 1
+            if self.lookups > 1 and guest.asked:
+                guest.off = True  # the shutdown it was asked for, arriving late
             return guest
 
     plan = plan_shutdown([info], policy, state_dir=tmp_path)
-    [result] = execute.ShutdownPass(plan, Connections(), record=None, deadline_at=time.monotonic() + 60).run()
+    [result] = ShutdownPass(plan, OneGuest(), record=None, deadline_at=time.monotonic() + 60).run()
     assert [(s.action, s.ok) for s in result.steps] == [("shutdown", False)]
     assert not guest.powered_off
     assert result.outcome == "shut-down" and result.ok, result.messages

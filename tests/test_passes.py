@@ -274,10 +274,9 @@ guests:
 def test_more_dependent_guests_than_threads_do_not_deadlock(hv, run, monkeypatch):
     # At boot, 40 guests are all 'after' the one that sorts last, and there are only 4 threads:
     # in plan order the 4 threads would all go to guests waiting for one still queued.
-    from libmgsave import execute
+    from libmgsave.execute import scheduler
 
-    real = execute._run_groups
-    monkeypatch.setattr(execute, "_run_groups", lambda plan, work, max_workers: real(plan, work, 4))
+    monkeypatch.setattr(scheduler, "MAX_WORKERS", 4)
     names = [f"g{i:04d}" for i in range(40)]
     define(hv, *names, running=False)
     policy = "version: 1\ndefaults:\n  autostart: always\n  after: [g0039]\n"

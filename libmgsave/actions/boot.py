@@ -1,0 +1,51 @@
+"""``mgsave boot``: start, resume or leave off every guest, per its autostart setting.
+
+The outline: plan from the last shutdown record; carry out the plan; write the boot record
+(saying whether the pass was stopped early); summarise (``passes.run_pass`` does the frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from libmgsave import interrupt
+from libmgsave.actions import inputs, passes
+from libmgsave.context import Context
+from libmgsave.execute import BootPass, dry_run_results, skipped_results
+from libmgsave.outcomes import GuestResult, PassResult
+from libmgsave.plan import PassKind, Plan
+from libmgsave.state import write_json_atomic
+from libmgsave.state.records import boot_record
+from libmgsave.state.writer import os_error_text
+
+log = logging.getLogger("mgsave")
+
+
+def run_boot(ctx: Context) -> PassResult | passes.StoppedEarly:
+    return passes.run_pass(ctx, PassKind.BOOT, carry_out)
+
+
+def carry_out(run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
+    ctx = run.ctx
+    plan = inputs.boot_plan(ctx, run.guests, run.policy, run.connections)
+    run.announce(plan)
+    if ctx.dry_run:
+        return plan, dry_run_results(plan) + skipped_results(plan)
+    started = time.time()
+    results = BootPass(plan, run.connections, state_dir=ctx.state).run() + skipped_results(plan)
+    _write_record(ctx, started, results)
+    return plan, results
+
+
+def _write_record(ctx: Context, started: float, results: list[GuestResult]) -> None:
+    ctx.state.set_aside_untrusted("boot", ctx.warnings)
+    stopped_by = interrupt.signal_received()
+    path = ctx.state.boot_record
+    try:
+        write_json_atomic(path, boot_record(started, results, stopped_by.name if stopped_by else None))
+    except OSError as error:
+        reason = os_error_text(error)
+        log.error("cannot write the boot record %s (%s)", path, reason)
+        ctx.bookkeeping_failed = True
+        ctx.warnings.append(f"the boot record {path} could not be written ({reason})")

@@ -1,0 +1,101 @@
+"""What the actions read before they decide anything: the policy, the guests, the records, the plans."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from libmgsave.context import Context
+from libmgsave.errors import Problem
+from libmgsave.hypervisor import Connections, free_bytes, save_room
+from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
+from libmgsave.policy import BUILTIN_POLICY, Policy
+from libmgsave.state.images import read_with_any, transient_images_without_record
+from libmgsave.state.records import booted_since
+from libmgsave.state.throughput import learned_throughput
+
+log = logging.getLogger("mgsave")
+
+# How long a pass keeps trying to reach a libvirt daemon that does not answer (yet): at boot
+# it may still be starting; at shutdown its socket may be restarting.
+PASS_CONNECT_RETRY = 60.0
+QUERY_CONNECT_RETRY = 0.0
+
+
+def strict_policy(ctx: Context) -> Policy:
+    """The policy for ``check``: a missing default file means the built-in defaults; a broken
+    one raises PolicyError with every problem."""
+    from libmgsave import policyfile
+
+    if not ctx.policy_explicit and not os.path.lexists(ctx.policy_path):
+        log.info("no policy file at %s: using the built-in defaults", ctx.policy_path)
+        policy = BUILTIN_POLICY
+    else:
+        policy = policyfile.load_policy(ctx.policy_path, trust_insecure=ctx.trust_insecure)
+    return _with_connections(policy, ctx)
+
+
+def pass_policy(ctx: Context) -> tuple[Policy, list[Problem]]:
+    """The policy for a pass (and ``plan``, ``status``): never raises; a broken file gives the
+    built-in defaults plus its problems, each logged."""
+    from libmgsave import policyfile
+
+    policy, problems = policyfile.load_policy_for_pass(ctx.policy_path, explicit=ctx.policy_explicit,
+                                                       trust_insecure=ctx.trust_insecure)
+    if policy.is_builtin and not problems:
+        log.info("no policy file at %s: using the built-in defaults", ctx.policy_path)
+    for problem in problems:
+        log.error("policy problem: %s", problem)
+    if problems:
+        log.error("the policy %s is unusable: carrying on with the built-in safe defaults "
+                  "(save every running guest; resume at boot those that were running)", ctx.policy_path)
+    return _with_connections(policy, ctx), problems
+
+
+def _with_connections(policy: Policy, ctx: Context) -> Policy:
+    return policy.with_connections(ctx.connect) if ctx.connect else policy
+
+
+def connect(policy: Policy, *, retry_for: float = QUERY_CONNECT_RETRY,
+            give_up_at: float = float("inf")) -> tuple[Connections, list[str]]:
+    """Open every connection of the policy; a warning for each one that did not answer. Raises
+    HypervisorUnavailable when none did."""
+    connections, unreachable = Connections.open(policy.connections, retry_for=retry_for, give_up_at=give_up_at)
+    warnings = [f"could not reach {uri}: its guests were not handled ({why})" for uri, why in unreachable.items()]
+    return connections, warnings
+
+
+def needs_details(policy: Policy) -> bool:
+    """True when a rule matches on what only a guest's XML says (title, metadata)."""
+    return any(rule.match.title or rule.match.metadata for rule in policy.rules)
+
+
+def inventory(connections: Connections, policy: Policy) -> list:
+    """Every guest on every open connection."""
+    details = needs_details(policy)
+    guests = []
+    for host in connections.hosts():
+        guests.extend(host.guests(with_details=details))
+    return guests
+
+
+def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None = None) -> Plan:
+    """The shutdown plan, with the save rate the last pass measured and the free space now."""
+    previous = ctx.state.last_shutdown(quiet=True)
+    room = {uri: save_room(uri) for uri in policy.connections}
+    room[FILES_ROOM] = free_bytes(str(ctx.state.path))
+    return plan_shutdown(guests, policy, state_dir=ctx.state.path, throughput=learned_throughput(previous),
+                         deadline=deadline, room=room)
+
+
+def boot_plan(ctx: Context, guests, policy: Policy, connections: Connections) -> Plan:
+    """The boot plan, from the last shutdown record (or, without one, the saved images alone)."""
+    record = ctx.state.last_shutdown(warnings=ctx.warnings)
+    recovered = transient_images_without_record(
+        ctx.state.images, record, lambda path: read_with_any(connections.hosts(), path), ctx.warnings)
+    boot = ctx.state.last_boot(quiet=True)
+    return plan_boot(guests, policy, record, recovered, booted_since=booted_since(record, boot))
+
+
+def problems_dict(problems: list[Problem]) -> list[dict]:
+    return [p.to_dict() for p in problems]

@@ -1,0 +1,131 @@
+"""The frame both passes share: the policy, the lock, the connections, the guests; the summary.
+
+``run_pass`` does everything around the pass's own outline (``shutdown.carry_out`` or
+``boot.carry_out``): log the start, take the lock, open the connections, look at the guests,
+then, with the plan carried out, build the ``PassResult``, log the end and print the summary.
+A pass asked to stop before it looked at any guest (waiting for the lock or for the daemon)
+ends with ``StoppedEarly`` and does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from libmgsave import __version__, interrupt, journal, lock, notify, report
+from libmgsave.actions import inputs
+from libmgsave.context import Context
+from libmgsave.errors import Problem
+from libmgsave.hypervisor import Connections
+from libmgsave.outcomes import GuestResult, PassResult
+from libmgsave.plan import PassKind, Plan
+from libmgsave.policy import Policy
+
+log = logging.getLogger("mgsave")
+
+BOOT_LOCK_WAIT = 300.0  # how long a boot pass waits for another pass's lock by default
+
+
+@dataclass(frozen=True)
+class StoppedEarly:
+    """The pass was stopped (``signal``) before it handled any guest: nothing was done."""
+
+    kind: PassKind
+    signal: str
+
+
+@dataclass
+class PassRun:
+    """What a pass's outline works with."""
+
+    ctx: Context
+    kind: PassKind
+    policy: Policy
+    problems: list[Problem]
+    started: float  # time.time()
+    deadline_at: float  # time.monotonic(): the end of the shutdown deadline
+    connections: Connections
+    guests: list
+    warnings: list[str]  # connections that did not answer
+
+    def time_left(self) -> float:
+        return max(0.0, self.deadline_at - time.monotonic())
+
+    def announce(self, plan: Plan) -> None:
+        """Log the plan's warnings and print the plan (without settings) before carrying it out."""
+        for warning in plan.warnings:
+            log.warning("%s", warning)
+        if not self.ctx.json:
+            print(report.render_plan(plan, settings=False))
+            sys.stdout.flush()
+
+
+Outline = Callable[[PassRun], tuple[Plan, list[GuestResult]]]
+
+
+def run_pass(ctx: Context, kind: PassKind, outline: Outline) -> PassResult | StoppedEarly:
+    try:
+        return _run(ctx, kind, outline)
+    except interrupt.Interrupted:
+        signal = interrupt.signal_received().name
+        log.warning("%s pass stopped (%s) before it handled any guest: nothing was done", kind, signal)
+        notify.status(f"{kind} pass failed: stopped by {signal} before any guest was handled")
+        return StoppedEarly(kind, signal)
+
+
+def _run(ctx: Context, kind: PassKind, outline: Outline) -> PassResult:
+    policy, problems = inputs.pass_policy(ctx)
+    deadline = ctx.deadline or policy.limits.shutdown_deadline
+    started, deadline_at = time.time(), time.monotonic() + deadline
+    dry = " (dry run)" if ctx.dry_run else ""
+    log.info("%s pass%s begins (mgsave %s)", kind, dry, __version__,
+             extra={"MESSAGE_ID": journal.PASS_START, "MGSAVE_PASS": str(kind)})
+    notify.status(f"{kind} pass: starting")
+    if kind is PassKind.SHUTDOWN and not ctx.dry_run:
+        # The unit's TimeoutStopSec fits the default deadline; a policy may give a longer one.
+        notify.extend_timeout(deadline + 60)
+    with _lock(ctx, kind, deadline):
+        connections, warnings = inputs.connect(policy, retry_for=min(inputs.PASS_CONNECT_RETRY, deadline / 4),
+                                               give_up_at=deadline_at)
+        run = PassRun(ctx, kind, policy, problems, started, deadline_at, connections,
+                      inputs.inventory(connections, policy), warnings)
+        plan, results = outline(run)
+        stopped_by = interrupt.signal_received()
+        result = PassResult(kind=kind, dry_run=ctx.dry_run, started=started, finished=time.time(), results=results,
+                            warnings=[str(p) for p in problems] + warnings + ctx.warnings + list(plan.warnings),
+                            unreachable=tuple(uri for uri in policy.connections if uri not in connections.uris()),
+                            bookkeeping_failed=ctx.bookkeeping_failed,
+                            interrupted=stopped_by.name if stopped_by else None)
+    _summarise(ctx, result)
+    return result
+
+
+@contextlib.contextmanager
+def _lock(ctx: Context, kind: PassKind, deadline: float):
+    """The pass lock (none for a dry run); a pass that cannot take it at all goes on without."""
+    if ctx.dry_run:
+        yield
+        return
+    wait = ctx.wait if ctx.wait is not None else (deadline if kind is PassKind.SHUTDOWN else BOOT_LOCK_WAIT)
+    with lock.pass_lock(ctx.state.path, f"mgsave {kind}", wait=wait) as locked:
+        if not locked:
+            ctx.bookkeeping_failed = True
+            ctx.warnings.append(f"ran without the pass lock: it could not be taken in {ctx.state.path}")
+        yield
+
+
+def _summarise(ctx: Context, result: PassResult) -> None:
+    failed = result.failed
+    log.log(logging.ERROR if failed else logging.INFO,
+            "%s pass%s ends: %d guests, %d failed, %.1f s", result.kind, " (dry run)" if result.dry_run else "",
+            len(result.results), len(failed), result.finished - result.started,
+            extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": str(result.kind)})
+    notify.status(f"{result.kind} pass: done, {len(result.results) - len(failed)}/{len(result.results)} guests ok")
+    if ctx.json:
+        ctx.emit(result.to_dict(), "")
+    else:
+        ctx.emit({}, report.render_result(result))

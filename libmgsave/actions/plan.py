@@ -1,0 +1,28 @@
+"""``mgsave plan``: print the plan a pass would carry out now, computed as the pass computes it."""
+
+from __future__ import annotations
+
+from libmgsave import report
+from libmgsave.actions import inputs
+from libmgsave.context import Context
+
+
+def run_plan(ctx: Context) -> None:
+    policy, problems = inputs.pass_policy(ctx)
+    connections, warnings = inputs.connect(policy)
+    guests = inputs.inventory(connections, policy)
+    plans = []
+    if ctx.which in (None, "shutdown"):
+        plans.append(inputs.shutdown_plan(ctx, guests, policy))
+    if ctx.which in (None, "boot"):
+        plans.append(inputs.boot_plan(ctx, guests, policy, connections))
+    warnings += ctx.warnings
+    # Only the form asked for: each costs as much as the plan itself with thousands of guests.
+    if ctx.json:
+        ctx.emit({"policy_problems": inputs.problems_dict(problems), "warnings": warnings,
+                  "plans": [p.to_dict() for p in plans]}, "")
+        return
+    text = "\n\n".join(report.render_plan(p) for p in plans)
+    if warnings:
+        text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
+    ctx.emit({}, text)

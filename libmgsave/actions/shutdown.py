@@ -1,0 +1,110 @@
+"""``mgsave shutdown``: save (or shut down, or power off) every running guest, as the policy says.
+
+The outline: plan; record which guests are running before touching any; carry out the plan;
+handle the guests someone started meanwhile; write the final record with the save rate
+learned; summarise (``passes.run_pass`` does the frame: lock, connections, summary).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from libmgsave import interrupt, journal
+from libmgsave.actions import inputs, passes
+from libmgsave.context import Context
+from libmgsave.errors import HypervisorError
+from libmgsave.execute import ShutdownPass, dry_run_results, skipped_results
+from libmgsave.outcomes import GuestResult, Outcome, PassResult
+from libmgsave.plan import DEADLINE_RESERVE, PassKind, Plan
+from libmgsave.saveimages import save_file_is_complete
+from libmgsave.state import RecordWriter, guest_record_key
+from libmgsave.state.carry_over import pending_files, starting_entries
+from libmgsave.state.records import pending_entry
+from libmgsave.state.throughput import measured_throughput
+
+log = logging.getLogger("mgsave")
+
+LATE_ROUNDS = 2  # how many times the pass looks again for guests started meanwhile
+
+
+def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly:
+    return passes.run_pass(ctx, PassKind.SHUTDOWN, carry_out)
+
+
+def carry_out(run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
+    ctx = run.ctx
+    plan = inputs.shutdown_plan(ctx, run.guests, run.policy, deadline=run.time_left())
+    run.announce(plan)
+    if ctx.dry_run:
+        return plan, dry_run_results(plan) + skipped_results(plan)
+    record = _begin_record(ctx, plan)
+    results = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at).run()
+    results = _late_guests(run, record, results + skipped_results(plan))
+    _finish_record(ctx, record, results)
+    return plan, results
+
+
+def _begin_record(ctx: Context, plan: Plan) -> RecordWriter:
+    """Write the record's guest list before any guest is touched: every guest running now, plus
+    what an earlier pass of this host cycle recorded (see ``state.carry_over``)."""
+    ctx.state.set_aside_untrusted("shutdown", ctx.warnings)
+    previous = ctx.state.last_shutdown(quiet=True)
+    boot = ctx.state.last_boot(quiet=True)
+    complete = {path for path in pending_files(previous) if save_file_is_complete(path)}
+    entries = starting_entries(previous, boot, plan, complete)
+    return RecordWriter.begin(ctx.state.shutdown_record, "shutdown", entries)
+
+
+def _finish_record(ctx: Context, record: RecordWriter, results: list[GuestResult]) -> None:
+    stopped_by = interrupt.signal_received()
+    record.finish(measured_throughput=measured_throughput(results), ok=all(r.ok for r in results),
+                  interrupted=stopped_by.name if stopped_by else None)
+    if record.error:
+        ctx.bookkeeping_failed = True
+        ctx.warnings.append(f"the shutdown record {record.path} could not be written ({record.error}): the next "
+                            f"boot pass will go by the guests' saved images alone")
+
+
+def _late_guests(run: passes.PassRun, record: RecordWriter, results: list[GuestResult]) -> list[GuestResult]:
+    """Guests started by someone else while the pass ran would be left running: look again once
+    the plan is done, and put each one found running through its chain too."""
+    for _round in range(LATE_ROUNDS):
+        remaining = run.deadline_at - time.monotonic()
+        if remaining <= DEADLINE_RESERVE or interrupt.requested():
+            break
+        given_up = {r.plan.key for r in results if r.outcome is Outcome.FAILED}  # every step failed: not again
+        late = [g for g in _running_guests(run) if g.key not in given_up]
+        if not late:
+            break
+        plan = inputs.shutdown_plan(run.ctx, late, run.policy, deadline=remaining)
+        for entry in plan.active:
+            log.warning("%s: started by someone else during the pass; handling it now", entry.guest.name,
+                        extra=journal.guest_fields(entry.guest, result="late"))
+            record.update_guest(guest_record_key(*entry.guest.key), **pending_entry(entry))
+        more = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at).run()
+        results = _merge_late(results, more)
+    return results
+
+
+def _running_guests(run: passes.PassRun) -> list:
+    details = inputs.needs_details(run.policy)
+    running = []
+    for host in run.connections.hosts():
+        try:
+            running += [g for g in host.guests(with_details=details) if g.state.is_active]
+        except HypervisorError as error:
+            log.warning("could not look for guests started during the pass on %s: %s", host.uri, error.message)
+    return running
+
+
+def _merge_late(results: list[GuestResult], late: list[GuestResult]) -> list[GuestResult]:
+    merged = list(results)
+    index = {r.plan.key: i for i, r in enumerate(merged)}
+    for r in late:
+        r.messages.insert(0, "started by someone else during the pass: handled after the others")
+        if r.plan.key in index:  # stopped by this pass, then started again
+            merged[index[r.plan.key]] = r
+        else:
+            merged.append(r)
+    return merged

@@ -1,0 +1,243 @@
+"""Carrying out a boot plan: start, resume or restore each guest in start order.
+
+Starts take a slot (``limits.max_parallel_starts``), ``limits.start_delay`` apart; a guest
+waits for the guests it is ``after`` to be ready. A guest already running is left alone, so a
+second boot pass changes nothing. What to do when a resume fails is the plan's decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from libmgsave import interrupt, journal, notify
+from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused
+from libmgsave.execute.progress import file_size
+from libmgsave.execute.scheduler import Schedule, Slots
+from libmgsave.execute.steps import add_step, timed_step
+from libmgsave.hypervisor import Connections, Guest
+from libmgsave.outcomes import GuestResult, Outcome, StepResult
+from libmgsave.plan import Action, GuestPlan, Plan
+from libmgsave.policy import ReadyKind
+from libmgsave.saveimages import saved_image_is_partial
+from libmgsave.state import StateDir
+from libmgsave.state.images import keep_failed_image, set_aside_failed_file
+
+log = logging.getLogger("mgsave")
+
+_UP = (Outcome.RESUMED, Outcome.RESTORED, Outcome.STARTED, Outcome.BOOTED_FRESH)
+
+
+class BootPass:
+    def __init__(self, plan: Plan, connections: Connections, *, state_dir: StateDir):
+        self.plan = plan
+        self.connections = connections
+        self.state_dir = state_dir
+        self.start_slots = Slots(plan.limits.max_parallel_starts)
+        self._last_start = 0.0
+        self._delay_lock = threading.Lock()
+        self._started_count = 0
+        self._count_lock = threading.Lock()
+
+    def run(self) -> list[GuestResult]:
+        """Every active guest's result, in plan order."""
+        results = Schedule(self.plan).run(self._guest)
+        return [results[e.key] for e in self.plan.active]
+
+    def _guest(self, entry: GuestPlan, deps: dict) -> GuestResult:
+        result = GuestResult(entry, Outcome.FAILED, started=time.time())
+        result.messages.extend(entry.notes)
+        for dep in deps.values():
+            if dep is not None and not dep.ok:
+                result.messages.append(f"starts although {dep.plan.guest.name}, which it is after, failed")
+        action = entry.actions[0]
+        step_started = None  # once a start slot is held: waiting for one is not starting
+        try:
+            interrupt.check()
+            with self.start_slots.held():
+                self._respect_start_delay()
+                interrupt.check()  # the last moment to leave it alone: after this, libvirt starts it
+                step_started = time.time()
+                result.outcome = self._start(entry, action, result)
+        except interrupt.Interrupted:
+            self._not_started(action, result)
+        except GuestGone:
+            result.outcome = Outcome.VANISHED
+            result.messages.append("the guest was undefined by someone else during the pass")
+            log.warning("%s: undefined by someone else during the pass", entry.guest.name,
+                        extra=journal.guest_fields(entry.guest, result=Outcome.VANISHED))
+        except HypervisorError as error:
+            add_step(result, StepResult(action, False, step_started or time.time(), time.time(), error=error.message))
+        else:
+            with self._count_lock:
+                self._started_count += 1
+                notify.status(f"starting {self._started_count}/{len(self.plan.active)}: {entry.guest.name}")
+            if result.outcome in _UP:
+                self._after_start(entry, result)
+        result.finished = time.time()
+        return result
+
+    @staticmethod
+    def _not_started(action: Action, result: GuestResult) -> None:
+        """The pass was asked to stop before it started the guest: it stays off, and keeps its
+        saved state (and its entry in the shutdown record) for the next boot pass."""
+        signal_name = interrupt.signal_received().name if interrupt.signal_received() else "a stop request"
+        kept = "; its saved state is kept for the next boot" if action in (Action.RESUME, Action.RESTORE) else ""
+        result.outcome = Outcome.INTERRUPTED
+        result.messages.append(f"not started: the pass was stopped ({signal_name}) before it{kept}")
+        log.warning("%s: not started: the pass was stopped (%s)%s", result.plan.guest.name, signal_name, kept,
+                    extra=journal.guest_fields(result.plan.guest, action=action, result=Outcome.INTERRUPTED))
+
+    def _respect_start_delay(self) -> None:
+        delay = self.plan.limits.start_delay
+        if delay <= 0:
+            return
+        with self._delay_lock:
+            wait = self._last_start + delay - time.monotonic()
+            if wait > 0:
+                interrupt.sleep(wait)
+            self._last_start = time.monotonic()
+
+    def _start(self, entry: GuestPlan, action: Action, result: GuestResult) -> Outcome:
+        if action is Action.RESTORE:
+            return self._restore_transient(entry, result)
+        started = [time.time()]
+
+        def attempt() -> Outcome:
+            return self._start_once(entry, action, result, started[0])
+
+        def after_reconnect(error: HypervisorError) -> Outcome | None:
+            # The daemon went away during the start: see whether it had gone through.
+            log.warning("%s: lost the connection while starting it (%s); reconnected", entry.guest.name,
+                        error.message, extra=journal.guest_fields(entry.guest, action=action, result="retry"))
+            guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
+            if guest.is_active():
+                result.messages.append(f"the connection to libvirt was lost during the {action}; it had gone through")
+                return self._started(entry, action, guest, result, started[0])
+            result.messages.append(f"the connection to libvirt was lost during the {action}; tried again")
+            started[0] = time.time()
+            return None
+
+        return self.connections.call_with_reconnect(entry.guest.connection, attempt, after_reconnect=after_reconnect)
+
+    def _start_once(self, entry: GuestPlan, action: Action, result: GuestResult, started: float) -> Outcome:
+        guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
+        if guest.is_active():
+            result.messages.append("already running (started by someone else)")
+            return Outcome.SKIPPED
+        if action is Action.RESUME and saved_image_is_partial(entry.managed_image):
+            # libvirt would delete it and boot the guest fresh without telling: decide ourselves
+            error = OperationRefused(f"{entry.guest.name}: its saved image is incomplete: the save never "
+                                     f"finished (a power loss or crash during the shutdown pass)")
+            add_step(result, StepResult(action, False, started, time.time(), error=error.message))
+            return self._resume_failed(entry, guest, result, error)
+        try:
+            guest.start(bypass_cache=entry.effective.settings.bypass_cache)
+        except HypervisorUnavailable:
+            raise  # retried after a reconnect
+        except HypervisorError as error:
+            if action is not Action.RESUME or not guest.has_saved_state():
+                raise  # recorded by the caller
+            add_step(result, StepResult(action, False, started, time.time(), error=error.message))
+            return self._resume_failed(entry, guest, result, error)
+        return self._started(entry, action, guest, result, started)
+
+    def _started(self, entry: GuestPlan, action: Action, guest: Guest, result: GuestResult, started: float) -> Outcome:
+        """The outcome of a start that went through."""
+        step = StepResult(action, True, started, time.time())
+        if action is Action.RESUME and not self._resumed(entry, guest):
+            message = "libvirt booted it fresh instead of resuming it: its saved image was not used"
+            result.messages.append(message)
+            add_step(result, step, " (booted fresh, not resumed)")
+            log.error("%s: %s", entry.guest.name, message,
+                      extra=journal.guest_fields(entry.guest, action="resume", result="booted-fresh"))
+            return Outcome.BOOTED_FRESH
+        add_step(result, step)
+        if action is Action.START and entry.boots_fresh_because:
+            log.error("%s: %s", entry.guest.name, entry.boots_fresh_because,
+                      extra=journal.guest_fields(entry.guest, action="start", result="booted-fresh"))
+            return Outcome.BOOTED_FRESH
+        return Outcome.RESUMED if action is Action.RESUME else Outcome.STARTED
+
+    @staticmethod
+    def _resumed(entry: GuestPlan, guest: Guest) -> bool:
+        """False only when libvirt says a guest it was asked to resume booted instead. Only QEMU
+        connections (whose image location we know) say so reliably; elsewhere, assume it did."""
+        if entry.managed_image is None:
+            return True
+        try:
+            return guest.was_restored()
+        except HypervisorError:
+            return True
+
+    def _resume_failed(self, entry: GuestPlan, guest: Guest, result: GuestResult, error: HypervisorError) -> Outcome:
+        kept = keep_failed_image(entry.managed_image, self.state_dir.failed_images, entry.guest.name)
+        where = f"kept at {kept}" if kept else "left in place"
+        log.error("%s: resuming failed (%s); the saved image is %s", entry.guest.name, error.message, where,
+                  extra=journal.guest_fields(entry.guest, action="resume", result="failed"))
+        result.messages.append(f"resume failed: {error.message}; image {where}")
+        if kept is None or entry.if_resume_fails is Action.SKIP:
+            if kept is None:
+                result.messages.append("left off: the image could not be set aside, so it is not discarded")
+            return Outcome.LEFT_OFF
+        started = time.time()
+        guest.discard_saved_state()
+        guest.start(bypass_cache=entry.effective.settings.bypass_cache, force_boot=True)
+        add_step(result, StepResult(Action.START, True, started, time.time()), " (booted fresh after the failed resume)")
+        return Outcome.BOOTED_FRESH
+
+    def _restore_transient(self, entry: GuestPlan, result: GuestResult) -> Outcome:
+        host = self.connections.host(entry.guest.connection)
+        try:
+            with timed_step(result, Action.RESTORE) as step:
+                host.restore_from_file(entry.image, bypass_cache=entry.effective.settings.bypass_cache)
+                step.bytes = file_size(entry.image)
+        except HypervisorError:
+            kept = set_aside_failed_file(entry.image, self.state_dir.failed_images)
+            result.messages.append(f"restore failed; a transient guest cannot boot fresh; image kept at {kept}")
+            return Outcome.LEFT_OFF
+        # A save file restored once is stale the moment the guest runs on: never restore it twice.
+        try:
+            os.unlink(entry.image)
+        except OSError:
+            pass
+        return Outcome.RESTORED
+
+    def _after_start(self, entry: GuestPlan, result: GuestResult) -> None:
+        settings = entry.effective.settings
+        try:
+            guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
+        except HypervisorError as error:
+            result.messages.append(f"could not look at it after starting: {error.message}")
+            return
+        if settings.sync_time and result.outcome in (Outcome.RESUMED, Outcome.RESTORED):
+            try:
+                guest.sync_clock()
+            except HypervisorError as error:
+                result.messages.append(f"clock not synced (needs the guest agent): {error.message}")
+                log.warning("%s: clock not synced: %s", entry.guest.name, error.message,
+                            extra=journal.guest_fields(entry.guest, action="sync_time", result="failed"))
+        try:
+            _wait_until_ready(entry, guest, result)
+        except interrupt.Interrupted:
+            result.messages.append("its readiness wait was cut short: the pass was stopped")
+
+
+def _wait_until_ready(entry: GuestPlan, guest: Guest, result: GuestResult) -> None:
+    ready = entry.effective.settings.ready
+    if ready.kind is ReadyKind.DELAY:
+        interrupt.sleep(ready.seconds)
+    elif ready.kind is ReadyKind.AGENT:
+        give_up_at = time.monotonic() + ready.seconds
+        while not guest.agent_responds(timeout=2):
+            if time.monotonic() >= give_up_at:
+                result.messages.append(
+                    f"not ready: the guest agent did not answer within {ready.seconds:g} s; dependents start anyway"
+                )
+                log.warning("%s: guest agent did not answer within %g s; dependents start anyway",
+                            entry.guest.name, ready.seconds,
+                            extra=journal.guest_fields(entry.guest, action="ready", result="timeout"))
+                break
+            interrupt.sleep(1)

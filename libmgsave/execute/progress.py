@@ -1,0 +1,171 @@
+"""Watching running saves: progress in the log and in systemd's status, and aborting hung saves."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from libmgsave import journal, notify
+from libmgsave.errors import HypervisorError
+from libmgsave.hypervisor import Guest, JobProgress
+from libmgsave.plan import GuestPlan
+
+log = logging.getLogger("mgsave")
+
+PROGRESS_EVERY = 3.0  # seconds between progress lines for a running save
+PROGRESS_POLL = 1.0  # how often running saves are looked at (the first line comes after this)
+STALL_LIMIT = 60.0  # a save with no progress for this long, past the deadline, is aborted
+
+
+@dataclass
+class _Watched:
+    """One running save. Changed only under ``SaveProgress._lock``."""
+
+    guest: Guest
+    plan: GuestPlan
+    image: str | None  # the file the save writes, when its path is known
+    started: float
+    timeout_at: float
+    last_log: float
+    last_bytes: int = -1
+    last_change: float = 0.0
+    last_seen: int | None = None
+    aborted: str | None = None  # why it was aborted
+
+
+class SaveProgress:
+    """Watches running saves from a thread of its own while the shutdown pass runs."""
+
+    def __init__(self, total: int, deadline_at: float):
+        self.total = total
+        self.done = 0
+        self.deadline_at = deadline_at
+        self._running: dict[str, _Watched] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mgsave-progress", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def begin(self, guest: Guest, plan: GuestPlan, timeout: float, image: str | None = None) -> None:
+        """Watch a save that writes ``image`` (None when its path is unknown)."""
+        now = time.monotonic()
+        with self._lock:
+            self._running[guest.uuid] = _Watched(guest, plan, image, started=now, timeout_at=now + timeout,
+                                                 last_log=now - PROGRESS_EVERY + PROGRESS_POLL, last_change=now)
+        self._status()
+
+    def end(self, guest: Guest) -> tuple[int | None, str | None]:
+        """Stop watching; returns (bytes seen, why it was aborted or None)."""
+        with self._lock:
+            watched = self._running.pop(guest.uuid, None)
+            self.done += 1
+        self._status()
+        if watched is None:
+            return None, None
+        return watched.last_seen, watched.aborted
+
+    def _status(self, detail: str = "") -> None:
+        with self._lock:
+            names = ", ".join(w.guest.name for w in self._running.values())
+        text = f"saving {self.done}/{self.total}"
+        if names:
+            text += f": {detail or names}"
+        notify.status(text)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(PROGRESS_POLL):
+            with self._lock:
+                watched = list(self._running.values())
+            moving = False
+            parts: list[str] = []
+            for save in watched:
+                moving |= self._check(save, parts)
+            if parts:
+                self._status(", ".join(parts))
+            if moving:
+                # A save that makes progress is never killed by systemd's stop timeout.
+                notify.extend_timeout(PROGRESS_POLL * 10 + 30)
+
+    @staticmethod
+    def _measure(save: _Watched) -> JobProgress | None:
+        """Bytes written so far: the image's size on disk when its path is known (that never
+        blocks, and is what reaches the disk), else libvirt's job statistics, which block
+        while libvirt holds the guest's job lock and count memory handed to the writer."""
+        if save.image:
+            written = file_size(save.image) or 0
+            return JobProgress(written, max(written, save.plan.guest.memory_bytes))
+        try:
+            return save.guest.job_progress()
+        except HypervisorError:
+            return None
+
+    def _check(self, save: _Watched, parts: list[str]) -> bool:
+        """Look at one save (measured without the lock: that may block); True when it moved."""
+        progress = self._measure(save)
+        now = time.monotonic()
+        with self._lock:
+            if self._running.get(save.guest.uuid) is not save:
+                return False  # it ended while we looked
+            moving = self._record(save, progress, now, parts)
+            abort = self._abort_reason(save, now)
+            if abort:
+                save.aborted = abort
+        if abort:
+            log.warning("%s: aborting the save: %s", save.guest.name, abort,
+                        extra=journal.guest_fields(save.plan.guest, action="save", result="abort"))
+            try:
+                save.guest.abort_job()
+            except HypervisorError as error:
+                log.warning("%s: could not abort the save: %s", save.guest.name, error.message)
+        return moving
+
+    @staticmethod
+    def _record(save: _Watched, progress: JobProgress | None, now: float, parts: list[str]) -> bool:
+        if progress is None:
+            return False
+        moving = progress.processed > save.last_bytes
+        if moving:
+            save.last_bytes = progress.processed
+            save.last_change = now
+        save.last_seen = progress.processed
+        percent = f"{progress.fraction * 100:.0f}%" if progress.fraction is not None else "?"
+        parts.append(f"{save.guest.name} {percent}")
+        if now - save.last_log >= PROGRESS_EVERY - 0.05:
+            save.last_log = now
+            log.info("%s: saving %s (%s of %s)", save.guest.name, percent, mb(progress.processed),
+                     mb(progress.total) if progress.total else "?",
+                     extra=journal.guest_fields(save.plan.guest, action="save", result="progress",
+                                                seconds=now - save.started, bytes_=progress.processed))
+        return moving
+
+    def _abort_reason(self, save: _Watched, now: float) -> str | None:
+        if save.aborted is not None:
+            return None
+        if now > save.timeout_at:
+            return "save_timeout reached"
+        if now > self.deadline_at and now - save.last_change > STALL_LIMIT:
+            return f"past the shutdown deadline with no progress for {STALL_LIMIT:.0f} s"
+        return None
+
+
+def mb(n: float | None) -> str:
+    return "?" if n is None else f"{n / 1e6:.0f} MB"
+
+
+def file_size(path: str | None) -> int | None:
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None

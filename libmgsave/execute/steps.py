@@ -1,0 +1,60 @@
+"""One step of one guest (a save, a start...): timed, logged, and added to the guest's result."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from libmgsave import journal
+from libmgsave.errors import HypervisorError
+from libmgsave.execute.progress import mb
+from libmgsave.outcomes import GuestResult, StepResult
+from libmgsave.plan import Action
+
+log = logging.getLogger("mgsave")
+
+
+@dataclass
+class StepTimes:
+    """Filled in by the code that runs a step inside ``timed_step``."""
+
+    started: float
+    finished: float | None = None  # when the work ended, if before the block does
+    bytes: int | None = None
+    note: str = ""  # said after "ok in 1.2 s" in the log, e.g. " (booted fresh, not resumed)"
+
+    def restart(self) -> None:
+        """The step's work begins now (after waiting for a slot, which is not part of it)."""
+        self.started = time.time()
+
+
+@contextlib.contextmanager
+def timed_step(result: GuestResult, action: Action) -> Iterator[StepTimes]:
+    """Run a step in the block. When the block ends, the step is added to ``result`` as done and
+    logged; when it raises HypervisorError, the step is added as failed with the error's message,
+    logged, and the error raised on."""
+    times = StepTimes(time.time())
+    try:
+        yield times
+    except HypervisorError as error:
+        add_step(result, StepResult(action, False, times.started, time.time(), error=error.message))
+        raise
+    add_step(result, StepResult(action, True, times.started, times.finished or time.time(), bytes=times.bytes),
+             times.note)
+
+
+def add_step(result: GuestResult, step: StepResult, note: str = "") -> None:
+    """Add a finished step to the guest's result, and log it."""
+    result.steps.append(step)
+    guest = result.plan.guest
+    fields = journal.guest_fields(guest, action=step.action, result="ok" if step.ok else "failed",
+                                  seconds=step.seconds, bytes_=step.bytes)
+    if step.ok:
+        size = f", {mb(step.bytes)}" if step.bytes else ""
+        log.info("%s: %s ok in %.1f s%s%s", guest.name, step.action, step.seconds, size, note, extra=fields)
+    else:
+        log.warning("%s: %s failed after %.1f s: %s", guest.name, step.action, step.seconds, step.error,
+                    extra=fields)

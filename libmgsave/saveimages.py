@@ -1,0 +1,50 @@
+"""Where libvirt keeps a guest's saved memory state, and whether a save file is whole.
+
+Facts about files only: nothing here talks to libvirt, so the planner can use them.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def managed_save_dir(uri: str) -> str | None:
+    """Where libvirt keeps managed-save images for a local QEMU connection, else None.
+
+    libvirt does not tell; these are its fixed locations. Used to check free space before
+    saving and to keep an image that failed to resume.
+    """
+    if uri.rstrip("/") in ("qemu:///system", "qemu://system"):
+        return "/var/lib/libvirt/qemu/save"
+    if uri.rstrip("/") == "qemu:///session":
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        return os.path.join(base, "libvirt", "qemu", "save")
+    return None
+
+
+# libvirt's QEMU save images begin with this mark while being written; it is replaced by the
+# real one ("LibvirtQemudSave") only once the save has completed.
+_QEMU_SAVE_PARTIAL = b"LibvirtQemudPart"
+
+
+def saved_image_is_partial(path: str | None) -> bool:
+    """True when the QEMU save image at ``path`` was never finished (the host lost power or
+    libvirtd died during the save). Starting the guest would not fail: libvirt deletes such an
+    image and boots the guest fresh, without a word to the caller."""
+    if not path:
+        return False
+    try:
+        with open(path, "rb") as image:
+            return image.read(len(_QEMU_SAVE_PARTIAL)) == _QEMU_SAVE_PARTIAL
+    except OSError:
+        return False
+
+
+def managed_image_path(uri: str, guest_name: str) -> str | None:
+    directory = managed_save_dir(uri)
+    return None if directory is None else f"{directory}/{guest_name}.save"
+
+
+def save_file_is_complete(path: str | None) -> bool:
+    """True when ``path`` is a save file whose save finished."""
+    return bool(path) and os.path.isfile(path) and not saved_image_is_partial(path)

@@ -1,0 +1,192 @@
+"""The records a pass leaves in the state directory: their format, their entries, and reading them.
+
+A record that cannot be trusted (damaged, hand-edited, from another mgsave) is never trusted
+blindly nor allowed to crash a pass: reading it raises ``RecordError``, and a pass about to
+replace it first sets it aside for inspection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import TypedDict
+
+from libmgsave import __version__
+from libmgsave.outcomes import Outcome
+
+log = logging.getLogger("mgsave")
+
+RECORD_FORMAT = "mgsave-state"
+RECORD_VERSION = 1
+SHUTDOWN_RECORD = "last-shutdown.json"
+BOOT_RECORD = "last-boot.json"
+
+
+class GuestEntry(TypedDict, total=False):
+    """One guest in a record, filed under ``guest_record_key``. The boot record has the first
+    four and ``ok``/``messages``; the shutdown record has the guest's facts and what was done."""
+
+    connection: str
+    name: str
+    uuid: str
+    outcome: str  # an Outcome's value
+    persistent: bool
+    state: str
+    memory_kib: int
+    title: str
+    metadata: dict[str, str]
+    image: str | None  # a transient guest's save file
+    planned: list[str]  # the actions of its plan
+    steps: list[dict]
+    finished: float
+    bytes: int
+    messages: list[str]
+    note: str
+    ok: bool
+
+
+def guest_record_key(connection: str, uuid: str) -> str:
+    return f"{connection} {uuid.lower()}"
+
+
+class RecordError(Exception):
+    """A record exists but cannot be trusted (corrupt, or from an incompatible mgsave)."""
+
+
+def read_record(path: Path, kind: str) -> dict | None:
+    """The record at ``path``, or None when there is none.
+
+    Raises RecordError when the file is unreadable, not JSON, not an mgsave record of this
+    ``kind``, of a format version this mgsave does not know, or has a field of the wrong type:
+    a damaged or hand-edited record is never trusted blindly, nor allowed to crash a pass.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise RecordError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not valid JSON (not UTF-8 text); the file is corrupt") from None
+    except (ValueError, RecursionError) as error:
+        raise RecordError(f"{path}: not valid JSON ({error}); the file is corrupt") from None
+    if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT or data.get("kind") != kind:
+        raise RecordError(f"{path}: not an mgsave {kind} record")
+    version = data.get("version")
+    if version != RECORD_VERSION:
+        raise RecordError(
+            f"{path}: written by mgsave {data.get('mgsave_version', '?')} in record format {version!r}; "
+            f"this mgsave {__version__} reads format {RECORD_VERSION} only"
+        )
+    if not isinstance(data.get("guests"), dict):
+        raise RecordError(f"{path}: has no guest list; the file is corrupt")
+    problem = _type_problem(data)
+    if problem:
+        raise RecordError(f"{path}: {problem}; the file is corrupt")
+    return data
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _type_problem(data: dict) -> str | None:
+    """What is wrong with the types of a record's fields, or None."""
+    if not _is_number(data.get("started")):
+        return f"'started' is {data.get('started')!r}, not a time"
+    if data.get("finished") is not None and not _is_number(data["finished"]):
+        return f"'finished' is {data['finished']!r}, not a time"
+    if data.get("interrupted") is not None and not isinstance(data["interrupted"], str):
+        return f"'interrupted' is {data['interrupted']!r}, not a signal name"
+    throughput = data.get("measured_throughput")
+    if throughput is not None and not (_is_number(throughput) and throughput > 0):
+        return f"'measured_throughput' is {throughput!r}, not a positive number"
+    for key, entry in data["guests"].items():
+        if not isinstance(entry, dict) or not {"name", "uuid", "connection", "outcome"} <= entry.keys():
+            return f"entry {key!r} is incomplete"
+        for name in ("name", "uuid", "connection", "outcome"):
+            if not isinstance(entry[name], str):
+                return f"entry {key!r}: '{name}' is {entry[name]!r}, not a string"
+        if key != guest_record_key(entry["connection"], entry["uuid"]):
+            return f"entry {key!r} is filed under the wrong key (it describes {entry['name']!r})"
+        memory = entry.get("memory_kib")
+        if memory is not None and not (isinstance(memory, int) and not isinstance(memory, bool) and memory >= 0):
+            return f"entry {key!r}: 'memory_kib' is {memory!r}, not a size"
+        if entry.get("image") is not None and not isinstance(entry["image"], str):
+            return f"entry {key!r}: 'image' is {entry['image']!r}, not a path"
+        if entry.get("persistent") is not None and not isinstance(entry["persistent"], bool):
+            return f"entry {key!r}: 'persistent' is {entry['persistent']!r}, not true or false"
+    return None
+
+
+def read_trusted(path: Path, kind: str, *, quiet: bool = False, warnings: list[str] | None = None) -> dict | None:
+    """The record, or None when there is none or it cannot be trusted (logged as an error unless
+    ``quiet`` and, given ``warnings``, added to them for the summary)."""
+    try:
+        return read_record(path, kind)
+    except RecordError as error:
+        if not quiet:
+            log.error("ignoring the %s record: %s", kind, error)
+        if warnings is not None:
+            warnings.append(f"ignoring the {kind} record: {error}")
+        return None
+
+
+def set_aside_untrusted(path: Path, kind: str, warnings: list[str]) -> None:
+    """Before a pass replaces the record at ``path``: a record that cannot be trusted is renamed
+    to ``<name>.untrusted-<time>`` and kept for inspection, never silently overwritten."""
+    try:
+        read_record(path, kind)
+        return
+    except RecordError as error:
+        problem = str(error)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.untrusted-{stamp}")
+    n = 1
+    while os.path.lexists(target):
+        n += 1
+        target = path.with_name(f"{path.name}.untrusted-{stamp}-{n}")
+    try:
+        os.replace(path, target)
+    except OSError as error:
+        log.error("ignoring the %s record: %s; could not keep it aside (%s)", kind, problem, error.strerror)
+        warnings.append(f"ignoring the {kind} record: {problem}; could not keep it aside ({error.strerror})")
+        return
+    log.error("ignoring the %s record: %s; kept as %s", kind, problem, target)
+    warnings.append(f"ignoring the {kind} record: {problem}; kept as {target}")
+
+
+def boot_record(started: float, results, interrupted: str | None) -> dict:
+    """The boot record of a finished (or stopped) boot pass, from its guest results."""
+    return {
+        "format": RECORD_FORMAT, "kind": "boot", "version": RECORD_VERSION,
+        "mgsave_version": __version__, "started": started, "finished": time.time(),
+        # A boot pass stopped early (a shutdown while it ran): the next shutdown pass carries
+        # over the record entries of the guests it did not reach.
+        "interrupted": interrupted,
+        "guests": {guest_record_key(*r.plan.key): GuestEntry(
+            connection=r.plan.guest.connection, name=r.plan.guest.name, uuid=r.plan.guest.uuid,
+            outcome=str(r.outcome), ok=r.ok, messages=r.messages) for r in results},
+    }
+
+
+def booted_since(shutdown: dict | None, boot: dict | None) -> bool:
+    """True when a boot pass ran after the shutdown pass of ``shutdown``."""
+    return bool(shutdown and boot and boot["started"] > shutdown["started"])
+
+
+def pending_entry(entry) -> GuestEntry:
+    """A guest's entry in the shutdown record, before anything is done to it (``entry`` is its
+    ``GuestPlan``)."""
+    g = entry.guest
+    return GuestEntry(
+        connection=g.connection, name=g.name, uuid=g.uuid, persistent=g.persistent, state=str(g.state),
+        memory_kib=g.memory_kib, title=g.title, metadata=dict(g.metadata), outcome=str(Outcome.PENDING),
+        image=entry.image, planned=[str(a) for a in entry.actions],
+    )
