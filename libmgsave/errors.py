@@ -79,10 +79,6 @@ class PolicyError(MgsaveError):
         )
 
 
-class UsageError(MgsaveError):
-    exit_code = ExitCode.BAD_INPUT
-
-
 class LockBusy(MgsaveError):
     exit_code = ExitCode.BUSY
 
