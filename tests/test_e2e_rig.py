@@ -9,104 +9,32 @@ namespace, where ``qemu:///system`` is the rig's private libvirtd. Guests are sm
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
-import textwrap
 import time
-from pathlib import Path
 
-import libvirt
 import pytest
 
+from tests.rig.mgsave import Mgsave, image, running
 from tests.rig import (SAVE_DIR, boots, last_tick, start_and_wait_ticking, state_reason, ticks,
                        wait_for_tick_after)
 
 pytestmark = pytest.mark.rig
 
-REPO = Path(__file__).resolve().parents[1]
 URI = "qemu:///system"
 SMALL = dict(memory_mib=256, fill_mib=64)
-# Environment that would send mgsave's output or state elsewhere (systemd's, or a caller's).
-FOREIGN_ENV = ("JOURNAL_STREAM", "INVOCATION_ID", "NOTIFY_SOCKET", "STATE_DIRECTORY", "MGSAVE_POLICY",
-               "MGSAVE_STATE_DIR", "LIBVIRT_DEFAULT_URI")
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
 
-class Run:
-    """One finished ``mgsave`` command: exit status, the parsed JSON on stdout, stderr."""
-
-    def __init__(self, args: list[str], proc: subprocess.CompletedProcess, seconds: float):
-        self.args = args
-        self.rc = proc.returncode
-        self.stdout = proc.stdout
-        self.stderr = proc.stderr
-        self.seconds = seconds
-        try:
-            self.data = json.loads(proc.stdout) if proc.stdout.strip() else None
-        except ValueError:
-            self.data = None
-
-    def __str__(self) -> str:
-        return (f"mgsave {' '.join(self.args)}: exit {self.rc} after {self.seconds:.1f} s\n"
-                f"--- stderr ---\n{self.stderr[-4000:]}\n--- stdout ---\n{self.stdout[-4000:]}")
-
-    def guest(self, name: str) -> dict:
-        found = [g for g in self.data["guests"] if g["name"] == name]
-        assert len(found) == 1, f"{name} not (once) in the output of {self}"
-        return found[0]
-
-    def outcomes(self) -> dict[str, str]:
-        return {g["name"]: g["outcome"] for g in self.data["guests"]}
-
-
-class Mgsave:
-    """Runs the real CLI with this test's policy file and state directory."""
-
-    def __init__(self, tmp_path: Path):
-        self.state_dir = tmp_path / "state"
-        self.policy = tmp_path / "policy.yaml"
-
-    def write_policy(self, text: str) -> None:
-        self.policy.write_text(textwrap.dedent(text))
-        os.chmod(self.policy, 0o644)
-
-    def __call__(self, *args: str, expect_rc: int | None = 0, timeout: float = 300) -> Run:
-        env = {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
-        argv = ["--policy", str(self.policy), "--state-dir", str(self.state_dir), "--json", *args]
-        t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "libmgsave", *argv], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=timeout)
-        run = Run(list(args), proc, time.monotonic() - t0)
-        print(f"mgsave {' '.join(args)}: exit {run.rc}, {run.seconds:.1f} s")
-        if expect_rc is not None:
-            assert run.rc == expect_rc, str(run)
-        assert run.data is not None, f"no JSON on stdout: {run}"
-        return run
-
-    def record(self, kind: str) -> dict | None:
-        path = self.state_dir / f"last-{kind}.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-
 @pytest.fixture
 def mgsave(rig, tmp_path) -> Mgsave:
-    return Mgsave(tmp_path)
-
-
-def image(name: str) -> Path:
-    return Path(SAVE_DIR) / f"{name}.save"
+    return Mgsave(tmp_path, json=True)
 
 
 def save_dir_files() -> list[str]:
     return sorted(os.listdir(SAVE_DIR))
-
-
-def running(conn) -> list[str]:
-    return sorted(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
 
 
 def exists(conn, name: str) -> bool:

@@ -13,12 +13,9 @@ resume (the ticks go on, one boot) from a cold boot (a second ``init up``, ticks
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -26,18 +23,15 @@ import libvirt
 import pytest
 
 from libmgsave import state
+from tests.rig.mgsave import Mgsave, image, running
 from tests.rig import (SAVE_DIR, boots, domain_xml, last_tick, start_and_wait_ticking, state_reason, ticks,
                        wait_for_state, wait_for_tick_after)
 
 pytestmark = pytest.mark.rig
 
-REPO = Path(__file__).resolve().parents[1]
 URI = "qemu:///system"
 SMALL = dict(memory_mib=256, fill_mib=64)
 TINY = dict(memory_mib=256, fill_mib=32)
-# The environment of a service or a caller that would send output or state elsewhere.
-FOREIGN_ENV = ("JOURNAL_STREAM", "INVOCATION_ID", "NOTIFY_SOCKET", "STATE_DIRECTORY", "MGSAVE_POLICY",
-               "MGSAVE_STATE_DIR", "LIBVIRT_DEFAULT_URI")
 BASE_POLICY = """\
     version: 1
     connections: ['qemu:///system']
@@ -50,103 +44,9 @@ BASE_POLICY = """\
 # --- helpers ------------------------------------------------------------------------------------
 
 
-class Run:
-    """A finished ``mgsave`` command: exit status, stdout (text summary), stderr (the log)."""
-
-    def __init__(self, args, rc: int, stdout: str, stderr: str, seconds: float):
-        self.args, self.rc, self.stdout, self.stderr, self.seconds = args, rc, stdout, stderr, seconds
-
-    def __str__(self) -> str:
-        return (f"mgsave {' '.join(self.args)}: exit {self.rc} after {self.seconds:.1f} s\n"
-                f"--- stderr ---\n{self.stderr[-5000:]}\n--- stdout ---\n{self.stdout[-5000:]}")
-
-    __repr__ = __str__
-
-
-class Mgsave:
-    """The real CLI, with this test's policy file (0644) and state directory."""
-
-    def __init__(self, tmp_path: Path):
-        self.tmp = tmp_path
-        self.state_dir = tmp_path / "state"
-        self.policy = tmp_path / "policy.yaml"
-        self.write_policy(BASE_POLICY)
-        self.runs = 0
-
-    def write_policy(self, text: str) -> None:
-        if self.policy.is_dir():
-            self.policy.rmdir()
-        self.policy.write_text(textwrap.dedent(text))
-        os.chmod(self.policy, 0o644)
-
-    def argv(self, args) -> list[str]:
-        return [sys.executable, "-m", "libmgsave", args[0], "--policy", str(self.policy),
-                "--state-dir", str(self.state_dir), *args[1:]]
-
-    def env(self) -> dict:
-        return {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
-
-    def start(self, *args, preexec=None) -> "Running":
-        self.runs += 1
-        out = self.tmp / f"run{self.runs}.out"
-        err = self.tmp / f"run{self.runs}.err"
-        argv = self.argv(args)
-        if preexec:
-            argv = preexec + argv
-        proc = subprocess.Popen(argv, cwd=REPO, env=self.env(), stdout=out.open("w"), stderr=err.open("w"),
-                                stdin=subprocess.DEVNULL)
-        return Running(args, proc, out, err)
-
-    def __call__(self, *args, expect_rc: int | None = 0, timeout: float = 300, preexec=None) -> Run:
-        run = self.start(*args, preexec=preexec).wait(timeout)
-        print(f"mgsave {' '.join(args)}: exit {run.rc}, {run.seconds:.1f} s")
-        if expect_rc is not None:
-            assert run.rc == expect_rc, str(run)
-        return run
-
-    def record(self, kind: str) -> dict:
-        """The record, read as mgsave reads it: whole, of the right kind and format."""
-        data = state.read_record(self.state_dir / f"last-{kind}.json", kind)
-        assert data is not None, f"no {kind} record"
-        return data
-
-    def outcomes(self, kind: str) -> dict[str, str]:
-        return {e["name"]: e["outcome"] for e in self.record(kind)["guests"].values()}
-
-    def entry(self, kind: str, name: str) -> dict:
-        [entry] = [e for e in self.record(kind)["guests"].values() if e["name"] == name]
-        return entry
-
-
-class Running:
-    def __init__(self, args, proc: subprocess.Popen, out: Path, err: Path):
-        self.args, self.proc, self.out, self.err = args, proc, out, err
-        self.t0 = time.monotonic()
-
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace")
-
-    def wait(self, timeout: float = 300) -> Run:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail(f"mgsave {' '.join(self.args)} still running after {timeout:.0f} s:\n{self.stderr()[-5000:]}")
-        return Run(self.args, rc, self.out.read_text(errors="replace"), self.stderr(), time.monotonic() - self.t0)
-
-
 @pytest.fixture
 def mgsave(rig, tmp_path) -> Mgsave:
-    return Mgsave(tmp_path)
-
-
-def image(name: str) -> Path:
-    return Path(SAVE_DIR) / f"{name}.save"
-
-
-def running(conn) -> list[str]:
-    return sorted(d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE))
+    return Mgsave(tmp_path, policy=BASE_POLICY)
 
 
 def wait_until(condition, timeout: float, what: str, every: float = 0.002):
@@ -471,7 +371,7 @@ def test_fault_mgsave_killed_mid_shutdown(mgsave, make_guests, rig_conn):
         killed = pending.wait(10)
         assert killed.rc == -signal.SIGKILL
         first_image = image(first).stat()
-        record = mgsave.record("shutdown")  # whole, although its writer was killed
+        record = mgsave.recorded("shutdown")  # whole, although its writer was killed
         assert {e["name"] for e in record["guests"].values()} == set(names)
         assert state_reason(rig_conn, second) == ("paused", "save")
 
