@@ -17,7 +17,7 @@ import pytest
 from libmgsave import journal
 from libmgsave.inventory import GuestInfo, GuestState
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DB1 = GuestInfo(connection="qemu:///system", name="db1", uuid="0b9c6f0e-4d4b-4f5e-9a55-0d6c3e8f1a20", state=GuestState.RUNNING)
 
 

@@ -77,6 +77,6 @@ def test_works_without_systemd_python():
     """notify must not import systemd-python at all."""
     code = "import sys; sys.modules['systemd'] = None; from libmgsave import notify; print(notify.ready())"
     env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

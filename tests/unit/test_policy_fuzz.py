@@ -19,7 +19,7 @@ from libmgsave.matching import resolve
 from libmgsave.policy import SETTING_NAMES, GuestSettings, Policy
 from libmgsave.policyfile import load_policy, load_policy_for_pass
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_TEXT = (ROOT / "config" / "policy.sample.yaml").read_text()
 # A quick run by default; MGSAVE_FUZZ_EXAMPLES=5000 for a long one.
 FUZZ = settings(

@@ -124,7 +124,7 @@ def test_a_rule_without_settings_still_shows_as_matched(tmp_path):
 
 
 def test_the_sample_policy(tmp_path):
-    policy = load_policy(str(Path(__file__).resolve().parent.parent / "config" / "policy.sample.yaml"))
+    policy = load_policy(str(Path(__file__).resolve().parents[2] / "config" / "policy.sample.yaml"))
     db = resolve(policy, guest("db-orders"))
     assert db.settings.order == 10 and db.settings.after == ("dns1",) and db.settings.bypass_cache
     scratch = resolve(policy, guest("tmp-build"))

@@ -23,7 +23,7 @@ from libmgsave.matching import resolve
 from libmgsave.policy import BUILTIN_SETTINGS, SETTING_NAMES, GuestSettings, Limits, Match
 from libmgsave.policyfile import load_policy, policy_schema
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = ROOT / "config" / "policy.schema.yaml"
 SAMPLE_PATH = ROOT / "config" / "policy.sample.yaml"
 GENERATOR = ROOT / "scripts" / "gen-policy-docs"

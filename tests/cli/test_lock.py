@@ -20,7 +20,7 @@ import pytest
 from libmgsave import lock, state
 from libmgsave.errors import ExitCode, LockBusy
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 HOLDER = """
 import os, sys, time

@@ -35,7 +35,7 @@ from libmgsave.policyfile import (
     policy_to_dict,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "config" / "policy.sample.yaml"
 
 

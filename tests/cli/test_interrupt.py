@@ -19,7 +19,7 @@ import pytest
 from libmgsave import cli, interrupt, state
 from tests.testdriver import URI, define, has_image, hv, running  # noqa: F401
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SLOW_BOOT = """
 version: 1
 limits: {max_parallel_starts: 1, start_delay: 60}

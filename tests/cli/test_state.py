@@ -27,7 +27,7 @@ from libmgsave import cli, state
 from libmgsave.errors import ExitCode
 from tests.testdriver import URI, define, domain_xml, has_image, hv, running  # noqa: F401
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
