@@ -1,0 +1,24 @@
+"""Planning: guests + policy (+ the last shutdown record) in, decisions out. Pure.
+
+Nothing here talks to libvirt or changes the disk. The plan is computed once, as data; ``mgsave
+plan`` and ``--dry-run`` print it and the real pass executes exactly it, so what an admin sees is
+what happens.
+
+    model     Plan, GuestPlan, Action: the decisions
+    ordering  ``after`` resolved to guests, cycles broken, effective order groups
+    shutdown  plan_shutdown: fallback chains under the deadline and the free space
+    boot      plan_boot: start, resume, restore or leave off, from the last shutdown record
+"""
+
+from __future__ import annotations
+
+from libmgsave.plan.boot import plan_boot
+from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
+                                  PassKind, Plan)
+from libmgsave.plan.ordering import dependency_warnings
+from libmgsave.plan.shutdown import plan_shutdown
+
+__all__ = [
+    "DEADLINE_RESERVE", "DEFAULT_SAVE_THROUGHPUT", "FILES_ROOM", "Action", "GuestKey", "GuestPlan", "PassKind", "Plan",
+    "dependency_warnings", "plan_boot", "plan_shutdown",
+]

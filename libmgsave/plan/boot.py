@@ -1,0 +1,126 @@
+"""The boot plan: which guests to start, resume, restore or leave off, from the last shutdown record."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from libmgsave.inventory import GuestInfo, GuestState
+from libmgsave.matching import Effective, resolve
+from libmgsave.outcomes import Outcome
+from libmgsave.plan.model import Action, GuestKey, GuestPlan, PassKind, Plan
+from libmgsave.plan.ordering import dependencies, effective_orders
+from libmgsave.policy import Autostart, OnResumeFailure, Policy
+from libmgsave.saveimages import managed_image_path
+from libmgsave.state.records import guest_record_key
+
+
+def _recorded_guest(entry: Mapping) -> GuestInfo:
+    """A transient guest exists only in the record between shutdown and boot: rebuild it."""
+    return GuestInfo(
+        connection=entry["connection"],
+        name=entry["name"],
+        uuid=entry["uuid"],
+        state=GuestState.SHUTOFF,
+        persistent=False,
+        memory_kib=int(entry.get("memory_kib") or 0),
+        title=entry.get("title") or "",
+        metadata=dict(entry.get("metadata") or {}),
+    )
+
+
+def plan_boot(
+    guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None, recovered: Iterable[Mapping] = (),
+    *, booted_since: bool = False,
+) -> Plan:
+    """Decide which guests to start, resume or leave off, in start order.
+
+    ``record`` is the last shutdown record, or None when there is none to trust: then a guest
+    with a saved image counts as "was running" (libvirt only has one if it was saved running).
+    """
+    warnings: list[str] = []
+    recorded = {} if record is None else dict(record.get("guests", {}))
+    if record is None:
+        warnings.append("no usable shutdown record: 'if-running' guests are started when they have a saved image")
+    resolved: dict[GuestKey, tuple[GuestInfo, Effective]] = {}
+    for guest in guests:
+        resolved[guest.key] = (guest, resolve(policy, guest))
+    transient_images: dict[GuestKey, str] = {}
+    # ``recovered``: record-like entries for transient guests' save files found with no usable
+    # record (read back from the files themselves), restored like recorded ones.
+    for entry in [*recorded.values(), *recovered]:
+        if entry.get("outcome") == Outcome.SAVED_TO_FILE and entry.get("image"):
+            guest = _recorded_guest(entry)
+            if guest.key not in resolved:
+                resolved[guest.key] = (guest, resolve(policy, guest))
+                transient_images[guest.key] = entry["image"]
+    deps = dependencies(resolved, warnings)
+    orders = effective_orders(resolved, deps)
+
+    def sort_key(key: GuestKey):
+        guest, eff = resolved[key]
+        return (orders[key], -eff.settings.priority, guest.name, guest.connection)
+
+    entries = []
+    for key in sorted(resolved, key=sort_key):
+        guest, eff = resolved[key]
+        entry = recorded.get(guest_record_key(*key))
+        action, reason = _boot_decision(guest, eff, entry, record is not None, key in transient_images)
+        wait_for = tuple(d for d in deps[key] if orders[d] == orders[key])
+        # After a first boot pass (``booted_since``) a guest of the record may simply have been
+        # resumed and stopped again: starting it fresh is no news then.
+        lost = _lost_state_note(entry) if action is Action.START and not booted_since else None
+        if_fails = Action.START if eff.settings.on_resume_failure is OnResumeFailure.BOOT_FRESH else Action.SKIP
+        entries.append(
+            GuestPlan(guest, eff, (action,), reason, orders[key], wait_for if action is not Action.SKIP else (),
+                      image=transient_images.get(key), notes=(lost,) if lost else (),
+                      managed_image=managed_image_path(guest.connection, guest.name) if guest.persistent else None,
+                      boots_fresh_because=lost, if_resume_fails=if_fails)
+        )
+    return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings))
+
+
+def _lost_state_note(entry: Mapping | None) -> str | None:
+    """Why a guest about to be started fresh lost the memory state it had at the last shutdown,
+    or None when nothing was lost (it was not running, or was shut down on purpose)."""
+    outcome = entry.get("outcome") if entry else None
+    if outcome == Outcome.PENDING:
+        return ("it was running at the last shutdown but was not saved (its record says 'pending': the pass "
+                "was cut short, by a crash or a power loss): it boots fresh, its memory state is lost")
+    if outcome == Outcome.INTERRUPTED:
+        return ("it was running at the last shutdown but the shutdown pass was stopped (by a signal) before "
+                "it reached it: it boots fresh, its memory state is lost")
+    if outcome == Outcome.FAILED:
+        return ("it was running at the last shutdown and every step of its shutdown chain failed (its "
+                "record says 'failed'): it boots fresh, its memory state is lost")
+    if outcome in (Outcome.SAVED, Outcome.SAVED_TO_FILE):
+        return ("the last shutdown saved it, but there is no saved image for it any more (removed by "
+                "someone?): it boots fresh, its memory state is lost")
+    return None
+
+
+def _boot_decision(
+    guest: GuestInfo, eff: Effective, entry: Mapping | None, have_record: bool, from_file: bool
+) -> tuple[Action, str]:
+    autostart = eff.settings.autostart
+    has_image = guest.has_managed_save or from_file
+    resume = Action.RESTORE if from_file else Action.RESUME
+    if guest.state.is_active:
+        return Action.SKIP, f"already {guest.state}"
+    if autostart is Autostart.NEVER:
+        kept = "; its saved state is kept for a manual start" if has_image else ""
+        return Action.SKIP, f"autostart never{kept}"
+    if autostart is Autostart.ALWAYS:
+        if has_image:
+            return resume, "autostart always; resumes its saved state"
+        return Action.START, "autostart always; no saved state, boots fresh"
+    # if-running
+    if have_record:
+        if entry is None:
+            kept = " (it has a saved image, kept)" if has_image else ""
+            return Action.SKIP, f"if-running: was not running at the last shutdown{kept}"
+        if has_image:
+            return resume, f"if-running: was running at the last shutdown ({entry.get('outcome')}); resumes"
+        return Action.START, f"if-running: was running at the last shutdown ({entry.get('outcome')}); boots fresh"
+    if has_image:
+        return resume, "if-running: has a saved image, so it was running when saved; resumes"
+    return Action.SKIP, "if-running: no record and no saved image"

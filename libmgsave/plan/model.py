@@ -1,0 +1,123 @@
+"""The plan as data: what happens to each guest in one pass, and why."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from libmgsave.inventory import GuestInfo
+from libmgsave.matching import Effective
+from libmgsave.policy import Limits
+from libmgsave.policyfile.settings import setting_to_json
+
+# Aggregate save throughput assumed before any pass has measured one on this host. Saving is
+# CPU-bound (QEMU and libvirt's I/O helper); 200 MB/s is below what a 2-core host reached.
+DEFAULT_SAVE_THROUGHPUT = 200e6
+# Time kept back at the end of the shutdown deadline for the last fallback step (a poweroff).
+DEADLINE_RESERVE = 10.0
+
+GuestKey = tuple[str, str]  # (connection URI, UUID)
+FILES_ROOM = "<state directory>"  # key of ``room`` for transient guests' save files
+
+
+class PassKind(enum.StrEnum):
+    SHUTDOWN = "shutdown"
+    BOOT = "boot"
+
+
+class Action(enum.StrEnum):
+    SAVE = "save"  # managed save
+    SAVE_TO_FILE = "save-to-file"  # transient guest: save to images/<uuid>.save
+    SHUTDOWN = "shutdown"
+    POWEROFF = "poweroff"
+    RESUME = "resume"  # start from the managed-save image
+    RESTORE = "restore"  # recreate a transient guest from its save file
+    START = "start"  # cold boot
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class GuestPlan:
+    """What happens to one guest in one pass, and why."""
+
+    guest: GuestInfo
+    effective: Effective
+    actions: tuple[Action, ...]  # shutdown: the fallback chain; boot: one action; (SKIP,) = nothing
+    reason: str
+    order: int = 0  # effective order, after ``after`` has pulled a guest behind its dependencies
+    wait_for: tuple[GuestKey, ...] = ()  # guests that must finish first
+    estimate_seconds: float | None = None  # shutdown: estimated end of this guest's save, from pass start
+    image: str | None = None  # save file of a transient guest
+    notes: tuple[str, ...] = ()
+    # Where libvirt keeps the guest's managed-save image, when that is known (local QEMU): the
+    # save writes it, the resume reads it, a failed resume keeps it.
+    managed_image: str | None = None
+    # shutdown: why its save was dropped from the chain up front (deadline, room), or None
+    save_dropped_because: str | None = None
+    # boot: why a cold boot it gets is news (it was running at the last shutdown but its memory
+    # state was not saved), or None; and what to do when its resume fails (START: boot it fresh,
+    # SKIP: leave it off)
+    boots_fresh_because: str | None = None
+    if_resume_fails: Action = Action.SKIP
+
+    @property
+    def key(self) -> GuestKey:
+        return self.guest.key
+
+    @property
+    def skipped(self) -> bool:
+        return self.actions == (Action.SKIP,)
+
+    def to_dict(self) -> dict:
+        return {
+            "connection": self.guest.connection,
+            "name": self.guest.name,
+            "uuid": self.guest.uuid,
+            "state": str(self.guest.state),
+            "persistent": self.guest.persistent,
+            "has_saved_image": self.guest.has_managed_save,
+            "memory_bytes": self.guest.memory_bytes,
+            "actions": [str(a) for a in self.actions],
+            "reason": self.reason,
+            "order": self.order,
+            "wait_for": [f"{c} {u}" for c, u in self.wait_for],
+            "estimate_seconds": self.estimate_seconds,
+            "image": self.image,
+            "managed_image": self.managed_image,
+            "notes": list(self.notes),
+            "settings": _settings_dict(self.effective),
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: PassKind
+    entries: tuple[GuestPlan, ...]  # in execution order
+    limits: Limits
+    policy_source: str | None
+    warnings: tuple[str, ...] = ()
+    throughput: float | None = None  # shutdown: assumed aggregate save throughput, bytes/s
+
+    @property
+    def active(self) -> tuple[GuestPlan, ...]:
+        return tuple(e for e in self.entries if not e.skipped)
+
+    def to_dict(self) -> dict:
+        return {
+            "pass": str(self.kind),
+            "policy": self.policy_source or "built-in defaults",
+            "limits": {
+                "max_parallel_saves": self.limits.max_parallel_saves,
+                "max_parallel_starts": self.limits.max_parallel_starts,
+                "shutdown_deadline": self.limits.shutdown_deadline,
+                "start_delay": self.limits.start_delay,
+            },
+            "assumed_save_throughput": self.throughput,
+            "warnings": list(self.warnings),
+            "guests": [e.to_dict() for e in self.entries],
+        }
+
+
+def _settings_dict(effective: Effective) -> dict:
+    return {name: {"value": setting_to_json(getattr(effective.settings, name)), "from": source}
+            for name, source in effective.sources.items()}

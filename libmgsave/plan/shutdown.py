@@ -1,0 +1,125 @@
+"""The shutdown plan: each running guest's fallback chain, its save dropped up front when the
+deadline or the free space cannot take it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from libmgsave.inventory import GuestInfo
+from libmgsave.matching import Effective, resolve
+from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
+                                  PassKind, Plan)
+from libmgsave.plan.ordering import dependencies, effective_orders
+from libmgsave.policy import Policy, ShutdownStep
+from libmgsave.saveimages import managed_image_path
+from libmgsave.state import StateDir
+
+
+def plan_shutdown(
+    guests: Iterable[GuestInfo],
+    policy: Policy,
+    *,
+    state_dir: Path,
+    throughput: float | None = None,
+    deadline: float | None = None,
+    room: Mapping[str, int | None] | None = None,
+) -> Plan:
+    """Decide the fallback chain of every running guest, in the order the pass will work.
+
+    Guests stop in descending ``order``; a guest stops before anything it is ``after``.
+    Under the deadline, saves are estimated from guest memory and ``throughput`` (aggregate
+    bytes/s); a save that would end after the deadline is dropped from the chain up front, so
+    the guest goes to its next step at once instead of being cut off mid-save.
+
+    ``room`` gives the free bytes where images go: per connection URI for managed saves, and
+    under ``FILES_ROOM`` for transient guests' files (None or absent: unknown, not checked).
+    A save whose image (estimated as the guest's memory size, an upper bound) does not fit
+    what is left is dropped from the chain the same way.
+    """
+    room_left = dict(room or {})
+    throughput = throughput or DEFAULT_SAVE_THROUGHPUT
+    deadline = policy.limits.shutdown_deadline if deadline is None else deadline
+    warnings: list[str] = []
+    resolved = {g.key: (g, resolve(policy, g)) for g in guests}
+    deps = dependencies(resolved, warnings)
+    orders = effective_orders(resolved, deps)
+
+    # Stop dependents before what they depend on: invert the edges among active guests.
+    stop_first: dict[GuestKey, list[GuestKey]] = {k: [] for k in resolved}
+    for key, needs in deps.items():
+        if resolved[key][0].state.is_active:
+            for needed in needs:
+                if orders[needed] == orders[key]:
+                    stop_first[needed].append(key)
+
+    def sort_key(key: GuestKey):
+        guest, eff = resolved[key]
+        return (-orders[key], -eff.settings.priority, guest.name, guest.connection)
+
+    entries = []
+    budget = _SaveBudget(throughput, deadline, room_left)
+    for key in sorted(resolved, key=sort_key):
+        guest, eff = resolved[key]
+        if not guest.state.is_active:
+            reason = f"{guest.state}: nothing to do"
+            entries.append(GuestPlan(guest, eff, (Action.SKIP,), reason, orders[key]))
+            continue
+        entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget))
+    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), throughput)
+
+
+class _SaveBudget:
+    """What is left of the deadline and of the free space as saves are planned, in plan order."""
+
+    def __init__(self, throughput: float, deadline: float, room: dict[str, int | None]):
+        self.throughput = throughput
+        self.deadline = deadline
+        self.seconds = deadline - DEADLINE_RESERVE
+        self.room = room
+        self.saved_bytes = 0.0
+
+    def take(self, guest: GuestInfo, room_key: str) -> tuple[float | None, str | None]:
+        """The estimated end of the guest's save, or why it must be dropped from the chain."""
+        estimate = (self.saved_bytes + guest.memory_bytes) / self.throughput
+        free = self.room.get(room_key)
+        if estimate > self.seconds:
+            return None, (f"save skipped: it would end about {estimate:.0f} s into the pass, past the "
+                          f"{self.deadline:.0f} s deadline")
+        if free is not None and guest.memory_bytes > free:
+            return None, f"save skipped: its image may need {_mb(guest.memory_bytes)}, only {_mb(free)} free"
+        self.saved_bytes += guest.memory_bytes
+        if free is not None:
+            self.room[room_key] = free - guest.memory_bytes
+        return estimate, None
+
+
+def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tuple[GuestKey, ...],
+                    state_dir: Path, budget: _SaveBudget) -> GuestPlan:
+    """A running guest's fallback chain, its save dropped up front when it cannot make it."""
+    notes: list[str] = []
+    chain = []
+    image = managed = None
+    for step in eff.settings.on_shutdown:
+        if step is ShutdownStep.SAVE:
+            chain.append(Action.SAVE if guest.persistent else Action.SAVE_TO_FILE)
+            if guest.persistent:
+                managed = managed_image_path(guest.connection, guest.name)
+            else:
+                image = StateDir(state_dir).transient_image(guest.uuid)
+                notes.append("transient guest: saved to a file, restored from it at boot")
+        else:
+            chain.append(Action(step.value))
+    estimate = dropped = None
+    if chain[0] in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1:
+        estimate, dropped = budget.take(guest, guest.connection if chain[0] is Action.SAVE else FILES_ROOM)
+        if dropped:
+            notes.append(dropped)
+            chain, image, managed = chain[1:], None, None
+    reason = f"{guest.state}; chain {' -> '.join(chain)}"
+    return GuestPlan(guest, eff, tuple(chain), reason, order, wait_for, estimate, image, tuple(notes),
+                     managed_image=managed, save_dropped_because=dropped)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.0f} MB"
