@@ -6,6 +6,7 @@ and the exit code is computed from them alone, never from message text.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -73,15 +74,7 @@ class StepResult:
         return self.finished - self.started
 
     def to_dict(self) -> dict:
-        return {
-            "action": str(self.action),
-            "ok": self.ok,
-            "started": self.started,
-            "finished": self.finished,
-            "seconds": round(self.seconds, 3),
-            "bytes": self.bytes,
-            "error": self.error,
-        }
+        return dict(dataclasses.asdict(self), action=str(self.action), **_span(self.started, self.finished))
 
 
 @dataclass
@@ -160,10 +153,12 @@ class PassResult:
             "pass": str(self.kind),
             "dry_run": self.dry_run,
             "ok": self.ok,
-            "started": self.started,
-            "finished": self.finished,
-            "seconds": round(self.finished - self.started, 3),
+            **_span(self.started, self.finished),
             "interrupted": self.interrupted,
             "warnings": self.warnings,
             "guests": [r.to_dict() for r in self.results],
         }
+
+
+def _span(started: float, finished: float) -> dict:
+    return {"started": started, "finished": finished, "seconds": round(finished - started, 3)}
