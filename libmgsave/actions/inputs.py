@@ -57,9 +57,10 @@ def _with_connections(policy: Policy, ctx: Context) -> Policy:
 
 
 def connect(policy: Policy, *, retry_for: float = QUERY_CONNECT_RETRY,
-            give_up_at: float = float("inf")) -> tuple[Connections, list[str]]:
+            give_up_at: float = 0.0) -> tuple[Connections, list[str]]:
     """Open every connection of the policy; a warning for each one that did not answer. Raises
-    HypervisorUnavailable when none did."""
+    HypervisorUnavailable when none did. A lost connection is reconnected until ``give_up_at``
+    (``time.monotonic()``; by default, not at all: a query just fails)."""
     connections, unreachable = Connections.open(policy.connections, retry_for=retry_for, give_up_at=give_up_at)
     warnings = [f"could not reach {uri}: its guests were not handled ({why})" for uri, why in unreachable.items()]
     return connections, warnings
