@@ -191,12 +191,8 @@ class ShutdownPass:
 
     def _went_through(self, entry: GuestPlan, action: Action, times: StepTimes) -> StepResult | None:
         """After a reconnect: a save that completed before the connection dropped, else None."""
-        if action not in SAVES:
-            return None
-        with contextlib.suppress(HypervisorError):
-            guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
-            if not guest.is_active() and (action is Action.SAVE_TO_FILE or guest.has_saved_state()):
-                return StepResult(action, True, times.started, time.time())
+        if action in SAVES and self._found_saved(entry) is OUTCOME_OF_STEP[action]:
+            return StepResult(action, True, times.started, time.time())
         return None
 
     def _do(self, guest: Guest, entry: GuestPlan, action: Action, times: StepTimes, messages: list[str]):
