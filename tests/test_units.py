@@ -148,7 +148,7 @@ def test_install_lays_out_the_files(staged):
     assert text.splitlines()[0] == "#!/usr/bin/python3 -I"
     assert f'sys.path.insert(0, "{PREFIX}/lib/mgsave")' in text and str(destdir) not in text
     assert not re.search(r"@[A-Z]+@", text)
-    for module in ("__init__.py", "cli.py", "policyfile.py"):
+    for module in ("__init__.py", "cli.py", "policyfile/__init__.py"):
         assert (lib / "libmgsave" / module).is_file()
     schema = lib / "libmgsave/policy.schema.yaml"
     assert not schema.is_symlink() and schema.read_text() == (ROOT / "config/policy.schema.yaml").read_text()
