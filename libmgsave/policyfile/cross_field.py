@@ -9,7 +9,7 @@ import jsonschema
 
 from libmgsave.errors import Problem
 from libmgsave.policyfile.marks import KeyPath, MarkedDocument, format_path
-from libmgsave.policyfile.schema_errors import Reporter, describe, path_within, policy_schema
+from libmgsave.policyfile.schema_errors import PathSet, Reporter, describe, policy_schema
 from libmgsave.policyfile.settings import parse_duration
 
 _POSITIVE_DURATIONS = ("save_timeout", "shutdown_timeout")
@@ -20,10 +20,10 @@ def cross_field_problems(document: object, marks: MarkedDocument, bad: set[str])
     if not isinstance(document, dict):
         return []
     reporter = Reporter(marks)
+    reported = PathSet(bad)
 
     def clean(path: KeyPath) -> bool:
-        text = format_path(path)
-        return not any(path_within(b, text) for b in bad)
+        return not reported.touches(format_path(path))
 
     def duration(path: KeyPath, value: object, *, zero_ok: bool = False) -> None:
         if not clean(path):
