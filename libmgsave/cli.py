@@ -20,9 +20,9 @@ log = logging.getLogger("mgsave")
 
 DESCRIPTION = """\
 Managed-save every running libvirt guest at host shutdown and bring the guests back at
-boot, resumed where they were, as the YAML policy says. The systemd unit mgsave.service
-runs 'mgsave boot' at boot and 'mgsave shutdown' at shutdown; run them by hand with
---dry-run to see what they would do.
+boot, resumed where they were, as the YAML policy says. The systemd unit
+mgsave-boot.service runs 'mgsave boot' at boot, and stopping mgsave.service runs
+'mgsave shutdown'; run them by hand with --dry-run to see what they would do.
 """
 
 EPILOG = """\
