@@ -26,16 +26,14 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.rig.container import Container, unavailable
+from tests.rig.container import Container, prepared_host, unavailable
 from tests.rig.debian_root import RootBuildError, ensure_root, format_versions, versions
 from tests.rig.guests import domain_xml
-from tests.rig.image import ImageBuildError, ensure_image
 
 pytestmark = [pytest.mark.systemd, pytest.mark.rig, pytest.mark.debian13]
 
@@ -111,23 +109,11 @@ def host(pytestconfig):
     if reason:
         unavailable(reason)
     try:
-        image = ensure_image()
-    except ImageBuildError as error:
-        unavailable(f"cannot build the test guest: {error}")
-    try:
         lower = ensure_root(log=uncaptured(pytestconfig))
     except RootBuildError as error:
         unavailable(f"cannot build the Debian 13 root: {error}")
-    workdir = Path(tempfile.mkdtemp(prefix="mgsave-debian13-", dir="/var/tmp"))
-    c = Container(workdir, lower=lower, binds_ro=[str(image.kernel.parent)])
-    try:
-        try:
-            c.prepare()
-        except subprocess.CalledProcessError as error:
-            unavailable(f"cannot mount the container's overlay: {error}")
+    with prepared_host("mgsave-debian13-", lower=lower) as c:
         yield c
-    finally:
-        c.close()
 
 
 class Timings(list):

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,26 +354,13 @@ def _container_reason() -> str | None:
 
 @pytest.fixture
 def host():
-    from tests.rig.container import Container
-    from tests.rig.image import ImageBuildError, ensure_image
+    from tests.rig.container import prepared_host
 
     reason = _container_reason()
     if reason:
         unavailable(reason)
-    try:
-        image = ensure_image()
-    except ImageBuildError as error:
-        unavailable(f"cannot build the test guest: {error}")
-    workdir = Path(tempfile.mkdtemp(prefix="mgsave-deb-nspawn-", dir="/var/tmp"))
-    c = Container(workdir, binds_ro=[str(image.kernel.parent)])
-    try:
-        try:
-            c.prepare()
-        except subprocess.CalledProcessError as error:
-            unavailable(f"cannot mount the container's overlay: {error}")
+    with prepared_host("mgsave-deb-nspawn-") as c:
         yield c
-    finally:
-        c.close()
 
 
 def _show(c, unit: str, prop: str) -> str:

@@ -16,17 +16,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from tests.rig.container import Container, unavailable
+from tests.rig.container import Container, prepared_host, unavailable
 from tests.rig.guests import domain_xml
-from tests.rig.image import ImageBuildError, ensure_image
 
 pytestmark = [pytest.mark.systemd, pytest.mark.rig]
 
@@ -77,20 +74,8 @@ def container():
     reason = _unavailable_reason()
     if reason:
         unavailable(reason)
-    try:
-        image = ensure_image()
-    except ImageBuildError as error:
-        unavailable(f"cannot build the test guest: {error}")
-    workdir = Path(tempfile.mkdtemp(prefix="mgsave-nspawn-", dir="/var/tmp"))
-    c = Container(workdir, binds_ro=[str(image.kernel.parent)])
-    try:
-        try:
-            c.prepare()
-        except subprocess.CalledProcessError as error:
-            unavailable(f"cannot mount the container's overlay: {error}")
+    with prepared_host("mgsave-nspawn-") as c:
         yield c
-    finally:
-        c.close()
 
 
 # --- the scenario --------------------------------------------------------------------------------

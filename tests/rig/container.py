@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -263,3 +264,25 @@ def comm(pid: int) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+@contextlib.contextmanager
+def prepared_host(prefix: str, lower: Path = Path("/")):
+    """A Container over ``lower`` with the rig's guest image bound in, prepared (not booted) and
+    removed afterwards; a missing piece skips the test (fails it under CI)."""
+    from tests.rig.image import ImageBuildError, ensure_image
+
+    try:
+        image = ensure_image()
+    except ImageBuildError as error:
+        unavailable(f"cannot build the test guest: {error}")
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    c = Container(workdir, lower=lower, binds_ro=[str(image.kernel.parent)])
+    try:
+        try:
+            c.prepare()
+        except subprocess.CalledProcessError as error:
+            unavailable(f"cannot mount the container's overlay: {error}")
+        yield c
+    finally:
+        c.close()
