@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -84,6 +85,12 @@ class Container:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(self.dir("ovl"))], check=True)
         self.mounted.append(self.dir("ovl"))
         (self.dir("ovl") / "upper").mkdir()
+        # nspawn copies the machine's /dev/null with its mode; where that is not 0666 (seen: 0644),
+        # no service user in the container can open it (Debian 13's dbus failed to start, and
+        # systemd-machined waited 90 s for it). The container gets a proper one.
+        null = self.dir("ovl") / "null"
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        null.chmod(0o666)
         (self.dir("ovl") / "work").mkdir()
         options = f"lowerdir={self.lower},upperdir={self.dir('ovl')}/upper,workdir={self.dir('ovl')}/work"
         subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(self.root)], check=True)
@@ -121,6 +128,7 @@ class Container:
             f"--bind={self.dir('mgsave')}:/var/lib/mgsave",
             f"--bind={self.dir('journal')}:/var/log/journal",
             *(f"--bind-ro={path}" for path in self.binds_ro),
+            f"--bind={self.dir('ovl') / 'null'}:/dev/null",
             "-b",
         ]
         self.boots += 1
