@@ -41,9 +41,9 @@ A broken policy stops 'check' (exit 2) but never a pass: 'shutdown' and 'boot' t
 problem and go on with the built-in defaults, so no guest is lost to a typo.
 
 exit codes: 0 every guest reached its intended state; 1 at least one did not; 2 bad policy or
-usage; 3 another pass holds the lock; 4 the hypervisor could not be reached; 130 or 143 the
-pass was stopped by SIGINT or SIGTERM (it finished the steps under way, started nothing new,
-and recorded and summarised what it did).
+usage, or any warning of 'check --strict'; 3 another pass holds the lock; 4 the hypervisor
+could not be reached; 130 or 143 the pass was stopped by SIGINT or SIGTERM (it finished the
+steps under way, started nothing new, and recorded and summarised what it did).
 """
 
 
@@ -79,11 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help_text, description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    add("check", "validate the policy and warn about conflicts",
-        "Validate the policy file and report every problem at once, each with file:line:column,\n"
-        "the key path and a hint (exit 2). Then, if the hypervisor answers, warn about guests whose\n"
-        "libvirt autostart flag fights the policy, about 'after' names that match no guest or form a\n"
-        "cycle, and about libvirt-guests or libvirtd's own shutdown handling being enabled.")
+    p = add("check", "validate the policy and warn about conflicts",
+            "Validate the policy file and report every problem at once, each with file:line:column,\n"
+            "the key path and a hint (exit 2). Then, if the hypervisor answers, warn about guests whose\n"
+            "libvirt autostart flag fights the policy, about 'after' names that match no guest or form a\n"
+            "cycle, about rules that match no guest (each under its rule's file:line), about a\n"
+            "hypervisor that does not answer, and about libvirt-guests or libvirtd's own shutdown\n"
+            "handling being enabled.")
+    p.add_argument("--strict", action="store_true",
+                   help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
             "Print the plan that 'mgsave shutdown' or 'mgsave boot' would carry out now, computed the\n"
             "same way: per guest the actions, the order, what it waits for, the estimated end of its\n"
@@ -126,6 +130,7 @@ def build_context(args: argparse.Namespace, environ) -> Context:
         debug=getattr(args, "debug", False), trust_insecure=getattr(args, "insecure_policy", False),
         which=getattr(args, "which", None), dry_run=getattr(args, "dry_run", False),
         wait=getattr(args, "wait", None), deadline=getattr(args, "deadline", None),
+        strict=getattr(args, "strict", False),
     )
 
 
@@ -154,7 +159,7 @@ def exit_code(result) -> int:
     from libmgsave.outcomes import PassResult
 
     if isinstance(result, CheckResult):
-        return ExitCode.BAD_INPUT if result.problems else ExitCode.OK
+        return ExitCode.BAD_INPUT if result.failed else ExitCode.OK
     if isinstance(result, StoppedEarly):
         return 128 + signal.Signals[result.signal]
     if isinstance(result, PassResult):

@@ -142,6 +142,7 @@ class Policy:
     source: str | None = None  # the file it came from; None for the built-in defaults
     connections: tuple[str, ...] = DEFAULT_CONNECTIONS
     defaults: Mapping[str, object] = field(default_factory=_frozen_mapping)  # only keys written
+    defaults_line: int | None = None  # where ``defaults:`` is in the file, for check's warnings
     rules: tuple[Rule, ...] = ()
     limits: Limits = field(default_factory=Limits)
 

@@ -33,6 +33,7 @@ def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
         source=source,
         connections=tuple(document.get("connections", DEFAULT_CONNECTIONS)),
         defaults=build_settings(document.get("defaults") or {}),
+        defaults_line=marks.key_marks.get(("defaults",), (None, None))[0],
         rules=rules,
         limits=limits,
     )
