@@ -32,6 +32,7 @@ commands:
   plan       print the plan for the shutdown and/or boot pass, with each guest's effective
              settings and the policy rule that set each value
   status     every guest: state, saved image (size, age), effective autostart, last results
+  report     the last shutdown and boot passes as a timeline per guest (--svg FILE: a picture)
   shutdown   save (or shut down, or power off, per the policy's fallback chain) every running guest
   boot       start, resume or leave off every guest, per its autostart setting
 
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", "show every guest's state, saved image and last results",
         "Show every guest: its state, whether it has a saved image (size, age), its effective\n"
         "autostart, and what the last shutdown and boot passes did to it.")
+    p = add("report", "draw the last shutdown and boot passes as a timeline",
+            "Draw the last shutdown and boot passes, from the records in the state directory, as a\n"
+            "timeline per guest: waiting for the guests it is after or for a slot, saving, the fallback\n"
+            "steps, resuming, readiness checks; and how many saves or starts ran at once. In the\n"
+            "terminal a bar chart of 80 columns; with --svg also a picture.")
+    p.add_argument("--svg", metavar="FILE", default=None, help="also draw the timeline as SVG into FILE")
     for name, text in (
         ("shutdown", "Save every running guest, running each guest's on_shutdown fallback chain\n"
                      "(save -> shutdown -> poweroff by default), saves in parallel up to\n"
@@ -130,7 +137,7 @@ def build_context(args: argparse.Namespace, environ) -> Context:
         debug=getattr(args, "debug", False), trust_insecure=getattr(args, "insecure_policy", False),
         which=getattr(args, "which", None), dry_run=getattr(args, "dry_run", False),
         wait=getattr(args, "wait", None), deadline=getattr(args, "deadline", None),
-        strict=getattr(args, "strict", False),
+        strict=getattr(args, "strict", False), svg=getattr(args, "svg", None),
     )
 
 
@@ -145,6 +152,9 @@ def dispatch(ctx: Context):
     if ctx.command == "status":
         from libmgsave.actions.status import run_status
         return run_status(ctx)
+    if ctx.command == "report":
+        from libmgsave.actions.report import run_report
+        return run_report(ctx)
     if ctx.command == "shutdown":
         from libmgsave.actions.shutdown import run_shutdown
         return run_shutdown(ctx)
