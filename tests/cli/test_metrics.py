@@ -82,3 +82,14 @@ def test_a_metrics_file_that_cannot_be_written_never_stops_the_pass(hv, tmp_path
     assert code == ExitCode.OK
     assert [g["outcome"] for g in result["guests"]] == ["saved"]
     assert f"cannot write the metrics file {textfile}" in err
+
+
+def test_a_broken_policy_still_writes_its_metrics(hv, tmp_path, capsys):
+    define(hv, "a")
+    textfile = tmp_path / "mgsave.prom"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nmetrics:\n  textfile: {textfile}\ndefaults:\n  autostart: sometimes\n")
+    os.chmod(policy, 0o644)
+    code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy), "shutdown"])
+    assert code == ExitCode.OK
+    assert _samples(textfile)[("mgsave_pass_guests", frozenset({("pass", "shutdown"), ("outcome", "saved")}))] == 1
