@@ -64,7 +64,8 @@ def run_check(ctx: Context) -> CheckResult:
         return CheckResult(tuple(error.problems), (), ctx.strict)
     layout = conflicts.daemon_layout()
     findings = [Finding(w) for w in conflicts.host_conflicts()] + _guest_findings(policy)
-    warnings = tuple(dict.fromkeys(locate(policy, f) for f in findings))
+    lines = rule_lines(policy)
+    warnings = tuple(dict.fromkeys(locate(policy.source, lines, f) for f in findings))
     result = CheckResult((), warnings, ctx.strict)
     source = policy.source or f"built-in defaults (no file at {ctx.policy_path})"
     text = [f"{source}: the policy is valid", f"libvirt daemons: {layout}", *render_warnings(warnings)]
@@ -87,13 +88,18 @@ def _guest_findings(policy: Policy) -> list[Finding]:
             + after + conflicts.guest_conflicts(policy, guests))
 
 
-def locate(policy: Policy, finding: Finding) -> LocatedWarning:
-    """The finding with its rule's file and line (a built-in value has neither: no rule to fix)."""
+def rule_lines(policy: Policy) -> dict[str, int | None]:
+    """Where each rule (by its label) and ``defaults:`` are in the policy file."""
     lines = {rule.label: rule.line for rule in policy.rules}
     lines[DEFAULTS_SOURCE] = policy.defaults_line
+    return lines
+
+
+def locate(source: str | None, lines: dict[str, int | None], finding: Finding) -> LocatedWarning:
+    """The finding with its rule's file and line (a built-in value has neither: no rule to fix)."""
     if finding.source not in lines:
         return LocatedWarning(finding.message)
-    return LocatedWarning(finding.message, finding.source, policy.source, lines[finding.source])
+    return LocatedWarning(finding.message, finding.source, source, lines[finding.source])
 
 
 def render_warnings(warnings: tuple[LocatedWarning, ...]) -> list[str]:

@@ -96,3 +96,12 @@ def test_json_warnings_name_their_rule_file_and_line(hv, tmp_path, capsys):
     located = {(w["rule"], w["file"], w["line"]) for w in json.loads(out)["warnings"]}
     assert ("guests[1] (a stale rule)", path, 8) in located
     assert ("guests[0] (web servers)", path, 5) in located
+
+
+def test_a_warning_about_a_setting_of_defaults_points_at_defaults(hv, tmp_path, capsys):
+    define(hv, "a")
+    policy = "version: 1\nconnections: [test:///default]\ndefaults:\n  on_shutdown: [save, shutdown]\n"
+    code, out, _err, path = _check(tmp_path, capsys, policy=policy)
+    lines = out.splitlines()
+    at = lines.index(f"{path}:3: defaults:")
+    assert lines[at + 1].startswith("  warning: a: on_shutdown does not end with poweroff"), out
