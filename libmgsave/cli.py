@@ -28,7 +28,8 @@ mgsave-boot.service runs 'mgsave boot' at boot, and stopping mgsave.service runs
 EPILOG = """\
 commands:
   check      validate the policy file (every problem, with file:line:column) and warn about
-             conflicts: libvirt autostart flags, libvirt-guests, libvirtd's own shutdown handling
+             conflicts: libvirt autostart flags, libvirt-guests, libvirtd's own shutdown handling,
+             'after' names and rules that match no guest (--strict: fail on any warning)
   plan       print the plan for the shutdown and/or boot pass, with each guest's effective
              settings and the policy rule that set each value
   status     every guest: state, saved image (size, age), effective autostart, last results
