@@ -4,7 +4,9 @@ import argparse
 import importlib.machinery
 import importlib.util
 import shlex
+import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from libmgsave.cli import build_parser
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "scripts" / "gen-completion"
 BASH_COMPLETION = ROOT / "completions" / "mgsave"
+ZSH_COMPLETION = ROOT / "completions" / "_mgsave"
 
 
 def _load_generator():
@@ -49,6 +52,7 @@ def complete(line: str) -> list[str]:
 
 def test_the_completion_is_current():
     assert BASH_COMPLETION.read_text() == gen.render_bash(PARSER), "run scripts/gen-completion"
+    assert ZSH_COMPLETION.read_text() == gen.render_zsh(PARSER), "run scripts/gen-completion"
 
 
 def test_a_command_completes_from_its_first_letters():
@@ -95,3 +99,68 @@ def test_every_option_that_takes_a_value_is_known_to_the_script():
         for action in parser._actions:
             if action.option_strings and action.nargs != 0 and not isinstance(action, argparse._VersionAction):
                 assert all(word in script.split("case $prev in")[1] for word in action.option_strings), action
+
+
+# -- zsh: an interactive zsh on a pseudo-terminal, TAB pressed after each line -----------------
+
+# Every match the completion system adds is also written to the file named by $CAPTURE.
+ZSH_CAPTURE = """
+compadd() {
+    if (( ${@[(I)-[OAD]*]} )); then builtin compadd "$@"; return; fi  # only asking, not adding
+    local -a hits
+    builtin compadd -A hits "$@"
+    print -rl -- $hits >> $CAPTURE
+    builtin compadd "$@"
+}
+"""
+ZSH_DRIVER = """
+zmodload zsh/zpty
+zpty z zsh -f -i
+zpty -w z "fpath=($1 \\$fpath); autoload -Uz compinit; compinit -u -D; source $2; zstyle ':completion:*' menu no"
+zpty -w z "touch $3.ready"
+# The completion system skips its work while more keys are waiting: one key at a time.
+await() { for j in {1..100}; do [[ -e $1 ]] && return; sleep 0.1; done }
+await $3.ready
+for i in {4..$#}; do
+    zpty -w z "CAPTURE=$3.$i; touch $3.$i.set"
+    await $3.$i.set
+    zpty -w -n z "${@[i]}"$'\\t'
+    await $3.$i
+    zpty -w z $'\\C-u'
+done
+zpty -w z "touch $3.done"
+await $3.done  # the session ends with this shell
+"""
+
+
+def zsh_complete(tmp_path: Path, *lines: str) -> list[list[str]]:
+    """What zsh offers at the end of each line, from completions/_mgsave as compinit loads it."""
+    (tmp_path / "capture.zsh").write_text(ZSH_CAPTURE)
+    (tmp_path / "driver.zsh").write_text(ZSH_DRIVER)
+    out = tmp_path / "matches"
+    driver = subprocess.Popen(["zsh", "-f", str(tmp_path / "driver.zsh"), str(ROOT / "completions"),
+                               str(tmp_path / "capture.zsh"), str(out), *lines])
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"{out}.done").exists():
+            assert time.monotonic() < deadline, "zsh did not complete the lines"
+            time.sleep(0.1)
+    finally:
+        driver.kill()
+        driver.wait()
+    return [Path(f"{out}.{i}").read_text().split() if Path(f"{out}.{i}").exists() else []
+            for i in range(4, 4 + len(lines))]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="needs zsh (scripts/setup installs it)")
+def test_zsh_completes_commands_options_and_values(tmp_path):
+    (tmp_path / "policy.yaml").write_text("version: 1\n")
+    lines = ["mgsave sh", "mgsave shutdown --d", "mgsave check --st", "mgsave plan ",
+             f"mgsave --policy {tmp_path}/pol", "mgsave "]
+    results = dict(zip(lines, zsh_complete(tmp_path, *lines)))
+    assert results["mgsave sh"] == ["shutdown"]
+    assert sorted(results["mgsave shutdown --d"]) == ["--deadline", "--debug", "--dry-run"]
+    assert sorted(results["mgsave check --st"]) == ["--state-dir", "--strict"]
+    assert sorted(results["mgsave plan "]) == ["boot", "shutdown"]
+    assert results[f"mgsave --policy {tmp_path}/pol"] == ["policy.yaml"]
+    assert sorted(results["mgsave "]) == sorted(COMMANDS)
