@@ -19,6 +19,7 @@
 #   /usr/local/lib/systemd/system/mgsave{,-boot}.service   (/etc/systemd/system for other prefixes)
 #   /usr/local/share/man/man8/mgsave.8, man5/mgsave-policy.5
 #   /usr/local/share/bash-completion/completions/mgsave
+#   /usr/local/share/zsh/site-functions/_mgsave   (zsh/vendor-completions for PREFIX=/usr)
 #   /usr/local/share/mgsave/policy.schema.yaml
 #   /usr/local/share/doc/mgsave/             README.md, SYSTEMD.md, RELIABILITY.md
 #   /etc/mgsave/policy.yaml                  every setting commented out (the built-in
@@ -41,6 +42,8 @@ DATADIR := $(PREFIX)/share/mgsave
 MANDIR := $(PREFIX)/share/man
 # bash-completion looks here for /usr and /usr/local (XDG_DATA_DIRS), and loads it on demand.
 COMPLETIONDIR := $(PREFIX)/share/bash-completion/completions
+# On zsh's fpath: site-functions for /usr/local, Debian's vendor-completions for /usr.
+ZSHDIR := $(PREFIX)/share/zsh/$(if $(filter /usr,$(PREFIX)),vendor-completions,site-functions)
 DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md
 MANPAGES := man/mgsave.8 man/mgsave-policy.5
 # systemd reads units from /usr/lib and /usr/local/lib, not from any other prefix.
@@ -108,7 +111,8 @@ install-lib: check-python
 
 install-files: install-lib
 	install -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(HOOKDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(DOCDIR)' \
-		'$(DESTDIR)$(DATADIR)' '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(MANDIR)/man5' '$(DESTDIR)$(COMPLETIONDIR)'
+		'$(DESTDIR)$(DATADIR)' '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(MANDIR)/man5' '$(DESTDIR)$(COMPLETIONDIR)' \
+		'$(DESTDIR)$(ZSHDIR)'
 	# Each file is written beside its target and renamed over it (this also replaces the
 	# symlink into the virtualenv that older versions installed as $(BINDIR)/mgsave).
 	$(SUBST) bin/mgsave.in > '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
@@ -129,6 +133,7 @@ install-files: install-lib
 	install -m 0644 man/mgsave.8 '$(DESTDIR)$(MANDIR)/man8/mgsave.8'
 	install -m 0644 man/mgsave-policy.5 '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5'
 	install -m 0644 completions/mgsave '$(DESTDIR)$(COMPLETIONDIR)/mgsave'
+	install -m 0644 completions/_mgsave '$(DESTDIR)$(ZSHDIR)/_mgsave'
 
 # The admin's policy is never overwritten: the default goes in only where there is none.
 install-policy:
@@ -177,7 +182,7 @@ ifneq ($(LIVE),)
 endif
 	rm -f $(foreach unit,$(UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave' \
 		'$(DESTDIR)$(MANDIR)/man8/mgsave.8' '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5' \
-		'$(DESTDIR)$(COMPLETIONDIR)/mgsave'
+		'$(DESTDIR)$(COMPLETIONDIR)/mgsave' '$(DESTDIR)$(ZSHDIR)/_mgsave'
 	rm -rf '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(DOCDIR)' '$(DESTDIR)$(DATADIR)'
 ifneq ($(LIVE),)
 	systemctl daemon-reload

@@ -158,6 +158,8 @@ def test_man_pages_schema_and_docs(built):
         assert (built.root / page).is_file(), page
     completion = built.root / "usr/share/bash-completion/completions/mgsave"
     assert completion.read_text() == (ROOT / "completions/mgsave").read_text()
+    zsh = built.root / "usr/share/zsh/vendor-completions/_mgsave"
+    assert zsh.read_text() == (ROOT / "completions/_mgsave").read_text()
     schema = built.root / "usr/share/mgsave/policy.schema.yaml"
     assert schema.resolve().read_text() == (ROOT / "config/policy.schema.yaml").read_text()
     docs = built.root / "usr/share/doc/mgsave"
