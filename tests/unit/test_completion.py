@@ -129,7 +129,7 @@ for i in {4..$#}; do
     zpty -w z $'\\C-u'
 done
 zpty -w z "touch $3.done"
-await $3.done  # the session ends with this shell
+await $3.done  # the zsh on the pseudo-terminal ends with this shell
 """
 
 
