@@ -18,6 +18,8 @@
 #   /usr/local/lib/mgsave/hooks/mgsave-{boot,shutdown}
 #   /usr/local/lib/systemd/system/mgsave{,-boot}.service   (/etc/systemd/system for other prefixes)
 #   /usr/local/share/man/man8/mgsave.8, man5/mgsave-policy.5
+#   /usr/local/share/bash-completion/completions/mgsave
+#   /usr/local/share/zsh/site-functions/_mgsave   (zsh/vendor-completions for PREFIX=/usr)
 #   /usr/local/share/mgsave/policy.schema.yaml
 #   /usr/local/share/doc/mgsave/             README.md, SYSTEMD.md, RELIABILITY.md
 #   /etc/mgsave/policy.yaml                  every setting commented out (the built-in
@@ -38,6 +40,10 @@ HOOKDIR := $(LIBDIR)/hooks
 DOCDIR := $(PREFIX)/share/doc/mgsave
 DATADIR := $(PREFIX)/share/mgsave
 MANDIR := $(PREFIX)/share/man
+# bash-completion looks here for /usr and /usr/local (XDG_DATA_DIRS), and loads it on demand.
+COMPLETIONDIR := $(PREFIX)/share/bash-completion/completions
+# On zsh's fpath: site-functions for /usr/local, Debian's vendor-completions for /usr.
+ZSHDIR := $(PREFIX)/share/zsh/$(if $(filter /usr,$(PREFIX)),vendor-completions,site-functions)
 DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md
 MANPAGES := man/mgsave.8 man/mgsave-policy.5
 # systemd reads units from /usr/lib and /usr/local/lib, not from any other prefix.
@@ -64,7 +70,7 @@ PY_DEPENDENCIES := libvirt:python3-libvirt yaml:python3-yaml jsonschema:python3-
 # writes its results into the parent directory); the results are copied to $(DIST).
 DEB_BUILD_DIR ?= build/deb
 DIST ?= dist
-DEB_SOURCES := debian libmgsave hooks units config man docs README.md setup.cfg pyproject.toml
+DEB_SOURCES := debian libmgsave hooks units config man completions docs README.md setup.cfg pyproject.toml
 
 .PHONY: all install check-python install-lib install-files install-policy install-systemd uninstall deb
 
@@ -105,7 +111,8 @@ install-lib: check-python
 
 install-files: install-lib
 	install -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(HOOKDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(DOCDIR)' \
-		'$(DESTDIR)$(DATADIR)' '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(MANDIR)/man5'
+		'$(DESTDIR)$(DATADIR)' '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(MANDIR)/man5' '$(DESTDIR)$(COMPLETIONDIR)' \
+		'$(DESTDIR)$(ZSHDIR)'
 	# Each file is written beside its target and renamed over it (this also replaces the
 	# symlink into the virtualenv that older versions installed as $(BINDIR)/mgsave).
 	$(SUBST) bin/mgsave.in > '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
@@ -125,6 +132,8 @@ install-files: install-lib
 	install -m 0644 config/policy.schema.yaml '$(DESTDIR)$(DATADIR)/policy.schema.yaml'
 	install -m 0644 man/mgsave.8 '$(DESTDIR)$(MANDIR)/man8/mgsave.8'
 	install -m 0644 man/mgsave-policy.5 '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5'
+	install -m 0644 completions/mgsave '$(DESTDIR)$(COMPLETIONDIR)/mgsave'
+	install -m 0644 completions/_mgsave '$(DESTDIR)$(ZSHDIR)/_mgsave'
 
 # The admin's policy is never overwritten: the default goes in only where there is none.
 install-policy:
@@ -172,7 +181,8 @@ ifneq ($(LIVE),)
 	-systemctl stop mgsave-boot.service
 endif
 	rm -f $(foreach unit,$(UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave' \
-		'$(DESTDIR)$(MANDIR)/man8/mgsave.8' '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5'
+		'$(DESTDIR)$(MANDIR)/man8/mgsave.8' '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5' \
+		'$(DESTDIR)$(COMPLETIONDIR)/mgsave' '$(DESTDIR)$(ZSHDIR)/_mgsave'
 	rm -rf '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(DOCDIR)' '$(DESTDIR)$(DATADIR)'
 ifneq ($(LIVE),)
 	systemctl daemon-reload

@@ -28,10 +28,12 @@ mgsave-boot.service runs 'mgsave boot' at boot, and stopping mgsave.service runs
 EPILOG = """\
 commands:
   check      validate the policy file (every problem, with file:line:column) and warn about
-             conflicts: libvirt autostart flags, libvirt-guests, libvirtd's own shutdown handling
+             conflicts: libvirt autostart flags, libvirt-guests, libvirtd's own shutdown handling,
+             'after' names and rules that match no guest (--strict: fail on any warning)
   plan       print the plan for the shutdown and/or boot pass, with each guest's effective
              settings and the policy rule that set each value
   status     every guest: state, saved image (size, age), effective autostart, last results
+  report     the last shutdown and boot passes as a timeline per guest (--svg FILE: a picture)
   shutdown   save (or shut down, or power off, per the policy's fallback chain) every running guest
   boot       start, resume or leave off every guest, per its autostart setting
 
@@ -41,9 +43,9 @@ A broken policy stops 'check' (exit 2) but never a pass: 'shutdown' and 'boot' t
 problem and go on with the built-in defaults, so no guest is lost to a typo.
 
 exit codes: 0 every guest reached its intended state; 1 at least one did not; 2 bad policy or
-usage; 3 another pass holds the lock; 4 the hypervisor could not be reached; 130 or 143 the
-pass was stopped by SIGINT or SIGTERM (it finished the steps under way, started nothing new,
-and recorded and summarised what it did).
+usage, or any warning of 'check --strict'; 3 another pass holds the lock; 4 the hypervisor
+could not be reached; 130 or 143 the pass was stopped by SIGINT or SIGTERM (it finished the
+steps under way, started nothing new, and recorded and summarised what it did).
 """
 
 
@@ -79,11 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help_text, description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    add("check", "validate the policy and warn about conflicts",
-        "Validate the policy file and report every problem at once, each with file:line:column,\n"
-        "the key path and a hint (exit 2). Then, if the hypervisor answers, warn about guests whose\n"
-        "libvirt autostart flag fights the policy, about 'after' names that match no guest or form a\n"
-        "cycle, and about libvirt-guests or libvirtd's own shutdown handling being enabled.")
+    p = add("check", "validate the policy and warn about conflicts",
+            "Validate the policy file and report every problem at once, each with file:line:column,\n"
+            "the key path and a hint (exit 2). Then, if the hypervisor answers, warn about guests whose\n"
+            "libvirt autostart flag fights the policy, about 'after' names that match no guest or form a\n"
+            "cycle, about rules that match no guest (each under its rule's file:line), about a\n"
+            "hypervisor that does not answer, and about libvirt-guests or libvirtd's own shutdown\n"
+            "handling being enabled.")
+    p.add_argument("--strict", action="store_true",
+                   help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
             "Print the plan that 'mgsave shutdown' or 'mgsave boot' would carry out now, computed the\n"
             "same way: per guest the actions, the order, what it waits for, the estimated end of its\n"
@@ -92,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("status", "show every guest's state, saved image and last results",
         "Show every guest: its state, whether it has a saved image (size, age), its effective\n"
         "autostart, and what the last shutdown and boot passes did to it.")
+    p = add("report", "draw the last shutdown and boot passes as a timeline",
+            "Draw the last shutdown and boot passes, from the records in the state directory, as a\n"
+            "timeline per guest: waiting for the guests it is after or for a slot, saving, the fallback\n"
+            "steps, resuming, readiness checks; and how many saves or starts ran at once. In the\n"
+            "terminal a bar chart of 80 columns; with --svg also a picture.")
+    p.add_argument("--svg", metavar="FILE", default=None, help="also draw the timeline as SVG into FILE")
     for name, text in (
         ("shutdown", "Save every running guest, running each guest's on_shutdown fallback chain\n"
                      "(save -> shutdown -> poweroff by default), saves in parallel up to\n"
@@ -126,6 +138,7 @@ def build_context(args: argparse.Namespace, environ) -> Context:
         debug=getattr(args, "debug", False), trust_insecure=getattr(args, "insecure_policy", False),
         which=getattr(args, "which", None), dry_run=getattr(args, "dry_run", False),
         wait=getattr(args, "wait", None), deadline=getattr(args, "deadline", None),
+        strict=getattr(args, "strict", False), svg=getattr(args, "svg", None),
     )
 
 
@@ -140,6 +153,9 @@ def dispatch(ctx: Context):
     if ctx.command == "status":
         from libmgsave.actions.status import run_status
         return run_status(ctx)
+    if ctx.command == "report":
+        from libmgsave.actions.report import run_report
+        return run_report(ctx)
     if ctx.command == "shutdown":
         from libmgsave.actions.shutdown import run_shutdown
         return run_shutdown(ctx)
@@ -154,7 +170,7 @@ def exit_code(result) -> int:
     from libmgsave.outcomes import PassResult
 
     if isinstance(result, CheckResult):
-        return ExitCode.BAD_INPUT if result.problems else ExitCode.OK
+        return ExitCode.BAD_INPUT if result.failed else ExitCode.OK
     if isinstance(result, StoppedEarly):
         return 128 + signal.Signals[result.signal]
     if isinstance(result, PassResult):

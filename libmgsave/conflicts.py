@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from libmgsave.inventory import GuestInfo
-from libmgsave.matching import resolve
+from libmgsave.matching import resolve, rule_matches
 from libmgsave.policy import Autostart, Policy, ShutdownStep
 
 LIBVIRT_GUESTS_LINKS = (
@@ -61,22 +61,41 @@ def daemon_layout(root: str = "/") -> DaemonLayout:
     return DaemonLayout(*found[0])
 
 
-def guest_conflicts(policy: Policy, guests: Iterable[GuestInfo]) -> list[str]:
-    warnings = []
+@dataclass(frozen=True)
+class Finding:
+    """One warning of ``check``; ``source`` is the rule it is about (its label, or "defaults"),
+    when it is about one."""
+
+    message: str
+    source: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def guest_conflicts(policy: Policy, guests: Iterable[GuestInfo]) -> list[Finding]:
+    """Guests whose settings fight libvirt's own flags, each filed under the rule that set it."""
+    findings = []
     for guest in guests:
-        settings = resolve(policy, guest).settings
+        effective = resolve(policy, guest)
+        settings = effective.settings
         if guest.libvirt_autostart and settings.autostart is not Autostart.ALWAYS:
-            warnings.append(
+            findings.append(Finding(
                 f"{guest.name}: libvirt's autostart flag is set, so libvirtd starts it at boot by itself, "
                 f"but the policy says autostart {settings.autostart} "
-                f"(fix: virsh autostart --disable {guest.name})"
-            )
+                f"(fix: virsh autostart --disable {guest.name})", effective.sources["autostart"]))
         if settings.on_shutdown[-1] is not ShutdownStep.POWEROFF:
-            warnings.append(
+            findings.append(Finding(
                 f"{guest.name}: on_shutdown does not end with poweroff, so the guest can be left running "
-                f"when every step fails"
-            )
-    return warnings
+                f"when every step fails", effective.sources["on_shutdown"]))
+    return findings
+
+
+def unmatched_rules(policy: Policy, guests: Iterable[GuestInfo]) -> list[Finding]:
+    """Rules whose ``match:`` selects none of the guests: a typo in a name, or a stale rule."""
+    guests = list(guests)
+    return [Finding("matches no guest", rule.label) for rule in policy.rules
+            if not any(rule_matches(rule.match, guest) for guest in guests)]
 
 
 def host_conflicts(root: str = "/") -> list[str]:

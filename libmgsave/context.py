@@ -23,6 +23,8 @@ class Context:
     dry_run: bool = False
     wait: float | None = None  # how long to wait for the pass lock; None: the command's default
     deadline: float | None = None  # shutdown: overrides limits.shutdown_deadline
+    strict: bool = False  # check: every warning is an error
+    svg: str | None = None  # report: also draw the timeline into this file
     # Filled in on the way, for the summary: problems met (untrusted records...), and whether
     # the lock or a record could not be had (the pass then exits 1 even if every guest is fine).
     warnings: list[str] = field(default_factory=list)

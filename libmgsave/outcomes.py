@@ -60,6 +60,24 @@ _SEVERITY = {
     Outcome.LEFT_OFF: Severity.DEGRADED,
 }
 
+class WaitKind(enum.StrEnum):
+    """What a guest waited for during a pass, besides its steps' own work."""
+
+    AFTER = "after"  # the guests it is after (at shutdown: those that must stop first)
+    SLOT = "slot"  # a save or start slot (limits.max_parallel_*), and limits.start_delay
+    READY = "ready"  # its readiness check (ready: agent or a delay) after it started
+
+
+@dataclass
+class Wait:
+    kind: WaitKind
+    started: float
+    finished: float
+
+    def to_dict(self) -> dict:
+        return {"kind": str(self.kind), **_span(self.started, self.finished)}
+
+
 @dataclass
 class StepResult:
     action: Action
@@ -82,6 +100,7 @@ class GuestResult:
     plan: GuestPlan
     outcome: Outcome
     steps: list[StepResult] = field(default_factory=list)
+    waits: list[Wait] = field(default_factory=list)  # for the timeline (mgsave report)
     messages: list[str] = field(default_factory=list)
     started: float | None = None
     finished: float | None = None
@@ -116,6 +135,7 @@ class GuestResult:
             "seconds": round(self.seconds, 3),
             "bytes": self.bytes,
             "steps": [s.to_dict() for s in self.steps],
+            "waits": [w.to_dict() for w in self.waits],
             "messages": self.messages,
             "started": self.started,
             "finished": self.finished,

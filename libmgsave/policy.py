@@ -137,13 +137,20 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    textfile: str | None = None  # the Prometheus text file written after each pass; None: none
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int = 1
     source: str | None = None  # the file it came from; None for the built-in defaults
     connections: tuple[str, ...] = DEFAULT_CONNECTIONS
     defaults: Mapping[str, object] = field(default_factory=_frozen_mapping)  # only keys written
+    defaults_line: int | None = None  # where ``defaults:`` is in the file, for check's warnings
     rules: tuple[Rule, ...] = ()
     limits: Limits = field(default_factory=Limits)
+    metrics: Metrics = Metrics()
 
     @property
     def is_builtin(self) -> bool:

@@ -212,7 +212,7 @@ def check_installed(c: Container) -> None:
     report = json.loads(check.stdout)
     assert report["ok"] is True, report
     print(f"  mgsave check: the policy is valid; libvirt daemons: {report.get('daemon_layout')}; warnings:"
-          + "".join(f"\n    {w}" for w in report["warnings"]))
+          + "".join(f"\n    {w['message']}" for w in report["warnings"]))
     assert report.get("daemon_layout") == "monolithic", "Debian 13 enables libvirtd.socket"
     action, reason = boot_plan_for(c, SAVED_BEFORE)
     print(f"  mgsave plan boot, no shutdown record yet: {SAVED_BEFORE} {action}: {reason}")

@@ -156,6 +156,10 @@ def test_units_and_hooks_have_the_packages_paths(built):
 def test_man_pages_schema_and_docs(built):
     for page in ("usr/share/man/man8/mgsave.8.gz", "usr/share/man/man5/mgsave-policy.5.gz"):
         assert (built.root / page).is_file(), page
+    completion = built.root / "usr/share/bash-completion/completions/mgsave"
+    assert completion.read_text() == (ROOT / "completions/mgsave").read_text()
+    zsh = built.root / "usr/share/zsh/vendor-completions/_mgsave"
+    assert zsh.read_text() == (ROOT / "completions/_mgsave").read_text()
     schema = built.root / "usr/share/mgsave/policy.schema.yaml"
     assert schema.resolve().read_text() == (ROOT / "config/policy.schema.yaml").read_text()
     docs = built.root / "usr/share/doc/mgsave"

@@ -173,6 +173,10 @@ def test_install_lays_out_the_files(staged):
     assert (destdir / "usr/local/share/man/man8/mgsave.8").read_text() == (ROOT / "man/mgsave.8").read_text()
     assert (destdir / "usr/local/share/man/man5/mgsave-policy.5").is_file()
     assert (destdir / "usr/local/share/mgsave/policy.schema.yaml").read_text() == schema.read_text()
+    completion = destdir / "usr/local/share/bash-completion/completions/mgsave"
+    assert completion.read_text() == (ROOT / "completions/mgsave").read_text()
+    zsh = destdir / "usr/local/share/zsh/site-functions/_mgsave"
+    assert zsh.read_text() == (ROOT / "completions/_mgsave").read_text()
 
 
 def _staged_launcher(destdir: Path, tmp_path: Path) -> Path:
@@ -312,7 +316,8 @@ def test_uninstall_leaves_policy_and_state_alone(tmp_path):
     assert not (destdir / "usr/local/lib/mgsave").exists()
     assert not (destdir / "usr/local/bin/mgsave").exists()
     for gone in ("lib/systemd/system/mgsave.service", "lib/systemd/system/mgsave-boot.service",
-                 "share/man/man8/mgsave.8", "share/man/man5/mgsave-policy.5", "share/mgsave", "share/doc/mgsave"):
+                 "share/man/man8/mgsave.8", "share/man/man5/mgsave-policy.5", "share/mgsave", "share/doc/mgsave",
+                 "share/bash-completion/completions/mgsave", "share/zsh/site-functions/_mgsave"):
         assert not (destdir / "usr/local" / gone).exists(), gone
 
 

@@ -1,4 +1,10 @@
-"""``mgsave check``: validate the policy, then warn about what would fight it on this host."""
+"""``mgsave check``: validate the policy, then warn about what would fight it on this host.
+
+Warnings about a rule (an ``after:`` naming no guest or forming a cycle, a rule matching no
+guest, a setting fighting libvirt's own flags) carry the rule's file:line and are grouped per
+rule. With ``--strict`` every warning counts as an error (exit 2), for CI and configuration
+management; an unreachable hypervisor is such a warning.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,47 @@ from dataclasses import dataclass
 
 from libmgsave import conflicts
 from libmgsave.actions import inputs
+from libmgsave.conflicts import Finding
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorUnavailable, PolicyError, Problem
-from libmgsave.plan import dependency_warnings
+from libmgsave.matching import DEFAULTS_SOURCE
+from libmgsave.plan import after_problems
+from libmgsave.policy import Policy
+
+
+@dataclass(frozen=True)
+class LocatedWarning:
+    """A warning of ``check``, with the rule it is about and where that rule is, when it has one."""
+
+    message: str
+    rule: str | None = None  # a rule's label, or "defaults"
+    file: str | None = None
+    line: int | None = None
+
+    @property
+    def where(self) -> str | None:
+        """``file:line: rule``, or None for a warning about no rule."""
+        if self.rule is None:
+            return None
+        place = f"{self.file}:{self.line}" if self.file and self.line else (self.file or "")
+        return f"{place}: {self.rule}" if place else self.rule
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+    def to_dict(self) -> dict:
+        return {"message": self.message, "rule": self.rule, "file": self.file, "line": self.line}
 
 
 @dataclass(frozen=True)
 class CheckResult:
     problems: tuple[Problem, ...]  # empty: the policy is valid
-    warnings: tuple[str, ...]
+    warnings: tuple[LocatedWarning, ...]
+    strict: bool = False  # --strict: the warnings are errors too
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.problems) or (self.strict and bool(self.warnings))
 
 
 def run_check(ctx: Context) -> CheckResult:
@@ -23,32 +61,67 @@ def run_check(ctx: Context) -> CheckResult:
         policy = inputs.strict_policy(ctx)
     except PolicyError as error:
         _report_problems(ctx, error.problems)
-        return CheckResult(tuple(error.problems), ())
-    warnings = conflicts.host_conflicts()
+        return CheckResult(tuple(error.problems), (), ctx.strict)
     layout = conflicts.daemon_layout()
-    warnings += _guest_warnings(policy)
+    findings = [Finding(w) for w in conflicts.host_conflicts()] + _guest_findings(policy)
+    lines = rule_lines(policy)
+    warnings = tuple(dict.fromkeys(locate(policy.source, lines, f) for f in findings))
+    result = CheckResult((), warnings, ctx.strict)
     source = policy.source or f"built-in defaults (no file at {ctx.policy_path})"
-    text = [f"{source}: the policy is valid", f"libvirt daemons: {layout}"] + [f"warning: {w}" for w in warnings]
-    ctx.emit({"ok": True, "policy": policy.source, "problems": [], "warnings": warnings,
-              "daemon_layout": layout.kind}, "\n".join(text))
-    return CheckResult((), tuple(warnings))
+    text = [f"{source}: the policy is valid", f"libvirt daemons: {layout}", *render_warnings(warnings)]
+    if result.failed:
+        text.append(f"--strict: {_count(warnings)} counted as errors")
+    ctx.emit({"ok": not result.failed, "strict": ctx.strict, "policy": policy.source, "problems": [],
+              "warnings": [w.to_dict() for w in warnings], "daemon_layout": layout.kind}, "\n".join(text))
+    return result
 
 
-def _guest_warnings(policy) -> list[str]:
-    """Guests whose libvirt autostart flag fights the policy, and 'after' names that match no
-    guest or form a cycle; or why the guests could not be looked at."""
+def _guest_findings(policy: Policy) -> list[Finding]:
+    """What is wrong between the policy and the guests there are; or why they could not be looked at."""
     try:
-        connections, warnings = inputs.connect(policy)
+        connections, unreachable = inputs.connect(policy)
     except HypervisorUnavailable as error:
-        return [f"could not look at the guests: {error.message}"]
+        return [Finding(f"could not look at the guests: {error.message}")]
     guests = inputs.inventory(connections, policy)
-    return warnings + conflicts.guest_conflicts(policy, guests) + dependency_warnings(guests, policy)
+    after = [Finding(p.message, p.source) for p in after_problems(guests, policy)]
+    return ([Finding(w) for w in unreachable] + conflicts.unmatched_rules(policy, guests)
+            + after + conflicts.guest_conflicts(policy, guests))
+
+
+def rule_lines(policy: Policy) -> dict[str, int | None]:
+    """Where each rule (by its label) and ``defaults:`` are in the policy file."""
+    lines = {rule.label: rule.line for rule in policy.rules}
+    lines[DEFAULTS_SOURCE] = policy.defaults_line
+    return lines
+
+
+def locate(source: str | None, lines: dict[str, int | None], finding: Finding) -> LocatedWarning:
+    """The finding with its rule's file and line (a built-in value has neither: no rule to fix)."""
+    if finding.source not in lines:
+        return LocatedWarning(finding.message)
+    return LocatedWarning(finding.message, finding.source, source, lines[finding.source])
+
+
+def render_warnings(warnings: tuple[LocatedWarning, ...]) -> list[str]:
+    """Warnings about no rule first, then one block per rule, the rules in file order."""
+    lines = [f"warning: {w.message}" for w in warnings if w.where is None]
+    by_rule: dict[str, list[str]] = {}
+    for w in sorted((w for w in warnings if w.where), key=lambda w: w.line or 0):
+        by_rule.setdefault(w.where, []).append(w.message)
+    for where, messages in by_rule.items():
+        lines.append(f"{where}:")
+        lines += [f"  warning: {message}" for message in messages]
+    return lines
+
+
+def _count(warnings) -> str:
+    return f"{len(warnings)} warning" + ("" if len(warnings) == 1 else "s")
 
 
 def _report_problems(ctx: Context, problems: list[Problem]) -> None:
     if ctx.json:
-        ctx.emit({"ok": False, "policy": ctx.policy_path, "problems": inputs.problems_dict(problems),
-                  "warnings": []}, "")
+        ctx.emit({"ok": False, "strict": ctx.strict, "policy": ctx.policy_path,
+                  "problems": inputs.problems_dict(problems), "warnings": []}, "")
         return
     for problem in problems:
         print(problem, file=sys.stderr)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from libmgsave import __version__, interrupt, journal, lock, notify, report
+from libmgsave import __version__, interrupt, journal, lock, metrics, notify, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context
 from libmgsave.errors import Problem
@@ -100,6 +100,7 @@ def _run(ctx: Context, kind: PassKind, outline: Outline) -> PassResult:
                             unreachable=tuple(uri for uri in policy.connections if uri not in connections.uris()),
                             bookkeeping_failed=ctx.bookkeeping_failed,
                             interrupted=stopped_by.name if stopped_by else None)
+    metrics.export(policy.metrics.textfile, result)
     _summarise(ctx, result)
     return result
 

@@ -18,7 +18,7 @@ from libmgsave.execute.progress import file_size
 from libmgsave.execute.scheduler import Schedule, Slots
 from libmgsave.execute.steps import add_step, timed_step
 from libmgsave.hypervisor import Connections, Guest
-from libmgsave.outcomes import GuestResult, Outcome, StepResult
+from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
 from libmgsave.plan import Action, GuestPlan, Plan
 from libmgsave.policy import ReadyKind
 from libmgsave.saveimages import saved_image_is_partial
@@ -43,11 +43,14 @@ class BootPass:
 
     def run(self) -> list[GuestResult]:
         """Every active guest's result, in plan order."""
-        results = Schedule(self.plan).run(self._guest)
+        self.schedule = Schedule(self.plan)
+        results = self.schedule.run(self._guest)
         return [results[e.key] for e in self.plan.active]
 
     def _guest(self, entry: GuestPlan, deps: dict) -> GuestResult:
         result = GuestResult(entry, Outcome.FAILED, started=time.time())
+        waited = self.schedule.waited_for_others(entry, result.started)
+        result.waits.extend([waited] if waited else [])
         result.messages.extend(entry.notes)
         for dep in deps.values():
             if dep is not None and not dep.ok:
@@ -56,10 +59,12 @@ class BootPass:
         step_started = None  # once a start slot is held: waiting for one is not starting
         try:
             interrupt.check()
+            asked = time.time()
             with self.start_slots.held():
                 self._respect_start_delay()
                 interrupt.check()  # the last moment to leave it alone: after this, libvirt starts it
                 step_started = time.time()
+                result.waits.append(Wait(WaitKind.SLOT, asked, step_started))
                 result.outcome = self._start(entry, action, result)
         except interrupt.Interrupted:
             self._not_started(action, result)
@@ -219,10 +224,13 @@ class BootPass:
                 result.messages.append(f"clock not synced (needs the guest agent): {error.message}")
                 log.warning("%s: clock not synced: %s", entry.guest.name, error.message,
                             extra=journal.guest_fields(entry.guest, action="sync_time", result="failed"))
+        waiting_since = time.time()
         try:
             _wait_until_ready(entry, guest, result)
         except interrupt.Interrupted:
             result.messages.append("its readiness wait was cut short: the pass was stopped")
+        if settings.ready.kind is not ReadyKind.NONE:
+            result.waits.append(Wait(WaitKind.READY, waiting_since, time.time()))
 
 
 def _wait_until_ready(entry: GuestPlan, guest: Guest, result: GuestResult) -> None:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from libmgsave import interrupt
 from libmgsave.errors import OperationTimeout
-from libmgsave.outcomes import GuestResult, Outcome
+from libmgsave.outcomes import GuestResult, Outcome, Wait, WaitKind
 from libmgsave.plan import GuestKey, GuestPlan, Plan
 
 log = logging.getLogger("mgsave")
@@ -38,6 +38,7 @@ class Schedule:
 
     def __init__(self, plan: Plan):
         self.groups: list[list[GuestPlan]] = [dependencies_first(g) for g in group_by_order(plan.active)]
+        self.queued: dict[GuestKey, float] = {}  # when each guest's turn came (time.time())
 
     @property
     def entries(self) -> list[GuestPlan]:
@@ -49,6 +50,11 @@ class Schedule:
         return Slots(size, ranks={e.key: i for i, e in enumerate(holders)},
                      expected=[e.key for e in holders if not e.wait_for])
 
+    def waited_for_others(self, entry: GuestPlan, until: float) -> Wait | None:
+        """The wait of a guest for the guests it is ``after``, ending at ``until``."""
+        queued = self.queued.get(entry.key)
+        return Wait(WaitKind.AFTER, queued, until) if entry.wait_for and queued is not None else None
+
     def run(self, work: Callable[[GuestPlan, dict], GuestResult], max_workers: int | None = None) -> dict:
         """``work(entry, results of the guests it waits for)`` for every guest, group after
         group; returns the results by guest key. A bug in ``work`` fails that guest alone."""
@@ -57,6 +63,7 @@ class Schedule:
             done = {e.key: threading.Event() for e in group}
 
             def task(entry: GuestPlan) -> None:
+                self.queued[entry.key] = time.time()
                 try:
                     for key in entry.wait_for:
                         if key in done:

@@ -22,7 +22,7 @@ from libmgsave.execute.scheduler import Schedule
 from libmgsave.execute.steps import StepTimes, add_step
 from libmgsave.hypervisor import Connections, Guest
 from libmgsave.inventory import GuestState
-from libmgsave.outcomes import GuestResult, Outcome, StepResult
+from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
 from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan, Plan
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
@@ -40,6 +40,7 @@ OUTCOME_OF_STEP = {
     Action.POWEROFF: Outcome.POWERED_OFF,
 }
 
+LATE_FOR_A_SLOT = "the shutdown deadline came while the save waited for a slot"
 _OFF = object()  # a step found the guest already off (or gone): nothing was done
 
 
@@ -52,6 +53,7 @@ class ShutdownPass:
         self.schedule = Schedule(plan)
         self.save_slots = self.schedule.slots(plan.limits.max_parallel_saves, lambda e: e.actions[0] in SAVES)
         self.progress: SaveProgress | None = None
+        self._slot_waits: dict = {}  # guest key -> its wait for a save slot, for its result
 
     def run(self) -> list[GuestResult]:
         """Every active guest's result, in plan order."""
@@ -74,12 +76,14 @@ class ShutdownPass:
         if self.record:
             self.record.update_guest(
                 guest_record_key(*entry.key), outcome=str(result.outcome), steps=[s.to_dict() for s in result.steps],
-                finished=result.finished, bytes=result.bytes, messages=list(result.messages),
+                waits=[w.to_dict() for w in result.waits], started=result.started, finished=result.finished, bytes=result.bytes, messages=list(result.messages),
             )
         return result
 
     def _chain(self, entry: GuestPlan) -> GuestResult:
         result = GuestResult(entry, Outcome.FAILED, started=time.time())
+        waited = self.schedule.waited_for_others(entry, result.started)
+        result.waits.extend([waited] if waited else [])
         result.messages.extend(entry.notes)
         for note in entry.notes:
             dropped = note == entry.save_dropped_because
@@ -103,6 +107,8 @@ class ShutdownPass:
                 break
             finally:
                 self.save_slots.withdraw(entry.key)  # its save (if any) has had its turn
+                if entry.key in self._slot_waits:
+                    result.waits.append(self._slot_waits.pop(entry.key))
             if step is _OFF:
                 self._settle_found_off(result, action)
                 break
@@ -200,10 +206,9 @@ class ShutdownPass:
         meanwhile. A save's times leave out its wait for a slot."""
         settings = entry.effective.settings
         if action in SAVES:
-            late = "the shutdown deadline came while the save waited for a slot"
-            with self.save_slots.held(entry.key, give_up_at=self.deadline_at - DEADLINE_RESERVE, late=late):
+            with self._save_slot(entry):
                 if self._past_deadline():  # admitted just as the deadline came
-                    raise OperationTimeout(late)
+                    raise OperationTimeout(LATE_FOR_A_SLOT)
                 times.restart()
                 try:
                     return self._save(guest, entry, action, messages)
@@ -221,6 +226,19 @@ class ShutdownPass:
             guest.power_off()
             return None
         raise ValueError(f"not a shutdown step: {action}")
+
+    @contextlib.contextmanager
+    def _save_slot(self, entry: GuestPlan):
+        """A save slot held for the block; the wait for it is kept for the guest's result."""
+        asked = time.time()
+        try:
+            with self.save_slots.held(entry.key, give_up_at=self.deadline_at - DEADLINE_RESERVE,
+                                      late=LATE_FOR_A_SLOT):
+                self._slot_waits[entry.key] = Wait(WaitKind.SLOT, asked, time.time())
+                yield
+        except (OperationTimeout, interrupt.Interrupted):
+            self._slot_waits.setdefault(entry.key, Wait(WaitKind.SLOT, asked, time.time()))
+            raise
 
     def _save(self, guest: Guest, entry: GuestPlan, action: Action, messages: list[str]):
         settings = entry.effective.settings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
@@ -10,11 +11,29 @@ from libmgsave.plan.model import GuestKey
 from libmgsave.policy import Policy
 
 
+@dataclass(frozen=True)
+class AfterProblem:
+    """Something wrong with one guest's ``after``; ``source`` is who set it (a rule's label,
+    "defaults"), so that ``check`` can point at the line."""
+
+    guest: GuestInfo
+    source: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def dependency_warnings(guests: Iterable[GuestInfo], policy: Policy) -> list[str]:
     """What is wrong with the guests' ``after`` settings: names that match no guest, cycles."""
-    warnings: list[str] = []
-    dependencies({g.key: (g, resolve(policy, g)) for g in guests}, warnings)
-    return list(dict.fromkeys(warnings))
+    return list(dict.fromkeys(str(p) for p in after_problems(guests, policy)))
+
+
+def after_problems(guests: Iterable[GuestInfo], policy: Policy) -> list[AfterProblem]:
+    """The same, each with the guest and the rule it is about."""
+    problems: list[AfterProblem] = []
+    _dependencies({g.key: (g, resolve(policy, g)) for g in guests}, problems)
+    return problems
 
 
 def dependencies(
@@ -26,6 +45,18 @@ def dependencies(
     Unknown names and cycles are warnings: a cycle's edges are dropped so that no guest is
     ever left waiting forever (at shutdown, an unsaved guest is a lost guest).
     """
+    problems: list[AfterProblem] = []
+    deps = _dependencies(resolved, problems)
+    warnings.extend(str(p) for p in problems)
+    return deps
+
+
+def _dependencies(
+    resolved: Mapping[GuestKey, tuple[GuestInfo, Effective]], problems: list[AfterProblem]
+) -> dict[GuestKey, tuple[GuestKey, ...]]:
+    def problem(guest: GuestInfo, eff: Effective, message: str) -> None:
+        problems.append(AfterProblem(guest, eff.sources["after"], message))
+
     by_name: dict[str, list[GuestKey]] = {}
     for key, (guest, _eff) in resolved.items():
         by_name.setdefault(guest.name, []).append(key)
@@ -37,20 +68,20 @@ def dependencies(
             same_connection = [k for k in candidates if k[0] == guest.connection]
             chosen = same_connection or candidates
             if not chosen:
-                warnings.append(f"{guest.name}: 'after' names {name!r}, which is not a guest here; ignored")
+                problem(guest, eff, f"{guest.name}: 'after' names {name!r}, which is not a guest here; ignored")
             elif chosen[0] == key:
-                warnings.append(f"{guest.name}: 'after' names the guest itself; ignored")
+                problem(guest, eff, f"{guest.name}: 'after' names the guest itself; ignored")
             else:
                 found.append(chosen[0])
         deps[key] = tuple(found)
-    _break_cycles(deps, resolved, warnings)
+    _break_cycles(deps, resolved, problems)
     return deps
 
 
 def _break_cycles(
     deps: dict[GuestKey, tuple[GuestKey, ...]],
     resolved: Mapping[GuestKey, tuple[GuestInfo, Effective]],
-    warnings: list[str],
+    problems: list[AfterProblem],
 ) -> None:
     WHITE, GREY, BLACK = 0, 1, 2
     colour = dict.fromkeys(deps, WHITE)
@@ -66,10 +97,10 @@ def _break_cycles(
                 if colour[child] == GREY:
                     cycle = path[path.index(child):] + [child]
                     names = " -> ".join(resolved[k][0].name for k in cycle)
-                    warnings.append(
+                    guest, eff = resolved[node]
+                    problems.append(AfterProblem(guest, eff.sources["after"], (
                         f"'after' forms a cycle ({names}); ignoring "
-                        f"'{resolved[node][0].name} after {resolved[child][0].name}'"
-                    )
+                        f"'{guest.name} after {resolved[child][0].name}'")))
                     deps[node] = tuple(d for d in deps[node] if d != child)
                 elif colour[child] == WHITE:
                     colour[child] = GREY

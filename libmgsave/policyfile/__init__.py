@@ -17,13 +17,14 @@ single source of truth for what a policy may contain. The reading goes in stages
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 
 from libmgsave.errors import PolicyError, Problem
-from libmgsave.policy import BUILTIN_POLICY, DEFAULT_POLICY_PATH, Policy
+from libmgsave.policy import BUILTIN_POLICY, DEFAULT_POLICY_PATH, Metrics, Policy
 from libmgsave.policyfile.build import build_policy, policy_to_dict
-from libmgsave.policyfile.cross_field import cross_field_problems, salvage_connections
+from libmgsave.policyfile.cross_field import cross_field_problems, salvage_connections, salvage_metrics
 from libmgsave.policyfile.files import MAX_FILE_BYTES, read_policy_file
 from libmgsave.policyfile.marks import MAX_NODES, ReadAborted, format_path, read_document
 from libmgsave.policyfile.schema_errors import policy_schema, schema_problems
@@ -81,7 +82,7 @@ def load_policy_for_pass(
     or was named explicitly and is missing, returns the built-in policy with the problems, for
     the caller to log loudly before carrying on with safe defaults. When a broken file's
     ``connections:`` is itself valid, the built-in policy covers those connections, so no
-    connection's guests are left out.
+    connection's guests are left out; likewise its ``metrics:``, so that the monitoring hears.
     """
     if not explicit and not os.path.lexists(path):
         return BUILTIN_POLICY, []
@@ -97,6 +98,9 @@ def load_policy_for_pass(
         return policy, []
     connections = salvage_connections(document)
     fallback = BUILTIN_POLICY.with_connections(connections) if connections else BUILTIN_POLICY
+    textfile = salvage_metrics(document)
+    if textfile:
+        fallback = dataclasses.replace(fallback, metrics=Metrics(textfile))
     return fallback, problems
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from libmgsave.policy import DEFAULT_CONNECTIONS, Limits, Match, MetadataMatch, Policy, Rule, default_parallelism
+from libmgsave.policy import (DEFAULT_CONNECTIONS, Limits, Match, MetadataMatch, Metrics, Policy, Rule,
+                              default_parallelism)
 from libmgsave.policyfile.marks import MarkedDocument
 from libmgsave.policyfile.settings import build_settings, parse_duration, setting_to_json
 
@@ -33,8 +34,10 @@ def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
         source=source,
         connections=tuple(document.get("connections", DEFAULT_CONNECTIONS)),
         defaults=build_settings(document.get("defaults") or {}),
+        defaults_line=marks.key_marks.get(("defaults",), (None, None))[0],
         rules=rules,
         limits=limits,
+        metrics=Metrics(textfile=(document.get("metrics") or {}).get("textfile")),
     )
 
 
@@ -67,6 +70,7 @@ def policy_to_dict(policy: Policy) -> dict:
         "version": policy.version,
         "connections": list(policy.connections),
         "limits": dataclasses.asdict(policy.limits),
+        "metrics": dataclasses.asdict(policy.metrics),
         "defaults": {key: setting_to_json(value) for key, value in policy.defaults.items()},
         "guests": [
             {

@@ -93,3 +93,13 @@ def salvage_connections(document: object) -> tuple[str, ...] | None:
     if not jsonschema.Draft202012Validator(schema).is_valid(connections):
         return None
     return tuple(connections)
+
+
+def salvage_metrics(document: object) -> str | None:
+    """A broken policy's ``metrics.textfile``, when ``metrics:`` alone is valid: a broken policy is
+    just when the monitoring should hear about the pass."""
+    metrics = document.get("metrics") if isinstance(document, dict) else None
+    schema = policy_schema()["properties"]["metrics"]
+    if not isinstance(metrics, dict) or not jsonschema.Draft202012Validator(schema).is_valid(metrics):
+        return None
+    return metrics.get("textfile")

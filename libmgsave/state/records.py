@@ -27,8 +27,9 @@ BOOT_RECORD = "last-boot.json"
 
 
 class GuestEntry(TypedDict, total=False):
-    """One guest in a record, filed under ``guest_record_key``. The boot record has the first
-    four and ``ok``/``messages``; the shutdown record has the guest's facts and what was done."""
+    """One guest in a record, filed under ``guest_record_key``. Both records have the first four
+    and what was done (``steps``, ``waits``, times: ``mgsave report`` draws them); the shutdown
+    record also has the guest's facts, the boot record ``ok``."""
 
     connection: str
     name: str
@@ -41,7 +42,9 @@ class GuestEntry(TypedDict, total=False):
     metadata: dict[str, str]
     image: str | None  # a transient guest's save file
     planned: list[str]  # the actions of its plan
-    steps: list[dict]
+    steps: list[dict]  # each step's action, ok, started, finished, bytes, error
+    waits: list[dict]  # what it waited for besides its steps (outcomes.WaitKind), started, finished
+    started: float  # when the pass took it up
     finished: float
     bytes: int
     messages: list[str]
@@ -172,7 +175,9 @@ def boot_record(started: float, results, interrupted: str | None) -> dict:
         "interrupted": interrupted,
         "guests": {guest_record_key(*r.plan.key): GuestEntry(
             connection=r.plan.guest.connection, name=r.plan.guest.name, uuid=r.plan.guest.uuid,
-            outcome=str(r.outcome), ok=r.ok, messages=r.messages) for r in results},
+            outcome=str(r.outcome), ok=r.ok, messages=r.messages, started=r.started, finished=r.finished,
+            bytes=r.bytes, steps=[s.to_dict() for s in r.steps], waits=[w.to_dict() for w in r.waits])
+            for r in results},
     }
 
 

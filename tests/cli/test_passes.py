@@ -161,7 +161,7 @@ def test_check_warns_when_libvirt_autostart_fights_the_policy(hv, run):
     hv.lookupByName("a").setAutostart(1)
     code, result, _ = run("check")
     assert code == ExitCode.OK
-    assert any("a: libvirt's autostart flag is set" in w for w in result["warnings"])
+    assert any("a: libvirt's autostart flag is set" in w["message"] for w in result["warnings"])
 
 
 def test_status_reports_images_and_last_results(hv, run):

@@ -1,0 +1,126 @@
+"""The metrics file: a pass's results in Prometheus' text format, for node_exporter's textfile collector.
+
+Written after each shutdown and boot pass (never after a dry run) to the policy's
+``metrics.textfile``. Both passes write the one file: each replaces its own samples (those
+labelled with its ``pass``) and keeps the other pass's, so the file always says how the last
+shutdown and the last boot went. The file is replaced atomically, and a file that cannot be
+written is logged and never stops a pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from libmgsave.outcomes import Outcome, PassResult
+
+log = logging.getLogger("mgsave")
+
+# name -> help; every family is a gauge (a pass's values replace the last pass's).
+FAMILIES = {
+    "mgsave_pass_duration_seconds": "How long the last pass took.",
+    "mgsave_pass_last_run_timestamp_seconds": "When the last pass ended (Unix time).",
+    "mgsave_pass_success": "1 when every guest of the last pass reached its intended state, every "
+                           "connection answered and every record was written (exit 0); else 0.",
+    "mgsave_pass_guests": "Guests of the last pass, by outcome.",
+    "mgsave_guest_seconds": "How long the last pass spent on the guest.",
+    "mgsave_guest_bytes": "The bytes the last pass saved or restored for the guest.",
+    "mgsave_guest_ok": "1 when the guest reached the state the policy intends in the last pass; else 0.",
+}
+_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})?\s+\S+')
+
+
+def label_value(text: str) -> str:
+    """``text`` escaped as the format asks inside a label's double quotes."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _sample(name: str, labels: dict[str, str], value: float) -> str:
+    inner = ",".join(f'{key}="{label_value(str(text))}"' for key, text in labels.items())
+    number = repr(float(value)) if isinstance(value, float) else str(int(value))  # repr: exact, and short
+    return f"{name}{{{inner}}} {number}"
+
+
+def pass_samples(result: PassResult) -> dict[str, list[str]]:
+    """This pass's samples, by family."""
+    kind = str(result.kind)
+    samples: dict[str, list[str]] = {name: [] for name in FAMILIES}
+    at = {"pass": kind}
+    samples["mgsave_pass_duration_seconds"].append(_sample("mgsave_pass_duration_seconds", at,
+                                                           result.finished - result.started))
+    samples["mgsave_pass_last_run_timestamp_seconds"].append(
+        _sample("mgsave_pass_last_run_timestamp_seconds", at, result.finished))
+    samples["mgsave_pass_success"].append(_sample("mgsave_pass_success", at, int(result.complete)))
+    counts = dict.fromkeys((o for o in Outcome if o is not Outcome.PLANNED), 0)
+    for guest in result.results:
+        counts[guest.outcome] = counts.get(guest.outcome, 0) + 1
+    for outcome, count in counts.items():
+        samples["mgsave_pass_guests"].append(_sample("mgsave_pass_guests", {**at, "outcome": str(outcome)}, count))
+    for guest in result.results:
+        if guest.outcome is Outcome.SKIPPED:
+            continue  # nothing was done: a series per idle guest would only be noise
+        who = {**at, "connection": guest.plan.guest.connection, "guest": guest.plan.guest.name}
+        samples["mgsave_guest_seconds"].append(_sample("mgsave_guest_seconds", who, guest.seconds))
+        samples["mgsave_guest_bytes"].append(_sample("mgsave_guest_bytes", who, guest.bytes))
+        samples["mgsave_guest_ok"].append(_sample("mgsave_guest_ok", who, int(guest.ok)))
+    return samples
+
+
+def other_passes_samples(text: str, kind: str) -> dict[str, list[str]]:
+    """The samples of the file ``text`` not of pass ``kind``, by family (ours only: unknown
+    families and lines are dropped)."""
+    kept: dict[str, list[str]] = {name: [] for name in FAMILIES}
+    mine = f'pass="{label_value(kind)}"'
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match["name"] in FAMILIES and mine not in (match["labels"] or ""):
+            kept[match["name"]].append(line)
+    return kept
+
+
+def render(result: PassResult, previous: str = "") -> str:
+    """The whole file: this pass's samples and the other pass's from ``previous``."""
+    kept = other_passes_samples(previous, str(result.kind))
+    ours = pass_samples(result)
+    lines = []
+    for name, help_text in FAMILIES.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *sorted(kept[name] + ours[name])]
+    return "\n".join(lines) + "\n"
+
+
+def write_textfile(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text``: a temporary file in the same directory (node_exporter
+    skips names not ending in .prom), renamed over it, readable by everyone."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+            os.fchmod(out.fileno(), 0o644)  # the units' UMask=0077 would keep node_exporter out
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def export(textfile: str | None, result: PassResult) -> None:
+    """Write the metrics file after a pass, if the policy asks for one; never raises."""
+    if not textfile or result.dry_run:
+        return
+    path = Path(textfile)
+    try:
+        try:
+            previous = path.read_text("utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            previous = ""
+        write_textfile(path, render(result, previous))
+    except Exception as error:  # noqa: BLE001 - the metrics are never worth a pass
+        reason = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) else repr(error)
+        log.error("cannot write the metrics file %s (%s); the pass goes on", path, reason)
+    else:
+        log.debug("metrics written to %s", path)

@@ -1,0 +1,95 @@
+"""The metrics file after real passes on libvirt's test driver, read back by Prometheus' own parser."""
+
+import json
+import os
+import stat
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from libmgsave import cli
+from libmgsave.errors import ExitCode
+from tests.testdriver import URI, define, hv  # noqa: F401
+
+
+def _run(tmp_path, capsys, *args, textfile):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nmetrics:\n  textfile: {textfile}\n")
+    os.chmod(policy, 0o644)
+    capsys.readouterr()
+    code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy),
+                     "--json", *args])
+    out, err = capsys.readouterr()
+    return code, json.loads(out), err
+
+
+def _samples(path):
+    """{(family, frozenset(labels)): value}, as Prometheus reads the file."""
+    found = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        assert family.type == "gauge" and family.documentation, family.name
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def test_each_pass_writes_its_metrics_and_keeps_the_other_passs(hv, tmp_path, capsys):
+    define(hv, "a", "b")
+    define(hv, "off", running=False)
+    textfile = tmp_path / "mgsave.prom"
+
+    code, shutdown, _ = _run(tmp_path, capsys, "shutdown", textfile=textfile)
+    assert code == ExitCode.OK
+    assert stat.S_IMODE(textfile.stat().st_mode) == 0o644, "node_exporter does not run as root"
+    samples = _samples(textfile)
+    at = {("pass", "shutdown")}
+    assert samples[("mgsave_pass_guests", frozenset(at | {("outcome", "saved")}))] == 2
+    assert samples[("mgsave_pass_guests", frozenset(at | {("outcome", "skipped")}))] == 1
+    assert samples[("mgsave_pass_guests", frozenset(at | {("outcome", "failed")}))] == 0
+    assert samples[("mgsave_pass_success", frozenset(at))] == 1
+    assert abs(samples[("mgsave_pass_duration_seconds", frozenset(at))] - shutdown["seconds"]) < 0.01
+    assert samples[("mgsave_pass_last_run_timestamp_seconds", frozenset(at))] == shutdown["finished"]
+    for guest in shutdown["guests"]:
+        who = frozenset(at | {("connection", URI), ("guest", guest["name"])})
+        if guest["outcome"] == "skipped":
+            assert ("mgsave_guest_seconds", who) not in samples
+            continue
+        assert abs(samples[("mgsave_guest_seconds", who)] - guest["seconds"]) < 0.001
+        assert samples[("mgsave_guest_bytes", who)] == guest["bytes"]
+        assert samples[("mgsave_guest_ok", who)] == 1
+
+    code, boot, _ = _run(tmp_path, capsys, "boot", textfile=textfile)
+    assert code == ExitCode.OK
+    after_boot = _samples(textfile)
+    shutdown_samples = {k: v for k, v in samples.items() if ("pass", "shutdown") in k[1]}
+    assert {k: v for k, v in after_boot.items() if ("pass", "shutdown") in k[1]} == shutdown_samples
+    assert after_boot[("mgsave_pass_guests", frozenset({("pass", "boot"), ("outcome", "resumed")}))] == 2
+    assert after_boot[("mgsave_pass_last_run_timestamp_seconds", frozenset({("pass", "boot")}))] == boot["finished"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mgsave.prom")], "no temporary file left"
+
+
+def test_a_dry_run_writes_no_metrics(hv, tmp_path, capsys):
+    define(hv, "a")
+    textfile = tmp_path / "mgsave.prom"
+    code, _, _ = _run(tmp_path, capsys, "shutdown", "--dry-run", textfile=textfile)
+    assert code == ExitCode.OK
+    assert not textfile.exists()
+
+
+def test_a_metrics_file_that_cannot_be_written_never_stops_the_pass(hv, tmp_path, capsys):
+    define(hv, "a")
+    textfile = tmp_path / "no-such-directory" / "mgsave.prom"
+    code, result, err = _run(tmp_path, capsys, "shutdown", textfile=textfile)
+    assert code == ExitCode.OK
+    assert [g["outcome"] for g in result["guests"]] == ["saved"]
+    assert f"cannot write the metrics file {textfile}" in err
+
+
+def test_a_broken_policy_still_writes_its_metrics(hv, tmp_path, capsys):
+    define(hv, "a")
+    textfile = tmp_path / "mgsave.prom"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nmetrics:\n  textfile: {textfile}\ndefaults:\n  autostart: sometimes\n")
+    os.chmod(policy, 0o644)
+    code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy), "shutdown"])
+    assert code == ExitCode.OK
+    assert _samples(textfile)[("mgsave_pass_guests", frozenset({("pass", "shutdown"), ("outcome", "saved")}))] == 1

@@ -1,0 +1,108 @@
+"""``mgsave report`` after real passes on libvirt's test driver: what the records hold, the chart,
+and the SVG as a real browser (Debian's chromium, headless) draws it."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+from libmgsave import cli, state
+from libmgsave.errors import ExitCode
+from libmgsave.timeline import svg
+from tests.pngcheck import colours
+from tests.testdriver import URI, define, hv  # noqa: F401
+
+# One save at a time, so that guests wait for a slot; db is ready a moment after it resumes,
+# and web1 is after db (it stops before db, and starts once db is ready).
+POLICY = """\
+version: 1
+limits: {max_parallel_saves: 1, max_parallel_starts: 1}
+guests:
+  - match: {name: db}
+    ready: 0.3s
+  - match: {name: web1}
+    after: [db]
+"""
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def mgsave(tmp_path, capsys):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    os.chmod(policy, 0o644)
+
+    def run(*args):
+        capsys.readouterr()
+        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy), *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.state_dir = tmp_path / "state"
+    return run
+
+
+def _cycle(hv, mgsave):
+    define(hv, "db", "web1", "app")
+    assert mgsave("shutdown")[0] == ExitCode.OK
+    assert mgsave("boot")[0] == ExitCode.OK
+
+
+def test_the_records_hold_every_phase(hv, mgsave):
+    _cycle(hv, mgsave)
+    shutdown = json.loads((mgsave.state_dir / state.SHUTDOWN_RECORD).read_text())["guests"]
+    boot = json.loads((mgsave.state_dir / state.BOOT_RECORD).read_text())["guests"]
+    by_name = lambda record: {e["name"]: e for e in record.values()}  # noqa: E731
+    shutdown, boot = by_name(shutdown), by_name(boot)
+    assert {w["kind"] for w in shutdown["db"]["waits"]} == {"after", "slot"}, "db stops after web1"
+    assert all("slot" in {w["kind"] for w in e["waits"]} for e in shutdown.values())
+    ready = [w for w in boot["db"]["waits"] if w["kind"] == "ready"]
+    assert len(ready) == 1 and ready[0]["finished"] - ready[0]["started"] >= 0.3
+    assert [s["action"] for s in boot["db"]["steps"]] == ["resume"]
+    web_after = [w for w in boot["web1"]["waits"] if w["kind"] == "after"]
+    assert web_after and web_after[0]["finished"] >= ready[0]["finished"], "web1 waited for db to be ready"
+
+
+def test_report_draws_both_passes_in_80_columns(hv, mgsave):
+    _cycle(hv, mgsave)
+    code, out, _err = mgsave("report")
+    assert code == ExitCode.OK
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert out.startswith("shutdown pass, ") and "\nboot pass, " in out
+    assert "at most 1 save at once" in out and "at most 1 start at once" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in ("db", "web1")}
+    assert "R" in rows["db"] and "r" in rows["db"]  # the boot chart's db: resumed, then its readiness check
+    code, out, _err = mgsave("--json", "report")
+    passes = json.loads(out)["passes"]
+    assert [p["pass"] for p in passes] == ["shutdown", "boot"]
+    assert {g["name"] for g in passes[0]["guests"]} == {"db", "web1", "app"}
+
+
+def test_report_without_records_says_so(mgsave):
+    code, out, err = mgsave("report")
+    assert code == ExitCode.OK
+    assert out.strip() == "" and "no pass recorded" in err
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (scripts/setup installs it)")
+def test_the_svg_is_drawn_by_a_real_browser(hv, mgsave, tmp_path):
+    _cycle(hv, mgsave)
+    picture = tmp_path / "timeline.svg"
+    assert mgsave("report", "--svg", str(picture))[0] == ExitCode.OK
+    screenshot = tmp_path / "timeline.png"
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                               f"--screenshot={screenshot}", "--window-size=960,600", picture.as_uri()],
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and screenshot.exists(), done.stderr[-2000:]
+    counts = colours(screenshot.read_bytes())
+    total = sum(counts.values())
+    assert counts[(255, 255, 255)] < total * 0.99, "a blank page"
+    for kind in ("save", "resume", "slot", "ready"):
+        rgb = tuple(int(svg.COLOURS[kind][i:i + 2], 16) for i in (1, 3, 5))
+        assert counts[rgb] > 20, f"no {kind} bar drawn ({counts[rgb]} pixels of {svg.COLOURS[kind]})"
+    shutil.copy(screenshot, os.environ.get("MGSAVE_KEEP_SCREENSHOT", os.devnull))
