@@ -23,8 +23,29 @@ def managed_save_dir(uri: str) -> str | None:
 
 
 # libvirt's QEMU save images begin with this mark while being written; it is replaced by the
-# real one ("LibvirtQemudSave") only once the save has completed.
+# real one only once the save has completed.
 _QEMU_SAVE_PARTIAL = b"LibvirtQemudPart"
+_QEMU_SAVE_MAGIC = b"LibvirtQemudSave"
+
+
+def saved_image_problem(path: str | None) -> str | None:
+    """Why the QEMU save image at ``path`` cannot be resumed, by its header; None when it is a
+    complete libvirt save image, or cannot be read here (libvirt decides then).
+
+    Starting the guest would not say: libvirt deletes a partial image and boots the guest fresh,
+    and since libvirt 11 it does the same with any header it does not know (9.0 refused those)."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as image:
+            header = image.read(len(_QEMU_SAVE_MAGIC))
+    except OSError:
+        return None
+    if header == _QEMU_SAVE_PARTIAL:
+        return "its saved image is incomplete: the save never finished (a power loss or crash during the shutdown pass)"
+    if header != _QEMU_SAVE_MAGIC:
+        return "its saved image is damaged: it does not begin like a libvirt save image"
+    return None
 
 
 def saved_image_is_partial(path: str | None) -> bool:

@@ -21,7 +21,7 @@ from libmgsave.hypervisor import Connections, Guest
 from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
 from libmgsave.plan import Action, GuestPlan, Plan
 from libmgsave.policy import ReadyKind
-from libmgsave.saveimages import saved_image_is_partial
+from libmgsave.saveimages import saved_image_problem
 from libmgsave.state import StateDir
 from libmgsave.state.images import keep_failed_image, set_aside_failed_file
 
@@ -132,10 +132,10 @@ class BootPass:
         if guest.is_active():
             result.messages.append("already running (started by someone else)")
             return Outcome.SKIPPED
-        if action is Action.RESUME and saved_image_is_partial(entry.managed_image):
+        problem = saved_image_problem(entry.managed_image) if action is Action.RESUME else None
+        if problem:
             # libvirt would delete it and boot the guest fresh without telling: decide ourselves
-            error = OperationRefused(f"{entry.guest.name}: its saved image is incomplete: the save never "
-                                     f"finished (a power loss or crash during the shutdown pass)")
+            error = OperationRefused(f"{entry.guest.name}: {problem}")
             add_step(result, StepResult(action, False, started, time.time(), error=error.message))
             return self._resume_failed(entry, guest, result, error)
         try:
