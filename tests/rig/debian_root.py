@@ -48,6 +48,8 @@ PACKAGES = (
     "python3", "python3-libvirt", "python3-yaml", "python3-jsonschema", "python3-systemd",
     # man: systemd-analyze verify checks that the units' Documentation=man: pages are installed
     "man-db",
+    # the rig's own tests run inside with this root's python3 (tests/rig/inroot.py)
+    "python3-pytest",
 )
 # The versions recorded in the root, by what they are called in a report.
 VERSIONED = {"Debian": None, "libvirt": "libvirt-daemon", "QEMU": "qemu-system-x86",

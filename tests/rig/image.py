@@ -22,6 +22,11 @@ The build needs apt (to download the kernel and guest agent packages), dpkg-deb 
 (busybox-static).
 Everything is cached under ``${XDG_CACHE_HOME:-$HOME/.cache}/mgsave-testrig``, keyed by content:
 the kernel package name and version, and a hash of the initramfs's inputs.
+
+``MGSAVE_RIG_IMAGE=<dir>`` makes ``ensure_image()`` use an image built before (``<dir>`` holds its
+``vmlinuz`` and ``initrd.gz``: a ``guest-<hash>`` directory of the cache) and build nothing: a rig
+in another root (e.g. a Debian 13 one, ``tests/test_debian13_rig.py``) runs the very guest this
+machine built, without apt, busybox or a kernel package of its own.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from pathlib import Path
 BUILD_FORMAT = 4
 
 BUSYBOX = Path("/bin/busybox")
+PREBUILT_ENV = "MGSAVE_RIG_IMAGE"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 # Kernel modules the power-button handling needs (with their dependencies, resolved from the .ko).
 MODULES = ("evdev", "button")
@@ -390,10 +396,28 @@ def _build_initrd(kernel_dir: Path, agent_dir: Path, busybox: bytes) -> bytes:
 _built: GuestImage | None = None
 
 
+def prebuilt() -> GuestImage | None:
+    """The image ``$MGSAVE_RIG_IMAGE`` names, if set; ImageBuildError if it is not there."""
+    given = os.environ.get(PREBUILT_ENV)
+    if not given:
+        return None
+    image = GuestImage(Path(given) / "vmlinuz", Path(given) / "initrd.gz", f"prebuilt {Path(given).name}")
+    missing = [str(p) for p in (image.kernel, image.initrd) if not p.is_file()]
+    if missing:
+        raise ImageBuildError(f"{PREBUILT_ENV}={given}: no {' and no '.join(missing)}")
+    return image
+
+
 def ensure_image() -> GuestImage:
-    """Build (or find in the cache) the guest kernel and initramfs; returns their paths."""
+    """Build (or find in the cache) the guest kernel and initramfs; returns their paths.
+
+    With ``$MGSAVE_RIG_IMAGE`` set, that image, and nothing is built."""
     global _built
     if _built and _built.kernel.exists() and _built.initrd.exists():
+        return _built
+    given = prebuilt()
+    if given:
+        _built = given
         return _built
     if not BUSYBOX.exists():
         raise ImageBuildError(f"{BUSYBOX} is missing (Debian package busybox-static)")
