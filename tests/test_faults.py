@@ -307,16 +307,8 @@ def test_fault_daemon_killed_mid_boot(rig, mgsave, make_guests):
 
 # libvirt 9.0 refuses to start a guest whose managed-save image has a wrong magic ("image magic is
 # incorrect") and keeps the image; libvirt 11.3 logs "Ignoring incomplete managed state", deletes
-# the image and boots the guest fresh, as it does with a partial image (qemuSaveImageIsCorrupt: any
-# magic but "LibvirtQemudSave"). mgsave only checks for the partial magic before starting, so on
-# libvirt 11 'off' is booted fresh and its image is lost. Strict: when mgsave checks this itself,
-# the test passes and the mark must go.
-CORRUPT_HEADER_BOOTS_FRESH = libvirt.getVersion() >= 11_000_000
-
-
-@pytest.mark.xfail(CORRUPT_HEADER_BOOTS_FRESH, strict=True,
-                   reason="libvirt 11 deletes an image with a wrong magic and boots the guest fresh; "
-                          "mgsave does not check the magic first")
+# the image and boots the guest fresh. mgsave reads the header itself before the start, so both
+# end the same way here.
 def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
     """One guest's saved image is cut to half, another's header is overwritten. Resuming fails;
     each image is kept under failed-images/; 'fresh' (boot-fresh, the default) is booted fresh,
