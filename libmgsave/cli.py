@@ -42,10 +42,14 @@ missing the built-in defaults apply (save every running guest, resume it at boot
 A broken policy stops 'check' (exit 2) but never a pass: 'shutdown' and 'boot' then log every
 problem and go on with the built-in defaults, so no guest is lost to a typo.
 
-exit codes: 0 every guest reached its intended state; 1 at least one did not; 2 bad policy or
-usage, or any warning of 'check --strict'; 3 another pass holds the lock; 4 the hypervisor
-could not be reached; 130 or 143 the pass was stopped by SIGINT or SIGTERM (it finished the
-steps under way, started nothing new, and recorded and summarised what it did).
+exit codes: 0 every guest got its first choice; 1 a guest failed (it may be in any state), a
+connection could not be used or a record not written; 10 degraded: every guest was handled,
+but one did not get its first choice (its save was skipped or failed and it was shut down,
+it booted fresh where a resume was due, it was left off) or the policy was broken and the
+pass ran on the built-in defaults; 2 bad policy (check) or usage, or any warning of 'check
+--strict'; 3 another pass holds the lock; 4 the hypervisor could not be reached; 70 internal
+error; 130 or 143 the pass was stopped by SIGINT or SIGTERM (it finished the steps under way,
+started nothing new, and recorded and summarised what it did).
 """
 
 
@@ -163,6 +167,13 @@ def dispatch(ctx: Context):
     return run_boot(ctx)
 
 
+def _exit_of_severity() -> dict:
+    from libmgsave.outcomes import Severity
+
+    return {Severity.OK: ExitCode.OK, Severity.DEGRADED: ExitCode.GUEST_DEGRADED,
+            Severity.FAILED: ExitCode.GUEST_FAILED}
+
+
 def exit_code(result) -> int:
     """The exit code of a command that ran to its end, from its result."""
     from libmgsave.actions.check import CheckResult
@@ -176,7 +187,7 @@ def exit_code(result) -> int:
     if isinstance(result, PassResult):
         if result.interrupted:  # the shell's convention for a process ended by a signal
             return 128 + signal.Signals[result.interrupted]
-        return ExitCode.OK if result.complete else ExitCode.GUEST_FAILED
+        return _exit_of_severity()[result.severity]
     return ExitCode.OK
 
 

@@ -12,10 +12,15 @@ from dataclasses import dataclass
 
 class ExitCode(enum.IntEnum):
     OK = 0
-    GUEST_FAILED = 1  # the pass ran, but at least one guest did not reach its intended state
+    GUEST_FAILED = 1  # the pass ran, but a guest failed, a connection or a record could not be used
     BAD_INPUT = 2  # the policy or the command line is wrong
     BUSY = 3  # another pass holds the lock
     UNAVAILABLE = 4  # the hypervisor could not be reached at all
+    # The pass ran and every guest was handled, but one did not get its first choice (its save
+    # skipped or failed, so it was shut down; booted fresh where a resume was due; left off), or
+    # the policy was broken and the pass ran on the built-in defaults. Outside systemd's LSB
+    # range (1-7), so `systemctl status` shows no misleading name for it.
+    GUEST_DEGRADED = 10
     INTERNAL = 70  # a bug in mgsave (EX_SOFTWARE)
 
 

@@ -28,6 +28,9 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"
 # the start and end of a pass, so that ``journalctl MESSAGE_ID=...`` lists every pass.
 PASS_START = "1dee8e0a38b3499e9f4a1adbf98d90c5"
 PASS_END = "3ebcae7711ee49e692ef5f51a7dd88b6"
+# A guest's outcome when it did not get its first choice (priority warning), or failed (err).
+GUEST_DEGRADED = "1dc6d51bca0a4ebea1ef620ce1b737cb"
+GUEST_FAILED = "eb1f7d33b47649d7ae9a0ca9fb98eb16"
 
 _FIELD_NAME = re.compile(r"^[A-Z0-9][A-Z0-9_]*$")  # journald drops anything else (and "_" leads are trusted)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,10 @@ if TYPE_CHECKING:
 
 
 class Severity(enum.Enum):
-    OK = "ok"  # the guest is where the policy wants it
-    DEGRADED = "degraded"  # it runs or is off, but not as intended (its memory state was not used)
+    """How a guest (or a pass) fared: the exit code and the journal priority follow it."""
+
+    OK = "ok"  # the guest got its first choice: where the policy wants it
+    DEGRADED = "degraded"  # handled, but not as the policy's first choice (its memory state is gone)
     FAILED = "failed"  # it may be in any state: the admin must look
 
 
@@ -45,12 +48,28 @@ class Outcome(enum.StrEnum):
 
     @property
     def severity(self) -> Severity:
+        """The outcome's own severity; a guest's also depends on its first choice (``GuestResult``)."""
         return _SEVERITY.get(self, Severity.OK)
 
     @property
-    def ok(self) -> bool:
-        return self.severity is Severity.OK
+    def step(self) -> Action | None:
+        """The step whose success is this outcome, or None (nothing was done, or it went wrong)."""
+        return _steps_of_outcomes().get(self)
 
+
+@functools.cache
+def _steps_of_outcomes() -> dict[Outcome, Action]:
+    from libmgsave.plan.model import Action  # here: the plan package imports this module
+
+    return {
+        Outcome.SAVED: Action.SAVE,
+        Outcome.SAVED_TO_FILE: Action.SAVE_TO_FILE,
+        Outcome.SHUT_DOWN: Action.SHUTDOWN,
+        Outcome.POWERED_OFF: Action.POWEROFF,
+        Outcome.RESUMED: Action.RESUME,
+        Outcome.RESTORED: Action.RESTORE,
+        Outcome.STARTED: Action.START,
+    }
 
 _SEVERITY = {
     Outcome.PENDING: Severity.FAILED,
@@ -106,9 +125,27 @@ class GuestResult:
     finished: float | None = None
 
     @property
+    def severity(self) -> Severity:
+        """OK only when the guest got its first choice. A guest shut down or powered off because
+        its save was dropped up front (deadline, room) or failed is DEGRADED: its memory state
+        is gone. A dry run's guest is judged by its plan: what the pass would do."""
+        if self.outcome is Outcome.PLANNED:
+            return Severity.DEGRADED if self.plan.short_of_first_choice else Severity.OK
+        step = self.outcome.step
+        if self.outcome.severity is Severity.OK and step is not None and step is not self.plan.first_choice:
+            return Severity.DEGRADED
+        return self.outcome.severity
+
+    @property
     def ok(self) -> bool:
-        """The guest reached the state the policy intends."""
-        return self.outcome.ok
+        """The guest got its first choice."""
+        return self.severity is Severity.OK
+
+    @property
+    def achieved_by(self) -> str | None:
+        """The step that achieved the outcome, or None when no step did."""
+        step = self.outcome.step
+        return str(step) if step is not None and any(s.action is step and s.ok for s in self.steps) else None
 
     @property
     def seconds(self) -> float:
@@ -131,7 +168,10 @@ class GuestResult:
             "uuid": guest.uuid,
             "action": self.action,
             "outcome": str(self.outcome),
+            "severity": self.severity.value,
             "ok": self.ok,
+            "first_choice": str(self.plan.first_choice),
+            "achieved_by": self.achieved_by,
             "seconds": round(self.seconds, 3),
             "bytes": self.bytes,
             "steps": [s.to_dict() for s in self.steps],
@@ -153,26 +193,53 @@ class PassResult:
     unreachable: tuple[str, ...] = ()  # connections whose guests were not handled at all
     bookkeeping_failed: bool = False  # the lock or a record could not be had
     interrupted: str | None = None  # the signal that stopped the pass early, e.g. "SIGTERM"
+    # The policy file was broken and the pass ran on the built-in defaults: its problems.
+    policy_problems: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """Every guest reached its intended state, and the pass was not stopped early."""
+        """Every guest got its first choice, and the pass was not stopped early."""
         return all(r.ok for r in self.results) and self.interrupted is None
 
     @property
     def failed(self) -> list[GuestResult]:
-        return [r for r in self.results if not r.ok]
+        return [r for r in self.results if r.severity is Severity.FAILED]
+
+    @property
+    def degraded(self) -> list[GuestResult]:
+        return [r for r in self.results if r.severity is Severity.DEGRADED]
+
+    @property
+    def on_builtin_defaults(self) -> bool:
+        return bool(self.policy_problems)
+
+    @property
+    def severity(self) -> Severity:
+        """FAILED when a guest failed, a connection could not be used or a record not written;
+        else DEGRADED when a guest did not get its first choice or the policy was broken (the
+        guests got the built-in defaults, not what the admin wrote); else OK."""
+        if self.failed or self.unreachable or self.bookkeeping_failed:
+            return Severity.FAILED
+        if self.degraded or self.on_builtin_defaults:
+            return Severity.DEGRADED
+        return Severity.OK
 
     @property
     def complete(self) -> bool:
-        """Every guest ok, every connection reached and every record written: exit 0."""
-        return self.ok and not self.unreachable and not self.bookkeeping_failed
+        """Every guest got its first choice, every connection was used and every record written."""
+        return self.severity is Severity.OK and self.interrupted is None
 
     def to_dict(self) -> dict:
         return {
             "pass": str(self.kind),
             "dry_run": self.dry_run,
             "ok": self.ok,
+            "severity": self.severity.value,
+            "degraded": [r.plan.guest.name for r in self.degraded],
+            "failed": [r.plan.guest.name for r in self.failed],
+            "unreachable": list(self.unreachable),
+            "on_builtin_defaults": self.on_builtin_defaults,
+            "policy_problems": list(self.policy_problems),
             **_span(self.started, self.finished),
             "interrupted": self.interrupted,
             "warnings": self.warnings,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from libmgsave.outcomes import Outcome, PassResult
+from libmgsave.outcomes import Outcome, PassResult, Severity
 from libmgsave.plan import Plan, PassKind
 from libmgsave.policyfile.settings import setting_text
 
@@ -80,7 +80,7 @@ def render_result(result: PassResult) -> str:
     lines = [f"Summary of the {title}, {result.finished - result.started:.1f} s:"]
     rows = []
     for r in result.results:
-        mark = "ok" if r.ok else "FAILED"
+        mark = _MARKS[r.severity]
         rows.append([r.plan.guest.name, r.action, r.outcome, mark, f"{r.seconds:.1f}", size(r.bytes)])
     if rows:
         lines.extend("  " + line for line in _table(["GUEST", "ACTION", "RESULT", "", "SECONDS", "BYTES"], rows))
@@ -96,18 +96,39 @@ def render_result(result: PassResult) -> str:
                 lines.append(f"  {r.plan.guest.name}: {step.action} failed: {step.error}")
     for warning in result.warnings:
         lines.append(f"  warning: {warning}")
-    failed = result.failed
     total = len(result.results)
     if result.interrupted:
         left = [r.plan.guest.name for r in result.results if r.outcome is Outcome.INTERRUPTED]
         lines.append(f"the pass was stopped by {result.interrupted}: {len(left)} guests were left as they were"
                      + (": " + ", ".join(left) if left else ""))
-    if failed:
-        lines.append(f"{len(failed)} of {total} guests did NOT reach their intended state: "
-                     + ", ".join(r.plan.guest.name for r in failed))
-    else:
-        lines.append(f"all {total} guests reached their intended state")
+    lines.extend(_verdict(result, total))
     return "\n".join(lines)
+
+
+_MARKS = {Severity.OK: "ok", Severity.DEGRADED: "DEGRADED", Severity.FAILED: "FAILED"}
+
+
+def _verdict(result: PassResult, total: int) -> list[str]:
+    """The summary's last lines: which guests did not get their first choice, which failed; a dry
+    run says what would happen, never what happened."""
+    would = result.dry_run
+    lines = []
+    if result.on_builtin_defaults:
+        lines.append(f"the policy is broken ({len(result.policy_problems)} problems, above): this pass "
+                     f"{'would run' if would else 'ran'} on the built-in defaults, not on the policy")
+    failed, degraded = result.failed, result.degraded
+    if failed:
+        verb = "would fail" if would else "FAILED (they may be in any state)"
+        lines.append(f"{len(failed)} of {total} guests {verb}: " + ", ".join(r.plan.guest.name for r in failed))
+    if degraded:
+        verb = "would be DEGRADED" if would else "are DEGRADED"
+        lines.append(f"{len(degraded)} of {total} guests {verb} (not their first choice): "
+                     + ", ".join(f"{r.plan.guest.name} ({r.outcome if not would else r.plan.actions[0]} instead of "
+                                 f"{r.plan.first_choice})" for r in degraded))
+    if not failed and not degraded:
+        verb = "would get" if would else "got"
+        lines.append(f"all {total} guests {verb} their first choice")
+    return lines
 
 
 def render_status(rows: list[dict]) -> str:

@@ -23,6 +23,7 @@ import libvirt
 import pytest
 
 from libmgsave import state
+from libmgsave.errors import ExitCode
 from tests.rig.mgsave import Mgsave, image, running
 from tests.rig import (SAVE_DIR, boots, domain_xml, last_tick, start_and_wait_ticking, state_reason, ticks,
                        wait_for_state, wait_for_tick_after)
@@ -165,7 +166,10 @@ def test_fault_no_room_for_the_images(rig, mgsave, make_guests, rig_conn):
         at = size_of(image(first))
         taken = fill_leaving(filler, SAVE_DIR, leave=2 * 2**20)  # someone else takes the room
     run = pending.wait(300)
-    assert run.rc == 0, run
+    # Before, this said "all guests reached their intended state" and exited 0: both lost their
+    # memory state, neither got its first choice (a save).
+    assert run.rc == ExitCode.GUEST_DEGRADED, run
+    assert "2 of 2 guests are DEGRADED" in run.stdout and "reached" not in run.stdout, run
     assert taken > 100 * 2**20
 
     # The up-front check: second never tried to save, and says why, in the summary and the log.
@@ -330,7 +334,7 @@ def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
         f.write(b"\0" * 4096)
     off_bytes = image(off).read_bytes()
 
-    run = mgsave("boot", expect_rc=1)
+    run = mgsave("boot", expect_rc=ExitCode.GUEST_DEGRADED)
     outcomes = mgsave.outcomes("boot")
     assert outcomes == {fresh: "booted-fresh", off: "left-off"}, run
     kept = {p.name: p for p in (mgsave.state_dir / "failed-images").iterdir()}
@@ -354,7 +358,7 @@ def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
         assert f"{name}: resuming failed" in run.stderr, run
         assert run.stderr.count(f"{name}: resume failed") <= 1
     assert run.stdout.count("; image kept at ") == 2, run
-    assert "2 of 2 guests did NOT reach their intended state" in run.stdout
+    assert "2 of 2 guests are DEGRADED (not their first choice)" in run.stdout
 
 
 # --- 4. mgsave itself killed mid-pass -----------------------------------------------------------
@@ -449,7 +453,7 @@ def test_fault_power_loss_during_a_save(rig, mgsave, make_guests):
     assert image(partial).exists(), "the partial image is the point of this test"
     partial_bytes = size_of(image(partial))
 
-    run = mgsave("boot", expect_rc=1)
+    run = mgsave("boot", expect_rc=ExitCode.GUEST_DEGRADED)
     conn = rig.connect()
     try:
         outcomes = mgsave.outcomes("boot")
@@ -465,7 +469,7 @@ def test_fault_power_loss_during_a_save(rig, mgsave, make_guests):
         # the unsaved guest: told that its memory state was lost
         assert "was not saved" in " ".join(mgsave.entry("boot", unsaved)["messages"]), run
         assert f"{unsaved}: " in run.stdout, run
-        assert "2 of 3 guests did NOT reach their intended state" in run.stdout, run
+        assert "2 of 3 guests are DEGRADED (not their first choice)" in run.stdout, run
     finally:
         conn.close()
 
@@ -487,7 +491,7 @@ def test_fault_qemu_and_mgsave_killed_during_a_save(mgsave, make_guests, rig_con
     print(f"after the crash: state {state_reason(rig_conn, name)}, image header {left!r}, libvirt knows it: {known}")
     assert left in (None, b"LibvirtQemudPart"), "a save cut short must not look complete"
 
-    run = mgsave("boot", expect_rc=1)
+    run = mgsave("boot", expect_rc=ExitCode.GUEST_DEGRADED)
     assert mgsave.outcomes("boot") == {name: "booted-fresh"}, run
     assert_cold_booted(rig_conn, name)
     if not known:  # libvirt has no saved state for it: the record says it was running, never saved
@@ -504,7 +508,8 @@ def test_fault_qemu_and_mgsave_killed_during_a_save(mgsave, make_guests, rig_con
 def test_fault_broken_policy_at_shutdown_and_boot(mgsave, make_guests, rig_conn):
     """Four kinds of broken policy file, two shutdown/boot cycles: a YAML syntax error, wrong
     types, a file mgsave may not read (EACCES), a directory. Every time the guest is saved and
-    resumed with the built-in defaults, and the log says what is wrong, with file:line."""
+    resumed with the built-in defaults, and the log says what is wrong, with file:line; each pass
+    exits GUEST_DEGRADED, as it ran on the built-in defaults, not on the admin's policy."""
     [name] = make_guests(1, prefix="policy", **TINY)
     broken = {
         "syntax": ("version: 1\nlimits:\n  max_parallel_saves: 1: 2\ndefaults:\n  autostart: always\n", ":3:24"),
@@ -513,12 +518,12 @@ def test_fault_broken_policy_at_shutdown_and_boot(mgsave, make_guests, rig_conn)
     # cycle 1: shutdown with a syntax error, boot with wrong types
     tick = last_tick(name)
     mgsave.write_policy(broken["syntax"][0])
-    run = mgsave("shutdown", expect_rc=0)
+    run = mgsave("shutdown", expect_rc=ExitCode.GUEST_DEGRADED)
     assert f"{mgsave.policy}{broken['syntax'][1]}" in run.stderr, run
     assert "built-in safe defaults" in run.stderr
     assert mgsave.outcomes("shutdown") == {name: "saved"}
     mgsave.write_policy(broken["types"][0])
-    run = mgsave("boot", expect_rc=0)
+    run = mgsave("boot", expect_rc=ExitCode.GUEST_DEGRADED)
     assert f"{mgsave.policy}{broken['types'][1]}" in run.stderr, run
     assert f"{mgsave.policy}:4:17" in run.stderr, run
     assert mgsave.outcomes("boot") == {name: "resumed"}
@@ -529,12 +534,12 @@ def test_fault_broken_policy_at_shutdown_and_boot(mgsave, make_guests, rig_conn)
     os.chmod(mgsave.policy, 0o000)
     no_dac = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
               "-dac_override,-dac_read_search"]
-    run = mgsave("shutdown", expect_rc=0, preexec=no_dac)
+    run = mgsave("shutdown", expect_rc=ExitCode.GUEST_DEGRADED, preexec=no_dac)
     assert f"{mgsave.policy}: cannot be read: Permission denied" in run.stderr, run
     assert mgsave.outcomes("shutdown") == {name: "saved"}
     mgsave.policy.unlink()
     mgsave.policy.mkdir()
-    run = mgsave("boot", expect_rc=0)
+    run = mgsave("boot", expect_rc=ExitCode.GUEST_DEGRADED)
     assert f"{mgsave.policy}: is a directory" in run.stderr, run
     assert mgsave.outcomes("boot") == {name: "resumed"}
     assert_resumed(rig_conn, name, tick)
@@ -559,7 +564,7 @@ def test_fault_save_refused_by_the_hypervisor(mgsave, rig_conn):
     define_with_extra_device(rig_conn, "refuse-polite", SAVE_BLOCKER, **TINY)
     define_with_extra_device(rig_conn, "refuse-deaf", SAVE_BLOCKER, ignore_acpi=True, **TINY)
     start_and_wait_ticking(rig_conn, ["refuse-polite", "refuse-deaf"])
-    run = mgsave("shutdown", expect_rc=0)
+    run = mgsave("shutdown", expect_rc=ExitCode.GUEST_DEGRADED)
     assert mgsave.outcomes("shutdown") == {"refuse-polite": "shut-down", "refuse-deaf": "powered-off"}, run
     polite, deaf = mgsave.entry("shutdown", "refuse-polite"), mgsave.entry("shutdown", "refuse-deaf")
     assert steps(polite) == [("save", False), ("shutdown", True)], polite
@@ -587,7 +592,7 @@ def test_fault_guest_ignores_the_shutdown_request(mgsave, make_guests, rig_conn)
       shutdown_timeout: 5
     """)
     [deaf] = make_guests(1, prefix="deaf", ignore_acpi=True, **TINY)
-    run = mgsave("shutdown", expect_rc=0)
+    run = mgsave("shutdown", expect_rc=ExitCode.GUEST_DEGRADED)
     entry = mgsave.entry("shutdown", deaf)
     assert entry["outcome"] == "powered-off"
     assert steps(entry) == [("shutdown", False), ("poweroff", True)]

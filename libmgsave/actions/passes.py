@@ -21,7 +21,7 @@ from libmgsave.actions import inputs
 from libmgsave.context import Context
 from libmgsave.errors import Problem
 from libmgsave.hypervisor import Connections
-from libmgsave.outcomes import GuestResult, PassResult
+from libmgsave.outcomes import GuestResult, PassResult, Severity
 from libmgsave.plan import PassKind, Plan
 from libmgsave.policy import Policy
 
@@ -99,7 +99,8 @@ def _run(ctx: Context, kind: PassKind, outline: Outline) -> PassResult:
                             warnings=[str(p) for p in problems] + warnings + ctx.warnings + list(plan.warnings),
                             unreachable=tuple(uri for uri in policy.connections if uri not in connections.uris()),
                             bookkeeping_failed=ctx.bookkeeping_failed,
-                            interrupted=stopped_by.name if stopped_by else None)
+                            interrupted=stopped_by.name if stopped_by else None,
+                            policy_problems=tuple(str(p) for p in problems))
     metrics.export(policy.metrics.textfile, result)
     _summarise(ctx, result)
     return result
@@ -120,13 +121,20 @@ def _lock(ctx: Context, kind: PassKind, deadline: float):
 
 
 def _summarise(ctx: Context, result: PassResult) -> None:
-    failed = result.failed
-    log.log(logging.ERROR if failed else logging.INFO,
-            "%s pass%s ends: %d guests, %d failed, %.1f s", result.kind, " (dry run)" if result.dry_run else "",
-            len(result.results), len(failed), result.finished - result.started,
-            extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": str(result.kind)})
-    notify.status(f"{result.kind} pass: done, {len(result.results) - len(failed)}/{len(result.results)} guests ok")
+    failed, degraded, total = len(result.failed), len(result.degraded), len(result.results)
+    dry = " (dry run)" if result.dry_run else ""
+    defaults = "; it ran on the built-in defaults: the policy is broken" if result.on_builtin_defaults else ""
+    log.log(_PASS_END_LEVEL[result.severity], "%s pass%s ends: %d guests, %d degraded, %d failed, %.1f s%s",
+            result.kind, dry, total, degraded, failed, result.finished - result.started, defaults,
+            extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": str(result.kind),
+                   "MGSAVE_SEVERITY": result.severity.value})
+    would = "would be " if result.dry_run else ""
+    notify.status(f"{result.kind} pass{dry}: done, {total - failed - degraded}/{total} guests {would}ok"
+                  + (f", {degraded} {would}degraded" if degraded else "") + (f", {failed} failed" if failed else ""))
     if ctx.json:
         ctx.emit(result.to_dict(), "")
     else:
         ctx.emit({}, report.render_result(result))
+
+
+_PASS_END_LEVEL = {Severity.OK: logging.INFO, Severity.DEGRADED: logging.WARNING, Severity.FAILED: logging.ERROR}

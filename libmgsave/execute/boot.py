@@ -16,9 +16,9 @@ from libmgsave import interrupt, journal, notify
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused
 from libmgsave.execute.progress import file_size
 from libmgsave.execute.scheduler import Schedule, Slots
-from libmgsave.execute.steps import add_step, timed_step
+from libmgsave.execute.steps import add_step, log_outcome, timed_step
 from libmgsave.hypervisor import Connections, Guest
-from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
+from libmgsave.outcomes import GuestResult, Outcome, Severity, StepResult, Wait, WaitKind
 from libmgsave.plan import Action, GuestPlan, Plan
 from libmgsave.policy import ReadyKind
 from libmgsave.saveimages import saved_image_problem
@@ -53,7 +53,7 @@ class BootPass:
         result.waits.extend([waited] if waited else [])
         result.messages.extend(entry.notes)
         for dep in deps.values():
-            if dep is not None and not dep.ok:
+            if dep is not None and dep.severity is Severity.FAILED:
                 result.messages.append(f"starts although {dep.plan.guest.name}, which it is after, failed")
         action = entry.actions[0]
         step_started = None  # once a start slot is held: waiting for one is not starting
@@ -82,6 +82,7 @@ class BootPass:
             if result.outcome in _UP:
                 self._after_start(entry, result)
         result.finished = time.time()
+        log_outcome(result)
         return result
 
     @staticmethod

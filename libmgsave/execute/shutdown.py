@@ -19,7 +19,7 @@ from libmgsave import interrupt, journal
 from libmgsave.errors import GuestGone, HypervisorError, OperationTimeout
 from libmgsave.execute.progress import SaveProgress, file_size, mb
 from libmgsave.execute.scheduler import Schedule
-from libmgsave.execute.steps import StepTimes, add_step
+from libmgsave.execute.steps import StepTimes, add_step, log_outcome
 from libmgsave.hypervisor import Connections, Guest
 from libmgsave.inventory import GuestState
 from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
@@ -73,6 +73,7 @@ class ShutdownPass:
         if result.outcome is Outcome.FAILED:
             log.error("%s: every step failed; the guest may still be running", entry.guest.name,
                       extra=journal.guest_fields(entry.guest, result=Outcome.FAILED))
+        log_outcome(result)
         if self.record:
             self.record.update_guest(
                 guest_record_key(*entry.key), outcome=str(result.outcome), steps=[s.to_dict() for s in result.steps],

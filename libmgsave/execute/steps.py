@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from libmgsave import journal
 from libmgsave.errors import HypervisorError
 from libmgsave.execute.progress import mb
-from libmgsave.outcomes import GuestResult, StepResult
+from libmgsave.outcomes import GuestResult, Severity, StepResult
 from libmgsave.plan import Action
 
 log = logging.getLogger("mgsave")
@@ -58,3 +58,25 @@ def add_step(result: GuestResult, step: StepResult, note: str = "") -> None:
     else:
         log.warning("%s: %s failed after %.1f s: %s", guest.name, step.action, step.seconds, step.error,
                     extra=fields)
+
+
+# How a guest that did not get its first choice is logged: its priority and MESSAGE_ID.
+_OUTCOME_LOG = {
+    Severity.DEGRADED: (logging.WARNING, journal.GUEST_DEGRADED, "degraded: did not get its first choice"),
+    Severity.FAILED: (logging.ERROR, journal.GUEST_FAILED, "FAILED"),
+}
+
+
+def log_outcome(result: GuestResult) -> None:
+    """The guest's outcome, once it is settled: a warning when it is degraded, an error when it
+    failed (each with its MESSAGE_ID, for ``journalctl MESSAGE_ID=...``); info when ok."""
+    guest, severity = result.plan.guest, result.severity
+    fields = journal.guest_fields(guest, action=result.achieved_by)
+    fields.update(MGSAVE_OUTCOME=str(result.outcome), MGSAVE_SEVERITY=severity.value)
+    if severity is Severity.OK:
+        log.info("%s: %s", guest.name, result.outcome, extra=fields)
+        return
+    level, message_id, what = _OUTCOME_LOG[severity]
+    fields["MESSAGE_ID"] = message_id
+    log.log(level, "%s: %s, %s (first choice: %s)", guest.name, result.outcome, what, result.plan.first_choice,
+            extra=fields)

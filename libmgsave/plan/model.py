@@ -59,10 +59,23 @@ class GuestPlan:
     # SKIP: leave it off)
     boots_fresh_because: str | None = None
     if_resume_fails: Action = Action.SKIP
+    # shutdown: the head of the policy's chain when the plan dropped it (a save it had no time
+    # or room for); None: the first of ``actions``
+    dropped_first_choice: Action | None = None
 
     @property
     def key(self) -> GuestKey:
         return self.guest.key
+
+    @property
+    def first_choice(self) -> Action:
+        """What the policy wants for the guest first; any other outcome is second best."""
+        return self.dropped_first_choice or self.actions[0]
+
+    @property
+    def short_of_first_choice(self) -> bool:
+        """The plan already knows the guest will not get its first choice."""
+        return self.dropped_first_choice is not None or self.boots_fresh_because is not None
 
     @property
     def skipped(self) -> bool:
@@ -78,6 +91,7 @@ class GuestPlan:
             "has_saved_image": self.guest.has_managed_save,
             "memory_bytes": self.guest.memory_bytes,
             "actions": [str(a) for a in self.actions],
+            "first_choice": str(self.first_choice),
             "reason": self.reason,
             "order": self.order,
             "wait_for": [f"{c} {u}" for c, u in self.wait_for],

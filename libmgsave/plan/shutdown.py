@@ -111,14 +111,16 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
         else:
             chain.append(Action(step.value))
     estimate = dropped = None
-    if chain[0] in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1:
-        estimate, dropped = budget.take(guest, guest.connection if chain[0] is Action.SAVE else FILES_ROOM)
+    first_choice = chain[0]
+    if first_choice in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1:
+        estimate, dropped = budget.take(guest, guest.connection if first_choice is Action.SAVE else FILES_ROOM)
         if dropped:
             notes.append(dropped)
             chain, image, managed = chain[1:], None, None
     reason = f"{guest.state}; chain {' -> '.join(chain)}"
     return GuestPlan(guest, eff, tuple(chain), reason, order, wait_for, estimate, image, tuple(notes),
-                     managed_image=managed, save_dropped_because=dropped)
+                     managed_image=managed, save_dropped_because=dropped,
+                     dropped_first_choice=first_choice if dropped else None)
 
 
 def _mb(n: float) -> str:

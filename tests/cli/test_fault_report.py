@@ -16,6 +16,7 @@ import libvirt
 import pytest
 
 from libmgsave import cli, journal, state
+from libmgsave.errors import ExitCode
 from tests.testdriver import URI, domain_xml, hv  # noqa: F401
 
 
@@ -49,14 +50,20 @@ def test_problems_at_shutdown_and_boot_reach_the_journal_with_guest_fields(hv, t
     # fits; 'late' (256 MiB) goes straight to shutdown
     code = cli.main(["shutdown", "--state-dir", str(state_dir), "--policy", str(policy), "--deadline", "11"])
     capsys.readouterr()
-    assert code == 0
+    assert code == ExitCode.GUEST_DEGRADED  # both guests shut down: neither got its first choice, a save
     [skipped] = find(entries, MGSAVE_GUEST="late", MGSAVE_ACTION="save", MGSAVE_RESULT="skipped")
     assert skipped["PRIORITY"] == "4" and "save skipped" in skipped["MESSAGE"]
     assert skipped["MGSAVE_UUID"] == uuid["late"] and skipped["MGSAVE_CONNECTION"] == URI
     [failed] = find(entries, MGSAVE_GUEST="transient", MGSAVE_ACTION="save-to-file", MGSAVE_RESULT="failed")
     assert failed["PRIORITY"] == "4" and "images" in failed["MESSAGE"]
     assert find(entries, MGSAVE_GUEST="transient", MGSAVE_ACTION="shutdown", MGSAVE_RESULT="ok")
-    assert find(entries, MESSAGE_ID=journal.PASS_END, MGSAVE_PASS="shutdown")
+    for name, first_choice in (("late", "save"), ("transient", "save-to-file")):
+        [degraded] = find(entries, MESSAGE_ID=journal.GUEST_DEGRADED, MGSAVE_GUEST=name)
+        assert degraded["PRIORITY"] == "4" and degraded["MGSAVE_SEVERITY"] == "degraded"
+        assert degraded["MGSAVE_OUTCOME"] == "shut-down" and degraded["MGSAVE_ACTION"] == "shutdown"
+        assert f"first choice: {first_choice}" in degraded["MESSAGE"]
+    [end] = find(entries, MESSAGE_ID=journal.PASS_END, MGSAVE_PASS="shutdown")
+    assert end["PRIORITY"] == "4" and end["MGSAVE_SEVERITY"] == "degraded" and "2 degraded" in end["MESSAGE"]
 
     # boot: the record says 'late' was running, but it was never saved: its memory state is lost
     entries.clear()
@@ -66,11 +73,13 @@ def test_problems_at_shutdown_and_boot_reach_the_journal_with_guest_fields(hv, t
     (state_dir / state.SHUTDOWN_RECORD).write_text(json.dumps(data))
     code = cli.main(["boot", "--state-dir", str(state_dir), "--policy", str(policy)])
     capsys.readouterr()
-    assert code == 1
+    assert code == ExitCode.GUEST_DEGRADED
     [lost] = find(entries, MGSAVE_GUEST="late", MGSAVE_RESULT="booted-fresh")
     assert lost["PRIORITY"] == "3" and "memory state is lost" in lost["MESSAGE"]
+    [degraded] = find(entries, MESSAGE_ID=journal.GUEST_DEGRADED, MGSAVE_GUEST="late")
+    assert degraded["PRIORITY"] == "4" and degraded["MGSAVE_OUTCOME"] == "booted-fresh"
     [end] = find(entries, MESSAGE_ID=journal.PASS_END, MGSAVE_PASS="boot")
-    assert end["PRIORITY"] == "3" and "1 failed" in end["MESSAGE"]
+    assert end["PRIORITY"] == "4" and "1 degraded, 0 failed" in end["MESSAGE"]
 
 
 def test_a_broken_policy_and_an_untrusted_record_are_errors_in_the_journal(hv, tmp_path, capsys, entries):
@@ -83,7 +92,7 @@ def test_a_broken_policy_and_an_untrusted_record_are_errors_in_the_journal(hv, t
     hv.defineXML(domain_xml("a")).create()
     code = cli.main(["shutdown", "--state-dir", str(state_dir), "--policy", str(policy)])
     capsys.readouterr()
-    assert code == 0
+    assert code == ExitCode.GUEST_DEGRADED  # the guest saved, but on the built-in defaults
     errors = [e["MESSAGE"] for e in entries if e["PRIORITY"] == "3"]
     assert any(f"{policy}:4:14" in m for m in errors), errors
     assert any("built-in safe defaults" in m for m in errors), errors

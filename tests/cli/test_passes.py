@@ -112,10 +112,13 @@ def test_the_fallback_chain_runs_when_a_save_fails(hv, run, tmp_path):
     run.state_dir.mkdir()
     (run.state_dir / "images").write_text("not a directory")
     code, result, _ = run("shutdown")
-    assert code == ExitCode.OK
     (g,) = result["guests"]
     assert [(s["action"], s["ok"]) for s in g["steps"]] == [("save-to-file", False), ("shutdown", True)]
     assert g["outcome"] == "shut-down"
+    # its memory state is gone: handled, but not as the policy's first choice
+    assert (g["severity"], g["first_choice"], g["achieved_by"]) == ("degraded", "save-to-file", "shutdown")
+    assert result["severity"] == "degraded" and result["degraded"] == ["transient"] and result["ok"] is False
+    assert code == ExitCode.GUEST_DEGRADED
 
 
 def test_transient_guests_are_saved_to_a_file_and_restored(hv, run):
@@ -142,7 +145,12 @@ def test_a_broken_policy_at_shutdown_still_saves_every_guest(hv, run):
     assert "policy.yaml:3" in err
     assert "built-in safe defaults" in err
     assert any("policy.yaml:3" in w for w in result["warnings"])
-    assert code == ExitCode.OK
+    # every guest got the built-in defaults' first choice, but not what the admin wrote: the
+    # pass says so, and does not exit 0
+    assert {g["severity"] for g in result["guests"]} == {"ok"}
+    assert result["on_builtin_defaults"] is True and result["severity"] == "degraded"
+    assert any("policy.yaml:3" in p for p in result["policy_problems"])
+    assert code == ExitCode.GUEST_DEGRADED
 
 
 def test_check_reports_every_problem_with_its_location(run, tmp_path, capsys):
@@ -289,3 +297,21 @@ def test_more_dependent_guests_than_threads_do_not_deadlock(hv, run, monkeypatch
     started = {g["name"]: g["steps"][0]["started"] for g in result["guests"]}
     assert min(v for k, v in started.items() if k != "g0039") >= started["g0039"]
     assert running(hv) == names
+
+
+def test_a_dry_run_says_what_would_happen_and_exits_as_the_pass_would(hv, tmp_path, capsys):
+    """11 s of deadline, 10 kept in reserve: the 256 MiB guest's save cannot fit, it would be shut
+    down. The dry run says 'would', never 'reached', and exits as the real pass would: degraded."""
+    define(hv, "late")
+    argv = ["--connect", URI, "--state-dir", str(tmp_path / "state"), "shutdown", "--dry-run", "--deadline", "11"]
+    capsys.readouterr()
+    code = cli.main(argv)
+    out = capsys.readouterr().out
+    assert "reached" not in out, out
+    assert "1 of 1 guests would be DEGRADED (not their first choice): late (shutdown instead of save)" in out, out
+    assert code == ExitCode.GUEST_DEGRADED
+    assert running(hv) == ["late"]
+    code = cli.main(argv[:-2])
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "all 1 guests would get their first choice", out
+    assert code == ExitCode.OK
