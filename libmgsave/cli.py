@@ -201,7 +201,9 @@ def notify_failure(command: str, message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from libmgsave import journal
+    from libmgsave import console, journal
+
+    console.reset()
 
     journal.setup_logging(debug=getattr(args, "debug", False))
     if args.command in ("shutdown", "boot"):

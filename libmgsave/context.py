@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass, field
 
+from libmgsave import console
 from libmgsave.state import StateDir
 
 
@@ -35,7 +35,6 @@ class Context:
         if self.json:
             # One string, one write: json.dump would write every token on its own (560,000
             # writes for 10,000 guests' status).
-            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+            console.out(json.dumps(data, indent=2, default=str))
         else:
-            print(text)
-        sys.stdout.flush()
+            console.out(text)

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from libmgsave import console
+
 LOGGER_NAME = "mgsave"
 SYSLOG_IDENTIFIER = "mgsave"
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -104,6 +106,27 @@ class StderrFormatter(logging.Formatter):
         return f"{SYSLOG_IDENTIFIER}: {level}{text}"
 
 
+class StderrHandler(logging.StreamHandler):
+    """Log lines on standard error; when it cannot be written (a closed pipe, a full disk, a
+    console gone at shutdown), ``console`` gives it up and the pass goes on without them."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "stderr" in console.given_up():
+            return
+        self.stream = sys.stderr  # the stream in place now, not the one at setup
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError | ValueError):
+            console.give_up("stderr", error)
+        else:
+            super().handleError(record)
+
+
 Sender = Callable[..., None]
 
 
@@ -120,7 +143,7 @@ class JournalHandler(logging.Handler):
         self.identifier = identifier
         self.setFormatter(logging.Formatter("%(message)s"))
         # When journald is gone (late in shutdown) a line on stderr still beats silence.
-        self.fallback = logging.StreamHandler(sys.stderr)
+        self.fallback = StderrHandler()
         self.fallback.setFormatter(StderrFormatter())
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -197,7 +220,7 @@ def setup_logging(debug: bool = False, *, use_journal: bool | None = None) -> No
         if sender is not None:
             handler = JournalHandler(sender)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(StderrFormatter(priority_prefix=stderr_is_journal()))
 
     logger.addHandler(handler)

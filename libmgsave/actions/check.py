@@ -8,10 +8,9 @@ management; an unreachable hypervisor is such a warning.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
-from libmgsave import conflicts
+from libmgsave import conflicts, console
 from libmgsave.actions import inputs
 from libmgsave.conflicts import Finding
 from libmgsave.context import Context
@@ -124,6 +123,6 @@ def _report_problems(ctx: Context, problems: list[Problem]) -> None:
                   "problems": inputs.problems_dict(problems), "warnings": []}, "")
         return
     for problem in problems:
-        print(problem, file=sys.stderr)
+        console.err(str(problem))
     noun = "problem" if len(problems) == 1 else "problems"
-    print(f"{ctx.policy_path}: {len(problems)} {noun}; no change was made", file=sys.stderr)
+    console.err(f"{ctx.policy_path}: {len(problems)} {noun}; no change was made")

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from libmgsave import __version__, interrupt, journal, lock, metrics, notify, report
+from libmgsave import __version__, console, interrupt, journal, lock, metrics, notify, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context
 from libmgsave.errors import Problem
@@ -60,8 +59,7 @@ class PassRun:
         for warning in plan.warnings:
             log.warning("%s", warning)
         if not self.ctx.json:
-            print(report.render_plan(plan, settings=False))
-            sys.stdout.flush()
+            console.out(report.render_plan(plan, settings=False))
 
 
 Outline = Callable[[PassRun], tuple[Plan, list[GuestResult]]]

@@ -1,0 +1,81 @@
+"""Standard output and error, which may fail: a full file system, a closed pipe, a console gone.
+
+What mgsave prints is for people; what it does to the guests must never depend on it. At
+shutdown the console or the journal's stream may be gone, and ``mgsave shutdown > file`` may
+fill a disk: a write that fails (``OSError``, or ``ValueError`` for a stream already closed)
+makes mgsave give that stream up for the rest of the process, say so once on the other one,
+and carry on. Giving up points the stream's file descriptor at /dev/null, so that the
+interpreter's own last flush at exit does not fail either (it would turn the exit code into 120).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+
+_given_up: dict[str, str] = {}  # "stdout" / "stderr" -> why it can no longer be written
+
+
+def out(text: str) -> None:
+    """``text`` and a newline on standard output, flushed; dropped when it cannot be written."""
+    write("stdout", text + "\n")
+
+
+def err(text: str) -> None:
+    """``text`` and a newline on standard error, flushed; dropped when it cannot be written."""
+    write("stderr", text + "\n")
+
+
+def write(name: str, text: str) -> None:
+    if name in _given_up:
+        return
+    stream = getattr(sys, name)
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError) as error:
+        give_up(name, error)
+
+
+def give_up(name: str, error: BaseException) -> None:
+    """Stop writing to ``sys.<name>`` for good, after ``error``; say so on the other stream."""
+    if name in _given_up:
+        return
+    _given_up[name] = _why(error)
+    _point_at_devnull(name)
+    # Through the log: the journal when there is one, else standard error (skipped once given up).
+    logging.getLogger("mgsave").warning("%s cannot be written (%s): carrying on without it", _NAMES[name],
+                                        _given_up[name])
+
+
+_NAMES = {"stdout": "standard output", "stderr": "standard error"}
+
+
+def given_up() -> dict[str, str]:
+    """The streams given up, and why."""
+    return dict(_given_up)
+
+
+def reset() -> None:
+    """Forget the streams given up (tests run several commands in one process)."""
+    _given_up.clear()
+
+
+def _why(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
+def _point_at_devnull(name: str) -> None:
+    stream = getattr(sys, name)
+    with contextlib.suppress(OSError, ValueError):
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+        return
+    # No file descriptor of its own (a stream object put there by an embedding program): replace it.
+    setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
