@@ -120,13 +120,40 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, f"run the {name} pass", text)
         p.add_argument("--dry-run", action="store_true",
                        help="print the plan and the summary the real pass would give; change nothing")
-        p.add_argument("--wait", type=float, metavar="SECONDS", default=None,
-                       help="how long to wait for another pass to finish (default: the deadline for "
-                            "shutdown, 300 for boot)")
+        p.add_argument("--wait", type=_wait_duration, metavar="SECONDS", default=None,
+                       help="how long to wait for another pass to finish, 0 for not at all (default: "
+                            "the deadline for shutdown, 300 for boot)")
         if name == "shutdown":
-            p.add_argument("--deadline", type=float, metavar="SECONDS", default=None,
-                           help="override limits.shutdown_deadline for this pass")
+            p.add_argument("--deadline", type=_deadline_duration, metavar="SECONDS", default=None,
+                           help="override limits.shutdown_deadline for this pass (more than the 10 s "
+                                "kept for the fallback steps, at most 7 days)")
     return parser
+
+
+def _duration(text: str, **bounds) -> float:
+    """A duration from the command line, spelt as in the policy (``90``, ``90s``, ``5m``), within
+    the bounds the policy's durations have: the code sleeps on it."""
+    from libmgsave.policyfile.cross_field import duration_problem
+    from libmgsave.policyfile.settings import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (seconds, or 90s, 5m, 1h30m)") from None
+    problem = duration_problem(seconds, **bounds)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{problem}, not {text!r}")
+    return seconds
+
+
+def _wait_duration(text: str) -> float:
+    return _duration(text, zero_ok=True)
+
+
+def _deadline_duration(text: str) -> float:
+    from libmgsave.policy import DEADLINE_RESERVE
+
+    return _duration(text, longer_than=DEADLINE_RESERVE)
 
 
 def build_context(args: argparse.Namespace, environ) -> Context:

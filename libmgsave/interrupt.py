@@ -96,8 +96,17 @@ def exit_code() -> int | None:
 
 def sleep(seconds: float) -> None:
     """Sleep ``seconds``; raises Interrupted at once when a stop is (or gets) requested."""
-    if _requested.wait(max(0.0, seconds)):
+    if _requested.wait(wait_bound(seconds)):
         raise Interrupted()
+
+
+def wait_bound(seconds: float) -> float:
+    """``seconds`` as a wait can take it: not negative, and not beyond what threading's waits
+    accept (they raise OverflowError). Durations are validated far below this; this is the guard
+    for a value that is not one (a time computed from a record, a clock jump)."""
+    if seconds != seconds:  # NaN
+        return 0.0
+    return min(max(0.0, seconds), threading.TIMEOUT_MAX)
 
 
 def check() -> None:

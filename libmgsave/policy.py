@@ -15,6 +15,13 @@ from types import MappingProxyType
 
 DEFAULT_POLICY_PATH = "/etc/mgsave/policy.yaml"
 DEFAULT_CONNECTIONS = ("qemu:///system",)
+# The longest duration a policy or the command line may give (7 days). The code sleeps and
+# waits on these values: a bound keeps them below what a wait can take (threading's
+# TIMEOUT_MAX), and no shutdown, start or save is meant to take longer.
+MAX_DURATION = 7 * 24 * 3600.0
+# Time kept back at the end of the shutdown deadline for the last fallback step (a poweroff):
+# a deadline must be longer, or no guest would get anything but that last step.
+DEADLINE_RESERVE = 10.0
 
 
 class Autostart(enum.StrEnum):

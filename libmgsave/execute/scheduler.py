@@ -179,7 +179,7 @@ class Slots:
                 timeout = None if give_up_at is None else give_up_at - time.monotonic()
                 if timeout is not None and timeout <= 0:
                     break
-                self._cond.wait(timeout)
+                self._cond.wait(None if timeout is None else interrupt.wait_bound(timeout))
             if interrupt.requested() or not admitted():
                 self._waiting.remove(ticket)
                 heapq.heapify(self._waiting)

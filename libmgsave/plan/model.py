@@ -7,14 +7,13 @@ from dataclasses import dataclass
 
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective
-from libmgsave.policy import Limits
+# DEADLINE_RESERVE is defined with the policy's limits, which must leave room for it.
+from libmgsave.policy import DEADLINE_RESERVE, Limits  # noqa: F401
 from libmgsave.policyfile.settings import setting_to_json
 
 # Aggregate save throughput assumed before any pass has measured one on this host. Saving is
 # CPU-bound (QEMU and libvirt's I/O helper); 200 MB/s is below what a 2-core host reached.
 DEFAULT_SAVE_THROUGHPUT = 200e6
-# Time kept back at the end of the shutdown deadline for the last fallback step (a poweroff).
-DEADLINE_RESERVE = 10.0
 
 GuestKey = tuple[str, str]  # (connection URI, UUID)
 FILES_ROOM = "<state directory>"  # key of ``room`` for transient guests' save files

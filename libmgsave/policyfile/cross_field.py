@@ -8,6 +8,7 @@ import re
 import jsonschema
 
 from libmgsave.errors import Problem
+from libmgsave.policy import DEADLINE_RESERVE, MAX_DURATION
 from libmgsave.policyfile.marks import KeyPath, MarkedDocument, format_path
 from libmgsave.policyfile.schema_errors import PathSet, Reporter, describe, policy_schema
 from libmgsave.policyfile.settings import parse_duration
@@ -25,17 +26,16 @@ def cross_field_problems(document: object, marks: MarkedDocument, bad: set[str])
     def clean(path: KeyPath) -> bool:
         return not reported.touches(format_path(path))
 
-    def duration(path: KeyPath, value: object, *, zero_ok: bool = False) -> None:
+    def duration(path: KeyPath, value: object, *, zero_ok: bool = False, longer_than: float = 0.0) -> None:
         if not clean(path):
             return
         try:
             seconds = parse_duration(value)  # type: ignore[arg-type]
         except (ValueError, TypeError):
             return
-        if not math.isfinite(seconds):
-            reporter.at(path, f"must be a finite duration, not {describe(value)}")
-        elif seconds <= 0 and not zero_ok:
-            reporter.at(path, f"must be longer than 0 seconds, not {describe(value)}")
+        problem = duration_problem(seconds, zero_ok=zero_ok, longer_than=longer_than)
+        if problem:
+            reporter.at(path, f"{problem}, not {describe(value)}")
 
     def settings(path: KeyPath, mapping: object) -> None:
         if not isinstance(mapping, dict):
@@ -52,7 +52,7 @@ def cross_field_problems(document: object, marks: MarkedDocument, bad: set[str])
     limits = document.get("limits")
     if isinstance(limits, dict):
         if "shutdown_deadline" in limits:
-            duration(("limits", "shutdown_deadline"), limits["shutdown_deadline"])
+            duration(("limits", "shutdown_deadline"), limits["shutdown_deadline"], longer_than=DEADLINE_RESERVE)
         if "start_delay" in limits:
             duration(("limits", "start_delay"), limits["start_delay"], zero_ok=True)
     settings(("defaults",), document.get("defaults"))
@@ -62,6 +62,22 @@ def cross_field_problems(document: object, marks: MarkedDocument, bad: set[str])
             settings(("guests", index), rule)
             _check_self_wait(reporter, ("guests", index), rule, clean)
     return reporter.problems
+
+
+def duration_problem(seconds: float, *, zero_ok: bool = False, longer_than: float = 0.0) -> str | None:
+    """What is wrong with a duration of ``seconds`` (the start of a sentence), or None. The code
+    sleeps on these: a duration must be finite and at most MAX_DURATION; a shutdown deadline must
+    be longer than the time kept back for the fallback steps (``longer_than``)."""
+    if not math.isfinite(seconds):
+        return "must be a finite duration"
+    if seconds > MAX_DURATION:
+        return f"must be at most 7 days ({MAX_DURATION:.0f} s)"
+    if longer_than and seconds <= longer_than:
+        return (f"must be longer than the {longer_than:g} s kept back at the end of the pass for the "
+                f"fallback steps (a poweroff)")
+    if seconds < 0 or (seconds == 0 and not zero_ok):
+        return "must be longer than 0 seconds" if not zero_ok else "must not be negative"
+    return None
 
 
 def _check_self_wait(reporter: Reporter, path: KeyPath, rule: object, clean) -> None:  # noqa: ANN001

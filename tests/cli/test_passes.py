@@ -315,3 +315,43 @@ def test_a_dry_run_says_what_would_happen_and_exits_as_the_pass_would(hv, tmp_pa
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == "all 1 guests would get their first choice", out
     assert code == ExitCode.OK
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["shutdown", "--deadline", "inf"], "--deadline: must be a finite duration, not 'inf'"),
+    (["shutdown", "--deadline", "nan"], "--deadline: must be a finite duration"),
+    (["shutdown", "--deadline", "-60"], "--deadline: must be longer than the 10 s kept back"),
+    (["shutdown", "--deadline", "10"], "--deadline: must be longer than the 10 s kept back"),
+    (["shutdown", "--deadline", "1e12"], "--deadline: must be at most 7 days (604800 s)"),
+    (["shutdown", "--deadline", "soon"], "--deadline: not a duration: 'soon'"),
+    (["boot", "--wait", "-1"], "--wait: must not be negative"),
+    (["boot", "--wait", "inf"], "--wait: must be a finite duration"),
+])
+def test_durations_on_the_command_line_are_checked(hv, run, capsys, args, words):
+    define(hv, "a")
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--connect", URI, "--state-dir", str(run.state_dir), *args])
+    assert exited.value.code == ExitCode.BAD_INPUT
+    assert words in capsys.readouterr().err
+    assert running(hv) == ["a"], "nothing was done"
+
+
+def test_durations_on_the_command_line_take_units_and_wait_may_be_0(hv, run):
+    define(hv, "a")
+    code, result, _ = run("shutdown", "--deadline", "15m", "--wait", "0")
+    assert code == ExitCode.OK and result["severity"] == "ok"
+
+
+def test_a_huge_ready_delay_is_a_policy_problem_not_a_crash_of_the_boot_pass(hv, run):
+    """``ready: 99999999999999h`` looked valid and crashed the boot pass with OverflowError
+    when it slept on it. It is a policy problem now: the pass runs on the built-in defaults."""
+    define(hv, "db", "web")
+    policy = ("version: 1\nguests:\n  - match: {name: db}\n    ready: 99999999999999h\n"
+              "  - match: {name: web}\n    after: [db]\n")
+    run("shutdown")
+    code, result, err = run("boot", policy=policy)
+    assert {g["name"]: g["outcome"] for g in result["guests"]} == {"db": "resumed", "web": "resumed"}
+    assert result["on_builtin_defaults"] is True
+    assert any("guests[0].ready" in p and "at most 7 days" in p for p in result["policy_problems"]), result
+    assert "OverflowError" not in err and "internal error" not in err
+    assert code == ExitCode.GUEST_DEGRADED

@@ -230,11 +230,11 @@ LOCATED_PROBLEMS = [
     ),
     pytest.param(
         "version: 1\nlimits: {shutdown_deadline: 0s}\n",
-        "limits.shutdown_deadline", 2, 29, "longer than 0", None, id="deadline-zero-string",
+        "limits.shutdown_deadline", 2, 29, "longer than the 10 s kept back", None, id="deadline-zero-string",
     ),
     pytest.param(
         "version: 1\nlimits: {shutdown_deadline: .inf}\n",
-        "limits.shutdown_deadline", 2, 29, "finite", None, id="deadline-infinite",
+        "limits.shutdown_deadline", 2, 29, "greater than the maximum of 604800", None, id="deadline-infinite",
     ),
     pytest.param(
         "version: 1\nlimits: {start_delay: -1}\n", "limits.start_delay", 2, 23, "at least 0", None, id="negative-delay",
@@ -623,3 +623,39 @@ def test_pass_with_an_insecure_file_falls_back(policy_dir):
 )
 def test_policy_path_from(cli, environ, expected):
     assert policy_path_from(cli, environ) == expected
+
+
+@pytest.mark.parametrize(("text", "path", "words"), [
+    # valid-looking, but the boot pass used to sleep on them and crash with OverflowError
+    ("defaults:\n  ready: 99999999999999h\n", "defaults.ready", "at most 7 days (604800 s)"),
+    ("defaults:\n  ready: {agent: 1000000000000s}\n", "defaults.ready.agent", "at most 7 days"),
+    ("limits:\n  start_delay: 1.0e+300\n", "limits.start_delay", "604800"),
+    ("limits:\n  start_delay: 8d\n", "limits.start_delay", ""),  # no such unit: a plain schema error
+    ("defaults:\n  save_timeout: 169h\n", "defaults.save_timeout", "at most 7 days"),
+    ("guests:\n  - match: {name: a}\n    shutdown_timeout: 604801\n", "guests[0].shutdown_timeout", "604800"),
+    ("limits:\n  shutdown_deadline: .inf\n", "limits.shutdown_deadline", ""),
+    # the last 10 s are kept for the fallback steps: a deadline of 10 s or less would power
+    # off every guest without trying anything else
+    ("limits:\n  shutdown_deadline: 10\n", "limits.shutdown_deadline", "kept back at the end of the pass"),
+    ("limits:\n  shutdown_deadline: 5s\n", "limits.shutdown_deadline", "kept back at the end of the pass"),
+])
+def test_durations_have_bounds_the_code_can_sleep_on(policy_dir, text, path, words):
+    problem = only_problem(write(policy_dir, "version: 1\n" + text))
+    assert problem.path == path, problem
+    assert words in str(problem), problem
+
+
+def test_the_longest_and_shortest_durations_that_are_allowed_load(policy_dir):
+    from libmgsave.policy import DEADLINE_RESERVE, MAX_DURATION
+
+    policy = load_policy(write(policy_dir, "version: 1\nlimits:\n  shutdown_deadline: 10.5\n  start_delay: 168h\n"
+                                           "defaults:\n  ready: 604800\n"))
+    assert policy.limits.shutdown_deadline == 10.5 > DEADLINE_RESERVE
+    assert policy.limits.start_delay == MAX_DURATION
+    from libmgsave.policyfile import policy_schema
+
+    schema = policy_schema()["$defs"]
+    assert {branch.get("maximum") for branch in schema["duration"]["anyOf"] if branch["type"] == "number"} \
+        == {MAX_DURATION}
+    assert {branch.get("maximum") for branch in schema["duration_or_zero"]["anyOf"] if branch["type"] == "number"} \
+        == {MAX_DURATION}
