@@ -134,6 +134,12 @@ class Host:
             pass
         self._conn = fresh._conn
 
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass
+
     def is_alive(self) -> bool:
         try:
             return bool(self._conn.isAlive())
@@ -268,6 +274,12 @@ class Connections:
 
     def uris(self) -> list[str]:
         return list(self._hosts)
+
+    def drop(self, uri: str) -> None:
+        """Give up on ``uri`` for the rest of the pass (its guests could not be listed)."""
+        host = self._hosts.pop(uri, None)
+        if host is not None:
+            host.close()
 
     def host(self, uri: str) -> Host:
         return self._hosts[uri]

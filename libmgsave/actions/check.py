@@ -81,7 +81,7 @@ def _guest_findings(policy: Policy) -> list[Finding]:
         connections, unreachable = inputs.connect(policy)
     except HypervisorUnavailable as error:
         return [Finding(f"could not look at the guests: {error.message}")]
-    guests = inputs.inventory(connections, policy)
+    guests = inputs.inventory(connections, policy, unreachable)  # a listing that fails is one more
     after = [Finding(p.message, p.source) for p in after_problems(guests, policy)]
     return ([Finding(w) for w in unreachable] + conflicts.unmatched_rules(policy, guests)
             + after + conflicts.guest_conflicts(policy, guests))

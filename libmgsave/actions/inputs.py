@@ -6,7 +6,7 @@ import logging
 import os
 
 from libmgsave.context import Context
-from libmgsave.errors import Problem
+from libmgsave.errors import HypervisorError, Problem
 from libmgsave.hypervisor import Connections, free_bytes, save_room
 from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
 from libmgsave.policy import BUILTIN_POLICY, Policy
@@ -71,12 +71,21 @@ def needs_details(policy: Policy) -> bool:
     return any(rule.match.title or rule.match.metadata for rule in policy.rules)
 
 
-def inventory(connections: Connections, policy: Policy) -> list:
-    """Every guest on every open connection."""
+def inventory(connections: Connections, policy: Policy, warnings: list[str] | None = None) -> list:
+    """Every guest on every open connection. A connection that fails while its guests are listed
+    (after a reconnect, when the pass may reconnect) is dropped: it costs its own guests, logged
+    and added to ``warnings``, never the others'."""
     details = needs_details(policy)
     guests = []
     for host in connections.hosts():
-        guests.extend(host.guests(with_details=details))
+        try:
+            guests.extend(connections.call_with_reconnect(host.uri, lambda h=host: h.guests(with_details=details)))
+        except HypervisorError as error:
+            log.error("could not list the guests on %s (%s): they are not handled", host.uri, error.message)
+            connections.drop(host.uri)
+            if warnings is not None:
+                warnings.append(f"could not list the guests on {host.uri}: its guests were not handled "
+                                f"({error.message})")
     return guests
 
 

@@ -89,8 +89,8 @@ def _run(ctx: Context, kind: PassKind, outline: Outline) -> PassResult:
     with _lock(ctx, kind, deadline):
         connections, warnings = inputs.connect(policy, retry_for=min(inputs.PASS_CONNECT_RETRY, deadline / 4),
                                                give_up_at=deadline_at)
-        run = PassRun(ctx, kind, policy, problems, started, deadline_at, connections,
-                      inputs.inventory(connections, policy), warnings)
+        guests = inputs.inventory(connections, policy, warnings)
+        run = PassRun(ctx, kind, policy, problems, started, deadline_at, connections, guests, warnings)
         plan, results = outline(run)
         stopped_by = interrupt.signal_received()
         result = PassResult(kind=kind, dry_run=ctx.dry_run, started=started, finished=time.time(), results=results,

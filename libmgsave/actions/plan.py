@@ -10,7 +10,7 @@ from libmgsave.context import Context
 def run_plan(ctx: Context) -> None:
     policy, problems = inputs.pass_policy(ctx)
     connections, warnings = inputs.connect(policy)
-    guests = inputs.inventory(connections, policy)
+    guests = inputs.inventory(connections, policy, warnings)
     plans = []
     if ctx.which in (None, "shutdown"):
         plans.append(inputs.shutdown_plan(ctx, guests, policy))

@@ -15,7 +15,7 @@ from libmgsave.state import guest_record_key
 def run_status(ctx: Context) -> None:
     policy, problems = inputs.pass_policy(ctx)
     connections, warnings = inputs.connect(policy)
-    guests = inputs.inventory(connections, policy)
+    guests = inputs.inventory(connections, policy, warnings)
     last_shutdown = (ctx.state.last_shutdown() or {}).get("guests", {})
     last_boot = (ctx.state.last_boot() or {}).get("guests", {})
     rows = [_row(guest, policy, last_shutdown, last_boot) for guest in guests]
