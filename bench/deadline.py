@@ -28,6 +28,11 @@ from bench.common import (dump_json, foreign_guests, load_average, machine_descr
 PREFIX = "dl"
 
 
+def assumed_rate(plan: dict) -> float:
+    """The save rate the plan assumes on the rig's connection (bytes of guest memory per second)."""
+    return plan["save_rates"]["qemu:///system"]["bytes_per_second"]
+
+
 def run(args) -> dict:
     from libmgsave.plan import DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT
     from tests.rig import (Rig, SAVE_DIR, boots, define_guests, ensure_image, last_tick,
@@ -67,14 +72,14 @@ def run(args) -> dict:
         deadline = round(DEADLINE_RESERVE + (estimates[half - 1] + estimates[half]) / 2, 1)
         if args.deadline:
             deadline = args.deadline
-        data["assumed_throughput"] = plan["assumed_save_throughput"]
+        data["assumed_throughput"] = assumed_rate(plan)
         data["deadline"] = deadline
 
         # 2. The plan under that deadline, as an admin sees it.
         policy = write_policy(work / "policy", deadline=deadline, extra=extra)
         say(f"## Deadline-aware shutdown: {len(names)} guests x {args.memory} MiB ({args.fill} MiB filled), "
             f"deadline {deadline:g} s\n")
-        say(f"Assumed aggregate save throughput: {plan['assumed_save_throughput'] / 1e6:.0f} MB/s "
+        say(f"Assumed aggregate save throughput: {assumed_rate(plan) / 1e6:.0f} MB/s "
             f"(DEFAULT_SAVE_THROUGHPUT = {DEFAULT_SAVE_THROUGHPUT / 1e6:.0f} MB/s; no pass measured yet); "
             f"{DEADLINE_RESERVE:g} s of the deadline are kept for the last step.\n")
         say("`mgsave plan shutdown`:\n")
@@ -128,7 +133,7 @@ def run(args) -> dict:
             say(f"\nSaved: {len(save_spans)} guests, {saved_bytes / 1e6:.0f} MB of images for "
                 f"{saved_memory / 1e6:.0f} MB of guest memory in {span:.1f} s: "
                 f"{saved_bytes / span / 1e6:.0f} MB/s of image, {saved_memory / span / 1e6:.0f} MB/s of guest "
-                f"memory (the planner's unit), against {plan['assumed_save_throughput'] / 1e6:.0f} MB/s assumed; "
+                f"memory (the planner's unit), against {assumed_rate(plan) / 1e6:.0f} MB/s assumed; "
                 f"images are {saved_bytes / saved_memory:.0%} of guest memory.")
             images = [os.path.getsize(os.path.join(SAVE_DIR, f"{n}.save")) for n in names
                       if os.path.exists(os.path.join(SAVE_DIR, f"{n}.save"))]
@@ -138,9 +143,9 @@ def run(args) -> dict:
         (work / "replan.json").unlink(missing_ok=True)
         mg("--json", "plan", "shutdown", policy=probe, out=work / "replan.json", check=False)
         replan = json.loads((work / "replan.json").read_text())["plans"][0]
-        data["next_assumed_throughput"] = replan["assumed_save_throughput"]
+        data["next_assumed_throughput"] = assumed_rate(replan)
         say(f"\nThe next pass's estimate uses the measured throughput recorded by this one: "
-            f"{replan['assumed_save_throughput'] / 1e6:.0f} MB/s.")
+            f"{assumed_rate(replan) / 1e6:.0f} MB/s.")
 
         # 5. Boot: saved guests resume, shut-down guests boot fresh.
         mg("--json", "boot", policy=policy, out=work / "boot.json", check=False)

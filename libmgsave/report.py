@@ -40,8 +40,10 @@ def render_plan(plan: Plan, *, settings: bool = True) -> str:
     if plan.kind is PassKind.SHUTDOWN:
         lines.append(
             f"Shutdown plan (policy: {source}; deadline {limits.shutdown_deadline:g} s; "
-            f"up to {limits.max_parallel_saves} saves at once; estimates assume {size(plan.throughput)}/s)"
+            f"up to {limits.max_parallel_saves} saves at once)"
         )
+        for uri, rate in sorted((plan.rates or {}).items()):
+            lines.append(f"  estimates on {uri} assume {size(rate.bytes_per_second)}/s: {rate.source}")
     else:
         delay = f"; {limits.start_delay:g} s between starts" if limits.start_delay else ""
         lines.append(f"Boot plan (policy: {source}; up to {limits.max_parallel_starts} starts at once{delay})")

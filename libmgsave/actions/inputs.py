@@ -12,7 +12,7 @@ from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
 from libmgsave.policy import BUILTIN_POLICY, Policy
 from libmgsave.state.images import read_with_any, transient_images_without_record
 from libmgsave.state.records import booted_since
-from libmgsave.state.throughput import learned_throughput
+from libmgsave.state.throughput import learned_rates
 
 log = logging.getLogger("mgsave")
 
@@ -94,7 +94,7 @@ def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None =
     previous = ctx.state.last_shutdown(quiet=True)
     room = {uri: save_room(uri) for uri in policy.connections}
     room[FILES_ROOM] = free_bytes(str(ctx.state.path))
-    return plan_shutdown(guests, policy, state_dir=ctx.state.path, throughput=learned_throughput(previous),
+    return plan_shutdown(guests, policy, state_dir=ctx.state.path, rates=learned_rates(previous, policy.connections),
                          deadline=deadline, room=room)
 
 

@@ -21,7 +21,8 @@ from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
 from libmgsave.state.carry_over import pending_files, starting_entries
 from libmgsave.state.records import pending_entry
-from libmgsave.state.throughput import measured_throughput
+from libmgsave.state.throughput import RECORD_KEY as SAVE_RATES
+from libmgsave.state.throughput import kept_rates, measured_rates
 
 log = logging.getLogger("mgsave")
 
@@ -53,12 +54,15 @@ def _begin_record(ctx: Context, plan: Plan) -> RecordWriter:
     boot = ctx.state.last_boot(quiet=True)
     complete = {path for path in pending_files(previous) if save_file_is_complete(path)}
     entries = starting_entries(previous, boot, plan, complete)
-    return RecordWriter.begin(ctx.state.shutdown_record, "shutdown", entries)
+    # the save rates learned so far, kept for the connections this pass will not measure
+    return RecordWriter.begin(ctx.state.shutdown_record, "shutdown", entries,
+                              extra={SAVE_RATES: kept_rates(previous, {})})
 
 
 def _finish_record(ctx: Context, record: RecordWriter, results: list[GuestResult]) -> None:
     stopped_by = interrupt.signal_received()
-    record.finish(measured_throughput=measured_throughput(results), ok=all(r.ok for r in results),
+    rates = kept_rates(record.data, measured_rates(results))
+    record.finish(**{SAVE_RATES: rates}, ok=all(r.ok for r in results),
                   interrupted=stopped_by.name if stopped_by else None)
     if record.error:
         ctx.bookkeeping_failed = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from libmgsave.inventory import GuestInfo
@@ -17,6 +18,18 @@ DEFAULT_SAVE_THROUGHPUT = 200e6
 
 GuestKey = tuple[str, str]  # (connection URI, UUID)
 FILES_ROOM = "<state directory>"  # key of ``room`` for transient guests' save files
+
+
+@dataclass(frozen=True)
+class SaveRate:
+    """The aggregate save rate assumed on one connection (guest memory bytes per second), and
+    where it came from, for ``mgsave plan``."""
+
+    bytes_per_second: float
+    source: str
+
+    def to_dict(self) -> dict:
+        return {"bytes_per_second": self.bytes_per_second, "source": self.source}
 
 
 class PassKind(enum.StrEnum):
@@ -109,7 +122,7 @@ class Plan:
     limits: Limits
     policy_source: str | None
     warnings: tuple[str, ...] = ()
-    throughput: float | None = None  # shutdown: assumed aggregate save throughput, bytes/s
+    rates: Mapping[str, SaveRate] | None = None  # shutdown: the save rate assumed on each connection
 
     @property
     def active(self) -> tuple[GuestPlan, ...]:
@@ -125,7 +138,7 @@ class Plan:
                 "shutdown_deadline": self.limits.shutdown_deadline,
                 "start_delay": self.limits.start_delay,
             },
-            "assumed_save_throughput": self.throughput,
+            "save_rates": {uri: rate.to_dict() for uri, rate in (self.rates or {}).items()},
             "warnings": list(self.warnings),
             "guests": [e.to_dict() for e in self.entries],
         }

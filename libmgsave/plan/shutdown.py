@@ -9,7 +9,7 @@ from pathlib import Path
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
-                                  PassKind, Plan)
+                                  PassKind, Plan, SaveRate)
 from libmgsave.plan.ordering import dependencies, effective_orders
 from libmgsave.policy import Policy, ShutdownStep
 from libmgsave.saveimages import managed_image_path
@@ -21,15 +21,16 @@ def plan_shutdown(
     policy: Policy,
     *,
     state_dir: Path,
-    throughput: float | None = None,
+    rates: Mapping[str, SaveRate] | None = None,
     deadline: float | None = None,
     room: Mapping[str, int | None] | None = None,
 ) -> Plan:
     """Decide the fallback chain of every running guest, in the order the pass will work.
 
     Guests stop in descending ``order``; a guest stops before anything it is ``after``.
-    Under the deadline, saves are estimated from guest memory and ``throughput`` (aggregate
-    bytes/s); a save that would end after the deadline is dropped from the chain up front, so
+    Under the deadline, saves are estimated from guest memory and ``rates`` (each connection's
+    aggregate bytes/s, as the last pass measured it; the built-in default where none is given):
+    a save that would end after the deadline is dropped from the chain up front, so
     the guest goes to its next step at once instead of being cut off mid-save.
 
     ``room`` gives the free bytes where images go: per connection URI for managed saves, and
@@ -38,7 +39,10 @@ def plan_shutdown(
     what is left is dropped from the chain the same way.
     """
     room_left = dict(room or {})
-    throughput = throughput or DEFAULT_SAVE_THROUGHPUT
+    guests = list(guests)
+    rates = dict(rates or {})
+    for uri in {g.connection for g in guests} - set(rates):
+        rates[uri] = SaveRate(DEFAULT_SAVE_THROUGHPUT, "built-in default")
     deadline = policy.limits.shutdown_deadline if deadline is None else deadline
     warnings: list[str] = []
     resolved = {g.key: (g, resolve(policy, g)) for g in guests}
@@ -58,7 +62,7 @@ def plan_shutdown(
         return (-orders[key], -eff.settings.priority, guest.name, guest.connection)
 
     entries = []
-    budget = _SaveBudget(throughput, deadline, room_left)
+    budget = _SaveBudget(rates, deadline, room_left)
     for key in sorted(resolved, key=sort_key):
         guest, eff = resolved[key]
         if not guest.state.is_active:
@@ -66,29 +70,32 @@ def plan_shutdown(
             entries.append(GuestPlan(guest, eff, (Action.SKIP,), reason, orders[key]))
             continue
         entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget))
-    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), throughput)
+    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates)
 
 
 class _SaveBudget:
-    """What is left of the deadline and of the free space as saves are planned, in plan order."""
+    """What is left of the deadline and of the free space as saves are planned, in plan order.
+    Each connection saves at its own rate, measured while the others saved too: the bytes
+    planned before a guest are those of its own connection."""
 
-    def __init__(self, throughput: float, deadline: float, room: dict[str, int | None]):
-        self.throughput = throughput
+    def __init__(self, rates: Mapping[str, SaveRate], deadline: float, room: dict[str, int | None]):
+        self.rates = rates
         self.deadline = deadline
         self.seconds = deadline - DEADLINE_RESERVE
         self.room = room
-        self.saved_bytes = 0.0
+        self.saved_bytes: dict[str, float] = {}
 
     def take(self, guest: GuestInfo, room_key: str) -> tuple[float | None, str | None]:
         """The estimated end of the guest's save, or why it must be dropped from the chain."""
-        estimate = (self.saved_bytes + guest.memory_bytes) / self.throughput
+        before = self.saved_bytes.get(guest.connection, 0.0)
+        estimate = (before + guest.memory_bytes) / self.rates[guest.connection].bytes_per_second
         free = self.room.get(room_key)
         if estimate > self.seconds:
             return None, (f"save skipped: it would end about {estimate:.0f} s into the pass, past the "
                           f"{self.deadline:.0f} s deadline")
         if free is not None and guest.memory_bytes > free:
             return None, f"save skipped: its image may need {_mb(guest.memory_bytes)}, only {_mb(free)} free"
-        self.saved_bytes += guest.memory_bytes
+        self.saved_bytes[guest.connection] = before + guest.memory_bytes
         if free is not None:
             self.room[room_key] = free - guest.memory_bytes
         return estimate, None

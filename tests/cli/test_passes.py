@@ -355,3 +355,22 @@ def test_a_huge_ready_delay_is_a_policy_problem_not_a_crash_of_the_boot_pass(hv,
     assert any("guests[0].ready" in p and "at most 7 days" in p for p in result["policy_problems"]), result
     assert "OverflowError" not in err and "internal error" not in err
     assert code == ExitCode.GUEST_DEGRADED
+
+
+def test_a_pass_on_the_test_driver_teaches_the_planner_no_save_rate(hv, run, capsys):
+    """Before, one shutdown pass on test:///default taught the planner hundreds of GB/s (its
+    saves take microseconds), and the next real deadline plan was wrong a thousandfold."""
+    define(hv, *(f"g{i}" for i in range(8)))
+    code, _, _ = run("shutdown")
+    assert code == ExitCode.OK
+    record = json.loads((run.state_dir / state.SHUTDOWN_RECORD).read_text())
+    assert record["save_rates"] == {}
+    run("boot")
+    _, plan, _ = run("plan", "shutdown")
+    (shutdown_plan,) = plan["plans"]
+    rate = shutdown_plan["save_rates"][URI]
+    assert rate["bytes_per_second"] == 200e6 and "test driver" in rate["source"], rate
+    capsys.readouterr()
+    cli.main(["--connect", URI, "--state-dir", str(run.state_dir), "plan", "shutdown"])
+    out = capsys.readouterr().out
+    assert f"estimates on {URI} assume 200.0 MB/s: built-in default (libvirt's test driver" in out, out

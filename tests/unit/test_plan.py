@@ -7,7 +7,7 @@ import pytest
 from libmgsave import state
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
-from libmgsave.plan import FILES_ROOM, Action, plan_boot, plan_shutdown
+from libmgsave.plan import FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
 from libmgsave.policyfile import parse_policy
 
 STATE_DIR = Path("/nonexistent/state")
@@ -115,7 +115,7 @@ guests:
     priority: 5
 """)
     guests = [guest("a"), guest("b"), guest("c"), guest("important")]
-    plan = plan_shutdown(guests, p, state_dir=STATE_DIR, throughput=100e6)
+    plan = plan_shutdown(guests, p, state_dir=STATE_DIR, rates={URI: SaveRate(100e6, "measured")})
     entries = by_name(plan)
     saving = [e.guest.name for e in plan.entries if e.actions[0] is Action.SAVE]
     assert saving == ["important", "a"]
@@ -123,6 +123,21 @@ guests:
         assert entries[name].actions == (Action.SHUTDOWN, Action.POWEROFF)
         assert any("deadline" in n for n in entries[name].notes)
     assert entries["a"].estimate_seconds == pytest.approx(2 * GiB_KIB * 1024 / 100e6)
+
+
+def test_each_connection_is_estimated_at_its_own_rate():
+    # 40 s - 10 s reserve: at 100 MB/s two 1 GiB saves fit on a connection, at 1 GB/s all four
+    other = "qemu+ssh://peer/system"
+    guests = [guest(f"slow{i}") for i in range(4)] + [guest(f"fast{i}", uri=other) for i in range(4)]
+    rates = {URI: SaveRate(100e6, "measured here"), other: SaveRate(1e9, "measured there")}
+    plan = plan_shutdown(guests, policy("version: 1\nlimits: {shutdown_deadline: 40}\n"), state_dir=STATE_DIR,
+                         rates=rates)
+    saving = {e.guest.name for e in plan.entries if e.actions[0] is Action.SAVE}
+    assert saving == {"slow0", "slow1", "fast0", "fast1", "fast2", "fast3"}
+    assert plan.to_dict()["save_rates"][other] == {"bytes_per_second": 1e9, "source": "measured there"}
+    # a connection nobody measured gets the built-in default, and says so
+    default = plan_shutdown([guest("a")], policy(), state_dir=STATE_DIR).rates[URI]
+    assert default.bytes_per_second == 200e6 and "built-in default" in default.source
 
 
 def test_saves_that_do_not_fit_the_free_space_go_to_the_next_step():
@@ -138,7 +153,7 @@ def test_saves_that_do_not_fit_the_free_space_go_to_the_next_step():
 
 def test_a_single_step_chain_is_never_emptied_by_the_deadline():
     p = policy("version: 1\nlimits: {shutdown_deadline: 11}\ndefaults: {on_shutdown: [save]}\n")
-    entry = plan_shutdown([guest("a")], p, state_dir=STATE_DIR, throughput=1.0).entries[0]
+    entry = plan_shutdown([guest("a")], p, state_dir=STATE_DIR, rates={URI: SaveRate(1.0, "slow")}).entries[0]
     assert entry.actions == (Action.SAVE,)
 
 
