@@ -23,12 +23,12 @@ log = logging.getLogger("mgsave")
 FAMILIES = {
     "mgsave_pass_duration_seconds": "How long the last pass took.",
     "mgsave_pass_last_run_timestamp_seconds": "When the last pass ended (Unix time).",
-    "mgsave_pass_success": "1 when every guest of the last pass reached its intended state, every "
+    "mgsave_pass_success": "1 when every guest of the last pass got its first choice, every "
                            "connection answered and every record was written (exit 0); else 0.",
     "mgsave_pass_guests": "Guests of the last pass, by outcome.",
     "mgsave_guest_seconds": "How long the last pass spent on the guest.",
     "mgsave_guest_bytes": "The bytes the last pass saved or restored for the guest.",
-    "mgsave_guest_ok": "1 when the guest reached the state the policy intends in the last pass; else 0.",
+    "mgsave_guest_ok": "1 when the guest got its first choice in the last pass; else 0 (degraded or failed).",
 }
 _SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})?\s+\S+')
 

@@ -8,9 +8,9 @@ the fallback steps, resuming, the readiness checks; and how many saves or starts
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
+from libmgsave import console
 from libmgsave.context import Context
 from libmgsave.errors import ExitCode, MgsaveError
 from libmgsave.state.writer import os_error_text
@@ -40,7 +40,7 @@ def run_report(ctx: Context) -> list[PassTimeline]:
     if ctx.svg:
         _write_svg(Path(ctx.svg), svg.render(timelines))
     if not timelines:
-        print(f"no pass recorded in {ctx.state.path} yet", file=sys.stderr)
+        console.err(f"no pass recorded in {ctx.state.path} yet")
     ctx.emit({"passes": [t.to_dict() for t in timelines], "svg": ctx.svg},
              text.render_all(timelines) if timelines else "")
     return timelines

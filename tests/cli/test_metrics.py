@@ -91,5 +91,7 @@ def test_a_broken_policy_still_writes_its_metrics(hv, tmp_path, capsys):
     policy.write_text(f"version: 1\nmetrics:\n  textfile: {textfile}\ndefaults:\n  autostart: sometimes\n")
     os.chmod(policy, 0o644)
     code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy), "shutdown"])
-    assert code == ExitCode.OK
-    assert _samples(textfile)[("mgsave_pass_guests", frozenset({("pass", "shutdown"), ("outcome", "saved")}))] == 1
+    assert code == ExitCode.GUEST_DEGRADED  # saved, but on the built-in defaults: the policy is broken
+    samples = _samples(textfile)
+    assert samples[("mgsave_pass_guests", frozenset({("pass", "shutdown"), ("outcome", "saved")}))] == 1
+    assert samples[("mgsave_pass_success", frozenset({("pass", "shutdown")}))] == 0
