@@ -69,6 +69,9 @@ def _global_options() -> argparse.ArgumentParser:
                    help="debug logging, and a traceback on internal errors")
     g.add_argument("--insecure-policy", action="store_true", default=argparse.SUPPRESS,
                    help="accept a policy file or directory writable by users other than root")
+    g.add_argument("--insecure-state-dir", action="store_true", default=argparse.SUPPRESS,
+                   help="trust the records and save files of a state directory writable by users other than "
+                        "root (without it they are ignored, and guests are still saved into it)")
     return common
 
 
@@ -123,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--wait", type=_wait_duration, metavar="SECONDS", default=None,
                        help="how long to wait for another pass to finish, 0 for not at all (default: "
                             "the deadline for shutdown, 300 for boot)")
+        if name == "boot":
+            p.add_argument("--restore-unrecorded", action="store_true",
+                           help="also restore transient guests' save files under <state>/images that no record "
+                                "names (by default they are kept and reported)")
         if name == "shutdown":
             p.add_argument("--deadline", type=_deadline_duration, metavar="SECONDS", default=None,
                            help="override limits.shutdown_deadline for this pass (more than the 10 s "
@@ -164,12 +171,14 @@ def build_context(args: argparse.Namespace, environ) -> Context:
     policy_path, explicit = policyfile.policy_path_from(getattr(args, "policy", None), environ)
     return Context(
         command=args.command, policy_path=policy_path, policy_explicit=explicit,
-        state=StateDir(state_dir_from(getattr(args, "state_dir", None), environ)),
+        state=StateDir(state_dir_from(getattr(args, "state_dir", None), environ),
+                       trust_insecure=getattr(args, "insecure_state_dir", False)),
         connect=tuple(getattr(args, "connect", None) or ()), json=getattr(args, "json", False),
         debug=getattr(args, "debug", False), trust_insecure=getattr(args, "insecure_policy", False),
         which=getattr(args, "which", None), dry_run=getattr(args, "dry_run", False),
         wait=getattr(args, "wait", None), deadline=getattr(args, "deadline", None),
         strict=getattr(args, "strict", False), svg=getattr(args, "svg", None),
+        restore_unrecorded=getattr(args, "restore_unrecorded", False),
     )
 
 

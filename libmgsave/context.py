@@ -25,6 +25,7 @@ class Context:
     deadline: float | None = None  # shutdown: overrides limits.shutdown_deadline
     strict: bool = False  # check: every warning is an error
     svg: str | None = None  # report: also draw the timeline into this file
+    restore_unrecorded: bool = False  # boot: also restore transient guests' save files no record names
     # Filled in on the way, for the summary: problems met (untrusted records...), and whether
     # the lock or a record could not be had (the pass then exits 1 even if every guest is fine).
     warnings: list[str] = field(default_factory=list)

@@ -5,9 +5,11 @@ The kernel drops an flock when its holder dies, so a killed pass never leaves a 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +33,10 @@ def pass_lock(state_dir: Path, what: str, *, wait: float):
     path = state_dir / "lock"
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Never through a symlink, nor on anything but a file of its own: the holder's name is
+        # written into it, and that must not truncate a file someone linked here.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        _check_lock_file(path, fd)
     except OSError as error:
         log.error("cannot take the pass lock %s (%s): carrying on without the lock", path, error.strerror or error)
         yield False
@@ -66,6 +71,13 @@ def pass_lock(state_dir: Path, what: str, *, wait: float):
         yield locked
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _check_lock_file(path: Path, fd: int) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, "not a regular file of its own (a device, a FIFO or a hard link)", str(path))
 
 
 def _read_holder(fd: int) -> str:

@@ -6,6 +6,7 @@ Facts about files only: nothing here talks to libvirt, so the planner can use th
 from __future__ import annotations
 
 import os
+import stat
 
 
 def managed_save_dir(uri: str) -> str | None:
@@ -67,5 +68,9 @@ def managed_image_path(uri: str, guest_name: str) -> str | None:
 
 
 def save_file_is_complete(path: str | None) -> bool:
-    """True when ``path`` is a save file whose save finished."""
-    return bool(path) and os.path.isfile(path) and not saved_image_is_partial(path)
+    """True when ``path`` is a save file (a regular file, not a symlink) whose save finished."""
+    try:
+        regular = bool(path) and stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+    return regular and not saved_image_is_partial(path)

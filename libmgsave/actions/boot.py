@@ -28,12 +28,17 @@ def run_boot(ctx: Context) -> PassResult | passes.StoppedEarly:
 
 def carry_out(run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
     ctx = run.ctx
+    inputs.check_state_dir(ctx)
     plan = inputs.boot_plan(ctx, run.guests, run.policy, run.connections)
     run.announce(plan)
     if ctx.dry_run:
         return plan, dry_run_results(plan) + skipped_results(plan)
     started = time.time()
-    results = BootPass(plan, run.connections, state_dir=ctx.state).run() + skipped_results(plan)
+    boot_pass = BootPass(plan, run.connections, state_dir=ctx.state)
+    results = boot_pass.run() + skipped_results(plan)
+    for problem in boot_pass.cleanup_errors:
+        ctx.bookkeeping_failed = True
+        ctx.warnings.append(problem)
     _write_record(ctx, started, results)
     return plan, results
 

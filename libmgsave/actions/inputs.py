@@ -11,7 +11,9 @@ from libmgsave.hypervisor import Connections, free_bytes, save_room
 from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
 from libmgsave.policy import BUILTIN_POLICY, Policy
 from libmgsave.state.images import read_with_any, transient_images_without_record
-from libmgsave.state.records import booted_since
+from libmgsave.saveimages import save_file_is_complete
+from libmgsave.state.carry_over import pending_files, settle_interrupted
+from libmgsave.state.records import booted_since, guest_record_key, used_images
 from libmgsave.state.throughput import learned_rates
 
 log = logging.getLogger("mgsave")
@@ -101,10 +103,47 @@ def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None =
 def boot_plan(ctx: Context, guests, policy: Policy, connections: Connections) -> Plan:
     """The boot plan, from the last shutdown record (or, without one, the saved images alone)."""
     record = ctx.state.last_shutdown(warnings=ctx.warnings)
-    recovered = transient_images_without_record(
-        ctx.state.images, record, lambda path: read_with_any(connections.hosts(), path), ctx.warnings)
     boot = ctx.state.last_boot(quiet=True)
-    return plan_boot(guests, policy, record, recovered, booted_since=booted_since(record, boot))
+    if record is not None:
+        record = dict(record, guests=_settled(record, guests))
+    return plan_boot(guests, policy, record, _unrecorded_images(ctx, record, boot, guests, connections),
+                     booted_since=booted_since(record, boot), used_images=used_images(record, boot))
+
+
+def _settled(record: dict, guests) -> dict:
+    """The record's entries, with those an interrupted shutdown pass left 'pending' whose save
+    completed all the same recorded as saved: a transient guest's whole save file is restored,
+    not silently dropped."""
+    complete = {path for path in pending_files(record) if save_file_is_complete(path)}
+    return settle_interrupted(record["guests"], {guest_record_key(*g.key): g for g in guests}, complete)
+
+
+def _unrecorded_images(ctx: Context, record: dict | None, boot: dict | None, guests, connections) -> list:
+    """Transient guests' save files no record names that the boot pass may restore (see
+    ``state.images.transient_images_without_record``); none from an insecure state directory."""
+    if ctx.state.insecure:
+        if any(ctx.state.images.glob("*.save")):
+            message = f"{ctx.state.images}: save files in an insecure state directory are not restored; kept"
+            log.error("%s", message)
+            ctx.warnings.append(message)
+        return []
+    known = {guest_record_key(*g.key) for g in guests} | set((boot or {}).get("guests", {}))
+    return transient_images_without_record(
+        ctx.state.images, record, lambda path: read_with_any(connections.hosts(), path), ctx.warnings,
+        known=known, restore_unrecorded=ctx.restore_unrecorded)
+
+
+def check_state_dir(ctx: Context) -> None:
+    """A pass in a state directory others can write to still handles every guest (into it, for
+    transient guests: losing them would be worse), but reads nothing from it, says so loudly
+    and exits non-zero."""
+    if not ctx.state.insecure:
+        return
+    message = ctx.state.insecure_warning()
+    log.error("%s", message)
+    if message not in ctx.warnings:
+        ctx.warnings.append(message)
+    ctx.bookkeeping_failed = True
 
 
 def problems_dict(problems: list[Problem]) -> list[dict]:

@@ -35,6 +35,7 @@ def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly:
 
 def carry_out(run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
     ctx = run.ctx
+    inputs.check_state_dir(ctx)
     plan = inputs.shutdown_plan(ctx, run.guests, run.policy, deadline=run.time_left())
     run.announce(plan)
     if ctx.dry_run:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 
@@ -23,7 +24,7 @@ from libmgsave.plan import Action, GuestPlan, Plan
 from libmgsave.policy import ReadyKind
 from libmgsave.saveimages import saved_image_problem
 from libmgsave.state import StateDir
-from libmgsave.state.images import keep_failed_image, set_aside_failed_file
+from libmgsave.state.images import keep_failed_image, remove_used_image, set_aside_failed_file
 
 log = logging.getLogger("mgsave")
 
@@ -40,6 +41,7 @@ class BootPass:
         self._delay_lock = threading.Lock()
         self._started_count = 0
         self._count_lock = threading.Lock()
+        self.cleanup_errors: list[str] = []  # files the pass should have removed and could not
 
     def run(self) -> list[GuestResult]:
         """Every active guest's result, in plan order."""
@@ -196,19 +198,29 @@ class BootPass:
 
     def _restore_transient(self, entry: GuestPlan, result: GuestResult) -> Outcome:
         host = self.connections.host(entry.guest.connection)
+        if not _is_regular_file(entry.image):  # the plan's path is this guest's; the file must be a file
+            result.messages.append(f"not restored: {entry.image} is not a regular file; left alone")
+            log.error("%s: not restored: %s is not a regular file", entry.guest.name, entry.image,
+                      extra=journal.guest_fields(entry.guest, action="restore", result="failed"))
+            return Outcome.LEFT_OFF
         try:
             with timed_step(result, Action.RESTORE) as step:
                 host.restore_from_file(entry.image, bypass_cache=entry.effective.settings.bypass_cache)
                 step.bytes = file_size(entry.image)
         except HypervisorError:
-            kept = set_aside_failed_file(entry.image, self.state_dir.failed_images)
-            result.messages.append(f"restore failed; a transient guest cannot boot fresh; image kept at {kept}")
+            kept = set_aside_failed_file(entry.image, self.state_dir.failed_images, entry.guest.name)
+            where = f"kept at {kept}" if kept else f"left at {entry.image}"
+            result.messages.append(f"restore failed; a transient guest cannot boot fresh; image {where}")
             return Outcome.LEFT_OFF
         # A save file restored once is stale the moment the guest runs on: never restore it twice.
-        try:
-            os.unlink(entry.image)
-        except OSError:
-            pass
+        # The boot record marks it used in any case; a file that cannot be removed is an error.
+        problem = remove_used_image(entry.image, entry.guest.name)
+        if problem:
+            result.messages.append(f"its used save file could not be removed ({problem}); the boot record marks "
+                                   f"it used")
+            with self._count_lock:
+                self.cleanup_errors.append(f"{entry.guest.name}: its used save file could not be removed "
+                                           f"({problem})")
         return Outcome.RESTORED
 
     def _after_start(self, entry: GuestPlan, result: GuestResult) -> None:
@@ -232,6 +244,13 @@ class BootPass:
             result.messages.append("its readiness wait was cut short: the pass was stopped")
         if settings.ready.kind is not ReadyKind.NONE:
             result.waits.append(Wait(WaitKind.READY, waiting_since, time.time()))
+
+
+def _is_regular_file(path: str | None) -> bool:
+    try:
+        return path is not None and stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _wait_until_ready(entry: GuestPlan, guest: Guest, result: GuestResult) -> None:

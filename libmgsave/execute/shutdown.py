@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from libmgsave import interrupt, journal
-from libmgsave.errors import GuestGone, HypervisorError, OperationTimeout
+from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationTimeout
 from libmgsave.execute.progress import SaveProgress, file_size, mb
 from libmgsave.execute.scheduler import Schedule
 from libmgsave.execute.steps import StepTimes, add_step, log_outcome
@@ -26,6 +26,7 @@ from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
 from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan, Plan
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
+from libmgsave.state.images import discard_partial_save, images_directory
 
 log = logging.getLogger("mgsave")
 
@@ -200,6 +201,8 @@ class ShutdownPass:
         """After a reconnect: a save that completed before the connection dropped, else None."""
         if action in SAVES and self._found_saved(entry) is OUTCOME_OF_STEP[action]:
             return StepResult(action, True, times.started, time.time())
+        if action is Action.SAVE_TO_FILE:
+            self._after_failed_save_to_file(entry, entry.image, "the connection was lost during it")
         return None
 
     def _do(self, guest: Guest, entry: GuestPlan, action: Action, times: StepTimes, messages: list[str]):
@@ -256,18 +259,39 @@ class ShutdownPass:
             if action is Action.SAVE:
                 guest.save_memory_state(bypass_cache=settings.bypass_cache, resume_running=resume_running)
             else:
-                Path(image).parent.mkdir(parents=True, exist_ok=True)
+                images_directory(Path(image).parent)
                 guest.save_to_file(image, bypass_cache=settings.bypass_cache, resume_running=resume_running)
-        except HypervisorError:
+        except HypervisorUnavailable:
+            raise  # the save may have completed: the file is kept, and looked at after the reconnect
+        except HypervisorError as error:
             if action is Action.SAVE_TO_FILE:
-                with contextlib.suppress(OSError):
-                    os.unlink(image)  # never leave a partial file to be "restored"
+                self._after_failed_save_to_file(entry, image, error.message)
             raise
         finally:
             seen, aborted = self.progress.end(guest)
         if aborted:
             log.info("%s: %s", entry.guest.name, aborted)
         return file_size(image) or seen
+
+    def _after_failed_save_to_file(self, entry: GuestPlan, image: str, why: str) -> None:
+        """A save to a file failed (``why``): remove what it wrote only when the guest is known to
+        still run, so that the file cannot be a completed save; otherwise keep it for the boot
+        pass to decide (it restores a whole file, never a partial one)."""
+        try:
+            still_running = self.connections.guest(entry.guest.connection, entry.guest.uuid).is_active()
+        except GuestGone:
+            still_running = False
+        except HypervisorError:
+            still_running = None
+        if not os.path.lexists(image):
+            return
+        if still_running:
+            discard_partial_save(image, entry.guest.name, why)
+        else:
+            state = "is gone" if still_running is False else "cannot be looked at"
+            log.warning("%s: its save to %s failed (%s), but the guest %s: the file is kept for the boot pass",
+                        entry.guest.name, image, why, state,
+                        extra=journal.guest_fields(entry.guest, action=Action.SAVE_TO_FILE, result="kept"))
 
     def _wait_for_a_save_under_way(self, guest: Guest, entry: GuestPlan, timeout: float, messages: list[str]) -> bool:
         """When a save of the guest begun by someone else (a pass killed mid-save: libvirtd goes

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.matching import Effective, resolve
@@ -30,12 +30,14 @@ def _recorded_guest(entry: Mapping) -> GuestInfo:
 
 def plan_boot(
     guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None, recovered: Iterable[Mapping] = (),
-    *, booted_since: bool = False,
+    *, booted_since: bool = False, used_images: Collection[str] = (),
 ) -> Plan:
     """Decide which guests to start, resume or leave off, in start order.
 
     ``record`` is the last shutdown record, or None when there is none to trust: then a guest
     with a saved image counts as "was running" (libvirt only has one if it was saved running).
+    ``used_images``: record keys of transient guests whose save file a boot pass since the
+    record restored; stale, it is never restored again.
     """
     warnings: list[str] = []
     recorded = {} if record is None else dict(record.get("guests", {}))
@@ -50,6 +52,10 @@ def plan_boot(
     for entry in [*recorded.values(), *recovered]:
         if entry.get("outcome") == Outcome.SAVED_TO_FILE and entry.get("image"):
             guest = _recorded_guest(entry)
+            if guest_record_key(*guest.key) in used_images:
+                warnings.append(f"{guest.name}: its save file {entry['image']} was restored by an earlier boot pass "
+                                f"and is stale; not restored again")
+                continue
             if guest.key not in resolved:
                 resolved[guest.key] = (guest, resolve(policy, guest))
                 transient_images[guest.key] = entry["image"]

@@ -17,6 +17,9 @@ even if mgsave is killed mid-pass.
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +35,8 @@ from libmgsave.state.records import (
     read_trusted,
     set_aside_untrusted,
 )
+from libmgsave.state.trust import insecure_because, insecure_subdirectory
+from libmgsave.state.validation import transient_image_path
 from libmgsave.state.writer import RecordWriter, write_json_atomic
 
 __all__ = [
@@ -42,22 +47,44 @@ __all__ = [
 
 DEFAULT_STATE_DIR = "/var/lib/mgsave"
 
+log = logging.getLogger("mgsave")
+
 
 def state_dir_from(cli_value: str | None, environ) -> Path:
-    """``--state-dir`` wins, then systemd's ``$STATE_DIRECTORY`` (first entry), then the default."""
+    """The state directory, absolute: ``--state-dir`` wins, then systemd's ``$STATE_DIRECTORY`` (first entry), then the default."""
     if cli_value:
-        return Path(cli_value)
-    from_systemd = environ.get("STATE_DIRECTORY")
-    if from_systemd:
-        return Path(from_systemd.split(":")[0])
-    return Path(environ.get("MGSAVE_STATE_DIR") or DEFAULT_STATE_DIR)
+        chosen = cli_value
+    elif environ.get("STATE_DIRECTORY"):
+        chosen = environ["STATE_DIRECTORY"].split(":")[0]
+    else:
+        chosen = environ.get("MGSAVE_STATE_DIR") or DEFAULT_STATE_DIR
+    # Absolute once and for all: the records name files under it, and a pass may change directory.
+    return Path(os.path.abspath(chosen))
 
 
 @dataclass(frozen=True)
 class StateDir:
-    """The paths of one state directory, and its records read the way every command reads them."""
+    """The paths of one state directory, and its records read the way every command reads them.
+
+    A directory others can write to (``insecure``) is still written to (a pass must save its
+    guests, transient ones into ``images/``), but nothing is read from it: no record, no save
+    file to restore. ``trust_insecure`` (``--insecure-state-dir``) reads it all the same."""
 
     path: Path
+    trust_insecure: bool = False
+
+    @functools.cached_property
+    def insecure(self) -> str | None:
+        """Why the directory may not be trusted (others can write to it), or None."""
+        if self.trust_insecure:
+            return None
+        return (insecure_because(self.path) or insecure_subdirectory(self.images)
+                or insecure_subdirectory(self.failed_images))
+
+    def insecure_warning(self) -> str:
+        return (f"the state directory {self.path} is not safe: {self.insecure}; its records and save files "
+                f"are not trusted (guests are still saved into it; fix its ownership and mode with chown root "
+                f"and chmod go-w, or pass --insecure-state-dir)")
 
     @property
     def shutdown_record(self) -> Path:
@@ -78,13 +105,26 @@ class StateDir:
         return self.path / "failed-images"
 
     def transient_image(self, uuid: str) -> str:
-        return str(self.images / f"{uuid}.save")
+        """The one place a transient guest's save file may be (records naming another are untrusted)."""
+        return str(transient_image_path(self.path, uuid))
 
     def last_shutdown(self, *, quiet: bool = False, warnings: list[str] | None = None) -> dict | None:
+        if self.insecure:
+            return self._refuse_insecure(quiet, warnings)
         return read_trusted(self.shutdown_record, "shutdown", quiet=quiet, warnings=warnings)
 
     def last_boot(self, *, quiet: bool = False, warnings: list[str] | None = None) -> dict | None:
+        if self.insecure:
+            return self._refuse_insecure(quiet, warnings)
         return read_trusted(self.boot_record, "boot", quiet=quiet, warnings=warnings)
+
+    def _refuse_insecure(self, quiet: bool, warnings: list[str] | None) -> None:
+        message = self.insecure_warning()
+        if not quiet:
+            log.error("%s", message)
+        if warnings is not None and message not in warnings:
+            warnings.append(message)
+        return None
 
     def set_aside_untrusted(self, kind: str, warnings: list[str]) -> None:
         path = self.shutdown_record if kind == "shutdown" else self.boot_record

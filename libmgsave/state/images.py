@@ -3,59 +3,97 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from libmgsave.errors import HypervisorError
 from libmgsave.inventory import GuestInfo
 from libmgsave.outcomes import Outcome
-from libmgsave.state.records import GuestEntry
+from libmgsave.state.records import GuestEntry, guest_record_key
+from libmgsave.state.validation import UUID_PATTERN
 
 log = logging.getLogger("mgsave")
 
 
 def transient_images_without_record(images: Path, record: dict | None,
                                      read_guest: Callable[[str], GuestInfo | None],
-                                     warnings: list[str]) -> list[GuestEntry]:
+                                     warnings: list[str], *, known: Collection[str] = (),
+                                     restore_unrecorded: bool = False) -> list[GuestEntry]:
     """Save files of transient guests under ``images`` that the shutdown record does not name.
 
-    Without a usable record they would never be restored: each file is read back with
-    ``read_guest`` (libvirt stores the guest's definition in it; None: no connection could)
-    and returned as a record-like entry, so the boot pass restores it. With a record, a file it
-    does not name is only reported.
+    Without a usable record they would never be restored. Only a file named ``<uuid>.save``, a
+    regular file (not a symlink), is looked at; it is read back with ``read_guest`` (libvirt
+    stores the guest's definition in it; None: no connection could), and it is returned as a
+    record-like entry for the boot pass to restore only when the guest it holds has that UUID
+    and is one mgsave knows (its key in ``known``: the boot record, the guests libvirt lists),
+    or when the admin asked for it (``restore_unrecorded``). Anything else is kept and reported.
     """
-    try:
-        files = sorted(p for p in images.iterdir() if p.name.endswith(".save"))
-    except OSError:
-        return []
-    named = {entry.get("image") for entry in (record or {}).get("guests", {}).values()}
     entries = []
-    for path in files:
+    named = {entry.get("image") for entry in (record or {}).get("guests", {}).values()}
+    for path in _save_files(images, warnings):
         if str(path) in named:
             continue
-        if record is not None:
-            message = (f"{path}: a saved transient guest that the shutdown record does not name; kept, "
-                       f"not restored (restore it by hand: virsh restore {path})")
-            log.warning("%s", message)
-            warnings.append(message)
+        if record is not None and not restore_unrecorded:
+            _kept(warnings, f"{path}: a saved transient guest that the shutdown record does not name; kept, "
+                            f"not restored (mgsave boot --restore-unrecorded restores it)")
             continue
         guest = read_guest(str(path))
         if guest is None:
             warnings.append(f"{path}: a saved transient guest that no connection can read; kept, not restored")
             continue
-        message = f"{guest.name}: restoring its saved image {path}, found with no usable record to name it"
-        log.warning("%s", message)
-        warnings.append(message)
+        if f"{guest.uuid.lower()}.save" != path.name:
+            _kept(warnings, f"{path}: holds the guest {guest.name} of UUID {guest.uuid}, not the one its name "
+                            f"says; kept, not restored")
+            continue
+        if not restore_unrecorded and guest_record_key(*guest.key) not in known:
+            _kept(warnings, f"{path}: holds {guest.name}, a guest no record names; kept, not restored "
+                            f"(mgsave boot --restore-unrecorded restores it)")
+            continue
+        _kept(warnings, f"{guest.name}: restoring its saved image {path}, found with no usable record to name it")
         entries.append(GuestEntry(
             connection=guest.connection, name=guest.name, uuid=guest.uuid, persistent=False,
             memory_kib=guest.memory_kib, title=guest.title, metadata=dict(guest.metadata),
             outcome=str(Outcome.SAVED_TO_FILE), image=str(path),
         ))
     return entries
+
+
+def _save_files(images: Path, warnings: list[str]) -> list[Path]:
+    """The files under ``images`` that can be a transient guest's save file: ``<uuid>.save``,
+    regular files; anything else there is reported and left alone."""
+    try:
+        if not stat.S_ISDIR(os.lstat(images).st_mode):
+            _kept(warnings, f"{images}: not a directory (a symlink?); nothing in it is restored")
+            return []
+        names = sorted(os.listdir(images))
+    except OSError:
+        return []
+    files = []
+    for name in names:
+        path = images / name
+        if not name.endswith(".save"):
+            continue
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            continue
+        if not regular or not UUID_PATTERN.match(name.removesuffix(".save")):
+            _kept(warnings, f"{path}: not a transient guest's save file (not a regular file named <uuid>.save); "
+                            f"left alone")
+            continue
+        files.append(path)
+    return files
+
+
+def _kept(warnings: list[str], message: str) -> None:
+    log.warning("%s", message)
+    warnings.append(message)
 
 
 def read_with_any(hosts, path: str) -> GuestInfo | None:
@@ -72,17 +110,61 @@ def read_with_any(hosts, path: str) -> GuestInfo | None:
     return None
 
 
+def own_directory(path: Path) -> Path:
+    """``path``, made if need be, and a real directory (not a symlink to one elsewhere): what
+    mgsave moves into it stays in the state directory. Raises OSError otherwise."""
+    path.mkdir(parents=True, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise OSError(errno.ENOTDIR, "not a directory of its own (a symlink?)", str(path))
+    return path
+
+
+def images_directory(path: Path) -> Path:
+    """The directory of transient guests' save files, ready for a save: when something else is
+    in its place (a symlink to elsewhere, a file), that is set aside as ``images.untrusted-<time>``
+    and a new directory made, so that a save never writes through a link and never fails for it."""
+    try:
+        return own_directory(path)
+    except OSError:
+        aside = path.with_name(f"{path.name}.untrusted-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.rename(path, aside)
+        log.error("%s was not a directory of its own; set aside as %s, and a new one made", path, aside)
+        return own_directory(path)
+
+
+def discard_partial_save(path: str, name: str, why: str) -> None:
+    """Remove what a failed save to a file wrote, once the guest is known to still run (so the
+    save did not complete); logged either way."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        log.error("%s: could not remove the partial save file %s (%s)", name, path, error.strerror or error)
+        return
+    log.info("%s: removed the partial save file %s: its save failed (%s) and the guest still runs", name, path, why)
+
+
+def _free_name(directory: Path, stem: str) -> Path:
+    """A name under ``directory`` that nothing has yet: nothing kept is ever overwritten."""
+    target = directory / f"{stem}.save"
+    n = 1
+    while os.path.lexists(target):
+        n += 1
+        target = directory / f"{stem}-{n}.save"
+    return target
+
+
 def keep_failed_image(source: str | None, failed_images: Path, name: str) -> str | None:
     """Keep a managed-save image that failed to resume in ``failed_images``, before libvirt
-    deletes it; its new path, or None when that is impossible."""
-    if source is None or not os.path.exists(source):
+    deletes it; its new path, or None (logged) when that is impossible."""
+    if source is None or not os.path.isfile(source):
         return None
     try:
-        failed_images.mkdir(parents=True, exist_ok=True)
+        target = _free_name(own_directory(failed_images), f"{safe_stem(name)}-{time.strftime('%Y%m%d-%H%M%S')}")
     except OSError as error:
         log.error("%s: could not keep the image: %s: %s", name, error.strerror, failed_images)
         return None
-    target = failed_images / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.save"
     try:
         os.link(source, target)  # instant on the same filesystem; the data outlives libvirt's unlink
     except OSError:
@@ -93,13 +175,44 @@ def keep_failed_image(source: str | None, failed_images: Path, name: str) -> str
             with contextlib.suppress(OSError):
                 target.unlink()
             return None
+    log.info("%s: kept the image %s as %s", name, source, target)
     return str(target)
 
 
-def set_aside_failed_file(path: str, failed_images: Path) -> Path:
-    """Move a transient guest's save file that failed to restore into ``failed_images``."""
-    kept = failed_images / Path(path).name
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        os.replace(path, kept)
-    return kept
+def safe_stem(name: str) -> str:
+    """A guest's name as part of a file name: no directory in it, nothing hidden."""
+    return name.replace("/", "_").lstrip(".") or "guest"
+
+
+def set_aside_failed_file(path: str, failed_images: Path, name: str) -> Path | None:
+    """Move a transient guest's save file that failed to restore into ``failed_images``; where
+    it went, or None (logged; the file is then where it was) when it could not be moved."""
+    source = Path(path)
+    try:
+        if not stat.S_ISREG(os.lstat(source).st_mode):
+            log.error("%s: %s is not a regular file; left alone", name, source)
+            return None
+        target = _free_name(own_directory(failed_images), source.name.removesuffix(".save"))
+        os.rename(source, target)
+    except OSError as error:
+        log.error("%s: could not set %s aside into %s (%s); it stays where it is", name, source, failed_images,
+                  error.strerror or error)
+        return None
+    log.info("%s: set %s aside as %s", name, source, target)
+    return target
+
+
+def remove_used_image(path: str, name: str) -> str | None:
+    """Remove a transient guest's save file once restored (it is stale the moment the guest runs
+    on); None when it is gone, else why it could not be removed (logged as an error)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        reason = f"{error.strerror or error}: {path}"
+        log.error("%s: restored, but its used save file could not be removed (%s); the boot record marks it "
+                  "used so that it is never restored again", name, reason)
+        return reason
+    log.info("%s: removed its used save file %s", name, path)
+    return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TypedDict
 
 from libmgsave import __version__
 from libmgsave.outcomes import Outcome
+from libmgsave.state.validation import MAX_RECORD_BYTES, UnsafeFile, read_regular_file, record_problem
 
 log = logging.getLogger("mgsave")
 
@@ -63,14 +63,17 @@ class RecordError(Exception):
 def read_record(path: Path, kind: str) -> dict | None:
     """The record at ``path``, or None when there is none.
 
-    Raises RecordError when the file is unreadable, not JSON, not an mgsave record of this
-    ``kind``, of a format version this mgsave does not know, or has a field of the wrong type:
-    a damaged or hand-edited record is never trusted blindly, nor allowed to crash a pass.
+    Raises RecordError when the file is not a regular file of a sane size (a symlink, a FIFO, a
+    device, gigabytes), unreadable, not JSON, not an mgsave record of this ``kind``, of a format
+    version this mgsave does not know, or has a field of the wrong type: a damaged or
+    hand-edited record is never trusted blindly, nor allowed to crash or hang a pass.
     """
     try:
-        raw = path.read_bytes()
+        raw = read_regular_file(path, MAX_RECORD_BYTES)
     except FileNotFoundError:
         return None
+    except UnsafeFile as why:
+        raise RecordError(f"{path}: cannot read: {why}") from None
     except OSError as error:
         raise RecordError(f"{path}: cannot read: {error.strerror}") from None
     try:
@@ -89,43 +92,10 @@ def read_record(path: Path, kind: str) -> dict | None:
         )
     if not isinstance(data.get("guests"), dict):
         raise RecordError(f"{path}: has no guest list; the file is corrupt")
-    problem = _type_problem(data)
+    problem = record_problem(data, path.parent, guest_record_key)
     if problem:
         raise RecordError(f"{path}: {problem}; the file is corrupt")
     return data
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _type_problem(data: dict) -> str | None:
-    """What is wrong with the types of a record's fields, or None."""
-    if not _is_number(data.get("started")):
-        return f"'started' is {data.get('started')!r}, not a time"
-    if data.get("finished") is not None and not _is_number(data["finished"]):
-        return f"'finished' is {data['finished']!r}, not a time"
-    if data.get("interrupted") is not None and not isinstance(data["interrupted"], str):
-        return f"'interrupted' is {data['interrupted']!r}, not a signal name"
-    throughput = data.get("measured_throughput")
-    if throughput is not None and not (_is_number(throughput) and throughput > 0):
-        return f"'measured_throughput' is {throughput!r}, not a positive number"
-    for key, entry in data["guests"].items():
-        if not isinstance(entry, dict) or not {"name", "uuid", "connection", "outcome"} <= entry.keys():
-            return f"entry {key!r} is incomplete"
-        for name in ("name", "uuid", "connection", "outcome"):
-            if not isinstance(entry[name], str):
-                return f"entry {key!r}: '{name}' is {entry[name]!r}, not a string"
-        if key != guest_record_key(entry["connection"], entry["uuid"]):
-            return f"entry {key!r} is filed under the wrong key (it describes {entry['name']!r})"
-        memory = entry.get("memory_kib")
-        if memory is not None and not (isinstance(memory, int) and not isinstance(memory, bool) and memory >= 0):
-            return f"entry {key!r}: 'memory_kib' is {memory!r}, not a size"
-        if entry.get("image") is not None and not isinstance(entry["image"], str):
-            return f"entry {key!r}: 'image' is {entry['image']!r}, not a path"
-        if entry.get("persistent") is not None and not isinstance(entry["persistent"], bool):
-            return f"entry {key!r}: 'persistent' is {entry['persistent']!r}, not true or false"
-    return None
 
 
 def read_trusted(path: Path, kind: str, *, quiet: bool = False, warnings: list[str] | None = None) -> dict | None:
@@ -176,9 +146,18 @@ def boot_record(started: float, results, interrupted: str | None) -> dict:
         "guests": {guest_record_key(*r.plan.key): GuestEntry(
             connection=r.plan.guest.connection, name=r.plan.guest.name, uuid=r.plan.guest.uuid,
             outcome=str(r.outcome), ok=r.ok, messages=r.messages, started=r.started, finished=r.finished,
-            bytes=r.bytes, steps=[s.to_dict() for s in r.steps], waits=[w.to_dict() for w in r.waits])
+            bytes=r.bytes, steps=[s.to_dict() for s in r.steps], waits=[w.to_dict() for w in r.waits],
+            **({"image_used": True} if r.outcome is Outcome.RESTORED else {}))
             for r in results},
     }
+
+
+def used_images(shutdown: dict | None, boot: dict | None) -> frozenset[str]:
+    """The keys of the guests of ``shutdown`` whose save file a boot pass since then restored:
+    stale the moment the guest ran on, so never restored again (even when it could not be removed)."""
+    if not booted_since(shutdown, boot):
+        return frozenset()
+    return frozenset(key for key, entry in boot["guests"].items() if entry.get("image_used"))
 
 
 def booted_since(shutdown: dict | None, boot: dict | None) -> bool:

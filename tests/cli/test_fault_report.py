@@ -42,9 +42,8 @@ def test_problems_at_shutdown_and_boot_reach_the_journal_with_guest_fields(hv, t
     os.chmod(policy, 0o644)
     hv.defineXML(domain_xml("late")).create()       # its save will not fit the deadline
     hv.createXML(domain_xml("transient", 65536), 0)  # its save fits, but its file cannot be written
-    state_dir.mkdir()
-    (state_dir / "images").write_text("in the way\n")
     uuid = {d.name(): d.UUIDString() for d in hv.listAllDomains()}
+    (state_dir / "images" / f"{uuid['transient']}.save").mkdir(parents=True)  # in the way
 
     # 11 s of deadline, 10 of them reserved: at the assumed 200 MB/s only the 64 MiB guest's save
     # fits; 'late' (256 MiB) goes straight to shutdown

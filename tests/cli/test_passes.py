@@ -108,9 +108,8 @@ def test_dry_run_changes_nothing(hv, run):
 
 def test_the_fallback_chain_runs_when_a_save_fails(hv, run, tmp_path):
     # A transient guest is saved to <state>/images/; make that impossible, so 'shutdown' must follow.
-    hv.createXML(domain_xml("transient"), 0)
-    run.state_dir.mkdir()
-    (run.state_dir / "images").write_text("not a directory")
+    dom = hv.createXML(domain_xml("transient"), 0)
+    (run.state_dir / "images" / f"{dom.UUIDString()}.save").mkdir(parents=True)  # in the way
     code, result, _ = run("shutdown")
     (g,) = result["guests"]
     assert [(s["action"], s["ok"]) for s in g["steps"]] == [("save-to-file", False), ("shutdown", True)]

@@ -24,6 +24,7 @@ import libvirt
 import pytest
 
 from libmgsave import cli, state
+from libmgsave.state import validation  # noqa: F401  (state.validation)
 from libmgsave.errors import ExitCode
 from tests.testdriver import URI, define, domain_xml, has_image, hv, running  # noqa: F401
 
@@ -185,6 +186,24 @@ UNTRUSTED = [
     ("a connection that is not a string", json.dumps(_entry_with(connection=["x"])).encode(), "connection"),
     ("a memory size that is not a number", json.dumps(_entry_with(memory_kib="lots")).encode(), "memory_kib"),
     ("an image path that is not a string", json.dumps(_entry_with(image=7)).encode(), "image"),
+    ("metadata that is not a table of strings", json.dumps(_entry_with(metadata={"k": 1})).encode(), "metadata"),
+    ("messages that are not strings", json.dumps(_entry_with(messages=[{"x": 1}])).encode(), "messages"),
+    ("steps that are not steps", json.dumps(_entry_with(steps=["save"])).encode(), "steps"),
+    ("a planned list that is not a list", json.dumps(_entry_with(planned="save")).encode(), "planned"),
+    ("a persistent flag that is a string", json.dumps(_entry_with(persistent="yes")).encode(), "persistent"),
+    ("a title that is not a string", json.dumps(_entry_with(title=["t"])).encode(), "title"),
+    ("a byte count that is negative", json.dumps(_entry_with(bytes=-1)).encode(), "bytes"),
+    ("an outcome mgsave does not know", json.dumps(_entry_with(outcome="teleported")).encode(), "outcome"),
+    ("a boot ID that is not a string", json.dumps(_with(boot_id=5)).encode(), "boot_id"),
+    ("a finish time that is infinite", b'{"format": "mgsave-state", "kind": "shutdown", "version": 1, "started": 1, '
+                                       b'"finished": Infinity, "guests": {}}', "finished"),
+    ("a UUID with a path in it",
+     json.dumps(_with(guests={f"{URI} ../../etc/x": {"connection": URI, "name": "a", "uuid": "../../etc/x",
+                                                      "outcome": "saved"}})).encode(), "not a UUID"),
+    ("an image path outside the state directory", json.dumps(_entry_with(image="/etc/shadow")).encode(),
+     "a record never names a file elsewhere"),
+    ("an image path of another guest", json.dumps(_entry_with(
+        image="images/ffffffff-0000-0000-0000-000000000000.save")).encode(), "image"),
     ("an entry filed under another guest's key",
      json.dumps(_with(guests={f"{URI} ffffffff-0000-0000-0000-000000000000":
                               _good_record()["guests"][f"{URI} 0a9f8d3c-1111-2222-3333-444455556666"]})).encode(),
@@ -223,6 +242,52 @@ def test_an_unreadable_record_is_detected(tmp_path):
     path.mkdir()  # root reads anything; a directory in the record's place cannot be read
     with pytest.raises(state.RecordError, match="cannot read"):
         state.read_record(path, "shutdown")
+
+
+def test_a_record_that_is_not_a_regular_file_is_untrusted_without_hanging(tmp_path):
+    """A FIFO in the record's place would block the reader for ever (inside a shutdown); a
+    symlink could make mgsave read (and set aside) a file elsewhere; a device, gigabytes."""
+    import threading
+    record = tmp_path / state.SHUTDOWN_RECORD
+    os.mkfifo(record)
+    outcome = []
+    reader = threading.Thread(target=lambda: outcome.append(_error_of(record)), daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "reading a FIFO record hung"
+    assert "FIFO" in outcome[0], outcome
+    record.unlink()
+    good = tmp_path / "elsewhere.json"
+    good.write_text(json.dumps(_good_record()))
+    record.symlink_to(good)
+    assert "symbolic link" in _error_of(record)
+    record.unlink()
+    record.symlink_to("/dev/zero")
+    assert "symbolic link" in _error_of(record)
+    record.unlink()
+    with open(record, "wb") as big:
+        big.truncate(state.validation.MAX_RECORD_BYTES + 1)  # sparse: no disk used
+    assert "more than a record can be" in _error_of(record)
+
+
+def _error_of(path) -> str:
+    try:
+        state.read_record(path, "shutdown")
+    except state.RecordError as error:
+        return str(error)
+    return "read without an error"
+
+
+def test_a_fifo_in_the_records_place_does_not_hang_the_passes(hv, run):
+    define(hv, "a")
+    run.state_dir.mkdir()
+    os.mkfifo(shutdown_record(run))
+    os.mkfifo(run.state_dir / state.BOOT_RECORD)
+    code, result, err = run("shutdown")  # would block for ever in open() before
+    assert outcomes(result) == {"a": "saved"}, err
+    assert "FIFO" in err
+    code, result, err = run("boot")
+    assert outcomes(result) == {"a": "resumed"}, err
 
 
 # --- the passes with an untrustworthy record ------------------------------------------------
@@ -314,9 +379,11 @@ def test_status_and_plan_survive_an_untrustworthy_record(hv, run):
     assert {g["name"]: g["actions"] for g in plan["guests"]} == {"a": ["resume"], "b": ["resume"], "c": ["skip"]}
 
 
-def test_transient_guests_saved_images_are_restored_even_without_a_usable_record(hv, run):
-    """A transient guest exists only in the record and its file under images/: when the record is
-    unusable, the file itself (libvirt reads the guest's definition from it) must bring it back."""
+def test_transient_guests_saved_images_without_a_usable_record_are_kept_then_restored_when_asked(hv, run):
+    """A transient guest exists only in the record and its file under images/. When the record
+    is unusable, a file no record names is not restored on its own word (anyone who could
+    spoil the record could have put it there): it is kept and named, and the admin's
+    ``boot --restore-unrecorded`` restores it (libvirt reads the guest's definition from it)."""
     hv.createXML(domain_xml("transient"), 0)
     define(hv, "a")
     code, result, _ = run("shutdown")
@@ -325,10 +392,28 @@ def test_transient_guests_saved_images_are_restored_even_without_a_usable_record
     assert len(images) == 1
     shutdown_record(run).write_text("{")
     code, result, err = run("boot")
-    assert outcomes(result) == {"transient": "restored", "a": "resumed"}, err
+    assert outcomes(result) == {"a": "resumed"}, err
+    assert any(str(images[0]) in w and "--restore-unrecorded" in w for w in result["warnings"]), result["warnings"]
+    assert images[0].exists(), "kept"
+    code, result, err = run("boot", "--restore-unrecorded")
+    assert outcomes(result) == {"transient": "restored", "a": "skipped"}, err
     assert running(hv) == ["a", "transient"]
     assert code == ExitCode.OK
     assert not images[0].exists(), "a restored save file is stale and must not be restored twice"
+
+
+def test_a_save_file_no_record_names_is_restored_when_the_boot_record_knows_its_guest(hv, run):
+    """The guest was restored by mgsave at the last boot (the boot record names it) and saved
+    again at shutdown; the shutdown record then went bad: mgsave knows the guest, so it comes back."""
+    hv.createXML(domain_xml("transient"), 0)
+    run("shutdown")
+    code, result, _ = run("boot")
+    assert outcomes(result) == {"transient": "restored"}
+    run("shutdown")
+    shutdown_record(run).write_text("{")
+    code, result, err = run("boot")
+    assert outcomes(result) == {"transient": "restored"}, err
+    assert running(hv) == ["transient"]
 
 
 # --- a state directory that cannot be written -----------------------------------------------
@@ -431,3 +516,174 @@ def test_a_second_boot_pass_does_not_cry_wolf(hv, run):
     assert outcomes(result) == {"a": "started"}, err
     assert code == ExitCode.OK
     assert "memory state is lost" not in err
+
+
+# --- a state directory others can write to --------------------------------------------------
+
+
+def _planted_record(run, hv) -> None:
+    """'c' (defined, off, no saved image) planted in the shutdown record as saved: trusted, it
+    would make the boot pass start a guest nobody ran."""
+    data = json.loads(shutdown_record(run).read_text())
+    c = hv.lookupByName("c")
+    key = f"{URI} {c.UUIDString()}"
+    data["guests"][key] = {"connection": URI, "name": "c", "uuid": c.UUIDString(), "outcome": "saved"}
+    shutdown_record(run).write_text(json.dumps(data))
+
+
+def test_an_insecure_state_directory_is_not_trusted_and_guests_are_still_saved(hv, run):
+    _saved_pair(hv, run)
+    _planted_record(run, hv)
+    os.chmod(run.state_dir, 0o777)
+    code, result, err = run("boot")
+    # a and b come back from libvirt's own images; c, named only by the planted record, stays off
+    assert outcomes(result) == {"a": "resumed", "b": "resumed", "c": "skipped"}, err
+    assert code == ExitCode.GUEST_FAILED
+    assert "not safe" in err and "writable by group or others" in err
+    assert any("--insecure-state-dir" in w for w in result["warnings"]), result["warnings"]
+    code, result, err = run("shutdown")
+    assert outcomes(result) == {"a": "saved", "b": "saved", "c": "skipped"}, err
+    assert running(hv) == []
+    assert code == ExitCode.GUEST_FAILED and "not safe" in err
+
+
+def test_an_insecure_state_directory_is_trusted_when_asked(hv, run):
+    _saved_pair(hv, run)
+    os.chmod(run.state_dir, 0o777)
+    code, result, err = run("boot", "--insecure-state-dir")
+    assert outcomes(result) == {"a": "resumed", "b": "resumed", "c": "skipped"}, err
+    assert code == ExitCode.OK
+
+
+def test_a_save_file_in_an_insecure_state_directory_is_not_restored(hv, run):
+    hv.createXML(domain_xml("transient"), 0)
+    run("shutdown")
+    (image,) = (run.state_dir / "images").iterdir()
+    os.chmod(run.state_dir / "images", 0o777)
+    code, result, err = run("boot")
+    assert "transient" not in outcomes(result), err
+    assert image.exists(), "kept for the admin"
+    assert code == ExitCode.GUEST_FAILED
+
+
+def test_a_parent_writable_by_others_makes_the_state_directory_insecure(tmp_path):
+    parent = tmp_path / "shared"
+    (parent / "state").mkdir(parents=True)
+    assert state.StateDir(parent / "state").insecure is None
+    os.chmod(parent, 0o777)
+    assert "writable by group or others" in state.StateDir(parent / "state").insecure
+    os.chmod(parent, 0o1777)  # sticky, like /tmp: nobody else can rename what is not theirs
+    assert state.StateDir(parent / "state").insecure is None
+    os.chmod(parent / "state", 0o1777)
+    assert state.StateDir(parent / "state").insecure is not None
+
+
+def test_a_relative_state_directory_is_made_absolute(hv, run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert state.state_dir_from("rel", {}) == tmp_path / "rel"
+    assert state.state_dir_from(None, {"STATE_DIRECTORY": "rel2:other"}) == tmp_path / "rel2"
+    hv.createXML(domain_xml("transient"), 0)
+    policy = run.policy
+    code = cli.main(["shutdown", "--state-dir", "rel", "--policy", str(policy), "--json"])
+    assert code == ExitCode.OK
+    record = state.read_record(tmp_path / "rel" / state.SHUTDOWN_RECORD, "shutdown")
+    (entry,) = record["guests"].values()
+    assert entry["image"] == str(tmp_path / "rel" / "images" / f"{entry['uuid']}.save")
+
+
+def test_the_lock_file_is_never_followed_through_a_symlink(hv, run, tmp_path):
+    """Writing the holder's name into a lock that is a symlink would truncate the file it names."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    run.state_dir.mkdir()
+    (run.state_dir / "lock").symlink_to(victim)
+    define(hv, "a")
+    code, result, err = run("shutdown")
+    assert outcomes(result) == {"a": "saved"}, err
+    assert victim.read_text() == "precious\n"
+    assert "without the lock" in err
+
+
+@pytest.mark.parametrize("in_the_way", ["file", "symlink"])
+def test_something_in_the_place_of_images_is_set_aside_and_the_guest_saved(hv, run, tmp_path, in_the_way):
+    """A save never writes through a symlink (root would write the guest's memory wherever it
+    points) and never fails for what is in the way: that is set aside, a new directory made."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run.state_dir.mkdir()
+    if in_the_way == "file":
+        (run.state_dir / "images").write_text("in the way\n")
+    else:
+        (run.state_dir / "images").symlink_to(elsewhere)
+    hv.createXML(domain_xml("transient"), 0)
+    code, result, err = run("shutdown")
+    assert outcomes(result) == {"transient": "saved-to-file"}, err
+    assert list(elsewhere.iterdir()) == []
+    assert (run.state_dir / "images").is_dir() and not (run.state_dir / "images").is_symlink()
+    assert len(list(run.state_dir.glob("images.untrusted-*"))) == 1
+    code, result, err = run("boot")
+    assert outcomes(result) == {"transient": "restored"}, err
+
+
+# --- transient guests' save files at boot ---------------------------------------------------
+
+
+def test_a_transient_guest_left_pending_whose_save_completed_is_restored(hv, run):
+    """The shutdown pass was killed after the save completed but before the record said so:
+    the file is whole, the entry 'pending'. Before: the boot pass dropped the guest silently."""
+    hv.createXML(domain_xml("transient"), 0)
+    run("shutdown")
+    data = json.loads(shutdown_record(run).read_text())
+    (entry,) = data["guests"].values()
+    entry["outcome"] = "pending"
+    shutdown_record(run).write_text(json.dumps(data))
+    code, result, err = run("boot")
+    assert outcomes(result) == {"transient": "restored"}, err
+    assert running(hv) == ["transient"]
+    assert "found saved by the interrupted pass" in err
+
+
+USED_IMAGE_SCRIPT = """
+import json, subprocess, sys
+import libvirt
+from libmgsave import cli
+state, policy = sys.argv[1], sys.argv[2]
+conn = libvirt.open("test:///default")
+for dom in conn.listAllDomains():  # the driver's sample guest: out of the way
+    dom.destroy()
+    dom.undefine()
+conn.createXML("<domain type='test'><name>transient</name><memory>65536</memory>"
+               "<os><type>hvm</type></os></domain>", 0)
+args = ["--state-dir", state, "--policy", policy, "--json"]
+codes = [cli.main(["shutdown", *args])]
+images = state + "/images"
+subprocess.run(["mount", "--bind", images, images], check=True)
+subprocess.run(["mount", "-o", "remount,bind,ro", images], check=True)
+codes.append(cli.main(["boot", *args]))
+conn.lookupByName("transient").destroy()  # the admin stops it; the stale file is still there
+codes.append(cli.main(["boot", *args]))
+print(json.dumps(codes), file=sys.stderr)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a read-only bind mount")
+def test_a_restored_save_file_that_cannot_be_removed_is_an_error_and_never_restored_again(tmp_path):
+    """The images directory is read-only: the used file stays. The boot pass says so as an
+    error (exit 1), and its record marks the file used, so that a later boot pass never brings
+    the guest back from that stale state."""
+    state_dir = tmp_path / "state"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nconnections: ['{URI}']\n")
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+                           USED_IMAGE_SCRIPT, str(state_dir), str(policy)],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=120)
+    summaries = [json.loads(chunk) for chunk in proc.stdout.replace("}\n{", "}\n\0{").split("\0")]
+    codes = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert [outcomes(s) for s in summaries] == [{"transient": "saved-to-file"}, {"transient": "restored"}, {}], \
+        proc.stderr
+    assert codes[1] == ExitCode.GUEST_FAILED, proc.stderr
+    assert any("could not be removed" in w for w in summaries[1]["warnings"]), summaries[1]["warnings"]
+    assert any("stale; not restored again" in w for w in summaries[2]["warnings"]), summaries[2]["warnings"]
+    boot = state.read_record(state_dir / state.BOOT_RECORD, "boot")
+    assert boot is not None
