@@ -16,7 +16,7 @@ from libmgsave.execute import BootPass, dry_run_results, skipped_results
 from libmgsave.outcomes import GuestResult, PassResult
 from libmgsave.plan import PassKind, Plan
 from libmgsave.state import write_json_atomic
-from libmgsave.state.records import boot_record
+from libmgsave.state.records import boot_record, current_boot_id
 from libmgsave.state.writer import os_error_text
 
 log = logging.getLogger("mgsave")
@@ -48,7 +48,8 @@ def _write_record(ctx: Context, started: float, results: list[GuestResult]) -> N
     stopped_by = interrupt.signal_received()
     path = ctx.state.boot_record
     try:
-        write_json_atomic(path, boot_record(started, results, stopped_by.name if stopped_by else None))
+        write_json_atomic(path, boot_record(started, results, stopped_by.name if stopped_by else None,
+                                             current_boot_id()))
     except OSError as error:
         reason = os_error_text(error)
         log.error("cannot write the boot record %s (%s)", path, reason)

@@ -20,7 +20,7 @@ from libmgsave.plan import DEADLINE_RESERVE, PassKind, Plan
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
 from libmgsave.state.carry_over import pending_files, starting_entries
-from libmgsave.state.records import pending_entry
+from libmgsave.state.records import current_boot_id, pending_entry
 from libmgsave.state.throughput import RECORD_KEY as SAVE_RATES
 from libmgsave.state.throughput import kept_rates, measured_rates
 
@@ -54,10 +54,11 @@ def _begin_record(ctx: Context, plan: Plan) -> RecordWriter:
     previous = ctx.state.last_shutdown(quiet=True)
     boot = ctx.state.last_boot(quiet=True)
     complete = {path for path in pending_files(previous) if save_file_is_complete(path)}
-    entries = starting_entries(previous, boot, plan, complete)
+    boot_id = current_boot_id()
+    entries = starting_entries(previous, boot, plan, complete, boot_id=boot_id)
     # the save rates learned so far, kept for the connections this pass will not measure
     return RecordWriter.begin(ctx.state.shutdown_record, "shutdown", entries,
-                              extra={SAVE_RATES: kept_rates(previous, {})})
+                              extra={SAVE_RATES: kept_rates(previous, {}), "boot_id": boot_id})
 
 
 def _finish_record(ctx: Context, record: RecordWriter, results: list[GuestResult]) -> None:

@@ -19,13 +19,19 @@ from libmgsave.state.records import GuestEntry, guest_record_key, pending_entry
 log = logging.getLogger("mgsave")
 
 
-def starting_entries(previous: dict | None, boot: dict | None, plan, complete_files: Collection[str]) -> dict:
+def starting_entries(previous: dict | None, boot: dict | None, plan, complete_files: Collection[str], *,
+                     boot_id: str | None) -> dict:
     """The guest list a shutdown pass writes before touching any guest.
 
     ``previous`` and ``boot`` are the last shutdown and boot records (None: none to trust),
-    ``plan`` the pass's plan, and ``complete_files`` the transient guests' save files of
-    ``previous`` that are whole on disk (see ``pending_files``)."""
+    ``plan`` the pass's plan, ``complete_files`` the transient guests' save files of
+    ``previous`` that are whole on disk (see ``pending_files``), and ``boot_id`` the kernel's ID
+    of this boot of the host. Only a record of this same boot is continued: one left from an
+    earlier boot (its boot pass died before writing a record, then the admin stopped a guest by
+    hand) would make a guest the admin stopped start at the next boot."""
     entries: dict[str, GuestEntry] = {}
+    previous = _of_this_boot(previous, "shutdown", boot_id)
+    boot = _of_this_boot(boot, "boot", boot_id) if previous else boot
     if previous and (boot is None or boot.get("started", 0) < previous.get("started", 0)):
         log.info("continuing the shutdown record of %s (no boot since)", _when(previous))
         now = {guest_record_key(*e.guest.key): e.guest for e in plan.entries}
@@ -35,6 +41,16 @@ def starting_entries(previous: dict | None, boot: dict | None, plan, complete_fi
     for entry in plan.active:
         entries[guest_record_key(*entry.guest.key)] = pending_entry(entry)
     return entries
+
+
+def _of_this_boot(record: dict | None, kind: str, boot_id: str | None) -> dict | None:
+    """``record`` when it was written during this boot of the host, else None (logged)."""
+    if record is None:
+        return None
+    if boot_id is None or record.get("boot_id") != boot_id:
+        log.info("not continuing the %s record of %s: it is of an earlier boot of the host", kind, _when(record))
+        return None
+    return record
 
 
 def pending_files(previous: dict | None) -> list[str]:

@@ -135,7 +135,20 @@ def set_aside_untrusted(path: Path, kind: str, warnings: list[str]) -> None:
     warnings.append(f"ignoring the {kind} record: {problem}; kept as {target}")
 
 
-def boot_record(started: float, results, interrupted: str | None) -> dict:
+BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+def current_boot_id() -> str | None:
+    """The kernel's ID of this boot of the host (a new one at every boot), or None when unknown.
+    A record carries it, so that a pass knows whether a record is of this boot or an earlier one."""
+    try:
+        with open(BOOT_ID_FILE, encoding="ascii") as file:
+            return file.read(100).strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def boot_record(started: float, results, interrupted: str | None, boot_id: str | None = None) -> dict:
     """The boot record of a finished (or stopped) boot pass, from its guest results."""
     return {
         "format": RECORD_FORMAT, "kind": "boot", "version": RECORD_VERSION,
@@ -143,6 +156,7 @@ def boot_record(started: float, results, interrupted: str | None) -> dict:
         # A boot pass stopped early (a shutdown while it ran): the next shutdown pass carries
         # over the record entries of the guests it did not reach.
         "interrupted": interrupted,
+        "boot_id": boot_id,
         "guests": {guest_record_key(*r.plan.key): GuestEntry(
             connection=r.plan.guest.connection, name=r.plan.guest.name, uuid=r.plan.guest.uuid,
             outcome=str(r.outcome), ok=r.ok, messages=r.messages, started=r.started, finished=r.finished,

@@ -687,3 +687,43 @@ def test_a_restored_save_file_that_cannot_be_removed_is_an_error_and_never_resto
     assert any("stale; not restored again" in w for w in summaries[2]["warnings"]), summaries[2]["warnings"]
     boot = state.read_record(state_dir / state.BOOT_RECORD, "boot")
     assert boot is not None
+
+
+# --- the boot a record belongs to -----------------------------------------------------------
+
+
+def test_a_shutdown_record_of_an_earlier_boot_is_not_continued(hv, run):
+    """A record left from days ago: its boot pass died before writing a record, then the admin
+    shut 'a' down by hand. Continued by the next shutdown pass, it made 'a' (if-running) start
+    at the next boot. Only a record of this boot of the host (the kernel's boot ID) is continued."""
+    define(hv, "a", "b")
+    run("shutdown")
+    data = json.loads(shutdown_record(run).read_text())
+    assert data["boot_id"] == state.records.current_boot_id()
+    data["boot_id"] = "0f0f0f0f-0000-4000-8000-000000000000"  # an earlier boot
+    shutdown_record(run).write_text(json.dumps(data))
+    for name in ("a", "b"):
+        hv.lookupByName(name).managedSaveRemove(0)
+    hv.lookupByName("b").create()  # b runs now; a was stopped by the admin
+    code, result, err = run("shutdown")
+    assert outcomes(result) == {"a": "skipped", "b": "saved"}, err
+    assert "earlier boot of the host" in err
+    record = state.read_record(shutdown_record(run), "shutdown")
+    assert {e["name"] for e in record["guests"].values()} == {"b"}
+    code, result, err = run("boot")
+    assert outcomes(result) == {"a": "skipped", "b": "resumed"}, err
+    assert running(hv) == ["b"]
+
+
+def test_a_shutdown_record_of_this_boot_is_continued(hv, run):
+    """A pass killed half-way and run again (same boot) still knows which guests were running."""
+    define(hv, "a", "b")
+    run("shutdown")
+    data = json.loads(shutdown_record(run).read_text())
+    for entry in data["guests"].values():
+        entry["outcome"] = "pending"  # killed before it recorded anything
+    shutdown_record(run).write_text(json.dumps(data))
+    code, result, err = run("shutdown")
+    assert outcomes(result) == {"a": "skipped", "b": "skipped"}, err
+    record = state.read_record(shutdown_record(run), "shutdown")
+    assert {e["name"]: e["outcome"] for e in record["guests"].values()} == {"a": "saved", "b": "saved"}
