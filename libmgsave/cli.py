@@ -36,6 +36,8 @@ commands:
   report     the last shutdown and boot passes as a timeline per guest (--svg FILE: a picture)
   shutdown   save (or shut down, or power off, per the policy's fallback chain) every running guest
   boot       start, resume or leave off every guest, per its autostart setting
+  images     list the images and records kept for inspection (failed-images/, untrusted
+             records set aside), and remove them when asked (never automatically)
 
 policy file: --policy FILE, else $MGSAVE_POLICY, else /etc/mgsave/policy.yaml; when that is
 missing the built-in defaults apply (save every running guest, resume it at boot).
@@ -111,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
             "steps, resuming, readiness checks; and how many saves or starts ran at once. In the\n"
             "terminal a bar chart of 80 columns; with --svg also a picture.")
     p.add_argument("--svg", metavar="FILE", default=None, help="also draw the timeline as SVG into FILE")
+    p = add("images", "list or remove the images and records kept for inspection",
+            "List what the state directory keeps for inspection: saved images that could not be resumed\n"
+            "or restored (failed-images/) and records that could not be trusted, set aside\n"
+            "(last-*.json.untrusted-<time>), with their size; and remove them by name, or all of them.\n"
+            "mgsave never removes them on its own.")
+    p.add_argument("images_command", nargs="?", choices=["list", "remove"], default="list", metavar="list|remove",
+                   help="list (the default) or remove")
+    p.add_argument("names", nargs="*", metavar="NAME", help="remove: the kept files, named as 'list' shows them")
+    p.add_argument("--all", dest="remove_all", action="store_true", help="remove: every kept file")
+    p.add_argument("--dry-run", action="store_true", help="remove: say what would be removed; remove nothing")
     for name, text in (
         ("shutdown", "Save every running guest, running each guest's on_shutdown fallback chain\n"
                      "(save -> shutdown -> poweroff by default), saves in parallel up to\n"
@@ -179,6 +191,8 @@ def build_context(args: argparse.Namespace, environ) -> Context:
         wait=getattr(args, "wait", None), deadline=getattr(args, "deadline", None),
         strict=getattr(args, "strict", False), svg=getattr(args, "svg", None),
         restore_unrecorded=getattr(args, "restore_unrecorded", False),
+        images_command=getattr(args, "images_command", "list"), names=tuple(getattr(args, "names", None) or ()),
+        remove_all=getattr(args, "remove_all", False),
     )
 
 
@@ -196,6 +210,9 @@ def dispatch(ctx: Context):
     if ctx.command == "report":
         from libmgsave.actions.report import run_report
         return run_report(ctx)
+    if ctx.command == "images":
+        from libmgsave.actions.images import run_images
+        return run_images(ctx)
     if ctx.command == "shutdown":
         from libmgsave.actions.shutdown import run_shutdown
         return run_shutdown(ctx)
@@ -213,11 +230,17 @@ def _exit_of_severity() -> dict:
 def exit_code(result) -> int:
     """The exit code of a command that ran to its end, from its result."""
     from libmgsave.actions.check import CheckResult
+    from libmgsave.actions.images import ImagesResult
     from libmgsave.actions.passes import StoppedEarly
     from libmgsave.outcomes import PassResult
 
     if isinstance(result, CheckResult):
         return ExitCode.BAD_INPUT if result.failed else ExitCode.OK
+        return ExitCode.BAD_INPUT if result.problems else ExitCode.OK
+    if isinstance(result, ImagesResult):
+        if result.unknown:
+            return ExitCode.BAD_INPUT
+        return ExitCode.GUEST_FAILED if result.failed else ExitCode.OK
     if isinstance(result, StoppedEarly):
         return 128 + signal.Signals[result.signal]
     if isinstance(result, PassResult):

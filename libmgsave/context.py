@@ -26,6 +26,9 @@ class Context:
     strict: bool = False  # check: every warning is an error
     svg: str | None = None  # report: also draw the timeline into this file
     restore_unrecorded: bool = False  # boot: also restore transient guests' save files no record names
+    images_command: str = "list"  # images: list or remove
+    names: tuple[str, ...] = ()  # images remove: the kept files named
+    remove_all: bool = False  # images remove --all
     # Filled in on the way, for the summary: problems met (untrusted records...), and whether
     # the lock or a record could not be had (the pass then exits 1 even if every guest is fine).
     warnings: list[str] = field(default_factory=list)

@@ -141,6 +141,7 @@ class Limits:
     max_parallel_starts: int = dataclasses.field(default_factory=default_parallelism)
     shutdown_deadline: float = 900.0  # seconds for the whole shutdown pass
     start_delay: float = 0.0  # seconds between two starts at boot
+    kept_images_warn_share: float = 10.0  # percent of the state file system kept images may take
 
 
 @dataclass(frozen=True)

@@ -156,3 +156,18 @@ def _age(seconds: float) -> str:
         if seconds >= scale:
             return f"{seconds / scale:.0f} {unit}"
     return f"{seconds:.0f} s"
+
+
+def render_kept(files, usage, warnings: list[str], *, listing: bool) -> str:
+    """The kept images and set-aside records: one line a file for ``mgsave images list``, a
+    summary line (and any warning) for ``mgsave status``."""
+    share = f", {usage.share:.1f}% of the file system" if usage.share is not None else ""
+    summary = f"kept: {usage.files} files, {size(usage.bytes) if usage.bytes else '0 B'}{share}"
+    lines = []
+    if listing:
+        now = time.time()
+        rows = [[f.name, f.kind, size(f.bytes), f"{_age(now - f.mtime)} old"] for f in files]
+        lines += _table(["NAME", "KIND", "SIZE", "AGE"], rows) if rows else ["nothing kept"]
+    elif usage.files:
+        summary += " (mgsave images list)"
+    return "\n".join([*lines, summary, *(f"warning: {w}" for w in warnings)])

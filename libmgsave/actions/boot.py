@@ -40,6 +40,9 @@ def carry_out(run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
         ctx.bookkeeping_failed = True
         ctx.warnings.append(problem)
     _write_record(ctx, started, results)
+    _usage, warning = inputs.kept_images(ctx, run.policy)
+    if warning:
+        ctx.warnings.append(warning)
     return plan, results
 
 

@@ -19,9 +19,11 @@ def run_status(ctx: Context) -> None:
     last_shutdown = (ctx.state.last_shutdown() or {}).get("guests", {})
     last_boot = (ctx.state.last_boot() or {}).get("guests", {})
     rows = [_row(guest, policy, last_shutdown, last_boot) for guest in guests]
+    usage, kept_warning = inputs.kept_images(ctx, policy)
+    warnings += ctx.warnings + ([kept_warning] if kept_warning else [])
     data = {"policy": policy.source, "policy_problems": inputs.problems_dict(problems), "warnings": warnings,
-            "state_dir": str(ctx.state.path), "guests": rows}
-    text = "" if ctx.json else report.render_status(rows)
+            "state_dir": str(ctx.state.path), "guests": rows, "kept": usage.to_dict()}
+    text = "" if ctx.json else report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)
     if warnings and not ctx.json:
         text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
     ctx.emit(data, text)

@@ -18,6 +18,7 @@ def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
         max_parallel_starts=_parallelism(limits_doc.get("max_parallel_starts", "auto")),
         shutdown_deadline=parse_duration(limits_doc.get("shutdown_deadline", Limits.shutdown_deadline)),
         start_delay=parse_duration(limits_doc.get("start_delay", Limits.start_delay)),
+        kept_images_warn_share=float(limits_doc.get("kept_images_warn_share", Limits.kept_images_warn_share)),
     )
     rules = tuple(
         Rule(
