@@ -34,8 +34,9 @@ def pass_lock(state_dir: Path, what: str, *, wait: float):
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         # Never through a symlink, nor on anything but a file of its own: the holder's name is
-        # written into it, and that must not truncate a file someone linked here.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        # written into it, and that must not truncate a file someone linked here. Readable by
+        # root alone: anyone who can open it can flock it, and so keep every pass waiting.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         _check_lock_file(path, fd)
     except OSError as error:
         log.error("cannot take the pass lock %s (%s): carrying on without the lock", path, error.strerror or error)
@@ -75,9 +76,16 @@ def pass_lock(state_dir: Path, what: str, *, wait: float):
 
 def _check_lock_file(path: Path, fd: int) -> None:
     info = os.fstat(fd)
+    problem = None
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        problem = "not a regular file of its own (a device, a FIFO or a hard link)"
+    elif info.st_uid not in (0, os.geteuid()):
+        problem = f"owned by uid {info.st_uid}, who could hold it for ever"
+    if problem:
         os.close(fd)
-        raise OSError(errno.EPERM, "not a regular file of its own (a device, a FIFO or a hard link)", str(path))
+        raise OSError(errno.EPERM, problem, str(path))
+    if info.st_mode & 0o077:
+        os.fchmod(fd, 0o600)  # a lock file of an older mgsave was readable by all
 
 
 def _read_holder(fd: int) -> str:

@@ -110,6 +110,11 @@ def _lock(ctx: Context, kind: PassKind, deadline: float):
     if ctx.dry_run:
         yield
         return
+    if ctx.state.insecure:  # whoever can write there can hold or replace the lock: never wait for it
+        ctx.bookkeeping_failed = True
+        ctx.warnings.append(f"ran without the pass lock: the state directory {ctx.state.path} is not safe")
+        yield
+        return
     wait = ctx.wait if ctx.wait is not None else (deadline if kind is PassKind.SHUTDOWN else BOOT_LOCK_WAIT)
     with lock.pass_lock(ctx.state.path, f"mgsave {kind}", wait=wait) as locked:
         if not locked:

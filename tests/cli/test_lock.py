@@ -203,3 +203,46 @@ def test_a_dry_run_needs_no_lock(tmp_path):
         assert "dry run" in proc.stdout
     finally:
         stop(holder)
+
+
+def test_the_lock_file_is_root_s_alone(tmp_path):
+    """Anyone who can open the lock can flock it and keep every pass waiting: it is 0600, an
+    older one readable by all is made so, and one owned by another user is not used."""
+    import stat as stat_module
+
+    from libmgsave import lock
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    with lock.pass_lock(state_dir, "test", wait=0) as locked:
+        assert locked
+    assert stat_module.S_IMODE(os.stat(state_dir / "lock").st_mode) == 0o600
+    os.chmod(state_dir / "lock", 0o644)
+    with lock.pass_lock(state_dir, "test", wait=0) as locked:
+        assert locked
+    assert stat_module.S_IMODE(os.stat(state_dir / "lock").st_mode) == 0o600
+    if os.geteuid() == 0:
+        os.chown(state_dir / "lock", 65534, 65534)
+        with lock.pass_lock(state_dir, "test", wait=0) as locked:
+            assert not locked, "a lock file another user owns (and may hold) is not waited for"
+
+
+def test_a_pass_in_an_insecure_state_directory_does_not_wait_for_its_lock(tmp_path):
+    """Whoever can write there can hold the lock: the shutdown pass would wait its whole
+    deadline, then give up without saving a guest. It runs without the lock instead."""
+    import fcntl
+
+    from libmgsave import cli
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    os.chmod(state_dir, 0o777)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nconnections: ['test:///default']\n")
+    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held by "someone else"
+        code = cli.main(["shutdown", "--state-dir", str(state_dir), "--policy", str(policy), "--wait", "0"])
+    finally:
+        os.close(fd)
+    assert code == 1  # the guests were handled; the unsafe directory is reported (not 3, "busy")
