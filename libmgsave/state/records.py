@@ -16,7 +16,8 @@ from typing import TypedDict
 
 from libmgsave import __version__
 from libmgsave.outcomes import Outcome
-from libmgsave.state.validation import MAX_RECORD_BYTES, UnsafeFile, read_regular_file, record_problem
+from libmgsave.state.validation import (MAX_RECORD_BYTES, UnsafeFile, canonical_images, read_regular_file,
+                                        record_problem)
 
 log = logging.getLogger("mgsave")
 
@@ -95,6 +96,7 @@ def read_record(path: Path, kind: str) -> dict | None:
     problem = record_problem(data, path.parent, guest_record_key)
     if problem:
         raise RecordError(f"{path}: {problem}; the file is corrupt")
+    canonical_images(data, path.parent)
     return data
 
 

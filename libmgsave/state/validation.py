@@ -99,6 +99,7 @@ _ENTRY_FIELDS = {
     "note": (lambda v: v is None or isinstance(v, str), "a string"),
     "ok": (lambda v: v is None or isinstance(v, bool), "true or false"),
     "image_used": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "image": (lambda v: v is None or isinstance(v, str), "a path"),
 }
 
 
@@ -151,11 +152,20 @@ def _entry_problem(key: str, entry, state_dir: Path, key_of) -> str | None:
     for name, (valid, what) in _ENTRY_FIELDS.items():
         if name in entry and not valid(entry[name]):
             return f"'{name}' is {entry[name]!r}, not {what}"
-    image = entry.get("image")
-    if image is not None and image != str(transient_image_path(state_dir, entry["uuid"])):
-        return (f"'image' is {image!r}, not this guest's save file {transient_image_path(state_dir, entry['uuid'])} "
-                f"(a record never names a file elsewhere)")
+    image, expected = entry.get("image"), transient_image_path(state_dir, entry["uuid"])
+    # The same file under another spelling of the state directory's path (a symlink to it) is
+    # still this guest's; ``canonical_images`` then names it as this mgsave would.
+    if image is not None and image != str(expected) and os.path.realpath(image) != os.path.realpath(expected):
+        return f"'image' is {image!r}, not this guest's save file {expected} (a record never names a file elsewhere)"
     return None
+
+
+def canonical_images(data: dict, state_dir: Path) -> None:
+    """Name every entry's image as ``<state>/images/<uuid>.save`` under the path mgsave uses now:
+    what the passes then act on is never the record's text."""
+    for entry in data["guests"].values():
+        if entry.get("image") is not None:
+            entry["image"] = str(transient_image_path(state_dir, entry["uuid"]))
 
 
 def transient_image_path(state_dir: Path, uuid: str) -> Path:

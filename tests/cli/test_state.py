@@ -727,3 +727,15 @@ def test_a_shutdown_record_of_this_boot_is_continued(hv, run):
     assert outcomes(result) == {"a": "skipped", "b": "skipped"}, err
     record = state.read_record(shutdown_record(run), "shutdown")
     assert {e["name"]: e["outcome"] for e in record["guests"].values()} == {"a": "saved", "b": "saved"}
+
+
+def test_a_record_read_through_another_spelling_of_the_state_path_is_still_trusted(hv, run, tmp_path):
+    """The state directory reached through a symlink (a moved /var/lib): the record's image names
+    the same file under the other path, so the transient guest is still restored from it."""
+    hv.createXML(domain_xml("transient"), 0)
+    run("shutdown")
+    alias = tmp_path / "alias"
+    alias.symlink_to(run.state_dir)
+    code = cli.main(["boot", "--state-dir", str(alias), "--policy", str(run.policy)])
+    assert code == ExitCode.OK
+    assert running(hv) == ["transient"]
