@@ -63,6 +63,8 @@ def run_check(ctx: Context) -> CheckResult:
         return CheckResult(tuple(error.problems), (), ctx.strict)
     layout = conflicts.daemon_layout()
     findings = [Finding(w) for w in conflicts.host_conflicts()] + _guest_findings(policy)
+    if ctx.state.insecure:
+        findings.append(Finding(ctx.state.insecure_warning()))
     lines = rule_lines(policy)
     warnings = tuple(dict.fromkeys(locate(policy.source, lines, f) for f in findings))
     result = CheckResult((), warnings, ctx.strict)

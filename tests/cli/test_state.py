@@ -739,3 +739,14 @@ def test_a_record_read_through_another_spelling_of_the_state_path_is_still_trust
     code = cli.main(["boot", "--state-dir", str(alias), "--policy", str(run.policy)])
     assert code == ExitCode.OK
     assert running(hv) == ["transient"]
+
+
+def test_check_warns_about_an_insecure_state_directory(hv, run):
+    run.state_dir.mkdir()
+    code, result, err = run("check")
+    assert not any("not safe" in w["message"] for w in result["warnings"])
+    os.chmod(run.state_dir, 0o777)
+    code, result, err = run("check")
+    assert code == ExitCode.OK
+    assert any("not safe" in w["message"] and str(run.state_dir) in w["message"] for w in result["warnings"]), \
+        result["warnings"]
