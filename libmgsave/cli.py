@@ -8,6 +8,7 @@ an exit code in ``main`` (a traceback only with ``--debug``).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -197,27 +198,10 @@ def build_context(args: argparse.Namespace, environ) -> Context:
 
 
 def dispatch(ctx: Context):
-    """Run the command's action; its typed result (or None)."""
-    if ctx.command == "check":
-        from libmgsave.actions.check import run_check
-        return run_check(ctx)
-    if ctx.command == "plan":
-        from libmgsave.actions.plan import run_plan
-        return run_plan(ctx)
-    if ctx.command == "status":
-        from libmgsave.actions.status import run_status
-        return run_status(ctx)
-    if ctx.command == "report":
-        from libmgsave.actions.report import run_report
-        return run_report(ctx)
-    if ctx.command == "images":
-        from libmgsave.actions.images import run_images
-        return run_images(ctx)
-    if ctx.command == "shutdown":
-        from libmgsave.actions.shutdown import run_shutdown
-        return run_shutdown(ctx)
-    from libmgsave.actions.boot import run_boot
-    return run_boot(ctx)
+    """Run the command's action, ``libmgsave.actions.<command>.run_<command>``; its typed result
+    (or None). Imported only when it runs: a pass loads nothing of the other commands."""
+    action = importlib.import_module(f"libmgsave.actions.{ctx.command}")
+    return getattr(action, f"run_{ctx.command}")(ctx)
 
 
 def _exit_of_severity() -> dict:

@@ -10,12 +10,11 @@ written is logged and never stops a pass.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from libmgsave.outcomes import Outcome, PassResult
+from libmgsave.state.writer import replace_file
 
 log = logging.getLogger("mgsave")
 
@@ -92,20 +91,9 @@ def render(result: PassResult, previous: str = "") -> str:
 
 
 def write_textfile(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``: a temporary file in the same directory (node_exporter
-    skips names not ending in .prom), renamed over it, readable by everyone."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            os.fchmod(out.fileno(), 0o644)  # the units' UMask=0077 would keep node_exporter out
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Replace ``path`` with ``text`` atomically, readable by everyone (the units' UMask=0077
+    would keep node_exporter out); the temporary name ends in .tmp, which node_exporter skips."""
+    replace_file(path, text, mode=0o644, durable=False, suffix=".tmp")
 
 
 def export(textfile: str | None, result: PassResult) -> None:

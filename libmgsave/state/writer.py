@@ -16,16 +16,21 @@ from libmgsave.state.records import RECORD_FORMAT, RECORD_VERSION
 log = logging.getLogger("mgsave")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Replace ``path`` with ``data`` as JSON so that readers see the old or the new file, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def replace_file(path: Path, text: str, *, mode: int | None = None, durable: bool = True,
+                 suffix: str = "") -> None:
+    """Replace ``path`` with ``text`` so that readers see the old or the new file, whole: a
+    temporary file in the same directory (named ``.<name>.*<suffix>``), renamed over it. ``mode``
+    sets the new file's permissions; ``durable`` also fsyncs the file and the directory, so a
+    power loss leaves one of the two as well."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
+            out.write(text)
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -33,11 +38,18 @@ def write_json_atomic(path: Path, data: dict) -> None:
         except FileNotFoundError:
             pass
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Replace ``path`` with ``data`` as JSON, durably (see ``replace_file``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 class RecordWriter:
