@@ -156,8 +156,10 @@ def pass_ran(c: Container, kind: str, since: float, until: float | None = None) 
 
 
 def guest_results(c: Container, action: str, since: float, until: float | None = None) -> dict[str, str]:
+    """Each guest's last ``action`` step result in the journal (its step lines carry
+    MGSAVE_RESULT; the line that sums up its outcome carries MGSAVE_OUTCOME instead)."""
     entries = c.journal("SYSLOG_IDENTIFIER=mgsave", f"MGSAVE_ACTION={action}", since=since, until=until)
-    return {e["MGSAVE_GUEST"]: e.get("MGSAVE_RESULT") for e in entries if "MGSAVE_GUEST" in e}
+    return {e["MGSAVE_GUEST"]: e["MGSAVE_RESULT"] for e in entries if "MGSAVE_GUEST" in e and "MGSAVE_RESULT" in e}
 
 
 def put_guests_in_place(c: Container, t: Timings) -> None:
