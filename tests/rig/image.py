@@ -172,53 +172,58 @@ def _apt_lists_stamp() -> str:
     return hashlib.sha256(repr(sorted(st)).encode()).hexdigest()
 
 
-def _kernel_package_cached(cache: Path) -> tuple[str, str]:
-    """_kernel_package(), remembered until apt's package lists change (apt-cache takes ~1 s)."""
-    memo = cache / "kernel-package"
+def _remembered(memo: Path, compute) -> list[str]:
+    """``compute()`` (a list of words), remembered in ``memo`` until apt's package lists change
+    (each apt-cache look-up takes about a second)."""
     stamp = _apt_lists_stamp()
     try:
-        saved_stamp, pkg, version = memo.read_text().split()
-        if stamp and saved_stamp == stamp:
-            return pkg, version
+        saved_stamp, *words = memo.read_text().split()
+        if stamp and saved_stamp == stamp and words:
+            return words
     except (OSError, ValueError):
         pass
-    pkg, version = _kernel_package()
+    words = list(compute())
     stamp = _apt_lists_stamp()     # apt-get update may have run
     if stamp:
-        memo.write_text(f"{stamp} {pkg} {version}\n")
+        memo.write_text(" ".join([stamp, *words]) + "\n")
+    return words
+
+
+def _kernel_package_cached(cache: Path) -> tuple[str, str]:
+    """_kernel_package(), remembered until apt's package lists change."""
+    pkg, version = _remembered(cache / "kernel-package", _kernel_package)
     return pkg, version
 
 
 def _agent_version_cached(cache: Path) -> str:
     """The candidate version of qemu-guest-agent, remembered until apt's package lists change."""
-    memo = cache / "agent-package"
-    stamp = _apt_lists_stamp()
-    try:
-        saved_stamp, version = memo.read_text().split()
-        if stamp and saved_stamp == stamp:
-            return version
-    except (OSError, ValueError):
-        pass
-    policy = _run(["apt-cache", "policy", AGENT_PACKAGE], env=_apt_env())
-    v = re.search(r"Candidate:\s*(\S+)", policy)
-    if not v or v.group(1) == "(none)":
-        raise ImageBuildError(f"apt knows no {AGENT_PACKAGE} package (apt-get update?)")
-    if stamp:
-        memo.write_text(f"{stamp} {v.group(1)}\n")
-    return v.group(1)
+    def look_up() -> list[str]:
+        policy = _run(["apt-cache", "policy", AGENT_PACKAGE], env=_apt_env())
+        v = re.search(r"Candidate:\s*(\S+)", policy)
+        if not v or v.group(1) == "(none)":
+            raise ImageBuildError(f"apt knows no {AGENT_PACKAGE} package (apt-get update?)")
+        return [v.group(1)]
+
+    return _remembered(cache / "agent-package", look_up)[0]
+
+
+def _unpack_package(spec: str, tmp: Path) -> Path:
+    """Download ``spec`` (``name=version``) with apt into ``tmp`` and unpack it; its root."""
+    # apt's sandbox user cannot write to a root-only temp dir; downloading as root is fine.
+    _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", spec], cwd=tmp, env=_apt_env())
+    debs = list(tmp.glob("*.deb"))
+    if len(debs) != 1:
+        raise ImageBuildError(f"apt-get download {spec} gave {debs}")
+    root = tmp / "root"
+    _run(["dpkg-deb", "-x", str(debs[0]), str(root)])
+    return root
 
 
 def _extract_agent(dest: Path, version: str) -> None:
     """qemu-ga from Debian's package, and the shared libraries it loads, resolved on this host."""
     with tempfile.TemporaryDirectory(prefix="agent-", dir=dest.parent) as tmp:
         tmp = Path(tmp)
-        _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{AGENT_PACKAGE}={version}"],
-             cwd=tmp, env=_apt_env())
-        debs = list(tmp.glob("*.deb"))
-        if len(debs) != 1:
-            raise ImageBuildError(f"apt-get download {AGENT_PACKAGE} gave {debs}")
-        _run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "root")])
-        binary = tmp / "root" / AGENT_BINARY
+        binary = _unpack_package(f"{AGENT_PACKAGE}={version}", tmp) / AGENT_BINARY
         out = tmp / "out"
         (out / "libs").mkdir(parents=True)
         shutil.copyfile(binary, out / "qemu-ga")
@@ -281,14 +286,7 @@ def _extract_kernel(dest: Path, pkg: str, version: str) -> None:
     """Download the kernel package and keep vmlinuz plus the modules we need (deps resolved)."""
     with tempfile.TemporaryDirectory(prefix="kernel-", dir=dest.parent) as tmp:
         tmp = Path(tmp)
-        # apt's sandbox user cannot write to a root-only temp dir; downloading as root is fine.
-        _run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", f"{pkg}={version}"],
-             cwd=tmp, env=_apt_env())
-        debs = list(tmp.glob("*.deb"))
-        if len(debs) != 1:
-            raise ImageBuildError(f"apt-get download {pkg} gave {debs}")
-        root = tmp / "root"
-        _run(["dpkg-deb", "-x", str(debs[0]), str(root)])
+        root = _unpack_package(f"{pkg}={version}", tmp)
         vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
         if not vmlinuz:
             raise ImageBuildError(f"{pkg} has no boot/vmlinuz-*")
