@@ -1,7 +1,10 @@
 """``python -m bench COMMAND [options]`` (from the repository root; ``bench/run`` does that).
 
     compare    save-all / resume-all: mgsave vs libvirt-guests vs plain parallel virsh, on the
-               real test rig (root; tests/rig), plus sweeps over the guest count and parallelism
+               real test rig (root; tests/rig), plus sweeps over the guest count and parallelism;
+               --on debian13 runs it inside the cached Debian 13 root (libvirt 11)
+    hostcycle  a whole host's poweroff and boot (systemd as PID 1, the .deb installed): mgsave vs
+               libvirt 11's own auto-shutdown vs libvirt-guests vs the floor
     deadline   a shutdown deadline that fits about half of 8 guests: which are saved, which shut down
     scale      mgsave plan / status / shutdown --dry-run with 1,000 and 10,000 guests (libvirt's
                test driver): time and peak memory
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("compare", "deadline", "scale", "startup", "policy")
+COMMANDS = ("compare", "hostcycle", "deadline", "scale", "startup", "policy")
 
 
 def main(argv: list[str] | None = None) -> int:

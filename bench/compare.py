@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench import platform
 from bench.common import (URI, dump_json, foreign_guests, load_average, machine_description,
                           median, mgsave_command, note, run_parallel, run_timed, say, spread,
                           table, tempdir, write_policy)
@@ -446,7 +447,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/run compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
+    platform.add_arguments(p)
     args = p.parse_args(argv)
+    elsewhere = platform.dispatch("compare", args, argv)
+    if elsewhere is not None:
+        return elsewhere
     run(args)
     return 0
 

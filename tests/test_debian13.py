@@ -25,19 +25,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.rig.container import Container, prepared_host, unavailable
+from tests.rig.deb import DebBuildError, build_deb
 from tests.rig.debian_root import RootBuildError, ensure_root, format_versions, versions
 from tests.rig.guests import domain_xml
 
 pytestmark = [pytest.mark.systemd, pytest.mark.rig, pytest.mark.debian13]
 
-ROOT = Path(__file__).resolve().parent.parent
 MEMORY_MIB = 256
 RUNNING = {"d13-1": 64, "d13-2": 64, "d13-3": 0}  # name: MiB of random memory
 SAVED_BEFORE = "d13-saved"  # managed-saved by hand before mgsave is installed
@@ -73,22 +72,13 @@ def package(tmp_path_factory) -> Path:
         if not Path(given).is_file():
             pytest.fail(f"MGSAVE_DEB={given}: no such file", pytrace=False)
         return Path(given)
-    tree = tmp_path_factory.mktemp("deb") / "mgsave"
-    ignore = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__",
-                                    ".pytest_cache", ".hypothesis", ".cache")
-    shutil.copytree(ROOT, tree, ignore=ignore, symlinks=True)
-    # Debian's tools first: the package is built for Debian's /usr/bin/python3.
-    env = {**os.environ, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    if subprocess.run(["make", "-C", str(tree), "-n", "deb"], capture_output=True, env=env).returncode != 0:
-        unavailable("this tree has no 'make deb' target")
     started = time.monotonic()
-    out = subprocess.run(["make", "-C", str(tree), "deb"], capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        unavailable(f"make deb exited {out.returncode}:\n{(out.stdout + out.stderr)[-3000:]}")
-    debs = sorted((tree / "dist").glob("mgsave_*_all.deb"))
-    assert len(debs) == 1, f"make deb made {debs} in dist/"
-    print(f"\nmake deb: {debs[0].name} in {time.monotonic() - started:.0f} s")
-    return debs[0]
+    try:
+        deb = build_deb(tmp_path_factory.mktemp("deb"))
+    except DebBuildError as error:
+        unavailable(str(error))
+    print(f"\nmake deb: {deb.name} in {time.monotonic() - started:.0f} s")
+    return deb
 
 
 def uncaptured(config):

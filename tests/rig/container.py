@@ -115,8 +115,9 @@ class Container:
         target.write_text(text)
         target.chmod(mode)
 
-    def boot(self, timeout: float = 180) -> float:
-        """Boot; returns seconds until systemd reports the boot finished (the boot pass included)."""
+    def boot(self, timeout: float = 180, wait: bool = True) -> float:
+        """Boot; returns seconds until systemd reports the boot finished (the boot pass included),
+        or, without ``wait``, until the host's systemd runs."""
         assert self.nspawn is None
         started = time.monotonic()
         command = [
@@ -137,6 +138,8 @@ class Container:
                                        start_new_session=True)
         console.close()
         self.pid1 = self._find_pid1(started + 60)
+        if not wait:
+            return time.monotonic() - started
         state = ""
         while state in ("", "offline") and time.monotonic() - started < timeout:
             # Until PID 1 has created /run/systemd/system this says "offline"; until it listens on

@@ -127,6 +127,16 @@ def run_tests(root: Path, pytest_args: list[str], *, timeout: float = 3600, log=
 
     Raises InrootError when it cannot be started; the inner tests' own failures are in the result.
     ``log`` (if given) gets the inner output line by line, as it comes."""
+    command = ("exec python3 -m pytest -p no:cacheprovider --junitxml={out}/junit.xml "
+               + " ".join(shlex.quote(a) for a in pytest_args))
+    return run_inside(root, command, timeout=timeout, log=log)
+
+
+def run_inside(root: Path, shell_command: str, *, timeout: float = 3600, log=None,
+               keep_out: Path | None = None) -> InnerRun:
+    """``sh -c <shell_command>`` inside ``root``, from the checkout, after recording the versions;
+    ``{out}`` in the command is the directory (inside) whose files come back: junit.xml is parsed
+    into the result, and with ``keep_out`` every file there is copied to that directory."""
     reason = unavailable_reason()
     if reason:
         raise InrootError(reason)
@@ -141,8 +151,7 @@ def run_tests(root: Path, pytest_args: list[str], *, timeout: float = 3600, log=
             (workdir / name).mkdir()
         overlay = f"lowerdir={root},upperdir={workdir}/upper,workdir={workdir}/work"
         inner = (f"python3 - {OUT}/versions.json <<'EOF'\n{VERSIONS_SCRIPT}\nEOF\n"
-                 f"exec python3 -m pytest -p no:cacheprovider --junitxml={OUT}/junit.xml "
-                 + " ".join(shlex.quote(a) for a in pytest_args))
+                 + shell_command.replace("{out}", OUT))
         nspawn = [
             "systemd-nspawn", "-D", f"{workdir}/root", f"--machine={re.sub('[^A-Za-z0-9-]', 'x', workdir.name)}", "--quiet",
             "--register=no", "--keep-unit", "--as-pid2", "--private-network", "--console=pipe", f"--chdir={CHECKOUT}",
@@ -183,6 +192,8 @@ def run_tests(root: Path, pytest_args: list[str], *, timeout: float = 3600, log=
             raise InrootError(f"cannot mount an overlay of {root}:\n{''.join(lines)[-2000:]}")
         run = InnerRun(proc.returncode, time.monotonic() - started, "".join(lines))
         out = workdir / "out"
+        if keep_out is not None:
+            shutil.copytree(out, keep_out, dirs_exist_ok=True)
         with contextlib.suppress(OSError, ValueError):
             run.versions = json.loads((out / "versions.json").read_text())
         with contextlib.suppress(OSError, ET.ParseError):
