@@ -52,7 +52,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 else
 UNITDIR ?= /etc/systemd/system
 endif
-UNITS := mgsave.service mgsave-boot.service
+UNITS := mgsave.service mgsave-boot.service mgsave-early.service
 CONFDIR := /etc/mgsave
 POLICY := $(CONFDIR)/policy.yaml
 SAMPLE_POLICY := config/policy.default.yaml
@@ -118,7 +118,7 @@ install-files: install-lib
 	$(SUBST) bin/mgsave.in > '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
 	chmod 0755 '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
 	mv -f '$(DESTDIR)$(BINDIR)/.mgsave.tmp' '$(DESTDIR)$(BINDIR)/mgsave'
-	for hook in mgsave-boot mgsave-shutdown; do \
+	for hook in mgsave-boot mgsave-shutdown mgsave-early; do \
 		$(SUBST) "hooks/$$hook" > '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" && \
 		chmod 0755 '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" && \
 		mv -f '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" '$(DESTDIR)$(HOOKDIR)/'"$$hook" || exit 1; \
@@ -160,6 +160,8 @@ ifneq ($(LIVE),)
 	systemctl enable $(UNITS)
 ifeq ($(START),yes)
 	systemctl start mgsave.service
+	# It only waits for logind to announce a shutdown: restarting it runs nothing.
+	systemctl restart mgsave-early.service
 else
 	@echo "mgsave.service is enabled but not active: the next shutdown saves no guest;" \
 		"'systemctl start mgsave.service' arms it"
@@ -178,7 +180,7 @@ endif
 uninstall:
 ifneq ($(LIVE),)
 	-systemctl disable $(UNITS)
-	-systemctl stop mgsave-boot.service
+	-systemctl stop mgsave-boot.service mgsave-early.service
 endif
 	rm -f $(foreach unit,$(UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave' \
 		'$(DESTDIR)$(MANDIR)/man8/mgsave.8' '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5' \

@@ -378,8 +378,11 @@ def _ratios(results: dict) -> dict:
     return out
 
 
-TARGETS = {"mgsave / libvirt-guests": {"save": 0.45, "resume": 0.35},
-           "mgsave / floor": {"save": 1.15, "resume": 1.15}}
+# docs/PERFORMANCE.md: on both platforms, save-all within 5 % of the raw parallel floor and at
+# most 0.40 of libvirt-guests; resume-all within 5 % of the floor (and, as before, at most 0.35
+# of libvirt-guests, which starts guests one at a time).
+TARGETS = {"mgsave / libvirt-guests": {"save": 0.40, "resume": 0.35},
+           "mgsave / floor": {"save": 1.05, "resume": 1.05}}
 
 
 def _print_summary(data: dict, args) -> None:

@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("names", nargs="*", metavar="NAME", help="remove: the kept files, named as 'list' shows them")
     p.add_argument("--all", dest="remove_all", action="store_true", help="remove: every kept file")
     p.add_argument("--dry-run", action="store_true", help="remove: say what would be removed; remove nothing")
+    add("watch", "start the shutdown pass as soon as logind announces a shutdown",
+        "Hold a logind shutdown delay lock and wait. When logind announces a shutdown\n"
+        "(PrepareForShutdown), stop mgsave.service, whose ExecStop= is the shutdown pass, wait for\n"
+        "that stop to end and let the lock go. mgsave-early.service runs this; without it, on a\n"
+        "host where libvirt itself holds a delay lock (libvirt 11 does while guests run), the\n"
+        "pass begins only after logind's InhibitDelayMaxSec (5 s by default). Needs jeepney\n"
+        "(python3-jeepney); without it, or without logind, it says so and exits 0.")
     for name, text in (
         ("shutdown", "Save every running guest, running each guest's on_shutdown fallback chain\n"
                      "(save -> shutdown -> poweroff by default), saves in parallel up to\n"

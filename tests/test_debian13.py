@@ -41,7 +41,7 @@ MEMORY_MIB = 256
 RUNNING = {"d13-1": 64, "d13-2": 64, "d13-3": 0}  # name: MiB of random memory
 SAVED_BEFORE = "d13-saved"  # managed-saved by hand before mgsave is installed
 PACKAGE_IN_HOST = "/var/cache/mgsave-test/mgsave.deb"
-UNITS = ("mgsave.service", "mgsave-boot.service")
+UNITS = ("mgsave.service", "mgsave-boot.service", "mgsave-early.service")
 UNIT_DIR = "/usr/lib/systemd/system"
 SHUTOFF_SAVED = (5, 5)  # VIR_DOMAIN_SHUTOFF, VIR_DOMAIN_SHUTOFF_SAVED
 SHUTOFF = 5  # after a restart of the daemon the reason of a saved guest is "unknown"
@@ -184,6 +184,7 @@ def install_package(c: Container, package: Path, t: Timings) -> None:
     for unit in UNITS:
         assert c.run("systemctl", "is-enabled", unit, check=False).stdout.strip() == "enabled", unit
     assert c.run("systemctl", "is-active", "mgsave.service", check=False).stdout.strip() == "active"
+    assert c.run("systemctl", "is-active", "mgsave-early.service", check=False).stdout.strip() == "active"
     assert unit_property(c, "mgsave-boot.service", "ActiveState") == "inactive"
     assert unit_property(c, "mgsave-boot.service", "ExecMainStartTimestampMonotonic") == "0", \
         "the install ran the boot pass"
@@ -249,6 +250,14 @@ def round_trip(c: Container, t: Timings, boot: int, daemon: str = "libvirtd") ->
     t.add("  of which the shutdown pass (PASS_START..PASS_END)", shutdown_pass)
     saved = guest_results(c, "save", off_started, off_ended)
     assert saved == {n: "ok" for n in RUNNING}, f"the shutdown pass's saves: {saved}"
+    # libvirt 11 holds a logind delay lock while guests run: mgsave-early.service starts the
+    # pass on PrepareForShutdown, so logind never waits out InhibitDelayMaxSec for it.
+    early = [e.get("MESSAGE", "") for e in c.journal("_SYSTEMD_UNIT=mgsave-early.service",
+                                                      since=off_started, until=off_ended)]
+    assert any("shutdown pass started" in m for m in early), f"mgsave-early.service said: {early}"
+    waited = [e.get("MESSAGE") for e in c.journal("_COMM=systemd-logind", since=off_started, until=off_ended)
+              if "inhibitor timeout is reached" in str(e.get("MESSAGE", ""))]
+    assert not waited, f"logind waited for a delay lock: {waited}"
     system = c.journal("_PID=1", since=off_started, until=off_ended)
     mgsave_stopped = first_realtime(system, "Stopped mgsave.service")
     daemon_stopping = first_realtime(system, f"Stopping {daemon}.service")

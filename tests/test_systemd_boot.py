@@ -349,7 +349,13 @@ def check_shutdown_journal(c: Container, t: Timings, since: float, until: float,
     mgsave_stopped = first_realtime(system, r"^Stopped mgsave\.service")
     libvirtd_stopping = first_realtime(system, r"^Stopping libvirtd\.service")
     assert mgsave_stopped and libvirtd_stopping and mgsave_stopped <= libvirtd_stopping
-    # logind holds the poweroff while libvirtd's delay inhibitor lock is held (InhibitDelayMaxSec).
+    # libvirtd holds a logind delay lock while guests run; mgsave-early.service starts the pass
+    # on PrepareForShutdown, so logind does not wait out InhibitDelayMaxSec first.
+    early = [e.get("MESSAGE", "") for e in c.journal("_SYSTEMD_UNIT=mgsave-early.service", since=since, until=until)]
+    assert any("shutdown pass started" in m for m in early), f"mgsave-early.service said: {early}"
+    waited = [e.get("MESSAGE") for e in c.journal("_COMM=systemd-logind", since=since, until=until)
+              if "inhibitor timeout is reached" in str(e.get("MESSAGE", ""))]
+    assert not waited, f"logind waited for a delay lock: {waited}"
     t.add("  of which poweroff requested .. Stopping mgsave.service", mgsave_stopping - since)
     t.add("  of which Stopping .. Stopped mgsave.service", mgsave_stopped - mgsave_stopping)
 

@@ -46,6 +46,7 @@ PACKAGES = (
     "libvirt-daemon-system", "libvirt-daemon-driver-qemu", "libvirt-clients", "qemu-system-x86",
     # what the mgsave package depends on and recommends
     "python3", "python3-libvirt", "python3-yaml", "python3-jsonschema", "python3-systemd",
+    "python3-jeepney",
     # man: systemd-analyze verify checks that the units' Documentation=man: pages are installed
     "man-db",
     # the rig's own tests run inside with this root's python3 (tests/rig/inroot.py)
