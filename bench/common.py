@@ -105,11 +105,12 @@ def run_parallel(argvs: list[list[str]], *, log: Path | None = None) -> float:
 
 
 def write_policy(directory: Path, *, parallel: int | str = "auto", deadline: float = 900,
-                 extra: str = "") -> Path:
+                 extra: str = "", name: str | None = None) -> Path:
     """A policy that saves every running guest and resumes it at boot (the built-in behaviour,
-    written out), with the given parallelism limits. Root-owned, not writable by others."""
+    written out), with the given parallelism limits; ``extra`` goes on under ``defaults:``.
+    Root-owned, not writable by others."""
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    path = directory / f"policy-{parallel}.yaml"
+    path = directory / (name or f"policy-{parallel}.yaml")
     path.write_text(
         "version: 1\n"
         f"connections: ['{URI}']\n"

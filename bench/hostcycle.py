@@ -7,7 +7,10 @@ guests itself) or this machine's own root (``--on debian12``). mgsave is install
 Debian package (``make deb``, or ``--deb FILE``). Every round is one real ``systemctl poweroff``
 and one real boot of that host, with one contender configured and the others off:
 
-  mgsave          the package's units: mgsave.service (shutdown pass) and mgsave-boot.service
+  mgsave          the package's units: mgsave.service (shutdown pass), mgsave-early.service
+                  (starts it on logind's PrepareForShutdown) and mgsave-boot.service, with the
+                  installed policy (the built-in defaults)
+  mgsave-channels the same with ``save_channels: N`` (--channels) in the policy
   libvirt-auto    qemu.conf: auto_shutdown_try_save = "persistent", auto_shutdown_restore = 1;
                   logind's PrepareForShutdown (sent when the poweroff starts) makes the daemon save
                   every guest, one at a time; at its next start it restores them (autostart once)
@@ -37,7 +40,8 @@ from pathlib import Path
 
 from bench.common import dump_json, foreign_guests, median, note, say, spread, table
 
-CONTENDERS = ("mgsave", "libvirt-auto", "libvirt-guests", "floor")
+CONTENDERS = ("mgsave", "mgsave-channels", "libvirt-auto", "libvirt-guests", "floor")
+POLICY = "/etc/mgsave/policy.yaml"
 PACKAGE_IN_HOST = "/var/cache/mgsave-bench/mgsave.deb"
 DROPIN_DIR = "/run/systemd/system/{unit}.d"
 NO_STOP = "[Service]\nExecStop=\nExecStop=/bin/true\n"
@@ -109,12 +113,16 @@ class Host:
     def configure(self, contender: str) -> None:
         """Arm ``contender`` for the next poweroff and the boot after it; disarm the others."""
         run = self.c.run
-        mgsave = contender == "mgsave"
-        run("systemctl", "enable" if mgsave else "disable", "mgsave.service", "mgsave-boot.service")
+        mgsave = contender.startswith("mgsave")
+        run("systemctl", "enable" if mgsave else "disable", "mgsave.service", "mgsave-boot.service",
+            "mgsave-early.service")
         if mgsave:
-            run("systemctl", "start", "mgsave.service")
+            channels = f"defaults:\n  save_channels: {self.args.channels}\n" if contender == "mgsave-channels" else ""
+            self.c.write(POLICY, "version: 1\n" + channels)
+            run("systemctl", "start", "mgsave.service", "mgsave-early.service")
         else:
             self.without_stop("mgsave.service")
+            run("systemctl", "stop", "mgsave-early.service")
         lg = contender == "libvirt-guests"
         run("systemctl", "enable" if lg else "disable", "libvirt-guests.service")
         if lg:
@@ -294,14 +302,15 @@ def _print(data: dict, args) -> None:
              spread([x["poweroff"] for x in rs], digits=1)] for c, rs in results.items()]
     say(table(["contender", "save-all median (min-max)", "resume-all median (min-max)",
                "poweroff until the host is off"], rows))
-    if "mgsave" in results:
-        m = results["mgsave"]
-        rows = []
-        for other in (c for c in results if c != "mgsave"):
+    rows = []
+    for ours in (c for c in ("mgsave", "mgsave-channels") if c in results):
+        m = results[ours]
+        for other in (c for c in results if not c.startswith("mgsave")):
             o = results[other]
-            rows.append([f"mgsave / {other}",
+            rows.append([f"{ours} / {other}",
                          f"{median([x['save'] for x in m]) / median([x['save'] for x in o]):.2f}",
                          f"{median([x['resume'] for x in m]) / median([x['resume'] for x in o]):.2f}"])
+    if rows:
         say("")
         say(table(["ratio (medians)", "save-all", "resume-all"], rows))
 
@@ -315,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", type=int, default=512, help="MiB of RAM per guest (default 512)")
     p.add_argument("--fill", type=int, default=300, help="MiB of random data each guest holds (default 300)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per contender (default 3)")
-    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated, from: " + ", ".join(CONTENDERS))
+    p.add_argument("--contenders", default="mgsave,libvirt-auto,libvirt-guests,floor", help="comma-separated, from: " + ", ".join(CONTENDERS))
+    p.add_argument("--channels", type=int, default=4, help="save_channels of mgsave-channels (default 4)")
     p.add_argument("--deb", type=Path, help="mgsave's package to install (default: make deb in a copy of this tree)")
     p.add_argument("--settle", type=float, default=1.0, help="seconds of quiet (after sync) before each save-all")
     p.add_argument("--timeout", type=float, default=900, help="give up on a phase after this long (default 900 s)")
