@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from libmgsave import conflicts, console
-from libmgsave.channels import UNKNOWN, choose
 from libmgsave.actions import inputs
+from libmgsave.channels import UNKNOWN, choose
 from libmgsave.conflicts import Finding
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorUnavailable, PolicyError, Problem

@@ -149,3 +149,14 @@ def test_a_sparse_image_is_told_from_its_header(tmp_path):
     assert not is_whole_save_image(_image(tmp_path / "partial.save", magic=b"LibvirtQemudPart"))
     (tmp_path / "link.save").symlink_to(tmp_path / "whole.save")
     assert not is_whole_save_image(str(tmp_path / "link.save"))
+
+
+def test_a_save_dir_in_qemu_conf_moves_the_managed_images_away_from_where_mgsave_looks(tmp_path):
+    from libmgsave.saveimages import save_dir_moved
+    conf = tmp_path / "qemu.conf"
+    conf.write_text('#save_dir = "/elsewhere"\nuser = "root"\n')
+    assert not save_dir_moved("qemu:///system", str(conf))
+    conf.write_text('save_dir = "/elsewhere"\n')
+    assert save_dir_moved("qemu:///system", str(conf))
+    assert not save_dir_moved("test:///default", str(conf))  # no managed-save directory known anyway
+    assert not save_dir_moved("qemu:///system", str(tmp_path / "missing.conf"))
