@@ -6,8 +6,8 @@ binding does, and ``hypervisor`` translates it.
 
 Why not simply ``virDomain.saveParams``: libvirt-python before 12.1 has no type hint for
 ``parallel.channels`` and sends a Python int as an unsigned long long, which libvirt refuses
-("invalid type 'ullong' for parameter 'parallel.channels', expected 'int'"). With such a
-binding the call is made through the C library the binding itself has loaded (ctypes), the
+("invalid type 'ullong' for parameter 'parallel.channels', expected 'int'"); so does a later
+one built against libvirt older than 11.2. With such a binding the call is made through the C library the binding itself has loaded (ctypes), the
 parameter added as the int libvirt expects.
 
 Why always with ``file``: libvirt has no managed save with parameters (no
@@ -49,9 +49,12 @@ def binding_version() -> tuple[int, ...] | None:
 
 
 def binding_types_channels() -> bool:
-    """True when libvirt-python sends ``parallel.channels`` as the int libvirt expects."""
+    """True when libvirt-python sends ``parallel.channels`` as the int libvirt expects: from 12.1
+    on, and only when built against libvirt 11.2 or later, whose headers define the parameter
+    (the binding's constant for it comes from the same headers); else it guesses an ullong."""
     version = binding_version()
-    return version is not None and version >= FIRST_TYPED_BINDING
+    return (version is not None and version >= FIRST_TYPED_BINDING
+            and hasattr(libvirt, "VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS"))
 
 
 def save(domain: libvirt.virDomain, path: str, channels: int, flags: int) -> None:
