@@ -18,7 +18,8 @@ from types import MappingProxyType
 
 import libvirt
 
-from libmgsave import interrupt
+from libmgsave import interrupt, parallelsave
+from libmgsave.channels import ChannelSupport, support
 from libmgsave.errors import (
     GuestGone,
     HypervisorError,
@@ -27,7 +28,8 @@ from libmgsave.errors import (
     OperationTimeout,
 )
 from libmgsave.inventory import GuestInfo, GuestState
-from libmgsave.saveimages import managed_save_dir
+from libmgsave.saveimages import (is_sparse_image, is_whole_save_image, managed_image_path, managed_save_dir,
+                                  save_dir_moved)
 
 log = logging.getLogger("mgsave")
 
@@ -197,7 +199,7 @@ class Host:
             facts[uuid] = _Facts(
                 state=int(record["state.state"]),
                 persistent=persistent,
-                managed_save=persistent and uuid in managed,
+                managed_save=persistent and (uuid in managed or _image_on_disk(self.uri, domain.name())),
                 autostart=persistent and uuid in autostart,
                 memory_kib=int(record.get("balloon.current") or record.get("balloon.maximum") or 0) or None,
             )
@@ -210,13 +212,43 @@ class Host:
         except libvirt.libvirtError as error:
             raise translate_error(error, f"looking up guest {uuid} on {self.uri}") from None
 
-    def restore_from_file(self, path: str, *, bypass_cache: bool = False) -> None:
-        """Recreate a (transient) guest from a file written by ``Guest.save_to_file``."""
+    def channel_support(self) -> ChannelSupport:
+        """Whether this connection can save with parallel channels (``channels.support``)."""
+        try:
+            driver = self._conn.getType()
+            lib_version = self._conn.getLibVersion()
+            qemu_version = self._conn.getVersion() if driver == "QEMU" else None
+        except libvirt.libvirtError as error:
+            return ChannelSupport(False, f"could not ask {self.uri}: {error.get_error_message() or error}")
+        known = managed_save_dir(self.uri) is not None and not save_dir_moved(self.uri)
+        return support(driver, lib_version, qemu_version, managed_dir_known=known,
+                       binding_problem=parallelsave.binding_problem())
+
+    def restore_from_file(self, path: str, *, bypass_cache: bool = False, channels: int = 1) -> None:
+        """Recreate a (transient) guest from a file written by ``Guest.save_to_file``, reading
+        a sparse one with ``channels`` channels (one stream when that is refused)."""
         flags = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE if bypass_cache else 0
+        if channels > 1 and is_sparse_image(path):
+            try:
+                parallelsave.restore(self._conn, path, channels, flags)
+                return
+            except libvirt.libvirtError as error:
+                translated = translate_error(error, f"restoring {path} with {channels} channels")
+                if not isinstance(translated, OperationRefused) or self._restored(path):
+                    raise translated from None
+                log.warning("%s; restoring it in one stream", translated.message)
         try:
             self._conn.restoreFlags(path, None, flags)
         except libvirt.libvirtError as error:
             raise translate_error(error, f"restoring {path}") from None
+
+    def _restored(self, path: str) -> bool:
+        """True when the guest saved in ``path`` runs (a failed restore leaves none)."""
+        try:
+            uuid = ET.fromstring(self._conn.saveImageGetXMLDesc(path, 0)).findtext("uuid") or ""
+            return bool(self._conn.lookupByUUIDString(uuid.strip()).isActive())
+        except (libvirt.libvirtError, ET.ParseError):
+            return False
 
     def saved_image_guest(self, path: str) -> GuestInfo:
         """The (transient, stopped) guest a save file written by ``Guest.save_to_file`` holds,
@@ -357,7 +389,7 @@ class Guest:
         if facts is None:
             state_code, _reason = self._call("reading state", self._dom.state)
             persistent = bool(self._call("reading persistence", self._dom.isPersistent))
-            managed = bool(persistent and self._call("checking for a saved image", self._dom.hasManagedSaveImage, 0))
+            managed = bool(persistent and self.has_saved_state())
             autostart = bool(persistent and self._call("reading autostart flag", self._dom.autostart))
             memory_kib = None
         else:
@@ -400,21 +432,53 @@ class Guest:
         code, reason = self._call("reading state", self._dom.state)
         return code == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_SAVE
 
-    def save_memory_state(self, *, bypass_cache: bool = False, resume_running: bool = False) -> None:
+    def save_memory_state(self, *, bypass_cache: bool = False, resume_running: bool = False,
+                          channels: int = 1) -> int:
         """Managed save: libvirt writes memory to its own image and stops the guest.
 
         ``resume_running`` marks the image to come back running even if the guest was paused
         when the save began (a save interrupted by a daemon restart can leave it paused).
+        With ``channels`` > 1 the image is written in the sparse format by that many channels,
+        to the file of the guest's managed save (see ``parallelsave``: libvirt has no managed
+        save with channels); when that is refused, in one stream. Returns the channels used.
         """
-        self._call("managed save", self._dom.managedSave, _save_flags(bypass_cache, resume_running))
-
-    def save_to_file(self, path: str, *, bypass_cache: bool = False, resume_running: bool = False) -> None:
-        """Save to ``path`` and stop the guest (for transient guests, which have no managed slot)."""
         flags = _save_flags(bypass_cache, resume_running)
+        image = managed_image_path(self.host.uri, self.name)
+        if channels > 1 and image and self._saved_with_channels(image, channels, flags):
+            return channels
+        self._call("managed save", self._dom.managedSave, flags)
+        return 1
+
+    def save_to_file(self, path: str, *, bypass_cache: bool = False, resume_running: bool = False,
+                     channels: int = 1) -> int:
+        """Save to ``path`` and stop the guest (for transient guests, which have no managed slot);
+        with ``channels`` > 1 as for ``save_memory_state``. Returns the channels used."""
+        flags = _save_flags(bypass_cache, resume_running)
+        if channels > 1 and self._saved_with_channels(path, channels, flags):
+            return channels
         self._call(f"saving to {path}", self._dom.saveFlags, path, None, flags)
+        return 1
+
+    def _saved_with_channels(self, path: str, channels: int, flags: int) -> bool:
+        """Save with channels; False when libvirt refused it and the guest still runs (a refused
+        save leaves it running), so that one stream can be tried. Any other failure raises."""
+        try:
+            parallelsave.save(self._dom, path, channels, flags)
+            return True
+        except libvirt.libvirtError as error:
+            translated = translate_error(error, f"{self.name}: saving with {channels} channels")
+        if not isinstance(translated, OperationRefused) or not self.is_active():
+            raise translated
+        log.warning("%s; saving it in one stream", translated.message)
+        return False
 
     def has_saved_state(self) -> bool:
-        return bool(self._call("checking for a saved image", self._dom.hasManagedSaveImage, 0))
+        """libvirt's mark, or the file it resumes from (written by a save with channels, which
+        libvirt marks only once the daemon starts again)."""
+        if self._call("checking for a saved image", self._dom.hasManagedSaveImage, 0):
+            return True
+        return bool(self._call("checking for persistence", self._dom.isPersistent)) and \
+            _image_on_disk(self.host.uri, self.name)
 
     def discard_saved_state(self) -> None:
         self._call("removing the saved image", self._dom.managedSaveRemove, 0)
@@ -479,6 +543,11 @@ class Guest:
             {"seconds": seconds, "nseconds": int((now - seconds) * 1e9)},
             0,
         )
+
+
+def _image_on_disk(uri: str, name: str) -> bool:
+    """A whole save image where libvirt looks for the guest's managed save when it starts it."""
+    return is_whole_save_image(managed_image_path(uri, name))
 
 
 def _save_flags(bypass_cache: bool, resume_running: bool) -> int:

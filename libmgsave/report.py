@@ -30,6 +30,11 @@ def _guest_label(entry, many_connections: bool) -> str:
     return f"{entry.guest.name} ({entry.guest.connection})" if many_connections else entry.guest.name
 
 
+def _channels_token(entry) -> str:
+    """`` (4 channels)`` when the guest's save or restore uses parallel channels."""
+    return f" ({entry.save_channels} channels)" if entry.save_channels > 1 else ""
+
+
 def render_plan(plan: Plan, *, settings: bool = True) -> str:
     """The plan as a table, then each guest's effective settings with where each came from."""
     many = len({e.guest.connection for e in plan.entries}) > 1
@@ -52,7 +57,7 @@ def render_plan(plan: Plan, *, settings: bool = True) -> str:
     shutdown = plan.kind is PassKind.SHUTDOWN
     rows = []
     for e in plan.entries:
-        row = [e.order, _guest_label(e, many), e.guest.state, " -> ".join(e.actions)]
+        row = [e.order, _guest_label(e, many), e.guest.state, " -> ".join(e.actions) + _channels_token(e)]
         if shutdown:
             row.append(f"{e.estimate_seconds:.0f} s" if e.estimate_seconds is not None else "-")
         row += [", ".join(names.get(k, k[1]) for k in e.wait_for) or "-", e.reason]

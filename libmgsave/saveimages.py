@@ -9,6 +9,22 @@ import os
 import stat
 
 
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+
+
+def save_dir_moved(uri: str, qemu_conf: str = QEMU_CONF) -> bool:
+    """True when qemu.conf moves qemu:///system's managed-save images (``save_dir``) away from
+    where ``managed_save_dir`` says they are."""
+    if managed_save_dir(uri) != "/var/lib/libvirt/qemu/save":
+        return False
+    try:
+        with open(qemu_conf, encoding="utf-8", errors="replace") as conf:
+            return any(line.split("=", 1)[0].strip() == "save_dir" for line in conf if "=" in line
+                       and not line.lstrip().startswith("#"))
+    except OSError:
+        return False  # unreadable (not root): the default is assumed, as for free space
+
+
 def managed_save_dir(uri: str) -> str | None:
     """Where libvirt keeps managed-save images for a local QEMU connection, else None.
 
@@ -60,6 +76,35 @@ def saved_image_is_partial(path: str | None) -> bool:
             return image.read(len(_QEMU_SAVE_PARTIAL)) == _QEMU_SAVE_PARTIAL
     except OSError:
         return False
+
+
+# The header's image format field (after the magic: version, data_len, was_running, format, as
+# little-endian 32-bit words on x86); 6 is libvirt's "sparse" (QEMU mapped-ram), since 11.2.
+_FORMAT_OFFSET = len(_QEMU_SAVE_MAGIC) + 12
+_FORMAT_SPARSE = 6
+
+
+def is_whole_save_image(path: str | None) -> bool:
+    """True when ``path`` is a regular file with the header of a completed libvirt save."""
+    try:
+        if not path or not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path, "rb") as image:
+            return image.read(len(_QEMU_SAVE_MAGIC)) == _QEMU_SAVE_MAGIC
+    except OSError:
+        return False
+
+
+def is_sparse_image(path: str | None) -> bool:
+    """True when the save image at ``path`` is in libvirt's sparse format (its memory can be
+    read back with several channels)."""
+    try:
+        with open(path or "", "rb") as image:
+            header = image.read(_FORMAT_OFFSET + 4)
+    except OSError:
+        return False
+    return (len(header) == _FORMAT_OFFSET + 4 and header.startswith(_QEMU_SAVE_MAGIC)
+            and int.from_bytes(header[_FORMAT_OFFSET:], "little") == _FORMAT_SPARSE)
 
 
 def managed_image_path(uri: str, guest_name: str) -> str | None:

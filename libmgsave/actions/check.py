@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 from libmgsave import conflicts, console
 from libmgsave.actions import inputs
+from libmgsave.channels import UNKNOWN, choose
 from libmgsave.conflicts import Finding
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorUnavailable, PolicyError, Problem
-from libmgsave.matching import DEFAULTS_SOURCE
+from libmgsave.matching import DEFAULTS_SOURCE, resolve
 from libmgsave.plan import after_problems
 from libmgsave.policy import Policy
 
@@ -86,7 +87,20 @@ def _guest_findings(policy: Policy) -> list[Finding]:
     guests = inputs.inventory(connections, policy, unreachable)  # a listing that fails is one more
     after = [Finding(p.message, p.source) for p in after_problems(guests, policy)]
     return ([Finding(w) for w in unreachable] + conflicts.unmatched_rules(policy, guests)
-            + after + conflicts.guest_conflicts(policy, guests))
+            + after + conflicts.guest_conflicts(policy, guests) + _channel_findings(policy, guests, connections))
+
+
+def _channel_findings(policy: Policy, guests, connections) -> list[Finding]:
+    """Guests whose policy asks for a number of save channels their connection cannot give."""
+    offers = inputs.channel_support(connections)
+    findings = []
+    for guest in guests:
+        effective = resolve(policy, guest)
+        _, refused = choose(effective.settings.save_channels, guest, offers.get(guest.connection, UNKNOWN),
+                            at_once=1, cores=1)
+        if refused:
+            findings.append(Finding(f"{guest.name}: {refused}", effective.sources["save_channels"]))
+    return findings
 
 
 def rule_lines(policy: Policy) -> dict[str, int | None]:

@@ -92,13 +92,20 @@ def inventory(connections: Connections, policy: Policy, warnings: list[str] | No
     return guests
 
 
-def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None = None) -> Plan:
-    """The shutdown plan, with the save rate the last pass measured and the free space now."""
+def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None = None,
+                  connections: Connections | None = None) -> Plan:
+    """The shutdown plan, with the save rate the last pass measured, the free space now and
+    what each connection offers of parallel save channels."""
     previous = ctx.state.last_shutdown(quiet=True)
     room = {uri: save_room(uri) for uri in policy.connections}
     room[FILES_ROOM] = free_bytes(str(ctx.state.path))
     return plan_shutdown(guests, policy, state_dir=ctx.state.path, rates=learned_rates(previous, policy.connections),
-                         deadline=deadline, room=room)
+                         deadline=deadline, room=room, channels=channel_support(connections))
+
+
+def channel_support(connections: Connections | None) -> dict:
+    """What each open connection offers of parallel save channels (``channels.ChannelSupport``)."""
+    return {host.uri: host.channel_support() for host in (connections.hosts() if connections else [])}
 
 
 def boot_plan(ctx: Context, guests, policy: Policy, connections: Connections) -> Plan:
@@ -108,7 +115,8 @@ def boot_plan(ctx: Context, guests, policy: Policy, connections: Connections) ->
     if record is not None:
         record = dict(record, guests=_settled(record, guests))
     return plan_boot(guests, policy, record, _unrecorded_images(ctx, record, boot, guests, connections),
-                     booted_since=booted_since(record, boot), used_images=used_images(record, boot))
+                     booted_since=booted_since(record, boot), used_images=used_images(record, boot),
+                     channels=channel_support(connections))
 
 
 def _settled(record: dict, guests) -> dict:

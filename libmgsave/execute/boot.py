@@ -205,7 +205,8 @@ class BootPass:
             return Outcome.LEFT_OFF
         try:
             with timed_step(result, Action.RESTORE) as step:
-                host.restore_from_file(entry.image, bypass_cache=entry.effective.settings.bypass_cache)
+                host.restore_from_file(entry.image, bypass_cache=entry.effective.settings.bypass_cache,
+                                       channels=entry.save_channels)
                 step.bytes = file_size(entry.image)
         except HypervisorError:
             kept = set_aside_failed_file(entry.image, self.state_dir.failed_images, entry.guest.name)

@@ -163,9 +163,12 @@ def mb(n: float | None) -> str:
 
 
 def file_size(path: str | None) -> int | None:
+    """The bytes a save wrote to ``path``: a sparse image (saved with channels) is as long as
+    the guest's memory, holes included, so what it takes on disk counts when that is less."""
     if not path:
         return None
     try:
-        return os.stat(path).st_size
+        st = os.stat(path)
     except OSError:
         return None
+    return min(st.st_size, st.st_blocks * 512) if st.st_blocks else st.st_size

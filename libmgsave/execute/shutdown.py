@@ -257,10 +257,14 @@ class ShutdownPass:
         self.progress.begin(guest, entry, settings.save_timeout, image)
         try:
             if action is Action.SAVE:
-                guest.save_memory_state(bypass_cache=settings.bypass_cache, resume_running=resume_running)
+                used = guest.save_memory_state(bypass_cache=settings.bypass_cache, resume_running=resume_running,
+                                               channels=entry.save_channels)
             else:
                 images_directory(Path(image).parent)
-                guest.save_to_file(image, bypass_cache=settings.bypass_cache, resume_running=resume_running)
+                used = guest.save_to_file(image, bypass_cache=settings.bypass_cache, resume_running=resume_running,
+                                          channels=entry.save_channels)
+            if used < entry.save_channels:
+                messages.append(f"saved in one stream: libvirt refused {entry.save_channels} channels")
         except HypervisorUnavailable:
             raise  # the save may have completed: the file is kept, and looked at after the reconnect
         except HypervisorError as error:

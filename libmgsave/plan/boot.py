@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Iterable, Mapping
 
+from libmgsave.channels import UNKNOWN, ChannelSupport, choose
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.matching import Effective, resolve
 from libmgsave.outcomes import Outcome
@@ -31,13 +33,16 @@ def _recorded_guest(entry: Mapping) -> GuestInfo:
 def plan_boot(
     guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None, recovered: Iterable[Mapping] = (),
     *, booted_since: bool = False, used_images: Collection[str] = (),
+    channels: Mapping[str, ChannelSupport] | None = None, cores: int | None = None,
 ) -> Plan:
     """Decide which guests to start, resume or leave off, in start order.
 
     ``record`` is the last shutdown record, or None when there is none to trust: then a guest
     with a saved image counts as "was running" (libvirt only has one if it was saved running).
     ``used_images``: record keys of transient guests whose save file a boot pass since the
-    record restored; stale, it is never restored again.
+    record restored; stale, it is never restored again. ``channels`` and ``cores``: as for
+    ``plan_shutdown``, for the restores of transient guests' save files (a resume from a
+    managed-save image takes no channels: libvirt's start has no parameter for them).
     """
     warnings: list[str] = []
     recorded = {} if record is None else dict(record.get("guests", {}))
@@ -66,6 +71,8 @@ def plan_boot(
         guest, eff = resolved[key]
         return (orders[key], -eff.settings.priority, guest.name, guest.connection)
 
+    offers = dict(channels or {})
+    at_once = min(policy.limits.max_parallel_starts, len(transient_images)) or 1
     entries = []
     for key in sorted(resolved, key=sort_key):
         guest, eff = resolved[key]
@@ -76,11 +83,15 @@ def plan_boot(
         # resumed and stopped again: starting it fresh is no news then.
         lost = _lost_state_note(entry) if action is Action.START and not booted_since else None
         if_fails = Action.START if eff.settings.on_resume_failure is OnResumeFailure.BOOT_FRESH else Action.SKIP
+        read_with = 1
+        if action is Action.RESTORE:
+            read_with, _ = choose(eff.settings.save_channels, guest, offers.get(guest.connection, UNKNOWN),
+                                  at_once=at_once, cores=cores or os.cpu_count() or 1)
         entries.append(
             GuestPlan(guest, eff, (action,), reason, orders[key], wait_for if action is not Action.SKIP else (),
                       image=transient_images.get(key), notes=(lost,) if lost else (),
                       managed_image=managed_image_path(guest.connection, guest.name) if guest.persistent else None,
-                      boots_fresh_because=lost, if_resume_fails=if_fails)
+                      boots_fresh_because=lost, if_resume_fails=if_fails, save_channels=read_with)
         )
     return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings))
 

@@ -74,6 +74,9 @@ class GuestPlan:
     # shutdown: the head of the policy's chain when the plan dropped it (a save it had no time
     # or room for); None: the first of ``actions``
     dropped_first_choice: Action | None = None
+    # The channels its save writes with (shutdown) or its save file is read back with (boot:
+    # a restore); more than 1 only where the connection offers parallel channels (channels.py)
+    save_channels: int = 1
 
     @property
     def key(self) -> GuestKey:
@@ -111,6 +114,7 @@ class GuestPlan:
             "image": self.image,
             "managed_image": self.managed_image,
             "notes": list(self.notes),
+            "save_channels": self.save_channels,
             "settings": _settings_dict(self.effective),
         }
 

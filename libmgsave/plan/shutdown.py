@@ -3,9 +3,11 @@ deadline or the free space cannot take it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from libmgsave.channels import UNKNOWN, ChannelSupport, choose
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
@@ -24,6 +26,8 @@ def plan_shutdown(
     rates: Mapping[str, SaveRate] | None = None,
     deadline: float | None = None,
     room: Mapping[str, int | None] | None = None,
+    channels: Mapping[str, ChannelSupport] | None = None,
+    cores: int | None = None,
 ) -> Plan:
     """Decide the fallback chain of every running guest, in the order the pass will work.
 
@@ -37,6 +41,10 @@ def plan_shutdown(
     under ``FILES_ROOM`` for transient guests' files (None or absent: unknown, not checked).
     A save whose image (estimated as the guest's memory size, an upper bound) does not fit
     what is left is dropped from the chain the same way.
+
+    ``channels`` says which connections can save with parallel channels (absent: none can);
+    ``cores`` (the host's CPUs, by default this machine's) is shared among the saves that run
+    at once by ``save_channels: auto``.
     """
     room_left = dict(room or {})
     guests = list(guests)
@@ -63,13 +71,17 @@ def plan_shutdown(
 
     entries = []
     budget = _SaveBudget(rates, deadline, room_left)
+    saving = sum(1 for g, eff in resolved.values() if g.state.is_active and ShutdownStep.SAVE in eff.settings.on_shutdown)
+    share = _ChannelShare(dict(channels or {}), min(policy.limits.max_parallel_saves, saving) or 1,
+                          cores or os.cpu_count() or 1)
     for key in sorted(resolved, key=sort_key):
         guest, eff = resolved[key]
         if not guest.state.is_active:
             reason = f"{guest.state}: nothing to do"
             entries.append(GuestPlan(guest, eff, (Action.SKIP,), reason, orders[key]))
             continue
-        entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget))
+        entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget,
+                                       share))
     return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates)
 
 
@@ -101,8 +113,20 @@ class _SaveBudget:
         return estimate, None
 
 
+class _ChannelShare:
+    """What ``channels.choose`` needs besides the guest: each connection's offer, how many saves
+    run at once, and the host's cores."""
+
+    def __init__(self, offers: dict[str, ChannelSupport], at_once: int, cores: int):
+        self.offers, self.at_once, self.cores = offers, at_once, cores
+
+    def choose(self, guest: GuestInfo, eff: Effective) -> tuple[int, str | None]:
+        return choose(eff.settings.save_channels, guest, self.offers.get(guest.connection, UNKNOWN),
+                      at_once=self.at_once, cores=self.cores)
+
+
 def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tuple[GuestKey, ...],
-                    state_dir: Path, budget: _SaveBudget) -> GuestPlan:
+                    state_dir: Path, budget: _SaveBudget, share: _ChannelShare) -> GuestPlan:
     """A running guest's fallback chain, its save dropped up front when it cannot make it."""
     notes: list[str] = []
     chain = []
@@ -124,10 +148,14 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
         if dropped:
             notes.append(dropped)
             chain, image, managed = chain[1:], None, None
+    save_channels = 1
+    if Action.SAVE in chain or Action.SAVE_TO_FILE in chain:
+        save_channels, refused = share.choose(guest, eff)
+        notes += [refused] if refused else []
     reason = f"{guest.state}; chain {' -> '.join(chain)}"
     return GuestPlan(guest, eff, tuple(chain), reason, order, wait_for, estimate, image, tuple(notes),
                      managed_image=managed, save_dropped_because=dropped,
-                     dropped_first_choice=first_choice if dropped else None)
+                     dropped_first_choice=first_choice if dropped else None, save_channels=save_channels)
 
 
 def _mb(n: float) -> str:

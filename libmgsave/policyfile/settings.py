@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from libmgsave.policy import SETTING_NAMES, Autostart, OnResumeFailure, Ready, ReadyKind, ShutdownStep
+from libmgsave.policy import SETTING_NAMES, Autostart, Channels, OnResumeFailure, Ready, ReadyKind, ShutdownStep
 
 AGENT_READY_TIMEOUT = 120.0  # ``ready: agent`` without a timeout
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([hms])")
@@ -91,6 +91,7 @@ SETTINGS = {s.name: s for s in (
     Setting("bypass_cache", bool),
     Setting("sync_time", bool),
     Setting("on_resume_failure", OnResumeFailure),
+    Setting("save_channels", lambda value: Channels.AUTO if value == "auto" else int(value)),
 )}
 assert set(SETTINGS) == set(SETTING_NAMES), "the settings table and GuestSettings disagree"
 

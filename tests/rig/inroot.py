@@ -45,10 +45,11 @@ from .image import PREBUILT_ENV, ensure_image
 CHECKOUT = Path(__file__).resolve().parents[2]
 WORKDIR_PREFIX = "mgsave-inroot-"
 OUT = "/var/tmp/mgsave-inroot-out"      # inside: junit.xml and versions.json, bound from the workdir
-# What runs inside by default, in one session: the e2e cycle, and the faults (the fallback chain,
-# daemon and mgsave killed mid-pass, damaged images...). The rest of the rig tier (the rig's own
-# tests, deadline, load, agent, peers) adds time, not much about libvirt 11.
-DEFAULT_TESTS = ("tests/test_e2e_rig.py", "tests/test_faults.py")
+# What runs inside by default, in one session: the e2e cycle, the faults (the fallback chain,
+# daemon and mgsave killed mid-pass, damaged images...) and the parallel save channels (only
+# libvirt 11.2 has them). The rest of the rig tier (the rig's own tests, deadline, load, agent,
+# peers) adds time, not much about libvirt 11.
+DEFAULT_TESTS = ("tests/test_e2e_rig.py", "tests/test_faults.py", "tests/test_channels_rig.py")
 _SUMMARY = re.compile(r"^=+ (.+ in [0-9.]+s.*?) =+$", re.M)
 NO_OVERLAY = 97   # the exit status of the wrapper when the overlay cannot be mounted
 TOOLS = ("unshare", "mount", "systemd-nspawn")
