@@ -13,7 +13,7 @@ def run_plan(ctx: Context) -> None:
     guests = inputs.inventory(connections, policy, warnings)
     plans = []
     if ctx.which in (None, "shutdown"):
-        plans.append(inputs.shutdown_plan(ctx, guests, policy))
+        plans.append(inputs.shutdown_plan(ctx, guests, policy, connections=connections))
     if ctx.which in (None, "boot"):
         plans.append(inputs.boot_plan(ctx, guests, policy, connections))
     warnings += ctx.warnings

@@ -36,7 +36,7 @@ def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly:
 def carry_out(run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
     ctx = run.ctx
     inputs.check_state_dir(ctx)
-    plan = inputs.shutdown_plan(ctx, run.guests, run.policy, deadline=run.time_left())
+    plan = inputs.shutdown_plan(ctx, run.guests, run.policy, deadline=run.time_left(), connections=run.connections)
     run.announce(plan)
     if ctx.dry_run:
         return plan, dry_run_results(plan) + skipped_results(plan)
@@ -83,7 +83,7 @@ def _late_guests(run: passes.PassRun, record: RecordWriter, results: list[GuestR
         late = [g for g in _running_guests(run) if g.key not in given_up]
         if not late:
             break
-        plan = inputs.shutdown_plan(run.ctx, late, run.policy, deadline=remaining)
+        plan = inputs.shutdown_plan(run.ctx, late, run.policy, deadline=remaining, connections=run.connections)
         for entry in plan.active:
             log.warning("%s: started by someone else during the pass; handling it now", entry.guest.name,
                         extra=journal.guest_fields(entry.guest, result="late"))

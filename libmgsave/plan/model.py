@@ -38,6 +38,7 @@ class PassKind(enum.StrEnum):
 
 
 class Action(enum.StrEnum):
+    MIGRATE = "migrate"  # live migration to ``GuestPlan.peer``
     SAVE = "save"  # managed save
     SAVE_TO_FILE = "save-to-file"  # transient guest: save to images/<uuid>.save
     SHUTDOWN = "shutdown"
@@ -45,6 +46,7 @@ class Action(enum.StrEnum):
     RESUME = "resume"  # start from the managed-save image
     RESTORE = "restore"  # recreate a transient guest from its save file
     START = "start"  # cold boot
+    RETURN = "return"  # migrate home from ``GuestPlan.peer``, where the last shutdown sent it
     SKIP = "skip"
 
 
@@ -74,6 +76,9 @@ class GuestPlan:
     # shutdown: the head of the policy's chain when the plan dropped it (a save it had no time
     # or room for); None: the first of ``actions``
     dropped_first_choice: Action | None = None
+    # shutdown: the peer its migrate step goes to (chosen up front); boot: the peer it comes back
+    # from; None: no migration
+    peer: str | None = None
 
     @property
     def key(self) -> GuestKey:
@@ -112,6 +117,7 @@ class GuestPlan:
             "managed_image": self.managed_image,
             "notes": list(self.notes),
             "settings": _settings_dict(self.effective),
+            "peer": self.peer,
         }
 
 
@@ -123,6 +129,7 @@ class Plan:
     policy_source: str | None
     warnings: tuple[str, ...] = ()
     rates: Mapping[str, SaveRate] | None = None  # shutdown: the save rate assumed on each connection
+    peers: Mapping[str, object] | None = None  # shutdown: the peers looked at (``plan.peers.PeerFacts``)
 
     @property
     def active(self) -> tuple[GuestPlan, ...]:
@@ -135,12 +142,14 @@ class Plan:
             "limits": {
                 "max_parallel_saves": self.limits.max_parallel_saves,
                 "max_parallel_starts": self.limits.max_parallel_starts,
+                "max_parallel_migrations": self.limits.max_parallel_migrations,
                 "shutdown_deadline": self.limits.shutdown_deadline,
                 "start_delay": self.limits.start_delay,
             },
             "save_rates": {uri: rate.to_dict() for uri, rate in (self.rates or {}).items()},
             "warnings": list(self.warnings),
             "guests": [e.to_dict() for e in self.entries],
+            "peers": {uri: facts.to_dict() for uri, facts in (self.peers or {}).items()},
         }
 
 

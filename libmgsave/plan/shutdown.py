@@ -11,6 +11,7 @@ from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
                                   PassKind, Plan, SaveRate)
 from libmgsave.plan.ordering import dependencies, effective_orders
+from libmgsave.plan.peers import PeerBudget, PeerFacts
 from libmgsave.policy import Policy, ShutdownStep
 from libmgsave.saveimages import managed_image_path
 from libmgsave.state import StateDir
@@ -24,6 +25,8 @@ def plan_shutdown(
     rates: Mapping[str, SaveRate] | None = None,
     deadline: float | None = None,
     room: Mapping[str, int | None] | None = None,
+    peers: Mapping[str, PeerFacts] | None = None,
+    source_types: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """Decide the fallback chain of every running guest, in the order the pass will work.
 
@@ -37,6 +40,11 @@ def plan_shutdown(
     under ``FILES_ROOM`` for transient guests' files (None or absent: unknown, not checked).
     A save whose image (estimated as the guest's memory size, an upper bound) does not fit
     what is left is dropped from the chain the same way.
+
+    ``peers`` says what each peer URI of the guests' ``migrate`` settings answered, and
+    ``source_types`` each connection's hypervisor type: a ``migrate`` step gets its peer here
+    (``plan.peers.PeerBudget``), or is dropped from the chain when no peer can take the guest
+    in time.
     """
     room_left = dict(room or {})
     guests = list(guests)
@@ -63,14 +71,17 @@ def plan_shutdown(
 
     entries = []
     budget = _SaveBudget(rates, deadline, room_left)
+    peer_budget = PeerBudget(peers or {}, source_types or {}, deadline - DEADLINE_RESERVE)
     for key in sorted(resolved, key=sort_key):
         guest, eff = resolved[key]
         if not guest.state.is_active:
             reason = f"{guest.state}: nothing to do"
             entries.append(GuestPlan(guest, eff, (Action.SKIP,), reason, orders[key]))
             continue
-        entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget))
-    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates)
+        entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget,
+                                       peer_budget))
+    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates,
+                peers=dict(peers or {}))
 
 
 class _SaveBudget:
@@ -102,7 +113,7 @@ class _SaveBudget:
 
 
 def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tuple[GuestKey, ...],
-                    state_dir: Path, budget: _SaveBudget) -> GuestPlan:
+                    state_dir: Path, budget: _SaveBudget, peer_budget: PeerBudget) -> GuestPlan:
     """A running guest's fallback chain, its save dropped up front when it cannot make it."""
     notes: list[str] = []
     chain = []
@@ -117,17 +128,29 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
                 notes.append("transient guest: saved to a file, restored from it at boot")
         else:
             chain.append(Action(step.value))
-    estimate = dropped = None
+    estimate = dropped = peer = None
     first_choice = chain[0]
+    migration_dropped = False
+    if Action.MIGRATE in chain:
+        choice = peer_budget.choose(guest, eff.settings.migrate)
+        peer, estimate = choice.peer, choice.estimate
+        if peer is None:  # the chain goes on with what follows the migration
+            notes.append(choice.why)
+            chain.remove(Action.MIGRATE)
+            migration_dropped = first_choice is Action.MIGRATE
+        else:
+            notes.append(f"migrates to {peer}, estimated to end {estimate:.0f} s into the pass")
     if first_choice in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1:
         estimate, dropped = budget.take(guest, guest.connection if first_choice is Action.SAVE else FILES_ROOM)
         if dropped:
             notes.append(dropped)
             chain, image, managed = chain[1:], None, None
+    if not chain:  # the migration was the whole chain and cannot be carried out
+        chain = [Action.SKIP]
     reason = f"{guest.state}; chain {' -> '.join(chain)}"
     return GuestPlan(guest, eff, tuple(chain), reason, order, wait_for, estimate, image, tuple(notes),
                      managed_image=managed, save_dropped_because=dropped,
-                     dropped_first_choice=first_choice if dropped else None)
+                     dropped_first_choice=first_choice if dropped or migration_dropped else None, peer=peer)
 
 
 def _mb(n: float) -> str:

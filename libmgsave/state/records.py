@@ -42,6 +42,7 @@ class GuestEntry(TypedDict, total=False):
     title: str
     metadata: dict[str, str]
     image: str | None  # a transient guest's save file
+    peer: str | None  # migrated: the libvirt URI of the peer it runs on now
     planned: list[str]  # the actions of its plan
     steps: list[dict]  # each step's action, ok, started, finished, bytes, error
     waits: list[dict]  # what it waited for besides its steps (outcomes.WaitKind), started, finished
