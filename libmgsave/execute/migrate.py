@@ -17,8 +17,10 @@ import time
 from libmgsave import interrupt, journal
 from libmgsave.errors import GuestGone, HypervisorError, OperationRefused, OperationTimeout
 from libmgsave.execute.progress import mb
+from libmgsave.execute.steps import add_step
 from libmgsave.hypervisor import Guest, Host
-from libmgsave.plan import DEADLINE_RESERVE, GuestPlan
+from libmgsave.outcomes import GuestResult, Outcome, StepResult
+from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan
 from libmgsave.plan.peers import DEFAULT_MIGRATION_THROUGHPUT, migration_seconds
 from libmgsave.policy import DiskMode
 
@@ -49,12 +51,14 @@ class LinkRate:
             self._seconds += max(seconds, 0.001)
 
 
-def migrate(guest: Guest, entry: GuestPlan, *, deadline_at: float, rate: LinkRate, messages: list[str]) -> int:
-    """Migrate the guest to its plan's peer; returns the bytes its memory had. Raises
+def migrate(guest: Guest, entry: GuestPlan, *, deadline_at: float, rate: LinkRate, messages: list[str],
+            to: str | None = None) -> int:
+    """Migrate the guest to ``to`` (by default its plan's peer); returns the bytes its memory had. Raises
     OperationTimeout when it cannot end in time (not begun, or aborted: the guest runs on
     here), interrupt.Interrupted when the pass was stopped meanwhile (aborted the same way),
     HypervisorError when libvirt refused or failed it."""
     settings = entry.effective.settings.migrate
+    to = to or entry.peer
     size = entry.guest.memory_bytes
     estimate = migration_seconds(size, settings, rate.current())
     left = deadline_at - DEADLINE_RESERVE - time.monotonic()
@@ -62,10 +66,10 @@ def migrate(guest: Guest, entry: GuestPlan, *, deadline_at: float, rate: LinkRat
         raise OperationTimeout(f"not begun: it would take about {estimate:.0f} s and only {max(left, 0):.0f} s "
                                f"are left before the deadline")
     give_up_after = min(settings.timeout, left)
-    log.info("%s: migrating to %s (%s of memory, about %.0f s)", entry.guest.name, entry.peer, mb(size), estimate,
+    log.info("%s: migrating to %s (%s of memory, about %.0f s)", entry.guest.name, to, mb(size), estimate,
              extra=journal.guest_fields(entry.guest, action="migrate", result="begin"))
     began = time.monotonic()
-    worker = _Worker(guest, entry.peer, settings.live, settings.bandwidth, settings.disks is DiskMode.COPY)
+    worker = _Worker(guest, to, settings.live, settings.bandwidth, settings.disks is DiskMode.COPY)
     worker.start()
     cut_short = _watch(worker, guest, entry, began + give_up_after)
     if cut_short is not None:
@@ -79,7 +83,7 @@ def migrate(guest: Guest, entry: GuestPlan, *, deadline_at: float, rate: LinkRat
         raise worker.error
     seconds = time.monotonic() - began
     rate.measured(size, seconds)
-    messages.append(f"migrated to {entry.peer} in {seconds:.1f} s")
+    messages.append(f"migrated to {to} in {seconds:.1f} s")
     return size
 
 
@@ -133,6 +137,43 @@ def _abort(worker: _Worker, guest: Guest, entry: GuestPlan) -> None:
         log.warning("%s: aborting the migration: %s", entry.guest.name, error.message,
                     extra=journal.guest_fields(entry.guest, action="migrate", result="abort-failed"))
     worker.join(ABORT_GRACE)
+
+
+def bring_home(entry: GuestPlan, result: GuestResult) -> Outcome:
+    """Migrate a guest the last shutdown sent to ``entry.peer`` back to this host (the policy's
+    ``migrate.home``, as the peer reaches it). When the peer does not answer or the migration
+    fails, the guest stays there (it runs on there: nothing is lost) and the result says so."""
+    started = time.time()
+    try:
+        host = Host.open(entry.peer)
+    except HypervisorError as error:
+        return _stays(entry, result, f"{entry.peer} does not answer ({error.message})")
+    try:
+        guest = host.guest(entry.guest.uuid)
+        if not guest.is_active():
+            return _stays(entry, result, f"it is not running on {entry.peer}")
+        size = migrate(guest, entry, deadline_at=float("inf"), rate=LinkRate(), messages=result.messages,
+                       to=entry.effective.settings.migrate.home)
+    except GuestGone:
+        result.messages.append(f"it is not on {entry.peer} any more (moved or undefined by someone else)")
+        log.warning("%s: not on %s any more", entry.guest.name, entry.peer,
+                    extra=journal.guest_fields(entry.guest, result=Outcome.VANISHED))
+        return Outcome.VANISHED
+    except HypervisorError as error:
+        add_step(result, StepResult(Action.RETURN, False, started, time.time(), error=error.message))
+        return _stays(entry, result, "its migration home failed")
+    finally:
+        host.close()
+    add_step(result, StepResult(Action.RETURN, True, started, time.time(), bytes=size))
+    return Outcome.RETURNED
+
+
+def _stays(entry: GuestPlan, result: GuestResult, why: str) -> Outcome:
+    result.peer = entry.peer
+    result.messages.append(f"stays on {entry.peer}: {why}")
+    log.warning("%s: stays on %s: %s", entry.guest.name, entry.peer, why,
+                extra=journal.guest_fields(entry.guest, action="return", result=Outcome.ON_PEER))
+    return Outcome.ON_PEER
 
 
 def runs_on(uri: str, uuid: str) -> bool | None:
