@@ -58,3 +58,17 @@ def source_types(hosts: Iterable[Host]) -> dict[str, str | None]:
         except HypervisorError:
             types[host.uri] = None
     return types
+
+
+def unreachable_peers(policy: Policy) -> list[tuple[str, str, str]]:
+    """``check``: every peer the policy names that does not answer now, as (peer, why, where:
+    the label of the rule that names it, or "defaults"), each peer asked once."""
+    from libmgsave.matching import DEFAULTS_SOURCE
+
+    named: list[tuple[str, str]] = []
+    sources = [(DEFAULTS_SOURCE, policy.defaults)] + [(rule.label, rule.settings) for rule in policy.rules]
+    for label, settings in sources:
+        migrate = settings.get("migrate")
+        named += [(uri, label) for uri in (migrate.peers if migrate else ())]
+    facts = probe_all(dict.fromkeys(uri for uri, _ in named))
+    return [(uri, facts[uri].why, label) for uri, label in named if not facts[uri].reachable]
