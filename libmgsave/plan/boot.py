@@ -116,7 +116,11 @@ def _lost_state_note(entry: Mapping | None) -> str | None:
 
 
 def _return_decision(eff: Effective, peer: str) -> tuple[Action, str]:
-    """A guest the last shutdown migrated to ``peer``: it comes home when its policy says so."""
+    """A guest the last shutdown migrated to ``peer``: it comes home when its policy says so. The
+    peer is read from the record: only one the guest's policy lists is ever connected to."""
+    if peer not in eff.settings.migrate.peers:
+        return Action.SKIP, (f"migrated to {peer} at the last shutdown, a peer its policy does not list (any "
+                             f"more): not contacted")
     if eff.settings.migrate.come_back and eff.settings.migrate.home:
         return Action.RETURN, f"migrated to {peer} at the last shutdown; comes back"
     return Action.SKIP, f"migrated to {peer} at the last shutdown; runs there (come_back is off)"

@@ -92,3 +92,34 @@ def test_return_without_guests_on_a_peer_has_nothing_to_do(hv, tmp_path, capsys)
     code, out, _err = mgsave(tmp_path, capsys, "return", "--dry-run", "--json")
     assert code == ExitCode.OK, out
     assert json.loads(out)["guests"] == []
+
+
+MIGRATED_UUID = "5d3f1c2e-8a4b-4f2e-9c1d-0e6a7b8c9d0f"
+
+
+def write_migrated_record(tmp_path, peer):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    entry = {"connection": URI, "name": "gone1", "uuid": MIGRATED_UUID, "outcome": "migrated", "peer": peer,
+             "persistent": True, "memory_kib": 2048}
+    record = {"format": "mgsave-state", "kind": "shutdown", "version": 1, "started": 1.0, "finished": 2.0,
+              "guests": {f"{URI} {MIGRATED_UUID}": entry}}
+    (state_dir / "last-shutdown.json").write_text(json.dumps(record))
+    os.chmod(state_dir / "last-shutdown.json", 0o600)
+
+
+def test_status_lists_the_guests_living_on_a_peer_and_boot_plans_their_way_home(hv, tmp_path, capsys):
+    define(hv, "web1")
+    write_migrated_record(tmp_path, URI)
+    come_back = POLICY.replace(f'"{URI}"]}}', f'"{URI}"], come_back: true, home: "{URI}"}}')
+    code, out, _err = mgsave(tmp_path, capsys, "status", "--json", policy=come_back)
+    assert code == ExitCode.OK, out
+    rows = {r["name"]: r for r in json.loads(out)["guests"]}
+    assert rows["gone1"]["peer"] == URI and rows["gone1"]["state"] == f"on peer {URI}"
+    code, text, _err = mgsave(tmp_path, capsys, "status", policy=come_back)
+    assert f"on peer {URI}" in text
+    code, out, _err = mgsave(tmp_path, capsys, "boot", "--dry-run", "--json", policy=come_back)
+    results = {g["name"]: g for g in json.loads(out)["guests"]}
+    assert results["gone1"]["action"] == "return" and results["gone1"]["outcome"] == "planned"
+    code, out, _err = mgsave(tmp_path, capsys, "return", "--dry-run", "--json", policy=come_back)
+    assert [g["name"] for g in json.loads(out)["guests"]] == ["gone1"]

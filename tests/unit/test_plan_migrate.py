@@ -109,6 +109,10 @@ def test_boot_brings_a_migrated_guest_home_only_with_come_back():
     assert entry.actions == (Action.RETURN,) and entry.peer == P1 and entry.guest.persistent
     [entry] = plan_boot([], policy(), record).entries
     assert entry.skipped and P1 in entry.reason
+    # a peer the policy does not list is never contacted, whatever the record says
+    record["guests"][guest_record_key(*g.key)]["peer"] = "qemu+tls://elsewhere.example.org/system"
+    [entry] = plan_boot([], policy(home), record).entries
+    assert entry.skipped and "does not list" in entry.reason
     # defined here again (returned by hand, say): the usual decision
     [entry] = plan_boot([g], policy(home), record).entries
     assert entry.skipped and "already running" in entry.reason
