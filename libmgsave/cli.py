@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
         p.add_argument("--wait", type=_wait_duration, metavar="SECONDS", default=None,
                        help="how long to wait for another pass to finish, 0 for not at all")
+        if name == "evacuate":
+            p.add_argument("--deadline", type=_deadline_duration, metavar="SECONDS", default=None,
+                           help="how long the migrations may take in all (default: limits.shutdown_deadline)")
     return parser
 
 
