@@ -140,8 +140,10 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
             migration_dropped = first_choice is Action.MIGRATE
         else:
             notes.append(f"migrates to {peer}, estimated to end {estimate:.0f} s into the pass")
-    if first_choice in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1:
-        estimate, dropped = budget.take(guest, guest.connection if first_choice is Action.SAVE else FILES_ROOM)
+    head = chain[0] if chain else None
+    # a save heads the chain as the policy's first choice, or because the migration before it was dropped
+    if head in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1 and (head is first_choice or migration_dropped):
+        estimate, dropped = budget.take(guest, guest.connection if head is Action.SAVE else FILES_ROOM)
         if dropped:
             notes.append(dropped)
             chain, image, managed = chain[1:], None, None

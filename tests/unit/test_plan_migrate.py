@@ -142,3 +142,11 @@ guests:
     on_shutdown: [migrate, poweroff]
 """, "policy.yaml")
     assert plan([guest("a")], p)["a"].peer == P1
+
+
+def test_a_save_that_takes_the_place_of_a_dropped_migration_is_budgeted_like_any_save():
+    peers = {P1: PeerFacts(P1, False), P2: PeerFacts(P2, False)}
+    entry = plan([guest("a", memory=100 * GiB)], peers=peers, deadline=60)["a"]
+    assert entry.actions == (Action.POWEROFF,), entry.notes
+    assert entry.first_choice is Action.MIGRATE
+    assert any("save skipped" in n for n in entry.notes) and any("migration skipped" in n for n in entry.notes)
