@@ -93,5 +93,6 @@ class PeerBudget:
         if facts.free_bytes is not None:
             free = facts.free_bytes - self.reserved.get(uri, 0)
             if guest.memory_bytes > free:
-                return f"not enough free memory ({free / 1e6:.0f} MB left, the guest has {guest.memory_bytes / 1e6:.0f} MB)"
+                return (f"not enough free memory ({free / 1e6:.0f} MB left, the guest has "
+                        f"{guest.memory_bytes / 1e6:.0f} MB)")
         return None
