@@ -330,11 +330,12 @@ def test_a_migration_cut_short_leaves_the_guest_here(pair):
         assert_one_heartbeat(serial(a, "mig-cut"))
 
         proc = mgsave.start("shutdown")
-        wait_for_migration(dom, proc)
+        wait_for_migration(dom, proc, sent=28 * 2**20)  # at 4 MiB/s: past the first progress line
         os.kill(b.libvirtd_pid(), signal.SIGKILL)  # its guests' QEMUs live on, as on a real host
         out, err = proc.communicate(timeout=300)
         result = guest_result(json.loads(out), "mig-cut")
         assert proc.returncode == 10, err[-5000:]
+        assert re.search(rf"mig-cut: migrating to {re.escape(b.tcp_uri)}: \d+% of", err), err[-5000:]
         assert result["outcome"] == "saved", result
         [step] = [s for s in result["steps"] if s["action"] == "migrate"]
         assert not step["ok"], step

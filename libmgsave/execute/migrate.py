@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 
-from libmgsave import interrupt, journal
+from libmgsave import interrupt, journal, notify
 from libmgsave.errors import GuestGone, HypervisorError, OperationRefused, OperationTimeout
 from libmgsave.execute.progress import mb
 from libmgsave.execute.steps import add_step
@@ -106,6 +106,7 @@ class _Worker(threading.Thread):
 def _watch(worker: _Worker, guest: Guest, entry: GuestPlan, give_up_at: float) -> str | None:
     """Wait for the worker, logging progress; "stop" or "late" when the migration must be aborted."""
     next_line = time.monotonic() + PROGRESS_EVERY
+    seen = -1  # bytes the job had sent at the last progress line
     while worker.is_alive():
         worker.join(WATCH_EVERY)
         if not worker.is_alive():
@@ -116,18 +117,25 @@ def _watch(worker: _Worker, guest: Guest, entry: GuestPlan, give_up_at: float) -
             return "late"
         if time.monotonic() >= next_line:
             next_line += PROGRESS_EVERY
-            _progress_line(guest, entry)
+            seen = _progress_line(guest, entry, worker.peer, seen)
     return None
 
 
-def _progress_line(guest: Guest, entry: GuestPlan) -> None:
+def _progress_line(guest: Guest, entry: GuestPlan, to: str, seen: int) -> int:
+    """Log the job's progress; while it moves, systemd's stop timeout is pushed back, as for a
+    save. Returns the bytes sent so far."""
     try:
         progress = guest.job_progress()
     except HypervisorError:
-        return
-    if progress is not None and progress.fraction is not None:
-        log.info("%s: migrating to %s: %.0f%% of %s", entry.guest.name, entry.peer, 100 * progress.fraction,
+        return seen
+    if progress is None:
+        return seen
+    if progress.processed > seen:
+        notify.extend_timeout(PROGRESS_EVERY * 2 + 30)
+    if progress.fraction is not None:
+        log.info("%s: migrating to %s: %.0f%% of %s", entry.guest.name, to, 100 * progress.fraction,
                  mb(progress.total), extra=journal.guest_fields(entry.guest, action="migrate", result="progress"))
+    return progress.processed
 
 
 def _abort(worker: _Worker, guest: Guest, entry: GuestPlan) -> None:
