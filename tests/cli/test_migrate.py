@@ -123,3 +123,17 @@ def test_status_lists_the_guests_living_on_a_peer_and_boot_plans_their_way_home(
     assert results["gone1"]["action"] == "return" and results["gone1"]["outcome"] == "planned"
     code, out, _err = mgsave(tmp_path, capsys, "return", "--dry-run", "--json", policy=come_back)
     assert [g["name"] for g in json.loads(out)["guests"]] == ["gone1"]
+
+
+def test_a_migration_the_hypervisor_refuses_is_a_failed_step_and_the_chain_goes_on(hv, tmp_path, capsys):
+    """The test driver cannot migrate: the step fails, the guest is still here, and it is saved."""
+    small(hv, "web1")
+    code, out, _err = mgsave(tmp_path, capsys, "shutdown", "--json")
+    assert code == ExitCode.GUEST_DEGRADED, out
+    [result] = [g for g in json.loads(out)["guests"] if g["name"] == "web1"]
+    assert [(s["action"], s["ok"]) for s in result["steps"]] == [("migrate", False), ("save", True)]
+    assert result["outcome"] == "saved" and result["severity"] == "degraded" and result["peer"] is None
+    assert hv.lookupByName("web1").hasManagedSaveImage(0)
+    record = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
+    [entry] = [e for e in record["guests"].values() if e["name"] == "web1"]
+    assert entry["outcome"] == "saved" and "peer" not in entry
