@@ -4,6 +4,8 @@ much free memory (``plan.peers.PeerFacts``). Only through the libvirt wrapper.""
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable
 
 from libmgsave.errors import HypervisorError
@@ -14,6 +16,8 @@ from libmgsave.plan.peers import PeerFacts
 from libmgsave.policy import Policy, ShutdownStep
 
 log = logging.getLogger("mgsave")
+
+PROBE_TIMEOUT = 15.0  # seconds a peer has to answer before a plan counts it unreachable
 
 
 def peers_of(guests: Iterable[GuestInfo], policy: Policy, *, all_guests: bool = False) -> list[str]:
@@ -53,8 +57,22 @@ def probe(uri: str) -> PeerFacts:
         host.close()
 
 
-def probe_all(uris: Iterable[str]) -> dict[str, PeerFacts]:
-    return {uri: probe(uri) for uri in uris}
+def probe_all(uris: Iterable[str], timeout: float = PROBE_TIMEOUT) -> dict[str, PeerFacts]:
+    """Every peer asked at once; one that has not answered within ``timeout`` counts as
+    unreachable. A peer whose address swallows packets would otherwise hold the pass for the
+    whole TCP connect timeout (minutes) before the first guest is touched; its thread is left
+    to end on its own (a daemon thread: it never holds up the exit)."""
+    uris = list(dict.fromkeys(uris))
+    found: dict[str, PeerFacts] = {}
+    threads = [threading.Thread(target=lambda u=uri: found.__setitem__(u, probe(u)), daemon=True,
+                                name=f"peer-{i}") for i, uri in enumerate(uris)]
+    for thread in threads:
+        thread.start()
+    give_up_at = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, give_up_at - time.monotonic()))
+    late = f"did not answer within {timeout:g} s"
+    return {uri: found.get(uri) or PeerFacts(uri, False, why=late) for uri in uris}
 
 
 def source_types(hosts: Iterable[Host]) -> dict[str, str | None]:
