@@ -137,3 +137,12 @@ def test_a_migration_the_hypervisor_refuses_is_a_failed_step_and_the_chain_goes_
     record = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
     [entry] = [e for e in record["guests"].values() if e["name"] == "web1"]
     assert entry["outcome"] == "saved" and "peer" not in entry
+
+
+def test_peers_are_asked_at_once_and_say_what_they_are(hv):
+    from libmgsave.peers import probe_all
+
+    facts = probe_all([DEAD_PEER, URI, DEAD_PEER])
+    assert list(facts) == [DEAD_PEER, URI]
+    assert not facts[DEAD_PEER].reachable and "nonexistent" in facts[DEAD_PEER].why
+    assert facts[URI].reachable and facts[URI].hypervisor_type == "TEST" and facts[URI].free_bytes > 0
