@@ -32,6 +32,7 @@ class Outcome(enum.StrEnum):
     PENDING = "pending"  # record only: running when the shutdown pass began, not handled yet
     # shutdown
     MIGRATED = "migrated"  # live-migrated to a peer host: it runs there (the record says which)
+    STAYED = "stayed"  # evacuate: its migration failed or could not begin; it runs on here
     SAVED = "saved"  # managed-saved: libvirt resumes it from its image at the next start
     SAVED_TO_FILE = "saved-to-file"  # a transient guest saved to a file under images/
     SHUT_DOWN = "shut-down"
@@ -83,6 +84,7 @@ _SEVERITY = {
     Outcome.BOOTED_FRESH: Severity.DEGRADED,
     Outcome.LEFT_OFF: Severity.DEGRADED,
     Outcome.ON_PEER: Severity.DEGRADED,
+    Outcome.STAYED: Severity.DEGRADED,
 }
 
 class WaitKind(enum.StrEnum):

@@ -22,7 +22,7 @@ def run_evacuate(ctx: Context) -> PassResult | passes.StoppedEarly:
 
 
 def _carry_out(run: passes.PassRun):
-    return shutdown.carry_out(dataclasses.replace(run, policy=migrate_only(run.policy)))
+    return shutdown.carry_out(dataclasses.replace(run, policy=migrate_only(run.policy)), staying_is_fine=True)
 
 
 def migrate_only(policy: Policy) -> Policy:

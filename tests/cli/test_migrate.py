@@ -147,3 +147,14 @@ def test_peers_are_asked_at_once_and_say_what_they_are(hv):
     assert list(facts) == [DEAD_PEER, URI]
     assert not facts[DEAD_PEER].reachable and "nonexistent" in facts[DEAD_PEER].why
     assert facts[URI].reachable and facts[URI].hypervisor_type == "TEST" and facts[URI].free_bytes > 0
+
+
+def test_evacuate_leaves_a_guest_whose_migration_fails_running_here_degraded(hv, tmp_path, capsys):
+    small(hv, "web1")
+    code, out, _err = mgsave(tmp_path, capsys, "evacuate", "--json")
+    assert code == ExitCode.GUEST_DEGRADED, out
+    [result] = [g for g in json.loads(out)["guests"] if g["name"] == "web1"]
+    assert result["outcome"] == "stayed" and [s["action"] for s in result["steps"]] == ["migrate"]
+    assert running(hv) == ["web1"] and not hv.lookupByName("web1").hasManagedSaveImage(0)
+    record = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
+    assert [e["outcome"] for e in record["guests"].values()] == ["stayed"]
