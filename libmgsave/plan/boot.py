@@ -62,7 +62,8 @@ def plan_boot(
                 transient_images[guest.key] = entry["image"]
     on_peer: dict[GuestKey, str] = {}  # guests the last shutdown migrated, not defined here again
     for entry in recorded.values():
-        if entry.get("outcome") == Outcome.MIGRATED and entry.get("peer"):
+        # only home to a connection this pass has: the guest is started through it afterwards
+        if entry.get("outcome") == Outcome.MIGRATED and entry.get("peer") and entry["connection"] in policy.connections:
             guest = _recorded_guest(entry, persistent=True)
             if guest.key not in resolved:
                 resolved[guest.key] = (guest, resolve(policy, guest))
