@@ -21,7 +21,7 @@
 #   /usr/local/share/bash-completion/completions/mgsave
 #   /usr/local/share/zsh/site-functions/_mgsave   (zsh/vendor-completions for PREFIX=/usr)
 #   /usr/local/share/mgsave/policy.schema.yaml
-#   /usr/local/share/doc/mgsave/             README.md, SYSTEMD.md, RELIABILITY.md
+#   /usr/local/share/doc/mgsave/             README.md, SYSTEMD.md, RELIABILITY.md, MIGRATION.md
 #   /etc/mgsave/policy.yaml                  every setting commented out (the built-in
 #                                            defaults), only if there is no policy yet
 # No virtualenv: one is tied to the interpreter it was made from, and once a distribution
@@ -44,7 +44,7 @@ MANDIR := $(PREFIX)/share/man
 COMPLETIONDIR := $(PREFIX)/share/bash-completion/completions
 # On zsh's fpath: site-functions for /usr/local, Debian's vendor-completions for /usr.
 ZSHDIR := $(PREFIX)/share/zsh/$(if $(filter /usr,$(PREFIX)),vendor-completions,site-functions)
-DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md
+DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md docs/MIGRATION.md
 MANPAGES := man/mgsave.8 man/mgsave-policy.5
 # systemd reads units from /usr/lib and /usr/local/lib, not from any other prefix.
 ifneq ($(filter /usr /usr/local,$(PREFIX)),)

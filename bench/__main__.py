@@ -10,6 +10,8 @@
                test driver): time and peak memory
     startup    the start-up cost of the mgsave command and what it imports
     policy     mgsave check on policy files of 250 to 4,000 rules with mistakes: linear in the size
+    evacuate   4 guests to a peer host: mgsave evacuate in parallel vs one at a time vs saving
+               them (the two-host rig: root; tests/rig/peers.py)
 
 Each prints its figures as Markdown tables on stdout (progress on stderr); --help for options.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("compare", "hostcycle", "deadline", "scale", "startup", "policy")
+COMMANDS = ("compare", "hostcycle", "deadline", "scale", "startup", "policy", "evacuate")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import keyword
 import logging
 import os
 import signal
@@ -154,6 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--deadline", type=_deadline_duration, metavar="SECONDS", default=None,
                            help="override limits.shutdown_deadline for this pass (more than the 10 s "
                                 "kept for the fallback steps, at most 7 days)")
+    for name, text in (
+        ("evacuate", "Live-migrate every running guest that has migrate.peers to the first peer that can\n"
+                     "take it (reachable, same hypervisor, enough free memory), now, in parallel up to\n"
+                     "limits.max_parallel_migrations. A guest no peer can take stays running here. The\n"
+                     "shutdown record says where each one went (see 'mgsave status')."),
+        ("return", "Migrate home, now, the guests the last shutdown pass or 'mgsave evacuate' sent to a\n"
+                   "peer and whose policy has migrate.come_back, in the boot order. A guest whose peer\n"
+                   "does not answer, or whose migration fails, stays there (reported, exit 10)."),
+    ):
+        p = add(name, f"migrate guests {'to their peers' if name == 'evacuate' else 'home from their peers'}",
+                text)
+        p.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+        p.add_argument("--wait", type=_wait_duration, metavar="SECONDS", default=None,
+                       help="how long to wait for another pass to finish, 0 for not at all")
+        if name == "evacuate":
+            p.add_argument("--deadline", type=_deadline_duration, metavar="SECONDS", default=None,
+                           help="how long the migrations may take in all (default: limits.shutdown_deadline)")
     return parser
 
 
@@ -207,7 +225,8 @@ def build_context(args: argparse.Namespace, environ) -> Context:
 def dispatch(ctx: Context):
     """Run the command's action, ``libmgsave.actions.<command>.run_<command>``; its typed result
     (or None). Imported only when it runs: a pass loads nothing of the other commands."""
-    action = importlib.import_module(f"libmgsave.actions.{ctx.command}")
+    name = f"{ctx.command}_" if keyword.iskeyword(ctx.command) else ctx.command  # return -> return_
+    action = importlib.import_module(f"libmgsave.actions.{name}")
     return getattr(action, f"run_{ctx.command}")(ctx)
 
 

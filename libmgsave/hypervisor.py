@@ -148,6 +148,23 @@ class Host:
         except libvirt.libvirtError:
             return False
 
+    def hypervisor_type(self) -> str:
+        """libvirt's name of the driver behind this connection ("QEMU", "LXC"...)."""
+        try:
+            return str(self._conn.getType())
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"reading the hypervisor type of {self.uri}") from None
+
+    def free_memory(self) -> int | None:
+        """The host's free memory in bytes, as the daemon sees it; None when it cannot tell."""
+        try:
+            return int(self._conn.getFreeMemory())
+        except libvirt.libvirtError as error:
+            translated = translate_error(error, f"reading the free memory of {self.uri}")
+            if isinstance(translated, HypervisorUnavailable):
+                raise translated from None
+            return None
+
     def guests(self, *, with_details: bool = True) -> list[GuestInfo]:
         """Snapshot every guest on this connection, sorted by name.
 
@@ -519,8 +536,34 @@ class Guest:
                 return JobProgress(int(stats[processed_key]), int(stats.get(total_key, 0)))
         return None
 
+    def migrate_to(self, peer: str, *, live: bool = True, bandwidth_mib: int | None = None,
+                   copy_disks: bool = False) -> None:
+        """Peer-to-peer migration to ``peer`` (this guest's daemon connects to it, with its own
+        credentials): persistent there, undefined here once it runs there, so that it never
+        exists twice nor nowhere. Blocks until the migration ends; ``abort_job`` from another
+        thread cuts it short (the guest then runs on here)."""
+        flags = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        if live:
+            flags |= libvirt.VIR_MIGRATE_LIVE
+        if copy_disks:
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        params = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: int(bandwidth_mib)} if bandwidth_mib else {}
+        try:
+            self._dom.migrateToURI3(peer, params, flags)
+        except libvirt.libvirtError as error:
+            translated = translate_error(error, f"{self.name}: migrating to {peer}")
+            # The peer's daemon not answering reaches us as an RPC error too; only a dead
+            # connection to our own daemon is worth a reconnect (and a second attempt).
+            if isinstance(translated, HypervisorUnavailable) and self.host.is_alive():
+                translated = OperationRefused(translated.message, code=translated.code)
+            raise translated from None
+
+    def is_persistent(self) -> bool:
+        return bool(self._call("reading persistence", self._dom.isPersistent))
+
     def abort_job(self) -> None:
-        """Abort a running save; the guest keeps running."""
+        """Abort a running save or migration; the guest keeps running here."""
         self._call("aborting the running job", self._dom.abortJob)
 
     def agent_responds(self, timeout: int = 5) -> bool:

@@ -31,6 +31,8 @@ class Outcome(enum.StrEnum):
     SKIPPED = "skipped"  # nothing to do: the plan says so, or (boot) someone else already started it
     PENDING = "pending"  # record only: running when the shutdown pass began, not handled yet
     # shutdown
+    MIGRATED = "migrated"  # live-migrated to a peer host: it runs there (the record says which)
+    STAYED = "stayed"  # evacuate: its migration failed or could not begin; it runs on here
     SAVED = "saved"  # managed-saved: libvirt resumes it from its image at the next start
     SAVED_TO_FILE = "saved-to-file"  # a transient guest saved to a file under images/
     SHUT_DOWN = "shut-down"
@@ -41,6 +43,8 @@ class Outcome(enum.StrEnum):
     STARTED = "started"  # a cold boot the policy asked for
     BOOTED_FRESH = "booted-fresh"  # a cold boot where a resume was due: its memory state is lost
     LEFT_OFF = "left-off"  # its resume failed and the policy (or a kept image) says leave it off
+    RETURNED = "returned"  # migrated home from the peer the last shutdown sent it to
+    ON_PEER = "on-peer"  # due to come home, but it stays on its peer (unreachable, or the migration failed)
     # either pass
     VANISHED = "vanished"  # undefined or stopped by someone else while the pass ran
     FAILED = "failed"  # every step failed: at shutdown the guest may still be running
@@ -62,6 +66,8 @@ def _steps_of_outcomes() -> dict[Outcome, Action]:
     from libmgsave.plan.model import Action  # here: the plan package imports this module
 
     return {
+        Outcome.MIGRATED: Action.MIGRATE,
+        Outcome.RETURNED: Action.RETURN,
         Outcome.SAVED: Action.SAVE,
         Outcome.SAVED_TO_FILE: Action.SAVE_TO_FILE,
         Outcome.SHUT_DOWN: Action.SHUTDOWN,
@@ -77,6 +83,8 @@ _SEVERITY = {
     Outcome.INTERRUPTED: Severity.FAILED,
     Outcome.BOOTED_FRESH: Severity.DEGRADED,
     Outcome.LEFT_OFF: Severity.DEGRADED,
+    Outcome.ON_PEER: Severity.DEGRADED,
+    Outcome.STAYED: Severity.DEGRADED,
 }
 
 class WaitKind(enum.StrEnum):
@@ -123,6 +131,7 @@ class GuestResult:
     messages: list[str] = field(default_factory=list)
     started: float | None = None
     finished: float | None = None
+    peer: str | None = None  # migrated (or left on a peer): the peer's URI
 
     @property
     def severity(self) -> Severity:
@@ -179,6 +188,7 @@ class GuestResult:
             "messages": self.messages,
             "started": self.started,
             "finished": self.finished,
+            "peer": self.peer,
         }
 
 

@@ -31,9 +31,28 @@ class Autostart(enum.StrEnum):
 
 
 class ShutdownStep(enum.StrEnum):
+    MIGRATE = "migrate"  # live-migrate to the first peer of ``migrate.peers`` that can take it
     SAVE = "save"  # managed save (a file in mgsave's state directory for transient guests)
     SHUTDOWN = "shutdown"  # ACPI/agent shutdown request, waiting shutdown_timeout
     POWEROFF = "poweroff"  # hard stop (virDomainDestroy)
+
+
+class DiskMode(enum.StrEnum):
+    SHARED = "shared"  # the peer sees the same disks (shared storage): only memory moves
+    COPY = "copy"  # the disks are copied to the peer too (libvirt's non-shared disk migration)
+
+
+@dataclass(frozen=True)
+class Migrate:
+    """Where and how a guest is migrated by a ``migrate`` step, and whether it comes home."""
+
+    peers: tuple[str, ...] = ()  # libvirt URIs, tried in order
+    live: bool = True  # False: the guest is paused while its memory moves (shorter, bounded)
+    timeout: float = 300.0  # seconds one migration may take before it is aborted
+    bandwidth: int | None = None  # MiB/s, None: as fast as the link goes
+    disks: DiskMode = DiskMode.SHARED
+    come_back: bool = False  # migrated home by the next boot pass
+    home: str | None = None  # this host's URI as the peers reach it (needed by come_back)
 
 
 class OnResumeFailure(enum.StrEnum):
@@ -84,6 +103,7 @@ class GuestSettings:
     # by default: on libvirt 11.3 such a save of a persistent guest is not marked as a managed
     # save until the daemon restarts (see parallelsave.py), and its gain is not measured yet.
     save_channels: int | Channels = 1
+    migrate: Migrate = Migrate()
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GuestSettings))
@@ -151,6 +171,8 @@ class Limits:
     shutdown_deadline: float = 900.0  # seconds for the whole shutdown pass
     start_delay: float = 0.0  # seconds between two starts at boot
     kept_images_warn_share: float = 10.0  # percent of the state file system kept images may take
+    # A migration is bound by the link, not the CPU: a few at once fill it.
+    max_parallel_migrations: int = 2
 
 
 @dataclass(frozen=True)

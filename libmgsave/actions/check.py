@@ -86,7 +86,7 @@ def _guest_findings(policy: Policy) -> list[Finding]:
         return [Finding(f"could not look at the guests: {error.message}")]
     guests = inputs.inventory(connections, policy, unreachable)  # a listing that fails is one more
     after = [Finding(p.message, p.source) for p in after_problems(guests, policy)]
-    return ([Finding(w) for w in unreachable] + conflicts.unmatched_rules(policy, guests)
+    return ([Finding(w) for w in unreachable] + _peer_findings(policy) + conflicts.unmatched_rules(policy, guests)
             + after + conflicts.guest_conflicts(policy, guests) + _channel_findings(policy, guests, connections))
 
 
@@ -101,6 +101,13 @@ def _channel_findings(policy: Policy, guests, connections) -> list[Finding]:
         if refused:
             findings.append(Finding(f"{guest.name}: {refused}", effective.sources["save_channels"]))
     return findings
+
+
+def _peer_findings(policy: Policy) -> list[Finding]:
+    from libmgsave.peers import unreachable_peers
+
+    return [Finding(f"could not reach the peer {uri}: guests would not be migrated there ({why})", label)
+            for uri, why, label in unreachable_peers(policy)]
 
 
 def rule_lines(policy: Policy) -> dict[str, int | None]:

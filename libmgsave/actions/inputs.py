@@ -94,13 +94,20 @@ def inventory(connections: Connections, policy: Policy, warnings: list[str] | No
 
 def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None = None,
                   connections: Connections | None = None) -> Plan:
-    """The shutdown plan, with the save rate the last pass measured, the free space now and
-    what each connection offers of parallel save channels."""
+    """The shutdown plan, with the save rate the last pass measured, the free space now, what
+    each connection offers of parallel save channels, and what the peers of guests to migrate
+    answer now."""
+    from libmgsave import peers
+
     previous = ctx.state.last_shutdown(quiet=True)
     room = {uri: save_room(uri) for uri in policy.connections}
     room[FILES_ROOM] = free_bytes(str(ctx.state.path))
+    guests = list(guests)
+    peer_uris = peers.peers_of(guests, policy)
     return plan_shutdown(guests, policy, state_dir=ctx.state.path, rates=learned_rates(previous, policy.connections),
-                         deadline=deadline, room=room, channels=channel_support(connections))
+                         deadline=deadline, room=room, channels=channel_support(connections),
+                         peers=peers.probe_all(peer_uris),
+                         source_types=peers.source_types(connections.hosts()) if connections and peer_uris else {})
 
 
 def channel_support(connections: Connections | None) -> dict:

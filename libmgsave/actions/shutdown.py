@@ -33,7 +33,8 @@ def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly:
     return passes.run_pass(ctx, PassKind.SHUTDOWN, carry_out)
 
 
-def carry_out(run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
+def carry_out(run: passes.PassRun, *, staying_is_fine: bool = False) -> tuple[Plan, list[GuestResult]]:
+    """``staying_is_fine``: for evacuate, a guest still running here after its chain is degraded, not failed."""
     ctx = run.ctx
     inputs.check_state_dir(ctx)
     plan = inputs.shutdown_plan(ctx, run.guests, run.policy, deadline=run.time_left(), connections=run.connections)
@@ -41,7 +42,8 @@ def carry_out(run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
     if ctx.dry_run:
         return plan, dry_run_results(plan) + skipped_results(plan)
     record = _begin_record(ctx, plan)
-    results = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at).run()
+    results = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at,
+                           staying_is_fine=staying_is_fine).run()
     results = _late_guests(run, record, results + skipped_results(plan))
     _finish_record(ctx, record, results)
     return plan, results
@@ -79,7 +81,8 @@ def _late_guests(run: passes.PassRun, record: RecordWriter, results: list[GuestR
         remaining = run.deadline_at - time.monotonic()
         if remaining <= DEADLINE_RESERVE or interrupt.requested():
             break
-        given_up = {r.plan.key for r in results if r.outcome is Outcome.FAILED}  # every step failed: not again
+        # every step failed, or (evacuate) it stayed here: not again
+        given_up = {r.plan.key for r in results if r.outcome in (Outcome.FAILED, Outcome.STAYED)}
         late = [g for g in _running_guests(run) if g.key not in given_up]
         if not late:
             break

@@ -19,6 +19,7 @@ def run_status(ctx: Context) -> None:
     last_shutdown = (ctx.state.last_shutdown() or {}).get("guests", {})
     last_boot = (ctx.state.last_boot() or {}).get("guests", {})
     rows = [_row(guest, policy, last_shutdown, last_boot) for guest in guests]
+    rows += _on_peer_rows(last_shutdown, last_boot, {guest_record_key(*g.key) for g in guests})
     usage, kept_warning = inputs.kept_images(ctx, policy)
     warnings += ctx.warnings + ([kept_warning] if kept_warning else [])
     data = {"policy": policy.source, "policy_problems": inputs.problems_dict(problems), "warnings": warnings,
@@ -27,6 +28,21 @@ def run_status(ctx: Context) -> None:
     if warnings and not ctx.json:
         text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
     ctx.emit(data, text)
+
+
+def _on_peer_rows(last_shutdown: dict, last_boot: dict, here: set[str]) -> list[dict]:
+    """The guests the last shutdown migrated to a peer and that are not defined here again: they
+    live there (the record says where)."""
+    rows = []
+    for key, entry in sorted(last_shutdown.items(), key=lambda item: item[1].get("name", "")):
+        if key in here or entry.get("outcome") != "migrated" or not entry.get("peer"):
+            continue
+        rows.append({"connection": entry["connection"], "name": entry["name"], "uuid": entry["uuid"],
+                     "state": f"on peer {entry['peer']}", "peer": entry["peer"], "persistent": True,
+                     "saved_image": False, "image_path": None, "image_bytes": None, "image_mtime": None,
+                     "autostart": "-", "libvirt_autostart": None, "last_shutdown": entry["outcome"],
+                     "last_boot": last_boot.get(key, {}).get("outcome")})
+    return rows
 
 
 def _row(guest, policy, last_shutdown: dict, last_boot: dict) -> dict:

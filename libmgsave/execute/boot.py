@@ -15,6 +15,7 @@ import time
 
 from libmgsave import interrupt, journal, notify
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused
+from libmgsave.execute import migrate
 from libmgsave.execute.progress import file_size
 from libmgsave.execute.scheduler import Schedule, Slots
 from libmgsave.execute.steps import add_step, log_outcome, timed_step
@@ -28,7 +29,7 @@ from libmgsave.state.images import keep_failed_image, remove_used_image, set_asi
 
 log = logging.getLogger("mgsave")
 
-_UP = (Outcome.RESUMED, Outcome.RESTORED, Outcome.STARTED, Outcome.BOOTED_FRESH)
+_UP = (Outcome.RESUMED, Outcome.RESTORED, Outcome.STARTED, Outcome.BOOTED_FRESH, Outcome.RETURNED)
 
 
 class BootPass:
@@ -111,6 +112,8 @@ class BootPass:
     def _start(self, entry: GuestPlan, action: Action, result: GuestResult) -> Outcome:
         if action is Action.RESTORE:
             return self._restore_transient(entry, result)
+        if action is Action.RETURN:
+            return migrate.bring_home(entry, result)
         started = [time.time()]
 
         def attempt() -> Outcome:

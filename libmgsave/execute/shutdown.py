@@ -17,6 +17,7 @@ from pathlib import Path
 
 from libmgsave import interrupt, journal
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationTimeout
+from libmgsave.execute import migrate
 from libmgsave.execute.progress import SaveProgress, file_size, mb
 from libmgsave.execute.scheduler import Schedule
 from libmgsave.execute.steps import StepTimes, add_step, log_outcome
@@ -35,6 +36,7 @@ SAVES = (Action.SAVE, Action.SAVE_TO_FILE)
 
 # The outcome of a shutdown step that went through.
 OUTCOME_OF_STEP = {
+    Action.MIGRATE: Outcome.MIGRATED,
     Action.SAVE: Outcome.SAVED,
     Action.SAVE_TO_FILE: Outcome.SAVED_TO_FILE,
     Action.SHUTDOWN: Outcome.SHUT_DOWN,
@@ -42,17 +44,24 @@ OUTCOME_OF_STEP = {
 }
 
 LATE_FOR_A_SLOT = "the shutdown deadline came while the save waited for a slot"
+LATE_FOR_A_MIGRATION_SLOT = "the shutdown deadline came while the migration waited for a slot"
 _OFF = object()  # a step found the guest already off (or gone): nothing was done
 
 
 class ShutdownPass:
-    def __init__(self, plan: Plan, connections: Connections, *, record: RecordWriter | None, deadline_at: float):
+    def __init__(self, plan: Plan, connections: Connections, *, record: RecordWriter | None, deadline_at: float,
+                 staying_is_fine: bool = False):
         self.plan = plan
+        # evacuate: a guest whose migration (its whole chain) failed runs on here, which is no failure
+        self.staying_is_fine = staying_is_fine
         self.connections = connections
         self.record = record
         self.deadline_at = deadline_at  # time.monotonic()
         self.schedule = Schedule(plan)
         self.save_slots = self.schedule.slots(plan.limits.max_parallel_saves, lambda e: e.actions[0] in SAVES)
+        self.migrate_slots = self.schedule.slots(plan.limits.max_parallel_migrations,
+                                                 lambda e: e.actions[0] is Action.MIGRATE)
+        self.link = migrate.LinkRate()  # saves and migrations share the deadline, not the rate
         self.progress: SaveProgress | None = None
         self._slot_waits: dict = {}  # guest key -> its wait for a save slot, for its result
 
@@ -71,6 +80,7 @@ class ShutdownPass:
             result = self._chain(entry)
         finally:
             self.save_slots.withdraw(entry.key)  # never keep later guests waiting for this one's turn
+            self.migrate_slots.withdraw(entry.key)
         if result.outcome is Outcome.FAILED:
             log.error("%s: every step failed; the guest may still be running", entry.guest.name,
                       extra=journal.guest_fields(entry.guest, result=Outcome.FAILED))
@@ -79,6 +89,7 @@ class ShutdownPass:
             self.record.update_guest(
                 guest_record_key(*entry.key), outcome=str(result.outcome), steps=[s.to_dict() for s in result.steps],
                 waits=[w.to_dict() for w in result.waits], started=result.started, finished=result.finished, bytes=result.bytes, messages=list(result.messages),
+                **({"peer": result.peer} if result.peer else {}),
             )
         return result
 
@@ -109,6 +120,8 @@ class ShutdownPass:
                 break
             finally:
                 self.save_slots.withdraw(entry.key)  # its save (if any) has had its turn
+                if action is Action.MIGRATE:
+                    self.migrate_slots.withdraw(entry.key)
                 if entry.key in self._slot_waits:
                     result.waits.append(self._slot_waits.pop(entry.key))
             if step is _OFF:
@@ -117,9 +130,20 @@ class ShutdownPass:
             add_step(result, step)
             if step.ok:
                 result.outcome = OUTCOME_OF_STEP[action]
+                if action is Action.MIGRATE:
+                    self._check_arrived(result)
                 break
+        if self.staying_is_fine and result.outcome is Outcome.FAILED and self._still_here(entry):
+            result.outcome = Outcome.STAYED
+            result.messages.append("it runs on here")
         result.finished = time.time()
         return result
+
+    def _still_here(self, entry: GuestPlan) -> bool:
+        try:
+            return self.connections.guest(entry.guest.connection, entry.guest.uuid).is_active()
+        except HypervisorError:
+            return False
 
     def _interrupted(self, result: GuestResult, action: Action) -> None:
         """The pass was asked to stop before ``action`` could run (or while it waited)."""
@@ -130,10 +154,29 @@ class ShutdownPass:
                     signal_name, action,
                     extra=journal.guest_fields(result.plan.guest, action=action, result=Outcome.INTERRUPTED))
 
+    def _check_arrived(self, result: GuestResult) -> None:
+        """After a migration libvirt called a success: the guest runs, persistent, on the peer."""
+        entry = result.plan
+        result.peer = entry.peer
+        there = migrate.runs_on(entry.peer, entry.guest.uuid)
+        if there is not True:
+            what = "cannot be reached to check it" if there is None else "does not show it running and persistent"
+            result.messages.append(f"migrated, but {entry.peer} {what}")
+            log.warning("%s: migrated, but %s %s", entry.guest.name, entry.peer, what,
+                        extra=journal.guest_fields(entry.guest, action="migrate", result="unverified"))
+
     def _settle_found_off(self, result: GuestResult, action: Action) -> None:
         """The guest was off (or gone) when ``action`` looked at it: say why."""
         entry = result.plan
         found = self._found_saved(entry)
+        if not found and entry.peer and any(s.action is Action.MIGRATE for s in result.steps):
+            # a migration reported as failed (the connection dropped as it ended) went through
+            if migrate.runs_on(entry.peer, entry.guest.uuid):
+                result.outcome, result.peer = Outcome.MIGRATED, entry.peer
+                result.messages.append(f"found running on {entry.peer}: its migration had gone through")
+                log.warning("%s: found running on %s: its migration had gone through", entry.guest.name,
+                            entry.peer, extra=journal.guest_fields(entry.guest, result=Outcome.MIGRATED))
+                return
         if found:  # a save begun before this step (an interrupted pass's) completed
             result.outcome = found
             result.messages.append("found saved: a save begun before (by an interrupted pass, or by "
@@ -201,6 +244,8 @@ class ShutdownPass:
         """After a reconnect: a save that completed before the connection dropped, else None."""
         if action in SAVES and self._found_saved(entry) is OUTCOME_OF_STEP[action]:
             return StepResult(action, True, times.started, time.time())
+        if action is Action.MIGRATE and migrate.runs_on(entry.peer, entry.guest.uuid):
+            return StepResult(action, True, times.started, time.time())
         if action is Action.SAVE_TO_FILE:
             self._after_failed_save_to_file(entry, entry.image, "the connection was lost during it")
         return None
@@ -216,6 +261,15 @@ class ShutdownPass:
                 times.restart()
                 try:
                     return self._save(guest, entry, action, messages)
+                finally:
+                    times.finished = time.time()
+        if action is Action.MIGRATE:
+            give_up_at = self.deadline_at - DEADLINE_RESERVE
+            with self.migrate_slots.held(entry.key, give_up_at=give_up_at, late=LATE_FOR_A_MIGRATION_SLOT):
+                times.restart()
+                try:
+                    return migrate.migrate(guest, entry, deadline_at=self.deadline_at, rate=self.link,
+                                           messages=messages)
                 finally:
                     times.finished = time.time()
         if action is Action.SHUTDOWN:

@@ -16,14 +16,15 @@ from libmgsave.saveimages import managed_image_path
 from libmgsave.state.records import guest_record_key
 
 
-def _recorded_guest(entry: Mapping) -> GuestInfo:
-    """A transient guest exists only in the record between shutdown and boot: rebuild it."""
+def _recorded_guest(entry: Mapping, persistent: bool = False) -> GuestInfo:
+    """A transient guest exists only in the record between shutdown and boot, a migrated one only
+    on its peer: rebuild it."""
     return GuestInfo(
         connection=entry["connection"],
         name=entry["name"],
         uuid=entry["uuid"],
         state=GuestState.SHUTOFF,
-        persistent=False,
+        persistent=persistent,
         memory_kib=int(entry.get("memory_kib") or 0),
         title=entry.get("title") or "",
         metadata=dict(entry.get("metadata") or {}),
@@ -64,6 +65,14 @@ def plan_boot(
             if guest.key not in resolved:
                 resolved[guest.key] = (guest, resolve(policy, guest))
                 transient_images[guest.key] = entry["image"]
+    on_peer: dict[GuestKey, str] = {}  # guests the last shutdown migrated, not defined here again
+    for entry in recorded.values():
+        # only home to a connection this pass has: the guest is started through it afterwards
+        if entry.get("outcome") == Outcome.MIGRATED and entry.get("peer") and entry["connection"] in policy.connections:
+            guest = _recorded_guest(entry, persistent=True)
+            if guest.key not in resolved:
+                resolved[guest.key] = (guest, resolve(policy, guest))
+                on_peer[guest.key] = entry["peer"]
     deps = dependencies(resolved, warnings)
     orders = effective_orders(resolved, deps)
 
@@ -77,7 +86,10 @@ def plan_boot(
     for key in sorted(resolved, key=sort_key):
         guest, eff = resolved[key]
         entry = recorded.get(guest_record_key(*key))
-        action, reason = _boot_decision(guest, eff, entry, record is not None, key in transient_images)
+        if key in on_peer:
+            action, reason = _return_decision(eff, on_peer[key])
+        else:
+            action, reason = _boot_decision(guest, eff, entry, record is not None, key in transient_images)
         wait_for = tuple(d for d in deps[key] if orders[d] == orders[key])
         # After a first boot pass (``booted_since``) a guest of the record may simply have been
         # resumed and stopped again: starting it fresh is no news then.
@@ -91,7 +103,8 @@ def plan_boot(
             GuestPlan(guest, eff, (action,), reason, orders[key], wait_for if action is not Action.SKIP else (),
                       image=transient_images.get(key), notes=(lost,) if lost else (),
                       managed_image=managed_image_path(guest.connection, guest.name) if guest.persistent else None,
-                      boots_fresh_because=lost, if_resume_fails=if_fails, save_channels=read_with)
+                      boots_fresh_because=lost, if_resume_fails=if_fails, save_channels=read_with,
+                      peer=on_peer.get(key))
         )
     return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings))
 
@@ -113,6 +126,17 @@ def _lost_state_note(entry: Mapping | None) -> str | None:
         return ("the last shutdown saved it, but there is no saved image for it any more (removed by "
                 "someone?): it boots fresh, its memory state is lost")
     return None
+
+
+def _return_decision(eff: Effective, peer: str) -> tuple[Action, str]:
+    """A guest the last shutdown migrated to ``peer``: it comes home when its policy says so. The
+    peer is read from the record: only one the guest's policy lists is ever connected to."""
+    if peer not in eff.settings.migrate.peers:
+        return Action.SKIP, (f"migrated to {peer} at the last shutdown, a peer its policy does not list (any "
+                             f"more): not contacted")
+    if eff.settings.migrate.come_back and eff.settings.migrate.home:
+        return Action.RETURN, f"migrated to {peer} at the last shutdown; comes back"
+    return Action.SKIP, f"migrated to {peer} at the last shutdown; runs there (come_back is off)"
 
 
 def _boot_decision(

@@ -38,6 +38,7 @@ class PassKind(enum.StrEnum):
 
 
 class Action(enum.StrEnum):
+    MIGRATE = "migrate"  # live migration to ``GuestPlan.peer``
     SAVE = "save"  # managed save
     SAVE_TO_FILE = "save-to-file"  # transient guest: save to images/<uuid>.save
     SHUTDOWN = "shutdown"
@@ -45,6 +46,7 @@ class Action(enum.StrEnum):
     RESUME = "resume"  # start from the managed-save image
     RESTORE = "restore"  # recreate a transient guest from its save file
     START = "start"  # cold boot
+    RETURN = "return"  # migrate home from ``GuestPlan.peer``, where the last shutdown sent it
     SKIP = "skip"
 
 
@@ -77,6 +79,9 @@ class GuestPlan:
     # The channels its save writes with (shutdown) or its save file is read back with (boot:
     # a restore); more than 1 only where the connection offers parallel channels (channels.py)
     save_channels: int = 1
+    # shutdown: the peer its migrate step goes to (chosen up front); boot: the peer it comes back
+    # from; None: no migration
+    peer: str | None = None
 
     @property
     def key(self) -> GuestKey:
@@ -116,6 +121,7 @@ class GuestPlan:
             "notes": list(self.notes),
             "save_channels": self.save_channels,
             "settings": _settings_dict(self.effective),
+            "peer": self.peer,
         }
 
 
@@ -127,6 +133,7 @@ class Plan:
     policy_source: str | None
     warnings: tuple[str, ...] = ()
     rates: Mapping[str, SaveRate] | None = None  # shutdown: the save rate assumed on each connection
+    peers: Mapping[str, object] | None = None  # shutdown: the peers looked at (``plan.peers.PeerFacts``)
 
     @property
     def active(self) -> tuple[GuestPlan, ...]:
@@ -139,12 +146,14 @@ class Plan:
             "limits": {
                 "max_parallel_saves": self.limits.max_parallel_saves,
                 "max_parallel_starts": self.limits.max_parallel_starts,
+                "max_parallel_migrations": self.limits.max_parallel_migrations,
                 "shutdown_deadline": self.limits.shutdown_deadline,
                 "start_delay": self.limits.start_delay,
             },
             "save_rates": {uri: rate.to_dict() for uri, rate in (self.rates or {}).items()},
             "warnings": list(self.warnings),
             "guests": [e.to_dict() for e in self.entries],
+            "peers": {uri: facts.to_dict() for uri, facts in (self.peers or {}).items()},
         }
 
 

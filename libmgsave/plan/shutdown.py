@@ -13,6 +13,7 @@ from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
                                   PassKind, Plan, SaveRate)
 from libmgsave.plan.ordering import dependencies, effective_orders
+from libmgsave.plan.peers import PeerBudget, PeerFacts
 from libmgsave.policy import Policy, ShutdownStep
 from libmgsave.saveimages import managed_image_path
 from libmgsave.state import StateDir
@@ -28,6 +29,8 @@ def plan_shutdown(
     room: Mapping[str, int | None] | None = None,
     channels: Mapping[str, ChannelSupport] | None = None,
     cores: int | None = None,
+    peers: Mapping[str, PeerFacts] | None = None,
+    source_types: Mapping[str, str | None] | None = None,
 ) -> Plan:
     """Decide the fallback chain of every running guest, in the order the pass will work.
 
@@ -45,6 +48,10 @@ def plan_shutdown(
     ``channels`` says which connections can save with parallel channels (absent: none can);
     ``cores`` (the host's CPUs, by default this machine's) is shared among the saves that run
     at once by ``save_channels: auto``.
+    ``peers`` says what each peer URI of the guests' ``migrate`` settings answered, and
+    ``source_types`` each connection's hypervisor type: a ``migrate`` step gets its peer here
+    (``plan.peers.PeerBudget``), or is dropped from the chain when no peer can take the guest
+    in time.
     """
     room_left = dict(room or {})
     guests = list(guests)
@@ -74,6 +81,7 @@ def plan_shutdown(
     saving = sum(1 for g, eff in resolved.values() if g.state.is_active and ShutdownStep.SAVE in eff.settings.on_shutdown)
     share = _ChannelShare(dict(channels or {}), min(policy.limits.max_parallel_saves, saving) or 1,
                           cores or os.cpu_count() or 1)
+    peer_budget = PeerBudget(peers or {}, source_types or {}, deadline - DEADLINE_RESERVE)
     for key in sorted(resolved, key=sort_key):
         guest, eff = resolved[key]
         if not guest.state.is_active:
@@ -81,8 +89,9 @@ def plan_shutdown(
             entries.append(GuestPlan(guest, eff, (Action.SKIP,), reason, orders[key]))
             continue
         entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget,
-                                       share))
-    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates)
+                                       share, peer_budget))
+    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates,
+                peers=dict(peers or {}))
 
 
 class _SaveBudget:
@@ -126,7 +135,7 @@ class _ChannelShare:
 
 
 def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tuple[GuestKey, ...],
-                    state_dir: Path, budget: _SaveBudget, share: _ChannelShare) -> GuestPlan:
+                    state_dir: Path, budget: _SaveBudget, share: _ChannelShare, peer_budget: PeerBudget) -> GuestPlan:
     """A running guest's fallback chain, its save dropped up front when it cannot make it."""
     notes: list[str] = []
     chain = []
@@ -141,13 +150,27 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
                 notes.append("transient guest: saved to a file, restored from it at boot")
         else:
             chain.append(Action(step.value))
-    estimate = dropped = None
+    estimate = dropped = peer = None
     first_choice = chain[0]
-    if first_choice in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1:
-        estimate, dropped = budget.take(guest, guest.connection if first_choice is Action.SAVE else FILES_ROOM)
+    migration_dropped = False
+    if Action.MIGRATE in chain:
+        choice = peer_budget.choose(guest, eff.settings.migrate)
+        peer, estimate = choice.peer, choice.estimate
+        if peer is None:  # the chain goes on with what follows the migration
+            notes.append(choice.why)
+            chain.remove(Action.MIGRATE)
+            migration_dropped = first_choice is Action.MIGRATE
+        else:
+            notes.append(f"migrates to {peer}, estimated to end {estimate:.0f} s into the pass")
+    head = chain[0] if chain else None
+    # a save heads the chain as the policy's first choice, or because the migration before it was dropped
+    if head in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1 and (head is first_choice or migration_dropped):
+        estimate, dropped = budget.take(guest, guest.connection if head is Action.SAVE else FILES_ROOM)
         if dropped:
             notes.append(dropped)
             chain, image, managed = chain[1:], None, None
+    if not chain:  # the migration was the whole chain and cannot be carried out
+        chain = [Action.SKIP]
     save_channels = 1
     if Action.SAVE in chain or Action.SAVE_TO_FILE in chain:
         save_channels, refused = share.choose(guest, eff)
@@ -155,7 +178,8 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
     reason = f"{guest.state}; chain {' -> '.join(chain)}"
     return GuestPlan(guest, eff, tuple(chain), reason, order, wait_for, estimate, image, tuple(notes),
                      managed_image=managed, save_dropped_because=dropped,
-                     dropped_first_choice=first_choice if dropped else None, save_channels=save_channels)
+                     dropped_first_choice=first_choice if dropped or migration_dropped else None,
+                     save_channels=save_channels, peer=peer)
 
 
 def _mb(n: float) -> str:

@@ -16,6 +16,7 @@ def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
     limits = Limits(
         max_parallel_saves=_parallelism(limits_doc.get("max_parallel_saves", "auto")),
         max_parallel_starts=_parallelism(limits_doc.get("max_parallel_starts", "auto")),
+        max_parallel_migrations=int(limits_doc.get("max_parallel_migrations", Limits.max_parallel_migrations)),
         shutdown_deadline=parse_duration(limits_doc.get("shutdown_deadline", Limits.shutdown_deadline)),
         start_delay=parse_duration(limits_doc.get("start_delay", Limits.start_delay)),
         kept_images_warn_share=float(limits_doc.get("kept_images_warn_share", Limits.kept_images_warn_share)),

@@ -48,6 +48,9 @@ def cross_field_problems(document: object, marks: MarkedDocument, bad: set[str])
             duration((*path, "ready", "agent"), ready["agent"])
         elif ready is not None and ready not in ("none", "agent"):
             duration((*path, "ready"), ready)
+        migrate = mapping.get("migrate")
+        if isinstance(migrate, dict) and "timeout" in migrate:
+            duration((*path, "migrate", "timeout"), migrate["timeout"])
 
     limits = document.get("limits")
     if isinstance(limits, dict):
@@ -55,13 +58,38 @@ def cross_field_problems(document: object, marks: MarkedDocument, bad: set[str])
             duration(("limits", "shutdown_deadline"), limits["shutdown_deadline"], longer_than=DEADLINE_RESERVE)
         if "start_delay" in limits:
             duration(("limits", "start_delay"), limits["start_delay"], zero_ok=True)
-    settings(("defaults",), document.get("defaults"))
+    defaults = document.get("defaults")
+    settings(("defaults",), defaults)
+    _check_migrate(reporter, ("defaults",), defaults, None, clean)
     rules = document.get("guests")
     if isinstance(rules, list):
         for index, rule in enumerate(rules):
             settings(("guests", index), rule)
             _check_self_wait(reporter, ("guests", index), rule, clean)
+            _check_migrate(reporter, ("guests", index), rule, defaults, clean)
     return reporter.problems
+
+
+def _check_migrate(reporter: Reporter, path: KeyPath, mapping: object, defaults: object, clean) -> None:  # noqa: ANN001
+    """A ``migrate`` step needs peers (in the same mapping, or in ``defaults:``), and ``come_back``
+    needs ``home``: without them the step could never be carried out, and the admin would only
+    learn so at the shutdown that needed it."""
+    if not isinstance(mapping, dict):
+        return
+    own = mapping.get("migrate") if isinstance(mapping.get("migrate"), dict) else None
+    inherited = defaults.get("migrate") if isinstance(defaults, dict) else None
+    settings = own if own is not None else inherited if isinstance(inherited, dict) else {}
+    chain = mapping.get("on_shutdown")
+    if isinstance(chain, list) and "migrate" in chain and clean((*path, "on_shutdown")):
+        if not settings.get("peers"):
+            reporter.at((*path, "on_shutdown", chain.index("migrate")),
+                        "the 'migrate' step needs peers to migrate to, and none are given",
+                        "add 'migrate: {peers: [qemu+tls://peer.example.org/system]}' to this mapping "
+                        "or to 'defaults', or remove 'migrate' from the chain")
+    if own is not None and own.get("come_back") is True and not own.get("home") and clean((*path, "migrate")):
+        reporter.at((*path, "migrate", "come_back"),
+                    "'come_back' needs 'home': the URI the peer's libvirt daemon sends the guest back to",
+                    "add 'home: qemu+tls://<this host>/system' to this 'migrate' mapping")
 
 
 def duration_problem(seconds: float, *, zero_ok: bool = False, longer_than: float = 0.0) -> str | None:

@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from libmgsave.policy import SETTING_NAMES, Autostart, Channels, OnResumeFailure, Ready, ReadyKind, ShutdownStep
+from libmgsave.policy import (SETTING_NAMES, Autostart, Channels, DiskMode, Migrate, OnResumeFailure, Ready,
+                              ReadyKind, ShutdownStep)
 
 AGENT_READY_TIMEOUT = 120.0  # ``ready: agent`` without a timeout
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([hms])")
@@ -51,8 +52,30 @@ def _ready(value: object) -> Ready:
     return Ready(ReadyKind.DELAY, parse_duration(value))  # type: ignore[arg-type]
 
 
+def _migrate(value: object) -> Migrate:
+    mapping = dict(value)  # type: ignore[call-overload]
+    default = Migrate()
+    return Migrate(
+        peers=tuple(str(uri) for uri in mapping.get("peers", ())),
+        live=bool(mapping.get("live", default.live)),
+        timeout=parse_duration(mapping.get("timeout", default.timeout)),
+        bandwidth=None if mapping.get("bandwidth") is None else int(mapping["bandwidth"]),
+        disks=DiskMode(mapping.get("disks", default.disks)),
+        come_back=bool(mapping.get("come_back", default.come_back)),
+        home=mapping.get("home"),
+    )
+
+
+def migrate_to_json(value: Migrate) -> dict:
+    return {"peers": list(value.peers), "live": value.live, "timeout": value.timeout,
+            "bandwidth": value.bandwidth, "disks": value.disks.value, "come_back": value.come_back,
+            "home": value.home}
+
+
 def setting_to_json(value: object) -> object:
     """A setting's value as the policy file spells it, for JSON output."""
+    if isinstance(value, Migrate):
+        return migrate_to_json(value)
     if isinstance(value, Ready):
         if value.kind is ReadyKind.NONE:
             return "none"
@@ -70,6 +93,14 @@ def setting_text(value: object) -> str:
     """A setting's value in a line of text (``mgsave plan``)."""
     if isinstance(value, tuple | list):
         return ",".join(setting_text(item) for item in value) or "[]"
+    if isinstance(value, Migrate):
+        if not value.peers:
+            return "no peers"
+        extra = [] if value.live else ["offline"]
+        extra += [f"{value.bandwidth} MiB/s"] if value.bandwidth else []
+        extra += ["copy disks"] if value.disks is DiskMode.COPY else []
+        extra += ["comes back"] if value.come_back else []
+        return ",".join(value.peers) + (f" ({', '.join(extra)})" if extra else "")
     return str(value)
 
 
@@ -92,6 +123,7 @@ SETTINGS = {s.name: s for s in (
     Setting("sync_time", bool),
     Setting("on_resume_failure", OnResumeFailure),
     Setting("save_channels", lambda value: Channels.AUTO if value == "auto" else int(value)),
+    Setting("migrate", _migrate),
 )}
 assert set(SETTINGS) == set(SETTING_NAMES), "the settings table and GuestSettings disagree"
 

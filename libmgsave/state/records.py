@@ -42,6 +42,7 @@ class GuestEntry(TypedDict, total=False):
     title: str
     metadata: dict[str, str]
     image: str | None  # a transient guest's save file
+    peer: str | None  # migrated: the libvirt URI of the peer it runs on now
     planned: list[str]  # the actions of its plan
     steps: list[dict]  # each step's action, ok, started, finished, bytes, error
     waits: list[dict]  # what it waited for besides its steps (outcomes.WaitKind), started, finished
@@ -163,7 +164,8 @@ def boot_record(started: float, results, interrupted: str | None, boot_id: str |
             connection=r.plan.guest.connection, name=r.plan.guest.name, uuid=r.plan.guest.uuid,
             outcome=str(r.outcome), ok=r.ok, messages=r.messages, started=r.started, finished=r.finished,
             bytes=r.bytes, steps=[s.to_dict() for s in r.steps], waits=[w.to_dict() for w in r.waits],
-            **({"image_used": True} if r.outcome is Outcome.RESTORED else {}))
+            **({"image_used": True} if r.outcome is Outcome.RESTORED else {}),
+            **({"peer": r.peer} if r.peer else {}))
             for r in results},
     }
 

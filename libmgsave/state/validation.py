@@ -100,6 +100,7 @@ _ENTRY_FIELDS = {
     "ok": (lambda v: v is None or isinstance(v, bool), "true or false"),
     "image_used": (lambda v: v is None or isinstance(v, bool), "true or false"),
     "image": (lambda v: v is None or isinstance(v, str), "a path"),
+    "peer": (lambda v: v is None or isinstance(v, str), "a libvirt URI"),
 }
 
 

@@ -23,14 +23,15 @@ FONT = "font-family='DejaVu Sans, Verdana, sans-serif' font-size='12'"
 COLOURS = {
     "after": "#c7c7c7", "slot": "#f2c14e", "ready": "#98df8a",
     "save": "#1f77b4", "save-to-file": "#4a98d8", "shutdown": "#ff7f0e", "poweroff": "#8c564b",
-    "resume": "#2ca02c", "restore": "#55b555", "start": "#17becf",
+    "resume": "#2ca02c", "restore": "#55b555", "start": "#17becf", "migrate": "#9467bd", "return": "#b59ad6",
 }
 FAILED = "#d62728"
 UNKNOWN = "#7f7f7f"
 LEGEND = (("after", "waiting for the guests it is after"), ("slot", "waiting for a slot"),
           ("save", "save"), ("save-to-file", "save to file"), ("shutdown", "shutdown"),
           ("poweroff", "poweroff"), ("resume", "resume"), ("restore", "restore"), ("start", "start"),
-          ("ready", "readiness check"), ("failed", "failed step"))
+          ("migrate", "migrate to a peer"), ("return", "migrate home"), ("ready", "readiness check"),
+          ("failed", "failed step"))
 TICK_STEPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 
 

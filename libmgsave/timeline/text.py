@@ -14,13 +14,13 @@ OUTCOME_WIDTH = 13  # "saved-to-file"
 MARKS = {
     "after": ".", "slot": "-", "ready": "r",
     "save": "S", "save-to-file": "F", "shutdown": "D", "poweroff": "P",
-    "resume": "R", "restore": "T", "start": "B",
+    "resume": "R", "restore": "T", "start": "B", "migrate": "M", "return": "H",
 }
 FAILED = "x"
 UNKNOWN = "?"
 LEGEND = (". waiting for the guests it is after", "- waiting for a slot", "S save", "F save to file",
-          "D shutdown", "P poweroff", "R resume", "T restore", "B start", "r readiness check",
-          "x failed step")
+          "D shutdown", "P poweroff", "R resume", "T restore", "B start", "M migrate to a peer",
+          "H migrate home", "r readiness check", "x failed step")
 
 
 def utc(timestamp: float) -> str:

@@ -30,7 +30,7 @@ def test_startup_runs():
     assert "heaviest imports of `mgsave check`" in out
 
 
-@pytest.mark.parametrize("command", ["compare", "deadline", "scale", "startup"])
+@pytest.mark.parametrize("command", ["compare", "deadline", "scale", "startup", "evacuate"])
 def test_every_benchmark_has_help(command):
     assert "usage:" in bench(command, "--help")
 

@@ -275,7 +275,8 @@ def test_mgsave_8_shows_every_command_and_option_of_the_parser():
     text = MAN_COMMAND.read_text()
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"check", "plan", "status", "report", "shutdown", "boot", "images", "watch"}
+    assert set(subparsers.choices) == {"check", "plan", "status", "report", "shutdown", "boot", "images", "watch",
+                                       "evacuate", "return"}
     for name, sub in [("", parser), *subparsers.choices.items()]:
         if name:
             assert f".TP\n\\fB{name}\\fR" in text, name

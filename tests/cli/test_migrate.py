@@ -1,0 +1,160 @@
+"""Migration through the CLI on libvirt's test driver: ``check`` warns about a peer that does not
+answer, ``plan`` shows the peer chosen, ``evacuate`` and ``return`` with --dry-run. (The test
+driver cannot migrate: the real thing is in tests/test_migrate_rig.py.)"""
+
+import functools
+import json
+import os
+
+import pytest
+
+from libmgsave import cli, conflicts
+from libmgsave.errors import ExitCode
+from tests.testdriver import URI, define, domain_xml, hv, running  # noqa: F401
+
+DEAD_PEER = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
+POLICY = f"""\
+version: 1
+defaults:
+  on_shutdown: [migrate, save, poweroff]
+  migrate: {{peers: ["{DEAD_PEER}", "{URI}"]}}
+guests:
+  - name: stays here
+    match: {{name: "local*"}}
+    on_shutdown: [save, poweroff]
+    migrate: {{peers: []}}
+"""
+
+
+@pytest.fixture(autouse=True)
+def quiet_host(tmp_path, monkeypatch):
+    (tmp_path / "root").mkdir()
+    monkeypatch.setattr(conflicts, "host_conflicts", functools.partial(conflicts.host_conflicts, root=tmp_path / "root"))
+
+
+def small(conn, name):
+    """A guest that fits in the test driver's free memory (it says 3 MiB)."""
+    conn.defineXML(domain_xml(name, memory_kib=2048)).create()
+
+
+def mgsave(tmp_path, capsys, *args, policy=POLICY):
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy)
+    os.chmod(path, 0o644)
+    capsys.readouterr()
+    code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(path), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_warns_about_a_peer_that_does_not_answer_under_the_mapping_that_names_it(hv, tmp_path, capsys):
+    define(hv, "web1")
+    code, out, _err = mgsave(tmp_path, capsys, "check")
+    assert code == ExitCode.OK, out
+    lines = out.splitlines()
+    at = lines.index(f"{tmp_path / 'policy.yaml'}:2: defaults:")
+    assert lines[at + 1].startswith(f"  warning: could not reach the peer {DEAD_PEER}"), out
+    code, out, _err = mgsave(tmp_path, capsys, "check", "--strict")
+    assert code == ExitCode.BAD_INPUT
+
+
+def test_plan_shows_the_peer_chosen_past_the_one_that_does_not_answer(hv, tmp_path, capsys):
+    small(hv, "web1")
+    define(hv, "local1", "big1")
+    code, out, _err = mgsave(tmp_path, capsys, "plan", "shutdown", "--json")
+    assert code == ExitCode.OK
+    [plan] = json.loads(out)["plans"]
+    guests = {g["name"]: g for g in plan["guests"]}
+    assert guests["web1"]["actions"] == ["migrate", "save", "poweroff"] and guests["web1"]["peer"] == URI
+    assert guests["local1"]["actions"] == ["save", "poweroff"] and guests["local1"]["peer"] is None
+    assert guests["big1"]["actions"] == ["save", "poweroff"] and guests["big1"]["first_choice"] == "migrate"
+    assert any("not enough free memory" in n for n in guests["big1"]["notes"])
+    assert plan["peers"][DEAD_PEER]["reachable"] is False and plan["peers"][URI]["reachable"] is True
+    assert plan["limits"]["max_parallel_migrations"] == 2
+    code, text, _err = mgsave(tmp_path, capsys, "plan", "shutdown")
+    assert f"note: web1: migrates to {URI}, estimated to end" in text
+
+
+def test_evacuate_dry_run_plans_only_the_migrations_and_touches_nothing(hv, tmp_path, capsys):
+    small(hv, "web1")
+    define(hv, "local1")
+    code, out, _err = mgsave(tmp_path, capsys, "evacuate", "--dry-run", "--json")
+    assert code == ExitCode.OK, out
+    results = {g["name"]: g for g in json.loads(out)["guests"]}
+    assert results["web1"]["outcome"] == "planned" and results["web1"]["first_choice"] == "migrate"
+    assert results["local1"]["outcome"] == "skipped"  # no peers: it stays here
+    assert running(hv) == ["local1", "web1"]
+    assert not (tmp_path / "state" / "last-shutdown.json").exists()
+
+
+def test_return_without_guests_on_a_peer_has_nothing_to_do(hv, tmp_path, capsys):
+    define(hv, "web1")
+    code, out, _err = mgsave(tmp_path, capsys, "return", "--dry-run", "--json")
+    assert code == ExitCode.OK, out
+    assert json.loads(out)["guests"] == []
+
+
+MIGRATED_UUID = "5d3f1c2e-8a4b-4f2e-9c1d-0e6a7b8c9d0f"
+
+
+def write_migrated_record(tmp_path, peer):
+    state_dir = tmp_path / "state"
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    entry = {"connection": URI, "name": "gone1", "uuid": MIGRATED_UUID, "outcome": "migrated", "peer": peer,
+             "persistent": True, "memory_kib": 2048}
+    record = {"format": "mgsave-state", "kind": "shutdown", "version": 1, "started": 1.0, "finished": 2.0,
+              "guests": {f"{URI} {MIGRATED_UUID}": entry}}
+    (state_dir / "last-shutdown.json").write_text(json.dumps(record))
+    os.chmod(state_dir / "last-shutdown.json", 0o600)
+
+
+def test_status_lists_the_guests_living_on_a_peer_and_boot_plans_their_way_home(hv, tmp_path, capsys):
+    define(hv, "web1")
+    write_migrated_record(tmp_path, URI)
+    come_back = POLICY.replace(f'"{URI}"]}}', f'"{URI}"], come_back: true, home: "{URI}"}}')
+    code, out, _err = mgsave(tmp_path, capsys, "status", "--json", policy=come_back)
+    assert code == ExitCode.OK, out
+    rows = {r["name"]: r for r in json.loads(out)["guests"]}
+    assert rows["gone1"]["peer"] == URI and rows["gone1"]["state"] == f"on peer {URI}"
+    code, text, _err = mgsave(tmp_path, capsys, "status", policy=come_back)
+    assert f"on peer {URI}" in text
+    code, out, _err = mgsave(tmp_path, capsys, "boot", "--dry-run", "--json", policy=come_back)
+    results = {g["name"]: g for g in json.loads(out)["guests"]}
+    assert results["gone1"]["action"] == "return" and results["gone1"]["outcome"] == "planned"
+    code, out, _err = mgsave(tmp_path, capsys, "return", "--dry-run", "--json", policy=come_back)
+    assert [g["name"] for g in json.loads(out)["guests"]] == ["gone1"]
+
+
+def test_a_migration_the_hypervisor_refuses_is_a_failed_step_and_the_chain_goes_on(hv, tmp_path, capsys):
+    """The test driver cannot migrate: the step fails, the guest is still here, and it is saved."""
+    small(hv, "web1")
+    code, out, _err = mgsave(tmp_path, capsys, "shutdown", "--json")
+    assert code == ExitCode.GUEST_DEGRADED, out
+    [result] = [g for g in json.loads(out)["guests"] if g["name"] == "web1"]
+    assert [(s["action"], s["ok"]) for s in result["steps"]] == [("migrate", False), ("save", True)]
+    assert result["outcome"] == "saved" and result["severity"] == "degraded" and result["peer"] is None
+    assert hv.lookupByName("web1").hasManagedSaveImage(0)
+    record = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
+    [entry] = [e for e in record["guests"].values() if e["name"] == "web1"]
+    assert entry["outcome"] == "saved" and "peer" not in entry
+    hv.lookupByName("web1").managedSaveRemove(0)  # the driver's guests outlive the test: leave none saved
+
+
+def test_peers_are_asked_at_once_and_say_what_they_are(hv):
+    from libmgsave.peers import probe_all
+
+    facts = probe_all([DEAD_PEER, URI, DEAD_PEER])
+    assert list(facts) == [DEAD_PEER, URI]
+    assert not facts[DEAD_PEER].reachable and "nonexistent" in facts[DEAD_PEER].why
+    assert facts[URI].reachable and facts[URI].hypervisor_type == "TEST" and facts[URI].free_bytes > 0
+
+
+def test_evacuate_leaves_a_guest_whose_migration_fails_running_here_degraded(hv, tmp_path, capsys):
+    small(hv, "web1")
+    code, out, _err = mgsave(tmp_path, capsys, "evacuate", "--json")
+    assert code == ExitCode.GUEST_DEGRADED, out
+    [result] = [g for g in json.loads(out)["guests"] if g["name"] == "web1"]
+    assert result["outcome"] == "stayed" and [s["action"] for s in result["steps"]] == ["migrate"]
+    assert running(hv) == ["web1"] and not hv.lookupByName("web1").hasManagedSaveImage(0)
+    record = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
+    assert [e["outcome"] for e in record["guests"].values()] == ["stayed"]
