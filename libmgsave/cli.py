@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 
 from libmgsave import __version__, interrupt
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NUMBER = re.compile(r"[-+]?([0-9.]+(e[-+]?[0-9]+)?|inf|nan)", re.IGNORECASE)
+
+
 def _duration(text: str, **bounds) -> float:
     """A duration from the command line, spelt as in the policy (``90``, ``90s``, ``5m``), within
     the bounds the policy's durations have: the code sleeps on it."""
@@ -157,9 +161,10 @@ def _duration(text: str, **bounds) -> float:
     from libmgsave.policyfile.settings import parse_duration
 
     try:
-        seconds = parse_duration(text)
+        # Any number first (-60, inf, 1e12), so that the bounds say what is wrong with it.
+        seconds = float(text) if _NUMBER.fullmatch(text.strip()) else parse_duration(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (seconds, or 90s, 5m, 1h30m)") from None
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (seconds, or 90s, 5m, 1h30m, 1h 30min)") from None
     problem = duration_problem(seconds, **bounds)
     if problem:
         raise argparse.ArgumentTypeError(f"{problem}, not {text!r}")
