@@ -43,6 +43,13 @@ class CoreLoader(yaml.SafeLoader):
         return int(text, 10)
 
 
+class CoreDumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string CoreLoader would read as something else (``-.0``,
+    ``true``), and none that only YAML 1.1 would (``yes``): its output reads back the same."""
+
+    yaml_implicit_resolvers: dict = {}
+
+
 for _tag, _pattern, _first in (
     ("tag:yaml.org,2002:bool", _BOOL, "tTfF"),
     ("tag:yaml.org,2002:null", _NULL, ["~", "n", "N", ""]),
@@ -51,4 +58,5 @@ for _tag, _pattern, _first in (
     ("tag:yaml.org,2002:merge", _MERGE, "<"),
 ):
     CoreLoader.add_implicit_resolver(_tag, _pattern, list(_first))
+    CoreDumper.add_implicit_resolver(_tag, _pattern, list(_first))
 CoreLoader.add_constructor("tag:yaml.org,2002:int", CoreLoader.construct_yaml_int)
