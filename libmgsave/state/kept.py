@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from libmgsave import units
 from libmgsave.state.records import BOOT_RECORD, SHUTDOWN_RECORD
 
 log = logging.getLogger("mgsave")
@@ -87,7 +88,7 @@ def over_share_warning(usage: KeptUsage, limit: float) -> str | None:
     """The warning when kept files take more than ``limit`` percent of their file system."""
     if usage.share is None or usage.share <= limit:
         return None
-    return (f"kept images take {usage.bytes / 1e6:.0f} MB, {usage.share:.1f}% of the state directory's file "
+    return (f"kept images take {units.size(usage.bytes)}, {usage.share:.1f}% of the state directory's file "
             f"system (more than limits.kept_images_warn_share, {limit:g}%): see 'mgsave images list', remove "
             f"them with 'mgsave images remove NAME...' once looked at")
 

@@ -61,7 +61,7 @@ def test_status_text_names_the_kept_files(hv, run, capsys):
     capsys.readouterr()
     assert cli.main(["status", "--state-dir", str(run.state_dir), "--policy", str(run.policy)]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert "kept: 2 files, 301.0 kB" in out and "mgsave images list" in out
+    assert "kept: 2 files, 294 KiB" in out and "mgsave images list" in out
 
 
 def test_kept_files_are_removed_only_when_asked_and_only_those_named(hv, run):
