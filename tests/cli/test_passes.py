@@ -177,7 +177,7 @@ def test_status_reports_images_and_last_results(hv, run):
     code, result, _ = run("status")
     assert code == ExitCode.OK
     rows = {g["name"]: g for g in result["guests"]}
-    assert rows["a"]["saved_image"] is True and rows["a"]["last_shutdown"] == "saved"
+    assert rows["a"]["has_saved_image"] is True and rows["a"]["last_shutdown_outcome"] == "saved"
     assert rows["a"]["state"] == "shut off"
     assert rows["a"]["autostart"] == "if-running"
 
@@ -305,7 +305,7 @@ def test_a_dry_run_says_what_would_happen_and_exits_as_the_pass_would(hv, tmp_pa
     argv = ["--connect", URI, "--state-dir", str(tmp_path / "state"), "shutdown", "--dry-run", "--deadline", "11"]
     capsys.readouterr()
     code = cli.main(argv)
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # lines wrapped at 80 columns
     assert "reached" not in out, out
     assert "1 of 1 guests would be DEGRADED (not their first choice): late (shutdown instead of save)" in out, out
     assert code == ExitCode.GUEST_DEGRADED
@@ -371,5 +371,5 @@ def test_a_pass_on_the_test_driver_teaches_the_planner_no_save_rate(hv, run, cap
     assert rate["bytes_per_second"] == 200e6 and "test driver" in rate["source"], rate
     capsys.readouterr()
     cli.main(["--connect", URI, "--state-dir", str(run.state_dir), "plan", "shutdown"])
-    out = capsys.readouterr().out
-    assert f"estimates on {URI} assume 200.0 MB/s: built-in default (libvirt's test driver" in out, out
+    out = " ".join(capsys.readouterr().out.split())  # lines wrapped at 80 columns
+    assert f"estimates on {URI} assume 191 MiB/s: built-in default (libvirt's test driver" in out, out

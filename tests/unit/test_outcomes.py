@@ -94,14 +94,15 @@ def test_a_pass_is_as_bad_as_its_worst_guest_and_a_broken_policy_is_degraded():
 
 def test_the_summary_names_degraded_and_failed_guests_and_a_dry_run_says_would():
     degraded = result(entry(), Outcome.SHUT_DOWN, (Action.SAVE, False), (Action.SHUTDOWN, True))
-    text = render_result(pass_result(degraded))
+    text = " ".join(render_result(pass_result(degraded)).split())  # lines wrapped at 80 columns
     assert "DEGRADED" in text and "1 of 1 guests are DEGRADED" in text and "shut-down instead of save" in text
     assert "reached" not in text and "first choice" in text
-    text = render_result(pass_result(GuestResult(entry(deadline=10.5), Outcome.PLANNED), dry_run=True))
+    text = " ".join(render_result(pass_result(GuestResult(entry(deadline=10.5), Outcome.PLANNED),
+                                             dry_run=True)).split())
     assert "would be DEGRADED" in text and "shutdown instead of save" in text
     assert "reached" not in text
     text = render_result(pass_result(GuestResult(entry(), Outcome.PLANNED), dry_run=True))
     assert text.splitlines()[-1] == "all 1 guests would get their first choice"
-    text = render_result(pass_result(result(entry(), Outcome.SAVED, (Action.SAVE, True)),
-                                     policy_problems=("policy.yaml:1:1: broken",)))
+    text = " ".join(render_result(pass_result(result(entry(), Outcome.SAVED, (Action.SAVE, True)),
+                                              policy_problems=("policy.yaml:1:1: broken",))).split())
     assert "ran on the built-in defaults" in text
