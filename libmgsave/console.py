@@ -25,7 +25,9 @@ def out(text: str) -> None:
 
 def err(text: str) -> None:
     """``text`` and a newline on standard error, flushed; dropped when it cannot be written."""
+    hide_live()
     write("stderr", text + "\n")
+    redraw_live()
 
 
 def write(name: str, text: str) -> None:
@@ -53,6 +55,73 @@ def give_up(name: str, error: BaseException) -> None:
 _NAMES = {"stdout": "standard output", "stderr": "standard error"}
 
 
+# -- a terminal: colour and one live progress line ---------------------------------------------
+
+COLOURS = {"red": "31", "green": "32", "yellow": "33", "dim": "2", "bold": "1"}
+
+
+def is_terminal(name: str = "stdout") -> bool:
+    """``sys.<name>`` is a terminal still written to (never the journal, a pipe or a file)."""
+    if name in _given_up:
+        return False
+    try:
+        return getattr(sys, name).isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def colour_allowed(name: str = "stdout") -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything (no-color.org)."""
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb" and is_terminal(name)
+
+
+def paint(text: str, colour: str, name: str = "stdout") -> str:
+    """``text`` in ``colour`` (a key of COLOURS) when ``sys.<name>`` may have colour, else as is."""
+    if not colour_allowed(name):
+        return text
+    return f"\033[{COLOURS[colour]}m{text}\033[0m"
+
+
+_live = {"text": ""}  # the progress line shown on standard error now, if any
+
+
+def live(text: str) -> None:
+    """Show ``text`` as the one progress line at the bottom of a terminal's standard error,
+    replacing the last one; nothing when standard error is not a terminal (the journal, a file:
+    they get one line per event, from the log, not a line per second)."""
+    if not is_terminal("stderr"):
+        return
+    columns = _columns()
+    text = text if len(text) < columns else text[: columns - 2] + "~"
+    _live["text"] = text
+    write("stderr", "\r\033[K" + text)
+
+
+def clear_live() -> None:
+    """Take the progress line away (before a log line is written, and at the end of the pass)."""
+    if _live["text"]:
+        _live["text"] = ""
+        write("stderr", "\r\033[K")
+
+
+def hide_live() -> None:
+    """Take the progress line away for a moment: a log line is about to be written."""
+    if _live["text"] and is_terminal("stderr"):
+        write("stderr", "\r\033[K")
+
+
+def redraw_live() -> None:
+    """Put the progress line back below the line just written."""
+    if _live["text"] and is_terminal("stderr"):
+        write("stderr", _live["text"])
+
+
+def _columns() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
+
+
 def given_up() -> dict[str, str]:
     """The streams given up, and why."""
     return dict(_given_up)
@@ -61,6 +130,7 @@ def given_up() -> dict[str, str]:
 def reset() -> None:
     """Forget the streams given up (tests run several commands in one process)."""
     _given_up.clear()
+    _live["text"] = ""
 
 
 def _why(error: BaseException) -> str:
