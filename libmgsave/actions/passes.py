@@ -98,7 +98,7 @@ def _run(ctx: Context, kind: PassKind, outline: Outline) -> PassResult:
                             unreachable=tuple(uri for uri in policy.connections if uri not in connections.uris()),
                             bookkeeping_failed=ctx.bookkeeping_failed,
                             interrupted=stopped_by.name if stopped_by else None,
-                            policy_problems=tuple(str(p) for p in problems))
+                            policy_problems=tuple(problems))
     metrics.export(policy.metrics.textfile, result)
     _summarise(ctx, result)
     return result

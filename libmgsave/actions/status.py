@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-from libmgsave import report
+from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context
 from libmgsave.matching import resolve
 from libmgsave.saveimages import managed_image_path
 from libmgsave.state import guest_record_key
+
+
+@dataclass(frozen=True)
+class GuestStatus:
+    """One guest in ``mgsave status``: the text's line and the JSON's object."""
+
+    connection: str
+    name: str
+    uuid: str
+    state: str
+    persistent: bool
+    has_saved_image: bool
+    saved_image_path: str | None
+    saved_image_bytes: int | None
+    saved_image_mtime: float | None  # epoch; ISO 8601 in JSON
+    autostart: str  # the policy's effective autostart
+    libvirt_autostart: bool | None
+    last_shutdown: str | None  # the outcome the last shutdown pass recorded
+    last_boot: str | None
+
+    def to_dict(self) -> dict:
+        return {
+            "connection": self.connection, "name": self.name, "uuid": self.uuid, "state": self.state,
+            "persistent": self.persistent, "has_saved_image": self.has_saved_image,
+            "saved_image_path": self.saved_image_path, "saved_image_bytes": self.saved_image_bytes,
+            "saved_image_modified": jsonout.timestamp(self.saved_image_mtime),
+            "autostart": self.autostart, "libvirt_autostart": self.libvirt_autostart,
+            "last_shutdown_outcome": self.last_shutdown, "last_boot_outcome": self.last_boot,
+        }
 
 
 def run_status(ctx: Context) -> None:
@@ -21,15 +51,18 @@ def run_status(ctx: Context) -> None:
     rows = [_row(guest, policy, last_shutdown, last_boot) for guest in guests]
     usage, kept_warning = inputs.kept_images(ctx, policy)
     warnings += ctx.warnings + ([kept_warning] if kept_warning else [])
-    data = {"policy": policy.source, "policy_problems": inputs.problems_dict(problems), "warnings": warnings,
-            "state_dir": str(ctx.state.path), "guests": rows, "kept": usage.to_dict()}
-    text = "" if ctx.json else report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)
-    if warnings and not ctx.json:
-        text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
-    ctx.emit(data, text)
+    if ctx.json:
+        ctx.emit(jsonout.document("status", {
+            "policy": policy.source, "policy_problems": inputs.problems_dict(problems), "warnings": warnings,
+            "state_dir": str(ctx.state.path), "guests": [r.to_dict() for r in rows], "kept": usage.to_dict()}), "")
+        return
+    text = report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)
+    if warnings:
+        text += "\n" + "\n".join(report.wrapped(f"warning: {w}" for w in warnings))
+    ctx.emit({}, text)
 
 
-def _row(guest, policy, last_shutdown: dict, last_boot: dict) -> dict:
+def _row(guest, policy, last_shutdown: dict, last_boot: dict) -> GuestStatus:
     key = guest_record_key(*guest.key)
     image = managed_image_path(guest.connection, guest.name) if guest.has_managed_save else None
     image_stat = None
@@ -38,18 +71,11 @@ def _row(guest, policy, last_shutdown: dict, last_boot: dict) -> dict:
             image_stat = os.stat(image)
         except OSError:
             pass
-    return {
-        "connection": guest.connection,
-        "name": guest.name,
-        "uuid": guest.uuid,
-        "state": str(guest.state),
-        "persistent": guest.persistent,
-        "saved_image": guest.has_managed_save,
-        "image_path": image,
-        "image_bytes": image_stat.st_size if image_stat else None,
-        "image_mtime": image_stat.st_mtime if image_stat else None,
-        "autostart": str(resolve(policy, guest).settings.autostart),
-        "libvirt_autostart": guest.libvirt_autostart,
-        "last_shutdown": last_shutdown.get(key, {}).get("outcome"),
-        "last_boot": last_boot.get(key, {}).get("outcome"),
-    }
+    return GuestStatus(
+        connection=guest.connection, name=guest.name, uuid=guest.uuid, state=str(guest.state),
+        persistent=guest.persistent, has_saved_image=guest.has_managed_save, saved_image_path=image,
+        saved_image_bytes=image_stat.st_size if image_stat else None,
+        saved_image_mtime=image_stat.st_mtime if image_stat else None,
+        autostart=str(resolve(policy, guest).settings.autostart), libvirt_autostart=guest.libvirt_autostart,
+        last_shutdown=last_shutdown.get(key, {}).get("outcome"), last_boot=last_boot.get(key, {}).get("outcome"),
+    )

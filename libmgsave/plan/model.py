@@ -106,10 +106,12 @@ class GuestPlan:
             "first_choice": str(self.first_choice),
             "reason": self.reason,
             "order": self.order,
-            "wait_for": [f"{c} {u}" for c, u in self.wait_for],
-            "estimate_seconds": self.estimate_seconds,
-            "image": self.image,
-            "managed_image": self.managed_image,
+            "wait_for": [{"connection": c, "uuid": u} for c, u in self.wait_for],
+            # Seconds from the start of the pass, not a duration of the save alone.
+            "estimated_save_end_seconds": self.estimate_seconds,
+            "save_dropped_because": self.save_dropped_because,
+            "save_file_path": self.image,
+            "managed_image_path": self.managed_image,
             "notes": list(self.notes),
             "settings": _settings_dict(self.effective),
         }
@@ -135,8 +137,8 @@ class Plan:
             "limits": {
                 "max_parallel_saves": self.limits.max_parallel_saves,
                 "max_parallel_starts": self.limits.max_parallel_starts,
-                "shutdown_deadline": self.limits.shutdown_deadline,
-                "start_delay": self.limits.start_delay,
+                "shutdown_deadline_seconds": self.limits.shutdown_deadline,
+                "start_delay_seconds": self.limits.start_delay,
             },
             "save_rates": {uri: rate.to_dict() for uri, rate in (self.rates or {}).items()},
             "warnings": list(self.warnings),

@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from libmgsave import units
+from libmgsave import jsonout, units
 from libmgsave.state.records import BOOT_RECORD, SHUTDOWN_RECORD
 
 log = logging.getLogger("mgsave")
@@ -30,8 +30,8 @@ class KeptFile:
     mtime: float
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "path": str(self.path), "kind": self.kind, "bytes": self.bytes,
-                "mtime": self.mtime}
+        return {"name": self.name, "path": str(self.path), "kind": self.kind, "size_bytes": self.bytes,
+                "modified": jsonout.timestamp(self.mtime)}
 
 
 def kept_files(state_dir: Path) -> list[KeptFile]:
@@ -71,8 +71,8 @@ class KeptUsage:
         return 100.0 * self.bytes / self.filesystem_bytes if self.filesystem_bytes else None
 
     def to_dict(self) -> dict:
-        return {"files": self.files, "bytes": self.bytes, "filesystem_bytes": self.filesystem_bytes,
-                "share": self.share}
+        return {"files": self.files, "size_bytes": self.bytes, "filesystem_bytes": self.filesystem_bytes,
+                "share_percent": self.share}
 
 
 def kept_usage(state_dir: Path, files: list[KeptFile]) -> KeptUsage:

@@ -49,10 +49,10 @@ def test_status_and_images_list_show_the_kept_files_and_their_bytes(hv, run):
     kept = _kept(hv, run)
     code, result, err = run("status")
     assert code == ExitCode.OK, err
-    assert result["kept"]["files"] == 2 and result["kept"]["bytes"] == 301_000
+    assert result["kept"]["files"] == 2 and result["kept"]["size_bytes"] == 301_000
     code, result, err = run("images", "list")
     assert code == ExitCode.OK, err
-    assert {f["name"]: f["bytes"] for f in result["kept"]} == kept
+    assert {f["name"]: f["size_bytes"] for f in result["kept"]} == kept
     assert {f["kind"] for f in result["kept"]} == {"failed-image", "untrusted-record"}
 
 
