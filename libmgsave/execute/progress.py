@@ -154,10 +154,11 @@ class SaveProgress:
             save.last_bytes = progress.processed
             save.last_change = now
         save.last_seen = progress.processed
-        save.text = progress_text(save.guest.name, progress, now - save.started)
+        how_far = progress_text(progress, now - save.started)
+        save.text = f"{save.guest.name} {how_far}"
         if now - save.last_log >= PROGRESS_EVERY - 0.05:
             save.last_log = now
-            log.debug("%s", save.text, extra=journal.guest_fields(save.plan.guest, action="save", result="progress",
+            log.debug("%s: saving %s", save.guest.name, how_far, extra=journal.guest_fields(save.plan.guest, action="save", result="progress",
                                                                   seconds=now - save.started,
                                                                   bytes_=progress.processed))
         return moving
@@ -176,11 +177,11 @@ class SaveProgress:
 _COUNTS: dict[float, tuple[int, int]] = {}
 
 
-def progress_text(name: str, progress: JobProgress, seconds: float) -> str:
-    """``db1 45% 120 MiB/s 12 s left``: how far, how fast, and how long still at that rate."""
+def progress_text(progress: JobProgress, seconds: float) -> str:
+    """``45% 120 MiB/s 12 s left``: how far, how fast, and how long still at that rate."""
     if progress.fraction is None:
-        return f"{name} {units.size(progress.processed)}"
-    text = f"{name} {progress.fraction * 100:.0f}%"
+        return units.size(progress.processed)
+    text = f"{progress.fraction * 100:.0f}%"
     if seconds > 0 and progress.processed > 0:
         rate = progress.processed / seconds
         text += f" {units.rate(rate)}"

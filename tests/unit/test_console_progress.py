@@ -56,9 +56,9 @@ def test_the_live_line_is_for_a_terminal_only(monkeypatch):
 
 
 def test_progress_says_percent_rate_and_time_left():
-    text = progress.progress_text("db1", JobProgress(512 << 20, 2048 << 20), 4.0)
-    assert text == "db1 25% 128 MiB/s 12 s left"
-    assert progress.progress_text("db1", JobProgress(3 << 20, 0), 1.0) == "db1 3.0 MiB"
+    text = progress.progress_text(JobProgress(512 << 20, 2048 << 20), 4.0)
+    assert text == "25% 128 MiB/s 12 s left"
+    assert progress.progress_text(JobProgress(3 << 20, 0), 1.0) == "3.0 MiB"
 
 
 def _guest(name):
