@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from libmgsave import console, journal, notify, units
 from libmgsave.errors import HypervisorError
+from libmgsave.execute import waiting
 from libmgsave.hypervisor import Guest, JobProgress
 from libmgsave.plan import GuestPlan
 
@@ -93,8 +94,10 @@ class SaveProgress:
         with self._lock:
             parts = [w.text or w.guest.name for w in self._running.values()]
             text = f"saving {min(self.done, self.total)}/{self.total}" + (": " + ", ".join(parts) if parts else "")
+            waits = waiting.describe()
+            text += f"; waiting: {waits}" if waits else ""
             notify.status(text)
-            if parts:
+            if parts or waits:
                 console.live(text)
             else:
                 console.clear_live()
@@ -106,7 +109,7 @@ class SaveProgress:
             moving = False
             for save in watched:
                 moving |= self._check(save)
-            if watched:
+            if watched or waiting.describe():
                 self._status()
             if moving:
                 # A save that makes progress is never killed by systemd's stop timeout.

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from libmgsave import interrupt
 from libmgsave.errors import OperationTimeout
+from libmgsave.execute import waiting
 from libmgsave.outcomes import GuestResult, Outcome, Wait, WaitKind
 from libmgsave.plan import GuestKey, GuestPlan, Plan
 
@@ -61,13 +62,13 @@ class Schedule:
         results: dict[GuestKey, GuestResult] = {}
         for group in self.groups:
             done = {e.key: threading.Event() for e in group}
+            names = {e.key: e.guest.name for e in group}
 
             def task(entry: GuestPlan) -> None:
                 self.queued[entry.key] = time.time()
                 try:
-                    for key in entry.wait_for:
-                        if key in done:
-                            done[key].wait()
+                    _await(entry, [done[key] for key in entry.wait_for if key in done],
+                           [names[key] for key in entry.wait_for if key in done])
                     results[entry.key] = work(entry, {k: results.get(k) for k in entry.wait_for})
                 except Exception as error:  # a bug must not take the other guests down with it
                     log.exception("%s: internal error", entry.guest.name)
@@ -79,6 +80,16 @@ class Schedule:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mgsave") as pool:
                 list(pool.map(task, group))
         return results
+
+
+def _await(entry: GuestPlan, events: list[threading.Event], names: list[str]) -> None:
+    """Until the guests ``entry`` waits for are done; meanwhile the live line says so."""
+    pending = [(event, name) for event, name in zip(events, names, strict=True) if not event.is_set()]
+    if not pending:
+        return
+    with waiting.waiting(entry.guest.name, ", ".join(name for _, name in pending)):
+        for event, _ in pending:
+            event.wait()
 
 
 def group_by_order(entries: Iterable[GuestPlan]) -> list[list[GuestPlan]]:

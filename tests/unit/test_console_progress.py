@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from libmgsave import console, notify
-from libmgsave.execute import progress
+from libmgsave.execute import progress, waiting
 from libmgsave.hypervisor import JobProgress
 
 
@@ -82,3 +82,11 @@ def test_status_counts_never_go_backwards_across_the_rounds_of_a_pass(monkeypatc
     counts = [tuple(map(int, re.match(r"saving (\d+)/(\d+)", s).groups())) for s in sent]
     assert counts[-1] == (3, 3)
     assert all(a[0] <= b[0] for a, b in zip(counts, counts[1:], strict=False)), counts
+
+
+def test_a_wait_says_for_whom_and_for_how_long(monkeypatch):
+    clock = iter([100.0, 100.0, 112.0, 130.0])
+    monkeypatch.setattr(waiting.time, "monotonic", lambda: next(clock))
+    with waiting.waiting("web-1", "db-1"), waiting.waiting("app-1", "db-1, web-1"):
+        assert waiting.describe() == "web-1 for db-1 (12 s), app-1 for db-1, web-1 (12 s)"
+    assert waiting.describe() == ""
