@@ -1,4 +1,5 @@
-"""Turning plans, pass results and status into text for people (JSON comes from ``to_dict``)."""
+"""Turning plans, pass results and status into text for people, in 80 columns (``texttable``);
+JSON comes from ``to_dict``."""
 
 from __future__ import annotations
 
@@ -47,13 +48,13 @@ def _plan_header(plan: Plan) -> list[str]:
     source = plan.policy_source or "built-in defaults"
     if plan.kind is PassKind.SHUTDOWN:
         lines = wrapped([f"Shutdown plan (policy: {source}; deadline {limits.shutdown_deadline:g} s; "
-                          f"up to {limits.max_parallel_saves} saves at once)"], indent="")
+                         f"up to {limits.max_parallel_saves} saves at once)"], indent="")
         lines += wrapped(f"estimates on {uri} assume {units.rate(rate.bytes_per_second)}: {rate.source}"
-                          for uri, rate in sorted((plan.rates or {}).items()))
+                         for uri, rate in sorted((plan.rates or {}).items()))
         return lines
     delay = f"; {limits.start_delay:g} s between starts" if limits.start_delay else ""
     return wrapped([f"Boot plan (policy: {source}; up to {limits.max_parallel_starts} starts at once{delay})"],
-                    indent="")
+                   indent="")
 
 
 def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str]:
@@ -62,7 +63,8 @@ def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str
     shutdown = kind is PassKind.SHUTDOWN
     show_order = any(e.order for e in entries)
     show_waits = any(e.wait_for for e in entries)
-    columns = ([Column("CONNECTION", shrink=True)] if many else []) + ([Column("ORDER", right=True)] if show_order else [])
+    columns = [Column("CONNECTION", shrink=True)] if many else []
+    columns += [Column("ORDER", right=True)] if show_order else []
     columns += [Column("GUEST", shrink=True), Column("STATE"), Column("ACTIONS" if shutdown else "ACTION")]
     columns += [Column("SAVE ENDS", right=True)] if shutdown else []
     columns += [Column("WAITS FOR", shrink=True)] if show_waits else []
@@ -100,8 +102,8 @@ def plan_details(plan: Plan, e, names: Mapping, rule_lines: Mapping[str, int | N
     values = {name: setting_text(getattr(e.effective.settings, name)) for name in e.effective.sources}
     width = max(len(name) for name in values)
     value_width = min(24, max(len(value) for value in values.values()))
-    lines += wrapped((f"{name:<{width}}  {values[name]:<{value_width}}  "
-                      f"[{_where(source, plan.policy_source, rule_lines)}]" for name, source in e.effective.sources.items()),
+    origins = {name: _where(source, plan.policy_source, rule_lines) for name, source in e.effective.sources.items()}
+    lines += wrapped((f"{name:<{width}}  {values[name]:<{value_width}}  [{origins[name]}]" for name in values),
                      indent="    ", hang=width + 2)
     return lines
 
@@ -127,7 +129,7 @@ def wrapped(texts: Iterable[str], *, indent: str = "  ", hang: int = 2) -> list[
 def render_result(result: PassResult) -> str:
     """The per-guest summary that ends every pass."""
     title = f"{result.kind} pass{' (dry run: nothing was done)' if result.dry_run else ''}"
-    lines = [f"Summary of the {title}, {units.seconds(result.finished - result.started)}:"]
+    lines = [f"Summary of the {title}, {result.finished - result.started:.1f} s:"]
     would = result.dry_run
     columns = [Column("GUEST", shrink=True), Column("ACTION"), Column("WOULD BE" if would else "RESULT"),
                Column("SEVERITY", colour=_severity_colour), Column("TIME", right=True), Column("SIZE", right=True)]
@@ -145,7 +147,7 @@ def render_result(result: PassResult) -> str:
     if result.interrupted:
         left = [r.plan.guest.name for r in result.results if r.outcome is Outcome.INTERRUPTED]
         lines += wrapped([f"the pass was stopped by {result.interrupted}: {len(left)} guests were left as they "
-                           f"were" + (": " + ", ".join(left) if left else "")], indent="")
+                          f"were" + (": " + ", ".join(left) if left else "")], indent="")
     lines += wrapped(_verdict(result, total), indent="")
     return "\n".join(lines)
 

@@ -161,9 +161,9 @@ class SaveProgress:
         save.text = f"{save.guest.name} {how_far}"
         if now - save.last_log >= PROGRESS_EVERY - 0.05:
             save.last_log = now
-            log.debug("%s: saving %s", save.guest.name, how_far, extra=journal.guest_fields(save.plan.guest, action="save", result="progress",
-                                                                  seconds=now - save.started,
-                                                                  bytes_=progress.processed))
+            fields = journal.guest_fields(save.plan.guest, action="save", result="progress",
+                                          seconds=now - save.started, bytes_=progress.processed)
+            log.debug("%s: saving %s", save.guest.name, how_far, extra=fields)
         return moving
 
     def _abort_reason(self, save: _Watched, now: float) -> str | None:

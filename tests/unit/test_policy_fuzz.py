@@ -148,7 +148,8 @@ def test_every_valid_policy_loads_and_resolves(policy_file, defaults, rules):
         names = [names] if isinstance(names, str) else names or []
         if "after" in rule:
             rule["after"] = [n for n in rule["after"] if n not in names]
-    policy = load_bytes(policy_file, yaml.dump({"version": 1, "defaults": defaults, "guests": guests}, Dumper=CoreDumper).encode())
+    document = {"version": 1, "defaults": defaults, "guests": guests}
+    policy = load_bytes(policy_file, yaml.dump(document, Dumper=CoreDumper).encode())
     assert policy is not None
     assert set(policy.defaults) == set(defaults)
     for rule, (_, settings) in zip(policy.rules, rules, strict=True):
