@@ -230,8 +230,8 @@ def test_full_cycle_shutdown_then_boot(mgsave, make_guests, rig_conn):
     assert state_reason(rig_conn, batch) == ("shutoff", "saved") and image(batch).exists()
     assert state_reason(rig_conn, idle)[0] == "shutoff" and boots(idle) == 0
 
-    save_times = ", ".join(f"{n} {s['seconds']:.1f} s" for n, s in saves.items())
-    resume_times = ", ".join(f"{n} {r['seconds']:.1f} s" for n, r in g.items())
+    save_times = ", ".join(f"{n} {s['duration_seconds']:.1f} s" for n, s in saves.items())
+    resume_times = ", ".join(f"{n} {r['duration_seconds']:.1f} s" for n, r in g.items())
     print(f"boot of 4 guests {max(boot_s.values()):.1f} s; shutdown {down.seconds:.1f} s (saves: {save_times}); "
           f"boot {up.seconds:.1f} s ({resume_times}); mgsave part {time.monotonic() - t_ready:.1f} s, "
           f"test {time.monotonic() - t_test:.1f} s")
@@ -307,7 +307,7 @@ def test_fallback_chain_save_fails_then_shutdown_then_poweroff(rig, mgsave, make
     record = mgsave.record("shutdown")
     assert {e["name"]: e["outcome"] for e in record["guests"].values()} == down.outcomes()
     print(f"fallback pass {down.seconds:.1f} s: " + "; ".join(
-        f"{g['name']}: " + " -> ".join(f"{s['action']} {'ok' if s['ok'] else 'failed'} {s['seconds']:.1f} s"
+        f"{g['name']}: " + " -> ".join(f"{s['action']} {'ok' if s['ok'] else 'failed'} {s['duration_seconds']:.1f} s"
                                        for s in g["steps"]) for g in down.data["guests"]))
 
 
@@ -363,4 +363,4 @@ def test_parallel_saves_overlap_and_report_progress(mgsave, make_guests, rig_con
         assert_heartbeat_continues(n, last_before[n])
     print(f"4 x {PARALLEL_MEMORY_MIB} MiB ({PARALLEL_FILL_MIB} MiB filled): shutdown {down.seconds:.1f} s, saves {timeline}; "
           f"progress lines: {len(progress)}; boot {up.seconds:.1f} s, resumes "
-          + ", ".join(f"{s['seconds']:.1f} s" for s in starts))
+          + ", ".join(f"{s['duration_seconds']:.1f} s" for s in starts))
