@@ -75,9 +75,20 @@ def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str
         row += [e.guest.name, e.guest.state, ",".join(e.actions)]
         row += [_save_ends(e)] if shutdown else []
         row += [", ".join(names.get(k, k[1]) for k in e.wait_for) or "-"] if show_waits else []
-        row += [] if shutdown else [e.reason]
+        row += [] if shutdown else [_without_action(e.reason)]
         rows.append(row)
     return texttable.render(columns, rows, indent="  ")
+
+
+# The ends of boot reasons that only repeat the ACTION column ("...; resumes").
+_ACTION_ENDINGS = ("; resumes its saved state", "; resumes", ", boots fresh", "; boots fresh")
+
+
+def _without_action(reason: str) -> str:
+    for ending in _ACTION_ENDINGS:
+        if reason.endswith(ending):
+            return reason[: -len(ending)]
+    return reason
 
 
 def _save_ends(entry) -> str:
