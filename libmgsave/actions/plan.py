@@ -18,12 +18,12 @@ def run_plan(ctx: Context) -> None:
     if ctx.which in (None, "boot"):
         plans.append(inputs.boot_plan(ctx, guests, policy, connections))
     warnings += ctx.warnings
+    lines = rule_lines(policy)
     # Only the form asked for: each costs as much as the plan itself with thousands of guests.
     if ctx.json:
         ctx.emit(jsonout.document("plan", {"policy_problems": inputs.problems_dict(problems), "warnings": warnings,
-                                           "plans": [p.to_dict() for p in plans]}), "")
+                                           "plans": [p.to_dict(lines) for p in plans]}), "")
         return
-    lines = rule_lines(policy)
     text = "\n\n".join(report.render_plan(p, guests=ctx.guests, verbose=ctx.verbose, rule_lines=lines)
                        for p in plans)
     if warnings:

@@ -93,7 +93,8 @@ class GuestPlan:
     def skipped(self) -> bool:
         return self.actions == (Action.SKIP,)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, rule_lines: Mapping[str, int | None] | None = None) -> dict:
+        """``rule_lines``: where each rule (by label) is in the policy file, for each setting's origin."""
         return {
             "connection": self.guest.connection,
             "name": self.guest.name,
@@ -113,7 +114,7 @@ class GuestPlan:
             "save_file_path": self.image,
             "managed_image_path": self.managed_image,
             "notes": list(self.notes),
-            "settings": _settings_dict(self.effective),
+            "settings": _settings_dict(self.effective, rule_lines or {}),
         }
 
 
@@ -130,7 +131,7 @@ class Plan:
     def active(self) -> tuple[GuestPlan, ...]:
         return tuple(e for e in self.entries if not e.skipped)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, rule_lines: Mapping[str, int | None] | None = None) -> dict:
         return {
             "pass": str(self.kind),
             "policy": self.policy_source or "built-in defaults",
@@ -142,10 +143,12 @@ class Plan:
             },
             "save_rates": {uri: rate.to_dict() for uri, rate in (self.rates or {}).items()},
             "warnings": list(self.warnings),
-            "guests": [e.to_dict() for e in self.entries],
+            "guests": [e.to_dict(rule_lines) for e in self.entries],
         }
 
 
-def _settings_dict(effective: Effective) -> dict:
-    return {name: {"value": setting_to_json(getattr(effective.settings, name)), "from": source}
+def _settings_dict(effective: Effective, rule_lines: Mapping[str, int | None]) -> dict:
+    """Each setting's value, who set it, and on which line of the policy (None: built in)."""
+    return {name: {"value": setting_to_json(getattr(effective.settings, name)), "from": source,
+                   "line": rule_lines.get(source)}
             for name, source in effective.sources.items()}

@@ -75,6 +75,9 @@ def test_every_output_validates_against_its_schema(hv, mgsave, tmp_path):  # noq
     shutdown = {g["name"]: g for g in plan["plans"][0]["guests"]}
     assert shutdown["db"]["wait_for"][0]["connection"] == URI, "db stops after web"
     assert shutdown["web"]["estimated_save_end_seconds"] > 0
+    assert shutdown["web"]["settings"]["after"] == {"value": ["db"], "from": "guests[0]", "line": 3}
+    assert shutdown["db"]["settings"]["after"] == {"value": [], "from": "built-in", "line": None}
+    assert shutdown["web"]["settings"]["ready"] == {"value": 1.0, "from": "guests[0]", "line": 3}
     valid(mgsave("shutdown", "--dry-run", policy=policy), "pass")
     valid(mgsave("shutdown", policy=policy), "pass")
     status = valid(mgsave("status", policy=policy), "status")
