@@ -30,5 +30,5 @@ def seconds(value: float | None) -> str:
     for unit, scale in (("d", 86400), ("h", 3600), ("min", 60)):
         if value >= scale * 1.5 or (unit == "min" and value >= 100):
             amount = value / scale
-            return f"{amount:.0f} {unit}" if amount >= 10 or unit == "min" else f"{amount:.1f} {unit}"
+            return f"{amount:.0f} {unit}" if amount >= 10 else f"{amount:.1f} {unit}"
     return f"{value:.0f} s"
