@@ -263,8 +263,10 @@ guests:
     plan = json.loads(capsys.readouterr().out)["plans"][0]
     guests = {g["name"]: g for g in plan["guests"]}
     assert len(guests) == 200
-    assert guests["g0010"]["settings"]["order"] == {"value": 5, "from": "guests[0] (prod by title)"}
-    assert guests["g0010"]["settings"]["priority"] == {"value": 7, "from": "guests[1] (db tier by metadata)"}
+    order, priority = guests["g0010"]["settings"]["order"], guests["g0010"]["settings"]["priority"]
+    assert (order["value"], order["from"]) == (5, "guests[0] (prod by title)") and order["line"] > 0
+    assert (priority["value"], priority["from"]) == (7, "guests[1] (db tier by metadata)")
+    assert priority["line"] > order["line"]
     assert guests["g0011"]["settings"]["order"]["from"] == "built-in"
     # order 5 goes down first
     assert [g["name"] for g in plan["guests"][:20]] == [f"g{i:04d}" for i in range(0, 200, 10)]
