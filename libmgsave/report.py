@@ -63,7 +63,7 @@ def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str
     shutdown = kind is PassKind.SHUTDOWN
     show_order = any(e.order for e in entries)
     show_waits = any(e.wait_for for e in entries)
-    columns = [Column("CONNECTION", shrink=True)] if many else []
+    columns = [Column("CONNECTION", shrink=True, middle=True)] if many else []
     columns += [Column("ORDER", right=True)] if show_order else []
     columns += [Column("GUEST", shrink=True), Column("STATE"), Column("ACTIONS" if shutdown else "ACTION")]
     columns += [Column("SAVE ENDS", right=True)] if shutdown else []
@@ -205,7 +205,7 @@ def render_status(rows: Sequence) -> str:
         return "no guests"
     many = len({r.connection for r in rows}) > 1
     now = time.time()
-    columns = ([Column("CONNECTION", shrink=True)] if many else []) + [
+    columns = ([Column("CONNECTION", shrink=True, middle=True)] if many else []) + [
         Column("GUEST", shrink=True), Column("STATE"), Column("IMAGE"), Column("AUTOSTART"),
         Column("LAST SHUTDOWN"), Column("LAST BOOT")]
     table = []

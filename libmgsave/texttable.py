@@ -26,6 +26,9 @@ class Column:
     shrink: bool = False  # may be cut to fit
     right: bool = False  # numbers: aligned on the right
     colour: Callable[[str], str | None] | None = None  # a cell's colour (console.COLOURS), on a terminal
+    # Cut in the middle, keeping both ends: connection URIs share their start (qemu+ssh://...)
+    # and differ at the end, which a cut at the end would lose.
+    middle: bool = False
 
 
 def width() -> int:
@@ -44,11 +47,15 @@ def ellipsis() -> str:
     return "\u2026" if encoding == "utf8" else "~"
 
 
-def cut(text: str, room: int) -> str:
+def cut(text: str, room: int, *, middle: bool = False) -> str:
     if len(text) <= room:
         return text
     mark = ellipsis()
-    return text[: max(0, room - len(mark))] + mark
+    keep = max(0, room - len(mark))
+    if middle:
+        head = (keep + 1) // 2
+        return text[:head] + mark + text[len(text) - (keep - head):]
+    return text[:keep] + mark
 
 
 def render(columns: Sequence[Column], rows: Sequence[Sequence[object]], *, total: int | None = None,
@@ -69,7 +76,7 @@ def render(columns: Sequence[Column], rows: Sequence[Sequence[object]], *, total
     for number, row in enumerate([[col.header for col in columns], *cells]):
         parts = []
         for i, (col, text) in enumerate(zip(columns, row, strict=True)):
-            shown = cut(text, widths[i])
+            shown = cut(text, widths[i], middle=col.middle)
             shown = shown.rjust(widths[i]) if col.right else shown.ljust(widths[i])
             # Painted after the padding: the escape codes take no columns.
             colour = col.colour(text) if col.colour and number else None

@@ -87,3 +87,5 @@ def test_two_connections_show_the_connection_column(twenty, capsys, tmp_path):
         header = next(line for line in lines if "GUEST" in line)
         assert header.split()[0] == "CONNECTION", lines
         assert any("elsewhere-1" in line for line in lines)
+        rows = [line.split()[0] for line in lines if "batch-03" in line or "elsewhere-1" in line]
+        assert len(set(rows)) == 2, f"the connections must stay apart, even cut: {rows}"
