@@ -173,9 +173,10 @@ class Slots:
         return self._expected_ranks[0] if self._expected_ranks else float("inf")
 
     @contextlib.contextmanager
-    def held(self, key=None, *, give_up_at: float | None = None, late: str = "gave up waiting for a slot"):
+    def held(self, key=None, *, give_up_at: float | None = None, late: str = "gave up waiting for a slot",
+             who: str | None = None, what: str = "a slot"):
         """Hold a slot for the block; ``OperationTimeout(late)`` when none is free by ``give_up_at``
-        (a ``time.monotonic()`` time)."""
+        (a ``time.monotonic()`` time). ``who`` (a guest's name) waits for ``what`` on the live line."""
         with self._cond:
             self._arrived(key)
             rank = self._ranks.get(key, len(self._ranks))
@@ -186,11 +187,12 @@ class Slots:
             def admitted() -> bool:
                 return self._free > 0 and self._waiting[0] is ticket and self._lowest_expected() > rank
 
-            while not (admitted() or interrupt.requested()):
-                timeout = None if give_up_at is None else give_up_at - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    break
-                self._cond.wait(None if timeout is None else interrupt.wait_bound(timeout))
+            with waiting.waiting(who, what) if who and not admitted() else contextlib.nullcontext():
+                while not (admitted() or interrupt.requested()):
+                    timeout = None if give_up_at is None else give_up_at - time.monotonic()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    self._cond.wait(None if timeout is None else interrupt.wait_bound(timeout))
             if interrupt.requested() or not admitted():
                 self._waiting.remove(ticket)
                 heapq.heapify(self._waiting)

@@ -90,3 +90,28 @@ def test_a_wait_says_for_whom_and_for_how_long(monkeypatch):
     with waiting.waiting("web-1", "db-1"), waiting.waiting("app-1", "db-1, web-1"):
         assert waiting.describe() == "web-1 for db-1 (12 s), app-1 for db-1, web-1 (12 s)"
     assert waiting.describe() == ""
+
+
+def test_a_guest_waiting_for_a_slot_is_named_while_it_waits():
+    import threading
+    import time
+
+    from libmgsave.execute.scheduler import Slots
+
+    slots = Slots(1)
+    got = threading.Event()
+
+    def second():
+        with slots.held("b", who="db-2", what="a save slot"):
+            got.set()
+
+    with slots.held("a", who="db-1"):
+        worker = threading.Thread(target=second)
+        worker.start()
+        for _ in range(100):
+            if waiting.describe():
+                break
+            time.sleep(0.01)
+        assert waiting.describe().startswith("db-2 for a save slot (")
+    worker.join(5)
+    assert got.is_set() and waiting.describe() == ""
