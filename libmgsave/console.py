@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 
 _given_up: dict[str, str] = {}  # "stdout" / "stderr" -> why it can no longer be written
 
@@ -25,9 +26,8 @@ def out(text: str) -> None:
 
 def err(text: str) -> None:
     """``text`` and a newline on standard error, flushed; dropped when it cannot be written."""
-    hide_live()
-    write("stderr", text + "\n")
-    redraw_live()
+    with above_live():
+        write("stderr", text + "\n")
 
 
 def write(name: str, text: str) -> None:
@@ -57,7 +57,7 @@ _NAMES = {"stdout": "standard output", "stderr": "standard error"}
 
 # -- a terminal: colour and one live progress line ---------------------------------------------
 
-COLOURS = {"red": "31", "green": "32", "yellow": "33", "dim": "2", "bold": "1"}
+COLOURS = {"red": "31", "green": "32", "yellow": "33"}
 
 
 def is_terminal(name: str = "stdout") -> bool:
@@ -83,6 +83,9 @@ def paint(text: str, colour: str, name: str = "stdout") -> str:
 
 
 _live = {"text": ""}  # the progress line shown on standard error now, if any
+# The progress thread redraws the line while other threads log: one at a time, or a log line
+# would land in the middle of it.
+_live_lock = threading.RLock()
 
 
 def live(text: str) -> None:
@@ -93,27 +96,32 @@ def live(text: str) -> None:
         return
     columns = _columns()
     text = text if len(text) < columns else text[: columns - 2] + "~"
-    _live["text"] = text
-    write("stderr", "\r\033[K" + text)
+    with _live_lock:
+        _live["text"] = text
+        write("stderr", "\r\033[K" + text)
 
 
 def clear_live() -> None:
-    """Take the progress line away (before a log line is written, and at the end of the pass)."""
-    if _live["text"]:
-        _live["text"] = ""
-        write("stderr", "\r\033[K")
+    """Take the progress line away for good (nothing runs any more, the pass is over)."""
+    with _live_lock:
+        if _live["text"]:
+            _live["text"] = ""
+            write("stderr", "\r\033[K")
 
 
-def hide_live() -> None:
-    """Take the progress line away for a moment: a log line is about to be written."""
-    if _live["text"] and is_terminal("stderr"):
-        write("stderr", "\r\033[K")
-
-
-def redraw_live() -> None:
-    """Put the progress line back below the line just written."""
-    if _live["text"] and is_terminal("stderr"):
-        write("stderr", _live["text"])
+@contextlib.contextmanager
+def above_live():
+    """For a line written to standard error: the progress line is taken away before it and
+    drawn again below it."""
+    with _live_lock:
+        shown = _live["text"] and is_terminal("stderr")
+        if shown:
+            write("stderr", "\r\033[K")
+        try:
+            yield
+        finally:
+            if shown:
+                write("stderr", _live["text"])
 
 
 def _columns() -> int:
