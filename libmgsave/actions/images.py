@@ -25,7 +25,8 @@ def run_images(ctx: Context) -> ImagesResult:
     usage = kept_usage(ctx.state.path, files)
     warning = over_share_warning(usage, policy.limits.kept_images_warn_share)
     ctx.emit(jsonout.document("images", {
-        "state_dir": str(ctx.state.path), "kept": [f.to_dict() for f in files], "usage": usage.to_dict(),
+        "state_dir": str(ctx.state.path), "kept_files": [f.to_dict() for f in files],
+        "kept_usage": usage.to_dict(),
         "warnings": [warning] if warning else []}),
              report.render_kept(files, usage, [warning] if warning else [], listing=True))
     return ImagesResult()

@@ -54,7 +54,7 @@ def run_status(ctx: Context) -> None:
     if ctx.json:
         ctx.emit(jsonout.document("status", {
             "policy": policy.source, "policy_problems": inputs.problems_dict(problems), "warnings": warnings,
-            "state_dir": str(ctx.state.path), "guests": [r.to_dict() for r in rows], "kept": usage.to_dict()}), "")
+            "state_dir": str(ctx.state.path), "guests": [r.to_dict() for r in rows], "kept_usage": usage.to_dict()}), "")
         return
     text = report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)
     if warnings:
