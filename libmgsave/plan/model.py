@@ -134,7 +134,7 @@ class Plan:
     def to_dict(self, rule_lines: Mapping[str, int | None] | None = None) -> dict:
         return {
             "pass": str(self.kind),
-            "policy": self.policy_source or "built-in defaults",
+            "policy": self.policy_source,  # None: the built-in defaults (as status and check say)
             "limits": {
                 "max_parallel_saves": self.limits.max_parallel_saves,
                 "max_parallel_starts": self.limits.max_parallel_starts,
