@@ -22,6 +22,12 @@ def document(format_name: str, body: Mapping[str, object]) -> dict:
     return {"format": f"mgsave.{format_name}", "format_version": FORMAT_VERSION, **body}
 
 
+def word(value: object) -> str:
+    """A closed-set value as one word: libvirt's states are spelt for people ("shut off"); in
+    JSON they are written as every other value of mgsave's, with hyphens ("shut-off")."""
+    return str(value).replace(" ", "-")
+
+
 def timestamp(epoch: float | None) -> str | None:
     """An epoch time as ISO 8601 in UTC, to the microsecond: ``2026-12-02T00:45:00.123456Z``.
     Always that wide, so that the strings sort as the times do (steps begun in the same

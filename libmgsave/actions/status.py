@@ -33,7 +33,7 @@ class GuestStatus:
 
     def to_dict(self) -> dict:
         return {
-            "connection": self.connection, "name": self.name, "uuid": self.uuid, "state": self.state,
+            "connection": self.connection, "name": self.name, "uuid": self.uuid, "state": jsonout.word(self.state),
             "persistent": self.persistent, "has_saved_image": self.has_saved_image,
             "saved_image_path": self.saved_image_path, "saved_image_bytes": self.saved_image_bytes,
             "saved_image_modified": jsonout.timestamp(self.saved_image_mtime),

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from libmgsave import jsonout
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective
 # DEADLINE_RESERVE is defined with the policy's limits, which must leave room for it.
@@ -99,7 +100,7 @@ class GuestPlan:
             "connection": self.guest.connection,
             "name": self.guest.name,
             "uuid": self.guest.uuid,
-            "state": str(self.guest.state),
+            "state": jsonout.word(self.guest.state),
             "persistent": self.guest.persistent,
             "has_saved_image": self.guest.has_managed_save,
             "memory_bytes": self.guest.memory_bytes,

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from libmgsave import cli, jsonout
+from libmgsave.inventory import GuestState
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import Action
 from tests.testdriver import URI, define, hv  # noqa: F401
@@ -42,6 +43,8 @@ def test_the_schemas_closed_sets_are_the_codes():
         assert schema_of(name)["$defs"]["outcome"]["enum"] == [o.value for o in Outcome]
     for name in ("pass", "plan"):
         assert schema_of(name)["$defs"]["action"]["enum"] == [a.value for a in Action]
+    for name in ("plan", "status"):
+        assert schema_of(name)["$defs"]["state"]["enum"] == [jsonout.word(s) for s in GuestState]
 
 
 @pytest.fixture

@@ -178,7 +178,7 @@ def test_status_reports_images_and_last_results(hv, run):
     assert code == ExitCode.OK
     rows = {g["name"]: g for g in result["guests"]}
     assert rows["a"]["has_saved_image"] is True and rows["a"]["last_shutdown_outcome"] == "saved"
-    assert rows["a"]["state"] == "shut off"
+    assert rows["a"]["state"] == "shut-off"
     assert rows["a"]["autostart"] == "if-running"
 
 
