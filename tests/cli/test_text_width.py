@@ -12,8 +12,9 @@ NAMES = [f"{kind}-{n:02d}{'-extra' * (n % 3)}" for n, kind in enumerate(["db", "
 
 
 @pytest.fixture
-def twenty(hv, tmp_path):  # noqa: F811
+def twenty(hv, tmp_path, monkeypatch):  # noqa: F811
     """20 guests of every size and name length, some running, some off."""
+    monkeypatch.delenv("COLUMNS", raising=False)  # the default width, whatever runs the tests
     for n, name in enumerate(NAMES):
         dom = hv.defineXML(domain_xml(name, memory_kib=262144 * (1 + n)))
         if n % 4:
