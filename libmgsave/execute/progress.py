@@ -176,6 +176,37 @@ class SaveProgress:
         return None
 
 
+class LiveWaits:
+    """While the boot pass runs (no save to watch): every second, the waits (``execute.waiting``)
+    after ``counts()`` ("starting 3/10") on the terminal's live line and in ``STATUS=``."""
+
+    def __init__(self, counts):
+        self._counts = counts
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mgsave-waits", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        console.clear_live()
+
+    def _loop(self) -> None:
+        shown = False
+        while not self._stop.wait(PROGRESS_POLL):
+            waits = waiting.describe()
+            if waits:
+                text = f"{self._counts()}; waiting: {waits}"
+                notify.status(text)
+                console.live(text)
+            elif shown:
+                console.clear_live()
+            shown = bool(waits)
+
+
 # deadline_at -> (saves done, saves in all) of the pass that ended last; see SaveProgress.
 _COUNTS: dict[float, tuple[int, int]] = {}
 
