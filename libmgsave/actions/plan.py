@@ -22,10 +22,17 @@ def run_plan(ctx: Context) -> None:
     # Only the form asked for: each costs as much as the plan itself with thousands of guests.
     if ctx.json:
         ctx.emit(jsonout.document("plan", {"policy_problems": inputs.problems_dict(problems), "warnings": warnings,
-                                           "plans": [p.to_dict(lines) for p in plans]}), "")
+                                           "plans": [_only(p.to_dict(lines), ctx.guests) for p in plans]}), "")
         return
     text = "\n\n".join(report.render_plan(p, guests=ctx.guests, verbose=ctx.verbose, rule_lines=lines)
                        for p in plans)
     if warnings:
         text += "\n" + "\n".join(report.wrapped((f"warning: {w}" for w in warnings), indent=""))
     ctx.emit({}, text)
+
+
+def _only(plan: dict, guests: tuple[str, ...]) -> dict:
+    """The plan with only the guests named (all when none is)."""
+    if guests:
+        plan["guests"] = [g for g in plan["guests"] if g["name"] in guests]
+    return plan

@@ -81,6 +81,8 @@ def test_every_output_validates_against_its_schema(hv, mgsave, tmp_path):  # noq
     assert shutdown["web"]["settings"]["after"] == {"value": ["db"], "from": "guests[0]", "line": 3}
     assert shutdown["db"]["settings"]["after"] == {"value": [], "from": "built-in", "line": None}
     assert shutdown["web"]["settings"]["ready"] == {"value": 1.0, "from": "guests[0]", "line": 3}
+    one = valid(mgsave("plan", "boot", "web", policy=policy), "plan")
+    assert [g["name"] for g in one["plans"][0]["guests"]] == ["web"]
     valid(mgsave("shutdown", "--dry-run", policy=policy), "pass")
     valid(mgsave("shutdown", policy=policy), "pass")
     status = valid(mgsave("status", policy=policy), "status")
