@@ -21,6 +21,7 @@
 #   /usr/local/share/bash-completion/completions/mgsave
 #   /usr/local/share/zsh/site-functions/_mgsave   (zsh/vendor-completions for PREFIX=/usr)
 #   /usr/local/share/mgsave/policy.schema.yaml
+#   /usr/local/share/mgsave/schemas/mgsave.*.schema.json   the --json outputs' JSON Schemas
 #   /usr/local/share/doc/mgsave/             README.md, SYSTEMD.md, RELIABILITY.md, MIGRATION.md
 #   /etc/mgsave/policy.yaml                  every setting commented out (the built-in
 #                                            defaults), only if there is no policy yet
@@ -130,6 +131,8 @@ install-files: install-lib
 	done
 	install -m 0644 $(DOCS) '$(DESTDIR)$(DOCDIR)/'
 	install -m 0644 config/policy.schema.yaml '$(DESTDIR)$(DATADIR)/policy.schema.yaml'
+	install -d -m 0755 '$(DESTDIR)$(DATADIR)/schemas'
+	install -m 0644 libmgsave/schemas/*.schema.json '$(DESTDIR)$(DATADIR)/schemas/'
 	install -m 0644 man/mgsave.8 '$(DESTDIR)$(MANDIR)/man8/mgsave.8'
 	install -m 0644 man/mgsave-policy.5 '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5'
 	install -m 0644 completions/mgsave '$(DESTDIR)$(COMPLETIONDIR)/mgsave'

@@ -241,14 +241,17 @@ def _phases(result: dict, t0: float, t_exit: float, which: str) -> dict:
     """Where mgsave's wall time went, from its --json result: start-up (interpreter, imports,
     policy) until the pass began, preparation (lock, connect, inventory, plan, record) until the
     first guest's step, the guests' work, and the end (record, summary, exit)."""
+    from libmgsave.jsonout import epoch  # --json times are ISO 8601 strings
+
     steps = [s for g in result["guests"] for s in g["steps"]]
     if not steps:
         return {}
-    first = min(s["started"] for s in steps)
-    last = max(s["finished"] for s in steps)
+    first = min(epoch(s["started"]) for s in steps)
+    last = max(epoch(s["finished"]) for s in steps)
+    began = epoch(result["started"])
     return {
-        f"{which}_startup": result["started"] - t0,
-        f"{which}_prepare": first - result["started"],
+        f"{which}_startup": began - t0,
+        f"{which}_prepare": first - began,
         f"{which}_work": last - first,
         f"{which}_finish": t_exit - last,
     }

@@ -34,6 +34,7 @@ def assumed_rate(plan: dict) -> float:
 
 
 def run(args) -> dict:
+    from libmgsave.jsonout import epoch
     from libmgsave.plan import DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT
     from tests.rig import (Rig, SAVE_DIR, boots, define_guests, ensure_image, last_tick,
                            start_and_wait_ticking, state_reason, wait_for_tick_after)
@@ -67,7 +68,7 @@ def run(args) -> dict:
         probe = write_policy(work / "probe", deadline=3600, extra=extra)
         mg("--json", "plan", "shutdown", policy=probe, out=work / "probe.json")
         plan = json.loads((work / "probe.json").read_text())["plans"][0]
-        estimates = sorted(g["estimate_seconds"] for g in plan["guests"] if g["estimate_seconds"])
+        estimates = sorted(g["estimated_save_end_seconds"] for g in plan["guests"] if g["estimated_save_end_seconds"])
         half = len(estimates) // 2
         deadline = round(DEADLINE_RESERVE + (estimates[half - 1] + estimates[half]) / 2, 1)
         if args.deadline:
@@ -105,12 +106,12 @@ def run(args) -> dict:
             name = g["name"]
             st = state_reason(conn, name)
             saves = [s for s in g["steps"] if s["action"] == "save"]
-            save_end = f"{saves[0]['finished'] - t0:.1f} s" if saves and saves[0]["ok"] else "-"
-            estimate = est[name]["estimate_seconds"]
+            save_end = f"{epoch(saves[0]['finished']) - t0:.1f} s" if saves and saves[0]["ok"] else "-"
+            estimate = est[name]["estimated_save_end_seconds"]
             if saves and saves[0]["ok"]:
-                saved_bytes += saves[0]["bytes"] or 0
+                saved_bytes += saves[0]["written_bytes"] or 0
                 saved_memory += est[name]["memory_bytes"]
-                save_spans.append((saves[0]["started"], saves[0]["finished"]))
+                save_spans.append((epoch(saves[0]["started"]), epoch(saves[0]["finished"])))
             if any(not s["ok"] for s in saves) or any("abort" in m for m in g["messages"]):
                 problems.append(f"{name}: a save was cut off or failed: {g['steps']} {g['messages']}")
             if g["outcome"] not in ("saved", "shut-down"):

@@ -12,6 +12,7 @@ import importlib
 import keyword
 import logging
 import os
+import re
 import signal
 
 from libmgsave import __version__, interrupt
@@ -32,8 +33,8 @@ commands:
   check      validate the policy file (every problem, with file:line:column) and warn about
              conflicts: libvirt autostart flags, libvirt-guests, libvirtd's own shutdown handling,
              'after' names and rules that match no guest (--strict: fail on any warning)
-  plan       print the plan for the shutdown and/or boot pass, with each guest's effective
-             settings and the policy rule that set each value
+  plan       print the plan for the shutdown and/or boot pass, one line a guest; with
+             --verbose or a guest's name, its effective settings and the rule that set each
   status     every guest: state, saved image (size, age), effective autostart, last results
   report     the last shutdown and boot passes as a timeline per guest (--svg FILE: a picture)
   shutdown   save (or shut down, or power off, per the policy's fallback chain) every running guest
@@ -79,6 +80,17 @@ def _global_options() -> argparse.ArgumentParser:
     return common
 
 
+PASSES = ("shutdown", "boot")
+
+
+class _PassOrGuests(tuple):
+    """``plan``'s words: a pass, then guest names. argparse checks every word against
+    ``choices``, which would refuse a guest's name; the completion offers the passes."""
+
+    def __contains__(self, word: object) -> bool:
+        return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _global_options()
     parser = argparse.ArgumentParser(
@@ -103,9 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
             "Print the plan that 'mgsave shutdown' or 'mgsave boot' would carry out now, computed the\n"
-            "same way: per guest the actions, the order, what it waits for, the estimated end of its\n"
-            "save under the deadline, and each effective setting with the rule that set it.")
-    p.add_argument("which", nargs="?", choices=["shutdown", "boot"], help="one pass only (default: both)")
+            "same way, one line a guest in 80 columns: its actions, its order, what it waits for, the\n"
+            "estimated end of its save under the deadline. With --verbose, or for the guests named,\n"
+            "each guest in full: every effective setting with the rule (file:line) that set it.")
+    p.add_argument("which", nargs="*", choices=_PassOrGuests(PASSES), metavar="shutdown|boot|GUEST",
+                   help="one pass only (default: both); then guests by name: their plan in full")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="every guest in full: its plan, and each effective setting with the rule "
+                        "(file:line) that set it")
     add("status", "show every guest's state, saved image and last results",
         "Show every guest: its state, whether it has a saved image (size, age), its effective\n"
         "autostart, and what the last shutdown and boot passes did to it.")
@@ -175,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NUMBER = re.compile(r"[-+]?([0-9.]+(e[-+]?[0-9]+)?|inf|nan)", re.IGNORECASE)
+
+
 def _duration(text: str, **bounds) -> float:
     """A duration from the command line, spelt as in the policy (``90``, ``90s``, ``5m``), within
     the bounds the policy's durations have: the code sleeps on it."""
@@ -182,9 +202,10 @@ def _duration(text: str, **bounds) -> float:
     from libmgsave.policyfile.settings import parse_duration
 
     try:
-        seconds = parse_duration(text)
+        # Any number first (-60, inf, 1e12), so that the bounds say what is wrong with it.
+        seconds = float(text) if _NUMBER.fullmatch(text.strip()) else parse_duration(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (seconds, or 90s, 5m, 1h30m)") from None
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (seconds, or 90s, 5m, 1h30m, 1h 30min)") from None
     problem = duration_problem(seconds, **bounds)
     if problem:
         raise argparse.ArgumentTypeError(f"{problem}, not {text!r}")
@@ -213,13 +234,24 @@ def build_context(args: argparse.Namespace, environ) -> Context:
                        trust_insecure=getattr(args, "insecure_state_dir", False)),
         connect=tuple(getattr(args, "connect", None) or ()), json=getattr(args, "json", False),
         debug=getattr(args, "debug", False), trust_insecure=getattr(args, "insecure_policy", False),
-        which=getattr(args, "which", None), dry_run=getattr(args, "dry_run", False),
+        which=_which(args), guests=_plan_guests(args), verbose=getattr(args, "verbose", False),
+        dry_run=getattr(args, "dry_run", False),
         wait=getattr(args, "wait", None), deadline=getattr(args, "deadline", None),
         strict=getattr(args, "strict", False), svg=getattr(args, "svg", None),
         restore_unrecorded=getattr(args, "restore_unrecorded", False),
         images_command=getattr(args, "images_command", "list"), names=tuple(getattr(args, "names", None) or ()),
         remove_all=getattr(args, "remove_all", False),
     )
+
+
+def _which(args: argparse.Namespace) -> str | None:
+    words = getattr(args, "which", None) or []
+    return words[0] if words and words[0] in PASSES else None
+
+
+def _plan_guests(args: argparse.Namespace) -> tuple[str, ...]:
+    words = getattr(args, "which", None) or []
+    return tuple(words[1:] if words and words[0] in PASSES else words)
 
 
 def dispatch(ctx: Context):

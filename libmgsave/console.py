@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 
 _given_up: dict[str, str] = {}  # "stdout" / "stderr" -> why it can no longer be written
 
@@ -25,7 +26,8 @@ def out(text: str) -> None:
 
 def err(text: str) -> None:
     """``text`` and a newline on standard error, flushed; dropped when it cannot be written."""
-    write("stderr", text + "\n")
+    with above_live():
+        write("stderr", text + "\n")
 
 
 def write(name: str, text: str) -> None:
@@ -53,6 +55,81 @@ def give_up(name: str, error: BaseException) -> None:
 _NAMES = {"stdout": "standard output", "stderr": "standard error"}
 
 
+# -- a terminal: colour and one live progress line ---------------------------------------------
+
+COLOURS = {"red": "31", "green": "32", "yellow": "33"}
+
+
+def is_terminal(name: str = "stdout") -> bool:
+    """``sys.<name>`` is a terminal still written to (never the journal, a pipe or a file)."""
+    if name in _given_up:
+        return False
+    try:
+        return getattr(sys, name).isatty()
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def colour_allowed(name: str = "stdout") -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set to anything (no-color.org)."""
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb" and is_terminal(name)
+
+
+def paint(text: str, colour: str, name: str = "stdout") -> str:
+    """``text`` in ``colour`` (a key of COLOURS) when ``sys.<name>`` may have colour, else as is."""
+    if not colour_allowed(name):
+        return text
+    return f"\033[{COLOURS[colour]}m{text}\033[0m"
+
+
+_live = {"text": ""}  # the progress line shown on standard error now, if any
+# The progress thread redraws the line while other threads log: one at a time, or a log line
+# would land in the middle of it.
+_live_lock = threading.RLock()
+
+
+def live(text: str) -> None:
+    """Show ``text`` as the one progress line at the bottom of a terminal's standard error,
+    replacing the last one; nothing when standard error is not a terminal (the journal, a file:
+    they get one line per event, from the log, not a line per second)."""
+    if not is_terminal("stderr"):
+        return
+    columns = _columns()
+    text = text if len(text) < columns else text[: columns - 2] + "~"
+    with _live_lock:
+        _live["text"] = text
+        write("stderr", "\r\033[K" + text)
+
+
+def clear_live() -> None:
+    """Take the progress line away for good (nothing runs any more, the pass is over)."""
+    with _live_lock:
+        if _live["text"]:
+            _live["text"] = ""
+            write("stderr", "\r\033[K")
+
+
+@contextlib.contextmanager
+def above_live():
+    """For a line written to standard error: the progress line is taken away before it and
+    drawn again below it."""
+    with _live_lock:
+        shown = _live["text"] and is_terminal("stderr")
+        if shown:
+            write("stderr", "\r\033[K")
+        try:
+            yield
+        finally:
+            if shown:
+                write("stderr", _live["text"])
+
+
+def _columns() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
+
+
 def given_up() -> dict[str, str]:
     """The streams given up, and why."""
     return dict(_given_up)
@@ -61,6 +138,7 @@ def given_up() -> dict[str, str]:
 def reset() -> None:
     """Forget the streams given up (tests run several commands in one process)."""
     _given_up.clear()
+    _live["text"] = ""
 
 
 def _why(error: BaseException) -> str:

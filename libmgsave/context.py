@@ -20,6 +20,8 @@ class Context:
     debug: bool = False
     trust_insecure: bool = False  # --insecure-policy
     which: str | None = None  # plan: one pass only
+    guests: tuple[str, ...] = ()  # plan: only these guests (by name), in full
+    verbose: bool = False  # plan: every guest in full, with where each setting came from
     dry_run: bool = False
     wait: float | None = None  # how long to wait for the pass lock; None: the command's default
     deadline: float | None = None  # shutdown: overrides limits.shutdown_deadline

@@ -117,7 +117,8 @@ class StderrHandler(logging.StreamHandler):
         if "stderr" in console.given_up():
             return
         self.stream = sys.stderr  # the stream in place now, not the one at setup
-        super().emit(record)
+        with console.above_live():  # a terminal's progress line goes below the log line
+            super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         error = sys.exc_info()[1]

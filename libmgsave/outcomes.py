@@ -12,7 +12,10 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from libmgsave import jsonout
+
 if TYPE_CHECKING:
+    from libmgsave.errors import Problem
     from libmgsave.plan import Action, GuestPlan, PassKind
 
 
@@ -102,7 +105,12 @@ class Wait:
     finished: float
 
     def to_dict(self) -> dict:
+        """As the record keeps it."""
         return {"kind": str(self.kind), **_span(self.started, self.finished)}
+
+    def to_json(self) -> dict:
+        """As ``--json`` shows it (schemas/mgsave.pass.schema.json)."""
+        return {"kind": str(self.kind), **_json_span(self.started, self.finished)}
 
 
 @dataclass
@@ -119,7 +127,13 @@ class StepResult:
         return self.finished - self.started
 
     def to_dict(self) -> dict:
+        """As the record keeps it."""
         return dict(dataclasses.asdict(self), action=str(self.action), **_span(self.started, self.finished))
+
+    def to_json(self) -> dict:
+        """As ``--json`` shows it (schemas/mgsave.pass.schema.json)."""
+        return {"action": str(self.action), "ok": self.ok, **_json_span(self.started, self.finished),
+                "written_bytes": self.bytes, "error": self.error}
 
 
 @dataclass
@@ -181,13 +195,13 @@ class GuestResult:
             "ok": self.ok,
             "first_choice": str(self.plan.first_choice),
             "achieved_by": self.achieved_by,
-            "seconds": round(self.seconds, 3),
-            "bytes": self.bytes,
-            "steps": [s.to_dict() for s in self.steps],
-            "waits": [w.to_dict() for w in self.waits],
+            "duration_seconds": round(self.seconds, 3),
+            "written_bytes": self.bytes,
+            "steps": [s.to_json() for s in self.steps],
+            "waits": [w.to_json() for w in self.waits],
             "messages": self.messages,
-            "started": self.started,
-            "finished": self.finished,
+            "started": jsonout.timestamp(self.started),
+            "finished": jsonout.timestamp(self.finished),
             "peer": self.peer,
         }
 
@@ -204,7 +218,7 @@ class PassResult:
     bookkeeping_failed: bool = False  # the lock or a record could not be had
     interrupted: str | None = None  # the signal that stopped the pass early, e.g. "SIGTERM"
     # The policy file was broken and the pass ran on the built-in defaults: its problems.
-    policy_problems: tuple[str, ...] = ()
+    policy_problems: tuple[Problem, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -240,7 +254,8 @@ class PassResult:
         return self.severity is Severity.OK and self.interrupted is None
 
     def to_dict(self) -> dict:
-        return {
+        """The pass's ``--json`` (schemas/mgsave.pass.schema.json)."""
+        return jsonout.document("pass", {
             "pass": str(self.kind),
             "dry_run": self.dry_run,
             "ok": self.ok,
@@ -249,13 +264,18 @@ class PassResult:
             "failed": [r.plan.guest.name for r in self.failed],
             "unreachable": list(self.unreachable),
             "on_builtin_defaults": self.on_builtin_defaults,
-            "policy_problems": list(self.policy_problems),
-            **_span(self.started, self.finished),
+            "policy_problems": [p.to_dict() for p in self.policy_problems],
+            **_json_span(self.started, self.finished),
             "interrupted": self.interrupted,
             "warnings": self.warnings,
             "guests": [r.to_dict() for r in self.results],
-        }
+        })
 
 
 def _span(started: float, finished: float) -> dict:
     return {"started": started, "finished": finished, "seconds": round(finished - started, 3)}
+
+
+def _json_span(started: float, finished: float) -> dict:
+    return {"started": jsonout.timestamp(started), "finished": jsonout.timestamp(finished),
+            "duration_seconds": round(finished - started, 3)}

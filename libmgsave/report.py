@@ -1,33 +1,24 @@
-"""Turning plans, pass results and status into text for people (JSON comes from ``to_dict``)."""
+"""Turning plans, pass results and status into text for people, in 80 columns (``texttable``);
+JSON comes from ``to_dict``."""
 
 from __future__ import annotations
 
+import textwrap
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from libmgsave import texttable, units
 from libmgsave.outcomes import Outcome, PassResult, Severity
 from libmgsave.plan import Plan, PassKind
 from libmgsave.policyfile.settings import setting_text
+from libmgsave.texttable import Column
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
-    rows = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*headers).rstrip()] + [fmt.format(*r).rstrip() for r in rows]
+    return texttable.render([Column(h) for h in headers], list(rows))
 
 
-def size(n: float | None) -> str:
-    if not n:
-        return "-"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def _guest_label(entry, many_connections: bool) -> str:
-    return f"{entry.guest.name} ({entry.guest.connection})" if many_connections else entry.guest.name
+size = units.size  # the one spelling of a size in text: binary units
 
 
 def _channels_token(entry) -> str:
@@ -35,81 +26,155 @@ def _channels_token(entry) -> str:
     return f" ({entry.save_channels} channels)" if entry.save_channels > 1 else ""
 
 
-def render_plan(plan: Plan, *, settings: bool = True) -> str:
-    """The plan as a table, then each guest's effective settings with where each came from."""
+def render_plan(plan: Plan, *, guests: Sequence[str] = (), verbose: bool = False,
+                rule_lines: Mapping[str, int | None] | None = None) -> str:
+    """The plan in 80 columns: a header, one line a guest (a connection column only when there
+    are several), notes and warnings. With ``verbose``, or for the ``guests`` named, each guest
+    also in full: its plan and every setting with the rule (file:line) that set it."""
     many = len({e.guest.connection for e in plan.entries}) > 1
     names = {e.key: e.guest.name for e in plan.entries}
-    lines = []
+    entries = [e for e in plan.entries if not guests or e.guest.name in guests]
+    lines = _plan_header(plan)
+    if not entries:
+        lines.append("  no guests" if not guests else "  no guest named " + ", ".join(guests))
+    else:
+        lines += _plan_table(plan.kind, entries, names, many)
+    for e in entries:
+        lines += wrapped(f"note: {e.guest.name}: {note}" for note in e.notes)
+    lines += wrapped(f"warning: {warning}" for warning in plan.warnings)
+    if verbose or guests:
+        for e in entries:
+            lines += [""] + plan_details(plan, e, names, rule_lines or {})
+    return "\n".join(lines)
+
+
+def _plan_header(plan: Plan) -> list[str]:
     limits = plan.limits
     source = plan.policy_source or "built-in defaults"
     if plan.kind is PassKind.SHUTDOWN:
-        lines.append(
-            f"Shutdown plan (policy: {source}; deadline {limits.shutdown_deadline:g} s; "
-            f"up to {limits.max_parallel_saves} saves at once)"
-        )
-        for uri, rate in sorted((plan.rates or {}).items()):
-            lines.append(f"  estimates on {uri} assume {size(rate.bytes_per_second)}/s: {rate.source}")
-    else:
-        delay = f"; {limits.start_delay:g} s between starts" if limits.start_delay else ""
-        lines.append(f"Boot plan (policy: {source}; up to {limits.max_parallel_starts} starts at once{delay})")
-    if not plan.entries:
-        lines.append("  no guests")
-    shutdown = plan.kind is PassKind.SHUTDOWN
+        lines = wrapped([f"Shutdown plan (policy: {source}; deadline {limits.shutdown_deadline:g} s; "
+                         f"up to {limits.max_parallel_saves} saves at once)"], indent="")
+        lines += wrapped(f"estimates on {uri} assume {units.rate(rate.bytes_per_second)}: {rate.source}"
+                         for uri, rate in sorted((plan.rates or {}).items()))
+        return lines
+    delay = f"; {limits.start_delay:g} s between starts" if limits.start_delay else ""
+    return wrapped([f"Boot plan (policy: {source}; up to {limits.max_parallel_starts} starts at once{delay})"],
+                   indent="")
+
+
+def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str]:
+    """One line a guest: what it gets, in which order, after whom. The shutdown table has no
+    reason column: a shutdown reason is the state and the chain, both shown; the notes say more."""
+    shutdown = kind is PassKind.SHUTDOWN
+    show_order = any(e.order for e in entries)
+    show_waits = any(e.wait_for for e in entries)
+    columns = [Column("CONNECTION", shrink=True, middle=True)] if many else []
+    columns += [Column("ORDER", right=True)] if show_order else []
+    columns += [Column("GUEST", shrink=True), Column("STATE"), Column("ACTIONS" if shutdown else "ACTION")]
+    columns += [Column("SAVE ENDS", right=True)] if shutdown else []
+    columns += [Column("WAITS FOR", shrink=True)] if show_waits else []
+    columns += [] if shutdown else [Column("WHY", shrink=True)]
     rows = []
-    for e in plan.entries:
-        row = [e.order, _guest_label(e, many), e.guest.state, " -> ".join(e.actions) + _channels_token(e)]
-        if shutdown:
-            row.append(f"{e.estimate_seconds:.0f} s" if e.estimate_seconds is not None else "-")
-        row += [", ".join(names.get(k, k[1]) for k in e.wait_for) or "-", e.reason]
+    for e in entries:
+        row = ([e.guest.connection] if many else []) + ([e.order] if show_order else [])
+        row += [e.guest.name, e.guest.state, ",".join(e.actions) + _channels_token(e)]
+        row += [_save_ends(e)] if shutdown else []
+        row += [", ".join(names.get(k, k[1]) for k in e.wait_for) or "-"] if show_waits else []
+        row += [] if shutdown else [_without_action(e.reason)]
         rows.append(row)
-    headers = ["ORDER", "GUEST", "STATE", "ACTIONS" if shutdown else "ACTION"]
-    headers += (["SAVE ENDS"] if shutdown else []) + ["WAITS FOR", "WHY"]
-    if rows:
-        lines.extend("  " + line for line in _table(headers, rows))
-    for e in plan.entries:
-        for note in e.notes:
-            lines.append(f"  note: {e.guest.name}: {note}")
-    for warning in plan.warnings:
-        lines.append(f"  warning: {warning}")
-    if settings and plan.entries:
-        lines.append("Effective settings (value [where it came from]):")
-        for e in plan.entries:
-            parts = []
-            for name, src in e.effective.sources.items():
-                parts.append(f"{name}={setting_text(getattr(e.effective.settings, name))} [{src}]")
-            lines.append(f"  {_guest_label(e, many)}: " + "  ".join(parts))
-    return "\n".join(lines)
+    return texttable.render(columns, rows, indent="  ")
+
+
+# The ends of boot reasons that only repeat the ACTION column ("...; resumes").
+_ACTION_ENDINGS = ("; resumes its saved state", "; resumes", ", boots fresh", "; boots fresh")
+
+
+def _without_action(reason: str) -> str:
+    for ending in _ACTION_ENDINGS:
+        if reason.endswith(ending):
+            return reason[: -len(ending)]
+    return reason
+
+
+def _save_ends(entry) -> str:
+    return f"{entry.estimate_seconds:.0f} s" if entry.estimate_seconds is not None else "-"
+
+
+def plan_details(plan: Plan, e, names: Mapping, rule_lines: Mapping[str, int | None]) -> list[str]:
+    """One guest's plan in full, then its settings: value, and where it came from (file:line)."""
+    guest = e.guest
+    lines = [f"{guest.name} ({guest.connection}, {guest.state}, {units.size(guest.memory_bytes)} of memory)"]
+    facts = [("actions", " -> ".join(e.actions)), ("why", e.reason), ("order", str(e.order))]
+    if e.wait_for:
+        facts.append(("waits for", ", ".join(names.get(k, k[1]) for k in e.wait_for)))
+    if plan.kind is PassKind.SHUTDOWN and e.estimate_seconds is not None:
+        facts.append(("save ends", f"about {e.estimate_seconds:.0f} s into the pass"))
+    for label, path in (("image", e.managed_image), ("save file", e.image)):
+        if path:
+            facts.append((label, path))
+    lines += wrapped((f"{label + ':':<11}{text}" for label, text in facts), hang=11)
+    # Not a table: a setting's origin (a long path) is never cut, it is wrapped.
+    lines.append("  settings (value, and where it came from):")
+    values = {name: setting_text(getattr(e.effective.settings, name)) for name in e.effective.sources}
+    width = max(len(name) for name in values)
+    value_width = min(24, max(len(value) for value in values.values()))
+    origins = {name: _where(source, plan.policy_source, rule_lines) for name, source in e.effective.sources.items()}
+    lines += wrapped((f"{name:<{width}}  {values[name]:<{value_width}}  [{origins[name]}]" for name in values),
+                     indent="    ", hang=width + 2)
+    return lines
+
+
+def _where(source: str, policy_file: str | None, rule_lines: Mapping[str, int | None]) -> str:
+    """``built-in``, or the rule's label after its file:line (``/etc/mgsave/policy.yaml:12``)."""
+    line = rule_lines.get(source)
+    if policy_file and line:
+        return f"{policy_file}:{line} {source}"
+    return source
+
+
+def wrapped(texts: Iterable[str], *, indent: str = "  ", hang: int = 2) -> list[str]:
+    """Each text as lines of at most the table width, the continued lines ``hang`` further in."""
+    width = texttable.width()
+    lines = []
+    for text in texts:
+        lines += textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + " " * hang,
+                               break_on_hyphens=False) or [indent.rstrip()]
+    return lines
 
 
 def render_result(result: PassResult) -> str:
     """The per-guest summary that ends every pass."""
     title = f"{result.kind} pass{' (dry run: nothing was done)' if result.dry_run else ''}"
     lines = [f"Summary of the {title}, {result.finished - result.started:.1f} s:"]
-    rows = []
-    for r in result.results:
-        mark = _MARKS[r.severity]
-        rows.append([r.plan.guest.name, r.action, r.outcome, mark, f"{r.seconds:.1f}", size(r.bytes)])
-    if rows:
-        lines.extend("  " + line for line in _table(["GUEST", "ACTION", "RESULT", "", "SECONDS", "BYTES"], rows))
-    else:
-        lines.append("  no guests")
+    would = result.dry_run
+    columns = [Column("GUEST", shrink=True), Column("ACTION"), Column("WOULD BE" if would else "RESULT"),
+               Column("SEVERITY", colour=_severity_colour), Column("TIME", right=True), Column("SIZE", right=True)]
+    rows = [[r.plan.guest.name, r.action, r.outcome if not would else _would(r), _MARKS[r.severity],
+             f"{r.seconds:.1f} s", size(r.bytes or None)] for r in result.results]
+    lines += texttable.render(columns, rows, indent="  ") if rows else ["  no guests"]
     for r in result.results:
         if r.outcome is Outcome.SKIPPED:
             continue
-        for message in r.messages:
-            lines.append(f"  {r.plan.guest.name}: {message}")
-        for step in r.steps:
-            if not step.ok:
-                lines.append(f"  {r.plan.guest.name}: {step.action} failed: {step.error}")
-    for warning in result.warnings:
-        lines.append(f"  warning: {warning}")
+        # A dry run's messages start with the plan's reason, already in the plan printed above.
+        lines += wrapped(f"{r.plan.guest.name}: {message}" for message in r.messages if message != r.plan.reason)
+        lines += wrapped(f"{r.plan.guest.name}: {step.action} failed: {step.error}" for step in r.steps if not step.ok)
+    lines += wrapped(f"warning: {warning}" for warning in result.warnings)
     total = len(result.results)
     if result.interrupted:
         left = [r.plan.guest.name for r in result.results if r.outcome is Outcome.INTERRUPTED]
-        lines.append(f"the pass was stopped by {result.interrupted}: {len(left)} guests were left as they were"
-                     + (": " + ", ".join(left) if left else ""))
-    lines.extend(_verdict(result, total))
+        lines += wrapped([f"the pass was stopped by {result.interrupted}: {len(left)} guests were left as they "
+                          f"were" + (": " + ", ".join(left) if left else "")], indent="")
+    lines += wrapped(_verdict(result, total), indent="")
     return "\n".join(lines)
+
+
+def _would(r) -> str:
+    """A dry run's guest: what the pass would do to it (its plan's first action), not 'planned'."""
+    return str(r.plan.actions[0]) if r.outcome is Outcome.PLANNED else str(r.outcome)
+
+
+def _severity_colour(text: str) -> str | None:
+    return {"ok": "green", "DEGRADED": "yellow", "FAILED": "red"}.get(text)
 
 
 _MARKS = {Severity.OK: "ok", Severity.DEGRADED: "DEGRADED", Severity.FAILED: "FAILED"}
@@ -138,29 +203,30 @@ def _verdict(result: PassResult, total: int) -> list[str]:
     return lines
 
 
-def render_status(rows: list[dict]) -> str:
-    """``mgsave status``: one line a guest."""
-    table = []
+def render_status(rows: Sequence) -> str:
+    """``mgsave status``: one line a guest (``actions.status.GuestStatus``), in 80 columns; a
+    connection column only when there are several."""
+    if not rows:
+        return "no guests"
+    many = len({r.connection for r in rows}) > 1
     now = time.time()
+    columns = ([Column("CONNECTION", shrink=True, middle=True)] if many else []) + [
+        Column("GUEST", shrink=True), Column("STATE", shrink=True, middle=True), Column("IMAGE"), Column("AUTOSTART"),
+        Column("LAST SHUTDOWN"), Column("LAST BOOT")]
+    table = []
     for r in rows:
         image = "-"
-        if r["saved_image"]:
-            age = f", {_age(now - r['image_mtime'])} old" if r.get("image_mtime") else ""
-            image = f"yes ({size(r.get('image_bytes'))}{age})"
-        last = r.get("last_shutdown") or "-"
-        if r.get("last_boot"):
-            last = f"{last} / {r['last_boot']}"
-        table.append([r["name"], r["state"], image, r["autostart"], last])
-    if not table:
-        return "no guests"
-    return "\n".join(_table(["GUEST", "STATE", "SAVED IMAGE", "AUTOSTART", "LAST SHUTDOWN / BOOT"], table))
+        if r.has_saved_image:
+            age = f", {units.seconds(max(0.0, now - r.saved_image_mtime))}" if r.saved_image_mtime else ""
+            image = f"{size(r.saved_image_bytes, none='yes')}{age}"
+        state = f"{r.state} {r.peer}" if r.peer else r.state
+        table.append(([r.connection] if many else []) + [r.name, state, image, r.autostart,
+                                                         r.last_shutdown or "-", r.last_boot or "-"])
+    return "\n".join(texttable.render(columns, table))
 
 
 def _age(seconds: float) -> str:
-    for unit, scale in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= scale:
-            return f"{seconds / scale:.0f} {unit}"
-    return f"{seconds:.0f} s"
+    return units.seconds(max(0.0, seconds))
 
 
 def render_kept(files, usage, warnings: list[str], *, listing: bool) -> str:

@@ -15,6 +15,7 @@ import libvirt
 import libvirt_qemu
 import pytest
 
+from libmgsave.jsonout import epoch
 from tests.rig import define_guests, start_and_wait_ticking, wait_for_tick_after, last_tick
 from tests.test_e2e_rig import mgsave  # noqa: F401  (the fixture)
 
@@ -69,7 +70,7 @@ def test_a_dependent_starts_only_once_the_agent_of_its_after_guest_answers(rig_c
     watcher.start()
     run = mgsave("boot")
     watcher.join(130)
-    started = {g["name"]: g["steps"][0]["started"] for g in run.data["guests"]}
+    started = {g["name"]: epoch(g["steps"][0]["started"]) for g in run.data["guests"]}
     assert run.outcomes() == {"db-1": "started", "app-1": "started", "slow-1": "started", "web-1": "started"}
     # app waited for db's agent (which needs a few seconds of boot to come up under TCG).
     assert started["app-1"] >= answered["db"] - 1.0, (started, answered)

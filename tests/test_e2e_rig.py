@@ -16,6 +16,7 @@ import time
 import pytest
 
 from libmgsave.errors import ExitCode
+from libmgsave.jsonout import epoch
 from tests.rig.mgsave import Mgsave, image, running
 from tests.rig import (SAVE_DIR, boots, last_tick, start_and_wait_ticking, state_reason, ticks,
                        wait_for_tick_after)
@@ -158,11 +159,11 @@ def test_full_cycle_shutdown_then_boot(mgsave, make_guests, rig_conn):
         assert state_reason(rig_conn, n) == ("shutoff", "saved")
         assert rig_conn.lookupByName(n).hasManagedSaveImage(0)
         assert image(n).stat().st_size > 64 * 2**20, "the filled memory must be in the image"
-        assert down.guest(n)["bytes"] == image(n).stat().st_size
+        assert down.guest(n)["written_bytes"] == image(n).stat().st_size
     tmp_image = mgsave.state_dir / "images" / f"{uuids[tmp]}.save"
     assert not exists(rig_conn, tmp), "a saved transient guest is gone from libvirt"
     assert tmp_image.stat().st_size > 64 * 2**20
-    assert down.guest(tmp)["bytes"] == tmp_image.stat().st_size
+    assert down.guest(tmp)["written_bytes"] == tmp_image.stat().st_size
     assert state_reason(rig_conn, idle)[0] == "shutoff" and not image(idle).exists()
     # The record lists exactly the guests that were running, each saved.
     record = mgsave.record("shutdown")
@@ -229,8 +230,8 @@ def test_full_cycle_shutdown_then_boot(mgsave, make_guests, rig_conn):
     assert state_reason(rig_conn, batch) == ("shutoff", "saved") and image(batch).exists()
     assert state_reason(rig_conn, idle)[0] == "shutoff" and boots(idle) == 0
 
-    save_times = ", ".join(f"{n} {s['seconds']:.1f} s" for n, s in saves.items())
-    resume_times = ", ".join(f"{n} {r['seconds']:.1f} s" for n, r in g.items())
+    save_times = ", ".join(f"{n} {s['duration_seconds']:.1f} s" for n, s in saves.items())
+    resume_times = ", ".join(f"{n} {r['duration_seconds']:.1f} s" for n, r in g.items())
     print(f"boot of 4 guests {max(boot_s.values()):.1f} s; shutdown {down.seconds:.1f} s (saves: {save_times}); "
           f"boot {up.seconds:.1f} s ({resume_times}); mgsave part {time.monotonic() - t_ready:.1f} s, "
           f"test {time.monotonic() - t_test:.1f} s")
@@ -298,7 +299,7 @@ def test_fallback_chain_save_fails_then_shutdown_then_poweroff(rig, mgsave, make
     assert [s["action"] for s in down.guest(polite)["steps"]][-1:] == ["shutdown"]
     assert step(down.guest(polite), "shutdown")["ok"] is True
     shutdown = step(down.guest(deaf), "shutdown")
-    assert shutdown["ok"] is False and shutdown["seconds"] >= 4.5, shutdown
+    assert shutdown["ok"] is False and shutdown["duration_seconds"] >= 4.5, shutdown
     assert "still running" in shutdown["error"]
     assert step(down.guest(deaf), "poweroff")["ok"] is True
     assert state_reason(rig_conn, polite) == ("shutoff", "shutdown")
@@ -306,7 +307,7 @@ def test_fallback_chain_save_fails_then_shutdown_then_poweroff(rig, mgsave, make
     record = mgsave.record("shutdown")
     assert {e["name"]: e["outcome"] for e in record["guests"].values()} == down.outcomes()
     print(f"fallback pass {down.seconds:.1f} s: " + "; ".join(
-        f"{g['name']}: " + " -> ".join(f"{s['action']} {'ok' if s['ok'] else 'failed'} {s['seconds']:.1f} s"
+        f"{g['name']}: " + " -> ".join(f"{s['action']} {'ok' if s['ok'] else 'failed'} {s['duration_seconds']:.1f} s"
                                        for s in g["steps"]) for g in down.data["guests"]))
 
 
@@ -330,20 +331,22 @@ def test_parallel_saves_overlap_and_report_progress(mgsave, make_guests, rig_con
     names = make_guests(4, prefix="par", memory_mib=PARALLEL_MEMORY_MIB, fill_mib=PARALLEL_FILL_MIB)
     mgsave.write_policy(PARALLEL_POLICY)
 
-    down = mgsave("shutdown")
+    down = mgsave("shutdown", "--debug")  # the progress lines are debug lines: never in the journal
     assert down.outcomes() == dict.fromkeys(names, "saved")
     assert running(rig_conn) == []
     saves = [step(down.guest(n), "save") for n in names]
     assert all(s["ok"] for s in saves)
     overlap = max_overlap([(s["started"], s["finished"]) for s in saves])
-    timeline = "; ".join(f"{n} {s['started'] - down.data['started']:.2f}-{s['finished'] - down.data['started']:.2f} s"
+    t0 = epoch(down.data["started"])  # --json times are ISO 8601 strings
+    timeline = "; ".join(f"{n} {epoch(s['started']) - t0:.2f}-{epoch(s['finished']) - t0:.2f} s"
                          for n, s in zip(names, saves))
     assert overlap == 2, f"saves overlapped {overlap} at most (want exactly 2): {timeline}"
     for n in names:
         assert image(n).stat().st_size > PARALLEL_FILL_MIB * 2**20
 
-    # Progress: the watcher's first line for a save comes 1-2 s after it began, then one every 3 s.
-    longest = max(s["finished"] - s["started"] for s in saves)
+    # Progress: the watcher's first line for a save comes 1-2 s after it began, then one every 3 s
+    # (at debug level; without --debug the log has one line per event).
+    longest = max(s["duration_seconds"] for s in saves)
     progress = [line for line in down.stderr.splitlines()
                 if any(f"{n}: saving " in line and "%" in line for n in names)]
     intermediate = [line for line in progress if "saving 100%" not in line and "saving ?" not in line]
@@ -360,4 +363,4 @@ def test_parallel_saves_overlap_and_report_progress(mgsave, make_guests, rig_con
         assert_heartbeat_continues(n, last_before[n])
     print(f"4 x {PARALLEL_MEMORY_MIB} MiB ({PARALLEL_FILL_MIB} MiB filled): shutdown {down.seconds:.1f} s, saves {timeline}; "
           f"progress lines: {len(progress)}; boot {up.seconds:.1f} s, resumes "
-          + ", ".join(f"{s['seconds']:.1f} s" for s in starts))
+          + ", ".join(f"{s['duration_seconds']:.1f} s" for s in starts))

@@ -37,7 +37,7 @@ def test_fault_deadline_runs_short(make_guests, rig_conn, tmp_path):
     result = json.loads(proc.stdout)
     outcomes = {g["name"]: g["outcome"] for g in result["guests"]}
     saved = sorted((n for n, o in outcomes.items() if o == "saved"), key=rank.get)
-    print(f"deadline 13 s, pass {result['seconds']} s: {outcomes}")
+    print(f"deadline 13 s, pass {result['duration_seconds']} s: {outcomes}")
     assert saved and saved == names[:len(saved)], f"not the top priorities saved: {outcomes}\n{proc.stderr}"
     assert len(saved) < len(names), "the deadline was meant to cut some saves"
     assert set(outcomes.values()) <= {"saved", "shut-down", "powered-off"}, f"{outcomes}\n{proc.stderr}"

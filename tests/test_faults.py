@@ -173,7 +173,7 @@ def test_fault_no_room_for_the_images(rig, mgsave, make_guests, rig_conn):
     assert taken > 100 * 2**20
 
     # The up-front check: second never tried to save, and says why, in the summary and the log.
-    note = f"{second}: save skipped: its image may need 268 MB, only"
+    note = f"{second}: save skipped: its image may need 256 MiB, only"
     assert note in run.stdout, run
     assert "save skipped" in run.stderr and second in run.stderr, run
     assert steps(mgsave.entry("shutdown", second)) == [("shutdown", True)]

@@ -162,6 +162,9 @@ def test_man_pages_schema_and_docs(built):
     assert zsh.read_text() == (ROOT / "completions/_mgsave").read_text()
     schema = built.root / "usr/share/mgsave/policy.schema.yaml"
     assert schema.resolve().read_text() == (ROOT / "config/policy.schema.yaml").read_text()
+    for output in (ROOT / "libmgsave/schemas").glob("*.schema.json"):  # the --json outputs' schemas
+        installed = built.root / "usr/share/mgsave/schemas" / output.name
+        assert installed.resolve().read_text() == output.read_text(), output.name
     docs = built.root / "usr/share/doc/mgsave"
     # Not compressed: the units link to file:///usr/share/doc/mgsave/SYSTEMD.md.
     for doc in ("README.md", "SYSTEMD.md", "RELIABILITY.md", "copyright"):

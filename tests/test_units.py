@@ -173,6 +173,8 @@ def test_install_lays_out_the_files(staged):
     assert (destdir / "usr/local/share/man/man8/mgsave.8").read_text() == (ROOT / "man/mgsave.8").read_text()
     assert (destdir / "usr/local/share/man/man5/mgsave-policy.5").is_file()
     assert (destdir / "usr/local/share/mgsave/policy.schema.yaml").read_text() == schema.read_text()
+    for output in (ROOT / "libmgsave/schemas").glob("*.schema.json"):  # the --json outputs' schemas
+        assert (destdir / "usr/local/share/mgsave/schemas" / output.name).read_text() == output.read_text()
     completion = destdir / "usr/local/share/bash-completion/completions/mgsave"
     assert completion.read_text() == (ROOT / "completions/mgsave").read_text()
     zsh = destdir / "usr/local/share/zsh/site-functions/_mgsave"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libmgsave import conflicts, console
+from libmgsave import conflicts, console, jsonout
 from libmgsave.actions import inputs
 from libmgsave.channels import UNKNOWN, choose
 from libmgsave.conflicts import Finding
@@ -73,8 +73,9 @@ def run_check(ctx: Context) -> CheckResult:
     text = [f"{source}: the policy is valid", f"libvirt daemons: {layout}", *render_warnings(warnings)]
     if result.failed:
         text.append(f"--strict: {_count(warnings)} counted as errors")
-    ctx.emit({"ok": not result.failed, "strict": ctx.strict, "policy": policy.source, "problems": [],
-              "warnings": [w.to_dict() for w in warnings], "daemon_layout": layout.kind}, "\n".join(text))
+    ctx.emit(jsonout.document("check", {
+        "ok": not result.failed, "strict": ctx.strict, "policy": policy.source, "policy_problems": [],
+        "warnings": [w.to_dict() for w in warnings], "daemon_layout": layout.kind}), "\n".join(text))
     return result
 
 
@@ -142,8 +143,9 @@ def _count(warnings) -> str:
 
 def _report_problems(ctx: Context, problems: list[Problem]) -> None:
     if ctx.json:
-        ctx.emit({"ok": False, "strict": ctx.strict, "policy": ctx.policy_path,
-                  "problems": inputs.problems_dict(problems), "warnings": []}, "")
+        ctx.emit(jsonout.document("check", {
+            "ok": False, "strict": ctx.strict, "policy": ctx.policy_path,
+            "policy_problems": inputs.problems_dict(problems), "warnings": [], "daemon_layout": None}), "")
         return
     for problem in problems:
         console.err(str(problem))

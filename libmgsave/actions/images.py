@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libmgsave import report
+from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context
 from libmgsave.state.kept import kept_files, kept_usage, over_share_warning, remove_kept
@@ -24,8 +24,10 @@ def run_images(ctx: Context) -> ImagesResult:
     policy, _problems = inputs.pass_policy(ctx)
     usage = kept_usage(ctx.state.path, files)
     warning = over_share_warning(usage, policy.limits.kept_images_warn_share)
-    ctx.emit({"state_dir": str(ctx.state.path), "kept": [f.to_dict() for f in files], "usage": usage.to_dict(),
-              "warnings": [warning] if warning else []},
+    ctx.emit(jsonout.document("images", {
+        "state_dir": str(ctx.state.path), "kept_files": [f.to_dict() for f in files],
+        "kept_usage": usage.to_dict(),
+        "warnings": [warning] if warning else []}),
              report.render_kept(files, usage, [warning] if warning else [], listing=True))
     return ImagesResult()
 
@@ -36,7 +38,8 @@ def _remove(ctx: Context, files) -> ImagesResult:
     if unknown or not (ctx.names or ctx.remove_all):
         problem = (f"not kept files of {ctx.state.path}: {', '.join(unknown)} (see 'mgsave images list')" if unknown
                    else "name the kept files to remove (see 'mgsave images list'), or pass --all")
-        ctx.emit({"removed": [], "failed": [], "unknown": list(unknown), "error": problem}, f"error: {problem}")
+        ctx.emit(jsonout.document("images-remove", {"dry_run": ctx.dry_run, "removed": [], "failed": [],
+                                                    "unknown": list(unknown), "error": problem}), f"error: {problem}")
         return ImagesResult(unknown=unknown or ("",))
     chosen = files if ctx.remove_all else [by_name[n] for n in dict.fromkeys(ctx.names)]
     removed, failed = [], []
@@ -46,7 +49,8 @@ def _remove(ctx: Context, files) -> ImagesResult:
     verb = "would remove" if ctx.dry_run else "removed"
     lines = [f"{verb} {k.name} ({report.size(k.bytes)})" for k, _ in removed]
     lines += [f"could not remove {k.name}: {why}" for k, why in failed]
-    ctx.emit({"dry_run": ctx.dry_run, "removed": [k.to_dict() for k, _ in removed],
-              "failed": [dict(k.to_dict(), error=why) for k, why in failed], "unknown": []},
+    ctx.emit(jsonout.document("images-remove", {
+        "dry_run": ctx.dry_run, "removed": [k.to_dict() for k, _ in removed],
+        "failed": [dict(k.to_dict(), error=why) for k, why in failed], "unknown": [], "error": None}),
              "\n".join(lines) or "nothing kept")
     return ImagesResult(failed=tuple(k.name for k, _ in failed))

@@ -59,7 +59,7 @@ class PassRun:
         for warning in plan.warnings:
             log.warning("%s", warning)
         if not self.ctx.json:
-            console.out(report.render_plan(plan, settings=False))
+            console.out(report.render_plan(plan))
 
 
 Outline = Callable[[PassRun], tuple[Plan, list[GuestResult]]]
@@ -98,7 +98,7 @@ def _run(ctx: Context, kind: PassKind, outline: Outline) -> PassResult:
                             unreachable=tuple(uri for uri in policy.connections if uri not in connections.uris()),
                             bookkeeping_failed=ctx.bookkeeping_failed,
                             interrupted=stopped_by.name if stopped_by else None,
-                            policy_problems=tuple(str(p) for p in problems))
+                            policy_problems=tuple(problems))
     metrics.export(policy.metrics.textfile, result)
     _summarise(ctx, result)
     return result
@@ -127,7 +127,9 @@ def _summarise(ctx: Context, result: PassResult) -> None:
     failed, degraded, total = len(result.failed), len(result.degraded), len(result.results)
     dry = " (dry run)" if result.dry_run else ""
     defaults = "; it ran on the built-in defaults: the policy is broken" if result.on_builtin_defaults else ""
-    log.log(_PASS_END_LEVEL[result.severity], "%s pass%s ends: %d guests, %d degraded, %d failed, %.1f s%s",
+    # A dry run says what would happen, never what happened.
+    counts = "%d would be degraded, %d would fail" if result.dry_run else "%d degraded, %d failed"
+    log.log(_PASS_END_LEVEL[result.severity], "%s pass%s ends: %d guests, " + counts + ", %.1f s%s",
             result.kind, dry, total, degraded, failed, result.finished - result.started, defaults,
             extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": str(result.kind),
                    "MGSAVE_SEVERITY": result.severity.value})

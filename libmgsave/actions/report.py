@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from libmgsave import console
+from libmgsave import console, jsonout
 from libmgsave.context import Context
 from libmgsave.errors import ExitCode, MgsaveError
 from libmgsave.state.writer import os_error_text
@@ -41,7 +41,7 @@ def run_report(ctx: Context) -> list[PassTimeline]:
         _write_svg(Path(ctx.svg), svg.render(timelines))
     if not timelines:
         console.err(f"no pass recorded in {ctx.state.path} yet")
-    ctx.emit({"passes": [t.to_dict() for t in timelines], "svg": ctx.svg},
+    ctx.emit(jsonout.document("report", {"passes": [t.to_dict() for t in timelines], "svg_path": ctx.svg}),
              text.render_all(timelines) if timelines else "")
     return timelines
 

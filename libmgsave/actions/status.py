@@ -3,13 +3,48 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
-from libmgsave import report
+from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context
 from libmgsave.matching import resolve
 from libmgsave.saveimages import managed_image_path
 from libmgsave.state import guest_record_key
+
+
+ON_PEER = "on peer"  # the state of a guest that lives on a peer (not defined here)
+
+
+@dataclass(frozen=True)
+class GuestStatus:
+    """One guest in ``mgsave status``: the text's line and the JSON's object."""
+
+    connection: str
+    name: str
+    uuid: str
+    state: str
+    persistent: bool
+    has_saved_image: bool
+    saved_image_path: str | None
+    saved_image_bytes: int | None
+    saved_image_mtime: float | None  # epoch; ISO 8601 in JSON
+    autostart: str  # the policy's effective autostart
+    libvirt_autostart: bool | None
+    last_shutdown: str | None  # the outcome the last shutdown pass recorded
+    last_boot: str | None
+    peer: str | None = None  # where a guest the last shutdown migrated lives now
+
+    def to_dict(self) -> dict:
+        return {
+            "connection": self.connection, "name": self.name, "uuid": self.uuid, "state": jsonout.word(self.state),
+            "persistent": self.persistent, "has_saved_image": self.has_saved_image,
+            "saved_image_path": self.saved_image_path, "saved_image_bytes": self.saved_image_bytes,
+            "saved_image_modified": jsonout.timestamp(self.saved_image_mtime),
+            "autostart": self.autostart, "libvirt_autostart": self.libvirt_autostart,
+            "last_shutdown_outcome": self.last_shutdown, "last_boot_outcome": self.last_boot,
+            "peer": self.peer,
+        }
 
 
 def run_status(ctx: Context) -> None:
@@ -22,30 +57,33 @@ def run_status(ctx: Context) -> None:
     rows += _on_peer_rows(last_shutdown, last_boot, {guest_record_key(*g.key) for g in guests})
     usage, kept_warning = inputs.kept_images(ctx, policy)
     warnings += ctx.warnings + ([kept_warning] if kept_warning else [])
-    data = {"policy": policy.source, "policy_problems": inputs.problems_dict(problems), "warnings": warnings,
-            "state_dir": str(ctx.state.path), "guests": rows, "kept": usage.to_dict()}
-    text = "" if ctx.json else report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)
-    if warnings and not ctx.json:
-        text += "\n" + "\n".join(f"warning: {w}" for w in warnings)
-    ctx.emit(data, text)
+    if ctx.json:
+        ctx.emit(jsonout.document("status", {
+            "policy": policy.source, "policy_problems": inputs.problems_dict(problems), "warnings": warnings,
+            "state_dir": str(ctx.state.path), "guests": [r.to_dict() for r in rows], "kept_usage": usage.to_dict()}), "")
+        return
+    text = report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)
+    if warnings:
+        text += "\n" + "\n".join(report.wrapped(f"warning: {w}" for w in warnings))
+    ctx.emit({}, text)
 
 
-def _on_peer_rows(last_shutdown: dict, last_boot: dict, here: set[str]) -> list[dict]:
+def _on_peer_rows(last_shutdown: dict, last_boot: dict, here: set[str]) -> list[GuestStatus]:
     """The guests the last shutdown migrated to a peer and that are not defined here again: they
     live there (the record says where)."""
     rows = []
     for key, entry in sorted(last_shutdown.items(), key=lambda item: item[1].get("name", "")):
         if key in here or entry.get("outcome") != "migrated" or not entry.get("peer"):
             continue
-        rows.append({"connection": entry["connection"], "name": entry["name"], "uuid": entry["uuid"],
-                     "state": f"on peer {entry['peer']}", "peer": entry["peer"], "persistent": True,
-                     "saved_image": False, "image_path": None, "image_bytes": None, "image_mtime": None,
-                     "autostart": "-", "libvirt_autostart": None, "last_shutdown": entry["outcome"],
-                     "last_boot": last_boot.get(key, {}).get("outcome")})
+        rows.append(GuestStatus(
+            connection=entry["connection"], name=entry["name"], uuid=entry["uuid"], state=ON_PEER,
+            persistent=True, has_saved_image=False, saved_image_path=None, saved_image_bytes=None,
+            saved_image_mtime=None, autostart="-", libvirt_autostart=None, last_shutdown=entry["outcome"],
+            last_boot=last_boot.get(key, {}).get("outcome"), peer=entry["peer"]))
     return rows
 
 
-def _row(guest, policy, last_shutdown: dict, last_boot: dict) -> dict:
+def _row(guest, policy, last_shutdown: dict, last_boot: dict) -> GuestStatus:
     key = guest_record_key(*guest.key)
     image = managed_image_path(guest.connection, guest.name) if guest.has_managed_save else None
     image_stat = None
@@ -54,18 +92,11 @@ def _row(guest, policy, last_shutdown: dict, last_boot: dict) -> dict:
             image_stat = os.stat(image)
         except OSError:
             pass
-    return {
-        "connection": guest.connection,
-        "name": guest.name,
-        "uuid": guest.uuid,
-        "state": str(guest.state),
-        "persistent": guest.persistent,
-        "saved_image": guest.has_managed_save,
-        "image_path": image,
-        "image_bytes": image_stat.st_size if image_stat else None,
-        "image_mtime": image_stat.st_mtime if image_stat else None,
-        "autostart": str(resolve(policy, guest).settings.autostart),
-        "libvirt_autostart": guest.libvirt_autostart,
-        "last_shutdown": last_shutdown.get(key, {}).get("outcome"),
-        "last_boot": last_boot.get(key, {}).get("outcome"),
-    }
+    return GuestStatus(
+        connection=guest.connection, name=guest.name, uuid=guest.uuid, state=str(guest.state),
+        persistent=guest.persistent, has_saved_image=guest.has_managed_save, saved_image_path=image,
+        saved_image_bytes=image_stat.st_size if image_stat else None,
+        saved_image_mtime=image_stat.st_mtime if image_stat else None,
+        autostart=str(resolve(policy, guest).settings.autostart), libvirt_autostart=guest.libvirt_autostart,
+        last_shutdown=last_shutdown.get(key, {}).get("outcome"), last_boot=last_boot.get(key, {}).get("outcome"),
+    )

@@ -15,8 +15,8 @@ import time
 
 from libmgsave import interrupt, journal, notify
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused
-from libmgsave.execute import migrate
-from libmgsave.execute.progress import file_size
+from libmgsave.execute import migrate, waiting
+from libmgsave.execute.progress import LiveWaits, file_size
 from libmgsave.execute.scheduler import Schedule, Slots
 from libmgsave.execute.steps import add_step, log_outcome, timed_step
 from libmgsave.hypervisor import Connections, Guest
@@ -47,8 +47,13 @@ class BootPass:
     def run(self) -> list[GuestResult]:
         """Every active guest's result, in plan order."""
         self.schedule = Schedule(self.plan)
-        results = self.schedule.run(self._guest)
+        with LiveWaits(self._counts):
+            results = self.schedule.run(self._guest)
         return [results[e.key] for e in self.plan.active]
+
+    def _counts(self) -> str:
+        with self._count_lock:
+            return f"starting {self._started_count}/{len(self.plan.active)}"
 
     def _guest(self, entry: GuestPlan, deps: dict) -> GuestResult:
         result = GuestResult(entry, Outcome.FAILED, started=time.time())
@@ -63,7 +68,7 @@ class BootPass:
         try:
             interrupt.check()
             asked = time.time()
-            with self.start_slots.held():
+            with self.start_slots.held(who=entry.guest.name, what="a start slot"):
                 self._respect_start_delay()
                 interrupt.check()  # the last moment to leave it alone: after this, libvirt starts it
                 step_started = time.time()
@@ -242,8 +247,13 @@ class BootPass:
                 log.warning("%s: clock not synced: %s", entry.guest.name, error.message,
                             extra=journal.guest_fields(entry.guest, action="sync_time", result="failed"))
         waiting_since = time.time()
+        what = "its guest agent" if settings.ready.kind is ReadyKind.AGENT else "its ready delay"
         try:
-            _wait_until_ready(entry, guest, result)
+            if settings.ready.kind is ReadyKind.NONE:
+                _wait_until_ready(entry, guest, result)
+            else:
+                with waiting.waiting(entry.guest.name, what):
+                    _wait_until_ready(entry, guest, result)
         except interrupt.Interrupted:
             result.messages.append("its readiness wait was cut short: the pass was stopped")
         if settings.ready.kind is not ReadyKind.NONE:

@@ -1,4 +1,11 @@
-"""Watching running saves: progress in the log and in systemd's status, and aborting hung saves."""
+"""Watching running saves: systemd's status, a live line on a terminal, and aborting hung saves.
+
+The journal gets one line per event (a save begun, ended, aborted), never a line per second:
+the progress of a save (percent, rate, time left) is on the terminal's one live line
+(``console.live``, only when standard error is a terminal), in ``STATUS=``, and in the log at
+debug level. ``STATUS=``'s counts never go backwards, also across the passes over guests
+started during the pass (they share the pass's deadline, and so its counts).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from libmgsave import journal, notify
+from libmgsave import console, journal, notify, units
 from libmgsave.errors import HypervisorError
+from libmgsave.execute import waiting
 from libmgsave.hypervisor import Guest, JobProgress
 from libmgsave.plan import GuestPlan
 
@@ -34,14 +42,17 @@ class _Watched:
     last_change: float = 0.0
     last_seen: int | None = None
     aborted: str | None = None  # why it was aborted
+    text: str = ""  # its part of the live line: "db1 45% 120 MiB/s 12 s left"
 
 
 class SaveProgress:
     """Watches running saves from a thread of its own while the shutdown pass runs."""
 
     def __init__(self, total: int, deadline_at: float):
-        self.total = total
-        self.done = 0
+        # The later rounds of a pass (guests started meanwhile) add to its counts.
+        before_done, before_total = _COUNTS.get(deadline_at, (0, 0))
+        self.total = before_total + total
+        self.done = before_done
         self.deadline_at = deadline_at
         self._running: dict[str, _Watched] = {}
         self._lock = threading.Lock()
@@ -55,6 +66,9 @@ class SaveProgress:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        _COUNTS.clear()  # one pass at a time: only this one's counts are worth keeping
+        _COUNTS[self.deadline_at] = (self.done, self.total)
+        console.clear_live()
 
     def begin(self, guest: Guest, plan: GuestPlan, timeout: float, image: str | None = None) -> None:
         """Watch a save that writes ``image`` (None when its path is unknown)."""
@@ -74,24 +88,29 @@ class SaveProgress:
             return None, None
         return watched.last_seen, watched.aborted
 
-    def _status(self, detail: str = "") -> None:
+    def _status(self) -> None:
+        # Built and sent under the lock: two saves ending at once must not send their counts
+        # in the wrong order (STATUS= would go backwards).
         with self._lock:
-            names = ", ".join(w.guest.name for w in self._running.values())
-        text = f"saving {self.done}/{self.total}"
-        if names:
-            text += f": {detail or names}"
-        notify.status(text)
+            parts = [w.text or w.guest.name for w in self._running.values()]
+            text = f"saving {min(self.done, self.total)}/{self.total}" + (": " + ", ".join(parts) if parts else "")
+            waits = waiting.describe()
+            text += f"; waiting: {waits}" if waits else ""
+            notify.status(text)
+            if parts or waits:
+                console.live(text)
+            else:
+                console.clear_live()
 
     def _loop(self) -> None:
         while not self._stop.wait(PROGRESS_POLL):
             with self._lock:
                 watched = list(self._running.values())
             moving = False
-            parts: list[str] = []
             for save in watched:
-                moving |= self._check(save, parts)
-            if parts:
-                self._status(", ".join(parts))
+                moving |= self._check(save)
+            if watched or waiting.describe():
+                self._status()
             if moving:
                 # A save that makes progress is never killed by systemd's stop timeout.
                 notify.extend_timeout(PROGRESS_POLL * 10 + 30)
@@ -109,14 +128,14 @@ class SaveProgress:
         except HypervisorError:
             return None
 
-    def _check(self, save: _Watched, parts: list[str]) -> bool:
+    def _check(self, save: _Watched) -> bool:
         """Look at one save (measured without the lock: that may block); True when it moved."""
         progress = self._measure(save)
         now = time.monotonic()
         with self._lock:
             if self._running.get(save.guest.uuid) is not save:
                 return False  # it ended while we looked
-            moving = self._record(save, progress, now, parts)
+            moving = self._record(save, progress, now)
             abort = self._abort_reason(save, now)
             if abort:
                 save.aborted = abort
@@ -130,7 +149,7 @@ class SaveProgress:
         return moving
 
     @staticmethod
-    def _record(save: _Watched, progress: JobProgress | None, now: float, parts: list[str]) -> bool:
+    def _record(save: _Watched, progress: JobProgress | None, now: float) -> bool:
         if progress is None:
             return False
         moving = progress.processed > save.last_bytes
@@ -138,14 +157,13 @@ class SaveProgress:
             save.last_bytes = progress.processed
             save.last_change = now
         save.last_seen = progress.processed
-        percent = f"{progress.fraction * 100:.0f}%" if progress.fraction is not None else "?"
-        parts.append(f"{save.guest.name} {percent}")
+        how_far = progress_text(progress, now - save.started)
+        save.text = f"{save.guest.name} {how_far}"
         if now - save.last_log >= PROGRESS_EVERY - 0.05:
             save.last_log = now
-            log.info("%s: saving %s (%s of %s)", save.guest.name, percent, mb(progress.processed),
-                     mb(progress.total) if progress.total else "?",
-                     extra=journal.guest_fields(save.plan.guest, action="save", result="progress",
-                                                seconds=now - save.started, bytes_=progress.processed))
+            fields = journal.guest_fields(save.plan.guest, action="save", result="progress",
+                                          seconds=now - save.started, bytes_=progress.processed)
+            log.debug("%s: saving %s", save.guest.name, how_far, extra=fields)
         return moving
 
     def _abort_reason(self, save: _Watched, now: float) -> str | None:
@@ -158,8 +176,57 @@ class SaveProgress:
         return None
 
 
+class LiveWaits:
+    """While the boot pass runs (no save to watch): every second, the waits (``execute.waiting``)
+    after ``counts()`` ("starting 3/10") on the terminal's live line and in ``STATUS=``."""
+
+    def __init__(self, counts):
+        self._counts = counts
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mgsave-waits", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        console.clear_live()
+
+    def _loop(self) -> None:
+        shown = False
+        while not self._stop.wait(PROGRESS_POLL):
+            waits = waiting.describe()
+            if waits:
+                text = f"{self._counts()}; waiting: {waits}"
+                notify.status(text)
+                console.live(text)
+            elif shown:
+                console.clear_live()
+            shown = bool(waits)
+
+
+# deadline_at -> (saves done, saves in all) of the pass that ended last; see SaveProgress.
+_COUNTS: dict[float, tuple[int, int]] = {}
+
+
+def progress_text(progress: JobProgress, seconds: float) -> str:
+    """``45% 120 MiB/s 12 s left``: how far, how fast, and how long still at that rate."""
+    if progress.fraction is None:
+        return units.size(progress.processed)
+    text = f"{progress.fraction * 100:.0f}%"
+    if seconds > 0 and progress.processed > 0:
+        rate = progress.processed / seconds
+        text += f" {units.rate(rate)}"
+        if progress.total and progress.total > progress.processed:
+            text += f" {units.seconds((progress.total - progress.processed) / rate)} left"
+    return text
+
+
 def mb(n: float | None) -> str:
-    return "?" if n is None else f"{n / 1e6:.0f} MB"
+    """Bytes for a log line, in the binary units every text uses."""
+    return units.size(n, none="?")
 
 
 def file_size(path: str | None) -> int | None:

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from libmgsave import interrupt
 from libmgsave.errors import OperationTimeout
+from libmgsave.execute import waiting
 from libmgsave.outcomes import GuestResult, Outcome, Wait, WaitKind
 from libmgsave.plan import GuestKey, GuestPlan, Plan
 
@@ -61,13 +62,13 @@ class Schedule:
         results: dict[GuestKey, GuestResult] = {}
         for group in self.groups:
             done = {e.key: threading.Event() for e in group}
+            names = {e.key: e.guest.name for e in group}
 
             def task(entry: GuestPlan) -> None:
                 self.queued[entry.key] = time.time()
                 try:
-                    for key in entry.wait_for:
-                        if key in done:
-                            done[key].wait()
+                    _await(entry, [done[key] for key in entry.wait_for if key in done],
+                           [names[key] for key in entry.wait_for if key in done])
                     results[entry.key] = work(entry, {k: results.get(k) for k in entry.wait_for})
                 except Exception as error:  # a bug must not take the other guests down with it
                     log.exception("%s: internal error", entry.guest.name)
@@ -79,6 +80,16 @@ class Schedule:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mgsave") as pool:
                 list(pool.map(task, group))
         return results
+
+
+def _await(entry: GuestPlan, events: list[threading.Event], names: list[str]) -> None:
+    """Until the guests ``entry`` waits for are done; meanwhile the live line says so."""
+    pending = [(event, name) for event, name in zip(events, names, strict=True) if not event.is_set()]
+    if not pending:
+        return
+    with waiting.waiting(entry.guest.name, ", ".join(name for _, name in pending)):
+        for event, _ in pending:
+            event.wait()
 
 
 def group_by_order(entries: Iterable[GuestPlan]) -> list[list[GuestPlan]]:
@@ -162,9 +173,10 @@ class Slots:
         return self._expected_ranks[0] if self._expected_ranks else float("inf")
 
     @contextlib.contextmanager
-    def held(self, key=None, *, give_up_at: float | None = None, late: str = "gave up waiting for a slot"):
+    def held(self, key=None, *, give_up_at: float | None = None, late: str = "gave up waiting for a slot",
+             who: str | None = None, what: str = "a slot"):
         """Hold a slot for the block; ``OperationTimeout(late)`` when none is free by ``give_up_at``
-        (a ``time.monotonic()`` time)."""
+        (a ``time.monotonic()`` time). ``who`` (a guest's name) waits for ``what`` on the live line."""
         with self._cond:
             self._arrived(key)
             rank = self._ranks.get(key, len(self._ranks))
@@ -175,11 +187,12 @@ class Slots:
             def admitted() -> bool:
                 return self._free > 0 and self._waiting[0] is ticket and self._lowest_expected() > rank
 
-            while not (admitted() or interrupt.requested()):
-                timeout = None if give_up_at is None else give_up_at - time.monotonic()
-                if timeout is not None and timeout <= 0:
-                    break
-                self._cond.wait(None if timeout is None else interrupt.wait_bound(timeout))
+            with waiting.waiting(who, what) if who and not admitted() else contextlib.nullcontext():
+                while not (admitted() or interrupt.requested()):
+                    timeout = None if give_up_at is None else give_up_at - time.monotonic()
+                    if timeout is not None and timeout <= 0:
+                        break
+                    self._cond.wait(None if timeout is None else interrupt.wait_bound(timeout))
             if interrupt.requested() or not admitted():
                 self._waiting.remove(ticket)
                 heapq.heapify(self._waiting)

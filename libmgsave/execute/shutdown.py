@@ -291,7 +291,7 @@ class ShutdownPass:
         asked = time.time()
         try:
             with self.save_slots.held(entry.key, give_up_at=self.deadline_at - DEADLINE_RESERVE,
-                                      late=LATE_FOR_A_SLOT):
+                                      late=LATE_FOR_A_SLOT, who=entry.guest.name, what="a save slot"):
                 self._slot_waits[entry.key] = Wait(WaitKind.SLOT, asked, time.time())
                 yield
         except (OperationTimeout, interrupt.Interrupted):

@@ -6,6 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from libmgsave import jsonout
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective
 # DEADLINE_RESERVE is defined with the policy's limits, which must leave room for it.
@@ -101,12 +102,13 @@ class GuestPlan:
     def skipped(self) -> bool:
         return self.actions == (Action.SKIP,)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, rule_lines: Mapping[str, int | None] | None = None) -> dict:
+        """``rule_lines``: where each rule (by label) is in the policy file, for each setting's origin."""
         return {
             "connection": self.guest.connection,
             "name": self.guest.name,
             "uuid": self.guest.uuid,
-            "state": str(self.guest.state),
+            "state": jsonout.word(self.guest.state),
             "persistent": self.guest.persistent,
             "has_saved_image": self.guest.has_managed_save,
             "memory_bytes": self.guest.memory_bytes,
@@ -114,13 +116,15 @@ class GuestPlan:
             "first_choice": str(self.first_choice),
             "reason": self.reason,
             "order": self.order,
-            "wait_for": [f"{c} {u}" for c, u in self.wait_for],
-            "estimate_seconds": self.estimate_seconds,
-            "image": self.image,
-            "managed_image": self.managed_image,
+            "wait_for": [{"connection": c, "uuid": u} for c, u in self.wait_for],
+            # Seconds from the start of the pass, not a duration of the save alone.
+            "estimated_save_end_seconds": self.estimate_seconds,
+            "save_dropped_because": self.save_dropped_because,
+            "save_file_path": self.image,
+            "managed_image_path": self.managed_image,
             "notes": list(self.notes),
             "save_channels": self.save_channels,
-            "settings": _settings_dict(self.effective),
+            "settings": _settings_dict(self.effective, rule_lines or {}),
             "peer": self.peer,
         }
 
@@ -139,24 +143,26 @@ class Plan:
     def active(self) -> tuple[GuestPlan, ...]:
         return tuple(e for e in self.entries if not e.skipped)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, rule_lines: Mapping[str, int | None] | None = None) -> dict:
         return {
             "pass": str(self.kind),
-            "policy": self.policy_source or "built-in defaults",
+            "policy": self.policy_source,  # None: the built-in defaults (as status and check say)
             "limits": {
                 "max_parallel_saves": self.limits.max_parallel_saves,
                 "max_parallel_starts": self.limits.max_parallel_starts,
                 "max_parallel_migrations": self.limits.max_parallel_migrations,
-                "shutdown_deadline": self.limits.shutdown_deadline,
-                "start_delay": self.limits.start_delay,
+                "shutdown_deadline_seconds": self.limits.shutdown_deadline,
+                "start_delay_seconds": self.limits.start_delay,
             },
             "save_rates": {uri: rate.to_dict() for uri, rate in (self.rates or {}).items()},
             "warnings": list(self.warnings),
-            "guests": [e.to_dict() for e in self.entries],
+            "guests": [e.to_dict(rule_lines) for e in self.entries],
             "peers": {uri: facts.to_dict() for uri, facts in (self.peers or {}).items()},
         }
 
 
-def _settings_dict(effective: Effective) -> dict:
-    return {name: {"value": setting_to_json(getattr(effective.settings, name)), "from": source}
+def _settings_dict(effective: Effective, rule_lines: Mapping[str, int | None]) -> dict:
+    """Each setting's value, who set it, and on which line of the policy (None: built in)."""
+    return {name: {"value": setting_to_json(getattr(effective.settings, name)), "from": source,
+                   "line": rule_lines.get(source)}
             for name, source in effective.sources.items()}

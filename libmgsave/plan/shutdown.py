@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from libmgsave.channels import UNKNOWN, ChannelSupport, choose
+from libmgsave import units
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
@@ -183,4 +184,4 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
 
 
 def _mb(n: float) -> str:
-    return f"{n / 1e6:.0f} MB"
+    return units.size(n)

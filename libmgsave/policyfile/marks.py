@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import yaml
 
 from libmgsave.errors import Problem
+from libmgsave.policyfile.core_schema import CoreLoader
 
 MAX_NODES = 100_000  # YAML nodes built, counting every trip through an alias
 MAX_DEPTH = 64  # a real policy nests five levels deep
@@ -27,8 +28,8 @@ class ReadAborted(Exception):
         self.problem = problem
 
 
-class _CountingLoader(yaml.SafeLoader):
-    """SafeLoader that refuses, while composing, a document with too many nodes or too deep."""
+class _CountingLoader(CoreLoader):
+    """The YAML 1.2 loader that refuses, while composing, a document with too many nodes or too deep."""
 
     node_count = 0
     depth = 0
@@ -68,8 +69,9 @@ class MarkedDocument:
         self.key_marks: dict[KeyPath, tuple[int, int]] = {}
         self.problems: list[Problem] = []
         self.bad_paths: set[KeyPath] = set()  # problems already reported; schema errors there are noise
+        self.plain_texts: dict[KeyPath, str] = {}  # unquoted scalars as written, for the hints
         self.count = 0
-        self._constructor = yaml.SafeLoader("")
+        self._constructor = CoreLoader("")
 
     def problem(self, node: yaml.Node, path: KeyPath, message: str, hint: str | None = None) -> None:
         line, column = node_mark(node)
@@ -93,6 +95,8 @@ class MarkedDocument:
         return self._scalar(node, path)
 
     def _scalar(self, node: yaml.Node, path: KeyPath) -> object:
+        if isinstance(node, yaml.ScalarNode) and node.style is None:
+            self.plain_texts[path] = node.value
         try:
             value = self._constructor.construct_object(node, deep=True)
         except Exception as error:  # any tag's constructor may raise anything on bad input

@@ -12,6 +12,7 @@ import yaml
 
 from libmgsave.errors import Problem
 from libmgsave.policy import SETTING_NAMES
+from libmgsave.policyfile.core_schema import SEXAGESIMAL, YAML11_BOOLEANS
 from libmgsave.policyfile.marks import KeyPath, MarkedDocument, format_path
 
 
@@ -124,7 +125,8 @@ class Reporter:
                 if isinstance(expected, list)
                 else _TYPE_WORDS.get(expected, expected)
             )
-            self.at(path, f"must be {words}, not {describe(value)}", _type_hint(expected, value, path))
+            hint = yaml12_hint(expected, value, self.marks.plain_texts.get(path)) or _type_hint(expected, value, path)
+            self.at(path, f"must be {words}, not {describe(value)}", hint)
         elif kind == "enum":
             allowed = [str(v) for v in error.validator_value]
             hint = _did_you_mean(str(value), allowed) if isinstance(value, str) else None
@@ -169,12 +171,26 @@ class Reporter:
                 self.report(sub)
             return True
         title = schema.get("title") or "one of the allowed forms"
-        hint = None
-        if isinstance(error.instance, str):
+        hint = yaml12_hint("number", error.instance, self.marks.plain_texts.get(path))
+        if hint is None and isinstance(error.instance, str):
             words = [v for sub in error.context or () if sub.validator == "enum" for v in sub.validator_value]
             hint = _did_you_mean(error.instance, [str(w) for w in words])
         self.at(path, f"must be {title}, not {describe(error.instance)}", hint)
         return False
+
+
+def yaml12_hint(expected: object, value: object, written: str | None) -> str | None:
+    """What to write instead of a value YAML 1.1 read one way and YAML 1.2 (mgsave) another;
+    ``written`` is the plain (unquoted) scalar as it stood in the file, or None."""
+    wanted = set(expected) if isinstance(expected, list) else {expected}
+    if "boolean" in wanted and isinstance(value, str) and value in YAML11_BOOLEANS:
+        return f"use true or false: in YAML 1.2 '{value}' is a string, not a boolean"
+    if wanted & {"number", "integer"} and isinstance(value, str) and SEXAGESIMAL.match(value):
+        return (f"YAML 1.2 has no base-60 numbers ('{value}' is a string): write seconds or a duration "
+                f"such as 90 or 1m 30s; quote it if a string was meant")
+    if "string" in wanted and written is not None and not isinstance(value, str | dict | list):
+        return f"quote it, as in \"{written}\", to keep it as written"
+    return None
 
 
 _SELECTORS = ("name", "uuid", "title", "connection", "metadata")

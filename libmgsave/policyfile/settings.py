@@ -18,12 +18,29 @@ from libmgsave.policy import (SETTING_NAMES, Autostart, Channels, DiskMode, Migr
                               ReadyKind, ShutdownStep)
 
 AGENT_READY_TIMEOUT = 120.0  # ``ready: agent`` without a timeout
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)([hms])")
-_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+# systemd.time(7)'s units from a second to a week; each spelling's length in seconds. The
+# alternation tries the longer spellings first, so that a part's unit is read whole (``min``,
+# not ``m`` followed by garbage).
+_UNITS = {
+    **dict.fromkeys(("seconds", "second", "sec", "s"), 1.0),
+    **dict.fromkeys(("minutes", "minute", "min", "m"), 60.0),
+    **dict.fromkeys(("hours", "hour", "hr", "h"), 3600.0),
+    **dict.fromkeys(("days", "day", "d"), 86400.0),
+    **dict.fromkeys(("weeks", "week", "w"), 604800.0),
+}
+_NUMBER = r"[0-9]+(\.[0-9]+)?"
+_UNIT = "(" + "|".join(sorted(_UNITS, key=lambda u: (-len(u), u))) + ")"
+# The one spelling of a duration string, also in policy.schema.yaml's $defs (a test compares them):
+# a bare number of seconds, or parts of a number and a unit, with spaces allowed around a unit:
+# 90, 90s, 5m, 1h30m, 1h 30min, 2 days.
+DURATION_PATTERN = f"^({_NUMBER}|{_NUMBER} *{_UNIT}( *{_NUMBER} *{_UNIT})*)$"
+_PART = re.compile(f"({_NUMBER}) *{_UNIT}")
 
 
 def parse_duration(value: int | float | str) -> float:
-    """Seconds in a duration as the policy spells it: ``90``, ``2.5``, ``"90s"``, ``"5m"``, ``"1h30m"``.
+    """Seconds in a duration as the policy spells it: ``90``, ``2.5``, ``"90s"``, ``"5m"``,
+    ``"1h30m"``, or with systemd's units and spaces: ``"1h 30min"``, ``"2 days"``, ``"1w"``.
 
     Raises ``ValueError`` for anything else.
     """
@@ -32,14 +49,11 @@ def parse_duration(value: int | float | str) -> float:
     if isinstance(value, int | float):
         return float(value)
     text = str(value).strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
+    if not re.fullmatch(DURATION_PATTERN, text):
         raise ValueError(f"not a duration: {value!r}")
-    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    if not re.search("[a-z]", text):
+        return float(text)
+    return sum(float(match[1]) * _UNITS[match[3]] for match in _PART.finditer(text))
 
 
 def _ready(value: object) -> Ready:

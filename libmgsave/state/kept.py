@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from libmgsave import jsonout, units
 from libmgsave.state.records import BOOT_RECORD, SHUTDOWN_RECORD
 
 log = logging.getLogger("mgsave")
@@ -29,8 +30,8 @@ class KeptFile:
     mtime: float
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "path": str(self.path), "kind": self.kind, "bytes": self.bytes,
-                "mtime": self.mtime}
+        return {"name": self.name, "path": str(self.path), "kind": self.kind, "size_bytes": self.bytes,
+                "modified": jsonout.timestamp(self.mtime)}
 
 
 def kept_files(state_dir: Path) -> list[KeptFile]:
@@ -70,8 +71,8 @@ class KeptUsage:
         return 100.0 * self.bytes / self.filesystem_bytes if self.filesystem_bytes else None
 
     def to_dict(self) -> dict:
-        return {"files": self.files, "bytes": self.bytes, "filesystem_bytes": self.filesystem_bytes,
-                "share": self.share}
+        return {"files": self.files, "size_bytes": self.bytes, "filesystem_bytes": self.filesystem_bytes,
+                "share_percent": self.share}
 
 
 def kept_usage(state_dir: Path, files: list[KeptFile]) -> KeptUsage:
@@ -87,7 +88,7 @@ def over_share_warning(usage: KeptUsage, limit: float) -> str | None:
     """The warning when kept files take more than ``limit`` percent of their file system."""
     if usage.share is None or usage.share <= limit:
         return None
-    return (f"kept images take {usage.bytes / 1e6:.0f} MB, {usage.share:.1f}% of the state directory's file "
+    return (f"kept images take {units.size(usage.bytes)}, {usage.share:.1f}% of the state directory's file "
             f"system (more than limits.kept_images_warn_share, {limit:g}%): see 'mgsave images list', remove "
             f"them with 'mgsave images remove NAME...' once looked at")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 
+from libmgsave import units
 from libmgsave.plan import Action
 from libmgsave.plan.model import DEFAULT_SAVE_THROUGHPUT, SaveRate
 
@@ -84,9 +85,9 @@ def learned_rates(record: dict | None, connections) -> dict[str, SaveRate]:
 def _learned(entry: dict) -> SaveRate:
     rate = entry["bytes_per_second"]
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["measured"]))
-    source = f"measured by the shutdown pass of {when}: {entry['memory_bytes'] / 1e6:.0f} MB in {entry['seconds']:g} s"
+    source = f"measured by the shutdown pass of {when}: {units.size(entry['memory_bytes'])} in {entry['seconds']:g} s"
     if bounded(rate) != rate:
-        source += f" ({rate / 1e6:.0f} MB/s, bounded to {bounded(rate) / 1e6:.0f} MB/s)"
+        source += f" ({units.rate(rate)}, bounded to {units.rate(bounded(rate))})"
     return SaveRate(bounded(rate), source)
 
 

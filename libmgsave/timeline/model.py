@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from libmgsave import jsonout
+
 WAIT_KINDS = ("after", "slot", "ready")
 # Steps that hold a slot (limits.max_parallel_saves, max_parallel_starts): their peak
 # concurrency says whether the parallelism is right.
@@ -68,12 +70,13 @@ class PassTimeline:
 
     def to_dict(self) -> dict:
         return {
-            "pass": self.kind, "started": self.started, "finished": self.finished,
-            "seconds": round(self.seconds, 3), "interrupted": self.interrupted,
-            "peak_in_slots": self.peak_in_slots,
+            "pass": self.kind, "started": jsonout.timestamp(self.started),
+            "finished": jsonout.timestamp(self.finished), "duration_seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted, "peak_in_slots": self.peak_in_slots,
             "guests": [{"name": r.name, "connection": r.connection, "outcome": r.outcome,
-                        "phases": [{"kind": p.kind, "started": p.started, "finished": p.finished,
-                                    "ok": p.ok, "error": p.error} for p in r.phases]} for r in self.rows],
+                        "phases": [{"kind": p.kind, "started": jsonout.timestamp(p.started),
+                                    "finished": jsonout.timestamp(p.finished), "ok": p.ok, "error": p.error}
+                                   for p in r.phases]} for r in self.rows],
         }
 
 

@@ -46,13 +46,13 @@ def test_plan_and_check_say_why_a_guest_gets_one_stream(hv, mgsave):
     define(hv, "big1", "auto1")
     code, out = mgsave("plan", "shutdown")
     assert code == ExitCode.OK
-    assert f"note: big1: {REFUSED}" in out
+    assert f"note: big1: {REFUSED}" in " ".join(out.split())
     assert "channels)" not in out and "auto1: save_channels" not in out  # auto asks for nothing in particular
     code, out = mgsave("--json", "plan", "shutdown")
     [plan] = json.loads(out)["plans"]
     big = {g["name"]: g for g in plan["guests"]}["big1"]
     assert big["save_channels"] == 1 and REFUSED in big["notes"]
-    assert big["settings"]["save_channels"] == {"value": 4, "from": "guests[0] (big ones)"}
+    assert big["settings"]["save_channels"] == {"value": 4, "from": "guests[0] (big ones)", "line": 3}
     code, out = mgsave("check")
     assert code == ExitCode.OK, out
     assert f"policy.yaml:3: guests[0] (big ones):\n  warning: big1: {REFUSED}" in out

@@ -49,11 +49,11 @@ def test_status_and_images_list_show_the_kept_files_and_their_bytes(hv, run):
     kept = _kept(hv, run)
     code, result, err = run("status")
     assert code == ExitCode.OK, err
-    assert result["kept"]["files"] == 2 and result["kept"]["bytes"] == 301_000
+    assert result["kept_usage"]["files"] == 2 and result["kept_usage"]["size_bytes"] == 301_000
     code, result, err = run("images", "list")
     assert code == ExitCode.OK, err
-    assert {f["name"]: f["bytes"] for f in result["kept"]} == kept
-    assert {f["kind"] for f in result["kept"]} == {"failed-image", "untrusted-record"}
+    assert {f["name"]: f["size_bytes"] for f in result["kept_files"]} == kept
+    assert {f["kind"] for f in result["kept_files"]} == {"failed-image", "untrusted-record"}
 
 
 def test_status_text_names_the_kept_files(hv, run, capsys):
@@ -61,7 +61,7 @@ def test_status_text_names_the_kept_files(hv, run, capsys):
     capsys.readouterr()
     assert cli.main(["status", "--state-dir", str(run.state_dir), "--policy", str(run.policy)]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert "kept: 2 files, 301.0 kB" in out and "mgsave images list" in out
+    assert "kept: 2 files, 294 KiB" in out and "mgsave images list" in out
 
 
 def test_kept_files_are_removed_only_when_asked_and_only_those_named(hv, run):
@@ -99,7 +99,7 @@ def test_a_symlink_in_failed_images_is_neither_counted_nor_followed(hv, run, tmp
     (run.state_dir / "failed-images").mkdir(parents=True)
     (run.state_dir / "failed-images" / "link.save").symlink_to(victim)
     code, result, err = run("images", "list")
-    assert result["kept"] == []
+    assert result["kept_files"] == []
     code, result, err = run("images", "remove", "--all")
     assert code == ExitCode.OK and victim.read_bytes() == b"v" * 5000
 

@@ -6,7 +6,7 @@ import stat
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from libmgsave import cli
+from libmgsave import cli, jsonout
 from libmgsave.errors import ExitCode
 from tests.testdriver import URI, define, hv  # noqa: F401
 
@@ -46,15 +46,16 @@ def test_each_pass_writes_its_metrics_and_keeps_the_other_passs(hv, tmp_path, ca
     assert samples[("mgsave_pass_guests", frozenset(at | {("outcome", "skipped")}))] == 1
     assert samples[("mgsave_pass_guests", frozenset(at | {("outcome", "failed")}))] == 0
     assert samples[("mgsave_pass_success", frozenset(at))] == 1
-    assert abs(samples[("mgsave_pass_duration_seconds", frozenset(at))] - shutdown["seconds"]) < 0.01
-    assert samples[("mgsave_pass_last_run_timestamp_seconds", frozenset(at))] == shutdown["finished"]
+    assert abs(samples[("mgsave_pass_duration_seconds", frozenset(at))] - shutdown["duration_seconds"]) < 0.01
+    finished = jsonout.epoch(shutdown["finished"])
+    assert abs(samples[("mgsave_pass_last_run_timestamp_seconds", frozenset(at))] - finished) < 1e-5
     for guest in shutdown["guests"]:
         who = frozenset(at | {("connection", URI), ("guest", guest["name"])})
         if guest["outcome"] == "skipped":
             assert ("mgsave_guest_seconds", who) not in samples
             continue
-        assert abs(samples[("mgsave_guest_seconds", who)] - guest["seconds"]) < 0.001
-        assert samples[("mgsave_guest_bytes", who)] == guest["bytes"]
+        assert abs(samples[("mgsave_guest_seconds", who)] - guest["duration_seconds"]) < 0.001
+        assert samples[("mgsave_guest_bytes", who)] == guest["written_bytes"]
         assert samples[("mgsave_guest_ok", who)] == 1
 
     code, boot, _ = _run(tmp_path, capsys, "boot", textfile=textfile)
@@ -63,7 +64,9 @@ def test_each_pass_writes_its_metrics_and_keeps_the_other_passs(hv, tmp_path, ca
     shutdown_samples = {k: v for k, v in samples.items() if ("pass", "shutdown") in k[1]}
     assert {k: v for k, v in after_boot.items() if ("pass", "shutdown") in k[1]} == shutdown_samples
     assert after_boot[("mgsave_pass_guests", frozenset({("pass", "boot"), ("outcome", "resumed")}))] == 2
-    assert after_boot[("mgsave_pass_last_run_timestamp_seconds", frozenset({("pass", "boot")}))] == boot["finished"]
+    boot_finished = jsonout.epoch(boot["finished"])
+    assert abs(after_boot[("mgsave_pass_last_run_timestamp_seconds", frozenset({("pass", "boot")}))]
+               - boot_finished) < 1e-5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".mgsave.prom")], "no temporary file left"
 
 

@@ -115,7 +115,7 @@ def test_status_lists_the_guests_living_on_a_peer_and_boot_plans_their_way_home(
     code, out, _err = mgsave(tmp_path, capsys, "status", "--json", policy=come_back)
     assert code == ExitCode.OK, out
     rows = {r["name"]: r for r in json.loads(out)["guests"]}
-    assert rows["gone1"]["peer"] == URI and rows["gone1"]["state"] == f"on peer {URI}"
+    assert rows["gone1"]["peer"] == URI and rows["gone1"]["state"] == "on-peer"
     code, text, _err = mgsave(tmp_path, capsys, "status", policy=come_back)
     assert f"on peer {URI}" in text
     code, out, _err = mgsave(tmp_path, capsys, "boot", "--dry-run", "--json", policy=come_back)

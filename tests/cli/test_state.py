@@ -372,7 +372,7 @@ def test_status_and_plan_survive_an_untrustworthy_record(hv, run):
     (run.state_dir / state.BOOT_RECORD).write_text(json.dumps(_with(kind="boot", guests="x")))
     code, result, err = run("status")
     assert code == ExitCode.OK, err
-    assert {g["name"]: g["saved_image"] for g in result["guests"]} == {"a": True, "b": True, "c": False}
+    assert {g["name"]: g["has_saved_image"] for g in result["guests"]} == {"a": True, "b": True, "c": False}
     code, result, err = run("plan", "boot")
     assert code == ExitCode.OK, err
     (plan,) = result["plans"]

@@ -99,7 +99,9 @@ class Mgsave:
                 "--state-dir", str(self.state_dir), *(["--json"] if self.json else []), *args[1:]]
 
     def env(self) -> dict:
-        return {k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}
+        # The rig's tests look for whole messages in the summary: give it lines wide enough that
+        # none is wrapped (tests/cli/test_text_width.py holds the 80 columns).
+        return {**{k: v for k, v in os.environ.items() if k not in FOREIGN_ENV}, "COLUMNS": "250"}
 
     def start(self, *args, preexec=None) -> Running:
         self.runs += 1

@@ -92,8 +92,8 @@ def test_plan_text_shows_the_channels_in_the_actions_column():
     plan = plan_shutdown([guest("big"), guest("one")], parse_policy(
         "version: 1\nguests:\n  - match: {name: big}\n    save_channels: 3\n", "p.yaml"),
         state_dir=STATE_DIR, channels={URI: OFFERED})
-    text = report.render_plan(plan, settings=False)
-    assert "save -> shutdown -> poweroff (3 channels)" in text
+    text = report.render_plan(plan)
+    assert "save,shutdown,poweroff (3 channels)" in text
     assert text.count("channels)") == 1
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from libmgsave.errors import Problem
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import GuestResult, Outcome, PassResult, Severity, StepResult
 from libmgsave.plan import Action, PassKind, plan_boot, plan_shutdown
@@ -87,21 +88,22 @@ def test_a_pass_is_as_bad_as_its_worst_guest_and_a_broken_policy_is_degraded():
     assert pass_result(ok, degraded).severity is Severity.DEGRADED
     assert pass_result(ok, degraded, failed).severity is Severity.FAILED
     assert pass_result(ok, unreachable=("qemu:///other",)).severity is Severity.FAILED
-    on_defaults = pass_result(ok, policy_problems=("policy.yaml:3:14: at 'defaults.autostart': ...",))
+    on_defaults = pass_result(ok, policy_problems=(Problem("policy.yaml", 3, 14, "defaults.autostart", "..."),))
     assert on_defaults.severity is Severity.DEGRADED and not on_defaults.complete
     assert on_defaults.to_dict()["on_builtin_defaults"] is True
 
 
 def test_the_summary_names_degraded_and_failed_guests_and_a_dry_run_says_would():
     degraded = result(entry(), Outcome.SHUT_DOWN, (Action.SAVE, False), (Action.SHUTDOWN, True))
-    text = render_result(pass_result(degraded))
+    text = " ".join(render_result(pass_result(degraded)).split())  # lines wrapped at 80 columns
     assert "DEGRADED" in text and "1 of 1 guests are DEGRADED" in text and "shut-down instead of save" in text
     assert "reached" not in text and "first choice" in text
-    text = render_result(pass_result(GuestResult(entry(deadline=10.5), Outcome.PLANNED), dry_run=True))
+    text = " ".join(render_result(pass_result(GuestResult(entry(deadline=10.5), Outcome.PLANNED),
+                                             dry_run=True)).split())
     assert "would be DEGRADED" in text and "shutdown instead of save" in text
     assert "reached" not in text
     text = render_result(pass_result(GuestResult(entry(), Outcome.PLANNED), dry_run=True))
     assert text.splitlines()[-1] == "all 1 guests would get their first choice"
-    text = render_result(pass_result(result(entry(), Outcome.SAVED, (Action.SAVE, True)),
-                                     policy_problems=("policy.yaml:1:1: broken",)))
+    text = " ".join(render_result(pass_result(result(entry(), Outcome.SAVED, (Action.SAVE, True)),
+                                              policy_problems=(Problem("policy.yaml", 1, 1, "", "broken"),))).split())
     assert "ran on the built-in defaults" in text

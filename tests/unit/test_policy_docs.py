@@ -224,6 +224,10 @@ def test_the_installed_default_sets_nothing_but_the_version():
     assert policy.limits == Limits() and policy.connections == ("qemu:///system",)
 
 
+def test_the_sample_names_the_installed_schema_for_editors():
+    assert SAMPLE_PATH.read_text().splitlines()[0] == DEFAULT_PATH.read_text().splitlines()[0]
+
+
 def test_uncommenting_the_installed_default_gives_the_sample():
     """Every commented-out line is the sample's line behind a '#': deleting it restores the setting."""
     restored = yaml.safe_load(gen.uncomment(DEFAULT_PATH.read_text()))

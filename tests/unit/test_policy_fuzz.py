@@ -18,6 +18,7 @@ from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.matching import resolve
 from libmgsave.policy import MAX_DURATION, SETTING_NAMES, GuestSettings, Policy
 from libmgsave.policyfile import load_policy, load_policy_for_pass
+from libmgsave.policyfile.core_schema import CoreDumper
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_TEXT = (ROOT / "config" / "policy.sample.yaml").read_text()
@@ -110,7 +111,7 @@ STRUCTURES = st.recursive(
 @given(document=st.dictionaries(st.sampled_from(KEYS), STRUCTURES, max_size=6), version=st.sampled_from([1, 1, 2, "1"]))
 def test_arbitrary_yaml_structures(policy_file, document, version):
     document = {"version": version, **document}
-    load_bytes(policy_file, yaml.safe_dump(document).encode())
+    load_bytes(policy_file, yaml.dump(document, Dumper=CoreDumper).encode())
 
 
 DURATIONS = st.floats(min_value=0.5, max_value=MAX_DURATION) | st.sampled_from(["90s", "5m", "1h", "1h30m", "2.5m"])
@@ -147,7 +148,8 @@ def test_every_valid_policy_loads_and_resolves(policy_file, defaults, rules):
         names = [names] if isinstance(names, str) else names or []
         if "after" in rule:
             rule["after"] = [n for n in rule["after"] if n not in names]
-    policy = load_bytes(policy_file, yaml.safe_dump({"version": 1, "defaults": defaults, "guests": guests}).encode())
+    document = {"version": 1, "defaults": defaults, "guests": guests}
+    policy = load_bytes(policy_file, yaml.dump(document, Dumper=CoreDumper).encode())
     assert policy is not None
     assert set(policy.defaults) == set(defaults)
     for rule, (_, settings) in zip(policy.rules, rules, strict=True):

@@ -122,7 +122,7 @@ def test_every_setting_is_converted_to_the_model(policy_dir):
           save_timeout: 5m
           shutdown_timeout: 90
           bypass_cache: true
-          sync_time: yes
+          sync_time: true
           on_resume_failure: leave-off
         guests:
           - match:
@@ -202,13 +202,16 @@ def test_policy_to_dict_is_json_and_round_trips(policy_dir):
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [(90, 90.0), (2.5, 2.5), ("90", 90.0), ("90s", 90.0), ("5m", 300.0), ("1h", 3600.0), ("1h30m", 5400.0), ("1.5m", 90.0)],
+    [(90, 90.0), (2.5, 2.5), ("90", 90.0), ("90s", 90.0), ("5m", 300.0), ("1h", 3600.0), ("1h30m", 5400.0),
+     ("1.5m", 90.0),
+     ("5 minutes", 300.0), ("1h 30min", 5400.0), ("2 days", 172800.0), ("1w", 604800.0), ("10sec", 10.0),
+     ("1 hr 2 min 3 s", 3723.0)],
 )
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "m", "5 minutes", "1h30", "-5s", "5x", True])
+@pytest.mark.parametrize("text", ["", "m", "5 mins", "1h30", "-5s", "5x", "5ms", "1:30", "90 5m", "1 month", True])
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         parse_duration(text)
@@ -267,7 +270,7 @@ LOCATED_PROBLEMS = [
         id="boolean",
     ),
     pytest.param(
-        "version: 1\ndefaults:\n  save_timeout: 10 minutes\n",
+        "version: 1\ndefaults:\n  save_timeout: 10 mins\n",
         "defaults.save_timeout", 3, 17, "a duration greater than 0", None, id="duration-words",
     ),
     pytest.param(

@@ -49,7 +49,7 @@ def test_the_rate_assumed_says_where_it_came_from_and_is_bounded():
     }}
     rates = learned_rates(record, [REAL, OTHER, TEST])
     assert rates[REAL].bytes_per_second == MAX_RATE
-    assert "measured by the shutdown pass of" in rates[REAL].source and "bounded to 20000 MB/s" in rates[REAL].source
+    assert "measured by the shutdown pass of" in rates[REAL].source and "bounded to 18.6 GiB/s" in rates[REAL].source
     assert rates[OTHER].bytes_per_second == 200e6 and "no shutdown pass has measured" in rates[OTHER].source
     assert rates[TEST].bytes_per_second == 200e6 and "test driver" in rates[TEST].source
     assert learned_rates({"save_rates": ["not", "a", "table"]}, [REAL])[REAL].bytes_per_second == 200e6

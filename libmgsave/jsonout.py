@@ -1,0 +1,42 @@
+"""The frame of every ``--json`` output: its format's name and version, and times as ISO 8601.
+
+Each output has a JSON Schema (draft 2020-12) in ``libmgsave/schemas/<format>.schema.json``,
+installed in /usr/share/mgsave/schemas/. The promise (README, "JSON output"): ``format_version``
+is bumped on any incompatible change (a field removed, renamed or given another type or
+meaning); fields may be added at any time, so readers must ignore those they do not know.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+
+FORMAT_VERSION = 1
+# The name of each command's output; a test checks every one has its schema.
+FORMATS = ("plan", "status", "check", "images", "images-remove", "report", "pass")
+
+
+def document(format_name: str, body: Mapping[str, object]) -> dict:
+    """``body`` under its format's name and version."""
+    assert format_name in FORMATS, format_name
+    return {"format": f"mgsave.{format_name}", "format_version": FORMAT_VERSION, **body}
+
+
+def word(value: object) -> str:
+    """A closed-set value as one word: libvirt's states are spelt for people ("shut off"); in
+    JSON they are written as every other value of mgsave's, with hyphens ("shut-off")."""
+    return str(value).replace(" ", "-")
+
+
+def timestamp(epoch: float | None) -> str | None:
+    """An epoch time as ISO 8601 in UTC, to the microsecond: ``2026-12-02T00:45:00.123456Z``.
+    Always that wide, so that the strings sort as the times do (steps begun in the same
+    millisecond keep their order)."""
+    if epoch is None:
+        return None
+    return datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def epoch(text: str) -> float:
+    """The epoch time of a ``timestamp``."""
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
