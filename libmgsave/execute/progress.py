@@ -45,7 +45,32 @@ class _Watched:
     text: str = ""  # its part of the live line: "db1 45% 120 MiB/s 12 s left"
 
 
-class SaveProgress:
+
+class _Ticker:
+    """A context whose ``_loop`` runs in a thread (it returns once ``_stop`` is set); leaving it
+    stops the thread, calls ``_stopped`` and clears the terminal's live line."""
+
+    def __init__(self, name: str):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def _stopped(self) -> None:
+        pass
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._stopped()
+        console.clear_live()
+
+class SaveProgress(_Ticker):
     """Watches running saves from a thread of its own while the shutdown pass runs."""
 
     def __init__(self, total: int, deadline_at: float):
@@ -56,19 +81,11 @@ class SaveProgress:
         self.deadline_at = deadline_at
         self._running: dict[str, _Watched] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="mgsave-progress", daemon=True)
+        _Ticker.__init__(self, "mgsave-progress")
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def _stopped(self) -> None:
         _COUNTS.clear()  # one pass at a time: only this one's counts are worth keeping
         _COUNTS[self.deadline_at] = (self.done, self.total)
-        console.clear_live()
 
     def begin(self, guest: Guest, plan: GuestPlan, timeout: float, image: str | None = None) -> None:
         """Watch a save that writes ``image`` (None when its path is unknown)."""
@@ -176,23 +193,13 @@ class SaveProgress:
         return None
 
 
-class LiveWaits:
+class LiveWaits(_Ticker):
     """While the boot pass runs (no save to watch): every second, the waits (``execute.waiting``)
     after ``counts()`` ("starting 3/10") on the terminal's live line and in ``STATUS=``."""
 
     def __init__(self, counts):
         self._counts = counts
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="mgsave-waits", daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        console.clear_live()
+        _Ticker.__init__(self, "mgsave-waits")
 
     def _loop(self) -> None:
         shown = False
