@@ -78,4 +78,4 @@ def test_two_channels_where_libvirt_offers_them_and_one_stream_elsewhere(rig, ma
         conn.close()
     save = {n: [s for s in down.guest(n)["steps"] if s["action"].startswith("save")][0] for n in (persistent, transient)}
     print(f"libvirt {version}, {'2 channels' if parallel else 'one stream'}: saves "
-          + ", ".join(f"{n} {s['seconds']:.1f} s" for n, s in save.items()))
+          + ", ".join(f"{n} {s['duration_seconds']:.1f} s" for n, s in save.items()))

@@ -283,7 +283,7 @@ def test_an_unanswered_peer_or_a_migration_past_its_timeout_means_the_guest_is_s
         assert [s["action"] for s in lonely["steps"]] == ["save"]
         assert slow["outcome"] == "saved", slow
         [step] = [s for s in slow["steps"] if s["action"] == "migrate"]
-        assert not step["ok"] and "aborted" in step["error"] and step["seconds"] < 30, step
+        assert not step["ok"] and "aborted" in step["error"] and step["duration_seconds"] < 30, step
         for name in guests:
             dom = conn_a.lookupByName(name)
             assert not dom.isActive() and dom.hasManagedSaveImage(0), f"{name} is not saved here"
