@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -357,7 +358,8 @@ def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
         assert f"{name}: resume failed" in run.stdout, run
         assert f"{name}: resuming failed" in run.stderr, run
         assert run.stderr.count(f"{name}: resume failed") <= 1
-    assert run.stdout.count("; image kept at ") == 2, run
+    # the summary's lines are wrapped to the terminal's width: a phrase may span two of them
+    assert " ".join(run.stdout.split()).count("; image kept at ") == 2, run
     assert "2 of 2 guests are DEGRADED (not their first choice)" in run.stdout
 
 
@@ -637,7 +639,7 @@ def test_fault_two_passes_at_once(mgsave, make_guests, rig_conn):
     run2 = waiting.wait(120)
     assert run2.rc == 0, run2
     # it ran only after the first: every guest was off by then
-    assert run2.stdout.count("shut off: nothing to do") == 2, run2
+    assert len(re.findall(r"^ *twice-\d +skip +skipped ", run2.stdout, re.M)) == 2, run2
     assert mgsave.outcomes("shutdown") == dict.fromkeys(names, "saved")
     assert running(rig_conn) == []
 
