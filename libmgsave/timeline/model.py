@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from libmgsave import jsonout
 
 WAIT_KINDS = ("after", "slot", "ready")
+# What each phase kind means, in the order both drawings list them ("failed": a failed step).
+LEGEND = (("after", "waiting for the guests it is after"), ("slot", "waiting for a slot"),
+          ("save", "save"), ("save-to-file", "save to file"), ("shutdown", "shutdown"),
+          ("poweroff", "poweroff"), ("resume", "resume"), ("restore", "restore"), ("start", "start"),
+          ("migrate", "migrate to a peer"), ("return", "migrate home"), ("ready", "readiness check"),
+          ("failed", "failed step"))
 # Steps that hold a slot (limits.max_parallel_saves, max_parallel_starts): their peak
 # concurrency says whether the parallelism is right.
 SLOT_STEPS = {"shutdown": ("save", "save-to-file"), "boot": ("resume", "restore", "start")}

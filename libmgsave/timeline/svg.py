@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape, quoteattr
 
-from libmgsave.timeline.model import PassTimeline
+from libmgsave.timeline.model import LEGEND, PassTimeline
 from libmgsave.timeline.text import headline
 
 WIDTH = 960
@@ -27,11 +27,6 @@ COLOURS = {
 }
 FAILED = "#d62728"
 UNKNOWN = "#7f7f7f"
-LEGEND = (("after", "waiting for the guests it is after"), ("slot", "waiting for a slot"),
-          ("save", "save"), ("save-to-file", "save to file"), ("shutdown", "shutdown"),
-          ("poweroff", "poweroff"), ("resume", "resume"), ("restore", "restore"), ("start", "start"),
-          ("migrate", "migrate to a peer"), ("return", "migrate home"), ("ready", "readiness check"),
-          ("failed", "failed step"))
 TICK_STEPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)
 
 

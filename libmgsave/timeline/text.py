@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 
-from libmgsave.timeline.model import PassTimeline, Phase
+from libmgsave.timeline.model import LEGEND, PassTimeline, Phase
 
 WIDTH = 80
 NAME_WIDTH = 16
@@ -18,9 +18,6 @@ MARKS = {
 }
 FAILED = "x"
 UNKNOWN = "?"
-LEGEND = (". waiting for the guests it is after", "- waiting for a slot", "S save", "F save to file",
-          "D shutdown", "P poweroff", "R resume", "T restore", "B start", "M migrate to a peer",
-          "H migrate home", "r readiness check", "x failed step")
 
 
 def utc(timestamp: float) -> str:
@@ -87,7 +84,8 @@ def render(timeline: PassTimeline, width: int = WIDTH) -> str:
 
 def legend(width: int = WIDTH) -> list[str]:
     lines = ["legend:"]
-    for item in LEGEND:
+    for kind, label in LEGEND:
+        item = f"{FAILED if kind == 'failed' else MARKS[kind]} {label}"
         if len(lines[-1]) + 2 + len(item) > width:
             lines.append("       ")
         lines[-1] += "  " + item
