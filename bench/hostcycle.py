@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,6 @@ class Host:
     # -- set-up --
 
     def install(self, deb: Path) -> None:
-        import shutil
         target = self.c.root / PACKAGE_IN_HOST.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(deb, target)

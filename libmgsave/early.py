@@ -51,9 +51,13 @@ def take_delay_lock(conn):
     return fd
 
 
-def unit_state(conn, unit: str) -> str:
+def unit_properties(conn, unit: str):
+    """The D-Bus address of ``unit``'s properties (its object path stays the same while loaded)."""
     (path,) = _call(conn, _address(SYSTEMD1), "LoadUnit", "s", (unit,))
-    props = _address((path, SYSTEMD1[1], None), "org.freedesktop.DBus.Properties")
+    return _address((path, SYSTEMD1[1], None), "org.freedesktop.DBus.Properties")
+
+
+def unit_state(conn, props) -> str:
     ((_signature, value),) = _call(conn, props, "Get", "ss", ("org.freedesktop.systemd1.Unit", "ActiveState"))
     return value
 
@@ -76,7 +80,8 @@ def wait_for_prepare(conn) -> None:
 def run_pass_now(conn) -> str:
     """Stop the arming unit (its ExecStop= is the shutdown pass) and wait until it has stopped;
     returns its state then."""
-    state = unit_state(conn, ARMING_UNIT)
+    props = unit_properties(conn, ARMING_UNIT)
+    state = unit_state(conn, props)
     if state != "active":
         log.info("%s is %s: no shutdown pass to start early", ARMING_UNIT, state)
         return state
@@ -84,7 +89,7 @@ def run_pass_now(conn) -> str:
     log.info("the host is shutting down: shutdown pass started (stopping %s)", ARMING_UNIT)
     started = time.monotonic()
     while time.monotonic() - started < MAX_WAIT:
-        state = unit_state(conn, ARMING_UNIT)
+        state = unit_state(conn, props)
         if state not in ("active", "deactivating"):
             return state
         time.sleep(0.1)
