@@ -24,8 +24,8 @@ log = logging.getLogger("mgsave")
 DESCRIPTION = """\
 Managed-save every running libvirt guest at host shutdown and bring the guests back at
 boot, resumed where they were, as the YAML policy says. The systemd unit
-mgsave-boot.service runs 'mgsave boot' at boot, and stopping mgsave.service runs
-'mgsave shutdown'; run them by hand with --dry-run to see what they would do.
+mgsave-boot.service runs 'mgsave boot' at boot, and stopping mgsave.service while the host
+goes down runs 'mgsave shutdown'; run them by hand with --dry-run to see what they would do.
 """
 
 EPILOG = """\
@@ -144,8 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="remove: say what would be removed; remove nothing")
     add("watch", "start the shutdown pass as soon as logind announces a shutdown",
         "Hold a logind shutdown delay lock and wait. When logind announces a shutdown\n"
-        "(PrepareForShutdown), stop mgsave.service, whose ExecStop= is the shutdown pass, wait for\n"
-        "that stop to end and let the lock go. mgsave-early.service runs this; without it, on a\n"
+        "(PrepareForShutdown, broadcast by the owner of org.freedesktop.login1; a signal from\n"
+        "anyone else is ignored), stop mgsave.service, whose ExecStop= is the shutdown pass, wait\n"
+        "for that stop to end and let the lock go. If the shutdown is then cancelled, say loudly\n"
+        "that the saved guests stay off ('mgsave boot' brings them back), start mgsave.service\n"
+        "again and wait with a new lock. mgsave-early.service runs this; without it, on a\n"
         "host where libvirt itself holds a delay lock (libvirt 11 does while guests run), the\n"
         "pass begins only after logind's InhibitDelayMaxSec (5 s by default). Needs jeepney\n"
         "(python3-jeepney); without it, or without logind, it says so and exits 0.")
@@ -172,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--deadline", type=_deadline_duration, metavar="SECONDS", default=None,
                            help="override limits.shutdown_deadline for this pass (more than the 10 s "
                                 "kept for the fallback steps, at most 7 days)")
+            p.add_argument("--if-host-going-down", action="store_true",
+                           help="run the pass only if the host is going down or its guests are about to be "
+                                "stopped (asked of systemd and logind; run anyway when they cannot be asked); "
+                                "else save nothing and arm mgsave.service again. mgsave.service's stop uses it")
     for name, text in (
         ("evacuate", "Live-migrate every running guest that has migrate.peers to the first peer that can\n"
                      "take it (reachable, same hypervisor, enough free memory), now, in parallel up to\n"
@@ -237,6 +244,7 @@ def build_context(args: argparse.Namespace, environ) -> Context:
         which=_which(args), guests=_plan_guests(args), verbose=getattr(args, "verbose", False),
         dry_run=getattr(args, "dry_run", False),
         wait=getattr(args, "wait", None), deadline=getattr(args, "deadline", None),
+        if_host_going_down=getattr(args, "if_host_going_down", False),
         strict=getattr(args, "strict", False), svg=getattr(args, "svg", None),
         restore_unrecorded=getattr(args, "restore_unrecorded", False),
         images_command=getattr(args, "images_command", "list"), names=tuple(getattr(args, "names", None) or ()),

@@ -25,6 +25,7 @@ class Context:
     dry_run: bool = False
     wait: float | None = None  # how long to wait for the pass lock; None: the command's default
     deadline: float | None = None  # shutdown: overrides limits.shutdown_deadline
+    if_host_going_down: bool = False  # shutdown: the unit's stop; no pass on a host that stays up
     strict: bool = False  # check: every warning is an error
     svg: str | None = None  # report: also draw the timeline into this file
     restore_unrecorded: bool = False  # boot: also restore transient guests' save files no record names

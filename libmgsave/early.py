@@ -1,4 +1,5 @@
-"""Start the shutdown pass the moment logind announces a shutdown, not seconds later.
+"""mgsave's D-Bus conversations with systemd and logind: the shutdown pass started the moment
+logind announces a shutdown, and what the pass asks before it runs at a stop of its unit.
 
 A shutdown requested through logind (``systemctl poweroff``/``reboot``, ``shutdown``, the power
 button) first waits for every "delay" inhibitor: logind sends PrepareForShutdown(true) and
@@ -7,30 +8,46 @@ has passed. libvirt's QEMU driver (libvirt >= 11) holds such a lock while any gu
 lets go only when none does, so on those hosts every shutdown with guests running waited the
 full 5 s before systemd even began stopping units, mgsave's shutdown pass among them.
 
-``mgsave-early.service`` runs this: it takes a delay lock of its own, and when
-PrepareForShutdown(true) arrives it asks systemd to stop ``mgsave.service`` (whose ExecStop= is
-the shutdown pass, exactly as at any other stop), waits for that stop to end, and lets its lock
-go. Once the guests are saved libvirt drops its lock too, and the shutdown goes on at once.
+``mgsave-early.service`` runs ``watch``: it takes a delay lock of its own, and when logind
+announces a shutdown it asks systemd to stop ``mgsave.service`` (whose ExecStop= is the shutdown
+pass, exactly as at any other stop), waits for that stop to end, and lets its lock go. Once the
+guests are saved libvirt drops its lock too, and the shutdown goes on at once.
 
-Nothing depends on this: without a system bus, logind or jeepney, or when it fails in any way,
-it logs why and exits, and the pass runs when systemd stops ``mgsave.service`` during the
+Only logind may start that: any local user can send a signal to the watcher's own bus name,
+which reaches it whatever its match rules say. So a PrepareForShutdown counts only when it was
+broadcast (no destination) by the connection that owns ``org.freedesktop.login1`` when it
+arrives (asked of the bus then, so a restarted logind is still believed). A shutdown that is
+cancelled after the pass (PrepareForShutdown(false)) leaves the guests saved on a running host:
+that is logged as an error with what to do, the pass is armed again, and the watch goes on with
+a fresh lock.
+
+Nothing depends on the watch: without a system bus, logind or jeepney, or when it fails in any
+way, it logs why and exits, and the pass runs when systemd stops ``mgsave.service`` during the
 shutdown, as it always did. jeepney (pure Python, no C, no event loop to set up) is the D-Bus
-client; it is imported only here, never by the passes.
+client; it is imported only here, never by the passes' other modules.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import shutil
 import time
+
+from libmgsave.hostdown import ARMING_UNIT, HostFacts, Job
 
 log = logging.getLogger("mgsave")
 
-ARMING_UNIT = "mgsave.service"
 LOGIN1 = ("/org/freedesktop/login1", "org.freedesktop.login1", "org.freedesktop.login1.Manager")
 SYSTEMD1 = ("/org/freedesktop/systemd1", "org.freedesktop.systemd1", "org.freedesktop.systemd1.Manager")
+DBUS = ("/org/freedesktop/DBus", "org.freedesktop.DBus", "org.freedesktop.DBus")
+PROPERTIES = "org.freedesktop.DBus.Properties"
 WHY = "saving the libvirt guests before the host goes down"
+REARM_UNIT = "mgsave-rearm.service"
 # Stop polling for the pass after this long; by then logind has long gone on without us.
 MAX_WAIT = 3600.0
+CALL_TIMEOUT = 30.0
+BRING_BACK = "'mgsave boot' (or 'systemctl start mgsave-boot.service') brings them back"
 
 
 def _address(spec, interface: str | None = None):
@@ -42,7 +59,78 @@ def _address(spec, interface: str | None = None):
 def _call(conn, address, method: str, signature: str = "", body: tuple = ()):
     from jeepney import new_method_call
     from jeepney.wrappers import unwrap_msg
-    return unwrap_msg(conn.send_and_get_reply(new_method_call(address, method, signature, body), timeout=30))
+    message = new_method_call(address, method, signature or None, body)
+    return unwrap_msg(conn.send_and_get_reply(message, timeout=CALL_TIMEOUT))
+
+
+def _property(conn, spec, interface: str, name: str):
+    ((_signature, value),) = _call(conn, _address(spec, PROPERTIES), "Get", "ss", (interface, name))
+    return value
+
+
+def open_system_bus(enable_fds: bool = False):
+    """A connection to the system bus ($DBUS_SYSTEM_BUS_ADDRESS, else the standard socket)."""
+    from jeepney.io.blocking import open_dbus_connection
+    return open_dbus_connection(bus="SYSTEM", enable_fds=enable_fds)
+
+
+# -- systemd -----------------------------------------------------------------------------------
+
+
+def unit_spec(conn, unit: str):
+    """``unit``'s object (its path stays the same while it is loaded)."""
+    (path,) = _call(conn, _address(SYSTEMD1), "LoadUnit", "s", (unit,))
+    return (path, SYSTEMD1[1], None)
+
+
+def unit_state(conn, spec) -> str:
+    return _property(conn, spec, "org.freedesktop.systemd1.Unit", "ActiveState")
+
+
+def host_facts() -> HostFacts:
+    """What systemd and logind say about the host going down (``hostdown.decide`` judges it);
+    whatever could not be asked is None, with the reason in ``problems``."""
+    try:
+        conn = open_system_bus()
+    except ImportError:
+        return HostFacts(problems=("jeepney (python3-jeepney) is not installed, so systemd and logind "
+                                   "cannot be asked",))
+    except Exception as error:  # noqa: BLE001 - no bus: the pass runs, and says why
+        return HostFacts(problems=(f"the system bus cannot be reached ({error})",))
+    facts, problems = {}, []
+    asks = {
+        "system_state": lambda: _property(conn, SYSTEMD1, SYSTEMD1[2], "SystemState"),
+        "jobs": lambda: tuple(Job(unit, kind) for _id, unit, kind, *_ in _call(conn, _address(SYSTEMD1), "ListJobs")[0]),
+        "preparing_for_shutdown": lambda: bool(_property(conn, LOGIN1, LOGIN1[2], "PreparingForShutdown")),
+        "unit_file_state": lambda: _property(conn, unit_spec(conn, ARMING_UNIT), "org.freedesktop.systemd1.Unit",
+                                             "UnitFileState"),
+    }
+    with conn:
+        for key, ask in asks.items():
+            try:
+                facts[key] = ask()
+            except Exception as error:  # noqa: BLE001 - one unanswered question is a fact too
+                problems.append(f"{key.replace('_', ' ')}: {error}")
+    return HostFacts(**facts, problems=tuple(problems))
+
+
+def queue_rearm() -> None:
+    """Start ``mgsave.service`` again once its stop under way is over: a transient unit ordered
+    after it (its start job waits for that stop) runs ``systemctl start mgsave.service``. A start
+    asked for now would cancel the stop job, and ``systemctl stop`` would report it failed."""
+    systemctl = shutil.which("systemctl") or "/bin/systemctl"
+    properties = [
+        ("Description", ("s", "Arm mgsave's shutdown pass again after a stop that ran no pass")),
+        ("After", ("as", [ARMING_UNIT])),
+        ("CollectMode", ("s", "inactive-or-failed")),
+        ("ExecStart", ("a(sasb)", [(systemctl, ["systemctl", "start", ARMING_UNIT], False)])),
+    ]
+    with open_system_bus() as conn:
+        _call(conn, _address(SYSTEMD1), "StartTransientUnit", "ssa(sv)a(sa(sv))",
+              (REARM_UNIT, "fail", properties, []))
+
+
+# -- logind and the watch ----------------------------------------------------------------------
 
 
 def take_delay_lock(conn):
@@ -51,72 +139,122 @@ def take_delay_lock(conn):
     return fd
 
 
-def unit_properties(conn, unit: str):
-    """The D-Bus address of ``unit``'s properties (its object path stays the same while loaded)."""
-    (path,) = _call(conn, _address(SYSTEMD1), "LoadUnit", "s", (unit,))
-    return _address((path, SYSTEMD1[1], None), "org.freedesktop.DBus.Properties")
+def refusal(destination: str | None, sender: str | None, owner: str | None) -> str | None:
+    """Why a PrepareForShutdown is not logind's announcement, or None when it is: broadcast (no
+    destination) by the current owner of logind's name."""
+    if destination is not None:
+        return f"it was sent to {destination} alone, and logind broadcasts"
+    if owner is None:
+        return "nobody owns org.freedesktop.login1"
+    if sender != owner:
+        return f"its sender is not logind ({owner})"
+    return None
 
 
-def unit_state(conn, props) -> str:
-    ((_signature, value),) = _call(conn, props, "Get", "ss", ("org.freedesktop.systemd1.Unit", "ActiveState"))
-    return value
+class _Broadcasts(collections.deque):
+    """The PrepareForShutdown signals that came in while the watcher was busy. One addressed to
+    this connection alone is dropped on arrival: any local user can send those, as many as they
+    like, and none of them is logind's."""
+
+    def append(self, message) -> None:
+        from jeepney import HeaderFields
+        fields = message.header.fields
+        destination = fields.get(HeaderFields.destination)
+        if destination is not None:
+            log.warning("ignored a PrepareForShutdown signal from %s: %s", fields.get(HeaderFields.sender),
+                        refusal(destination, None, None))
+            return
+        super().append(message)
 
 
-def wait_for_prepare(conn) -> None:
-    """Block until logind sends PrepareForShutdown(true)."""
-    from jeepney import MatchRule, message_bus
-    from jeepney.io.blocking import Proxy
-    fields = dict(type="signal", path=LOGIN1[0], interface=LOGIN1[2], member="PrepareForShutdown")
-    # The bus matches the sender against the owner of logind's name; a received message names
-    # its sender by the owner's unique name, so the local filter leaves the sender out.
-    Proxy(message_bus, conn).AddMatch(MatchRule(sender=LOGIN1[1], **fields))
-    with conn.filter(MatchRule(**fields)) as queue:
-        while True:
-            message = conn.recv_until_filtered(queue)
-            if message.body and message.body[0] is True:
-                return
+def _owner_of_logind(conn) -> str | None:
+    from jeepney.wrappers import DBusErrorResponse
+    try:
+        (owner,) = _call(conn, _address(DBUS), "GetNameOwner", "s", (LOGIN1[1],))
+    except DBusErrorResponse:  # NameHasNoOwner: logind is not running
+        return None
+    return owner
 
 
-def run_pass_now(conn) -> str:
-    """Stop the arming unit (its ExecStop= is the shutdown pass) and wait until it has stopped;
-    returns its state then."""
-    props = unit_properties(conn, ARMING_UNIT)
-    state = unit_state(conn, props)
+def wait_for_announcement(conn, queue, starting: bool) -> None:
+    """Block until logind announces a shutdown (``starting``) or that it was cancelled."""
+    from jeepney import HeaderFields
+    while True:
+        message = conn.recv_until_filtered(queue)
+        fields = message.header.fields
+        reason = refusal(fields.get(HeaderFields.destination), fields.get(HeaderFields.sender),
+                         _owner_of_logind(conn))
+        if reason:
+            log.warning("ignored a PrepareForShutdown signal from %s: %s", fields.get(HeaderFields.sender), reason)
+        elif message.body and message.body[0] is starting:
+            return
+
+
+def run_pass_now(conn) -> tuple[bool, str]:
+    """Stop the arming unit (its ExecStop= is the shutdown pass) and wait until it has stopped:
+    whether it was active (so the pass ran), and its state now."""
+    spec = unit_spec(conn, ARMING_UNIT)
+    state = unit_state(conn, spec)
     if state != "active":
         log.info("%s is %s: no shutdown pass to start early", ARMING_UNIT, state)
-        return state
+        return False, state
     _call(conn, _address(SYSTEMD1), "StopUnit", "ss", (ARMING_UNIT, "replace"))
     log.info("the host is shutting down: shutdown pass started (stopping %s)", ARMING_UNIT)
     started = time.monotonic()
     while time.monotonic() - started < MAX_WAIT:
-        state = unit_state(conn, props)
+        state = unit_state(conn, spec)
         if state not in ("active", "deactivating"):
-            return state
+            break
         time.sleep(0.1)
-    return state
+    return True, state
+
+
+def _cancelled(conn, ran: bool) -> None:
+    """The shutdown was cancelled: say so, loudly if the pass had run, and arm it again."""
+    if not ran:
+        log.info("the shutdown was cancelled")
+        return
+    log.error("the shutdown was cancelled after the shutdown pass had run: the guests it saved stay saved "
+              "(shut off) while the host keeps running; %s. The shutdown pass is armed again.", BRING_BACK)
+    _call(conn, _address(SYSTEMD1), "StartUnit", "ss", (ARMING_UNIT, "replace"))
+
+
+def _watch(conn) -> None:
+    from jeepney import MatchRule, message_bus
+    from jeepney.io.blocking import Proxy
+    fields = dict(type="signal", path=LOGIN1[0], interface=LOGIN1[2], member="PrepareForShutdown")
+    # The bus delivers a broadcast only from the owner of logind's name (this match rule); a
+    # signal addressed to this connection comes whatever the rule says (see _Broadcasts).
+    Proxy(message_bus, conn).AddMatch(MatchRule(sender=LOGIN1[1], **fields))
+    with conn.filter(MatchRule(**fields), queue=_Broadcasts()) as queue:
+        while True:
+            lock = take_delay_lock(conn)
+            try:
+                wait_for_announcement(conn, queue, True)
+                ran, state = run_pass_now(conn)
+                log.info("shutdown pass over (%s %s): releasing the delay lock", ARMING_UNIT, state)
+            finally:
+                lock.close()
+            # At a real shutdown systemd stops this process while it waits here.
+            wait_for_announcement(conn, queue, False)
+            _cancelled(conn, ran)
 
 
 def watch() -> None:
     """The whole of ``mgsave watch``; every failure is logged and ends it quietly (exit 0)."""
     try:
-        from jeepney.io.blocking import open_dbus_connection
+        conn = open_system_bus(enable_fds=True)
     except ImportError:
         log.warning("jeepney (python3-jeepney) is not installed: the shutdown pass starts when "
                     "systemd stops %s, after logind's inhibitor delay", ARMING_UNIT)
         return
-    try:
-        conn = open_dbus_connection(bus="SYSTEM", enable_fds=True)
-        lock = take_delay_lock(conn)
     except Exception as error:  # noqa: BLE001 - any failure here only costs the early start
-        log.warning("cannot take a shutdown delay lock from logind (%s): the shutdown pass "
-                    "starts when systemd stops %s", error, ARMING_UNIT)
-        return
-    try:
-        wait_for_prepare(conn)
-        state = run_pass_now(conn)
-        log.info("shutdown pass over (%s %s): releasing the delay lock", ARMING_UNIT, state)
-    except Exception as error:  # noqa: BLE001
-        log.warning("early shutdown pass not started (%s): it runs when systemd stops %s",
+        log.warning("cannot reach the system bus (%s): the shutdown pass starts when systemd stops %s",
                     error, ARMING_UNIT)
-    finally:
-        lock.close()
+        return
+    with conn:
+        try:
+            _watch(conn)
+        except Exception as error:  # noqa: BLE001
+            log.warning("the early start of the shutdown pass stopped (%s): the pass runs when systemd "
+                        "stops %s", error, ARMING_UNIT)

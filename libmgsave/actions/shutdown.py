@@ -11,7 +11,7 @@ import logging
 import time
 
 from libmgsave import interrupt, journal
-from libmgsave.actions import inputs, passes
+from libmgsave.actions import going_down, inputs, passes
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorError
 from libmgsave.execute import ShutdownPass, dry_run_results, skipped_results
@@ -29,7 +29,11 @@ log = logging.getLogger("mgsave")
 LATE_ROUNDS = 2  # how many times the pass looks again for guests started meanwhile
 
 
-def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly:
+def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly | going_down.PassHeldBack:
+    if ctx.if_host_going_down:  # mgsave.service's stop: not on a host that stays up
+        held_back = going_down.hold_back()
+        if held_back:
+            return held_back
     return passes.run_pass(ctx, PassKind.SHUTDOWN, carry_out)
 
 

@@ -1,0 +1,64 @@
+"""``mgsave shutdown --if-host-going-down`` (``mgsave.service``'s ExecStop=): the shutdown pass
+only when the host is going down or its guests are about to be stopped.
+
+systemd runs ExecStop= at every stop of the unit, so without this ``systemctl restart mgsave``
+and ``systemctl stop mgsave`` saved every guest of a host that stayed up, with nothing to bring
+them back. ``hostdown.decide`` judges what systemd and logind say (``early.host_facts``); when
+the host stays up, nothing is saved, a warning says so and how to save the guests now, and the
+pass is armed again (a restart does that itself; after a plain stop a start of the unit is
+queued, unless the admin disabled or masked it). When systemd or logind cannot be asked the pass
+runs: at a real shutdown, saving matters most. ``mgsave shutdown`` run by hand never asks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from libmgsave import early, hostdown, notify
+from libmgsave.hostdown import ARMING_UNIT, Decision, Rearm, Verdict
+
+log = logging.getLogger("mgsave")
+
+NOT_SAVED = ("%s is being stopped, but the host is not shutting down (%s): no guest was saved. "
+             "To save the guests now, run 'mgsave shutdown'.")
+REARMED = {
+    Rearm.RESTARTING: "It is being restarted, so the shutdown pass stays armed.",
+    Rearm.QUEUE_START: f"The shutdown pass is armed again: {ARMING_UNIT} is started again once this stop is "
+                       f"over (to disarm it, 'systemctl disable --now {ARMING_UNIT}').",
+    Rearm.LEFT_DISARMED: f"{ARMING_UNIT} is disabled or masked, so it is not started again: the next "
+                         f"shutdown saves no guest until 'systemctl start {ARMING_UNIT}'.",
+}
+
+
+@dataclass(frozen=True)
+class PassHeldBack:
+    """The unit was stopped on a host that stays up: no pass ran (exit 0)."""
+
+    decision: Decision
+
+
+def hold_back() -> PassHeldBack | None:
+    """None when the pass is to run (logged with why); else what was done instead."""
+    decision = hostdown.decide(early.host_facts())
+    if decision.verdict is Verdict.UNKNOWN:
+        log.warning("cannot tell whether the host is going down (%s): running the shutdown pass", decision.why)
+        return None
+    if decision.runs_pass:
+        log.info("running the shutdown pass: %s", decision.why)
+        return None
+    log.warning(NOT_SAVED + " %s", ARMING_UNIT, decision.why, _rearm(decision.rearm))
+    notify.status("host not shutting down: no guest saved (run 'mgsave shutdown' to save them now)")
+    return PassHeldBack(decision)
+
+
+def _rearm(rearm: Rearm) -> str:
+    if rearm is not Rearm.QUEUE_START:
+        return REARMED[rearm]
+    try:
+        early.queue_rearm()
+    except Exception as error:  # noqa: BLE001 - the stop itself must still succeed
+        log.error("could not queue a start of %s (%s)", ARMING_UNIT, error)
+        return (f"It could not be armed again: the next shutdown saves no guest until "
+                f"'systemctl start {ARMING_UNIT}'.")
+    return REARMED[rearm]
