@@ -227,9 +227,11 @@ def test_mgsave_host_lifecycle(container):
     start_guests(c, t)
 
     # The stop timeout is only a backstop: a pass whose saves make progress extends it
-    # (EXTEND_TIMEOUT_USEC), so even a 5 s TimeoutStopSec does not kill it.
+    # (EXTEND_TIMEOUT_USEC), so even a 5 s TimeoutStopSec does not kill it. The host stays up, so
+    # the unit's own stop would save nothing (tests/test_systemd_unit_stop.py): the drop-in makes
+    # it run the pass whatever, as an admin could.
     dropin = "/etc/systemd/system/mgsave.service.d/short-timeout.conf"
-    c.write(dropin, "[Service]\nTimeoutStopSec=5\n")
+    c.write(dropin, "[Service]\nTimeoutStopSec=5\nExecStop=\nExecStop=/usr/local/bin/mgsave shutdown\n")
     c.run("systemctl", "daemon-reload")
     started = time.monotonic()
     c.run("systemctl", "stop", "mgsave.service")
