@@ -98,7 +98,8 @@ def test_boot_unit_keeps_its_promises():
     assert settings["WantedBy"] == ["multi-user.target"]
 
 
-@pytest.mark.parametrize("hook, subcommand", [("mgsave-boot", "boot"), ("mgsave-shutdown", "shutdown")])
+# The unit's stop runs the pass only when the host is going down (tests/cli/test_unit_stop.py).
+@pytest.mark.parametrize("hook, subcommand", [("mgsave-boot", "boot"), ("mgsave-shutdown", "shutdown --if-host-going-down")])
 def test_hook_execs_the_pass_and_keeps_its_exit_code(tmp_path, hook, subcommand):
     fake = tmp_path / "mgsave"
     fake.write_text('#!/bin/sh\necho "$$ $*"\nexit 3\n')
