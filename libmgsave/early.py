@@ -42,11 +42,13 @@ LOGIN1 = ("/org/freedesktop/login1", "org.freedesktop.login1", "org.freedesktop.
 SYSTEMD1 = ("/org/freedesktop/systemd1", "org.freedesktop.systemd1", "org.freedesktop.systemd1.Manager")
 DBUS = ("/org/freedesktop/DBus", "org.freedesktop.DBus", "org.freedesktop.DBus")
 PROPERTIES = "org.freedesktop.DBus.Properties"
+UNIT = "org.freedesktop.systemd1.Unit"
 WHY = "saving the libvirt guests before the host goes down"
 REARM_UNIT = "mgsave-rearm.service"
 # Stop polling for the pass after this long; by then logind has long gone on without us.
 MAX_WAIT = 3600.0
 CALL_TIMEOUT = 30.0
+FACT_TIMEOUT = 5.0  # for each question the unit's stop asks before the pass
 BRING_BACK = "'mgsave boot' (or 'systemctl start mgsave-boot.service') brings them back"
 
 
@@ -56,15 +58,15 @@ def _address(spec, interface: str | None = None):
     return DBusAddress(path, bus_name=name, interface=interface or default_interface)
 
 
-def _call(conn, address, method: str, signature: str = "", body: tuple = ()):
+def _call(conn, address, method: str, signature: str = "", body: tuple = (), timeout: float = CALL_TIMEOUT):
     from jeepney import new_method_call
     from jeepney.wrappers import unwrap_msg
     message = new_method_call(address, method, signature or None, body)
-    return unwrap_msg(conn.send_and_get_reply(message, timeout=CALL_TIMEOUT))
+    return unwrap_msg(conn.send_and_get_reply(message, timeout=timeout))
 
 
-def _property(conn, spec, interface: str, name: str):
-    ((_signature, value),) = _call(conn, _address(spec, PROPERTIES), "Get", "ss", (interface, name))
+def _property(conn, spec, interface: str, name: str, timeout: float = FACT_TIMEOUT):
+    ((_signature, value),) = _call(conn, _address(spec, PROPERTIES), "Get", "ss", (interface, name), timeout)
     return value
 
 
@@ -77,19 +79,42 @@ def open_system_bus(enable_fds: bool = False):
 # -- systemd -----------------------------------------------------------------------------------
 
 
-def unit_spec(conn, unit: str):
+def unit_spec(conn, unit: str, timeout: float = CALL_TIMEOUT):
     """``unit``'s object (its path stays the same while it is loaded)."""
-    (path,) = _call(conn, _address(SYSTEMD1), "LoadUnit", "s", (unit,))
+    (path,) = _call(conn, _address(SYSTEMD1), "LoadUnit", "s", (unit,), timeout)
     return (path, SYSTEMD1[1], None)
 
 
 def unit_state(conn, spec) -> str:
-    return _property(conn, spec, "org.freedesktop.systemd1.Unit", "ActiveState")
+    return _property(conn, spec, UNIT, "ActiveState")
+
+
+def _system_state(conn) -> str:
+    return _property(conn, SYSTEMD1, SYSTEMD1[2], "SystemState")
+
+
+def _jobs(conn) -> tuple[Job, ...]:
+    (jobs,) = _call(conn, _address(SYSTEMD1), "ListJobs", timeout=FACT_TIMEOUT)
+    return tuple(Job(unit, kind) for _id, unit, kind, *_rest in jobs)
+
+
+def _preparing_for_shutdown(conn) -> bool:
+    return bool(_property(conn, LOGIN1, LOGIN1[2], "PreparingForShutdown"))
+
+
+def _unit_file_state(conn) -> str:
+    return _property(conn, unit_spec(conn, ARMING_UNIT, FACT_TIMEOUT), UNIT, "UnitFileState")
+
+
+# HostFacts' fields, each with the question that answers it.
+_QUESTIONS = {"system_state": _system_state, "jobs": _jobs, "preparing_for_shutdown": _preparing_for_shutdown,
+              "unit_file_state": _unit_file_state}
 
 
 def host_facts() -> HostFacts:
     """What systemd and logind say about the host going down (``hostdown.decide`` judges it);
-    whatever could not be asked is None, with the reason in ``problems``."""
+    whatever could not be asked is None, with the reason in ``problems``. A bus that does not
+    answer within ``FACT_TIMEOUT`` is not asked again: at a shutdown the pass must not wait."""
     try:
         conn = open_system_bus()
     except ImportError:
@@ -98,19 +123,15 @@ def host_facts() -> HostFacts:
     except Exception as error:  # noqa: BLE001 - no bus: the pass runs, and says why
         return HostFacts(problems=(f"the system bus cannot be reached ({error})",))
     facts, problems = {}, []
-    asks = {
-        "system_state": lambda: _property(conn, SYSTEMD1, SYSTEMD1[2], "SystemState"),
-        "jobs": lambda: tuple(Job(unit, kind) for _id, unit, kind, *_ in _call(conn, _address(SYSTEMD1), "ListJobs")[0]),
-        "preparing_for_shutdown": lambda: bool(_property(conn, LOGIN1, LOGIN1[2], "PreparingForShutdown")),
-        "unit_file_state": lambda: _property(conn, unit_spec(conn, ARMING_UNIT), "org.freedesktop.systemd1.Unit",
-                                             "UnitFileState"),
-    }
     with conn:
-        for key, ask in asks.items():
+        for field, ask in _QUESTIONS.items():
             try:
-                facts[key] = ask()
+                facts[field] = ask(conn)
+            except TimeoutError:
+                problems.append(f"no answer on the system bus within {FACT_TIMEOUT:g} s")
+                break
             except Exception as error:  # noqa: BLE001 - one unanswered question is a fact too
-                problems.append(f"{key.replace('_', ' ')}: {error}")
+                problems.append(f"{field.replace('_', ' ')}: {error}")
     return HostFacts(**facts, problems=tuple(problems))
 
 

@@ -93,6 +93,7 @@ class StandIn:
         assert self._call(bus, "RequestName", "su", (name, 4)) == (1,), f"could not own {name}"
         self.unique_name = self.conn.unique_name
         self.calls: list[tuple[str, tuple, str]] = []  # (member, body, caller's unique name)
+        self.silent = False  # True: answer nothing (a hung service)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -115,6 +116,8 @@ class StandIn:
                 continue
             member = message.header.fields[HeaderFields.member]
             self.calls.append((member, message.body, message.header.fields[HeaderFields.sender]))
+            if self.silent:
+                continue
             try:
                 signature, body = self.answer(member, message.body)
                 reply = new_method_return(message, signature, body)

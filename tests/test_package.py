@@ -146,7 +146,7 @@ def test_units_and_hooks_have_the_packages_paths(built):
     for text in (arming, boot):
         assert "Documentation=man:mgsave(8) file:///usr/share/doc/mgsave/SYSTEMD.md" in text
         assert not re.search(r"@[A-Z]+@", text)
-    for hook, subcommand in (("mgsave-boot", "boot"), ("mgsave-shutdown", "shutdown")):
+    for hook, subcommand in (("mgsave-boot", "boot"), ("mgsave-shutdown", "shutdown --if-host-going-down")):
         path = built.root / "usr/lib/mgsave" / hook
         assert os.access(path, os.X_OK)
         text = path.read_text()

@@ -101,6 +101,16 @@ def test_when_the_bus_cannot_be_reached_the_pass_runs(hv, stop, tmp_path, monkey
     assert "warning: cannot tell whether the host is going down (the system bus cannot be reached" in err
 
 
+def test_when_systemd_does_not_answer_the_pass_runs_without_waiting_long(hv, stand_ins, stop):
+    _logind, systemd = stand_ins
+    systemd.silent = True  # hung: the first question goes unanswered
+    define(hv, "db")
+    code, err = stop("--if-host-going-down")
+    assert code == ExitCode.OK and has_image(hv, "db")
+    assert "cannot tell whether the host is going down (no answer on the system bus within 5 s)" in err
+    assert [member for member, _body, _caller in systemd.calls] == ["Get"]  # not asked again
+
+
 def test_by_hand_mgsave_shutdown_saves_without_asking(hv, stand_ins, stop):
     logind, systemd = stand_ins
     define(hv, "db")
