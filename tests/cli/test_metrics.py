@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from libmgsave import cli, jsonout
 from libmgsave.errors import ExitCode
-from tests.testdriver import URI, define, hv  # noqa: F401
+from tests.testdriver import URI, define, domain_xml, hv  # noqa: F401
 
 
 def _run(tmp_path, capsys, *args, textfile):
@@ -98,3 +98,30 @@ def test_a_broken_policy_still_writes_its_metrics(hv, tmp_path, capsys):
     samples = _samples(textfile)
     assert samples[("mgsave_pass_guests", frozenset({("pass", "shutdown"), ("outcome", "saved")}))] == 1
     assert samples[("mgsave_pass_success", frozenset({("pass", "shutdown")}))] == 0
+
+
+def test_evacuate_and_return_write_their_own_samples_and_keep_the_passes(hv, tmp_path, capsys):
+    hv.defineXML(domain_xml("a", memory_kib=2048)).create()  # fits in the driver's free memory
+    textfile = tmp_path / "mgsave.prom"
+    code, _, _ = _run(tmp_path, capsys, "shutdown", textfile=textfile)
+    assert code == ExitCode.OK
+    code, _, _ = _run(tmp_path, capsys, "boot", textfile=textfile)
+    assert code == ExitCode.OK
+    passes = _samples(textfile)
+    # The test driver cannot migrate: "a" stays (degraded), which is what the metrics must not
+    # report as the last shutdown pass's result.
+    policy = (f"version: 1\nmetrics:\n  textfile: {textfile}\n"
+              f"defaults:\n  on_shutdown: [migrate, save]\n  migrate: {{peers: ['{URI}']}}\n")
+    for command in ("evacuate", "return"):
+        (tmp_path / "policy.yaml").write_text(policy)
+        capsys.readouterr()
+        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy",
+                  str(tmp_path / "policy.yaml"), command])
+        assert code == (ExitCode.GUEST_DEGRADED if command == "evacuate" else ExitCode.OK), command
+    after = _samples(textfile)
+    for kind in ("shutdown", "boot"):
+        assert {k: v for k, v in after.items() if ("pass", kind) in k[1]} == \
+               {k: v for k, v in passes.items() if ("pass", kind) in k[1]}, kind
+    assert after[("mgsave_pass_guests", frozenset({("pass", "evacuate"), ("outcome", "stayed")}))] == 1
+    assert after[("mgsave_pass_success", frozenset({("pass", "evacuate")}))] == 0
+    assert ("mgsave_pass_success", frozenset({("pass", "return")})) in after
