@@ -4,8 +4,9 @@ Written after each shutdown and boot pass (never after a dry run) to the policy'
 ``metrics.textfile``. Every pass writes the one file: each replaces its own samples (those
 labelled with its ``pass``: ``shutdown``, ``boot``, ``evacuate``, ``return``) and keeps the
 others', so the file always says how the last pass of each kind went (an evacuation is not the
-last shutdown, a return not the last boot). The file is replaced atomically, and a file that cannot be
-written is logged and never stops a pass.
+last shutdown, a return not the last boot). The file is replaced atomically; a file that cannot be
+written, or something else than a regular file in its place (a link, a FIFO: never followed nor
+waited for), is logged and never stops a pass.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 from pathlib import Path
 
 from libmgsave.outcomes import Outcome, PassResult
-from libmgsave.state.writer import replace_file
+from libmgsave.safefiles import FileTooBig, UnsafeFile, read_small_file, write_file
 
 log = logging.getLogger("mgsave")
 
@@ -92,24 +93,44 @@ def render(result: PassResult, previous: str = "", label: str | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
+# Our own file is a few hundred bytes a guest; one far larger is not ours to carry samples over from.
+MAX_TEXTFILE_BYTES = 16 * 1024 * 1024
+
+
 def write_textfile(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically, readable by everyone (the units' UMask=0077
-    would keep node_exporter out); the temporary name ends in .tmp, which node_exporter skips."""
-    replace_file(path, text, mode=0o644, durable=False, suffix=".tmp")
+    would keep node_exporter out); the temporary name ends in .tmp, which node_exporter skips.
+    Raises UnsafeFile when something else than a regular file is at ``path``."""
+    write_file(path, text, mode=0o644, durable=False, suffix=".tmp")
+
+
+def previous_text(path: Path) -> str:
+    """The file as the last pass left it; "" when there is none or it is not ours (too big, not
+    text: logged). Raises UnsafeFile when it is a link, a FIFO, a device: never read, never
+    waited for."""
+    try:
+        return read_small_file(path, MAX_TEXTFILE_BYTES).decode("utf-8")
+    except FileNotFoundError:
+        return ""
+    except UnicodeDecodeError:
+        log.warning("the metrics file %s is not text; the other passes' samples in it are dropped", path)
+        return ""
+    except FileTooBig as why:  # a regular file, only too big: replaced with ours
+        log.warning("the metrics file %s: %s; the other passes' samples in it are dropped", path, why)
+        return ""
 
 
 def export(textfile: str | None, result: PassResult, label: str | None = None) -> None:
     """Write the metrics file after a pass, if the policy asks for one, its samples labelled
-    ``pass=label`` (by default the pass's kind); never raises."""
+    ``pass=label`` (by default the pass's kind); never raises, never blocks on what is at the
+    path (a FIFO, a link: refused, logged)."""
     if not textfile or result.dry_run:
         return
     path = Path(textfile)
     try:
-        try:
-            previous = path.read_text("utf-8")
-        except (FileNotFoundError, UnicodeDecodeError):
-            previous = ""
-        write_textfile(path, render(result, previous, label))
+        write_textfile(path, render(result, previous_text(path), label))
+    except UnsafeFile as why:
+        log.error("cannot write the metrics file %s (%s); the pass goes on", path, why)
     except Exception as error:  # noqa: BLE001 - the metrics are never worth a pass
         reason = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) else repr(error)
         log.error("cannot write the metrics file %s (%s); the pass goes on", path, reason)

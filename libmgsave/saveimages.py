@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
+from libmgsave.safefiles import UnsafeFile, read_small_file
 
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 
@@ -17,12 +19,18 @@ def save_dir_moved(uri: str, qemu_conf: str = QEMU_CONF) -> bool:
     where ``managed_save_dir`` says they are."""
     if managed_save_dir(uri) != "/var/lib/libvirt/qemu/save":
         return False
+    # Unreadable (not root): the default is assumed, as for free space.
+    return any(line.split("=", 1)[0].strip() == "save_dir" for line in read_qemu_conf(qemu_conf).splitlines()
+               if "=" in line and not line.lstrip().startswith("#"))
+
+
+def read_qemu_conf(path: str | Path = QEMU_CONF) -> str:
+    """qemu.conf's text, or "" when it cannot be read: a regular file (through a link, which
+    configuration management may make), never blocking, at most 1 MiB."""
     try:
-        with open(qemu_conf, encoding="utf-8", errors="replace") as conf:
-            return any(line.split("=", 1)[0].strip() == "save_dir" for line in conf if "=" in line
-                       and not line.lstrip().startswith("#"))
-    except OSError:
-        return False  # unreadable (not root): the default is assumed, as for free space
+        return read_small_file(path, 1024 * 1024, follow_symlinks=True).decode("utf-8", "replace")
+    except (OSError, UnsafeFile):
+        return ""
 
 
 def managed_save_dir(uri: str) -> str | None:
