@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_code(dispatch(build_context(args, os.environ))))
     except MgsaveError as error:
         notify_failure(args.command, error.message)
-        log.error("%s", error.message)
+        for line in error.message.splitlines():  # one log line each: newlines in log text are escaped
+            log.error("%s", line)
         if error.hint:
             log.error("hint: %s", error.hint)
         return int(error.exit_code)
