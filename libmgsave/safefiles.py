@@ -26,6 +26,7 @@ import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 class UnsafeFile(Exception):
@@ -52,6 +53,26 @@ def read_small_file(path: str | Path, max_bytes: int, *, follow_symlinks: bool =
 
     Raises FileNotFoundError when there is none, UnsafeFile when it must not be read (a link, a
     FIFO, a device, too big), OSError when it cannot be."""
+    with _open_regular(path, follow_symlinks) as (file, info):
+        if check is not None:
+            check(info)
+        if info.st_size > max_bytes:
+            raise FileTooBig(f"it is {info.st_size} bytes, more than the {max_bytes} it can be")
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooBig(f"it is more than the {max_bytes} bytes it can be")
+    return data
+
+
+def read_head(path: str | Path, count: int) -> bytes:
+    """The first ``count`` bytes of ``path`` (fewer when it is shorter), a regular file of any
+    size (a save image's header), read the same way as ``read_small_file``."""
+    with _open_regular(path, False) as (file, _info):
+        return file.read(count)
+
+
+@contextlib.contextmanager
+def _open_regular(path: str | Path, follow_symlinks: bool) -> Iterator[tuple[BinaryIO, os.stat_result]]:
     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
@@ -63,19 +84,12 @@ def read_small_file(path: str | Path, max_bytes: int, *, follow_symlinks: bool =
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnsafeFile(f"it is {file_kind(info.st_mode)}, not a regular file")
-        if check is not None:
-            check(info)
-        if info.st_size > max_bytes:
-            raise FileTooBig(f"it is {info.st_size} bytes, more than the {max_bytes} it can be")
         file = open(fd, "rb")  # noqa: SIM115 - closes fd from here on
     except BaseException:
         os.close(fd)
         raise
     with file:
-        data = file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise FileTooBig(f"it is more than the {max_bytes} bytes it can be")
-    return data
+        yield file, info
 
 
 def write_file(path: str | Path, data: str | bytes, *, mode: int = 0o600, durable: bool = True,

@@ -9,7 +9,7 @@ import os
 import stat
 from pathlib import Path
 
-from libmgsave.safefiles import UnsafeFile, read_small_file
+from libmgsave.safefiles import UnsafeFile, read_head, read_small_file
 
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 
@@ -62,9 +62,8 @@ def saved_image_problem(path: str | None) -> str | None:
     if not path:
         return None
     try:
-        with open(path, "rb") as image:
-            header = image.read(len(_QEMU_SAVE_MAGIC))
-    except OSError:
+        header = read_head(path, len(_QEMU_SAVE_MAGIC))
+    except (OSError, UnsafeFile):
         return None
     if header == _QEMU_SAVE_PARTIAL:
         return "its saved image is incomplete: the save never finished (a power loss or crash during the shutdown pass)"
@@ -80,9 +79,8 @@ def saved_image_is_partial(path: str | None) -> bool:
     if not path:
         return False
     try:
-        with open(path, "rb") as image:
-            return image.read(len(_QEMU_SAVE_PARTIAL)) == _QEMU_SAVE_PARTIAL
-    except OSError:
+        return read_head(path, len(_QEMU_SAVE_PARTIAL)) == _QEMU_SAVE_PARTIAL
+    except (OSError, UnsafeFile):
         return False
 
 
@@ -95,11 +93,8 @@ _FORMAT_SPARSE = 6
 def is_whole_save_image(path: str | None) -> bool:
     """True when ``path`` is a regular file with the header of a completed libvirt save."""
     try:
-        if not path or not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-        with open(path, "rb") as image:
-            return image.read(len(_QEMU_SAVE_MAGIC)) == _QEMU_SAVE_MAGIC
-    except OSError:
+        return bool(path) and read_head(path, len(_QEMU_SAVE_MAGIC)) == _QEMU_SAVE_MAGIC
+    except (OSError, UnsafeFile):
         return False
 
 
@@ -107,9 +102,8 @@ def is_sparse_image(path: str | None) -> bool:
     """True when the save image at ``path`` is in libvirt's sparse format (its memory can be
     read back with several channels)."""
     try:
-        with open(path or "", "rb") as image:
-            header = image.read(_FORMAT_OFFSET + 4)
-    except OSError:
+        header = read_head(path or "", _FORMAT_OFFSET + 4)
+    except (OSError, UnsafeFile):
         return False
     return (len(header) == _FORMAT_OFFSET + 4 and header.startswith(_QEMU_SAVE_MAGIC)
             and int.from_bytes(header[_FORMAT_OFFSET:], "little") == _FORMAT_SPARSE)

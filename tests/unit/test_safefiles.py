@@ -92,3 +92,24 @@ def test_images_are_still_removed_and_moved_in_their_own_directories(tmp_path):
     assert moved is not None and moved.read_bytes() == b"2" and not second.exists()
     kept = images.keep_failed_image(str(moved), state_dir / "failed-images", "g")
     assert kept is not None and os.path.samefile(kept, moved)
+
+
+def test_a_save_images_header_is_never_read_from_a_fifo_or_through_a_link(tmp_path):
+    import threading
+
+    from libmgsave import saveimages
+
+    fifo, link, image = tmp_path / "fifo.save", tmp_path / "link.save", tmp_path / "real.save"
+    os.mkfifo(fifo)
+    image.write_bytes(b"LibvirtQemudPart" + b"\0" * 64)
+    link.symlink_to(image)
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("problem", saveimages.saved_image_problem(str(fifo))),
+                              daemon=True)
+    thread.start()
+    thread.join(30)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # lets the reader go, so the test ends
+        pytest.fail("reading a save image's header hung on a FIFO")
+    assert box["problem"] is None and not saveimages.saved_image_is_partial(str(link))
+    assert saveimages.saved_image_is_partial(str(image))
