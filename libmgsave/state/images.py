@@ -184,7 +184,7 @@ def _keep_into(source: str, dir_fd: int, target: str) -> str:
     """``source`` linked (instant on the same file system; the data outlives libvirt's unlink),
     else copied, as ``target`` in the directory: never through a link there. ``target``."""
     try:
-        os.link(source, target, dst_dir_fd=dir_fd, follow_symlinks=False)
+        os.link(source, target, dst_dir_fd=dir_fd)
         return target
     except OSError:
         pass
