@@ -131,12 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
             "timeline per guest: waiting for the guests it is after or for a slot, saving, the fallback\n"
             "steps, resuming, readiness checks; and how many saves or starts ran at once. In the\n"
             "terminal a bar chart of 80 columns; with --svg also a picture.")
-    p.add_argument("--svg", metavar="FILE", default=None, help="also draw the timeline as SVG into FILE")
+    p.add_argument("--svg", metavar="FILE", default=None, help="also draw the timeline as SVG into FILE (replaced atomically; a "
+                        "link, a FIFO or a device there is refused, exit 2)")
     p = add("images", "list or remove the images and records kept for inspection",
             "List what the state directory keeps for inspection: saved images that could not be resumed\n"
             "or restored (failed-images/) and records that could not be trusted, set aside\n"
             "(last-*.json.untrusted-<time>), with their size; and remove them by name, or all of them.\n"
-            "mgsave never removes them on its own.")
+            "mgsave never removes them on its own, and removes nothing from a state directory others\n"
+            "can write to (exit 2) unless given --insecure-state-dir.")
     p.add_argument("images_command", nargs="?", choices=["list", "remove"], default="list", metavar="list|remove",
                    help="list (the default) or remove")
     p.add_argument("names", nargs="*", metavar="NAME", help="remove: the kept files, named as 'list' shows them")
@@ -288,7 +290,7 @@ def exit_code(result) -> int:
         return ExitCode.BAD_INPUT if result.failed else ExitCode.OK
         return ExitCode.BAD_INPUT if result.problems else ExitCode.OK
     if isinstance(result, ImagesResult):
-        if result.unknown:
+        if result.unknown or result.refused:
             return ExitCode.BAD_INPUT
         return ExitCode.GUEST_FAILED if result.failed else ExitCode.OK
     if isinstance(result, StoppedEarly):
@@ -321,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_code(dispatch(build_context(args, os.environ))))
     except MgsaveError as error:
         notify_failure(args.command, error.message)
-        log.error("%s", error.message)
+        for line in error.message.splitlines():  # one log line each: newlines in log text are escaped
+            log.error("%s", line)
         if error.hint:
             log.error("hint: %s", error.hint)
         return int(error.exit_code)

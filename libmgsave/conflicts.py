@@ -16,12 +16,12 @@ from pathlib import Path
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import resolve, rule_matches
 from libmgsave.policy import Autostart, Policy, ShutdownStep
+from libmgsave.saveimages import QEMU_CONF, read_qemu_conf
 
 LIBVIRT_GUESTS_LINKS = (
     "/etc/systemd/system/multi-user.target.wants/libvirt-guests.service",
     "/etc/systemd/system/virt-guest-shutdown.target.wants/libvirt-guests.service",
 )
-QEMU_CONF = "/etc/libvirt/qemu.conf"
 # Settings by which the QEMU driver (in libvirtd or virtqemud) itself saves, shuts down or
 # powers off guests when the daemon stops, and restores them when it starts (libvirt 11.2).
 _DAEMON_SHUTDOWN_KEYS = ("auto_shutdown_try_save", "auto_shutdown_try_shutdown", "auto_shutdown_poweroff",
@@ -115,10 +115,7 @@ def host_conflicts(root: str = "/") -> list[str]:
             f"conflict, and guests may be split between them (fix: disable one layout's sockets)"
         )
     qemu_conf = Path(root, QEMU_CONF.lstrip("/"))
-    try:
-        text = qemu_conf.read_text()
-    except OSError:
-        text = ""
+    text = read_qemu_conf(qemu_conf)
     for key in _DAEMON_SHUTDOWN_KEYS:
         match = re.search(rf"^\s*{key}\s*=\s*(\S+)", text, re.MULTILINE)
         if match and match.group(1).strip("\"'") not in ("0", "[]", "none", '"none"'):

@@ -16,6 +16,8 @@ import os
 import sys
 import threading
 
+from libmgsave import untrusted
+
 _given_up: dict[str, str] = {}  # "stdout" / "stderr" -> why it can no longer be written
 
 
@@ -95,6 +97,7 @@ def live(text: str) -> None:
     if not is_terminal("stderr"):
         return
     columns = _columns()
+    text = untrusted.message(text)  # guest names in it: never an escape or a newline on the terminal
     text = text if len(text) < columns else text[: columns - 2] + "~"
     with _live_lock:
         _live["text"] = text

@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import libvirt
 
-from libmgsave import interrupt, parallelsave
+from libmgsave import interrupt, parallelsave, untrusted
 from libmgsave.channels import ChannelSupport, support
 from libmgsave.errors import (
     GuestGone,
@@ -64,7 +64,9 @@ _silence_default_error_printing()
 def translate_error(error: libvirt.libvirtError, doing: str) -> HypervisorError:
     """Map a libvirtError to mgsave's error for it; ``doing`` says what we were attempting."""
     code = error.get_error_code()
-    message = f"{doing}: {error.get_error_message() or error}"
+    # libvirt's text carries a guest's, an agent's or a peer's: escaped and bounded once, here, so
+    # that every record, summary and log line holds the same safe text.
+    message = untrusted.message(f"{doing}: {error.get_error_message() or error}")
     if code in _GONE_CODES:
         return GuestGone(message, code=code)
     if code in _UNAVAILABLE_CODES or error.get_error_domain() in _UNAVAILABLE_DOMAINS:

@@ -8,7 +8,8 @@ the line reads ``mgsave: message``.
 
 ``systemd.journal`` (systemd-python) is imported only when the journal is actually used,
 and its absence is never an error: mgsave then logs to stderr, which systemd also forwards
-to the journal, with the priority carried in an ``<N>`` prefix.
+to the journal, with the priority carried in an ``<N>`` prefix. Either way, what others wrote
+(guest names, libvirt's errors) is escaped and bounded first (``UntrustedText``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from libmgsave import console
+from libmgsave import console, untrusted
 
 LOGGER_NAME = "mgsave"
 SYSLOG_IDENTIFIER = "mgsave"
@@ -81,6 +82,29 @@ def guest_fields(
     return fields
 
 
+class UntrustedText(logging.Filter):
+    """Every log line's arguments and ``MGSAVE_*`` fields escaped and bounded (``untrusted``): they
+    carry guest names and libvirt's, agents' and peers' error texts, which must not forge a line
+    (a newline), drive the terminal (an escape) or reverse the text (a bidi override). The format
+    strings are mgsave's own; numbers pass as they are, for ``%d``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "mgsave_safe", False):  # another handler made it safe already
+            return True
+        record.mgsave_safe = True
+        if isinstance(record.args, tuple):
+            record.args = tuple(_safe_argument(a) for a in record.args)
+        elif isinstance(record.args, Mapping):
+            record.args = {k: _safe_argument(v) for k, v in record.args.items()}
+        for key, value in record_fields(record).items():  # names, UUIDs, URIs: a name's bound
+            setattr(record, key, value if isinstance(value, int | float) else untrusted.safe(value))
+        return True
+
+
+def _safe_argument(value: object) -> object:
+    return value if isinstance(value, int | float) else untrusted.message(value)
+
+
 def record_fields(record: logging.LogRecord) -> dict[str, object]:
     """The journal fields a record carries in its ``extra``: every attribute named like one."""
     return {k: v for k, v in vars(record).items() if _FIELD_NAME.match(k) and v is not None}
@@ -112,6 +136,7 @@ class StderrHandler(logging.StreamHandler):
 
     def __init__(self):
         super().__init__(sys.stderr)
+        self.addFilter(UntrustedText())
 
     def emit(self, record: logging.LogRecord) -> None:
         if "stderr" in console.given_up():
@@ -140,6 +165,7 @@ class JournalHandler(logging.Handler):
 
     def __init__(self, sender: Sender, identifier: str = SYSLOG_IDENTIFIER):
         super().__init__()
+        self.addFilter(UntrustedText())
         self.sender = sender
         self.identifier = identifier
         self.setFormatter(logging.Formatter("%(message)s"))

@@ -1,10 +1,12 @@
 """The metrics file: a pass's results in Prometheus' text format, for node_exporter's textfile collector.
 
 Written after each shutdown and boot pass (never after a dry run) to the policy's
-``metrics.textfile``. Both passes write the one file: each replaces its own samples (those
-labelled with its ``pass``) and keeps the other pass's, so the file always says how the last
-shutdown and the last boot went. The file is replaced atomically, and a file that cannot be
-written is logged and never stops a pass.
+``metrics.textfile``. Every pass writes the one file: each replaces its own samples (those
+labelled with its ``pass``: ``shutdown``, ``boot``, ``evacuate``, ``return``) and keeps the
+others', so the file always says how the last pass of each kind went (an evacuation is not the
+last shutdown, a return not the last boot). The file is replaced atomically; a file that cannot be
+written, or something else than a regular file in its place (a link, a FIFO: never followed nor
+waited for), is logged and never stops a pass.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from pathlib import Path
 
 from libmgsave.outcomes import Outcome, PassResult
-from libmgsave.state.writer import replace_file
+from libmgsave.safefiles import FileTooBig, UnsafeFile, read_small_file, write_file
 
 log = logging.getLogger("mgsave")
 
@@ -43,11 +45,10 @@ def _sample(name: str, labels: dict[str, str], value: float) -> str:
     return f"{name}{{{inner}}} {number}"
 
 
-def pass_samples(result: PassResult) -> dict[str, list[str]]:
-    """This pass's samples, by family."""
-    kind = str(result.kind)
+def pass_samples(result: PassResult, label: str) -> dict[str, list[str]]:
+    """This pass's samples, by family, labelled ``pass=label``."""
     samples: dict[str, list[str]] = {name: [] for name in FAMILIES}
-    at = {"pass": kind}
+    at = {"pass": label}
     samples["mgsave_pass_duration_seconds"].append(_sample("mgsave_pass_duration_seconds", at,
                                                            result.finished - result.started))
     samples["mgsave_pass_last_run_timestamp_seconds"].append(
@@ -80,33 +81,56 @@ def other_passes_samples(text: str, kind: str) -> dict[str, list[str]]:
     return kept
 
 
-def render(result: PassResult, previous: str = "") -> str:
-    """The whole file: this pass's samples and the other pass's from ``previous``."""
-    kept = other_passes_samples(previous, str(result.kind))
-    ours = pass_samples(result)
+def render(result: PassResult, previous: str = "", label: str | None = None) -> str:
+    """The whole file: this pass's samples (labelled ``label``, by default the pass's kind) and
+    the other passes' from ``previous``."""
+    label = label or str(result.kind)
+    kept = other_passes_samples(previous, label)
+    ours = pass_samples(result, label)
     lines = []
     for name, help_text in FAMILIES.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *sorted(kept[name] + ours[name])]
     return "\n".join(lines) + "\n"
 
 
+# Our own file is a few hundred bytes a guest; one far larger is not ours to carry samples over from.
+MAX_TEXTFILE_BYTES = 16 * 1024 * 1024
+
+
 def write_textfile(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically, readable by everyone (the units' UMask=0077
-    would keep node_exporter out); the temporary name ends in .tmp, which node_exporter skips."""
-    replace_file(path, text, mode=0o644, durable=False, suffix=".tmp")
+    would keep node_exporter out); the temporary name ends in .tmp, which node_exporter skips.
+    Raises UnsafeFile when something else than a regular file is at ``path``."""
+    write_file(path, text, mode=0o644, durable=False, suffix=".tmp")
 
 
-def export(textfile: str | None, result: PassResult) -> None:
-    """Write the metrics file after a pass, if the policy asks for one; never raises."""
+def previous_text(path: Path) -> str:
+    """The file as the last pass left it; "" when there is none or it is not ours (too big, not
+    text: logged). Raises UnsafeFile when it is a link, a FIFO, a device: never read, never
+    waited for."""
+    try:
+        return read_small_file(path, MAX_TEXTFILE_BYTES).decode("utf-8")
+    except FileNotFoundError:
+        return ""
+    except UnicodeDecodeError:
+        log.warning("the metrics file %s is not text; the other passes' samples in it are dropped", path)
+        return ""
+    except FileTooBig as why:  # a regular file, only too big: replaced with ours
+        log.warning("the metrics file %s: %s; the other passes' samples in it are dropped", path, why)
+        return ""
+
+
+def export(textfile: str | None, result: PassResult, label: str | None = None) -> None:
+    """Write the metrics file after a pass, if the policy asks for one, its samples labelled
+    ``pass=label`` (by default the pass's kind); never raises, never blocks on what is at the
+    path (a FIFO, a link: refused, logged)."""
     if not textfile or result.dry_run:
         return
     path = Path(textfile)
     try:
-        try:
-            previous = path.read_text("utf-8")
-        except (FileNotFoundError, UnicodeDecodeError):
-            previous = ""
-        write_textfile(path, render(result, previous))
+        write_textfile(path, render(result, previous_text(path), label))
+    except UnsafeFile as why:
+        log.error("cannot write the metrics file %s (%s); the pass goes on", path, why)
     except Exception as error:  # noqa: BLE001 - the metrics are never worth a pass
         reason = f"{error.strerror}: {error.filename}" if isinstance(error, OSError) else repr(error)
         log.error("cannot write the metrics file %s (%s); the pass goes on", path, reason)

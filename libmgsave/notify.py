@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 
+from libmgsave import untrusted
+
 log = logging.getLogger("mgsave.notify")
 
 
@@ -44,7 +46,8 @@ def send(message: str) -> bool:
 
 def status(text: str) -> bool:
     """Show ``text`` as the unit's status line (``systemctl status mgsave``)."""
-    return send("STATUS=" + " ".join(text.splitlines()))
+    # One line, and nothing a guest's name could carry: a newline would be another assignment.
+    return send("STATUS=" + untrusted.message(" ".join(text.splitlines())))
 
 
 def extend_timeout(seconds: float) -> bool:

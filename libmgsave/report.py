@@ -7,7 +7,7 @@ import textwrap
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
-from libmgsave import texttable, units
+from libmgsave import texttable, units, untrusted
 from libmgsave.outcomes import Outcome, PassResult, Severity
 from libmgsave.plan import Plan, PassKind
 from libmgsave.policyfile.settings import setting_text
@@ -36,11 +36,11 @@ def render_plan(plan: Plan, *, guests: Sequence[str] = (), verbose: bool = False
     entries = [e for e in plan.entries if not guests or e.guest.name in guests]
     lines = _plan_header(plan)
     if not entries:
-        lines.append("  no guests" if not guests else "  no guest named " + ", ".join(guests))
+        lines.append("  no guests" if not guests else "  no guest named " + untrusted.message(", ".join(guests)))
     else:
         lines += _plan_table(plan.kind, entries, names, many)
     for e in entries:
-        lines += wrapped(f"note: {e.guest.name}: {note}" for note in e.notes)
+        lines += wrapped(f"note: {_name(e.guest.name)}: {note}" for note in e.notes)
     lines += wrapped(f"warning: {warning}" for warning in plan.warnings)
     if verbose or guests:
         for e in entries:
@@ -89,6 +89,12 @@ def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str
 _ACTION_ENDINGS = ("; resumes its saved state", "; resumes", ", boots fresh", "; boots fresh")
 
 
+def _name(name: str) -> str:
+    """A guest's name where it starts a message: escaped and bounded on its own, so that a name
+    of thousands of characters does not take the message's whole room."""
+    return untrusted.safe(name)
+
+
 def _without_action(reason: str) -> str:
     for ending in _ACTION_ENDINGS:
         if reason.endswith(ending):
@@ -103,7 +109,8 @@ def _save_ends(entry) -> str:
 def plan_details(plan: Plan, e, names: Mapping, rule_lines: Mapping[str, int | None]) -> list[str]:
     """One guest's plan in full, then its settings: value, and where it came from (file:line)."""
     guest = e.guest
-    lines = [f"{guest.name} ({guest.connection}, {guest.state}, {units.size(guest.memory_bytes)} of memory)"]
+    lines = [untrusted.message(f"{_name(guest.name)} ({guest.connection}, {guest.state}, "
+                               f"{units.size(guest.memory_bytes)} of memory)")]
     facts = [("actions", " -> ".join(e.actions)), ("why", e.reason), ("order", str(e.order))]
     if e.wait_for:
         facts.append(("waits for", ", ".join(names.get(k, k[1]) for k in e.wait_for)))
@@ -133,11 +140,12 @@ def _where(source: str, policy_file: str | None, rule_lines: Mapping[str, int | 
 
 
 def wrapped(texts: Iterable[str], *, indent: str = "  ", hang: int = 2) -> list[str]:
-    """Each text as lines of at most the table width, the continued lines ``hang`` further in."""
+    """Each text as lines of at most the table width, the continued lines ``hang`` further in;
+    what others wrote in it (names, errors) escaped and bounded (``untrusted``)."""
     width = texttable.width()
     lines = []
     for text in texts:
-        lines += textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + " " * hang,
+        lines += textwrap.wrap(untrusted.message(text), width, initial_indent=indent, subsequent_indent=indent + " " * hang,
                                break_on_hyphens=False) or [indent.rstrip()]
     return lines
 
@@ -156,12 +164,13 @@ def render_result(result: PassResult) -> str:
         if r.outcome is Outcome.SKIPPED:
             continue
         # A dry run's messages start with the plan's reason, already in the plan printed above.
-        lines += wrapped(f"{r.plan.guest.name}: {message}" for message in r.messages if message != r.plan.reason)
-        lines += wrapped(f"{r.plan.guest.name}: {step.action} failed: {step.error}" for step in r.steps if not step.ok)
+        name = _name(r.plan.guest.name)
+        lines += wrapped(f"{name}: {message}" for message in r.messages if message != r.plan.reason)
+        lines += wrapped(f"{name}: {step.action} failed: {step.error}" for step in r.steps if not step.ok)
     lines += wrapped(f"warning: {warning}" for warning in result.warnings)
     total = len(result.results)
     if result.interrupted:
-        left = [r.plan.guest.name for r in result.results if r.outcome is Outcome.INTERRUPTED]
+        left = [_name(r.plan.guest.name) for r in result.results if r.outcome is Outcome.INTERRUPTED]
         lines += wrapped([f"the pass was stopped by {result.interrupted}: {len(left)} guests were left as they "
                           f"were" + (": " + ", ".join(left) if left else "")], indent="")
     lines += wrapped(_verdict(result, total), indent="")
@@ -191,11 +200,11 @@ def _verdict(result: PassResult, total: int) -> list[str]:
     failed, degraded = result.failed, result.degraded
     if failed:
         verb = "would fail" if would else "FAILED (they may be in any state)"
-        lines.append(f"{len(failed)} of {total} guests {verb}: " + ", ".join(r.plan.guest.name for r in failed))
+        lines.append(f"{len(failed)} of {total} guests {verb}: " + ", ".join(_name(r.plan.guest.name) for r in failed))
     if degraded:
         verb = "would be DEGRADED" if would else "are DEGRADED"
         lines.append(f"{len(degraded)} of {total} guests {verb} (not their first choice): "
-                     + ", ".join(f"{r.plan.guest.name} ({r.outcome if not would else r.plan.actions[0]} instead of "
+                     + ", ".join(f"{_name(r.plan.guest.name)} ({r.outcome if not would else r.plan.actions[0]} instead of "
                                  f"{r.plan.first_choice})" for r in degraded))
     if not failed and not degraded:
         verb = "would get" if would else "got"
@@ -241,4 +250,4 @@ def render_kept(files, usage, warnings: list[str], *, listing: bool) -> str:
         lines += _table(["NAME", "KIND", "SIZE", "AGE"], rows) if rows else ["nothing kept"]
     elif usage.files:
         summary += " (mgsave images list)"
-    return "\n".join([*lines, summary, *(f"warning: {w}" for w in warnings)])
+    return "\n".join([*lines, summary, *(untrusted.message(f"warning: {w}") for w in warnings)])

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
+from libmgsave.safefiles import UnsafeFile, read_head, read_small_file
 
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 
@@ -17,12 +19,18 @@ def save_dir_moved(uri: str, qemu_conf: str = QEMU_CONF) -> bool:
     where ``managed_save_dir`` says they are."""
     if managed_save_dir(uri) != "/var/lib/libvirt/qemu/save":
         return False
+    # Unreadable (not root): the default is assumed, as for free space.
+    return any(line.split("=", 1)[0].strip() == "save_dir" for line in read_qemu_conf(qemu_conf).splitlines()
+               if "=" in line and not line.lstrip().startswith("#"))
+
+
+def read_qemu_conf(path: str | Path = QEMU_CONF) -> str:
+    """qemu.conf's text, or "" when it cannot be read: a regular file (through a link, which
+    configuration management may make), never blocking, at most 1 MiB."""
     try:
-        with open(qemu_conf, encoding="utf-8", errors="replace") as conf:
-            return any(line.split("=", 1)[0].strip() == "save_dir" for line in conf if "=" in line
-                       and not line.lstrip().startswith("#"))
-    except OSError:
-        return False  # unreadable (not root): the default is assumed, as for free space
+        return read_small_file(path, 1024 * 1024, follow_symlinks=True).decode("utf-8", "replace")
+    except (OSError, UnsafeFile):
+        return ""
 
 
 def managed_save_dir(uri: str) -> str | None:
@@ -54,9 +62,8 @@ def saved_image_problem(path: str | None) -> str | None:
     if not path:
         return None
     try:
-        with open(path, "rb") as image:
-            header = image.read(len(_QEMU_SAVE_MAGIC))
-    except OSError:
+        header = read_head(path, len(_QEMU_SAVE_MAGIC))
+    except (OSError, UnsafeFile):
         return None
     if header == _QEMU_SAVE_PARTIAL:
         return "its saved image is incomplete: the save never finished (a power loss or crash during the shutdown pass)"
@@ -72,9 +79,8 @@ def saved_image_is_partial(path: str | None) -> bool:
     if not path:
         return False
     try:
-        with open(path, "rb") as image:
-            return image.read(len(_QEMU_SAVE_PARTIAL)) == _QEMU_SAVE_PARTIAL
-    except OSError:
+        return read_head(path, len(_QEMU_SAVE_PARTIAL)) == _QEMU_SAVE_PARTIAL
+    except (OSError, UnsafeFile):
         return False
 
 
@@ -87,11 +93,8 @@ _FORMAT_SPARSE = 6
 def is_whole_save_image(path: str | None) -> bool:
     """True when ``path`` is a regular file with the header of a completed libvirt save."""
     try:
-        if not path or not stat.S_ISREG(os.lstat(path).st_mode):
-            return False
-        with open(path, "rb") as image:
-            return image.read(len(_QEMU_SAVE_MAGIC)) == _QEMU_SAVE_MAGIC
-    except OSError:
+        return bool(path) and read_head(path, len(_QEMU_SAVE_MAGIC)) == _QEMU_SAVE_MAGIC
+    except (OSError, UnsafeFile):
         return False
 
 
@@ -99,9 +102,8 @@ def is_sparse_image(path: str | None) -> bool:
     """True when the save image at ``path`` is in libvirt's sparse format (its memory can be
     read back with several channels)."""
     try:
-        with open(path or "", "rb") as image:
-            header = image.read(_FORMAT_OFFSET + 4)
-    except OSError:
+        header = read_head(path or "", _FORMAT_OFFSET + 4)
+    except (OSError, UnsafeFile):
         return False
     return (len(header) == _FORMAT_OFFSET + 4 and header.startswith(_QEMU_SAVE_MAGIC)
             and int.from_bytes(header[_FORMAT_OFFSET:], "little") == _FORMAT_SPARSE)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from libmgsave import console
+from libmgsave import console, untrusted
 
 DEFAULT_WIDTH = 80
 MIN_WIDTH = 8
@@ -62,7 +62,7 @@ def render(columns: Sequence[Column], rows: Sequence[Sequence[object]], *, total
            indent: str = "") -> list[str]:
     """The header line and one line a row, each at most ``total`` (default: ``width()``) long."""
     total = width() if total is None else total
-    cells = [[str(c) for c in row] for row in rows]
+    cells = [[untrusted.message(c) for c in row] for row in rows]  # one line each: names, errors escaped
     widths = [max([len(col.header)] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
     room = total - len(indent) - len(GAP) * (len(columns) - 1)
     while sum(widths) > room:

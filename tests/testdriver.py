@@ -21,6 +21,8 @@ def hv():
     for dom in conn.listAllDomains():  # the driver's own sample guest: keep it out of the way
         if dom.isActive():
             dom.destroy()
+        if dom.hasManagedSaveImage(0):  # left by an earlier test while a connection kept the driver alive
+            dom.managedSaveRemove(0)
         dom.undefine()
     yield conn
     conn.close()

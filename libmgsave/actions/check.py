@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libmgsave import conflicts, console, jsonout
+from libmgsave import conflicts, console, jsonout, untrusted
 from libmgsave.actions import inputs
 from libmgsave.channels import UNKNOWN, choose
 from libmgsave.conflicts import Finding
@@ -127,13 +127,13 @@ def locate(source: str | None, lines: dict[str, int | None], finding: Finding) -
 
 def render_warnings(warnings: tuple[LocatedWarning, ...]) -> list[str]:
     """Warnings about no rule first, then one block per rule, the rules in file order."""
-    lines = [f"warning: {w.message}" for w in warnings if w.where is None]
+    lines = [untrusted.message(f"warning: {w.message}") for w in warnings if w.where is None]
     by_rule: dict[str, list[str]] = {}
     for w in sorted((w for w in warnings if w.where), key=lambda w: w.line or 0):
         by_rule.setdefault(w.where, []).append(w.message)
     for where, messages in by_rule.items():
         lines.append(f"{where}:")
-        lines += [f"  warning: {message}" for message in messages]
+        lines += [untrusted.message(f"  warning: {message}") for message in messages]
     return lines
 
 
@@ -148,6 +148,6 @@ def _report_problems(ctx: Context, problems: list[Problem]) -> None:
             "policy_problems": inputs.problems_dict(problems), "warnings": [], "daemon_layout": None}), "")
         return
     for problem in problems:
-        console.err(str(problem))
+        console.err(untrusted.message(problem))
     noun = "problem" if len(problems) == 1 else "problems"
     console.err(f"{ctx.policy_path}: {len(problems)} {noun}; no change was made")

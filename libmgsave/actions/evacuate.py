@@ -18,7 +18,7 @@ from libmgsave.policy import Match, Policy, Rule, ShutdownStep
 
 
 def run_evacuate(ctx: Context) -> PassResult | passes.StoppedEarly:
-    return passes.run_pass(ctx, PassKind.SHUTDOWN, _carry_out)
+    return passes.run_pass(ctx, PassKind.SHUTDOWN, _carry_out, metrics_label="evacuate")
 
 
 def _carry_out(run: passes.PassRun):

@@ -3,6 +3,7 @@ when the admin asks (by name, or ``--all``). Nothing is ever removed without bei
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from libmgsave import jsonout, report
@@ -10,11 +11,14 @@ from libmgsave.actions import inputs
 from libmgsave.context import Context
 from libmgsave.state.kept import kept_files, kept_usage, over_share_warning, remove_kept
 
+log = logging.getLogger("mgsave")
+
 
 @dataclass(frozen=True)
 class ImagesResult:
     unknown: tuple[str, ...] = ()  # names asked for that are not kept files
     failed: tuple[str, ...] = ()  # kept files that could not be removed
+    refused: str | None = None  # why nothing was removed at all (an insecure state directory)
 
 
 def run_images(ctx: Context) -> ImagesResult:
@@ -23,16 +27,24 @@ def run_images(ctx: Context) -> ImagesResult:
         return _remove(ctx, files)
     policy, _problems = inputs.pass_policy(ctx)
     usage = kept_usage(ctx.state.path, files)
-    warning = over_share_warning(usage, policy.limits.kept_images_warn_share)
+    warnings = [w for w in (over_share_warning(usage, policy.limits.kept_images_warn_share),
+                            ctx.state.insecure and ctx.state.insecure_warning()) if w]
     ctx.emit(jsonout.document("images", {
         "state_dir": str(ctx.state.path), "kept_files": [f.to_dict() for f in files],
-        "kept_usage": usage.to_dict(),
-        "warnings": [warning] if warning else []}),
-             report.render_kept(files, usage, [warning] if warning else [], listing=True))
+        "kept_usage": usage.to_dict(), "warnings": warnings}),
+             report.render_kept(files, usage, warnings, listing=True))
     return ImagesResult()
 
 
 def _remove(ctx: Context, files) -> ImagesResult:
+    if ctx.state.insecure:
+        # Whoever can write there can swap a directory for a link between our look and the
+        # removal: root must not be made to remove files elsewhere.
+        problem = f"{ctx.state.insecure_warning()}; nothing removed"
+        log.error("%s", problem)
+        ctx.emit(jsonout.document("images-remove", {"dry_run": ctx.dry_run, "removed": [], "failed": [],
+                                                    "unknown": [], "error": problem}), f"error: {problem}")
+        return ImagesResult(refused=problem)
     by_name = {f.name: f for f in files}
     unknown = tuple(n for n in ctx.names if n not in by_name)
     if unknown or not (ctx.names or ctx.remove_all):
@@ -44,7 +56,7 @@ def _remove(ctx: Context, files) -> ImagesResult:
     chosen = files if ctx.remove_all else [by_name[n] for n in dict.fromkeys(ctx.names)]
     removed, failed = [], []
     for kept in chosen:
-        problem = remove_kept(kept, dry_run=ctx.dry_run)
+        problem = remove_kept(ctx.state.path, kept, dry_run=ctx.dry_run)
         (failed if problem else removed).append((kept, problem))
     verb = "would remove" if ctx.dry_run else "removed"
     lines = [f"{verb} {k.name} ({report.size(k.bytes)})" for k, _ in removed]

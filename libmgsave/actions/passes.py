@@ -65,9 +65,12 @@ class PassRun:
 Outline = Callable[[PassRun], tuple[Plan, list[GuestResult]]]
 
 
-def run_pass(ctx: Context, kind: PassKind, outline: Outline) -> PassResult | StoppedEarly:
+def run_pass(ctx: Context, kind: PassKind, outline: Outline, *, metrics_label: str | None = None
+             ) -> PassResult | StoppedEarly:
+    """Run ``outline`` in the frame of a ``kind`` pass; its metrics are labelled ``metrics_label``
+    (``evacuate``, ``return``: their own, so that they never hide the last shutdown or boot pass)."""
     try:
-        return _run(ctx, kind, outline)
+        return _run(ctx, kind, outline, metrics_label)
     except interrupt.Interrupted:
         signal = interrupt.signal_received().name
         log.warning("%s pass stopped (%s) before it handled any guest: nothing was done", kind, signal)
@@ -75,7 +78,7 @@ def run_pass(ctx: Context, kind: PassKind, outline: Outline) -> PassResult | Sto
         return StoppedEarly(kind, signal)
 
 
-def _run(ctx: Context, kind: PassKind, outline: Outline) -> PassResult:
+def _run(ctx: Context, kind: PassKind, outline: Outline, metrics_label: str | None) -> PassResult:
     policy, problems = inputs.pass_policy(ctx)
     deadline = ctx.deadline or policy.limits.shutdown_deadline
     started, deadline_at = time.time(), time.monotonic() + deadline
@@ -99,7 +102,7 @@ def _run(ctx: Context, kind: PassKind, outline: Outline) -> PassResult:
                             bookkeeping_failed=ctx.bookkeeping_failed,
                             interrupted=stopped_by.name if stopped_by else None,
                             policy_problems=tuple(problems))
-    metrics.export(policy.metrics.textfile, result)
+    metrics.export(policy.metrics.textfile, result, metrics_label)
     _summarise(ctx, result)
     return result
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from libmgsave import console, jsonout
 from libmgsave.context import Context
 from libmgsave.errors import ExitCode, MgsaveError
+from libmgsave.safefiles import UnsafeFile, write_file
 from libmgsave.state.writer import os_error_text
 from libmgsave.timeline import PassTimeline, from_record, svg, text
 
@@ -47,7 +48,10 @@ def run_report(ctx: Context) -> list[PassTimeline]:
 
 
 def _write_svg(path: Path, picture: str) -> None:
+    """Replace ``path`` with the picture, atomically, never through a link or into a FIFO."""
     try:
-        path.write_text(picture, "utf-8")
+        write_file(path, picture, mode=0o644, durable=False)
+    except UnsafeFile as why:
+        raise ReportNotWritten(f"cannot write {path}: {why}", "name a regular file's path") from None
     except OSError as error:
         raise ReportNotWritten(f"cannot write {path}: {os_error_text(error)}") from None

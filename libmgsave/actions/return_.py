@@ -18,7 +18,7 @@ from libmgsave.plan import Action, PassKind, Plan
 
 
 def run_return(ctx: Context) -> PassResult | passes.StoppedEarly:
-    return passes.run_pass(ctx, PassKind.BOOT, _carry_out)
+    return passes.run_pass(ctx, PassKind.BOOT, _carry_out, metrics_label="return")
 
 
 def _carry_out(run: passes.PassRun):

@@ -10,7 +10,7 @@ import jsonschema
 from libmgsave.errors import Problem
 from libmgsave.policy import DEADLINE_RESERVE, MAX_DURATION
 from libmgsave.policyfile.marks import KeyPath, MarkedDocument, format_path
-from libmgsave.policyfile.schema_errors import PathSet, Reporter, describe, policy_schema
+from libmgsave.policyfile.schema_errors import PathSet, Reporter, describe, policy_schema, section_is_valid
 from libmgsave.policyfile.settings import parse_duration
 
 _POSITIVE_DURATIONS = ("save_timeout", "shutdown_timeout")
@@ -133,8 +133,7 @@ def salvage_connections(document: object) -> tuple[str, ...] | None:
     if not isinstance(document, dict) or "connections" not in document:
         return None
     connections = document["connections"]
-    schema = policy_schema()["properties"]["connections"]
-    if not jsonschema.Draft202012Validator(schema).is_valid(connections):
+    if not section_is_valid("connections", connections):
         return None
     return tuple(connections)
 

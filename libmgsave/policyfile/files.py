@@ -6,6 +6,7 @@ import os
 import stat
 
 from libmgsave.errors import PolicyError, Problem
+from libmgsave.safefiles import FileTooBig, UnsafeFile, read_small_file
 
 MAX_FILE_BYTES = 1024 * 1024  # a real policy is a few KiB
 INSECURE_HINT = (
@@ -21,20 +22,16 @@ def read_policy_file(path: str, *, trust_insecure: bool) -> bytes:
         return PolicyError([Problem(path, None, None, "", message, hint)])
 
     try:
-        # O_NONBLOCK: a FIFO must not hang the boot pass; it is refused as not a regular file.
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as file:
-            info = os.fstat(file.fileno())
-            if stat.S_ISDIR(info.st_mode):
-                raise refuse("is a directory, not a policy file")
-            if not stat.S_ISREG(info.st_mode):
-                raise refuse("is not a regular file")
-            if not trust_insecure:
-                _check_ownership(path, info)
-            if info.st_size > MAX_FILE_BYTES:
-                raise refuse(f"is larger than {MAX_FILE_BYTES} bytes; a policy is a few KiB")
-            data = file.read(MAX_FILE_BYTES + 1)
+        # Through a link (the admin's: its target's directory is checked too), never blocking (a
+        # FIFO must not hang the boot pass), regular files only, bounded.
+        data = read_small_file(path, MAX_FILE_BYTES, follow_symlinks=True,
+                               check=None if trust_insecure else lambda info: _check_ownership(path, info))
     except PolicyError:
         raise
+    except FileTooBig:
+        raise refuse(f"is larger than {MAX_FILE_BYTES} bytes; a policy is a few KiB") from None
+    except UnsafeFile as why:
+        raise refuse(f"cannot be used: {why}") from None
     except FileNotFoundError:
         raise refuse("no such file", "create it (see config/policy.sample.yaml) or name another with --policy")
     except IsADirectoryError:
@@ -43,8 +40,6 @@ def read_policy_file(path: str, *, trust_insecure: bool) -> bytes:
         raise refuse(f"cannot be read: {error.strerror}")
     except (OSError, ValueError) as error:
         raise refuse(f"cannot be read: {getattr(error, 'strerror', None) or error}")
-    if len(data) > MAX_FILE_BYTES:
-        raise refuse(f"is larger than {MAX_FILE_BYTES} bytes; a policy is a few KiB")
     return data
 
 

@@ -28,6 +28,13 @@ def _validator() -> jsonschema.protocols.Validator:
     return jsonschema.Draft202012Validator(policy_schema())
 
 
+def section_is_valid(key: str, value: object) -> bool:
+    """Whether ``value`` is valid as the policy's top-level ``key``: its own schema, with the
+    ``$defs`` it refers to."""
+    schema = policy_schema()
+    return jsonschema.Draft202012Validator({**schema["properties"][key], "$defs": schema["$defs"]}).is_valid(value)
+
+
 
 
 _TYPE_WORDS = {

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from libmgsave import safefiles
 from libmgsave.errors import HypervisorError
 from libmgsave.inventory import GuestInfo
 from libmgsave.outcomes import Outcome
@@ -132,27 +133,33 @@ def images_directory(path: Path) -> Path:
         return own_directory(path)
 
 
+def _directory_of(path: Path):
+    """A descriptor of the directory ``path`` is in (``images/`` or ``failed-images/`` of the
+    state directory), opened from the state directory without following a link: a directory
+    swapped for a link can never make root remove or move a file elsewhere."""
+    return safefiles.directory(path.parent.parent, path.parent.name)
+
+
+def _remove(path: str) -> None:
+    """Remove the regular file ``path`` (see ``_directory_of``); raises OSError or UnsafeFile."""
+    with _directory_of(Path(path)) as fd:
+        safefiles.remove_regular(fd, Path(path).name)
+
+
 def discard_partial_save(path: str, name: str, why: str) -> None:
     """Remove what a failed save to a file wrote, once the guest is known to still run (so the
     save did not complete); logged either way."""
     try:
-        os.unlink(path)
+        _remove(path)
     except FileNotFoundError:
+        return
+    except safefiles.UnsafeFile as unsafe:
+        log.error("%s: did not remove the partial save file %s: %s", name, path, unsafe)
         return
     except OSError as error:
         log.error("%s: could not remove the partial save file %s (%s)", name, path, error.strerror or error)
         return
     log.info("%s: removed the partial save file %s: its save failed (%s) and the guest still runs", name, path, why)
-
-
-def _free_name(directory: Path, stem: str) -> Path:
-    """A name under ``directory`` that nothing has yet: nothing kept is ever overwritten."""
-    target = directory / f"{stem}.save"
-    n = 1
-    while os.path.lexists(target):
-        n += 1
-        target = directory / f"{stem}-{n}.save"
-    return target
 
 
 def keep_failed_image(source: str | None, failed_images: Path, name: str) -> str | None:
@@ -161,22 +168,35 @@ def keep_failed_image(source: str | None, failed_images: Path, name: str) -> str
     if source is None or not os.path.isfile(source):
         return None
     try:
-        target = _free_name(own_directory(failed_images), f"{safe_stem(name)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    except OSError as error:
-        log.error("%s: could not keep the image: %s: %s", name, error.strerror, failed_images)
+        own_directory(failed_images)
+        with safefiles.directory(failed_images.parent, failed_images.name) as fd:
+            stem = f"{safe_stem(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+            target = failed_images / _keep_into(source, fd, safefiles.free_name(fd, stem))
+    except (OSError, safefiles.UnsafeFile) as error:
+        log.error("%s: could not keep the image %s in %s: %s", name, source, failed_images,
+                  getattr(error, "strerror", None) or error)
         return None
-    try:
-        os.link(source, target)  # instant on the same filesystem; the data outlives libvirt's unlink
-    except OSError:
-        try:
-            shutil.copy2(source, target)
-        except OSError as error:
-            log.error("%s: could not keep the image: %s", name, error)
-            with contextlib.suppress(OSError):
-                target.unlink()
-            return None
     log.info("%s: kept the image %s as %s", name, source, target)
     return str(target)
+
+
+def _keep_into(source: str, dir_fd: int, target: str) -> str:
+    """``source`` linked (instant on the same file system; the data outlives libvirt's unlink),
+    else copied, as ``target`` in the directory: never through a link there. ``target``."""
+    try:
+        os.link(source, target, dst_dir_fd=dir_fd)
+        return target
+    except OSError:
+        pass
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        with open(source, "rb") as src, open(fd, "wb") as out:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(target, dir_fd=dir_fd)
+        raise
+    return target
 
 
 def safe_stem(name: str) -> str:
@@ -189,11 +209,13 @@ def set_aside_failed_file(path: str, failed_images: Path, name: str) -> Path | N
     it went, or None (logged; the file is then where it was) when it could not be moved."""
     source = Path(path)
     try:
-        if not stat.S_ISREG(os.lstat(source).st_mode):
-            log.error("%s: %s is not a regular file; left alone", name, source)
-            return None
-        target = _free_name(own_directory(failed_images), source.name.removesuffix(".save"))
-        os.rename(source, target)
+        own_directory(failed_images)
+        with _directory_of(source) as src_fd, safefiles.directory(failed_images.parent, failed_images.name) as fd:
+            target = failed_images / safefiles.free_name(fd, source.name.removesuffix(".save"))
+            safefiles.move_regular(src_fd, source.name, fd, target.name)
+    except safefiles.UnsafeFile as why:
+        log.error("%s: %s: %s", name, source, why)
+        return None
     except OSError as error:
         log.error("%s: could not set %s aside into %s (%s); it stays where it is", name, source, failed_images,
                   error.strerror or error)
@@ -206,11 +228,11 @@ def remove_used_image(path: str, name: str) -> str | None:
     """Remove a transient guest's save file once restored (it is stale the moment the guest runs
     on); None when it is gone, else why it could not be removed (logged as an error)."""
     try:
-        os.unlink(path)
+        _remove(path)
     except FileNotFoundError:
         return None
-    except OSError as error:
-        reason = f"{error.strerror or error}: {path}"
+    except (OSError, safefiles.UnsafeFile) as error:
+        reason = f"{getattr(error, 'strerror', None) or error}: {path}"
         log.error("%s: restored, but its used save file could not be removed (%s); the boot record marks it "
                   "used so that it is never restored again", name, reason)
         return reason

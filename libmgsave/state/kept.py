@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from libmgsave import jsonout, units
+from libmgsave import jsonout, safefiles, units
 from libmgsave.state.records import BOOT_RECORD, SHUTDOWN_RECORD
 
 log = logging.getLogger("mgsave")
@@ -35,28 +34,24 @@ class KeptFile:
 
 
 def kept_files(state_dir: Path) -> list[KeptFile]:
-    """Every kept file, oldest first. Only regular files count (never followed through a link)."""
+    """Every kept file, oldest first. Only regular files count (never followed through a link,
+    nor ``failed-images/`` itself when it is one)."""
     found = []
-    candidates = [(name, "untrusted-record") for name in _names(state_dir) if name.startswith(_SET_ASIDE)]
-    candidates += [(f"{FAILED_IMAGES}/{name}", "failed-image") for name in _names(state_dir / FAILED_IMAGES)]
-    for name, kind in candidates:
-        path = state_dir / name
-        try:
-            info = os.lstat(path)
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode):
-            found.append(KeptFile(name, path, kind, info.st_size, info.st_mtime))
+    for name, info in _regular_in(state_dir).items():
+        if name.startswith(_SET_ASIDE):
+            found.append(KeptFile(name, state_dir / name, "untrusted-record", info.st_size, info.st_mtime))
+    for name, info in _regular_in(state_dir, FAILED_IMAGES).items():
+        kept = f"{FAILED_IMAGES}/{name}"
+        found.append(KeptFile(kept, state_dir / kept, "failed-image", info.st_size, info.st_mtime))
     return sorted(found, key=lambda f: (f.mtime, f.name))
 
 
-def _names(directory: Path) -> list[str]:
+def _regular_in(state_dir: Path, *where: str) -> dict[str, os.stat_result]:
     try:
-        if not stat.S_ISDIR(os.lstat(directory).st_mode):
-            return []
-        return os.listdir(directory)
-    except OSError:
-        return []
+        with safefiles.directory(state_dir, *where) as fd:
+            return safefiles.regular_entries(fd)
+    except (OSError, safefiles.UnsafeFile):
+        return {}
 
 
 @dataclass(frozen=True)
@@ -93,14 +88,21 @@ def over_share_warning(usage: KeptUsage, limit: float) -> str | None:
             f"them with 'mgsave images remove NAME...' once looked at")
 
 
-def remove_kept(kept: KeptFile, *, dry_run: bool) -> str | None:
-    """Remove one kept file (checked again just before: still a regular file); None when done
-    (or, for a dry run, when it would be), else why not. Logged either way."""
+def remove_kept(state_dir: Path, kept: KeptFile, *, dry_run: bool) -> str | None:
+    """Remove one kept file, relative to descriptors of the state directory and of
+    ``failed-images/`` opened without following a link, once ``lstat`` there says it is still a
+    regular file (whatever was swapped in meanwhile, only a name in those directories can go);
+    None when done (or, for a dry run, when it would be), else why not. Logged either way."""
+    *where, name = kept.name.split("/")
     try:
-        if not stat.S_ISREG(os.lstat(kept.path).st_mode):
-            return f"{kept.path} is no longer a regular file; left alone"
-        if not dry_run:
-            os.unlink(kept.path)
+        with safefiles.directory(state_dir, *where) as fd:
+            if dry_run:
+                safefiles.regular_file(fd, name)
+            else:
+                safefiles.remove_regular(fd, name)
+    except safefiles.UnsafeFile as why:
+        log.error("did not remove the kept %s %s: %s", kept.kind, kept.path, why)
+        return f"{why}: {kept.path}"
     except OSError as error:
         log.error("could not remove the kept %s %s (%s)", kept.kind, kept.path, error.strerror or error)
         return f"{error.strerror or error}: {kept.path}"

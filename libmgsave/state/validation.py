@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 import os
 import re
-import stat
 from pathlib import Path
 
 from libmgsave.outcomes import Outcome
+from libmgsave.safefiles import UnsafeFile, read_small_file  # noqa: F401 - UnsafeFile: for records
 
 # A record of 10,000 guests is a few MiB; anything far larger is not one of ours.
 MAX_RECORD_BYTES = 64 * 1024 * 1024
@@ -25,38 +25,10 @@ UUID_PATTERN = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-
 _OUTCOMES = frozenset(str(o) for o in Outcome)
 
 
-class UnsafeFile(Exception):
-    """The file is not one mgsave may read (why, as a sentence's end)."""
-
-
 def read_regular_file(path: Path, max_bytes: int) -> bytes:
-    """The bytes of ``path``, a regular file of at most ``max_bytes``, opened without following
-    a symlink and without blocking. Raises FileNotFoundError when there is none, UnsafeFile
-    (or OSError) when it must or cannot be read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as error:
-        if os.path.islink(path):
-            raise UnsafeFile("it is a symbolic link; records are never read through one") from None
-        raise error
-    with open(fd, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFile(f"it is {file_kind(info.st_mode)}, not a regular file")
-        if info.st_size > max_bytes:
-            raise UnsafeFile(f"it is {info.st_size} bytes, more than a record can be ({max_bytes})")
-        data = file.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise UnsafeFile(f"it is more than {max_bytes} bytes, more than a record can be")
-    return data
-
-
-def file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link")):
-        if test(mode):
-            return name
-    return "not a regular file"
+    """The bytes of the record at ``path`` (see ``safefiles.read_small_file``: never through a
+    link, never blocking, at most ``max_bytes``)."""
+    return read_small_file(path, max_bytes)
 
 
 def is_number(value) -> bool:

@@ -5,51 +5,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from libmgsave import __version__
+from libmgsave.safefiles import write_file
 from libmgsave.state.records import RECORD_FORMAT, RECORD_VERSION
 
 log = logging.getLogger("mgsave")
 
 
-def replace_file(path: Path, text: str, *, mode: int | None = None, durable: bool = True,
-                 suffix: str = "") -> None:
-    """Replace ``path`` with ``text`` so that readers see the old or the new file, whole: a
-    temporary file in the same directory (named ``.<name>.*<suffix>``), renamed over it. ``mode``
-    sets the new file's permissions; ``durable`` also fsyncs the file and the directory, so a
-    power loss leaves one of the two as well."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-            if mode is not None:
-                os.fchmod(out.fileno(), mode)
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    if durable:
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Replace ``path`` with ``data`` as JSON, durably (see ``replace_file``)."""
+    """Replace ``path`` with ``data`` as JSON, durably (see ``safefiles.write_file``): the name is
+    the record's own, so whatever else is there (a link planted in its place) is replaced, never
+    written through."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    write_file(path, json.dumps(data, indent=1, sort_keys=True) + "\n", replace_anything=True)
 
 
 class RecordWriter:

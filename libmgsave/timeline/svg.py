@@ -1,14 +1,17 @@
 """A pass's timeline as an SVG picture, written by hand: a lane per guest, a bar per phase.
 
 Each pass gets its own time axis; every bar has a tooltip (its ``<title>``) with the guest,
-the phase, its length and, for a failed step, the error.
+the phase, its length and, for a failed step, the error. Every text in it goes through
+``untrusted.safe`` for XML: a record's names and errors can hold what XML 1.0 forbids.
 """
 
 from __future__ import annotations
 
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import quoteattr
 
+from libmgsave import untrusted
 from libmgsave.timeline.model import LEGEND, PassTimeline
+from libmgsave.untrusted import Sink
 from libmgsave.timeline.text import headline
 
 WIDTH = 960
@@ -36,7 +39,7 @@ def tick_step(seconds: float, most: int = 10) -> float:
 
 
 def _text(x: float, y: float, text: str, extra: str = "") -> str:
-    return f"<text x='{x:.1f}' y='{y:.1f}' {FONT} {extra}>{escape(text)}</text>"
+    return f"<text x='{x:.1f}' y='{y:.1f}' {FONT} {extra}>{untrusted.safe(text, Sink.XML)}</text>"
 
 
 def _pass(timeline: PassTimeline, top: float) -> tuple[list[str], float]:
@@ -59,7 +62,7 @@ def _pass(timeline: PassTimeline, top: float) -> tuple[list[str], float]:
         tick += step
     for index, row in enumerate(timeline.rows):
         y = axis_y + index * ROW_HEIGHT
-        out.append(_text(MARGIN, y + 15, row.name[:24]))
+        out.append(_text(MARGIN, y + 15, untrusted.safe(row.name)[:24]))
         for phase in sorted(row.phases, key=lambda p: not p.is_wait):
             colour = FAILED if not phase.ok else COLOURS.get(phase.kind, UNKNOWN)
             x = left + (phase.started - timeline.started) * scale
@@ -68,7 +71,7 @@ def _pass(timeline: PassTimeline, top: float) -> tuple[list[str], float]:
             tip = f"{row.name}: {phase.kind} {phase.seconds:.2f} s" + (f" (failed: {phase.error})"
                                                                       if not phase.ok else "")
             out.append(f"<rect x='{x:.1f}' y='{y + (ROW_HEIGHT - height) / 2:.1f}' width='{width:.1f}' "
-                       f"height='{height}' fill='{colour}'><title>{escape(tip)}</title></rect>")
+                       f"height='{height}' fill='{colour}'><title>{untrusted.message(tip, Sink.XML)}</title></rect>")
         out.append(_text(left + plot + 8, y + 15, row.outcome))
     if not timeline.rows:
         out.append(_text(left, axis_y + 15, "no guest was handled", "fill='#555'"))
@@ -102,7 +105,7 @@ def render(timelines: list[PassTimeline], title: str = "mgsave: the last passes"
         "<?xml version='1.0' encoding='UTF-8'?>",
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{total:.0f}' "
         f"viewBox='0 0 {WIDTH} {total:.0f}'>",
-        f"<title>{escape(title)}</title>",
+        f"<title>{untrusted.safe(title, Sink.XML)}</title>",
         f"<rect x='0' y='0' width='{WIDTH}' height='{total:.0f}' fill={quoteattr('#ffffff')}/>",
         *body,
         "</svg>",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+from libmgsave import untrusted
 from libmgsave.timeline.model import LEGEND, PassTimeline, Phase
 
 WIDTH = 80
@@ -49,6 +50,8 @@ def bar(phases, start: float, span: float, width: int) -> str:
 
 
 def _fit(text: str, width: int) -> str:
+    """``text`` (a record's: escaped, ``untrusted``) in at most ``width`` columns."""
+    text = untrusted.safe(text)
     return text if len(text) <= width else text[: width - 1] + "~"
 
 
@@ -60,9 +63,9 @@ def headline(timeline: PassTimeline) -> str:
     """What the pass was, when, how long, and how many saves (or starts) ran at once."""
     stopped = f", stopped by {timeline.interrupted}" if timeline.interrupted else ""
     slot = "save" if timeline.kind == "shutdown" else "start"
-    return (f"{timeline.kind} pass, {utc(timeline.started)}: {seconds_text(timeline.seconds)}, "
-            f"{_plural(len(timeline.rows), 'guest')}, at most {_plural(timeline.peak_in_slots, slot)} "
-            f"at once{stopped}")
+    return untrusted.safe(f"{timeline.kind} pass, {utc(timeline.started)}: {seconds_text(timeline.seconds)}, "
+                          f"{_plural(len(timeline.rows), 'guest')}, at most {_plural(timeline.peak_in_slots, slot)} "
+                          f"at once{stopped}")
 
 
 def render(timeline: PassTimeline, width: int = WIDTH) -> str:

@@ -105,3 +105,21 @@ def test_a_warning_about_a_setting_of_defaults_points_at_defaults(hv, tmp_path, 
     lines = out.splitlines()
     at = lines.index(f"{path}:3: defaults:")
     assert lines[at + 1].startswith("  warning: a: on_shutdown does not end with poweroff"), out
+
+
+@pytest.mark.parametrize("where", ["peer", "home", "connection"])
+def test_a_uri_that_would_run_a_program_is_refused_and_never_run(hv, tmp_path, capsys, where):
+    ran = tmp_path / "ran"
+    script = tmp_path / "script"
+    script.write_text(f"#!/bin/sh\ntouch {ran}\nexit 1\n")
+    script.chmod(0o755)
+    uri = f"qemu+ext:///system?command={script}"
+    policy = {"peer": f"version: 1\ndefaults:\n  migrate:\n    peers: ['{uri}']\n",
+              "home": f"version: 1\ndefaults:\n  migrate:\n    peers: ['{URI}']\n    come_back: true\n    home: '{uri}'\n",
+              "connection": f"version: 1\nconnections: ['{uri}']\n"}[where]
+    code, _out, out, path = _check(tmp_path, capsys, policy=policy, connect=URI)  # problems: on stderr
+    assert code == ExitCode.BAD_INPUT, out
+    line = {"peer": 4, "home": 6, "connection": 2}[where]
+    assert f"{path}:{line}:" in out and "a transport a migration can use" in out
+    assert "only parameters that run no command" in out
+    assert not ran.exists(), "libvirt ran the URI's program"

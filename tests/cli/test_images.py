@@ -10,6 +10,7 @@ import os
 import pytest
 
 from libmgsave import cli, state
+from libmgsave.actions import images as images_action
 from libmgsave.errors import ExitCode
 from tests.testdriver import URI, define, hv  # noqa: F401
 
@@ -115,3 +116,41 @@ def test_kept_files_past_the_policys_share_warn_in_status_and_at_boot(hv, run):
     run.policy.write_text(f"version: 1\nconnections: ['{URI}']\n")  # the default: 10%
     code, result, err = run("status")
     assert not any("kept_images_warn_share" in w for w in result["warnings"]), result["warnings"]
+
+
+def test_images_remove_refuses_an_insecure_state_directory(hv, run):
+    kept = _kept(hv, run)
+    run.state_dir.chmod(0o777)
+    code, result, err = run("images", "remove", "--all")
+    assert code == ExitCode.BAD_INPUT and result["removed"] == []
+    assert "not safe" in result["error"] and "--insecure-state-dir" in result["error"]
+    assert all((run.state_dir / name).exists() for name in kept)
+    code, result, err = run("images", "list")
+    assert any("--insecure-state-dir" in w for w in result["warnings"]), "listing only reads names: it warns"
+    code, result, err = run("images", "remove", "--all", "--insecure-state-dir")
+    assert code == ExitCode.OK and sorted(f["name"] for f in result["removed"]) == sorted(kept)
+
+
+def test_failed_images_swapped_for_a_link_after_the_listing_is_not_followed(hv, run, tmp_path, monkeypatch):
+    """The swap happens between the listing and the removal, where a renameat2 loop of a user who
+    can write the directory would land it (a root-only directory is used here, and the swap is
+    done at that point instead of raced for)."""
+    name = "failed-images/db-20260101-000000.save"
+    _kept(hv, run)
+    victim_dir = tmp_path / "etc"
+    victim_dir.mkdir()
+    victim = victim_dir / "db-20260101-000000.save"
+    victim.write_bytes(b"root's file")
+    listed = images_action.kept_files
+
+    def list_then_swap(state_dir):
+        files = listed(state_dir)
+        (state_dir / "failed-images").rename(state_dir / "failed-images.real")
+        (state_dir / "failed-images").symlink_to(victim_dir)
+        return files
+
+    monkeypatch.setattr(images_action, "kept_files", list_then_swap)
+    code, result, err = run("images", "remove", name)
+    assert code == ExitCode.GUEST_FAILED and [f["name"] for f in result["failed"]] == [name]
+    assert victim.read_bytes() == b"root's file"
+    assert "not a directory" in result["failed"][0]["error"]

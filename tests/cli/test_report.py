@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import pytest
 
@@ -106,3 +107,31 @@ def test_the_svg_is_drawn_by_a_real_browser(hv, mgsave, tmp_path):
         rgb = tuple(int(svg.COLOURS[kind][i:i + 2], 16) for i in (1, 3, 5))
         assert counts[rgb] > 20, f"no {kind} bar drawn ({counts[rgb]} pixels of {svg.COLOURS[kind]})"
     shutil.copy(screenshot, os.environ.get("MGSAVE_KEEP_SCREENSHOT", os.devnull))
+
+
+def test_the_svg_is_never_written_through_a_link_nor_into_a_fifo(hv, mgsave, tmp_path):
+    _cycle(hv, mgsave)
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    link = tmp_path / "timeline.svg"
+    link.symlink_to(victim)
+    code, _out, err = mgsave("report", "--svg", str(link))
+    assert code == ExitCode.BAD_INPUT and "symbolic link" in err
+    assert victim.read_text() == "root's file\n" and link.is_symlink()
+    fifo = tmp_path / "fifo.svg"
+    os.mkfifo(fifo)
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("run", mgsave("report", "--svg", str(fifo))), daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():  # blocked opening the FIFO: a reader lets it go, so the test ends
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        thread.join(60)
+        pytest.fail("report --svg hung on a FIFO")
+    code, _out, err = box["run"]
+    assert code == ExitCode.BAD_INPUT and "FIFO" in err
+    picture = tmp_path / "picture.svg"
+    picture.write_text("an older picture")
+    assert mgsave("report", "--svg", str(picture))[0] == ExitCode.OK
+    assert picture.read_text().startswith("<svg") or picture.read_text().startswith("<?xml")
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".picture.svg")], "no temporary file left"

@@ -267,7 +267,7 @@ def test_a_record_that_is_not_a_regular_file_is_untrusted_without_hanging(tmp_pa
     record.unlink()
     with open(record, "wb") as big:
         big.truncate(state.validation.MAX_RECORD_BYTES + 1)  # sparse: no disk used
-    assert "more than a record can be" in _error_of(record)
+    assert "more than the" in _error_of(record)
 
 
 def _error_of(path) -> str:

@@ -372,7 +372,28 @@ LOCATED_PROBLEMS = [
     pytest.param("guests: []\n", "", 1, 1, "missing required key 'version'", None, id="no-version"),
     pytest.param("- version: 1\n", "", 1, 1, "must be a mapping", None, id="top-level-list"),
     pytest.param("version: 1\n[a, b]: 1\n", "", 2, 1, "a key must be a plain word", None, id="complex-key"),
+    # URIs libvirt would run a program for, as root: refused wherever the policy names one.
+    pytest.param("version: 1\ndefaults:\n  migrate: {peers: ['qemu+ext:///system']}\n", "defaults.migrate.peers[0]",
+                 3, 21, "a transport a migration can use", None, id="uri-ext-transport"),
+    pytest.param("version: 1\ndefaults:\n  migrate: {peers: ['qemu+ssh://root@peer/system?netcat=/tmp/x']}\n",
+                 "defaults.migrate.peers[0]", 3, 21, "only parameters that run no command", None, id="uri-netcat"),
+    pytest.param("version: 1\nguests:\n  - match: {name: a}\n    migrate: {home: 'qemu+tls://h/system?name=a;command=/x'}\n",
+                 "guests[0].migrate.home", 4, 21, "only parameters that run no command", None, id="uri-semicolon"),
+    pytest.param("version: 1\nconnections: ['qemu+ssh://h/system?command=/bin/sh']\n", "connections[0]", 2, 15,
+                 "only parameters that run no command", None, id="uri-connection-command"),
+    pytest.param("version: 1\nconnections: ['qemu+tls://h/system?comm%61nd=/x']\n", "connections[0]", 2, 15,
+                 "only parameters that run no command", None, id="uri-escaped-name"),
 ]
+
+
+def test_uris_with_the_transports_and_parameters_a_migration_uses_are_accepted(policy_dir):
+    peers = ["qemu+tls://p1/system", "qemu://p2/system", "qemu+ssh://root@p3:2222/system?keyfile=/root/k&no_tty=1",
+             "qemu+libssh2://p4/system?known_hosts=/root/kh&sshauth=privkey", "qemu+libssh://p5/system",
+             "qemu+tcp://p6/system", "qemu+unix:///system?socket=/run/libvirt/libvirt-sock&mode=direct",
+             "qemu+ssh://p7/system?proxy=native&name=qemu:///system"]
+    file = write(policy_dir, f"version: 1\nconnections: ['qemu:///system', 'test:///default', '{peers[-2]}']\n"
+                             f"defaults:\n  migrate: {{peers: {peers}, come_back: true, home: '{peers[0]}'}}\n")
+    assert load_policy(file).defaults["migrate"].peers == tuple(peers)
 
 
 @pytest.mark.parametrize(("text", "path", "line", "column", "message", "hint"), LOCATED_PROBLEMS)
