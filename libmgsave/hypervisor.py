@@ -292,6 +292,73 @@ class Host:
         )
 
 
+# How long a peer host has to answer: a connection, or a connection and a few questions.
+# libvirt's connect has no timeout of its own: to an address that swallows packets it lasts as
+# long as the kernel's TCP connect (about 130 s with Linux's 6 SYN retries), and a question on
+# a connection whose packets start being dropped waits for TCP's retransmissions (minutes).
+PEER_TIMEOUT = 15.0
+
+
+def open_peer(uri: str, *, timeout: float = PEER_TIMEOUT) -> Host:
+    """Connect to a peer host, giving up after ``timeout`` seconds or at a stop request. Every
+    connection to a peer goes through here or ``ask_peer``. Raises HypervisorUnavailable when
+    the peer did not answer in time or refused, interrupt.Interrupted when the pass was asked
+    to stop meanwhile."""
+    return _within(timeout, f"connecting to {uri}", lambda: Host.open(uri), Host.close, stoppable=True)
+
+
+def ask_peer(uri: str, question, *, timeout: float = PEER_TIMEOUT, stoppable: bool = True):
+    """``question(host)`` on a new connection to the peer, closed afterwards: the connect and the
+    question within ``timeout`` seconds together. Raises as ``open_peer`` (Interrupted only when
+    ``stoppable``: an answer the pass must have before it goes on waits out its bound), and
+    whatever ``question`` raises."""
+    def connect_and_ask():
+        host = Host.open(uri)
+        try:
+            return question(host)
+        finally:
+            host.close()
+    return _within(timeout, f"asking {uri}", connect_and_ask, stoppable=stoppable)
+
+
+def _within(timeout: float, doing: str, work, discard=None, *, stoppable: bool):
+    """``work()`` in a worker thread, waited for at most ``timeout`` seconds. Past that the worker
+    is left to end on its own (a daemon thread: it never holds up the exit), and what it returns
+    then is given to ``discard``: a connection that comes too late is closed, not leaked."""
+    box: dict = {}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            value = work()
+        except BaseException as error:  # handed to the waiting thread, raised there
+            value, box["error"] = None, error
+        with lock:
+            late = box.setdefault("late", False)
+            box["value"] = value
+        done.set()
+        if late and discard is not None and value is not None:
+            discard(value)
+
+    threading.Thread(target=run, name=f"peer: {doing}", daemon=True).start()
+    give_up_at = time.monotonic() + timeout
+    while not done.wait(interrupt.wait_bound(min(0.2, give_up_at - time.monotonic()))):
+        if (stoppable and interrupt.requested()) or time.monotonic() >= give_up_at:
+            break
+    with lock:
+        finished = "value" in box
+        box.setdefault("late", True)
+    if not finished:
+        if stoppable:
+            interrupt.check()
+        raise HypervisorUnavailable(f"{doing}: no answer within {timeout:g} s",
+                                    hint="is the peer up, and its address reachable from here?")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 class Connections:
     """The open hosts of a pass. A call that finds its daemon gone goes through
     ``call_with_reconnect``: one thread at a time reconnects (until ``give_up_at``), the others
