@@ -28,6 +28,10 @@ class GuestState(enum.StrEnum):
         return self not in (GuestState.SHUTOFF, GuestState.CRASHED, GuestState.NOSTATE)
 
 
+# How a guest that lives on a peer host (not defined here) is shown where a state would be.
+ON_PEER = "on peer"
+
+
 @dataclass(frozen=True)
 class GuestInfo:
     connection: str

@@ -1,19 +1,20 @@
 """What the peer hosts answer before a pass decides anything: reachable, which hypervisor, how
-much free memory (``plan.peers.PeerFacts``). Only through the libvirt wrapper, each peer within
+much free memory (``plan.peers.PeerFacts``); whether a guest a record places there lives there
+(``plan.peers.PeerGuest``). Only through the libvirt wrapper, each peer within
 ``hypervisor.PEER_TIMEOUT``."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from libmgsave import interrupt
-from libmgsave.errors import HypervisorError
+from libmgsave.errors import GuestGone, HypervisorError
 from libmgsave.hypervisor import Host, ask_peer
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import resolve
-from libmgsave.plan.peers import PeerFacts
+from libmgsave.plan.peers import PeerFacts, PeerGuest
 from libmgsave.policy import Policy, ShutdownStep
 
 log = logging.getLogger("mgsave")
@@ -58,6 +59,39 @@ def probe_all(uris: Iterable[str]) -> dict[str, PeerFacts]:
     swallows packets would otherwise hold the pass for the whole TCP connect timeout, minutes,
     before the first guest is touched)."""
     return at_once(uris, probe, lambda uri: PeerFacts(uri, False, why="the pass was stopped"))
+
+
+def guests_on_peers(questions: Mapping[str, Collection[str]]) -> dict[tuple[str, str], PeerGuest]:
+    """What each peer says of the guests (UUIDs) a record places there: every peer asked once,
+    all at once, each within ``hypervisor.PEER_TIMEOUT``; one that cannot be asked says so for
+    each of its guests (``PeerGuest.answered`` False)."""
+    def ask_one(uri: str) -> dict[str, PeerGuest]:
+        try:
+            return ask_peer(uri, lambda host: {uuid: _guest_there(host, uuid) for uuid in questions[uri]})
+        except HypervisorError as error:
+            log.warning("peer %s cannot be asked where its guests run: %s", uri, error.message)
+            return {uuid: PeerGuest(uri, uuid, False, why=error.message) for uuid in questions[uri]}
+
+    def stopped(uri: str) -> dict[str, PeerGuest]:
+        return {uuid: PeerGuest(uri, uuid, False, why="the pass was stopped") for uuid in questions[uri]}
+
+    answers = at_once(questions, ask_one, stopped)
+    return {(uri, uuid): guest for uri, guests in answers.items() for uuid, guest in guests.items()}
+
+
+def _guest_there(host: Host, uuid: str) -> PeerGuest:
+    """Whether the guest lives on ``host``: active there (running, paused, being migrated in or
+    out: its QEMU holds its disks), or saved there (its memory state waits there)."""
+    try:
+        guest = host.guest(uuid)
+    except GuestGone:
+        return PeerGuest(host.uri, uuid, True, state="not defined")
+    state, _reason = guest.state()
+    if state.is_active:
+        return PeerGuest(host.uri, uuid, True, lives_there=True, state=str(state))
+    if guest.has_saved_state():
+        return PeerGuest(host.uri, uuid, True, lives_there=True, state=f"{state}, with a saved state")
+    return PeerGuest(host.uri, uuid, True, state=str(state))
 
 
 def at_once(uris: Iterable[str], ask, stopped) -> dict:
