@@ -51,6 +51,10 @@ _UNAVAILABLE_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC}
 _UNAVAILABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 _GONE_CODES = {libvirt.VIR_ERR_NO_DOMAIN}
 _TIMEOUT_CODES = {libvirt.VIR_ERR_OPERATION_ABORTED, libvirt.VIR_ERR_OPERATION_TIMEOUT}
+# Why a paused guest may be paused only for a moment: a guest migrated here is paused "starting
+# up", then "migration", until it has arrived (then it runs, persistent); so is one being started.
+_SETTLING = {libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP}
+_ARRIVED = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATED)  # runs since a migration brought it
 
 
 def _silence_default_error_printing() -> None:
@@ -81,6 +85,7 @@ class _Facts:
     """What one bulk query told about a guest (see ``Host._bulk_facts``)."""
 
     state: int
+    reason: int
     persistent: bool
     managed_save: bool
     autostart: bool
@@ -215,6 +220,7 @@ class Host:
             persistent = uuid not in transient
             facts[uuid] = _Facts(
                 state=int(record["state.state"]),
+                reason=int(record.get("state.reason", 0)),
                 persistent=persistent,
                 managed_save=persistent and (uuid in managed or _image_on_disk(self.uri, domain.name())),
                 autostart=persistent and uuid in autostart,
@@ -471,13 +477,13 @@ class Guest:
         """A snapshot of the guest. ``facts`` are what ``Host._bulk_facts`` already knows
         about it; what they lack is asked of libvirt."""
         if facts is None:
-            state_code, _reason = self._call("reading state", self._dom.state)
+            state_code, reason = self._call("reading state", self._dom.state)
             persistent = bool(self._call("reading persistence", self._dom.isPersistent))
             managed = bool(persistent and self.has_saved_state())
             autostart = bool(persistent and self._call("reading autostart flag", self._dom.autostart))
             memory_kib = None
         else:
-            state_code, persistent = facts.state, facts.persistent
+            state_code, reason, persistent = facts.state, facts.reason, facts.persistent
             managed, autostart, memory_kib = facts.managed_save, facts.autostart, facts.memory_kib
         if memory_kib is None:
             info = self._call("reading info", self._dom.info)
@@ -496,6 +502,8 @@ class Guest:
             title=title,
             metadata=MappingProxyType(metadata),
             libvirt_autostart=autostart,
+            settling=state_code == libvirt.VIR_DOMAIN_PAUSED and reason in _SETTLING,
+            arrived_by_migration=(state_code, reason) == _ARRIVED,
         )
 
     def state(self) -> tuple[GuestState, int]:

@@ -24,7 +24,7 @@ def peers_of(guests: Iterable[GuestInfo], policy: Policy, *, all_guests: bool = 
     """The peer URIs of the running guests whose chain has a ``migrate`` step (``all_guests``: of
     every guest with peers, for ``check``), in first-seen order."""
     uris: list[str] = []
-    if not all_guests and not _may_migrate(policy):
+    if not all_guests and not may_migrate(policy):
         return uris  # the usual case, and with thousands of guests not worth resolving each
     for guest in guests:
         settings = resolve(policy, guest).settings
@@ -35,7 +35,7 @@ def peers_of(guests: Iterable[GuestInfo], policy: Policy, *, all_guests: bool = 
     return uris
 
 
-def _may_migrate(policy: Policy) -> bool:
+def may_migrate(policy: Policy) -> bool:
     """Whether any mapping of the policy puts a ``migrate`` step in a chain."""
     mappings = [policy.defaults, *(rule.settings for rule in policy.rules)]
     return any(ShutdownStep.MIGRATE in mapping.get("on_shutdown", ()) for mapping in mappings)
