@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 from libmgsave.channels import UNKNOWN, ChannelSupport, choose
 from libmgsave.inventory import GuestInfo, GuestState
@@ -91,7 +93,7 @@ def plan_boot(
     on_peer: dict[GuestKey, str] = {}  # guests the last shutdown migrated, not defined here again
     for entry in recorded.values():
         # only home to a connection this pass has: the guest is started through it afterwards
-        if entry.get("outcome") == Outcome.MIGRATED and entry.get("peer") and entry["connection"] in policy.connections:
+        if recorded_peer(entry) and entry["connection"] in policy.connections:
             guest = recorded_guest(entry, persistent=True)
             if guest.key not in resolved:
                 resolved[guest.key] = (guest, resolve(policy, guest))
@@ -109,15 +111,13 @@ def plan_boot(
     for key in sorted(resolved, key=sort_key):
         guest, eff = resolved[key]
         entry = recorded.get(guest_record_key(*key))
-        peer, held, notes, wanted = on_peer.get(key), None, (), None
         if key in on_peer:
-            action, reason = _return_decision(eff, on_peer[key])
+            decided = _Decision(*_return_decision(eff, on_peer[key]), peer=on_peer[key])
         else:
-            action, reason = _boot_decision(guest, eff, entry, record is not None, key in transient_images)
-            if recorded_peer(entry) and action in (Action.START, Action.RESUME):
-                peer, wanted = recorded_peer(entry), action
-                action, reason, held, notes = _defined_here_again(
-                    eff, peer, (on_peers or {}).get((peer, guest.uuid)), action, reason)
+            decided = _Decision(*_boot_decision(guest, eff, entry, record is not None, key in transient_images))
+            if recorded_peer(entry) and decided.action in (Action.START, Action.RESUME):
+                decided = _defined_here_again(eff, recorded_peer(entry), on_peers or {}, guest, decided)
+        action = decided.action
         wait_for = tuple(d for d in deps[key] if orders[d] == orders[key])
         # After a first boot pass (``booted_since``) a guest of the record may simply have been
         # resumed and stopped again: starting it fresh is no news then.
@@ -128,12 +128,13 @@ def plan_boot(
             read_with, _ = choose(eff.settings.save_channels, guest, offers.get(guest.connection, UNKNOWN),
                                   at_once=at_once, cores=cores or os.cpu_count() or 1)
         entries.append(
-            GuestPlan(guest, eff, (action,), reason, orders[key], wait_for if action is not Action.SKIP else (),
-                      image=transient_images.get(key), notes=((lost,) if lost else ()) + notes,
+            GuestPlan(guest, eff, (action,), decided.reason, orders[key],
+                      wait_for if action is not Action.SKIP else (), image=transient_images.get(key),
+                      notes=((lost,) if lost else ()) + decided.notes,
                       managed_image=managed_image_path(guest.connection, guest.name) if guest.persistent else None,
                       boots_fresh_because=lost, if_resume_fails=if_fails, save_channels=read_with,
-                      peer=peer, on_peer=key in on_peer, left_off_because=held,
-                      dropped_first_choice=wanted if held else None)
+                      peer=decided.peer, on_peer=key in on_peer, left_off_because=decided.held,
+                      dropped_first_choice=decided.wanted)
         )
     return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings))
 
@@ -168,25 +169,37 @@ def _return_decision(eff: Effective, peer: str) -> tuple[Action, str]:
     return Action.SKIP, f"migrated to {peer} at the last shutdown; runs there (come_back is off)"
 
 
-def _defined_here_again(eff: Effective, peer: str, there: PeerGuest | None, action: Action,
-                        reason: str) -> tuple[Action, str, str | None, tuple[str, ...]]:
+@dataclass(frozen=True)
+class _Decision:
+    """What the boot plan gives one guest, and why."""
+
+    action: Action
+    reason: str
+    peer: str | None = None  # the peer it comes back from, or that the record places it on
+    held: str | None = None  # why it is left off at a loss (``GuestPlan.left_off_because``)
+    wanted: Action | None = None  # the start it would have had, when held
+    notes: tuple[str, ...] = ()
+
+
+def _defined_here_again(eff: Effective, peer: str, on_peers: Mapping[tuple[str, str], PeerGuest], guest: GuestInfo,
+                        wanted: _Decision) -> _Decision:
     """A guest the record places on ``peer`` that is defined here again and would be started
-    (``action``, ``reason``): the daemon died in the migration's last step, or configuration
-    management defined it again. Two copies on one disk corrupt it: it is started here only
-    when the peer says it does not live there. Returns the action, the reason, why it is left
-    off when that is a loss (the peer could not be asked), and notes."""
+    (``wanted``): the daemon died in the migration's last step, or configuration management
+    defined it again. Two copies on one disk corrupt it: it is started here only when the peer
+    says it does not live there; left off at a loss when the peer could not be asked."""
+    there = on_peers.get((peer, guest.uuid))
     if there is None or not there.answered:
         why = (f"not asked: its policy does not list {peer} (any more)" if peer not in eff.settings.migrate.peers
                else f"{peer} could not be asked ({there.why if there else 'not asked'})")
         held = f"recorded as migrated to {peer}, but defined here again: {why}; not started here, in case it runs there"
-        return Action.SKIP, held, held, ()
+        return _Decision(Action.SKIP, held, peer, held=held, wanted=wanted.action)
     if there.lives_there:
         where = f"defined here again, but it lives on {peer} ({there.state})"
         if eff.settings.migrate.come_back and eff.settings.migrate.home:
-            return Action.RETURN, f"{where}; comes back", None, ()
-        return Action.SKIP, f"{where}: not started here (come_back is off)", None, ()
-    return action, reason, None, (f"recorded as migrated to {peer}, which says it does not run there "
-                                  f"({there.state}): it starts here",)
+            return _Decision(Action.RETURN, f"{where}; comes back", peer)
+        return _Decision(Action.SKIP, f"{where}: not started here (come_back is off)", peer)
+    return dataclasses.replace(wanted, peer=peer, notes=(f"recorded as migrated to {peer}, which says it does not run "
+                                                         f"there ({there.state}): it starts here",))
 
 
 def _boot_decision(
