@@ -305,15 +305,15 @@ class Host:
 PEER_TIMEOUT = 15.0
 
 
-def open_peer(uri: str, *, timeout: float = PEER_TIMEOUT) -> Host:
-    """Connect to a peer host, giving up after ``timeout`` seconds or at a stop request. Every
-    connection to a peer goes through here or ``ask_peer``. Raises HypervisorUnavailable when
-    the peer did not answer in time or refused, interrupt.Interrupted when the pass was asked
-    to stop meanwhile."""
+def open_peer(uri: str, *, timeout: float | None = None) -> Host:
+    """Connect to a peer host, giving up after ``timeout`` seconds (by default ``PEER_TIMEOUT``)
+    or at a stop request. Every connection to a peer goes through here or ``ask_peer``. Raises
+    HypervisorUnavailable when the peer did not answer in time or refused, interrupt.Interrupted
+    when the pass was asked to stop meanwhile."""
     return _within(timeout, f"connecting to {uri}", lambda: Host.open(uri), Host.close, stoppable=True)
 
 
-def ask_peer(uri: str, question, *, timeout: float = PEER_TIMEOUT, stoppable: bool = True):
+def ask_peer(uri: str, question, *, timeout: float | None = None, stoppable: bool = True):
     """``question(host)`` on a new connection to the peer, closed afterwards: the connect and the
     question within ``timeout`` seconds together. Raises as ``open_peer`` (Interrupted only when
     ``stoppable``: an answer the pass must have before it goes on waits out its bound), and
@@ -327,10 +327,11 @@ def ask_peer(uri: str, question, *, timeout: float = PEER_TIMEOUT, stoppable: bo
     return _within(timeout, f"asking {uri}", connect_and_ask, stoppable=stoppable)
 
 
-def _within(timeout: float, doing: str, work, discard=None, *, stoppable: bool):
+def _within(timeout: float | None, doing: str, work, discard=None, *, stoppable: bool):
     """``work()`` in a worker thread, waited for at most ``timeout`` seconds. Past that the worker
     is left to end on its own (a daemon thread: it never holds up the exit), and what it returns
     then is given to ``discard``: a connection that comes too late is closed, not leaked."""
+    timeout = PEER_TIMEOUT if timeout is None else timeout
     box: dict = {}
     done = threading.Event()
     lock = threading.Lock()
