@@ -118,7 +118,8 @@ def _two_way_findings(policy: Policy, guests) -> list[Finding]:
     can see is that it migrates guests away at shutdown and has guests that came by migration."""
     from libmgsave.peers import may_migrate
 
-    came = [g.name for g in guests if g.arrived_by_migration or g.settling]
+    # one arriving now is paused and transient until it has arrived (a persistent one is starting up)
+    came = [g.name for g in guests if g.arrived_by_migration or (g.settling and not g.persistent)]
     if not came or not may_migrate(policy):
         return []
     named = ", ".join(came[:5]) + (f" and {len(came) - 5} more" if len(came) > 5 else "")
