@@ -158,10 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("shutdown", "Save every running guest, running each guest's on_shutdown fallback chain\n"
                      "(save -> shutdown -> poweroff by default), saves in parallel up to\n"
                      "limits.max_parallel_saves, within limits.shutdown_deadline. Records which guests\n"
-                     "were running in the state directory before touching any."),
+                     "were running in the state directory before touching any. Guests started (or\n"
+                     "migrated here) meanwhile are handled too, once they run here."),
         ("boot", "Start or resume guests per their autostart setting: 'always', 'if-running' (only\n"
                  "those running at the last shutdown) or 'never'. Guests already running are left\n"
-                 "alone, so running it twice changes nothing."),
+                 "alone, so running it twice changes nothing. A guest the last shutdown migrated to a\n"
+                 "peer and defined here again starts only when the peer says it does not run there\n"
+                 "(left off, exit 10, when the peer cannot be asked)."),
     ):
         p = add(name, f"run the {name} pass", text)
         p.add_argument("--dry-run", action="store_true",
@@ -188,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "shutdown record says where each one went (see 'mgsave status')."),
         ("return", "Migrate home, now, the guests the last shutdown pass or 'mgsave evacuate' sent to a\n"
                    "peer and whose policy has migrate.come_back, in the boot order. A guest whose peer\n"
-                   "does not answer, or whose migration fails, stays there (reported, exit 10)."),
+                   "does not answer (within 15 s), or whose migration fails, stays there (reported,\n"
+                   "exit 10)."),
     ):
         p = add(name, f"migrate guests {'to their peers' if name == 'evacuate' else 'home from their peers'}",
                 text)

@@ -51,6 +51,10 @@ _UNAVAILABLE_CODES = {libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_RPC}
 _UNAVAILABLE_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
 _GONE_CODES = {libvirt.VIR_ERR_NO_DOMAIN}
 _TIMEOUT_CODES = {libvirt.VIR_ERR_OPERATION_ABORTED, libvirt.VIR_ERR_OPERATION_TIMEOUT}
+# Why a paused guest may be paused only for a moment: a guest migrated here is paused "starting
+# up", then "migration", until it has arrived (then it runs, persistent); so is one being started.
+_SETTLING = {libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP}
+_ARRIVED = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATED)  # runs since a migration brought it
 
 
 def _silence_default_error_printing() -> None:
@@ -83,6 +87,7 @@ class _Facts:
     """What one bulk query told about a guest (see ``Host._bulk_facts``)."""
 
     state: int
+    reason: int
     persistent: bool
     managed_save: bool
     autostart: bool
@@ -217,6 +222,7 @@ class Host:
             persistent = uuid not in transient
             facts[uuid] = _Facts(
                 state=int(record["state.state"]),
+                reason=int(record.get("state.reason", 0)),
                 persistent=persistent,
                 managed_save=persistent and (uuid in managed or _image_on_disk(self.uri, domain.name())),
                 autostart=persistent and uuid in autostart,
@@ -292,6 +298,74 @@ class Host:
             connection=self.uri, name=name, uuid=uuid.lower(), state=GuestState.SHUTOFF, persistent=False,
             memory_kib=_kib(memory), title=title, metadata=MappingProxyType(metadata),
         )
+
+
+# How long a peer host has to answer: a connection, or a connection and a few questions.
+# libvirt's connect has no timeout of its own: to an address that swallows packets it lasts as
+# long as the kernel's TCP connect (about 130 s with Linux's 6 SYN retries), and a question on
+# a connection whose packets start being dropped waits for TCP's retransmissions (minutes).
+PEER_TIMEOUT = 15.0
+
+
+def open_peer(uri: str, *, timeout: float | None = None) -> Host:
+    """Connect to a peer host, giving up after ``timeout`` seconds (by default ``PEER_TIMEOUT``)
+    or at a stop request. Every connection to a peer goes through here or ``ask_peer``. Raises
+    HypervisorUnavailable when the peer did not answer in time or refused, interrupt.Interrupted
+    when the pass was asked to stop meanwhile."""
+    return _within(timeout, f"connecting to {uri}", lambda: Host.open(uri), Host.close, stoppable=True)
+
+
+def ask_peer(uri: str, question, *, timeout: float | None = None, stoppable: bool = True):
+    """``question(host)`` on a new connection to the peer, closed afterwards: the connect and the
+    question within ``timeout`` seconds together. Raises as ``open_peer`` (Interrupted only when
+    ``stoppable``: an answer the pass must have before it goes on waits out its bound), and
+    whatever ``question`` raises."""
+    def connect_and_ask():
+        host = Host.open(uri)
+        try:
+            return question(host)
+        finally:
+            host.close()
+    return _within(timeout, f"asking {uri}", connect_and_ask, stoppable=stoppable)
+
+
+def _within(timeout: float | None, doing: str, work, discard=None, *, stoppable: bool):
+    """``work()`` in a worker thread, waited for at most ``timeout`` seconds. Past that the worker
+    is left to end on its own (a daemon thread: it never holds up the exit), and what it returns
+    then is given to ``discard``: a connection that comes too late is closed, not leaked."""
+    timeout = PEER_TIMEOUT if timeout is None else timeout
+    box: dict = {}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            value = work()
+        except BaseException as error:  # handed to the waiting thread, raised there
+            value, box["error"] = None, error
+        with lock:
+            late = box.setdefault("late", False)
+            box["value"] = value
+        done.set()
+        if late and discard is not None and value is not None:
+            discard(value)
+
+    threading.Thread(target=run, name=f"peer: {doing}", daemon=True).start()
+    give_up_at = time.monotonic() + timeout
+    while not done.wait(interrupt.wait_bound(min(0.2, give_up_at - time.monotonic()))):
+        if (stoppable and interrupt.requested()) or time.monotonic() >= give_up_at:
+            break
+    with lock:
+        finished = "value" in box
+        box.setdefault("late", True)
+    if not finished:
+        if stoppable:
+            interrupt.check()
+        raise HypervisorUnavailable(f"{doing}: no answer within {timeout:g} s",
+                                    hint="is the peer up, and its address reachable from here?")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 class Connections:
@@ -406,13 +480,13 @@ class Guest:
         """A snapshot of the guest. ``facts`` are what ``Host._bulk_facts`` already knows
         about it; what they lack is asked of libvirt."""
         if facts is None:
-            state_code, _reason = self._call("reading state", self._dom.state)
+            state_code, reason = self._call("reading state", self._dom.state)
             persistent = bool(self._call("reading persistence", self._dom.isPersistent))
             managed = bool(persistent and self.has_saved_state())
             autostart = bool(persistent and self._call("reading autostart flag", self._dom.autostart))
             memory_kib = None
         else:
-            state_code, persistent = facts.state, facts.persistent
+            state_code, reason, persistent = facts.state, facts.reason, facts.persistent
             managed, autostart, memory_kib = facts.managed_save, facts.autostart, facts.memory_kib
         if memory_kib is None:
             info = self._call("reading info", self._dom.info)
@@ -431,6 +505,8 @@ class Guest:
             title=title,
             metadata=MappingProxyType(metadata),
             libvirt_autostart=autostart,
+            settling=state_code == libvirt.VIR_DOMAIN_PAUSED and reason in _SETTLING,
+            arrived_by_migration=(state_code, reason) == _ARRIVED,
         )
 
     def state(self) -> tuple[GuestState, int]:

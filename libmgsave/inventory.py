@@ -28,6 +28,10 @@ class GuestState(enum.StrEnum):
         return self not in (GuestState.SHUTOFF, GuestState.CRASHED, GuestState.NOSTATE)
 
 
+# How a guest that lives on a peer host (not defined here) is shown where a state would be.
+ON_PEER = "on peer"
+
+
 @dataclass(frozen=True)
 class GuestInfo:
     connection: str
@@ -40,6 +44,10 @@ class GuestInfo:
     title: str = ""
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # namespace -> text
     libvirt_autostart: bool = False
+    # paused while it starts up or a migration moves it (here: a guest a peer is sending): it
+    # cannot be saved or migrated yet, and runs here (or not) once that is over
+    settling: bool = False
+    arrived_by_migration: bool = False  # runs here since a migration brought it (libvirt's reason)
 
     @property
     def key(self) -> tuple[str, str]:

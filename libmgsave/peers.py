@@ -1,30 +1,30 @@
 """What the peer hosts answer before a pass decides anything: reachable, which hypervisor, how
-much free memory (``plan.peers.PeerFacts``). Only through the libvirt wrapper."""
+much free memory (``plan.peers.PeerFacts``); whether a guest a record places there lives there
+(``plan.peers.PeerGuest``). Only through the libvirt wrapper, each peer within
+``hypervisor.PEER_TIMEOUT``."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
-from libmgsave.errors import HypervisorError
-from libmgsave.hypervisor import Host
+from libmgsave import interrupt
+from libmgsave.errors import GuestGone, HypervisorError
+from libmgsave.hypervisor import Host, ask_peer
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import resolve
-from libmgsave.plan.peers import PeerFacts
+from libmgsave.plan.peers import PeerFacts, PeerGuest
 from libmgsave.policy import Policy, ShutdownStep
 
 log = logging.getLogger("mgsave")
-
-PROBE_TIMEOUT = 15.0  # seconds a peer has to answer before a plan counts it unreachable
 
 
 def peers_of(guests: Iterable[GuestInfo], policy: Policy, *, all_guests: bool = False) -> list[str]:
     """The peer URIs of the running guests whose chain has a ``migrate`` step (``all_guests``: of
     every guest with peers, for ``check``), in first-seen order."""
     uris: list[str] = []
-    if not all_guests and not _may_migrate(policy):
+    if not all_guests and not may_migrate(policy):
         return uris  # the usual case, and with thousands of guests not worth resolving each
     for guest in guests:
         settings = resolve(policy, guest).settings
@@ -35,44 +35,83 @@ def peers_of(guests: Iterable[GuestInfo], policy: Policy, *, all_guests: bool = 
     return uris
 
 
-def _may_migrate(policy: Policy) -> bool:
+def may_migrate(policy: Policy) -> bool:
     """Whether any mapping of the policy puts a ``migrate`` step in a chain."""
     mappings = [policy.defaults, *(rule.settings for rule in policy.rules)]
     return any(ShutdownStep.MIGRATE in mapping.get("on_shutdown", ()) for mapping in mappings)
 
 
 def probe(uri: str) -> PeerFacts:
-    """Connect to one peer (no retry: a peer that does not answer now is skipped) and ask it."""
+    """Connect to one peer (no retry: a peer that does not answer now is skipped) and ask it,
+    within ``hypervisor.PEER_TIMEOUT``."""
+    def ask(host: Host) -> PeerFacts:
+        return PeerFacts(uri, True, hypervisor_type=host.hypervisor_type(), free_bytes=host.free_memory())
+
     try:
-        host = Host.open(uri)
+        return ask_peer(uri, ask)
     except HypervisorError as error:
         log.warning("peer %s does not answer: %s", uri, error.message)
         return PeerFacts(uri, False, why=error.message)
+
+
+def probe_all(uris: Iterable[str]) -> dict[str, PeerFacts]:
+    """Every peer asked at once, each within ``hypervisor.PEER_TIMEOUT`` (a peer whose address
+    swallows packets would otherwise hold the pass for the whole TCP connect timeout, minutes,
+    before the first guest is touched)."""
+    return at_once(uris, probe, lambda uri: PeerFacts(uri, False, why="the pass was stopped"))
+
+
+def guests_on_peers(questions: Mapping[str, Collection[str]]) -> dict[tuple[str, str], PeerGuest]:
+    """What each peer says of the guests (UUIDs) a record places there: every peer asked once,
+    all at once, each within ``hypervisor.PEER_TIMEOUT``; one that cannot be asked says so for
+    each of its guests (``PeerGuest.answered`` False)."""
+    def ask_one(uri: str) -> dict[str, PeerGuest]:
+        try:
+            return ask_peer(uri, lambda host: {uuid: _guest_there(host, uuid) for uuid in questions[uri]})
+        except HypervisorError as error:
+            log.warning("peer %s cannot be asked where its guests run: %s", uri, error.message)
+            return {uuid: PeerGuest(uri, uuid, False, why=error.message) for uuid in questions[uri]}
+
+    def stopped(uri: str) -> dict[str, PeerGuest]:
+        return {uuid: PeerGuest(uri, uuid, False, why="the pass was stopped") for uuid in questions[uri]}
+
+    answers = at_once(questions, ask_one, stopped)
+    return {(uri, uuid): guest for uri, guests in answers.items() for uuid, guest in guests.items()}
+
+
+def _guest_there(host: Host, uuid: str) -> PeerGuest:
+    """Whether the guest lives on ``host``: active there (running, paused, being migrated in or
+    out: its QEMU holds its disks), or saved there (its memory state waits there)."""
     try:
-        return PeerFacts(uri, True, hypervisor_type=host.hypervisor_type(), free_bytes=host.free_memory())
-    except HypervisorError as error:
-        log.warning("peer %s: %s", uri, error.message)
-        return PeerFacts(uri, False, why=error.message)
-    finally:
-        host.close()
+        guest = host.guest(uuid)
+    except GuestGone:
+        return PeerGuest(host.uri, uuid, True, state="not defined")
+    state, _reason = guest.state()
+    if state.is_active:
+        return PeerGuest(host.uri, uuid, True, lives_there=True, state=str(state))
+    if guest.has_saved_state():
+        return PeerGuest(host.uri, uuid, True, lives_there=True, state=f"{state}, with a saved state")
+    return PeerGuest(host.uri, uuid, True, state=str(state))
 
 
-def probe_all(uris: Iterable[str], timeout: float = PROBE_TIMEOUT) -> dict[str, PeerFacts]:
-    """Every peer asked at once; one that has not answered within ``timeout`` counts as
-    unreachable. A peer whose address swallows packets would otherwise hold the pass for the
-    whole TCP connect timeout (minutes) before the first guest is touched; its thread is left
-    to end on its own (a daemon thread: it never holds up the exit)."""
+def at_once(uris: Iterable[str], ask, stopped) -> dict:
+    """``ask(uri)`` for every URI, each in its own thread (every ``ask`` bounds itself), in the
+    URIs' order; ``stopped(uri)`` for one cut short by a stop request."""
     uris = list(dict.fromkeys(uris))
-    found: dict[str, PeerFacts] = {}
-    threads = [threading.Thread(target=lambda u=uri: found.__setitem__(u, probe(u)), daemon=True,
-                                name=f"peer-{i}") for i, uri in enumerate(uris)]
+    found: dict = {}
+
+    def run(uri: str) -> None:
+        try:
+            found[uri] = ask(uri)
+        except interrupt.Interrupted:
+            found[uri] = stopped(uri)
+
+    threads = [threading.Thread(target=run, args=(uri,), daemon=True, name=f"peer-{i}") for i, uri in enumerate(uris)]
     for thread in threads:
         thread.start()
-    give_up_at = time.monotonic() + timeout
     for thread in threads:
-        thread.join(max(0.0, give_up_at - time.monotonic()))
-    late = f"did not answer within {timeout:g} s"
-    return {uri: found.get(uri) or PeerFacts(uri, False, why=late) for uri in uris}
+        thread.join()
+    return {uri: found[uri] for uri in uris}
 
 
 def source_types(hosts: Iterable[Host]) -> dict[str, str | None]:

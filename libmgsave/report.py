@@ -77,7 +77,7 @@ def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str
     rows = []
     for e in entries:
         row = ([e.guest.connection] if many else []) + ([e.order] if show_order else [])
-        row += [e.guest.name, e.guest.state, ",".join(e.actions) + _channels_token(e)]
+        row += [e.guest.name, e.state, ",".join(e.actions) + _channels_token(e)]
         row += [_save_ends(e)] if shutdown else []
         row += [", ".join(names.get(k, k[1]) for k in e.wait_for) or "-"] if show_waits else []
         row += [] if shutdown else [_without_action(e.reason)]
@@ -109,7 +109,7 @@ def _save_ends(entry) -> str:
 def plan_details(plan: Plan, e, names: Mapping, rule_lines: Mapping[str, int | None]) -> list[str]:
     """One guest's plan in full, then its settings: value, and where it came from (file:line)."""
     guest = e.guest
-    lines = [untrusted.message(f"{_name(guest.name)} ({guest.connection}, {guest.state}, "
+    lines = [untrusted.message(f"{_name(guest.name)} ({guest.connection}, {e.state}, "
                                f"{units.size(guest.memory_bytes)} of memory)")]
     facts = [("actions", " -> ".join(e.actions)), ("why", e.reason), ("order", str(e.order))]
     if e.wait_for:

@@ -8,6 +8,7 @@ HostPair serves the whole module; the test that kills B's daemon comes last.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -290,6 +291,119 @@ def test_an_unanswered_peer_or_a_migration_past_its_timeout_means_the_guest_is_s
             assert name not in names(conn_b, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
     finally:
         remove_everywhere((conn_a, conn_b), *guests)
+        conn_a.close()
+        conn_b.close()
+
+
+@contextlib.contextmanager
+def packets_dropped(to, sender):
+    """``to`` swallows every packet from ``sender`` (a firewall that drops, a host gone from the
+    network): a connection from ``sender`` neither succeeds nor fails, it waits."""
+    rule = ["INPUT", "-s", sender.address, "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", to.netns, "iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "netns", "exec", to.netns, "iptables", "-D", *rule], check=True)
+
+
+# A peer that swallows packets is given up after this (hypervisor.PEER_TIMEOUT), per call; the
+# kernel's own TCP connect timeout, which bounded it before, is about 130 s.
+PEER_BOUND = 15
+
+
+def test_a_guest_defined_here_again_is_not_started_while_it_runs_on_its_peer(pair):
+    """Migrated to B, then defined again on A and shut off (the daemon died in the migration's
+    last step; configuration management defined it again): A's boot pass leaves it off while it
+    runs on B, and also when B swallows A's packets (given up within the peer bound, degraded).
+    The same bound for return and check, with the guest living on B."""
+    a, b = pair
+    conn_a, conn_b = a.connect(), b.connect()
+    mgsave = OnHost(a, a.workdir.parent / "mgsave-split")
+    try:
+        start_guest(a, conn_a, "split-1")
+        mgsave.write_policy(policy([b.tcp_uri]))
+        rc, data, err = mgsave("shutdown")
+        assert rc == 0 and guest_result(data, "split-1")["outcome"] == "migrated", err[-5000:]
+        there = conn_b.lookupByName("split-1")
+        conn_a.defineXML(there.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))  # same UUID: the record's guest
+        beat = Heartbeat(serial(a, "split-1"))
+        beat.start()
+        rc, data, err = mgsave("boot")
+        assert rc == 0, err[-5000:]
+        result = guest_result(data, "split-1")
+        assert result["outcome"] == "skipped" and "lives on" in result["messages"][0], result
+        assert not conn_a.lookupByName("split-1").isActive(), "started a second copy on A"
+        with packets_dropped(b, a):
+            rc, data, err = mgsave("boot")
+            result = guest_result(data, "split-1")
+            assert rc == 10 and result["outcome"] == "left-off", (result, err[-5000:])
+            assert f"no answer within {PEER_BOUND} s" in result["messages"][0], result
+            assert data["duration_seconds"] < PEER_BOUND + 30, data["duration_seconds"]
+            assert not conn_a.lookupByName("split-1").isActive(), "started a second copy on A"
+
+            conn_a.lookupByName("split-1").undefine()  # it lives on B alone: due home
+            mgsave.write_policy(policy([b.tcp_uri], come_back=True, home=a.tcp_uri))
+            rc, data, err = mgsave("return")
+            result = guest_result(data, "split-1")
+            assert rc == 10 and result["outcome"] == "on-peer", (result, err[-5000:])
+            assert any(f"no answer within {PEER_BOUND} s" in m for m in result["messages"]), result
+            assert data["duration_seconds"] < PEER_BOUND + 30, data["duration_seconds"]
+            started = time.monotonic()
+            rc, data, err = mgsave("check")
+            assert time.monotonic() - started < PEER_BOUND + 30
+            assert any(f"no answer within {PEER_BOUND} s" in w["message"] for w in data["warnings"]), data
+        assert beat.stop() < 5, "the guest on B stopped ticking"
+        assert running_persistent(conn_b, "split-1")
+        assert_one_heartbeat(serial(a, "split-1"))
+    finally:
+        remove_everywhere((conn_a, conn_b), "split-1")
+        conn_a.close()
+        conn_b.close()
+
+
+LIVE_P2P = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+            | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+
+def test_a_guest_migrated_here_during_the_shutdown_pass_is_saved_once_it_has_arrived(pair):
+    """Hosts that are each other's peers, going down together: A sends a guest to B (slowly)
+    while B's shutdown pass begins. B sees it still arriving (paused, transient): ``check``
+    warns about the pair; the pass waits for it and saves it once it runs on B, rather than
+    failing to save it half-arrived and leaving it to be killed with the host."""
+    a, b = pair
+    conn_a, conn_b = a.connect(), b.connect()
+    on_b = OnHost(b, b.workdir.parent / "mgsave-arrivals")
+    try:
+        tick = start_guest(a, conn_a, "arrive-1")
+        dom = conn_a.lookupByName("arrive-1")
+        moved: list = []
+        mover = threading.Thread(target=lambda: moved.append(dom.migrateToURI3(
+            b.tcp_uri, {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: 2}, LIVE_P2P)), daemon=True)
+        mover.start()
+        deadline = time.monotonic() + 60
+        while "arrive-1" not in names(conn_b, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            assert mover.is_alive() and time.monotonic() < deadline, "the migration did not begin"
+            time.sleep(0.1)
+        on_b.write_policy(policy([a.tcp_uri]))  # B names A as its peer too
+        rc, data, err = on_b("check")
+        assert any("came here by migration (arrive-1)" in w["message"] for w in data["warnings"]), data
+        on_b.write_policy(policy([a.tcp_uri], chain="[save, poweroff]"))
+        assert mover.is_alive(), "the migration ended before B's pass began: too fast for this test"
+        rc, data, err = on_b("shutdown")
+        mover.join(60)
+        assert moved == [0], "the migration to B failed"
+        assert rc == 0, err[-5000:]
+        assert "arrive-1: being migrated (or started) here during the pass" in err, err[-5000:]
+        assert guest_result(data, "arrive-1")["outcome"] == "saved", guest_result(data, "arrive-1")
+        there = conn_b.lookupByName("arrive-1")
+        assert not there.isActive() and there.hasManagedSaveImage(0) and there.isPersistent()
+        assert "arrive-1" not in names(conn_a)
+        there.create()  # its memory comes back from the save B made
+        wait_tick(serial(a, "arrive-1"), tick)
+        assert_one_heartbeat(serial(a, "arrive-1"))
+    finally:
+        remove_everywhere((conn_a, conn_b), "arrive-1")
         conn_a.close()
         conn_b.close()
 

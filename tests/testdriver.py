@@ -4,6 +4,9 @@ Its guests live only while a connection to it is open in this process: the ``hv`
 holds one for the whole test, and every in-process ``mgsave`` run opens its own beside it.
 """
 
+import json
+import os
+
 import libvirt
 import pytest
 
@@ -41,3 +44,17 @@ def running(conn):
 
 def has_image(conn, name):
     return bool(conn.lookupByName(name).hasManagedSaveImage(0))
+
+
+MIGRATED_UUID = "5d3f1c2e-8a4b-4f2e-9c1d-0e6a7b8c9d0f"
+
+
+def migrated_record(state_dir, peer, name="gone1", uuid=MIGRATED_UUID):
+    """A shutdown record in ``state_dir`` saying the pass migrated ``name`` to ``peer``."""
+    state_dir.mkdir(mode=0o700, exist_ok=True)
+    entry = {"connection": URI, "name": name, "uuid": uuid, "outcome": "migrated", "peer": peer,
+             "persistent": True, "memory_kib": 2048}
+    record = {"format": "mgsave-state", "kind": "shutdown", "version": 1, "started": 1.0, "finished": 2.0,
+              "guests": {f"{URI} {uuid}": entry}}
+    (state_dir / "last-shutdown.json").write_text(json.dumps(record))
+    os.chmod(state_dir / "last-shutdown.json", 0o600)

@@ -87,7 +87,8 @@ def _guest_findings(policy: Policy) -> list[Finding]:
         return [Finding(f"could not look at the guests: {error.message}")]
     guests = inputs.inventory(connections, policy, unreachable)  # a listing that fails is one more
     after = [Finding(p.message, p.source) for p in after_problems(guests, policy)]
-    return ([Finding(w) for w in unreachable] + _peer_findings(policy) + conflicts.unmatched_rules(policy, guests)
+    return ([Finding(w) for w in unreachable] + _peer_findings(policy) + _two_way_findings(policy, guests)
+            + conflicts.unmatched_rules(policy, guests)
             + after + conflicts.guest_conflicts(policy, guests) + _channel_findings(policy, guests, connections))
 
 
@@ -109,6 +110,23 @@ def _peer_findings(policy: Policy) -> list[Finding]:
 
     return [Finding(f"could not reach the peer {uri}: guests would not be migrated there ({why})", label)
             for uri, why, label in unreachable_peers(policy)]
+
+
+def _two_way_findings(policy: Policy, guests) -> list[Finding]:
+    """Hosts that are each other's peers, shut down at once, lose a guest one sends the other
+    after the other's pass has ended. A peer's policy cannot be read from here: what this host
+    can see is that it migrates guests away at shutdown and has guests that came by migration."""
+    from libmgsave.peers import may_migrate
+
+    # one arriving now is paused and transient until it has arrived (a persistent one is starting up)
+    came = [g.name for g in guests if g.arrived_by_migration or (g.settling and not g.persistent)]
+    if not came or not may_migrate(policy):
+        return []
+    named = ", ".join(came[:5]) + (f" and {len(came) - 5} more" if len(came) > 5 else "")
+    return [Finding(f"this host migrates guests to peers at shutdown and has guests that came here by migration "
+                    f"({named}): if a host that sends guests here is also one of its peers, do not shut both down "
+                    f"at once (a guest migrated here after this host's shutdown pass has ended is lost with the "
+                    f"host); shut them down one after the other, or name peers that do not name this host")]
 
 
 def rule_lines(policy: Policy) -> dict[str, int | None]:

@@ -9,6 +9,7 @@ from libmgsave.context import Context
 from libmgsave.errors import HypervisorError, Problem
 from libmgsave.hypervisor import Connections, free_bytes, save_room
 from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
+from libmgsave.plan.boot import peer_questions
 from libmgsave.policy import BUILTIN_POLICY, Policy
 from libmgsave.state.kept import kept_files, kept_usage, over_share_warning
 from libmgsave.state.images import read_with_any, transient_images_without_record
@@ -116,14 +117,18 @@ def channel_support(connections: Connections | None) -> dict:
 
 
 def boot_plan(ctx: Context, guests, policy: Policy, connections: Connections) -> Plan:
-    """The boot plan, from the last shutdown record (or, without one, the saved images alone)."""
+    """The boot plan, from the last shutdown record (or, without one, the saved images alone),
+    with what the peers say of the guests the record places there that are defined here again."""
+    from libmgsave import peers
+
     record = ctx.state.last_shutdown(warnings=ctx.warnings)
     boot = ctx.state.last_boot(quiet=True)
     if record is not None:
         record = dict(record, guests=_settled(record, guests))
     return plan_boot(guests, policy, record, _unrecorded_images(ctx, record, boot, guests, connections),
                      booted_since=booted_since(record, boot), used_images=used_images(record, boot),
-                     channels=channel_support(connections))
+                     channels=channel_support(connections),
+                     on_peers=peers.guests_on_peers(peer_questions(guests, policy, record)))
 
 
 def _settled(record: dict, guests) -> dict:

@@ -26,7 +26,7 @@ from libmgsave.state.throughput import kept_rates, measured_rates
 
 log = logging.getLogger("mgsave")
 
-LATE_ROUNDS = 2  # how many times the pass looks again for guests started meanwhile
+ARRIVAL_POLL = 1.0  # seconds between two looks at a guest still arriving
 
 
 def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly | going_down.PassHeldBack:
@@ -41,7 +41,11 @@ def carry_out(run: passes.PassRun, *, staying_is_fine: bool = False) -> tuple[Pl
     """``staying_is_fine``: for evacuate, a guest still running here after its chain is degraded, not failed."""
     ctx = run.ctx
     inputs.check_state_dir(ctx)
-    plan = inputs.shutdown_plan(ctx, run.guests, run.policy, deadline=run.time_left(), connections=run.connections)
+    # a guest still arriving (a peer is migrating it here) cannot be saved yet: the later looks take it up
+    arriving = [g for g in run.guests if g.settling]
+    _say_arriving(arriving, set())
+    plan = inputs.shutdown_plan(ctx, [g for g in run.guests if not g.settling], run.policy, deadline=run.time_left(),
+                                connections=run.connections)
     run.announce(plan)
     if ctx.dry_run:
         return plan, dry_run_results(plan) + skipped_results(plan)
@@ -79,25 +83,51 @@ def _finish_record(ctx: Context, record: RecordWriter, results: list[GuestResult
 
 
 def _late_guests(run: passes.PassRun, record: RecordWriter, results: list[GuestResult]) -> list[GuestResult]:
-    """Guests started by someone else while the pass ran would be left running: look again once
-    the plan is done, and put each one found running through its chain too."""
-    for _round in range(LATE_ROUNDS):
-        remaining = run.deadline_at - time.monotonic()
-        if remaining <= DEADLINE_RESERVE or interrupt.requested():
-            break
-        # every step failed, or (evacuate) it stayed here: not again
-        given_up = {r.plan.key for r in results if r.outcome in (Outcome.FAILED, Outcome.STAYED)}
-        late = [g for g in _running_guests(run) if g.key not in given_up]
+    """Guests started by someone else while the pass ran, or migrated here by a peer that is
+    going down too, would be left running and killed with the host: once the plan is done, look
+    again, and again until a look finds no guest to handle (bounded by the deadline), and put
+    each one found through its chain. A guest still arriving (paused while its migration or
+    start goes on) cannot be saved yet: it is waited for, and handled once it runs here."""
+    waiting_for = {g.key for g in run.guests if g.settling}  # said so already
+    while (remaining := run.deadline_at - time.monotonic()) > DEADLINE_RESERVE and not interrupt.requested():
+        # every step failed, (evacuate) it stayed here, or the plan leaves it alone: not again
+        left_running = {r.plan.key for r in results if _left_running(r)}
+        found = [g for g in _running_guests(run) if g.key not in left_running]
+        late = [g for g in found if not g.settling]
         if not late:
-            break
+            arriving = [g for g in found if g.settling]
+            if not arriving:
+                break
+            _say_arriving(arriving, waiting_for)
+            try:
+                interrupt.sleep(min(ARRIVAL_POLL, remaining - DEADLINE_RESERVE))
+            except interrupt.Interrupted:
+                break
+            continue
         plan = inputs.shutdown_plan(run.ctx, late, run.policy, deadline=remaining, connections=run.connections)
         for entry in plan.active:
-            log.warning("%s: started by someone else during the pass; handling it now", entry.guest.name,
-                        extra=journal.guest_fields(entry.guest, result="late"))
+            log.warning("%s: started by someone else (or migrated here) during the pass; handling it now",
+                        entry.guest.name, extra=journal.guest_fields(entry.guest, result="late"))
             record.update_guest(guest_record_key(*entry.guest.key), **pending_entry(entry))
         more = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at).run()
-        results = _merge_late(results, more)
+        results = _merge_late(results, more + skipped_results(plan))
     return results
+
+
+def _left_running(result: GuestResult) -> bool:
+    """A guest the pass leaves running here on purpose (its later looks do not take it up): every
+    step failed, (evacuate) it stayed here, or the plan left it alone while it ran."""
+    if result.outcome is Outcome.SKIPPED:
+        return result.plan.guest.state.is_active
+    return result.outcome in (Outcome.FAILED, Outcome.STAYED)
+
+
+def _say_arriving(arriving: list, said: set) -> None:
+    for guest in arriving:
+        if guest.key not in said:
+            said.add(guest.key)
+            log.warning("%s: being migrated (or started) here during the pass; handled once it runs",
+                        guest.name, extra=journal.guest_fields(guest, result="late"))
 
 
 def _running_guests(run: passes.PassRun) -> list:

@@ -8,12 +8,11 @@ from dataclasses import dataclass
 from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context
+from libmgsave.inventory import ON_PEER
 from libmgsave.matching import resolve
+from libmgsave.plan.boot import recorded_guest, recorded_peer
 from libmgsave.saveimages import managed_image_path
 from libmgsave.state import guest_record_key
-
-
-ON_PEER = "on peer"  # the state of a guest that lives on a peer (not defined here)
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def run_status(ctx: Context) -> None:
     last_shutdown = (ctx.state.last_shutdown() or {}).get("guests", {})
     last_boot = (ctx.state.last_boot() or {}).get("guests", {})
     rows = [_row(guest, policy, last_shutdown, last_boot) for guest in guests]
-    rows += _on_peer_rows(last_shutdown, last_boot, {guest_record_key(*g.key) for g in guests})
+    rows += _on_peer_rows(policy, last_shutdown, last_boot, {guest_record_key(*g.key) for g in guests})
     usage, kept_warning = inputs.kept_images(ctx, policy)
     warnings += ctx.warnings + ([kept_warning] if kept_warning else [])
     if ctx.json:
@@ -68,18 +67,22 @@ def run_status(ctx: Context) -> None:
     ctx.emit({}, text)
 
 
-def _on_peer_rows(last_shutdown: dict, last_boot: dict, here: set[str]) -> list[GuestStatus]:
+def _on_peer_rows(policy, last_shutdown: dict, last_boot: dict, here: set[str]) -> list[GuestStatus]:
     """The guests the last shutdown migrated to a peer and that are not defined here again: they
-    live there (the record says where)."""
+    live there (the record says where). Their autostart is the policy's for them, as for any
+    guest (it says whether the boot pass brings them home)."""
     rows = []
     for key, entry in sorted(last_shutdown.items(), key=lambda item: item[1].get("name", "")):
-        if key in here or entry.get("outcome") != "migrated" or not entry.get("peer"):
+        peer = recorded_peer(entry)
+        if key in here or peer is None:
             continue
+        guest = recorded_guest(entry, persistent=True)
         rows.append(GuestStatus(
-            connection=entry["connection"], name=entry["name"], uuid=entry["uuid"], state=ON_PEER,
+            connection=guest.connection, name=guest.name, uuid=guest.uuid, state=ON_PEER,
             persistent=True, has_saved_image=False, saved_image_path=None, saved_image_bytes=None,
-            saved_image_mtime=None, autostart="-", libvirt_autostart=None, last_shutdown=entry["outcome"],
-            last_boot=last_boot.get(key, {}).get("outcome"), peer=entry["peer"]))
+            saved_image_mtime=None, autostart=str(resolve(policy, guest).settings.autostart),
+            libvirt_autostart=None, last_shutdown=entry["outcome"],
+            last_boot=last_boot.get(key, {}).get("outcome"), peer=peer))
     return rows
 
 

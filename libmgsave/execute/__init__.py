@@ -12,10 +12,16 @@ goes through ``hypervisor.Connections``, which reconnects when a daemon went awa
 
 from __future__ import annotations
 
+import logging
+
+from libmgsave import journal
 from libmgsave.execute.boot import BootPass
 from libmgsave.execute.shutdown import ShutdownPass
+from libmgsave.execute.steps import log_outcome
 from libmgsave.outcomes import GuestResult, Outcome
 from libmgsave.plan import Plan
+
+log = logging.getLogger("mgsave")
 
 __all__ = ["BootPass", "ShutdownPass", "dry_run_results", "skipped_results"]
 
@@ -26,5 +32,17 @@ def dry_run_results(plan: Plan) -> list[GuestResult]:
 
 
 def skipped_results(plan: Plan) -> list[GuestResult]:
-    """The guests the plan leaves alone, with why."""
-    return [GuestResult(e, Outcome.SKIPPED, messages=[e.reason]) for e in plan.entries if e.skipped]
+    """The guests the plan leaves alone, with why. One it leaves off at a loss (``GuestPlan.
+    left_off_because``: it may run on a peer that could not be asked) is ``left-off``, degraded,
+    and logged so."""
+    results = []
+    for entry in (e for e in plan.entries if e.skipped):
+        if entry.left_off_because:
+            result = GuestResult(entry, Outcome.LEFT_OFF, messages=[entry.left_off_because], peer=entry.peer)
+            log.warning("%s: %s", entry.guest.name, entry.left_off_because,
+                        extra=journal.guest_fields(entry.guest, action=entry.first_choice, result=Outcome.LEFT_OFF))
+            log_outcome(result)
+        else:
+            result = GuestResult(entry, Outcome.SKIPPED, messages=[entry.reason])
+        results.append(result)
+    return results

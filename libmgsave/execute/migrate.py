@@ -18,7 +18,7 @@ from libmgsave import interrupt, journal, notify
 from libmgsave.errors import GuestGone, HypervisorError, OperationRefused, OperationTimeout
 from libmgsave.execute.progress import mb
 from libmgsave.execute.steps import add_step
-from libmgsave.hypervisor import Guest, Host
+from libmgsave.hypervisor import Guest, ask_peer, open_peer
 from libmgsave.outcomes import GuestResult, Outcome, StepResult
 from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan
 from libmgsave.plan.peers import DEFAULT_MIGRATION_THROUGHPUT, migration_seconds
@@ -153,7 +153,7 @@ def bring_home(entry: GuestPlan, result: GuestResult) -> Outcome:
     fails, the guest stays there (it runs on there: nothing is lost) and the result says so."""
     started = time.time()
     try:
-        host = Host.open(entry.peer)
+        host = open_peer(entry.peer)
     except HypervisorError as error:
         return _stays(entry, result, f"{entry.peer} does not answer ({error.message})")
     try:
@@ -186,17 +186,15 @@ def _stays(entry: GuestPlan, result: GuestResult, why: str) -> Outcome:
 
 def runs_on(uri: str, uuid: str) -> bool | None:
     """Whether the guest runs, persistent, on ``uri``: True, False, or None when that host does
-    not answer. Opens its own connection: a peer is not one of the pass's connections."""
+    not answer (in time). Opens its own connection: a peer is not one of the pass's connections."""
+    def ask(host) -> bool:
+        try:
+            guest = host.guest(uuid)
+            return guest.is_active() and guest.is_persistent()
+        except GuestGone:
+            return False
+
     try:
-        host = Host.open(uri)
+        return ask_peer(uri, ask, stoppable=False)  # where the guest is must be known, even when stopping
     except HypervisorError:
         return None
-    try:
-        guest = host.guest(uuid)
-        return guest.is_active() and guest.is_persistent()
-    except GuestGone:
-        return False
-    except HypervisorError:
-        return None
-    finally:
-        host.close()

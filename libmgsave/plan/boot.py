@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 
 from libmgsave.channels import UNKNOWN, ChannelSupport, choose
 from libmgsave.inventory import GuestInfo, GuestState
@@ -11,12 +13,33 @@ from libmgsave.matching import Effective, resolve
 from libmgsave.outcomes import Outcome
 from libmgsave.plan.model import Action, GuestKey, GuestPlan, PassKind, Plan
 from libmgsave.plan.ordering import dependencies, effective_orders
+from libmgsave.plan.peers import PeerGuest
 from libmgsave.policy import Autostart, OnResumeFailure, Policy
 from libmgsave.saveimages import managed_image_path
 from libmgsave.state.records import guest_record_key
 
 
-def _recorded_guest(entry: Mapping, persistent: bool = False) -> GuestInfo:
+def recorded_peer(entry: Mapping | None) -> str | None:
+    """The peer a shutdown record's entry places its guest on (the pass migrated it there), or None."""
+    if entry and entry.get("outcome") == Outcome.MIGRATED and entry.get("peer"):
+        return str(entry["peer"])
+    return None
+
+
+def peer_questions(guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None) -> dict[str, list[str]]:
+    """What the boot plan must ask which peer first (peer URI -> UUIDs): the guests the record
+    places on a peer that are defined here again and not running. Started here, they would run
+    twice on one disk if they still run there. Only a peer the guest's policy lists is asked."""
+    recorded = {} if record is None else record.get("guests", {})
+    questions: dict[str, list[str]] = {}
+    for guest in guests:
+        peer = recorded_peer(recorded.get(guest_record_key(*guest.key)))
+        if peer and not guest.state.is_active and peer in resolve(policy, guest).settings.migrate.peers:
+            questions.setdefault(peer, []).append(guest.uuid)
+    return questions
+
+
+def recorded_guest(entry: Mapping, persistent: bool = False) -> GuestInfo:
     """A transient guest exists only in the record between shutdown and boot, a migrated one only
     on its peer: rebuild it."""
     return GuestInfo(
@@ -35,6 +58,7 @@ def plan_boot(
     guests: Iterable[GuestInfo], policy: Policy, record: Mapping | None, recovered: Iterable[Mapping] = (),
     *, booted_since: bool = False, used_images: Collection[str] = (),
     channels: Mapping[str, ChannelSupport] | None = None, cores: int | None = None,
+    on_peers: Mapping[tuple[str, str], PeerGuest] | None = None,
 ) -> Plan:
     """Decide which guests to start, resume or leave off, in start order.
 
@@ -44,6 +68,7 @@ def plan_boot(
     record restored; stale, it is never restored again. ``channels`` and ``cores``: as for
     ``plan_shutdown``, for the restores of transient guests' save files (a resume from a
     managed-save image takes no channels: libvirt's start has no parameter for them).
+    ``on_peers``: what the peers said of the guests ``peer_questions`` names, by (peer, UUID).
     """
     warnings: list[str] = []
     recorded = {} if record is None else dict(record.get("guests", {}))
@@ -57,7 +82,7 @@ def plan_boot(
     # record (read back from the files themselves), restored like recorded ones.
     for entry in [*recorded.values(), *recovered]:
         if entry.get("outcome") == Outcome.SAVED_TO_FILE and entry.get("image"):
-            guest = _recorded_guest(entry)
+            guest = recorded_guest(entry)
             if guest_record_key(*guest.key) in used_images:
                 warnings.append(f"{guest.name}: its save file {entry['image']} was restored by an earlier boot pass "
                                 f"and is stale; not restored again")
@@ -68,8 +93,8 @@ def plan_boot(
     on_peer: dict[GuestKey, str] = {}  # guests the last shutdown migrated, not defined here again
     for entry in recorded.values():
         # only home to a connection this pass has: the guest is started through it afterwards
-        if entry.get("outcome") == Outcome.MIGRATED and entry.get("peer") and entry["connection"] in policy.connections:
-            guest = _recorded_guest(entry, persistent=True)
+        if recorded_peer(entry) and entry["connection"] in policy.connections:
+            guest = recorded_guest(entry, persistent=True)
             if guest.key not in resolved:
                 resolved[guest.key] = (guest, resolve(policy, guest))
                 on_peer[guest.key] = entry["peer"]
@@ -87,9 +112,12 @@ def plan_boot(
         guest, eff = resolved[key]
         entry = recorded.get(guest_record_key(*key))
         if key in on_peer:
-            action, reason = _return_decision(eff, on_peer[key])
+            decided = _Decision(*_return_decision(eff, on_peer[key]), peer=on_peer[key])
         else:
-            action, reason = _boot_decision(guest, eff, entry, record is not None, key in transient_images)
+            decided = _Decision(*_boot_decision(guest, eff, entry, record is not None, key in transient_images))
+            if recorded_peer(entry) and decided.action in (Action.START, Action.RESUME):
+                decided = _defined_here_again(eff, recorded_peer(entry), on_peers or {}, guest, decided)
+        action = decided.action
         wait_for = tuple(d for d in deps[key] if orders[d] == orders[key])
         # After a first boot pass (``booted_since``) a guest of the record may simply have been
         # resumed and stopped again: starting it fresh is no news then.
@@ -100,11 +128,13 @@ def plan_boot(
             read_with, _ = choose(eff.settings.save_channels, guest, offers.get(guest.connection, UNKNOWN),
                                   at_once=at_once, cores=cores or os.cpu_count() or 1)
         entries.append(
-            GuestPlan(guest, eff, (action,), reason, orders[key], wait_for if action is not Action.SKIP else (),
-                      image=transient_images.get(key), notes=(lost,) if lost else (),
+            GuestPlan(guest, eff, (action,), decided.reason, orders[key],
+                      wait_for if action is not Action.SKIP else (), image=transient_images.get(key),
+                      notes=((lost,) if lost else ()) + decided.notes,
                       managed_image=managed_image_path(guest.connection, guest.name) if guest.persistent else None,
                       boots_fresh_because=lost, if_resume_fails=if_fails, save_channels=read_with,
-                      peer=on_peer.get(key))
+                      peer=decided.peer, on_peer=key in on_peer, left_off_because=decided.held,
+                      dropped_first_choice=decided.wanted)
         )
     return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings))
 
@@ -137,6 +167,39 @@ def _return_decision(eff: Effective, peer: str) -> tuple[Action, str]:
     if eff.settings.migrate.come_back and eff.settings.migrate.home:
         return Action.RETURN, f"migrated to {peer} at the last shutdown; comes back"
     return Action.SKIP, f"migrated to {peer} at the last shutdown; runs there (come_back is off)"
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """What the boot plan gives one guest, and why."""
+
+    action: Action
+    reason: str
+    peer: str | None = None  # the peer it comes back from, or that the record places it on
+    held: str | None = None  # why it is left off at a loss (``GuestPlan.left_off_because``)
+    wanted: Action | None = None  # the start it would have had, when held
+    notes: tuple[str, ...] = ()
+
+
+def _defined_here_again(eff: Effective, peer: str, on_peers: Mapping[tuple[str, str], PeerGuest], guest: GuestInfo,
+                        wanted: _Decision) -> _Decision:
+    """A guest the record places on ``peer`` that is defined here again and would be started
+    (``wanted``): the daemon died in the migration's last step, or configuration management
+    defined it again. Two copies on one disk corrupt it: it is started here only when the peer
+    says it does not live there; left off at a loss when the peer could not be asked."""
+    there = on_peers.get((peer, guest.uuid))
+    if there is None or not there.answered:
+        why = (f"not asked: its policy does not list {peer} (any more)" if peer not in eff.settings.migrate.peers
+               else f"{peer} could not be asked ({there.why if there else 'not asked'})")
+        held = f"recorded as migrated to {peer}, but defined here again: {why}; not started here, in case it runs there"
+        return _Decision(Action.SKIP, held, peer, held=held, wanted=wanted.action)
+    if there.lives_there:
+        where = f"defined here again, but it lives on {peer} ({there.state})"
+        if eff.settings.migrate.come_back and eff.settings.migrate.home:
+            return _Decision(Action.RETURN, f"{where}; comes back", peer)
+        return _Decision(Action.SKIP, f"{where}: not started here (come_back is off)", peer)
+    return dataclasses.replace(wanted, peer=peer, notes=(f"recorded as migrated to {peer}, which says it does not run "
+                                                         f"there ({there.state}): it starts here",))
 
 
 def _boot_decision(

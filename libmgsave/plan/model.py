@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from libmgsave import jsonout
-from libmgsave.inventory import GuestInfo
+from libmgsave.inventory import ON_PEER, GuestInfo
 from libmgsave.matching import Effective
 # DEADLINE_RESERVE is defined with the policy's limits, which must leave room for it.
 from libmgsave.policy import DEADLINE_RESERVE, Limits  # noqa: F401
@@ -75,18 +75,29 @@ class GuestPlan:
     boots_fresh_because: str | None = None
     if_resume_fails: Action = Action.SKIP
     # shutdown: the head of the policy's chain when the plan dropped it (a save it had no time
-    # or room for); None: the first of ``actions``
+    # or room for); boot: the start a guest left off at a loss would have had; None: the first
+    # of ``actions``
     dropped_first_choice: Action | None = None
     # The channels its save writes with (shutdown) or its save file is read back with (boot:
     # a restore); more than 1 only where the connection offers parallel channels (channels.py)
     save_channels: int = 1
     # shutdown: the peer its migrate step goes to (chosen up front); boot: the peer it comes back
-    # from; None: no migration
+    # from, or the record places it on; None: no migration
     peer: str | None = None
+    # boot: it lives on ``peer`` and is not defined here (shown "on peer", not "shut off")
+    on_peer: bool = False
+    # boot: why a guest that would have started is left off at a loss (the record places it on a
+    # peer that could not be asked whether it runs there), or None; its first choice is dropped
+    left_off_because: str | None = None
 
     @property
     def key(self) -> GuestKey:
         return self.guest.key
+
+    @property
+    def state(self) -> str:
+        """The guest's state as shown: libvirt's, or "on peer" for one that lives on its peer."""
+        return ON_PEER if self.on_peer else str(self.guest.state)
 
     @property
     def first_choice(self) -> Action:
@@ -108,7 +119,7 @@ class GuestPlan:
             "connection": self.guest.connection,
             "name": self.guest.name,
             "uuid": self.guest.uuid,
-            "state": jsonout.word(self.guest.state),
+            "state": jsonout.word(self.state),
             "persistent": self.guest.persistent,
             "has_saved_image": self.guest.has_managed_save,
             "memory_bytes": self.guest.memory_bytes,

@@ -38,6 +38,20 @@ class PeerFacts:
                 "hypervisor_type": self.hypervisor_type, "free_bytes": self.free_bytes}
 
 
+@dataclass(frozen=True)
+class PeerGuest:
+    """What a peer said of one guest a record places there (``peers.guests_on_peers``). It lives
+    there when it is active there (running, paused, being migrated in or out: a QEMU holds its
+    disks) or saved there (its memory state waits there): then it must not start here too."""
+
+    peer: str
+    uuid: str
+    answered: bool
+    lives_there: bool = False
+    state: str = ""  # its state there, in words ("running", "not defined"...)
+    why: str = ""  # why the peer could not be asked
+
+
 def migration_seconds(memory_bytes: int, settings: Migrate, rate: float) -> float:
     """How long migrating ``memory_bytes`` takes at ``rate`` bytes/s (capped by the guest's
     ``bandwidth``); a live migration sends part of it twice."""

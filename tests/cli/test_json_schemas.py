@@ -12,11 +12,10 @@ import jsonschema
 import pytest
 
 from libmgsave import cli, jsonout
-from libmgsave.inventory import GuestState
-from libmgsave.actions.status import ON_PEER
+from libmgsave.inventory import ON_PEER, GuestState
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import Action
-from tests.testdriver import URI, define, hv  # noqa: F401
+from tests.testdriver import URI, define, hv, migrated_record  # noqa: F401
 
 SCHEMAS = Path(jsonout.__file__).parent / "schemas"
 # Each command's outputs: a command with --json and no entry here fails the test below.
@@ -46,8 +45,8 @@ def test_the_schemas_closed_sets_are_the_codes():
     for name in ("pass", "plan"):
         assert schema_of(name)["$defs"]["action"]["enum"] == [a.value for a in Action]
     states = [jsonout.word(s) for s in GuestState]
-    assert schema_of("plan")["$defs"]["state"]["enum"] == states
-    assert schema_of("status")["$defs"]["state"]["enum"] == states + [jsonout.word(ON_PEER)]
+    for name in ("plan", "status"):
+        assert schema_of(name)["$defs"]["state"]["enum"] == states + [jsonout.word(ON_PEER)]
 
 
 @pytest.fixture
@@ -98,6 +97,23 @@ def test_every_output_validates_against_its_schema(hv, mgsave, tmp_path):  # noq
     valid(mgsave("images", "remove", "nothing-such"), "images-remove")
     valid(mgsave("images", "remove", "--all", "--dry-run"), "images-remove")
     valid(mgsave("plan", "boot", policy="version: 1\nlimits: {start_delay: 1:30}\n"), "plan")
+
+
+def test_a_guest_living_on_a_peer_validates_in_every_output(hv, mgsave, tmp_path):  # noqa: F811
+    """status, plan and the boot pass show it "on-peer" with the policy's autostart for it."""
+    define(hv, "here")
+    migrated_record(tmp_path / "state", URI)
+    for come_back in ("false", "true"):
+        policy = (f'version: 1\ndefaults:\n  autostart: always\n  migrate: {{peers: ["{URI}"], '
+                  f'come_back: {come_back}, home: "{URI}"}}\n')
+        status = valid(mgsave("status", policy=policy), "status")
+        [row] = [g for g in status["guests"] if g["name"] == "gone1"]
+        assert row["state"] == "on-peer" and row["autostart"] == "always" and row["peer"] == URI, row
+        plan = valid(mgsave("plan", "boot", policy=policy), "plan")
+        [entry] = [g for g in plan["plans"][0]["guests"] if g["name"] == "gone1"]
+        assert entry["state"] == "on-peer" and entry["peer"] == URI, entry
+        valid(mgsave("boot", "--dry-run", policy=policy), "pass")
+        valid(mgsave("return", "--dry-run", policy=policy), "pass")
 
 
 def test_timestamps_are_iso_8601_utc_and_sort_as_the_times_do():

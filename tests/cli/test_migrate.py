@@ -10,7 +10,7 @@ import pytest
 
 from libmgsave import cli, conflicts
 from libmgsave.errors import ExitCode
-from tests.testdriver import URI, define, domain_xml, hv, running  # noqa: F401
+from tests.testdriver import URI, define, domain_xml, hv, migrated_record, running  # noqa: F401
 
 DEAD_PEER = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
 POLICY = f"""\
@@ -94,18 +94,8 @@ def test_return_without_guests_on_a_peer_has_nothing_to_do(hv, tmp_path, capsys)
     assert json.loads(out)["guests"] == []
 
 
-MIGRATED_UUID = "5d3f1c2e-8a4b-4f2e-9c1d-0e6a7b8c9d0f"
-
-
 def write_migrated_record(tmp_path, peer):
-    state_dir = tmp_path / "state"
-    state_dir.mkdir(mode=0o700, exist_ok=True)
-    entry = {"connection": URI, "name": "gone1", "uuid": MIGRATED_UUID, "outcome": "migrated", "peer": peer,
-             "persistent": True, "memory_kib": 2048}
-    record = {"format": "mgsave-state", "kind": "shutdown", "version": 1, "started": 1.0, "finished": 2.0,
-              "guests": {f"{URI} {MIGRATED_UUID}": entry}}
-    (state_dir / "last-shutdown.json").write_text(json.dumps(record))
-    os.chmod(state_dir / "last-shutdown.json", 0o600)
+    migrated_record(tmp_path / "state", peer)
 
 
 def test_status_lists_the_guests_living_on_a_peer_and_boot_plans_their_way_home(hv, tmp_path, capsys):

@@ -9,7 +9,8 @@ from libmgsave.errors import PolicyError
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import GuestResult, Outcome, Severity
 from libmgsave.plan import Action, plan_boot, plan_shutdown
-from libmgsave.plan.peers import DEFAULT_MIGRATION_THROUGHPUT, MIB, PeerFacts, migration_seconds
+from libmgsave.plan.boot import peer_questions
+from libmgsave.plan.peers import DEFAULT_MIGRATION_THROUGHPUT, MIB, PeerFacts, PeerGuest, migration_seconds
 from libmgsave.policy import Migrate
 from libmgsave.policyfile import parse_policy
 from libmgsave.state.records import guest_record_key
@@ -116,6 +117,38 @@ def test_boot_brings_a_migrated_guest_home_only_with_come_back():
     # defined here again (returned by hand, say): the usual decision
     [entry] = plan_boot([g], policy(home), record).entries
     assert entry.skipped and "already running" in entry.reason
+
+
+def test_a_guest_defined_here_again_starts_only_when_its_peer_says_it_is_not_there():
+    g = guest("a", state=GuestState.SHUTOFF)
+    record = {"started": 1.0, "guests": {guest_record_key(*g.key): {
+        "connection": URI, "name": "a", "uuid": g.uuid, "outcome": "migrated", "peer": P1, "memory_kib": 1024}}}
+    assert peer_questions([g], policy(), record) == {P1: [g.uuid]}
+    assert peer_questions([guest("a")], policy(), record) == {}  # running here: nothing to start
+
+    def decide(there, extra=""):
+        [entry] = plan_boot([g], policy(extra), record, on_peers={(P1, g.uuid): there} if there else {}).entries
+        return entry
+
+    running = decide(PeerGuest(P1, g.uuid, True, lives_there=True, state="paused"))
+    assert running.skipped and "lives on" in running.reason and not running.short_of_first_choice
+    home = decide(PeerGuest(P1, g.uuid, True, lives_there=True, state="running"),
+                  ', come_back: true, home: "qemu+tls://home.example.org/system"')
+    assert home.actions == (Action.RETURN,) and home.peer == P1 and not home.on_peer and home.state == "shut off"
+    gone = decide(PeerGuest(P1, g.uuid, True, state="not defined"))
+    assert gone.actions == (Action.START,) and "does not run there" in gone.notes[0]
+    for unknown in (PeerGuest(P1, g.uuid, False, why="no answer within 15 s"), None):
+        held = decide(unknown)
+        assert held.skipped and held.left_off_because and held.first_choice is Action.START
+        assert held.short_of_first_choice and "not started here" in held.reason
+
+
+def test_a_guest_on_its_peer_is_shown_on_peer_not_shut_off():
+    g = guest("a")
+    record = {"started": 1.0, "guests": {guest_record_key(*g.key): {
+        "connection": URI, "name": "a", "uuid": g.uuid, "outcome": "migrated", "peer": P1, "memory_kib": 1024}}}
+    [entry] = plan_boot([], policy(), record).entries
+    assert entry.on_peer and entry.state == "on peer" and entry.to_dict()["state"] == "on-peer"
 
 
 @pytest.mark.parametrize("text, where, words", [
