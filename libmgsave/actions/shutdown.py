@@ -19,7 +19,7 @@ from libmgsave.outcomes import GuestResult, Outcome, PassResult
 from libmgsave.plan import DEADLINE_RESERVE, PassKind, Plan
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
-from libmgsave.state.carry_over import pending_files, starting_entries
+from libmgsave.state.carry_over import files_to_check, starting_entries
 from libmgsave.state.records import current_boot_id, pending_entry
 from libmgsave.state.throughput import RECORD_KEY as SAVE_RATES
 from libmgsave.state.throughput import kept_rates, measured_rates
@@ -55,7 +55,7 @@ def _begin_record(ctx: Context, plan: Plan) -> RecordWriter:
     ctx.state.set_aside_untrusted("shutdown", ctx.warnings)
     previous = ctx.state.last_shutdown(quiet=True)
     boot = ctx.state.last_boot(quiet=True)
-    complete = {path for path in pending_files(previous) if save_file_is_complete(path)}
+    complete = {path for path in files_to_check(previous) if save_file_is_complete(path)}
     boot_id = current_boot_id()
     entries = starting_entries(previous, boot, plan, complete, boot_id=boot_id)
     # the save rates learned so far, kept for the connections this pass will not measure
