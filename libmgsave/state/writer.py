@@ -103,8 +103,9 @@ class RecordWriter:
         its other entries and its pass's times stay as they are; this pass's times go under ``by``."""
         now = time.time()
         if record is None:
+            # no shutdown pass wrote one: the header is this pass's, of this boot (see carry_over)
             data = {"format": RECORD_FORMAT, "kind": kind, "version": RECORD_VERSION, "mgsave_version": __version__,
-                    "started": now, "finished": now, "guests": {}}
+                    "started": now, "finished": now, "guests": {}, **(extra or {})}
         else:
             data = dict(record, guests=dict(record["guests"]))
         data[by] = {"started": now, "finished": None, **(extra or {})}
