@@ -134,3 +134,16 @@ def test_a_record_of_this_boot_with_no_boot_since_is_continued_whole():
     boot = boot_record(5, BOOT_1, g1="resumed")
     guests = [guest("g1"), guest("g2", OFF), guest("g3", OFF)]
     assert start(previous, boot, guests, boot_id=BOOT_2) == {"g1": "saved", "g2": "shut-down", "g3": "pending"}
+
+
+def test_entries_a_killed_shutdown_pass_left_pending_are_settled_then_carried_when_still_saved():
+    """The shutdown pass of boot 1 was cut short (a power loss): three entries 'pending'. g1's
+    save had completed (its image is there), t1's file is whole; g2 was never saved. The boot
+    pass of boot 2 died before it wrote a record; the shutdown of boot 2 keeps g1 and t1, saved
+    (g2, off with nothing saved, may have been stopped by the admin: not carried)."""
+    image = str(STATE_DIR / "images" / f"{guest('t1').uuid}.save")
+    previous = shutdown_record(10, BOOT_1, g1="pending", g2="pending")
+    previous["guests"][key("t1")] = entry("t1", "pending", image=image)
+    guests = [guest("g1"), guest("g2", OFF), guest("g3", RUNNING)]
+    assert start(previous, None, guests, boot_id=BOOT_2, complete=[image]) == {
+        "g1": "saved", "t1": "saved-to-file", "g3": "pending"}
