@@ -188,11 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         ("evacuate", "Live-migrate every running guest that has migrate.peers to the first peer that can\n"
                      "take it (reachable, same hypervisor, enough free memory), now, in parallel up to\n"
                      "limits.max_parallel_migrations. A guest no peer can take stays running here. The\n"
-                     "shutdown record says where each one went (see 'mgsave status')."),
+                     "shutdown record says where each one went (see 'mgsave status'); its other entries\n"
+                     "stay as the last shutdown pass wrote them (the next boot pass still resumes the\n"
+                     "guests saved then)."),
         ("return", "Migrate home, now, the guests the last shutdown pass or 'mgsave evacuate' sent to a\n"
                    "peer and whose policy has migrate.come_back, in the boot order. A guest whose peer\n"
                    "does not answer (within 15 s), or whose migration fails, stays there (reported,\n"
-                   "exit 10)."),
+                   "exit 10) and in the records: later passes still count it on its peer until it\n"
+                   "is back."),
     ):
         p = add(name, f"migrate guests {'to their peers' if name == 'evacuate' else 'home from their peers'}",
                 text)

@@ -232,6 +232,11 @@ def test_shutdown_migrates_every_guest_and_boot_brings_them_home(pair):
         for name in guests:
             assert guest_result(data, name)["outcome"] == "on-peer"
             assert running_persistent(conn_b, name)
+        # A shutdown pass meanwhile (nothing runs on A) keeps them in the records, on B
+        rc, data, err = mgsave("shutdown")
+        assert rc == 0, err[-5000:]
+        rc, status, _ = mgsave("status")
+        assert {r["name"]: r.get("peer") for r in status["guests"]} == {n: b.tcp_uri for n in guests}, status
 
         before = {n: ticks(serial(a, n))[-1] for n in guests}
         rc, data, err = mgsave("boot")
@@ -257,6 +262,11 @@ def test_shutdown_migrates_every_guest_and_boot_brings_them_home(pair):
         for name in guests:
             assert running_persistent(conn_a, name) and name not in names(conn_b)
             assert_one_heartbeat(serial(a, name))
+        record = json.loads((mgsave.dir / "state" / "last-shutdown.json").read_text())
+        assert {e["name"]: (e["outcome"], e.get("recorded_by")) for e in record["guests"].values()} == \
+            {n: ("returned", "return") for n in guests}
+        rc, status, _ = mgsave("status")
+        assert not [r["name"] for r in status["guests"] if r.get("peer")], status["guests"]
     finally:
         remove_everywhere((conn_a, conn_b), *guests)
         conn_a.close()

@@ -201,6 +201,43 @@ def save_before_install(c: Container) -> None:
         conn.close()
 
 
+# systemd-nspawn gives each boot of the container a boot ID of its own, but through a bind mount
+# over /proc/sys/kernel/random/boot_id that mgsave's units do not see: ProtectProc= mounts them a
+# procfs of their own, which shows the kernel's (this machine's: the same at every "reboot"),
+# where a real reboot changes the kernel's. A unit without that sandbox copies the container's
+# ID to /run at each boot, and a drop-in binds it into mgsave's units in the kernel's place.
+BOOT_ID_UNIT = """\
+[Unit]
+Description=The container's boot ID, for units with a procfs of their own
+DefaultDependencies=no
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'cat /proc/sys/kernel/random/boot_id > /run/container-boot-id'
+"""
+BOOT_ID_DROPIN = """\
+[Unit]
+Wants=container-boot-id.service
+After=container-boot-id.service
+
+[Service]
+BindReadOnlyPaths=/run/container-boot-id:/proc/sys/kernel/random/boot_id
+"""
+
+
+def boot_ids_per_container_boot(c: Container) -> None:
+    c.write("/etc/systemd/system/container-boot-id.service", BOOT_ID_UNIT)
+    for unit in ("mgsave.service", "mgsave-boot.service"):
+        c.write(f"/etc/systemd/system/{unit}.d/container-boot-id.conf", BOOT_ID_DROPIN)
+
+
+def recorded_boot_id(c: Container, record: str = "last-shutdown.json") -> str:
+    import json
+
+    return json.loads((c.dir("mgsave") / record).read_text())["boot_id"]
+
+
 def test_mgsave_host_lifecycle(container):
     """make install on a host with a saved guest; a stop and a start by hand; a poweroff; a
     poweroff while the boot pass still waits; a boot pass killed by its timeout; a last boot."""
@@ -208,6 +245,7 @@ def test_mgsave_host_lifecycle(container):
     t = Timings()
     _copy_tree(c.root / SRC.lstrip("/"))
     c.write("/etc/mgsave/policy.yaml", POLICY)
+    boot_ids_per_container_boot(c)
 
     # Boot 1: install on a host where a guest has a managed-save image. Installing arms the
     # shutdown pass and starts no guest.
@@ -240,7 +278,7 @@ def test_mgsave_host_lifecycle(container):
     assert unit_state(c, "mgsave.service")["Result"] == "success", \
         c.run("journalctl", "-u", "mgsave", "-n", "40", check=False).stdout
     extended = stop_seconds > 5
-    c.run("rm", "-r", os.path.dirname(dropin))
+    c.run("rm", dropin)
     c.run("systemctl", "daemon-reload")
     started = time.monotonic()
     c.run("systemctl", "start", "mgsave-boot.service")  # pulls in mgsave.service: armed again
@@ -407,3 +445,60 @@ def test_libvirt_guests_round_trip(container):
             t0 = int(log[0]["__REALTIME_TIMESTAMP"])
             print(f"  {title}:\n" + "\n".join(
                 f"    +{(int(e['__REALTIME_TIMESTAMP']) - t0) / 1e6:5.1f} s  {e.get('MESSAGE')}" for e in log))
+
+
+# A boot pass killed outright (no boot record): mk-a is resumed and never becomes ready, mk-b
+# and mk-c wait for it. Three small guests, three boots of one container.
+KILLED_GUESTS = ("mk-a", "mk-b", "mk-c")
+KILLED_WAITING_POLICY = POLICY + """\
+guests:
+  - match: {name: mk-a}
+    ready: {agent: 10m}
+  - match: {name: "mk-[bc]"}
+    after: [mk-a]
+"""
+
+
+def test_guests_a_killed_boot_pass_never_reached_are_resumed_at_the_next_boot(container):
+    """The boot pass is killed (SIGKILL: it writes no record) while mk-b and mk-c wait; the host
+    goes down and boots again. Before: the shutdown pass of that boot kept only what it saved
+    (the record it found was of the boot before), and the next boot left mk-b and mk-c off with
+    their images unused. Now both are carried over, still saved, and resumed."""
+    c = container
+    _copy_tree(c.root / SRC.lstrip("/"))
+    c.write("/etc/mgsave/policy.yaml", POLICY)
+    boot_ids_per_container_boot(c)
+    c.boot()
+    c.run("make", "-C", SRC, "install")
+    conn = c.connect()
+    try:
+        for name in KILLED_GUESTS:
+            conn.defineXML(domain_xml(name, memory_mib=128)).create()
+    finally:
+        conn.close()
+    c.wait_ticking(KILLED_GUESTS)
+    boots_before = {n: c.guest_boots(n) for n in KILLED_GUESTS}
+    c.poweroff()
+    for name in KILLED_GUESTS:
+        assert (c.dir("lib") / "qemu/save" / f"{name}.save").is_file(), f"{name} has no managed-save image"
+    first_boot = recorded_boot_id(c)
+
+    c.write("/etc/mgsave/policy.yaml", KILLED_WAITING_POLICY)
+    c.boot()
+    wait_states(c, {"mk-a": RUNNING_RESTORED, "mk-b": 5, "mk-c": 5})
+    assert unit_state(c, "mgsave-boot.service")["ActiveState"] == "active"  # waiting for mk-a
+    c.run("systemctl", "kill", "--signal=SIGKILL", "mgsave-boot.service")
+    assert wait_boot_pass(c, timeout=60)["Result"] == "signal"
+    off_started = time.time()
+    c.poweroff()
+    shutdown = [str(e.get("MESSAGE")) for e in c.journal("_SYSTEMD_UNIT=mgsave.service", since=off_started)]
+    assert recorded_boot_id(c) != first_boot  # mgsave saw a reboot
+    for name in ("mk-b", "mk-c"):
+        assert any(m.startswith(f"{name}: carried over") and "still saved" in m for m in shutdown), "\n".join(shutdown)
+
+    c.write("/etc/mgsave/policy.yaml", POLICY)
+    c.boot()
+    assert wait_boot_pass(c)["Result"] == "success"
+    assert guest_states(c, KILLED_GUESTS) == {n: RUNNING_RESTORED for n in KILLED_GUESTS}
+    assert {n: c.guest_boots(n) for n in KILLED_GUESTS} == boots_before  # none was cold-booted
+    c.poweroff()

@@ -3,7 +3,9 @@
 The shutdown pass's outline with every guest's chain cut down to its ``migrate`` step: a guest
 with no peer that can take it (or none at all) stays running here, untouched. The shutdown
 record says where each one went, so that ``mgsave return`` and the next boot pass (with
-``come_back``) can bring them home, and ``mgsave status`` shows them on their peer.
+``come_back``) can bring them home, and ``mgsave status`` shows them on their peer. Evacuate
+adds its entries to that record (each marked as its own) and leaves the others as the last
+shutdown pass wrote them: guests saved then are still resumed by the next boot pass.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import dataclasses
 from libmgsave.actions import passes, shutdown
 from libmgsave.context import Context
 from libmgsave.outcomes import PassResult
-from libmgsave.plan import PassKind
+from libmgsave.plan import PassKind, Plan
 from libmgsave.policy import Match, Policy, Rule, ShutdownStep
+from libmgsave.state import RecordWriter, guest_record_key
+from libmgsave.state.records import RecordedBy, current_boot_id, pending_entry
 
 
 def run_evacuate(ctx: Context) -> PassResult | passes.StoppedEarly:
@@ -22,7 +26,17 @@ def run_evacuate(ctx: Context) -> PassResult | passes.StoppedEarly:
 
 
 def _carry_out(run: passes.PassRun):
-    return shutdown.carry_out(dataclasses.replace(run, policy=migrate_only(run.policy)), staying_is_fine=True)
+    return shutdown.carry_out(dataclasses.replace(run, policy=migrate_only(run.policy)), staying_is_fine=True,
+                              begin_record=_amend_record)
+
+
+def _amend_record(ctx: Context, plan: Plan) -> RecordWriter:
+    """The shutdown record with this pass's guests added, before any is touched: the entries of
+    the guests it does not migrate stay as they are, whatever pass or boot wrote them."""
+    ctx.state.set_aside_untrusted("shutdown", ctx.warnings)
+    ours = {guest_record_key(*entry.guest.key): pending_entry(entry) for entry in plan.active}
+    return RecordWriter.amend(ctx.state.shutdown_record, "shutdown", ctx.state.last_shutdown(quiet=True), ours,
+                              by=RecordedBy.EVACUATE, extra={"boot_id": current_boot_id()})
 
 
 def migrate_only(policy: Policy) -> Policy:

@@ -3,18 +3,23 @@ evacuate``) sent to a peer and whose policy has ``come_back``.
 
 The boot pass's plan cut down to those guests: in the boot order, after their ``after``
 guests, parallel up to ``limits.max_parallel_starts``. No boot record is written (the host did
-not boot): a guest brought home is defined here again, which is what later passes go by.
+not boot): the shutdown record's entry of each guest brought home says so instead ('returned',
+marked as return's own), so that no later pass counts it away any more; a guest whose return
+failed keeps its entry, with why, and stays on its peer as far as every later pass is concerned.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from libmgsave import interrupt
 from libmgsave.actions import inputs, passes
 from libmgsave.context import Context
 from libmgsave.execute import BootPass, dry_run_results
-from libmgsave.outcomes import PassResult
+from libmgsave.outcomes import GuestResult, Outcome, PassResult
 from libmgsave.plan import Action, PassKind, Plan
+from libmgsave.state import GuestEntry, RecordWriter, guest_record_key
+from libmgsave.state.records import RecordedBy
 
 
 def run_return(ctx: Context) -> PassResult | passes.StoppedEarly:
@@ -28,7 +33,36 @@ def _carry_out(run: passes.PassRun):
     run.announce(plan)
     if ctx.dry_run:
         return plan, dry_run_results(plan)
-    return plan, BootPass(plan, run.connections, state_dir=ctx.state).run()
+    results = BootPass(plan, run.connections, state_dir=ctx.state).run()
+    _record(ctx, results)
+    return plan, results
+
+
+def _record(ctx: Context, results: list[GuestResult]) -> None:
+    """The shutdown record's entries of the guests this pass took up: 'returned' for those
+    brought home, a note for those still on their peer (their entry says so as before)."""
+    record = ctx.state.last_shutdown(quiet=True)
+    if record is None or not results:
+        return
+    home, noted = {}, dict(record["guests"])
+    for r in results:
+        key = guest_record_key(*r.plan.key)
+        if key not in record["guests"]:
+            continue
+        if r.outcome is Outcome.RETURNED:
+            home[key] = GuestEntry(record["guests"][key], outcome=str(r.outcome), peer=None, messages=r.messages,
+                                   steps=[s.to_dict() for s in r.steps], started=r.started, finished=r.finished)
+        else:
+            noted[key] = GuestEntry(record["guests"][key], note=f"mgsave return did not bring it home ({r.outcome}): "
+                                                                f"{'; '.join(r.messages)}")
+    stopped_by = interrupt.signal_received()
+    writer = RecordWriter.amend(ctx.state.shutdown_record, "shutdown", dict(record, guests=noted), home,
+                                by=RecordedBy.RETURN)
+    writer.finish(ok=all(r.ok for r in results), interrupted=stopped_by.name if stopped_by else None)
+    if writer.error:
+        ctx.bookkeeping_failed = True
+        ctx.warnings.append(f"the shutdown record {writer.path} could not be written ({writer.error}): it still "
+                            f"counts the guests brought home as on their peer")
 
 
 def returns_only(plan: Plan) -> Plan:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from libmgsave import interrupt, journal
 from libmgsave.actions import going_down, inputs, passes
@@ -19,7 +20,7 @@ from libmgsave.outcomes import GuestResult, Outcome, PassResult
 from libmgsave.plan import DEADLINE_RESERVE, PassKind, Plan
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
-from libmgsave.state.carry_over import pending_files, starting_entries
+from libmgsave.state.carry_over import files_to_check, starting_entries
 from libmgsave.state.records import current_boot_id, pending_entry
 from libmgsave.state.throughput import RECORD_KEY as SAVE_RATES
 from libmgsave.state.throughput import kept_rates, measured_rates
@@ -37,8 +38,13 @@ def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly | going_down.
     return passes.run_pass(ctx, PassKind.SHUTDOWN, carry_out)
 
 
-def carry_out(run: passes.PassRun, *, staying_is_fine: bool = False) -> tuple[Plan, list[GuestResult]]:
-    """``staying_is_fine``: for evacuate, a guest still running here after its chain is degraded, not failed."""
+RecordStart = Callable[[Context, Plan], RecordWriter]
+
+
+def carry_out(run: passes.PassRun, *, staying_is_fine: bool = False,
+              begin_record: RecordStart | None = None) -> tuple[Plan, list[GuestResult]]:
+    """``staying_is_fine``: for evacuate, a guest still running here after its chain is degraded,
+    not failed; ``begin_record``: how the pass starts its record (by default, a new shutdown record)."""
     ctx = run.ctx
     inputs.check_state_dir(ctx)
     # a guest still arriving (a peer is migrating it here) cannot be saved yet: the later looks take it up
@@ -49,7 +55,7 @@ def carry_out(run: passes.PassRun, *, staying_is_fine: bool = False) -> tuple[Pl
     run.announce(plan)
     if ctx.dry_run:
         return plan, dry_run_results(plan) + skipped_results(plan)
-    record = _begin_record(ctx, plan)
+    record = (begin_record or _begin_record)(ctx, plan)
     results = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at,
                            staying_is_fine=staying_is_fine).run()
     results = _late_guests(run, record, results + skipped_results(plan))
@@ -63,7 +69,7 @@ def _begin_record(ctx: Context, plan: Plan) -> RecordWriter:
     ctx.state.set_aside_untrusted("shutdown", ctx.warnings)
     previous = ctx.state.last_shutdown(quiet=True)
     boot = ctx.state.last_boot(quiet=True)
-    complete = {path for path in pending_files(previous) if save_file_is_complete(path)}
+    complete = {path for path in files_to_check(previous) if save_file_is_complete(path)}
     boot_id = current_boot_id()
     entries = starting_entries(previous, boot, plan, complete, boot_id=boot_id)
     # the save rates learned so far, kept for the connections this pass will not measure
@@ -73,9 +79,9 @@ def _begin_record(ctx: Context, plan: Plan) -> RecordWriter:
 
 def _finish_record(ctx: Context, record: RecordWriter, results: list[GuestResult]) -> None:
     stopped_by = interrupt.signal_received()
-    rates = kept_rates(record.data, measured_rates(results))
-    record.finish(**{SAVE_RATES: rates}, ok=all(r.ok for r in results),
-                  interrupted=stopped_by.name if stopped_by else None)
+    # the save rates are the shutdown pass's own (a pass that amends its record saves nothing)
+    rates = {SAVE_RATES: kept_rates(record.data, measured_rates(results))} if record.by is None else {}
+    record.finish(**rates, ok=all(r.ok for r in results), interrupted=stopped_by.name if stopped_by else None)
     if record.error:
         ctx.bookkeeping_failed = True
         ctx.warnings.append(f"the shutdown record {record.path} could not be written ({record.error}): the next "
@@ -108,7 +114,7 @@ def _late_guests(run: passes.PassRun, record: RecordWriter, results: list[GuestR
         for entry in plan.active:
             log.warning("%s: started by someone else (or migrated here) during the pass; handling it now",
                         entry.guest.name, extra=journal.guest_fields(entry.guest, result="late"))
-            record.update_guest(guest_record_key(*entry.guest.key), **pending_entry(entry))
+            record.add_guest(guest_record_key(*entry.guest.key), pending_entry(entry))
         more = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at).run()
         results = _merge_late(results, more + skipped_results(plan))
     return results

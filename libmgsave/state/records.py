@@ -16,8 +16,8 @@ from typing import TypedDict
 
 from libmgsave import __version__
 from libmgsave.outcomes import Outcome
-from libmgsave.state.validation import (MAX_RECORD_BYTES, UnsafeFile, canonical_images, read_regular_file,
-                                        record_problem)
+from libmgsave.state.validation import (MAX_RECORD_BYTES, RecordedBy, UnsafeFile, canonical_images,  # noqa: F401
+                                        read_regular_file, record_problem)
 
 log = logging.getLogger("mgsave")
 
@@ -30,7 +30,8 @@ BOOT_RECORD = "last-boot.json"
 class GuestEntry(TypedDict, total=False):
     """One guest in a record, filed under ``guest_record_key``. Both records have the first four
     and what was done (``steps``, ``waits``, times: ``mgsave report`` draws them); the shutdown
-    record also has the guest's facts, the boot record ``ok``."""
+    record also has the guest's facts, the boot record ``ok``. An entry another kind of pass
+    wrote into the shutdown record says which (``recorded_by``) and when (``recorded``)."""
 
     connection: str
     name: str
@@ -52,6 +53,8 @@ class GuestEntry(TypedDict, total=False):
     messages: list[str]
     note: str
     ok: bool
+    recorded_by: str  # a RecordedBy's value
+    recorded: float  # when that pass began
 
 
 def guest_record_key(connection: str, uuid: str) -> str:

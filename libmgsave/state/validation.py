@@ -10,6 +10,7 @@ file elsewhere.
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import re
@@ -23,6 +24,18 @@ MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 UUID_PATTERN = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _OUTCOMES = frozenset(str(o) for o in Outcome)
+
+
+class RecordedBy(enum.StrEnum):
+    """The passes that add entries of their own to the shutdown record besides the shutdown
+    pass (whose entries say nothing of it): what they did stands beside the shutdown pass's
+    entries for the other guests, never in their place."""
+
+    EVACUATE = "evacuate"
+    RETURN = "return"
+
+
+_RECORDED_BY = frozenset(str(b) for b in RecordedBy)
 
 
 def read_regular_file(path: Path, max_bytes: int) -> bytes:
@@ -73,6 +86,8 @@ _ENTRY_FIELDS = {
     "image_used": (lambda v: v is None or isinstance(v, bool), "true or false"),
     "image": (lambda v: v is None or isinstance(v, str), "a path"),
     "peer": (lambda v: v is None or isinstance(v, str), "a libvirt URI"),
+    "recorded_by": (lambda v: v is None or v in _RECORDED_BY, "a pass that adds entries (evacuate, return)"),
+    "recorded": (lambda v: v is None or is_number(v), "a time"),
 }
 
 
@@ -103,10 +118,23 @@ def record_problem(data: dict, state_dir: Path, key_of) -> str | None:
     for name, (valid, what) in _RECORD_FIELDS.items():
         if name in data and not valid(data[name]):
             return f"'{name}' is {data[name]!r}, not {what}"
+    for by in _RECORDED_BY:  # the last evacuate's or return's own times, beside the shutdown pass's
+        problem = _header_problem(by, data[by]) if by in data else None
+        if problem:
+            return problem
     for key, entry in data["guests"].items():
         problem = _entry_problem(key, entry, state_dir, key_of)
         if problem:
             return f"entry {key!r}: {problem}" if not problem.startswith("entry") else problem
+    return None
+
+
+def _header_problem(by: str, header) -> str | None:
+    if not isinstance(header, dict) or not is_number(header.get("started")):
+        return f"'{by}' is {header!r}, not the times of an {by} pass"
+    for name, (valid, what) in _RECORD_FIELDS.items():
+        if name in header and not valid(header[name]):
+            return f"'{by}.{name}' is {header[name]!r}, not {what}"
     return None
 
 

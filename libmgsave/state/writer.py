@@ -34,14 +34,19 @@ class RecordWriter:
 
     A write that fails (the state directory is read-only or full) never stops the pass: it is
     logged as an error, ``error`` says why, and the next update tries again.
+
+    A writer made by ``amend`` adds a pass's entries to a record another pass wrote: its own
+    times go under its own key (``by``), and each entry it adds says which pass wrote it.
     """
 
     FLUSH_EVERY = 0.5
 
-    def __init__(self, path: Path, kind: str, data: dict):
+    def __init__(self, path: Path, kind: str, data: dict, *, by: str | None = None, marks: dict | None = None):
         self.path = path
         self.kind = kind
         self.data = data
+        self.by = by  # the key of this pass's own times, when it amends a record (None: it is the record's pass)
+        self.marks = dict(marks or {})  # the fields every entry this pass adds gets
         self._lock = threading.Lock()
         self._dirty = threading.Event()
         self._closing = threading.Event()  # wakes the writer from its pause at once
@@ -61,10 +66,36 @@ class RecordWriter:
             "guests": guests,
         }
         data.update(extra or {})
-        writer = cls(path, kind, data)
-        writer.flush()
-        writer._flusher.start()
-        return writer
+        return cls(path, kind, data)._started()
+
+    @classmethod
+    def amend(cls, path: Path, kind: str, record: dict | None, guests: dict[str, dict], *, by: str,
+              extra: dict | None = None) -> RecordWriter:
+        """Add ``guests`` to ``record`` (the record at ``path``, None: there is none) and write it:
+        its other entries and its pass's times stay as they are; this pass's times go under ``by``."""
+        now = time.time()
+        if record is None:
+            # no shutdown pass wrote one: the header is this pass's, of this boot (see carry_over)
+            data = {"format": RECORD_FORMAT, "kind": kind, "version": RECORD_VERSION, "mgsave_version": __version__,
+                    "started": now, "finished": now, "guests": {}, **(extra or {})}
+        else:
+            data = dict(record, guests=dict(record["guests"]))
+        data[by] = {"started": now, "finished": None, **(extra or {})}
+        writer = cls(path, kind, data, by=by, marks={"recorded_by": by, "recorded": now})
+        for key, entry in guests.items():
+            writer.data["guests"][key] = {**entry, **writer.marks}
+        return writer._started()
+
+    def _started(self) -> RecordWriter:
+        self.flush()
+        self._flusher.start()
+        return self
+
+    def add_guest(self, key: str, entry: dict) -> None:
+        """A guest this pass takes up after its first write."""
+        with self._lock:
+            self.data["guests"][key] = {**entry, **self.marks}
+        self._dirty.set()
 
     def update_guest(self, key: str, **changes) -> None:
         with self._lock:
@@ -74,7 +105,7 @@ class RecordWriter:
     def finish(self, **changes) -> None:
         """Write the final record now and stop the background writer."""
         with self._lock:
-            self.data.update(finished=time.time(), **changes)
+            (self.data if self.by is None else self.data[self.by]).update(finished=time.time(), **changes)
             self._closed = True
         self._closing.set()
         self._dirty.set()

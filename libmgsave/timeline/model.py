@@ -121,6 +121,8 @@ def from_record(record: dict | None, kind: str) -> PassTimeline | None:
             continue
         if not phases and entry.get("steps"):  # carried over from an earlier pass: not this one's
             continue
+        if entry.get("recorded_by"):  # added by evacuate or return: not this pass's
+            continue
         rows.append(Row(entry["name"], entry["connection"], entry["outcome"], phases))
     rows.sort(key=lambda r: (r.phases[0].started if r.phases else math.inf, r.name))
     ends = [p.finished for r in rows for p in r.phases]

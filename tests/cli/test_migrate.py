@@ -148,3 +148,59 @@ def test_evacuate_leaves_a_guest_whose_migration_fails_running_here_degraded(hv,
     assert running(hv) == ["web1"] and not hv.lookupByName("web1").hasManagedSaveImage(0)
     record = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
     assert [e["outcome"] for e in record["guests"].values()] == ["stayed"]
+
+
+def shutdown_entries(tmp_path) -> dict[str, dict]:
+    record = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
+    return {e["name"]: e for e in record["guests"].values()}
+
+
+def test_evacuate_before_the_boot_pass_keeps_the_guests_the_last_shutdown_saved(hv, tmp_path, capsys, reboot):
+    """The host is back up, the admin evacuates before the boot pass has run. Before: evacuate
+    wrote a new shutdown record with its own guests only, and the boot pass then skipped the
+    saved ones (if-running, not in the record). Now it adds its entries beside the others."""
+    define(hv, "local1", "local2")
+    code, out, _err = mgsave(tmp_path, capsys, "shutdown", "--json")
+    assert code == ExitCode.OK, out
+    before = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
+    reboot()
+    small(hv, "web1")  # started before the boot pass (by hand, or libvirt's own autostart)
+    code, out, _err = mgsave(tmp_path, capsys, "evacuate", "--json")
+    assert code == ExitCode.GUEST_DEGRADED, out  # the test driver cannot migrate: web1 stays
+    entries = shutdown_entries(tmp_path)
+    assert {n: e["outcome"] for n, e in entries.items()} == {"local1": "saved", "local2": "saved", "web1": "stayed"}
+    assert entries["web1"]["recorded_by"] == "evacuate" and "recorded_by" not in entries["local1"]
+    after = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
+    assert after["started"] == before["started"] and after["evacuate"]["finished"] >= after["evacuate"]["started"]
+    code, out, _err = mgsave(tmp_path, capsys, "boot", "--json")
+    results = {g["name"]: g["outcome"] for g in json.loads(out)["guests"]}
+    assert results == {"local1": "resumed", "local2": "resumed", "web1": "skipped"}, out
+    assert running(hv) == ["local1", "local2", "web1"]
+    code, out, _err = mgsave(tmp_path, capsys, "report", "--json")
+    [shutdown] = [p for p in json.loads(out)["passes"] if p["pass"] == "shutdown"]
+    assert sorted(r["name"] for r in shutdown["guests"]) == ["local1", "local2"]  # evacuate's is not that pass's
+
+
+def test_a_guest_whose_return_failed_stays_on_its_peer_through_the_next_shutdown(hv, tmp_path, capsys, reboot):
+    """gone1 lives on a peer that does not answer: ``mgsave return`` and the boot pass leave it
+    there. Before: the next shutdown record (of another boot than the one that sent it) did not
+    list it, so ``status`` no longer showed it and no later boot or return brought it home."""
+    define(hv, "local1")
+    write_migrated_record(tmp_path, DEAD_PEER)
+    come_back = POLICY.replace(f'"{URI}"]}}', f'"{URI}"], come_back: true, home: "{URI}"}}')
+    code, out, _err = mgsave(tmp_path, capsys, "return", "--json", policy=come_back)
+    assert [(g["name"], g["outcome"]) for g in json.loads(out)["guests"]] == [("gone1", "on-peer")], out
+    entry = shutdown_entries(tmp_path)["gone1"]
+    assert entry["outcome"] == "migrated" and "mgsave return did not bring it home" in entry["note"]
+    code, out, _err = mgsave(tmp_path, capsys, "boot", "--json", policy=come_back)
+    assert {g["name"]: g["outcome"] for g in json.loads(out)["guests"]}["gone1"] == "on-peer"
+    code, out, _err = mgsave(tmp_path, capsys, "shutdown", "--json", policy=come_back)
+    assert code == ExitCode.OK, out
+    assert {n: e["outcome"] for n, e in shutdown_entries(tmp_path).items()} == {"local1": "saved", "gone1": "migrated"}
+    reboot()
+    code, out, _err = mgsave(tmp_path, capsys, "status", "--json", policy=come_back)
+    rows = {r["name"]: r for r in json.loads(out)["guests"]}
+    assert rows["gone1"]["state"] == "on-peer" and rows["gone1"]["peer"] == DEAD_PEER
+    code, out, _err = mgsave(tmp_path, capsys, "boot", "--dry-run", "--json", policy=come_back)
+    assert {g["name"]: g["action"] for g in json.loads(out)["guests"]}["gone1"] == "return"
+    hv.lookupByName("local1").managedSaveRemove(0)  # the driver's guests outlive the test: leave none saved
