@@ -1,4 +1,4 @@
-"""``mgsave images``: list the images and records the state directory keeps, and remove them
+"""``mgsave images``: list the images and records mgsave keeps, and remove them
 when the admin asks (by name, or ``--all``). Nothing is ever removed without being asked."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context
-from libmgsave.state.kept import kept_files, kept_usage, over_share_warning, remove_kept
+from libmgsave.state.kept import kept_beside, kept_files, kept_usage, over_share_warning, remove_kept
 
 
 @dataclass(frozen=True)
@@ -18,10 +18,10 @@ class ImagesResult:
 
 
 def run_images(ctx: Context) -> ImagesResult:
-    files = kept_files(ctx.state.path)
+    policy, _problems = inputs.pass_policy(ctx)
+    files = kept_files(ctx.state.path, kept_beside(policy.connections))
     if ctx.images_command == "remove":
         return _remove(ctx, files)
-    policy, _problems = inputs.pass_policy(ctx)
     usage = kept_usage(ctx.state.path, files)
     warning = over_share_warning(usage, policy.limits.kept_images_warn_share)
     ctx.emit(jsonout.document("images", {

@@ -10,7 +10,7 @@ from libmgsave.errors import HypervisorError, Problem
 from libmgsave.hypervisor import Connections, free_bytes, save_room
 from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
 from libmgsave.policy import BUILTIN_POLICY, Policy
-from libmgsave.state.kept import kept_files, kept_usage, over_share_warning
+from libmgsave.state.kept import kept_beside, kept_files, kept_usage, over_share_warning
 from libmgsave.state.images import read_with_any, transient_images_without_record
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state.carry_over import pending_files, settle_interrupted
@@ -151,7 +151,7 @@ def _unrecorded_images(ctx: Context, record: dict | None, boot: dict | None, gue
 
 def kept_images(ctx: Context, policy: Policy):
     """The kept images' usage, and the warning (logged) when they take more than the policy's share."""
-    usage = kept_usage(ctx.state.path, kept_files(ctx.state.path))
+    usage = kept_usage(ctx.state.path, kept_files(ctx.state.path, kept_beside(policy.connections)))
     warning = over_share_warning(usage, policy.limits.kept_images_warn_share)
     if warning:
         log.warning("%s", warning)

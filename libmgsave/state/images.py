@@ -12,10 +12,13 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
+from libmgsave import units
 from libmgsave.errors import HypervisorError
 from libmgsave.inventory import GuestInfo
 from libmgsave.outcomes import Outcome
+from libmgsave.state.kept import KEPT_BESIDE
 from libmgsave.state.records import GuestEntry, guest_record_key
+from libmgsave.state.trust import insecure_subdirectory
 from libmgsave.state.validation import UUID_PATTERN
 
 log = logging.getLogger("mgsave")
@@ -156,27 +159,86 @@ def _free_name(directory: Path, stem: str) -> Path:
 
 
 def keep_failed_image(source: str | None, failed_images: Path, name: str) -> str | None:
-    """Keep a managed-save image that failed to resume in ``failed_images``, before libvirt
-    deletes it; its new path, or None (logged) when that is impossible."""
+    """Keep a managed-save image that failed to resume, before libvirt deletes it; its new path,
+    or None (logged) when it could not be kept: the image is then where it was, and the caller
+    must not discard it.
+
+    A hard link first, which costs nothing and needs no room: beside the image (``KEPT_BESIDE``,
+    on its own file system: under the units the state directory is another mount, and a link
+    across mounts fails with EXDEV even on one disk), else in ``failed_images``. A copy into
+    ``failed_images`` only when it leaves ``KEEP_FREE_SHARE`` of that file system free: a
+    multi-GB copy at boot must not fill /var."""
     if source is None or not os.path.isfile(source):
         return None
+    stem = f"{safe_stem(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    problems = []
+    for directory in (Path(source).parent / KEPT_BESIDE, failed_images):
+        target = _linked(source, directory, stem, problems)
+        if target is not None:
+            log.info("%s: kept the image %s as %s", name, source, target)
+            return str(target)
+    target = _copied(source, failed_images, stem, problems)
+    if target is not None:
+        log.info("%s: kept the image %s as %s (a copy: %s)", name, source, target, "; ".join(problems))
+        return str(target)
+    log.error("%s: could not keep the image %s elsewhere (%s); it is left where it is", name, source,
+              "; ".join(problems))
+    return None
+
+
+# The share of its file system a copy of a failed image must leave free.
+KEEP_FREE_SHARE = 0.10
+
+
+def _linked(source: str, directory: Path, stem: str, problems: list[str]) -> Path | None:
+    """A hard link to ``source`` under ``directory`` (made, root's alone), or None with why not."""
     try:
-        target = _free_name(own_directory(failed_images), f"{safe_stem(name)}-{time.strftime('%Y%m%d-%H%M%S')}")
+        target = _free_name(kept_directory(directory), stem)
+        os.link(source, target)
     except OSError as error:
-        log.error("%s: could not keep the image: %s: %s", name, error.strerror, failed_images)
+        problems.append(f"no link in {directory}: {error.strerror or error}")
         return None
+    return target
+
+
+def _copied(source: str, directory: Path, stem: str, problems: list[str]) -> Path | None:
+    """A copy of ``source`` under ``directory`` when it leaves room, or None with why not."""
     try:
-        os.link(source, target)  # instant on the same filesystem; the data outlives libvirt's unlink
-    except OSError:
-        try:
-            shutil.copy2(source, target)
-        except OSError as error:
-            log.error("%s: could not keep the image: %s", name, error)
+        size = os.stat(source).st_size
+        fs = os.statvfs(kept_directory(directory))
+    except OSError as error:
+        problems.append(f"no copy in {directory}: {error.strerror or error}")
+        return None
+    free, reserve = fs.f_bavail * fs.f_frsize, int(KEEP_FREE_SHARE * fs.f_blocks * fs.f_frsize)
+    if size + reserve > free:
+        problems.append(f"no copy in {directory}: it needs {units.size(size)} and {units.size(reserve)} must stay "
+                        f"free, only {units.size(free)} are")
+        return None
+    target = None
+    try:
+        target = _free_name(kept_directory(directory), stem)
+        shutil.copy2(source, target)
+    except OSError as error:
+        problems.append(f"no copy in {directory}: {error.strerror or error}")
+        if target is not None:
             with contextlib.suppress(OSError):
                 target.unlink()
-            return None
-    log.info("%s: kept the image %s as %s", name, source, target)
-    return str(target)
+        return None
+    return target
+
+
+def kept_directory(path: Path) -> Path:
+    """``path`` as a directory to keep images in: made root's alone if need be, and refused
+    (OSError) when it is not a directory of its own or others could write to it, since whatever
+    is kept there is removed by root when the admin asks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    own_directory(path)
+    problem = insecure_subdirectory(path)
+    if problem:
+        raise OSError(errno.EPERM, f"not safe: {problem}", str(path))
+    return path
 
 
 def safe_stem(name: str) -> str:

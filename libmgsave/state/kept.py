@@ -1,7 +1,11 @@
-"""What the state directory keeps for the admin to look at: saved images that could not be
-resumed or restored (``failed-images/``) and records that could not be trusted, set aside
-(``<record>.untrusted-<time>``). mgsave never removes one on its own; ``mgsave images remove``
-does, when asked, by the name ``list`` gives.
+"""What mgsave keeps for the admin to look at: saved images that could not be resumed or
+restored and records that could not be trusted, set aside (``<record>.untrusted-<time>``). mgsave
+never removes one on its own; ``mgsave images remove`` does, when asked, by the name ``list`` gives.
+
+A managed-save image that failed to resume is kept beside libvirt's images, in ``KEPT_BESIDE``
+under its save directory (a link there is instant and needs no room; the state directory is
+another mount under the units), else under the state directory's ``failed-images/``, where a
+transient guest's save file that failed to restore goes too.
 """
 
 from __future__ import annotations
@@ -9,21 +13,27 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from libmgsave import jsonout, units
+from libmgsave.saveimages import managed_save_dir
 from libmgsave.state.records import BOOT_RECORD, SHUTDOWN_RECORD
+from libmgsave.state.trust import insecure_subdirectory
 
 log = logging.getLogger("mgsave")
 
 FAILED_IMAGES = "failed-images"
+KEPT_BESIDE = "mgsave-failed-images"  # under libvirt's managed-save directory
 _SET_ASIDE = (f"{SHUTDOWN_RECORD}.untrusted-", f"{BOOT_RECORD}.untrusted-")
 
 
 @dataclass(frozen=True)
 class KeptFile:
-    name: str  # relative to the state directory: what ``mgsave images remove`` takes
+    # What ``mgsave images remove`` takes: the path relative to the state directory, or the
+    # whole path of an image kept beside libvirt's
+    name: str
     path: Path
     kind: str  # "failed-image" or "untrusted-record"
     bytes: int
@@ -34,13 +44,22 @@ class KeptFile:
                 "modified": jsonout.timestamp(self.mtime)}
 
 
-def kept_files(state_dir: Path) -> list[KeptFile]:
-    """Every kept file, oldest first. Only regular files count (never followed through a link)."""
+def kept_files(state_dir: Path, beside: Iterable[Path] = ()) -> list[KeptFile]:
+    """Every kept file, oldest first: in the state directory, and in ``KEPT_BESIDE`` under each
+    of the save directories ``beside`` (see ``kept_beside``). Only regular files count (never
+    followed through a link), and nothing from a directory others could write to."""
+    candidates = [(name, state_dir / name, "untrusted-record") for name in _names(state_dir)
+                  if name.startswith(_SET_ASIDE)]
+    candidates += [(f"{FAILED_IMAGES}/{name}", state_dir / FAILED_IMAGES / name, "failed-image")
+                   for name in _names(state_dir / FAILED_IMAGES)]
+    for directory in dict.fromkeys(Path(save_dir) / KEPT_BESIDE for save_dir in beside):
+        problem = insecure_subdirectory(directory)
+        if problem:
+            log.warning("not listing the images kept in %s: %s", directory, problem)
+            continue
+        candidates += [(str(directory / name), directory / name, "failed-image") for name in _names(directory)]
     found = []
-    candidates = [(name, "untrusted-record") for name in _names(state_dir) if name.startswith(_SET_ASIDE)]
-    candidates += [(f"{FAILED_IMAGES}/{name}", "failed-image") for name in _names(state_dir / FAILED_IMAGES)]
-    for name, kind in candidates:
-        path = state_dir / name
+    for name, path, kind in candidates:
         try:
             info = os.lstat(path)
         except OSError:
@@ -48,6 +67,14 @@ def kept_files(state_dir: Path) -> list[KeptFile]:
         if stat.S_ISREG(info.st_mode):
             found.append(KeptFile(name, path, kind, info.st_size, info.st_mtime))
     return sorted(found, key=lambda f: (f.mtime, f.name))
+
+
+def kept_beside(connections: Iterable[str]) -> list[Path]:
+    """The managed-save directories where failed images may be kept: the connections' (those
+    mgsave knows where libvirt keeps its images for) and always the system daemon's, since a
+    pass may have kept one there whatever the connections are now."""
+    directories = (managed_save_dir(uri) for uri in ("qemu:///system", *connections))
+    return [Path(d) for d in dict.fromkeys(directories) if d]
 
 
 def _names(directory: Path) -> list[str]:
