@@ -18,7 +18,7 @@ class ImagesResult:
 
 
 def run_images(ctx: Context) -> ImagesResult:
-    policy, _problems = inputs.pass_policy(ctx)
+    policy = inputs.pass_policy(ctx).policy
     files = kept_files(ctx.state.path, kept_beside(policy.connections))
     if ctx.images_command == "remove":
         return _remove(ctx, files)

@@ -16,6 +16,7 @@ from libmgsave.inventory import GuestState
 from libmgsave.actions.status import ON_PEER
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import Action
+from libmgsave.policy import PolicyOrigin
 from tests.testdriver import URI, define, hv  # noqa: F401
 
 SCHEMAS = Path(jsonout.__file__).parent / "schemas"
@@ -45,6 +46,9 @@ def test_the_schemas_closed_sets_are_the_codes():
         assert schema_of(name)["$defs"]["outcome"]["enum"] == [o.value for o in Outcome]
     for name in ("pass", "plan"):
         assert schema_of(name)["$defs"]["action"]["enum"] == [a.value for a in Action]
+    for name in ("pass", "plan", "status"):
+        origins = schema_of(name)["properties"]["policy_used"]["properties"]["origin"]["enum"]
+        assert origins == [o.value for o in PolicyOrigin], name
     states = [jsonout.word(s) for s in GuestState]
     assert schema_of("plan")["$defs"]["state"]["enum"] == states
     assert schema_of("status")["$defs"]["state"]["enum"] == states + [jsonout.word(ON_PEER)]
@@ -98,6 +102,17 @@ def test_every_output_validates_against_its_schema(hv, mgsave, tmp_path):  # noq
     valid(mgsave("images", "remove", "nothing-such"), "images-remove")
     valid(mgsave("images", "remove", "--all", "--dry-run"), "images-remove")
     valid(mgsave("plan", "boot", policy="version: 1\nlimits: {start_delay: 1:30}\n"), "plan")
+
+
+def test_the_outputs_of_a_broken_policy_validate_with_the_policy_they_went_by(hv, mgsave):  # noqa: F811
+    define(hv, "a")
+    good, broken = "version: 1\ndefaults: {autostart: never}\n", "version: 1\ndefaults: {autostart: nevr}\n"
+    assert valid(mgsave("shutdown", policy=broken), "pass")["policy_used"]["origin"] == "built-in"
+    assert valid(mgsave("shutdown", policy=good), "pass")["policy_used"]["origin"] == "file"
+    boot = valid(mgsave("boot", "--dry-run", policy=broken), "pass")
+    assert boot["policy_used"]["origin"] == "last-valid-copy" and boot["policy_used"]["copy_saved"].endswith("Z")
+    for command, format_name in (("plan", "plan"), ("status", "status")):
+        assert valid(mgsave(command, policy=broken), format_name)["policy_used"] == boot["policy_used"]
 
 
 def test_timestamps_are_iso_8601_utc_and_sort_as_the_times_do():

@@ -4,8 +4,10 @@
 the ``hv`` fixture holds one for the whole test; every ``mgsave`` run opens its own.
 """
 
+import hashlib
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -424,3 +426,89 @@ def test_a_pass_on_the_test_driver_teaches_the_planner_no_save_rate(hv, run, cap
     cli.main(["--connect", URI, "--state-dir", str(run.state_dir), "plan", "shutdown"])
     out = " ".join(capsys.readouterr().out.split())  # lines wrapped at 80 columns
     assert f"estimates on {URI} assume 191 MiB/s: built-in default (libvirt's test driver" in out, out
+
+
+# --- a broken policy at pass time: its last valid copy -------------------------------------------
+
+KEEP_OFF = """\
+version: 1
+guests:
+  - match: {name: keep-off}
+    autostart: never
+"""
+# The same rule with a typo: the file is broken
+BROKEN = KEEP_OFF.replace("autostart: never", "autostart: nevr")
+
+
+def test_a_broken_policy_at_boot_runs_on_its_last_valid_copy(hv, run):
+    define(hv, "keep-off", "web")
+    code, result, _ = run("shutdown", policy=KEEP_OFF)
+    assert code == ExitCode.OK and result["policy_used"]["origin"] == "file"
+    [copy] = run.state_dir.glob("last-valid-policy-*.json")
+    assert copy.stat().st_mode & 0o777 == 0o600, "the copy is root's alone"
+
+    code, result, err = run("boot", policy=BROKEN)
+    used = result["policy_used"]
+    assert used["origin"] == "last-valid-copy" and used["copy_digest"] == \
+        "sha256:" + hashlib.sha256(KEEP_OFF.encode()).hexdigest()
+    assert running(hv) == ["web"], "the guest the admin wants off stays off"
+    assert {g["name"]: g["outcome"] for g in result["guests"]}["web"] == "resumed"
+    assert has_image(hv, "keep-off"), "its saved state is kept for a manual start"
+    assert result["on_builtin_defaults"] is False and result["severity"] == "degraded"
+    assert any(p["line"] == 4 for p in result["policy_problems"])
+    assert "carrying on with its last valid copy" in err and "policy.yaml:4" in err
+    assert code == ExitCode.GUEST_DEGRADED
+    # plan and status show the same choice
+    for command in ("plan", "status"):
+        code, shown, _ = run(command, policy=BROKEN)
+        assert shown["policy_used"] == used, command
+        assert any("last valid copy" in w for w in shown["warnings"]), command
+
+
+def test_the_summary_and_the_journal_say_a_pass_ran_on_the_last_valid_copy(hv, tmp_path, capsys):
+    define(hv, "a")
+    state_dir, policy = tmp_path / "state", tmp_path / "policy.yaml"
+    policy.write_text(KEEP_OFF)
+    os.chmod(policy, 0o644)
+    argv = ["--connect", URI, "--state-dir", str(state_dir), "--policy", str(policy)]
+    assert cli.main([*argv, "check"]) == ExitCode.OK
+    policy.write_text(BROKEN)
+    code = cli.main([*argv, "shutdown"])
+    out, err = capsys.readouterr()
+    assert code == ExitCode.GUEST_DEGRADED
+    assert "this pass ran on its last valid copy (kept " in " ".join(out.split())
+    assert re.search(r"shutdown pass ends: .*; it ran on the last valid copy of .*policy\.yaml \(kept .*, "
+                     r"sha256:[0-9a-f]{12}\): the policy file is broken", err), err
+
+
+def test_a_broken_policy_without_a_valid_copy_runs_on_the_built_in_defaults(hv, run):
+    define(hv, "keep-off", "web")
+    code, result, _ = run("shutdown", policy=BROKEN)
+    assert result["policy_used"] == {"origin": "built-in", "path": str(run.state_dir.parent / "policy.yaml"),
+                                     "copy_saved": None, "copy_digest": None, "copy_refused": None}
+    assert result["on_builtin_defaults"] is True and code == ExitCode.GUEST_DEGRADED
+    assert not list(run.state_dir.glob("last-valid-policy-*")), "a broken file is never kept"
+    code, result, _ = run("boot", policy=BROKEN)
+    assert running(hv) == ["keep-off", "web"], "the built-in defaults resume what was running"
+    assert result["policy_used"]["origin"] == "built-in" and code == ExitCode.GUEST_DEGRADED
+
+
+@pytest.mark.parametrize("damage", ["edited", "writable by others", "a symlink", "insecure state directory"])
+def test_a_last_valid_copy_that_cannot_be_trusted_is_not_used(hv, run, tmp_path, damage):
+    define(hv, "keep-off")
+    assert run("shutdown", policy=KEEP_OFF)[0] == ExitCode.OK
+    [copy] = run.state_dir.glob("last-valid-policy-*.json")
+    if damage == "edited":  # someone changed the rule in it: the digest no longer matches
+        copy.write_text(copy.read_text().replace("autostart: never", "autostart: always"))
+    elif damage == "writable by others":
+        copy.chmod(0o666)
+    elif damage == "a symlink":
+        elsewhere = tmp_path / "elsewhere.json"
+        copy.rename(elsewhere)
+        copy.symlink_to(elsewhere)
+    else:
+        run.state_dir.chmod(0o777)
+    code, result, err = run("boot", policy=BROKEN)
+    assert result["policy_used"]["origin"] == "built-in", err
+    assert result["policy_used"]["copy_refused"], "why the copy was not used"
+    assert "its last valid copy" in err and code != ExitCode.OK
