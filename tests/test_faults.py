@@ -362,6 +362,9 @@ def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
     assert state_reason(rig_conn, off)[0] == "shutoff"
     assert rig_conn.lookupByName(off).hasManagedSaveImage(0)
     assert image(off).read_bytes() == off_bytes
+    # kept by a link, not a copy: the rig's save directory is a bind mount, so the state directory
+    # is another mount (as under the units), where a link would give EXDEV
+    assert os.stat(kept_off).st_ino == os.stat(image(off)).st_ino
     # one attempt each, said in the summary and the log
     for name, kept_path in ((fresh, kept_fresh), (off, kept_off)):
         entry = mgsave.entry("boot", name)

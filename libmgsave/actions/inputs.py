@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorError, PolicyError, Problem
@@ -18,6 +19,9 @@ from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state.carry_over import pending_files, settle_interrupted
 from libmgsave.state.records import booted_since, guest_record_key, used_images
 from libmgsave.state.throughput import learned_rates
+
+if TYPE_CHECKING:
+    from libmgsave.policyfile import PassPolicyFile
 
 log = logging.getLogger("mgsave")
 
@@ -88,7 +92,7 @@ def policy_warnings(use: PolicyInUse) -> list[str]:
             f"{use.choice.describe()}, as shown here"]
 
 
-def _fallback(ctx: Context, read) -> tuple[Policy, PolicyChoice]:
+def _fallback(ctx: Context, read: PassPolicyFile) -> tuple[Policy, PolicyChoice]:
     """For a broken file: its last valid copy, else the built-in defaults (and why not the copy)."""
     from libmgsave import policyfile
 

@@ -160,6 +160,10 @@ report["no_room"] = [keep_failed_image(str(third), state / "failed-images", "g3"
 (save / KEPT_BESIDE).unlink()
 (save / "aside").rename(save / KEPT_BESIDE)
 code = cli.main(["--state-dir", str(state), "--policy", sys.argv[2], "--json", "images", "list"])
+# removed by the name list gives: the kept link goes, libvirt's own image stays
+beside = report["beside"][0]
+code = cli.main(["--state-dir", str(state), "--policy", sys.argv[2], "images", "remove", beside])
+report["removed"] = [code, os.path.exists(beside), first.exists()]
 print(json.dumps(report), file=sys.stderr)
 """
 
@@ -188,5 +192,6 @@ def test_a_failed_image_is_kept_on_its_own_file_system_and_copied_only_with_room
     assert report["no_room"][:2] == [None, True], report
     assert len(report["no_room"][2]) == 1, "nothing of the copy that had no room is left behind"
     assert "it is left where it is" in proc.stderr and "must stay free" in proc.stderr
-    listed = {f["name"]: f["kind"] for f in json.loads(proc.stdout)["kept_files"]}
+    assert report["removed"] == [ExitCode.OK, False, True], report
+    listed = {f["name"]: f["kind"] for f in json.loads(proc.stdout.split("\n}\n")[0] + "}")["kept_files"]}
     assert listed == {report["beside"][0]: "failed-image", report["copied"][0][len(str(state_dir)) + 1:]: "failed-image"}

@@ -512,3 +512,19 @@ def test_a_last_valid_copy_that_cannot_be_trusted_is_not_used(hv, run, tmp_path,
     assert result["policy_used"]["origin"] == "built-in", err
     assert result["policy_used"]["copy_refused"], "why the copy was not used"
     assert "its last valid copy" in err and code != ExitCode.OK
+
+
+def test_the_last_valid_copy_is_kept_by_check_and_replaced_only_by_another_valid_version(hv, run):
+    define(hv, "a")
+    assert run("check", policy=KEEP_OFF)[0] == ExitCode.OK
+    [path] = run.state_dir.glob("last-valid-policy-*.json")
+    first = json.loads(path.read_text())
+    assert (first["accepted_by"], first["policy"]) == ("mgsave check", KEEP_OFF)
+    assert run("shutdown", "--dry-run", policy=KEEP_OFF.replace("never", "always"))[0] == ExitCode.OK
+    assert run("shutdown", policy=KEEP_OFF)[0] == ExitCode.OK
+    assert json.loads(path.read_text()) == first, "a dry run keeps nothing; the same bytes keep their first time"
+    assert run("shutdown", policy=BROKEN)[0] == ExitCode.GUEST_DEGRADED
+    assert json.loads(path.read_text()) == first, "a broken file never replaces the copy"
+    assert run("boot", policy=KEEP_OFF.replace("never", "always"))[0] == ExitCode.OK
+    latest = json.loads(path.read_text())
+    assert latest["accepted_by"] == "the boot pass" and "always" in latest["policy"]
