@@ -252,6 +252,9 @@ class Host:
             except libvirt.libvirtError as error:
                 translated = translate_error(error, f"restoring {path} with {channels} channels")
             except parallelsave.ChannelsFailed as error:  # not libvirt's doing: one stream may well work
+                if self._restored(path):  # raised after libvirt had done it
+                    log.warning("restoring %s with %d channels: %s; it went through", path, channels, error)
+                    return
                 translated = OperationRefused(f"restoring {path} with {channels} channels: {error}")
             if not isinstance(translated, OperationRefused) or self._restored(path):
                 raise translated from None
