@@ -134,11 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--svg", metavar="FILE", default=None, help="also draw the timeline as SVG into FILE (replaced atomically; a "
                         "link, a FIFO or a device there is refused, exit 2)")
     p = add("images", "list or remove the images and records kept for inspection",
-            "List what the state directory keeps for inspection: saved images that could not be resumed\n"
-            "or restored (failed-images/) and records that could not be trusted, set aside\n"
-            "(last-*.json.untrusted-<time>), with their size; and remove them by name, or all of them.\n"
-            "mgsave never removes them on its own, and removes nothing from a state directory others\n"
-            "can write to (exit 2) unless given --insecure-state-dir.")
+            "List what mgsave keeps for inspection: saved images that could not be resumed (beside\n"
+            "libvirt's, in mgsave-failed-images/ under its save directory, or in the state directory's\n"
+            "failed-images/) or restored (failed-images/) and records that could not be trusted, set\n"
+            "aside (last-*.json.untrusted-<time>), with their size; and remove them by name, or all of\n"
+            "them. mgsave never removes them on its own, and removes nothing from a state directory\n"
+            "others can write to (exit 2) unless given --insecure-state-dir.")
     p.add_argument("images_command", nargs="?", choices=["list", "remove"], default="list", metavar="list|remove",
                    help="list (the default) or remove")
     p.add_argument("names", nargs="*", metavar="NAME", help="remove: the kept files, named as 'list' shows them")

@@ -259,9 +259,14 @@ class Host:
                 return
             except libvirt.libvirtError as error:
                 translated = translate_error(error, f"restoring {path} with {channels} channels")
-                if not isinstance(translated, OperationRefused) or self._restored(path):
-                    raise translated from None
-                log.warning("%s; restoring it in one stream", translated.message)
+            except parallelsave.ChannelsFailed as error:  # not libvirt's doing: one stream may well work
+                if self._restored(path):  # raised after libvirt had done it
+                    log.warning("restoring %s with %d channels: %s; it went through", path, channels, error)
+                    return
+                translated = OperationRefused(f"restoring {path} with {channels} channels: {error}")
+            if not isinstance(translated, OperationRefused) or self._restored(path):
+                raise translated from None
+            log.warning("%s; restoring it in one stream", translated.message)
         try:
             self._conn.restoreFlags(path, None, flags)
         except libvirt.libvirtError as error:
@@ -562,6 +567,8 @@ class Guest:
             return True
         except libvirt.libvirtError as error:
             translated = translate_error(error, f"{self.name}: saving with {channels} channels")
+        except parallelsave.ChannelsFailed as error:  # not libvirt's doing: one stream may well work
+            translated = OperationRefused(f"{self.name}: saving with {channels} channels: {error}")
         if not isinstance(translated, OperationRefused) or not self.is_active():
             raise translated
         log.warning("%s; saving it in one stream", translated.message)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from libmgsave import jsonout
+from libmgsave.policy import PolicyChoice, PolicyOrigin
 
 if TYPE_CHECKING:
     from libmgsave.errors import Problem
@@ -217,8 +218,10 @@ class PassResult:
     unreachable: tuple[str, ...] = ()  # connections whose guests were not handled at all
     bookkeeping_failed: bool = False  # the lock or a record could not be had
     interrupted: str | None = None  # the signal that stopped the pass early, e.g. "SIGTERM"
-    # The policy file was broken and the pass ran on the built-in defaults: its problems.
+    # The policy file was broken and the pass ran on its last valid copy or the built-in
+    # defaults (``policy`` says which): its problems.
     policy_problems: tuple[Problem, ...] = ()
+    policy: PolicyChoice | None = None  # the policy the pass ran on
 
     @property
     def ok(self) -> bool:
@@ -235,16 +238,21 @@ class PassResult:
 
     @property
     def on_builtin_defaults(self) -> bool:
-        return bool(self.policy_problems)
+        """The policy file was broken and no valid copy of it could be used."""
+        return bool(self.policy_problems) and (self.policy is None or self.policy.origin is PolicyOrigin.BUILTIN)
+
+    @property
+    def on_last_valid_copy(self) -> bool:
+        return self.policy is not None and self.policy.origin is PolicyOrigin.LAST_VALID
 
     @property
     def severity(self) -> Severity:
         """FAILED when a guest failed, a connection could not be used or a record not written;
         else DEGRADED when a guest did not get its first choice or the policy was broken (the
-        guests got the built-in defaults, not what the admin wrote); else OK."""
+        guests got its last valid copy or the built-in defaults, not what the file says); else OK."""
         if self.failed or self.unreachable or self.bookkeeping_failed:
             return Severity.FAILED
-        if self.degraded or self.on_builtin_defaults:
+        if self.degraded or self.policy_problems:
             return Severity.DEGRADED
         return Severity.OK
 
@@ -265,6 +273,7 @@ class PassResult:
             "unreachable": list(self.unreachable),
             "on_builtin_defaults": self.on_builtin_defaults,
             "policy_problems": [p.to_dict() for p in self.policy_problems],
+            "policy_used": self.policy.to_dict() if self.policy else None,
             **_json_span(self.started, self.finished),
             "interrupted": self.interrupted,
             "warnings": self.warnings,

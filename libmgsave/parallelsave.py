@@ -2,7 +2,10 @@
 mapped-ram with multifd) through virDomainSaveParams and virDomainRestoreParams.
 
 Only ``hypervisor`` calls ``save`` and ``restore``; they raise ``libvirt.libvirtError`` like the
-binding does, and ``hypervisor`` translates it.
+binding does, and ``hypervisor`` translates it. Anything else that goes wrong on this path (ctypes,
+a binding that changed: a capsule of another name, a missing symbol, a type it refuses) is raised
+as ``ChannelsFailed``: the caller saves or restores in one stream instead, never gives up on the
+guest for it.
 
 Why not simply ``virDomain.saveParams``: libvirt-python before 12.1 has no type hint for
 ``parallel.channels`` and sends a Python int as an unsigned long long, which libvirt refuses
@@ -22,6 +25,7 @@ libvirt's hasManagedSaveImage says no; ``hypervisor`` looks at the file too.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import importlib.metadata
@@ -30,6 +34,11 @@ import libvirt
 FIRST_TYPED_BINDING = (12, 1)  # libvirt-python sends parallel.channels as an int
 SPARSE = "sparse"
 _FILE, _FORMAT, _CHANNELS = "file", "image_format", "parallel.channels"
+
+
+class ChannelsFailed(Exception):
+    """The channels path failed in a way libvirt did not report: not libvirt's refusal, but this
+    code's or the binding's (its message says what was raised)."""
 
 
 def binding_problem() -> str | None:
@@ -59,20 +68,35 @@ def binding_types_channels() -> bool:
 
 def save(domain: libvirt.virDomain, path: str, channels: int, flags: int) -> None:
     """Save ``domain`` to ``path`` in the sparse format with ``channels`` channels, and stop it.
-    Raises libvirt.libvirtError."""
-    if binding_types_channels():
-        domain.saveParams({_FILE: path, _FORMAT: SPARSE, _CHANNELS: channels}, flags)
-        return
-    _call_with_params("virDomainSaveParams", _pointer(domain, b"virDomainPtr"), channels, flags, path)
+    Raises libvirt.libvirtError, or ChannelsFailed for anything else."""
+    with _unexpected_as_failed("virDomainSaveParams"):
+        if binding_types_channels():
+            domain.saveParams({_FILE: path, _FORMAT: SPARSE, _CHANNELS: channels}, flags)
+            return
+        _call_with_params("virDomainSaveParams", _pointer(domain, b"virDomainPtr"), channels, flags, path)
 
 
 def restore(conn: libvirt.virConnect, path: str, channels: int, flags: int) -> None:
-    """Restore the guest saved to ``path`` (sparse) reading with ``channels`` channels."""
-    if binding_types_channels():
-        conn.restoreParams({_FILE: path, _CHANNELS: channels}, flags)
-        return
-    _call_with_params("virDomainRestoreParams", _pointer(conn, b"virConnectPtr"), channels, flags, path,
-                      with_format=False)
+    """Restore the guest saved to ``path`` (sparse) reading with ``channels`` channels. Raises
+    libvirt.libvirtError, or ChannelsFailed for anything else."""
+    with _unexpected_as_failed("virDomainRestoreParams"):
+        if binding_types_channels():
+            conn.restoreParams({_FILE: path, _CHANNELS: channels}, flags)
+            return
+        _call_with_params("virDomainRestoreParams", _pointer(conn, b"virConnectPtr"), channels, flags, path,
+                          with_format=False)
+
+
+@contextlib.contextmanager
+def _unexpected_as_failed(function: str):
+    """libvirt's own errors as they are; any other exception as ChannelsFailed."""
+    try:
+        yield
+    except libvirt.libvirtError:
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever it is, one stream is the way on
+        raise ChannelsFailed(f"{function} through {'the binding' if binding_types_channels() else 'ctypes'} "
+                             f"raised {error!r}") from error
 
 
 _LIB: list = []
@@ -91,7 +115,7 @@ def _library():
             lib.virTypedParamsAddInt.argtypes = [*pointers, ctypes.c_int]
             lib.virTypedParamsAddString.argtypes = [*pointers, ctypes.c_char_p]
             lib.virTypedParamsFree.argtypes = [ctypes.c_void_p, ctypes.c_int]
-        except (OSError, AttributeError):
+        except Exception:  # noqa: BLE001 - no library (or a strange one): no channels, one stream
             lib = None
         _LIB.append(lib)
     return _LIB[0]

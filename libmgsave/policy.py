@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+from libmgsave import jsonout
 
 DEFAULT_POLICY_PATH = "/etc/mgsave/policy.yaml"
 DEFAULT_CONNECTIONS = ("qemu:///system",)
@@ -200,3 +203,43 @@ class Policy:
 
 
 BUILTIN_POLICY = Policy()
+
+
+class PolicyOrigin(enum.StrEnum):
+    """Which policy a pass (or ``plan``, ``status``) runs on."""
+
+    FILE = "file"  # the policy file as it is now
+    LAST_VALID = "last-valid-copy"  # the file is broken: the copy kept when check or a pass last accepted it
+    BUILTIN = "built-in"  # no file (the default one missing), or a broken one and no usable copy
+
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    """The policy a pass ran on, and where it came from: said in the summary, the journal and
+    ``--json``, since on a broken file the guests get what an earlier version of it said (or the
+    built-in defaults), not what the file says now."""
+
+    origin: PolicyOrigin
+    path: str  # the policy file
+    copy_saved: float | None = None  # LAST_VALID: when the copy was kept (epoch)
+    copy_digest: str | None = None  # LAST_VALID: "sha256:<hex>" of the file's bytes then
+    copy_refused: str | None = None  # BUILTIN on a broken file: why its last valid copy was not used
+
+    def describe(self) -> str:
+        if self.origin is PolicyOrigin.FILE:
+            return f"the policy file {self.path}"
+        if self.origin is PolicyOrigin.LAST_VALID:
+            return f"the last valid copy of {self.path} ({copy_stamp(self.copy_saved, self.copy_digest)})"
+        why = f": its last valid copy cannot be used ({self.copy_refused})" if self.copy_refused else ""
+        return f"the built-in defaults{why}"
+
+    def to_dict(self) -> dict:
+        return {"origin": str(self.origin), "path": self.path, "copy_saved": jsonout.timestamp(self.copy_saved),
+                "copy_digest": self.copy_digest, "copy_refused": self.copy_refused}
+
+
+def copy_stamp(saved: float | None, digest: str | None) -> str:
+    """When a copy of the policy was kept and its digest, short:
+    ``kept 2026-12-06 16:00:05 UTC, sha256:0123abcd4567``."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(saved)) if saved is not None else "at an unknown time"
+    return f"kept {when}, {(digest or 'sha256:?')[:19]}"

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from libmgsave import texttable, units, untrusted
 from libmgsave.outcomes import Outcome, PassResult, Severity
 from libmgsave.plan import Plan, PassKind
+from libmgsave.policy import copy_stamp
 from libmgsave.policyfile.settings import setting_text
 from libmgsave.texttable import Column
 
@@ -194,7 +195,12 @@ def _verdict(result: PassResult, total: int) -> list[str]:
     run says what would happen, never what happened."""
     would = result.dry_run
     lines = []
-    if result.on_builtin_defaults:
+    if result.on_last_valid_copy and result.policy_problems:
+        lines.append(f"the policy is broken ({len(result.policy_problems)} problems, above): this pass "
+                     f"{'would run' if would else 'ran'} on its last valid copy "
+                     f"({copy_stamp(result.policy.copy_saved, result.policy.copy_digest)}), not on the file as it "
+                     f"is now")
+    elif result.on_builtin_defaults:
         lines.append(f"the policy is broken ({len(result.policy_problems)} problems, above): this pass "
                      f"{'would run' if would else 'ran'} on the built-in defaults, not on the policy")
     failed, degraded = result.failed, result.degraded

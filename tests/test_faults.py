@@ -13,6 +13,7 @@ resume (the ticks go on, one boot) from a cold boot (a second ``init up``, ticks
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ import pytest
 
 from libmgsave import state
 from libmgsave.errors import ExitCode
+from libmgsave.state.kept import KEPT_BESIDE
 from tests.rig.mgsave import Mgsave, image, running
 from tests.rig import (SAVE_DIR, boots, domain_xml, last_tick, start_and_wait_ticking, state_reason, ticks,
                        wait_for_state, wait_for_tick_after)
@@ -307,6 +309,13 @@ def test_fault_daemon_killed_mid_boot(rig, mgsave, make_guests):
         conn.close()
 
 
+def kept_images(mgsave) -> list[Path]:
+    """The failed images mgsave kept: beside libvirt's images (a link, the usual place), or in
+    the state directory."""
+    places = (Path(SAVE_DIR) / KEPT_BESIDE, mgsave.state_dir / "failed-images")
+    return [p for place in places if place.is_dir() for p in place.iterdir()]
+
+
 # --- 3. a corrupt or truncated image at boot ----------------------------------------------------
 
 
@@ -316,7 +325,7 @@ def test_fault_daemon_killed_mid_boot(rig, mgsave, make_guests):
 # end the same way here.
 def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
     """One guest's saved image is cut to half, another's header is overwritten. Resuming fails;
-    each image is kept under failed-images/; 'fresh' (boot-fresh, the default) is booted fresh,
+    each image is kept (linked beside libvirt's images); 'fresh' (boot-fresh, the default) is booted fresh,
     'off' (leave-off) stays off with its image in place. One attempt each, no retry loop; the
     summary and the log say so, and the pass exits 1."""
     mgsave.write_policy(BASE_POLICY + """\
@@ -338,8 +347,10 @@ def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
     run = mgsave("boot", expect_rc=ExitCode.GUEST_DEGRADED)
     outcomes = mgsave.outcomes("boot")
     assert outcomes == {fresh: "booted-fresh", off: "left-off"}, run
-    kept = {p.name: p for p in (mgsave.state_dir / "failed-images").iterdir()}
+    kept = {p.name: p for p in kept_images(mgsave)}
     assert len(kept) == 2, kept
+    listed = json.loads(mgsave("images", "list", "--json").stdout)["kept_files"]
+    assert sorted(f["name"] for f in listed) == sorted(str(p) for p in kept.values()), "mgsave images finds them"
     [kept_fresh] = [p for n, p in kept.items() if n.startswith(fresh + "-")]
     [kept_off] = [p for n, p in kept.items() if n.startswith(off + "-")]
     assert size_of(kept_fresh) == full // 2, "the bad image must be kept as it was"
@@ -351,6 +362,9 @@ def test_fault_corrupt_image_at_boot(mgsave, make_guests, rig_conn):
     assert state_reason(rig_conn, off)[0] == "shutoff"
     assert rig_conn.lookupByName(off).hasManagedSaveImage(0)
     assert image(off).read_bytes() == off_bytes
+    # kept by a link, not a copy: the rig's save directory is a bind mount, so the state directory
+    # is another mount (as under the units), where a link would give EXDEV
+    assert os.stat(kept_off).st_ino == os.stat(image(off)).st_ino
     # one attempt each, said in the summary and the log
     for name, kept_path in ((fresh, kept_fresh), (off, kept_off)):
         entry = mgsave.entry("boot", name)
@@ -464,7 +478,7 @@ def test_fault_power_loss_during_a_save(rig, mgsave, make_guests):
         assert_cold_booted(conn, partial)
         assert_cold_booted(conn, unsaved)
         # never resumed from the partial image; it is kept for the admin
-        [kept] = list((mgsave.state_dir / "failed-images").iterdir())
+        [kept] = kept_images(mgsave)
         assert kept.name.startswith(partial + "-") and size_of(kept) == partial_bytes
         assert "incomplete" in " ".join(mgsave.entry("boot", partial)["messages"]), run
         assert f"{partial}: " in run.stdout and "incomplete" in run.stdout, run
@@ -500,7 +514,7 @@ def test_fault_qemu_and_mgsave_killed_during_a_save(mgsave, make_guests, rig_con
         assert "was not saved" in run.stdout and "its memory state is lost" in run.stderr, run
     else:             # the partial image: not resumed from, kept for the admin
         assert "its saved image is incomplete" in run.stdout, run
-        [kept] = list((mgsave.state_dir / "failed-images").iterdir())
+        [kept] = kept_images(mgsave)
         assert kept.read_bytes()[:16] == left
 
 

@@ -190,6 +190,7 @@ def _plan_with_packaged_code(built: Built, policy_args: list[str], state_dir: Pa
         unavailable(f"Debian's python3 lacks mgsave's dependencies: {out.stderr.strip()[-300:]}")
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
+    plan.pop("policy_used")  # the file, or the built-in defaults
     for each in plan["plans"]:
         each.pop("policy")  # "built-in defaults", or the file's path
     return plan

@@ -7,7 +7,8 @@ the Debian packages of mgsave's dependencies, which scripts/setup installs on th
 
 test_mgsave_host_lifecycle asserts; test_libvirt_guests_round_trip runs a plain poweroff and
 boot with Debian's libvirt-guests (ON_SHUTDOWN=suspend, ON_BOOT=start) for comparison and only
-reports.
+reports; test_a_failed_image_is_kept_beside_libvirts_under_the_units keeps an image that failed
+to resume inside the boot unit's sandbox.
 Run with ``-s`` to see the timings; docs/SYSTEMD.md has the numbers of a run.
 """
 
@@ -501,4 +502,30 @@ def test_guests_a_killed_boot_pass_never_reached_are_resumed_at_the_next_boot(co
     assert wait_boot_pass(c)["Result"] == "success"
     assert guest_states(c, KILLED_GUESTS) == {n: RUNNING_RESTORED for n in KILLED_GUESTS}
     assert {n: c.guest_boots(n) for n in KILLED_GUESTS} == boots_before  # none was cold-booted
+
+
+def test_a_failed_image_is_kept_beside_libvirts_under_the_units(container):
+    """Under mgsave-boot.service's sandbox the state directory and libvirt's save directory are
+    two mounts (StateDirectory=, ReadWritePaths=): a link from one to the other gives EXDEV, and
+    keeping an image that failed to resume used to copy it whole at boot. It is now a link
+    beside the image: the same inode, nothing written under /var/lib/mgsave."""
+    c = container
+    _copy_tree(c.root / SRC.lstrip("/"))
+    c.write("/etc/mgsave/policy.yaml", POLICY + "  on_resume_failure: leave-off\n")
+    c.boot()
+    save_before_install(c)  # a guest with a managed-save image
+    image = c.dir("lib") / "qemu/save" / f"{SAVED_BEFORE_INSTALL}.save"
+    with open(image, "r+b") as damaged:  # its header overwritten: the resume must fail
+        damaged.write(b"\0" * 4096)
+    c.run("make", "-C", SRC, "install")
+    started = time.time()
+    c.run("systemctl", "start", "mgsave-boot.service")
+    assert wait_boot_pass(c)["ExecMainStatus"] == "10"  # degraded: the guest is left off
+    [kept] = list((c.dir("lib") / "qemu/save/mgsave-failed-images").iterdir())
+    assert kept.name.startswith(SAVED_BEFORE_INSTALL + "-")
+    assert os.stat(kept).st_ino == os.stat(image).st_ino, "kept by a link, not a copy"
+    assert not (c.dir("mgsave") / "failed-images").exists() or not any((c.dir("mgsave") / "failed-images").iterdir())
+    assert guest_states(c, [SAVED_BEFORE_INSTALL])[SAVED_BEFORE_INSTALL][0] == 5  # left off, as the policy says
+    messages = [str(e.get("MESSAGE")) for e in c.journal("_SYSTEMD_UNIT=mgsave-boot.service", since=started)]
+    assert any("kept the image" in m and "/mgsave-failed-images/" in m for m in messages), messages
     c.poweroff()

@@ -1,4 +1,4 @@
-"""``mgsave images``: list the images and records the state directory keeps, and remove them
+"""``mgsave images``: list the images and records mgsave keeps, and remove them
 when the admin asks (by name, or ``--all``). Nothing is ever removed without being asked."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context
-from libmgsave.state.kept import kept_files, kept_usage, over_share_warning, remove_kept
+from libmgsave.state.kept import kept_beside, kept_files, kept_usage, over_share_warning, remove_kept
 
 log = logging.getLogger("mgsave")
 
@@ -22,10 +22,10 @@ class ImagesResult:
 
 
 def run_images(ctx: Context) -> ImagesResult:
-    files = kept_files(ctx.state.path)
+    policy = inputs.pass_policy(ctx).policy
+    files = kept_files(ctx.state.path, kept_beside(policy.connections))
     if ctx.images_command == "remove":
         return _remove(ctx, files)
-    policy, _problems = inputs.pass_policy(ctx)
     usage = kept_usage(ctx.state.path, files)
     warnings = [w for w in (over_share_warning(usage, policy.limits.kept_images_warn_share),
                             ctx.state.insecure and ctx.state.insecure_warning()) if w]
@@ -56,7 +56,7 @@ def _remove(ctx: Context, files) -> ImagesResult:
     chosen = files if ctx.remove_all else [by_name[n] for n in dict.fromkeys(ctx.names)]
     removed, failed = [], []
     for kept in chosen:
-        problem = remove_kept(ctx.state.path, kept, dry_run=ctx.dry_run)
+        problem = remove_kept(kept, dry_run=ctx.dry_run)
         (failed if problem else removed).append((kept, problem))
     verb = "would remove" if ctx.dry_run else "removed"
     lines = [f"{verb} {k.name} ({report.size(k.bytes)})" for k, _ in removed]

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from libmgsave.context import Context
-from libmgsave.errors import HypervisorError, Problem
+from libmgsave.errors import HypervisorError, PolicyError, Problem
 from libmgsave.hypervisor import Connections, free_bytes, save_room
 from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
 from libmgsave.plan.boot import peer_questions
-from libmgsave.policy import BUILTIN_POLICY, Policy
-from libmgsave.state.kept import kept_files, kept_usage, over_share_warning
+from libmgsave.policy import BUILTIN_POLICY, Policy, PolicyChoice, PolicyOrigin, copy_stamp
+from libmgsave.state import policy_copy
+from libmgsave.state.kept import kept_beside, kept_files, kept_usage, over_share_warning
 from libmgsave.state.images import read_with_any, transient_images_without_record
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state.carry_over import pending_files, settle_interrupted
 from libmgsave.state.records import booted_since, guest_record_key, used_images
 from libmgsave.state.throughput import learned_rates
+
+if TYPE_CHECKING:
+    from libmgsave.policyfile import PassPolicyFile
 
 log = logging.getLogger("mgsave")
 
@@ -28,32 +34,101 @@ QUERY_CONNECT_RETRY = 0.0
 
 def strict_policy(ctx: Context) -> Policy:
     """The policy for ``check``: a missing default file means the built-in defaults; a broken
-    one raises PolicyError with every problem."""
+    one raises PolicyError with every problem. A valid file is kept as its last valid copy."""
     from libmgsave import policyfile
 
     if not ctx.policy_explicit and not os.path.lexists(ctx.policy_path):
         log.info("no policy file at %s: using the built-in defaults", ctx.policy_path)
-        policy = BUILTIN_POLICY
-    else:
-        policy = policyfile.load_policy(ctx.policy_path, trust_insecure=ctx.trust_insecure)
+        return _with_connections(BUILTIN_POLICY, ctx)
+    data = policyfile.read_policy_file(ctx.policy_path, trust_insecure=ctx.trust_insecure)
+    policy = policyfile.parse_policy(data, ctx.policy_path)
+    keep_last_valid(ctx, data, "mgsave check")
     return _with_connections(policy, ctx)
 
 
-def pass_policy(ctx: Context) -> tuple[Policy, list[Problem]]:
-    """The policy for a pass (and ``plan``, ``status``): never raises; a broken file gives the
-    built-in defaults plus its problems, each logged."""
+@dataclass(frozen=True)
+class PolicyInUse:
+    """The policy a pass (or ``plan``, ``status``) goes by, the problems of a broken file, and
+    which policy that is (``PolicyChoice``: the file, its last valid copy, the built-in defaults)."""
+
+    policy: Policy
+    problems: list[Problem]
+    choice: PolicyChoice
+
+
+def pass_policy(ctx: Context, *, keep: bool = False) -> PolicyInUse:
+    """The policy for a pass (and ``plan``, ``status``): never raises. A broken file gives its
+    last valid copy (``state.policy_copy``), or the built-in defaults when there is none, plus
+    its problems, each logged. ``keep``: a valid file is kept as the last valid copy."""
     from libmgsave import policyfile
 
-    policy, problems = policyfile.load_policy_for_pass(ctx.policy_path, explicit=ctx.policy_explicit,
-                                                       trust_insecure=ctx.trust_insecure)
-    if policy.is_builtin and not problems:
-        log.info("no policy file at %s: using the built-in defaults", ctx.policy_path)
-    for problem in problems:
+    read = policyfile.read_policy_for_pass(ctx.policy_path, explicit=ctx.policy_explicit,
+                                           trust_insecure=ctx.trust_insecure)
+    if read.policy is not None:
+        if read.policy.is_builtin:
+            log.info("no policy file at %s: using the built-in defaults", ctx.policy_path)
+        elif keep and read.data is not None:
+            keep_last_valid(ctx, read.data, f"the {ctx.command} pass")
+        origin = PolicyOrigin.BUILTIN if read.policy.is_builtin else PolicyOrigin.FILE
+        return PolicyInUse(_with_connections(read.policy, ctx), [], PolicyChoice(origin, ctx.policy_path))
+    for problem in read.problems:
         log.error("policy problem: %s", problem)
-    if problems:
-        log.error("the policy %s is unusable: carrying on with the built-in safe defaults "
-                  "(save every running guest; resume at boot those that were running)", ctx.policy_path)
-    return _with_connections(policy, ctx), problems
+    policy, choice = _fallback(ctx, read)
+    if choice.origin is PolicyOrigin.LAST_VALID:
+        log.error("the policy %s is unusable: carrying on with its last valid copy (%s), not with the file as it "
+                  "is now", ctx.policy_path, copy_stamp(choice.copy_saved, choice.copy_digest))
+    else:
+        log.error("the policy %s is unusable%s: carrying on with the built-in safe defaults (save every running "
+                  "guest; resume at boot those that were running)", ctx.policy_path,
+                  f" and so is its last valid copy ({choice.copy_refused})" if choice.copy_refused
+                  else ", and no valid version of it was ever kept")
+    return PolicyInUse(_with_connections(policy, ctx), list(read.problems), choice)
+
+
+def policy_warnings(use: PolicyInUse) -> list[str]:
+    """What ``plan`` and ``status`` say of a broken policy file: which policy they show."""
+    if not use.problems:
+        return []
+    return [f"the policy file {use.choice.path} is broken ({len(use.problems)} problems): a pass now would run on "
+            f"{use.choice.describe()}, as shown here"]
+
+
+def _fallback(ctx: Context, read: PassPolicyFile) -> tuple[Policy, PolicyChoice]:
+    """For a broken file: its last valid copy, else the built-in defaults (and why not the copy)."""
+    from libmgsave import policyfile
+
+    if ctx.state.insecure:
+        refused = f"the state directory is not safe: {ctx.state.insecure}"
+    else:
+        try:
+            copy = policy_copy.read(ctx.state.path, ctx.policy_path)
+            if copy is not None:
+                policy = policyfile.parse_policy(copy.data, f"{ctx.policy_path} (last valid copy)")
+                return read.on(policy), PolicyChoice(PolicyOrigin.LAST_VALID, ctx.policy_path,
+                                                     copy_saved=copy.saved, copy_digest=copy.digest)
+            refused = None
+        except policy_copy.CopyUnusable as why:
+            refused = str(why)
+        except PolicyError as error:  # a newer mgsave may refuse what an older one accepted
+            refused = f"it is no longer valid: {error.problems[0]}"
+    return read.on(BUILTIN_POLICY), PolicyChoice(PolicyOrigin.BUILTIN, ctx.policy_path, copy_refused=refused)
+
+
+def keep_last_valid(ctx: Context, data: bytes, accepted_by: str) -> None:
+    """Keep the bytes of the valid policy file as its last valid copy (not in a state directory
+    others can write to: no copy is ever read from there). A failure is logged, never fatal."""
+    if ctx.state.insecure:
+        return
+    try:
+        if policy_copy.keep(ctx.state.path, ctx.policy_path, data, accepted_by):
+            log.info("kept a copy of the valid policy %s in %s, for the passes should the file break",
+                     ctx.policy_path, ctx.state.path)
+    except OSError as error:
+        # Only root can write the state directory: another user's check is no problem.
+        level = logging.WARNING if os.geteuid() == 0 else logging.INFO
+        log.log(level, "could not keep a copy of the valid policy %s in %s (%s): should the file break, a pass "
+                "would run on an older copy or the built-in defaults", ctx.policy_path, ctx.state.path,
+                error.strerror or error)
 
 
 def _with_connections(policy: Policy, ctx: Context) -> Policy:
@@ -156,7 +231,7 @@ def _unrecorded_images(ctx: Context, record: dict | None, boot: dict | None, gue
 
 def kept_images(ctx: Context, policy: Policy):
     """The kept images' usage, and the warning (logged) when they take more than the policy's share."""
-    usage = kept_usage(ctx.state.path, kept_files(ctx.state.path))
+    usage = kept_usage(ctx.state.path, kept_files(ctx.state.path, kept_beside(policy.connections)))
     warning = over_share_warning(usage, policy.limits.kept_images_warn_share)
     if warning:
         log.warning("%s", warning)

@@ -79,7 +79,8 @@ def run_pass(ctx: Context, kind: PassKind, outline: Outline, *, metrics_label: s
 
 
 def _run(ctx: Context, kind: PassKind, outline: Outline, metrics_label: str | None) -> PassResult:
-    policy, problems = inputs.pass_policy(ctx)
+    use = inputs.pass_policy(ctx, keep=not ctx.dry_run)
+    policy, problems = use.policy, use.problems
     deadline = ctx.deadline or policy.limits.shutdown_deadline
     started, deadline_at = time.time(), time.monotonic() + deadline
     dry = " (dry run)" if ctx.dry_run else ""
@@ -101,7 +102,7 @@ def _run(ctx: Context, kind: PassKind, outline: Outline, metrics_label: str | No
                             unreachable=tuple(uri for uri in policy.connections if uri not in connections.uris()),
                             bookkeeping_failed=ctx.bookkeeping_failed,
                             interrupted=stopped_by.name if stopped_by else None,
-                            policy_problems=tuple(problems))
+                            policy_problems=tuple(problems), policy=use.choice)
     metrics.export(policy.metrics.textfile, result, metrics_label)
     _summarise(ctx, result)
     return result
@@ -129,13 +130,15 @@ def _lock(ctx: Context, kind: PassKind, deadline: float):
 def _summarise(ctx: Context, result: PassResult) -> None:
     failed, degraded, total = len(result.failed), len(result.degraded), len(result.results)
     dry = " (dry run)" if result.dry_run else ""
-    defaults = "; it ran on the built-in defaults: the policy is broken" if result.on_builtin_defaults else ""
+    defaults = (f"; it ran on {result.policy.describe()}: the policy file is broken" if result.policy_problems
+                and result.policy else "")
     # A dry run says what would happen, never what happened.
     counts = "%d would be degraded, %d would fail" if result.dry_run else "%d degraded, %d failed"
     log.log(_PASS_END_LEVEL[result.severity], "%s pass%s ends: %d guests, " + counts + ", %.1f s%s",
             result.kind, dry, total, degraded, failed, result.finished - result.started, defaults,
             extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": str(result.kind),
-                   "MGSAVE_SEVERITY": result.severity.value})
+                   "MGSAVE_SEVERITY": result.severity.value,
+                   **({"MGSAVE_POLICY": str(result.policy.origin)} if result.policy else {})})
     would = "would be " if result.dry_run else ""
     notify.status(f"{result.kind} pass{dry}: done, {total - failed - degraded}/{total} guests {would}ok"
                   + (f", {degraded} {would}degraded" if degraded else "") + (f", {failed} failed" if failed else ""))

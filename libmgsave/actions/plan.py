@@ -9,7 +9,8 @@ from libmgsave.context import Context
 
 
 def run_plan(ctx: Context) -> None:
-    policy, problems = inputs.pass_policy(ctx)
+    use = inputs.pass_policy(ctx)
+    policy, problems = use.policy, use.problems
     connections, warnings = inputs.connect(policy)
     guests = inputs.inventory(connections, policy, warnings)
     plans = []
@@ -17,11 +18,12 @@ def run_plan(ctx: Context) -> None:
         plans.append(inputs.shutdown_plan(ctx, guests, policy, connections=connections))
     if ctx.which in (None, "boot"):
         plans.append(inputs.boot_plan(ctx, guests, policy, connections))
-    warnings += ctx.warnings
+    warnings += ctx.warnings + inputs.policy_warnings(use)
     lines = rule_lines(policy)
     # Only the form asked for: each costs as much as the plan itself with thousands of guests.
     if ctx.json:
-        ctx.emit(jsonout.document("plan", {"policy_problems": inputs.problems_dict(problems), "warnings": warnings,
+        ctx.emit(jsonout.document("plan", {"policy_problems": inputs.problems_dict(problems),
+                                           "policy_used": use.choice.to_dict(), "warnings": warnings,
                                            "plans": [_only(p.to_dict(lines), ctx.guests) for p in plans]}), "")
         return
     text = "\n\n".join(report.render_plan(p, guests=ctx.guests, verbose=ctx.verbose, rule_lines=lines)

@@ -47,7 +47,8 @@ class GuestStatus:
 
 
 def run_status(ctx: Context) -> None:
-    policy, problems = inputs.pass_policy(ctx)
+    use = inputs.pass_policy(ctx)
+    policy, problems = use.policy, use.problems
     connections, warnings = inputs.connect(policy)
     guests = inputs.inventory(connections, policy, warnings)
     last_shutdown = (ctx.state.last_shutdown() or {}).get("guests", {})
@@ -55,10 +56,11 @@ def run_status(ctx: Context) -> None:
     rows = [_row(guest, policy, last_shutdown, last_boot) for guest in guests]
     rows += _on_peer_rows(policy, last_shutdown, last_boot, {guest_record_key(*g.key) for g in guests})
     usage, kept_warning = inputs.kept_images(ctx, policy)
-    warnings += ctx.warnings + ([kept_warning] if kept_warning else [])
+    warnings += ctx.warnings + inputs.policy_warnings(use) + ([kept_warning] if kept_warning else [])
     if ctx.json:
         ctx.emit(jsonout.document("status", {
-            "policy": policy.source, "policy_problems": inputs.problems_dict(problems), "warnings": warnings,
+            "policy": policy.source, "policy_problems": inputs.problems_dict(problems),
+            "policy_used": use.choice.to_dict(), "warnings": warnings,
             "state_dir": str(ctx.state.path), "guests": [r.to_dict() for r in rows], "kept_usage": usage.to_dict()}), "")
         return
     text = report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)

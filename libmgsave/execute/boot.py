@@ -18,7 +18,7 @@ from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, 
 from libmgsave.execute import migrate, waiting
 from libmgsave.execute.progress import LiveWaits, file_size
 from libmgsave.execute.scheduler import Schedule, Slots
-from libmgsave.execute.steps import add_step, log_outcome, timed_step
+from libmgsave.execute.steps import add_step, log_outcome, timed_step, unexpected_as_failure
 from libmgsave.hypervisor import Connections, Guest
 from libmgsave.outcomes import GuestResult, Outcome, Severity, StepResult, Wait, WaitKind
 from libmgsave.plan import Action, GuestPlan, Plan
@@ -150,7 +150,8 @@ class BootPass:
             add_step(result, StepResult(action, False, started, time.time(), error=error.message))
             return self._resume_failed(entry, guest, result, error)
         try:
-            guest.start(bypass_cache=entry.effective.settings.bypass_cache)
+            with unexpected_as_failure(entry.guest.name, action):  # a surprise is a failed start or resume
+                guest.start(bypass_cache=entry.effective.settings.bypass_cache)
         except HypervisorUnavailable:
             raise  # retried after a reconnect
         except HypervisorError as error:

@@ -20,7 +20,7 @@ from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, 
 from libmgsave.execute import migrate
 from libmgsave.execute.progress import SaveProgress, file_size, mb
 from libmgsave.execute.scheduler import Schedule
-from libmgsave.execute.steps import StepTimes, add_step, log_outcome
+from libmgsave.execute.steps import StepTimes, add_step, log_outcome, unexpected_as_failure, unexpected_failure
 from libmgsave.hypervisor import Connections, Guest
 from libmgsave.inventory import GuestState
 from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
@@ -239,6 +239,11 @@ class ShutdownPass:
         except OSError as error:  # our side of a save to a file: the images directory
             return StepResult(action, False, times.started, times.finished or time.time(),
                               error=f"{error.strerror}: {error.filename}")
+        except interrupt.Interrupted:
+            raise
+        except Exception as error:  # noqa: BLE001 - a surprise fails this step; the chain goes on
+            return StepResult(action, False, times.started, times.finished or time.time(),
+                              error=unexpected_failure(entry.guest.name, action, error))
 
     def _went_through(self, entry: GuestPlan, action: Action, times: StepTimes) -> StepResult | None:
         """After a reconnect: a save that completed before the connection dropped, else None."""
@@ -310,13 +315,16 @@ class ShutdownPass:
         image = entry.managed_image if action is Action.SAVE else entry.image
         self.progress.begin(guest, entry, settings.save_timeout, image)
         try:
-            if action is Action.SAVE:
-                used = guest.save_memory_state(bypass_cache=settings.bypass_cache, resume_running=resume_running,
-                                               channels=entry.save_channels)
-            else:
+            if action is Action.SAVE_TO_FILE:
                 images_directory(Path(image).parent)
-                used = guest.save_to_file(image, bypass_cache=settings.bypass_cache, resume_running=resume_running,
-                                          channels=entry.save_channels)
+            # A surprise as a failed save here, so that what a failed save to a file left is seen to.
+            with unexpected_as_failure(entry.guest.name, action):
+                if action is Action.SAVE:
+                    used = guest.save_memory_state(bypass_cache=settings.bypass_cache,
+                                                   resume_running=resume_running, channels=entry.save_channels)
+                else:
+                    used = guest.save_to_file(image, bypass_cache=settings.bypass_cache,
+                                              resume_running=resume_running, channels=entry.save_channels)
             if used < entry.save_channels:
                 messages.append(f"saved in one stream: libvirt refused {entry.save_channels} channels")
         except HypervisorUnavailable:

@@ -1,4 +1,8 @@
-"""One step of one guest (a save, a start...): timed, logged, and added to the guest's result."""
+"""One step of one guest (a save, a start...): timed, logged, and added to the guest's result.
+
+A step that raises anything unexpected (a bug, a library's surprise) has failed like one libvirt
+refused: the guest goes on to the next step of its chain, never past the rest of it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from libmgsave import journal
-from libmgsave.errors import HypervisorError
+from libmgsave import interrupt, journal
+from libmgsave.errors import HypervisorError, OperationRefused
 from libmgsave.execute.progress import mb
 from libmgsave.outcomes import GuestResult, Severity, StepResult
 from libmgsave.plan import Action
@@ -32,13 +36,35 @@ class StepTimes:
 
 
 @contextlib.contextmanager
+def unexpected_as_failure(guest_name: str, action: Action | str) -> Iterator[None]:
+    """The block as one step: mgsave's own errors and a stop request pass as they are; any other
+    exception is raised as OperationRefused, the error of a step that failed, so that whoever
+    runs the chain goes on to its next step."""
+    try:
+        yield
+    except (HypervisorError, interrupt.Interrupted):
+        raise
+    except Exception as error:  # noqa: BLE001 - one step's surprise must not cost the guest its chain
+        raise OperationRefused(unexpected_failure(guest_name, action, error)) from error
+
+
+def unexpected_failure(guest_name: str, action: Action | str, error: Exception) -> str:
+    """What a step that raised ``error`` (not one of mgsave's) says; logged with its traceback."""
+    log.error("%s: internal error in its %s (%r); taken as a failed %s", guest_name, action, error, action,
+              exc_info=error)
+    return f"{guest_name}: {action}: internal error: {error!r}"
+
+
+@contextlib.contextmanager
 def timed_step(result: GuestResult, action: Action) -> Iterator[StepTimes]:
     """Run a step in the block. When the block ends, the step is added to ``result`` as done and
-    logged; when it raises HypervisorError, the step is added as failed with the error's message,
-    logged, and the error raised on."""
+    logged; when it raises HypervisorError (or anything unexpected, as ``unexpected_as_failure``
+    turns it into one), the step is added as failed with the error's message, logged, and the
+    error raised on."""
     times = StepTimes(time.time())
     try:
-        yield times
+        with unexpected_as_failure(result.plan.guest.name, action):
+            yield times
     except HypervisorError as error:
         add_step(result, StepResult(action, False, times.started, time.time(), error=error.message))
         raise

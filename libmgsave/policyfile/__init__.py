@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from libmgsave.errors import PolicyError, Problem
 from libmgsave.policy import BUILTIN_POLICY, DEFAULT_POLICY_PATH, Metrics, Policy
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_NODES",
     "POLICY_ENV_VAR",
+    "PassPolicyFile",
     "format_path",
     "load_policy",
     "load_policy_for_pass",
@@ -43,6 +45,8 @@ __all__ = [
     "policy_path_from",
     "policy_schema",
     "policy_to_dict",
+    "read_policy_file",
+    "read_policy_for_pass",
     "setting_to_json",
 ]
 
@@ -72,36 +76,58 @@ def parse_policy(data: bytes | str, source: str) -> Policy:
     return policy
 
 
-def load_policy_for_pass(
-    path: str, *, explicit: bool, trust_insecure: bool = False
-) -> tuple[Policy, list[Problem]]:
-    """The policy for a shutdown or boot pass, which must never lose a guest over a typo.
+@dataclass(frozen=True)
+class PassPolicyFile:
+    """What a pass read of its policy file: the policy, or the problems and what of the broken
+    file could still be read (its connections, its metrics file, when those are valid)."""
 
-    Returns ``(policy, [])`` when the file is fine, and ``(BUILTIN_POLICY, [])`` when the default
-    file is simply missing (``explicit`` is false). When the file is broken, unreadable, insecure,
-    or was named explicitly and is missing, returns the built-in policy with the problems, for
-    the caller to log loudly before carrying on with safe defaults. When a broken file's
-    ``connections:`` is itself valid, the built-in policy covers those connections, so no
-    connection's guests are left out; likewise its ``metrics:``, so that the monitoring hears.
-    """
+    policy: Policy | None  # None: broken (or named and missing); the built-in policy when the default is missing
+    problems: tuple[Problem, ...] = ()
+    data: bytes | None = None  # the bytes of a valid file (for its last valid copy)
+    connections: tuple[str, ...] = ()  # a broken file's ``connections:``, when valid
+    metrics_textfile: str | None = None  # a broken file's ``metrics.textfile``, when valid
+
+    def on(self, fallback: Policy) -> Policy:
+        """``fallback`` (the last valid copy, or the built-in defaults) for a broken file: with
+        the file's valid connections added (they replace the built-in ones), so that no
+        connection's guests are left out, and its metrics file, so that the monitoring hears."""
+        policy = fallback
+        if self.connections:
+            base = () if fallback.is_builtin else fallback.connections
+            policy = policy.with_connections(tuple(dict.fromkeys((*base, *self.connections))))
+        if self.metrics_textfile:
+            policy = dataclasses.replace(policy, metrics=Metrics(self.metrics_textfile))
+        return policy
+
+
+def read_policy_for_pass(path: str, *, explicit: bool, trust_insecure: bool = False) -> PassPolicyFile:
+    """The policy file for a shutdown or boot pass, which must never lose a guest over a typo:
+    never raises. The built-in policy when the default file is simply missing (``explicit`` is
+    false); the problems when the file is broken, unreadable, insecure, or was named explicitly
+    and is missing, for the caller to log loudly and carry on with a fallback (``on``)."""
     if not explicit and not os.path.lexists(path):
-        return BUILTIN_POLICY, []
+        return PassPolicyFile(BUILTIN_POLICY)
     try:
         data = read_policy_file(path, trust_insecure=trust_insecure)
         policy, problems, document = _parse_document(data, path)
     except PolicyError as error:
-        return BUILTIN_POLICY, error.problems
+        return PassPolicyFile(None, tuple(error.problems))
     except Exception as error:  # a bug here must not cost a guest its save: report it, carry on
-        return BUILTIN_POLICY, [Problem(path, None, None, "", f"internal error reading the policy: {error!r}")]
+        return PassPolicyFile(None, (Problem(path, None, None, "", f"internal error reading the policy: {error!r}"),))
     if not problems:
-        assert policy is not None
-        return policy, []
-    connections = salvage_connections(document)
-    fallback = BUILTIN_POLICY.with_connections(connections) if connections else BUILTIN_POLICY
-    textfile = salvage_metrics(document)
-    if textfile:
-        fallback = dataclasses.replace(fallback, metrics=Metrics(textfile))
-    return fallback, problems
+        return PassPolicyFile(policy, (), data if isinstance(data, bytes) else None)
+    return PassPolicyFile(None, tuple(problems), None, salvage_connections(document) or (), salvage_metrics(document))
+
+
+def load_policy_for_pass(
+    path: str, *, explicit: bool, trust_insecure: bool = False
+) -> tuple[Policy, list[Problem]]:
+    """``read_policy_for_pass`` with the built-in defaults as the fallback: ``(policy, [])`` when
+    the file is fine (or the default one missing), ``(built-in policy, problems)`` when broken."""
+    read = read_policy_for_pass(path, explicit=explicit, trust_insecure=trust_insecure)
+    if read.policy is not None:
+        return read.policy, []
+    return read.on(BUILTIN_POLICY), list(read.problems)
 
 
 def policy_path_from(cli_value: str | None, environ: Mapping[str, str]) -> tuple[str, bool]:

@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from libmgsave import safefiles
+from libmgsave import safefiles, units
 from libmgsave.errors import HypervisorError
 from libmgsave.inventory import GuestInfo
 from libmgsave.outcomes import Outcome
+from libmgsave.state.kept import KEPT_BESIDE
 from libmgsave.state.records import GuestEntry, guest_record_key
+from libmgsave.state.trust import insecure_subdirectory
 from libmgsave.state.validation import UUID_PATTERN
 
 log = logging.getLogger("mgsave")
@@ -163,31 +165,65 @@ def discard_partial_save(path: str, name: str, why: str) -> None:
 
 
 def keep_failed_image(source: str | None, failed_images: Path, name: str) -> str | None:
-    """Keep a managed-save image that failed to resume in ``failed_images``, before libvirt
-    deletes it; its new path, or None (logged) when that is impossible."""
+    """Keep a managed-save image that failed to resume, before libvirt deletes it; its new path,
+    or None (logged) when it could not be kept: the image is then where it was, and the caller
+    must not discard it.
+
+    A hard link first, which costs nothing and needs no room: beside the image (``KEPT_BESIDE``,
+    on its own file system: under the units the state directory is another mount, and a link
+    across mounts fails with EXDEV even on one disk), else in ``failed_images``. A copy into
+    ``failed_images`` only when it leaves ``KEEP_FREE_SHARE`` of that file system free: a
+    multi-GB copy at boot must not fill /var. Nothing is ever written through a link in either."""
     if source is None or not os.path.isfile(source):
         return None
+    stem = f"{safe_stem(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    problems: list[str] = []
+    for directory in (Path(source).parent / KEPT_BESIDE, failed_images):
+        target = _kept_into(directory, problems, "link", lambda fd: _link_into(source, fd, stem))
+        if target is not None:
+            log.info("%s: kept the image %s as %s", name, source, target)
+            return str(target)
+    target = _kept_into(failed_images, problems, "copy", lambda fd: _copy_into(source, fd, stem))
+    if target is not None:
+        log.info("%s: kept the image %s as %s (a copy: %s)", name, source, target, "; ".join(problems))
+        return str(target)
+    log.error("%s: could not keep the image %s elsewhere (%s); it is left where it is", name, source,
+              "; ".join(problems))
+    return None
+
+
+# The share of its file system a copy of a failed image must leave free.
+KEEP_FREE_SHARE = 0.10
+
+
+def _kept_into(directory: Path, problems: list[str], how: str, keep: Callable[[int], str]) -> Path | None:
+    """``keep`` run on a descriptor of ``directory`` (made root's alone, opened without following
+    a link); the path of what it kept, or None with why not added to ``problems``."""
     try:
-        own_directory(failed_images)
-        with safefiles.directory(failed_images.parent, failed_images.name) as fd:
-            stem = f"{safe_stem(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
-            target = failed_images / _keep_into(source, fd, safefiles.free_name(fd, stem))
+        kept_directory(directory)
+        with safefiles.directory(directory.parent, directory.name) as fd:
+            return directory / keep(fd)
     except (OSError, safefiles.UnsafeFile) as error:
-        log.error("%s: could not keep the image %s in %s: %s", name, source, failed_images,
-                  getattr(error, "strerror", None) or error)
+        problems.append(f"no {how} in {directory}: {getattr(error, 'strerror', None) or error}")
         return None
-    log.info("%s: kept the image %s as %s", name, source, target)
-    return str(target)
 
 
-def _keep_into(source: str, dir_fd: int, target: str) -> str:
-    """``source`` linked (instant on the same file system; the data outlives libvirt's unlink),
-    else copied, as ``target`` in the directory: never through a link there. ``target``."""
-    try:
-        os.link(source, target, dst_dir_fd=dir_fd)
-        return target
-    except OSError:
-        pass
+def _link_into(source: str, dir_fd: int, stem: str) -> str:
+    """A hard link to ``source`` in the directory (instant; the data outlives libvirt's unlink)."""
+    target = safefiles.free_name(dir_fd, stem)
+    os.link(source, target, dst_dir_fd=dir_fd)
+    return target
+
+
+def _copy_into(source: str, dir_fd: int, stem: str) -> str:
+    """A copy of ``source`` in the directory, when it leaves ``KEEP_FREE_SHARE`` of that file
+    system free (OSError ENOSPC otherwise); never written through a link there."""
+    size, fs = os.stat(source).st_size, os.statvfs(dir_fd)
+    free, reserve = fs.f_bavail * fs.f_frsize, int(KEEP_FREE_SHARE * fs.f_blocks * fs.f_frsize)
+    if size + reserve > free:
+        raise OSError(errno.ENOSPC, f"it needs {units.size(size)} and {units.size(reserve)} must stay free, "
+                                    f"only {units.size(free)} are")
+    target = safefiles.free_name(dir_fd, stem)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     try:
         with open(source, "rb") as src, open(fd, "wb") as out:
@@ -197,6 +233,20 @@ def _keep_into(source: str, dir_fd: int, target: str) -> str:
             os.unlink(target, dir_fd=dir_fd)
         raise
     return target
+
+
+def kept_directory(path: Path) -> Path:
+    """``path`` as a directory to keep images in: made root's alone if need be, and refused
+    (OSError) when it is not a directory of its own or others could write to it, since whatever
+    is kept there is removed by root when the admin asks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    own_directory(path)
+    problem = insecure_subdirectory(path)
+    if problem:
+        raise OSError(errno.EPERM, f"not safe: {problem}", str(path))
+    return path
 
 
 def safe_stem(name: str) -> str:

@@ -1,54 +1,83 @@
-"""What the state directory keeps for the admin to look at: saved images that could not be
-resumed or restored (``failed-images/``) and records that could not be trusted, set aside
-(``<record>.untrusted-<time>``). mgsave never removes one on its own; ``mgsave images remove``
-does, when asked, by the name ``list`` gives.
+"""What mgsave keeps for the admin to look at: saved images that could not be resumed or
+restored and records that could not be trusted, set aside (``<record>.untrusted-<time>``). mgsave
+never removes one on its own; ``mgsave images remove`` does, when asked, by the name ``list`` gives.
+
+A managed-save image that failed to resume is kept beside libvirt's images, in ``KEPT_BESIDE``
+under its save directory (a link there is instant and needs no room; the state directory is
+another mount under the units), else under the state directory's ``failed-images/``, where a
+transient guest's save file that failed to restore goes too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from libmgsave import jsonout, safefiles, units
+from libmgsave.saveimages import managed_save_dir
 from libmgsave.state.records import BOOT_RECORD, SHUTDOWN_RECORD
+from libmgsave.state.trust import insecure_subdirectory
 
 log = logging.getLogger("mgsave")
 
 FAILED_IMAGES = "failed-images"
+KEPT_BESIDE = "mgsave-failed-images"  # under libvirt's managed-save directory
 _SET_ASIDE = (f"{SHUTDOWN_RECORD}.untrusted-", f"{BOOT_RECORD}.untrusted-")
 
 
 @dataclass(frozen=True)
 class KeptFile:
-    name: str  # relative to the state directory: what ``mgsave images remove`` takes
+    # What ``mgsave images remove`` takes: the path relative to the state directory, or the
+    # whole path of an image kept beside libvirt's
+    name: str
     path: Path
     kind: str  # "failed-image" or "untrusted-record"
     bytes: int
     mtime: float
+    # The trusted directory it is found under (the state directory, or libvirt's save directory),
+    # opened as given; every directory below it is opened without following a link.
+    base: Path = field(default=Path("."), compare=False)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": str(self.path), "kind": self.kind, "size_bytes": self.bytes,
                 "modified": jsonout.timestamp(self.mtime)}
 
 
-def kept_files(state_dir: Path) -> list[KeptFile]:
-    """Every kept file, oldest first. Only regular files count (never followed through a link,
-    nor ``failed-images/`` itself when it is one)."""
-    found = []
-    for name, info in _regular_in(state_dir).items():
-        if name.startswith(_SET_ASIDE):
-            found.append(KeptFile(name, state_dir / name, "untrusted-record", info.st_size, info.st_mtime))
+def kept_files(state_dir: Path, beside: Iterable[Path] = ()) -> list[KeptFile]:
+    """Every kept file, oldest first: in the state directory, and in ``KEPT_BESIDE`` under each
+    of the save directories ``beside`` (see ``kept_beside``). Only regular files count (never
+    followed through a link, nor a directory that is one), and nothing from a directory others
+    could write to."""
+    found = [KeptFile(name, state_dir / name, "untrusted-record", info.st_size, info.st_mtime, state_dir)
+             for name, info in _regular_in(state_dir).items() if name.startswith(_SET_ASIDE)]
     for name, info in _regular_in(state_dir, FAILED_IMAGES).items():
         kept = f"{FAILED_IMAGES}/{name}"
-        found.append(KeptFile(kept, state_dir / kept, "failed-image", info.st_size, info.st_mtime))
+        found.append(KeptFile(kept, state_dir / kept, "failed-image", info.st_size, info.st_mtime, state_dir))
+    for save_dir in dict.fromkeys(Path(d) for d in beside):
+        directory = save_dir / KEPT_BESIDE
+        problem = insecure_subdirectory(directory)
+        if problem:
+            log.warning("not listing the images kept in %s: %s", directory, problem)
+            continue
+        found += [KeptFile(str(directory / name), directory / name, "failed-image", info.st_size, info.st_mtime,
+                           save_dir) for name, info in _regular_in(save_dir, KEPT_BESIDE).items()]
     return sorted(found, key=lambda f: (f.mtime, f.name))
 
 
-def _regular_in(state_dir: Path, *where: str) -> dict[str, os.stat_result]:
+def kept_beside(connections: Iterable[str]) -> list[Path]:
+    """The managed-save directories where failed images may be kept: the connections' (those
+    mgsave knows where libvirt keeps its images for) and always the system daemon's, since a
+    pass may have kept one there whatever the connections are now."""
+    directories = (managed_save_dir(uri) for uri in ("qemu:///system", *connections))
+    return [Path(d) for d in dict.fromkeys(directories) if d]
+
+
+def _regular_in(base: Path, *where: str) -> dict[str, os.stat_result]:
     try:
-        with safefiles.directory(state_dir, *where) as fd:
+        with safefiles.directory(base, *where) as fd:
             return safefiles.regular_entries(fd)
     except (OSError, safefiles.UnsafeFile):
         return {}
@@ -88,18 +117,19 @@ def over_share_warning(usage: KeptUsage, limit: float) -> str | None:
             f"them with 'mgsave images remove NAME...' once looked at")
 
 
-def remove_kept(state_dir: Path, kept: KeptFile, *, dry_run: bool) -> str | None:
-    """Remove one kept file, relative to descriptors of the state directory and of
-    ``failed-images/`` opened without following a link, once ``lstat`` there says it is still a
-    regular file (whatever was swapped in meanwhile, only a name in those directories can go);
-    None when done (or, for a dry run, when it would be), else why not. Logged either way."""
-    *where, name = kept.name.split("/")
+def remove_kept(kept: KeptFile, *, dry_run: bool) -> str | None:
+    """Remove one kept file, relative to descriptors of the directories below ``kept.base``
+    (``failed-images/``, ``mgsave-failed-images/``) opened without following a link, once
+    ``lstat`` there says it is still a regular file (whatever was swapped in meanwhile, only a
+    name in those directories can go); None when done (or, for a dry run, when it would be), else
+    why not. Logged either way."""
+    where = kept.path.relative_to(kept.base).parts
     try:
-        with safefiles.directory(state_dir, *where) as fd:
+        with safefiles.directory(kept.base, *where[:-1]) as fd:
             if dry_run:
-                safefiles.regular_file(fd, name)
+                safefiles.regular_file(fd, where[-1])
             else:
-                safefiles.remove_regular(fd, name)
+                safefiles.remove_regular(fd, where[-1])
     except safefiles.UnsafeFile as why:
         log.error("did not remove the kept %s %s: %s", kept.kind, kept.path, why)
         return f"{why}: {kept.path}"

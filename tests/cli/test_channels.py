@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from libmgsave import cli, conflicts
+from libmgsave import cli, conflicts, hypervisor, parallelsave
 from libmgsave.errors import ExitCode
+from libmgsave.hypervisor import Host
 from tests.testdriver import URI, define, has_image, hv  # noqa: F401
 
 POLICY = """\
@@ -70,8 +71,6 @@ def test_the_pass_saves_in_one_stream_where_channels_are_not_offered(hv, mgsave)
 def test_a_save_with_channels_that_libvirt_refuses_is_made_in_one_stream(hv, tmp_path):
     """The test driver has no virDomainSaveParams: the wrapper falls back to the usual save,
     the guest still running when the refusal came."""
-    from libmgsave.hypervisor import Host
-
     define(hv, "big1")
     host = Host(URI, hv)
     guest = host.guest(hv.lookupByName("big1").UUIDString())
@@ -80,3 +79,38 @@ def test_a_save_with_channels_that_libvirt_refuses_is_made_in_one_stream(hv, tmp
     assert not hv.lookupByName("big1").isActive() and os.path.getsize(path) > 0
     host.restore_from_file(path, channels=4)  # not a sparse image: read in one stream
     assert hv.lookupByName("big1").isActive()
+
+
+def _channels_path_raises(monkeypatch):
+    """The ctypes path made to raise as it would with a binding whose capsule has another name.
+
+    Injected: the real path cannot be made to raise on demand (it raises only with a binding or
+    a libvirt library other than this machine's), and the test driver has no parallel save at all."""
+    def capsule_of_another_name(obj, name):
+        raise ValueError("PyCapsule_GetPointer called with incorrect name")
+
+    monkeypatch.setattr(parallelsave, "binding_types_channels", lambda: False)
+    monkeypatch.setattr(parallelsave, "_pointer", capsule_of_another_name)
+
+
+def test_a_channels_path_that_raises_saves_in_one_stream(hv, tmp_path, monkeypatch, caplog):
+    _channels_path_raises(monkeypatch)
+    define(hv, "big1")
+    guest = Host(URI, hv).guest(hv.lookupByName("big1").UUIDString())
+    path = str(tmp_path / "big1.save")
+    assert guest.save_to_file(path, channels=4) == 1
+    assert not hv.lookupByName("big1").isActive() and os.path.getsize(path) > 0
+    assert "ValueError" in caplog.text and "saving it in one stream" in caplog.text
+
+
+def test_a_channels_path_that_raises_restores_in_one_stream(hv, tmp_path, monkeypatch, caplog):
+    define(hv, "big1")
+    host = Host(URI, hv)
+    path = str(tmp_path / "big1.save")
+    host.guest(hv.lookupByName("big1").UUIDString()).save_to_file(path)
+    _channels_path_raises(monkeypatch)
+    # The test driver's save files are not in libvirt's sparse format, which alone takes channels.
+    monkeypatch.setattr(hypervisor, "is_sparse_image", lambda path: True)
+    host.restore_from_file(path, channels=4)
+    assert hv.lookupByName("big1").isActive()
+    assert "ValueError" in caplog.text and "restoring it in one stream" in caplog.text

@@ -97,3 +97,21 @@ def test_a_broken_policy_and_an_untrusted_record_are_errors_in_the_journal(hv, t
     assert any("built-in safe defaults" in m for m in errors), errors
     assert any("ignoring the shutdown record" in m and "untrusted-" in m for m in errors), errors
     assert find(entries, MGSAVE_GUEST="a", MGSAVE_ACTION="save", MGSAVE_RESULT="ok")
+
+
+def test_a_pass_on_the_last_valid_copy_of_the_policy_says_so_in_the_journal(hv, tmp_path, capsys, entries):
+    state_dir, policy = tmp_path / "state", tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nconnections: ['{URI}']\ndefaults:\n  autostart: never\n")
+    os.chmod(policy, 0o644)
+    hv.defineXML(domain_xml("a")).create()
+    assert cli.main(["check", "--state-dir", str(state_dir), "--policy", str(policy)]) == ExitCode.OK
+    policy.write_text(policy.read_text().replace("never", "nevr"))
+    code = cli.main(["shutdown", "--state-dir", str(state_dir), "--policy", str(policy)])
+    capsys.readouterr()
+    assert code == ExitCode.GUEST_DEGRADED
+    errors = [e["MESSAGE"] for e in entries if e["PRIORITY"] == "3"]
+    assert any(f"{policy}:4:14" in m for m in errors), errors
+    assert any("carrying on with its last valid copy (kept " in m for m in errors), errors
+    [end] = find(entries, MESSAGE_ID=journal.PASS_END)
+    assert end["MGSAVE_POLICY"] == "last-valid-copy" and end["PRIORITY"] == "4"
+    assert "it ran on the last valid copy of" in end["MESSAGE"]

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,8 @@ from libmgsave import cli, state
 from libmgsave.actions import images as images_action
 from libmgsave.errors import ExitCode
 from tests.testdriver import URI, define, hv  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -143,8 +148,8 @@ def test_failed_images_swapped_for_a_link_after_the_listing_is_not_followed(hv, 
     victim.write_bytes(b"root's file")
     listed = images_action.kept_files
 
-    def list_then_swap(state_dir):
-        files = listed(state_dir)
+    def list_then_swap(state_dir, *beside):
+        files = listed(state_dir, *beside)
         (state_dir / "failed-images").rename(state_dir / "failed-images.real")
         (state_dir / "failed-images").symlink_to(victim_dir)
         return files
@@ -154,3 +159,78 @@ def test_failed_images_swapped_for_a_link_after_the_listing_is_not_followed(hv, 
     assert code == ExitCode.GUEST_FAILED and [f["name"] for f in result["failed"]] == [name]
     assert victim.read_bytes() == b"root's file"
     assert "not a directory" in result["failed"][0]["error"]
+
+
+# In a private mount namespace: libvirt's save directory and the state directory are two tmpfs
+# mounts, as the units' sandbox makes them two mounts (a link or rename between them is EXDEV).
+TWO_FILESYSTEMS_SCRIPT = r"""
+import json, os, subprocess, sys
+from pathlib import Path
+from libmgsave import cli
+from libmgsave.state.images import keep_failed_image
+from libmgsave.state.kept import KEPT_BESIDE
+
+state = Path(sys.argv[1])
+save = Path("/var/lib/libvirt/qemu/save")
+for path, size in ((save, "64m"), (state, "16m")):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0711", "mgsave-test", str(path)], check=True)
+report = {}
+
+def image(name, mib):
+    path = save / f"{name}.save"
+    path.write_bytes(b"LibvirtQemudSave" + os.urandom(mib * 2**20))
+    return path
+
+# 1. beside the image: a link on its own file system, nothing written to the state directory
+first = image("g1", 4)
+kept = keep_failed_image(str(first), state / "failed-images", "g1")
+report["beside"] = [kept, os.stat(kept).st_ino == os.stat(first).st_ino]
+# 2. beside impossible (a file in the way): a copy into the state directory, which has room
+(save / KEPT_BESIDE).rename(save / "aside")
+(save / KEPT_BESIDE).write_text("in the way")
+second = image("g2", 4)
+kept = keep_failed_image(str(second), state / "failed-images", "g2")
+report["copied"] = [kept, kept and Path(kept).read_bytes() == second.read_bytes()]
+# 3. no room for a copy (15 MiB into 16 MiB less the 10% kept free): left where it is
+third = image("g3", 15)
+report["no_room"] = [keep_failed_image(str(third), state / "failed-images", "g3"), third.exists(),
+                     sorted(p.name for p in (state / "failed-images").iterdir())]
+(save / KEPT_BESIDE).unlink()
+(save / "aside").rename(save / KEPT_BESIDE)
+code = cli.main(["--state-dir", str(state), "--policy", sys.argv[2], "--json", "images", "list"])
+# removed by the name list gives: the kept link goes, libvirt's own image stays
+beside = report["beside"][0]
+code = cli.main(["--state-dir", str(state), "--policy", sys.argv[2], "images", "remove", beside])
+report["removed"] = [code, os.path.exists(beside), first.exists()]
+print(json.dumps(report), file=sys.stderr)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to mount tmpfs in a private mount namespace")
+def test_a_failed_image_is_kept_on_its_own_file_system_and_copied_only_with_room(tmp_path):
+    """Under the units libvirt's save directory and the state directory are two mounts: a link
+    from one to the other gives EXDEV, and keeping a failed image used to copy it (gigabytes, at
+    boot, into /var). It is now linked beside the image, found there by 'mgsave images', copied
+    into the state directory only when it leaves room, and otherwise left where it is."""
+    state_dir = tmp_path / "state"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\nconnections: ['{URI}']\n")
+    os.chmod(policy, 0o644)
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c",
+                           TWO_FILESYSTEMS_SCRIPT, str(state_dir), str(policy)],
+                          cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stderr.strip().splitlines()[-1])
+    beside = "/var/lib/libvirt/qemu/save/mgsave-failed-images/"
+    kept, same_inode = report["beside"]
+    assert kept.startswith(beside) and same_inode, report
+    kept, same_bytes = report["copied"]
+    assert kept.startswith(str(state_dir / "failed-images") + "/") and same_bytes, report
+    assert report["no_room"][:2] == [None, True], report
+    assert len(report["no_room"][2]) == 1, "nothing of the copy that had no room is left behind"
+    assert "it is left where it is" in proc.stderr and "must stay free" in proc.stderr
+    assert report["removed"] == [ExitCode.OK, False, True], report
+    listed = {f["name"]: f["kind"] for f in json.loads(proc.stdout.split("\n}\n")[0] + "}")["kept_files"]}
+    assert listed == {report["beside"][0]: "failed-image", report["copied"][0][len(str(state_dir)) + 1:]: "failed-image"}

@@ -15,6 +15,7 @@ from libmgsave import cli, jsonout
 from libmgsave.inventory import ON_PEER, GuestState
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import Action
+from libmgsave.policy import PolicyOrigin
 from tests.testdriver import URI, define, hv, migrated_record  # noqa: F401
 
 SCHEMAS = Path(jsonout.__file__).parent / "schemas"
@@ -44,6 +45,9 @@ def test_the_schemas_closed_sets_are_the_codes():
         assert schema_of(name)["$defs"]["outcome"]["enum"] == [o.value for o in Outcome]
     for name in ("pass", "plan"):
         assert schema_of(name)["$defs"]["action"]["enum"] == [a.value for a in Action]
+    for name in ("pass", "plan", "status"):
+        origins = schema_of(name)["properties"]["policy_used"]["properties"]["origin"]["enum"]
+        assert origins == [o.value for o in PolicyOrigin], name
     states = [jsonout.word(s) for s in GuestState]
     for name in ("plan", "status"):
         assert schema_of(name)["$defs"]["state"]["enum"] == states + [jsonout.word(ON_PEER)]
@@ -114,6 +118,17 @@ def test_a_guest_living_on_a_peer_validates_in_every_output(hv, mgsave, tmp_path
         assert entry["state"] == "on-peer" and entry["peer"] == URI, entry
         valid(mgsave("boot", "--dry-run", policy=policy), "pass")
         valid(mgsave("return", "--dry-run", policy=policy), "pass")
+
+
+def test_the_outputs_of_a_broken_policy_validate_with_the_policy_they_went_by(hv, mgsave):  # noqa: F811
+    define(hv, "a")
+    good, broken = "version: 1\ndefaults: {autostart: never}\n", "version: 1\ndefaults: {autostart: nevr}\n"
+    assert valid(mgsave("shutdown", policy=broken), "pass")["policy_used"]["origin"] == "built-in"
+    assert valid(mgsave("shutdown", policy=good), "pass")["policy_used"]["origin"] == "file"
+    boot = valid(mgsave("boot", "--dry-run", policy=broken), "pass")
+    assert boot["policy_used"]["origin"] == "last-valid-copy" and boot["policy_used"]["copy_saved"].endswith("Z")
+    for command, format_name in (("plan", "plan"), ("status", "status")):
+        assert valid(mgsave(command, policy=broken), format_name)["policy_used"] == boot["policy_used"]
 
 
 def test_timestamps_are_iso_8601_utc_and_sort_as_the_times_do():

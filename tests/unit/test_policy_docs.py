@@ -256,6 +256,7 @@ def test_the_installed_default_plans_like_no_policy_at_all(tmp_path, monkeypatch
     installed.mkdir(mode=0o755)
     shutil.copy(DEFAULT_PATH, installed / "policy.yaml")
     with_default = _plan(["--policy", str(installed / "policy.yaml")], tmp_path / "state", capsys)
+    assert with_default.pop("policy_used")["origin"] == "file" and without.pop("policy_used")["origin"] == "built-in"
     assert with_default == without
     assert [g["name"] for g in without["plans"][0]["guests"]] == ["test"]
 

@@ -9,6 +9,7 @@ import pytest
 
 from libmgsave import safefiles
 from libmgsave.state import images
+from libmgsave.state.kept import KEPT_BESIDE
 
 UUID = "0f6c9a4e-8f0e-4a53-9d8c-2b7f7b0c1a11"
 
@@ -77,6 +78,7 @@ def test_a_kept_image_is_never_linked_into_a_swapped_failed_images_directory(tmp
     (state_dir / "failed-images").symlink_to(elsewhere)
     image = tmp_path / "guest.save"
     image.write_bytes(b"guest memory")
+    (tmp_path / KEPT_BESIDE).write_text("in the way")  # so that failed-images/ is tried
     assert images.keep_failed_image(str(image), state_dir / "failed-images", "g") is None
     assert list(elsewhere.iterdir()) == [] and image.read_bytes() == b"guest memory"
 
