@@ -31,6 +31,8 @@ def read_policy_file(path: str, *, trust_insecure: bool) -> bytes:
     except FileTooBig:
         raise refuse(f"is larger than {MAX_FILE_BYTES} bytes; a policy is a few KiB") from None
     except UnsafeFile as why:
+        if os.path.isdir(path):  # said as before the safe reader, which names it only "not a regular file"
+            raise refuse("is a directory, not a policy file") from None
         raise refuse(f"cannot be used: {why}") from None
     except FileNotFoundError:
         raise refuse("no such file", "create it (see config/policy.sample.yaml) or name another with --policy")
