@@ -104,6 +104,12 @@ def test_make_deb_builds_the_package_outside_the_tree(built):
     assert built.field("Version") == __version__ and built.field("Architecture") == "all"
 
 
+def test_the_build_prints_no_setuptools_deprecation(built):
+    for complaint in ("SetuptoolsDeprecationWarning", "absent from the `packages` configuration",
+                      "as data is deprecated"):
+        assert complaint not in built.log, built.log[-6000:]
+
+
 def test_lintian_finds_no_error_and_no_unjustified_warning(built):
     out = subprocess.run(["lintian", "--fail-on", "error,warning", str(built.changes)],
                          capture_output=True, text=True, timeout=600)
