@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from libmgsave import __version__
+from tests.doclinks import broken_links, deb_listing, relative_links, resolve
 from tests.test_units import verify
 
 pytestmark = pytest.mark.package
@@ -175,6 +176,27 @@ def test_man_pages_schema_and_docs(built):
     # Not compressed: the units link to file:///usr/share/doc/mgsave/SYSTEMD.md.
     for doc in ("README.md", "SYSTEMD.md", "RELIABILITY.md", "copyright"):
         assert (docs / doc).is_file(), doc
+
+
+def test_every_relative_link_of_the_installed_documents_leads_to_a_shipped_file(built):
+    """/usr/share/doc/mgsave/README.md links docs/SYSTEMD.md, config/policy.sample.yaml, ... in the
+    source tree; installed, each link must lead to a file of the package (symlinks followed)."""
+    listing = subprocess.run(["dpkg-deb", "-c", str(built.deb)], capture_output=True, text=True, check=True).stdout
+    entries = deb_listing(listing)
+    docs = sorted(p for p in entries if p.startswith("/usr/share/doc/mgsave/") and p.endswith(".md"))
+    assert "/usr/share/doc/mgsave/README.md" in docs and "/usr/share/doc/mgsave/SYSTEMD.md" in docs
+    readme = (built.root / "usr/share/doc/mgsave/README.md").read_text()
+    assert len(relative_links(readme)) >= 10
+    for doc in docs:
+        text = (built.root / doc.lstrip("/")).read_text()
+        assert not broken_links(doc, text, entries), (doc, broken_links(doc, text, entries))
+    # Those that lead into the package's data: the sample policy, the schemas.
+    assert resolve("/usr/share/doc/mgsave/examples/policy.sample.yaml", entries)
+    assert (built.root / "usr/share/doc/mgsave/examples/policy.sample.yaml").read_text() == \
+        (ROOT / "config/policy.sample.yaml").read_text()
+    assert resolve("/usr/share/mgsave/schemas/mgsave.pass.schema.json", entries)
+    # The README's install commands name this version's package.
+    assert f"dist/mgsave_{__version__}_all.deb" in readme
 
 
 def test_the_policy_is_a_conffile_that_means_the_builtin_defaults(built):
