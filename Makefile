@@ -172,7 +172,7 @@ install-policy:
 		echo "no $(SAMPLE_POLICY) in this tree: mgsave runs on its built-in policy"; \
 	fi
 
-# Enable both units, and (START=yes) start mgsave.service: it must be active for systemd to
+# Enable the three units, and (START=yes) start mgsave.service: it must be active for systemd to
 # run the shutdown pass at the next shutdown. Starting it runs nothing. The boot pass
 # (mgsave-boot.service) is not started: installing never starts a guest; it runs at the
 # next boot. An already active unit is not restarted: a restart would run the shutdown pass.
@@ -212,7 +212,18 @@ ifneq ($(LIVE),)
 	systemctl daemon-reload
 	-systemctl stop mgsave.service
 	-systemctl reset-failed $(UNITS)
+	@state=$$(systemctl is-enabled libvirt-guests.service 2>/dev/null || true); \
+	if [ "$$state" = disabled ] || [ "$$state" = masked ]; then \
+		echo "note: libvirt-guests.service is $$state, so nothing saves or shuts down the running guests at" \
+			"shutdown now. If it was turned off for mgsave: systemctl unmask libvirt-guests.service &&" \
+			"systemctl enable libvirt-guests.service"; \
+	fi
 endif
+	@count=$$(find '$(DESTDIR)/var/lib/mgsave/images' -maxdepth 1 -type f -name '*.save' 2>/dev/null | wc -l); \
+	if [ "$$count" -gt 0 ]; then \
+		echo "note: $$count save file(s) of transient guests are left in /var/lib/mgsave/images/, and no boot" \
+			"pass restores them now: 'virsh restore /var/lib/mgsave/images/<uuid>.save' brings such a guest back"; \
+	fi
 
 # The Debian package, as debian/ describes it (needs debhelper, dh-python,
 # pybuild-plugin-pyproject, python3-all, python3-setuptools, dpkg-dev: scripts/setup installs them).

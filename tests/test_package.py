@@ -250,12 +250,17 @@ echo "$(basename "$0") $* [dropin=$dropin]" >> {log}
 case "$(basename "$0") $*" in
     "systemctl --quiet is-enabled libvirt-guests.service") exit 1 ;;
     "systemctl --quiet is-active mgsave.service") exit ${{STANDIN_INACTIVE:-0}} ;;
+    "systemctl is-enabled libvirt-guests.service")
+        echo "${{STANDIN_LIBVIRT_GUESTS:-not-found}}"; [ "${{STANDIN_LIBVIRT_GUESTS:-}}" = enabled ]; exit $? ;;
 esac
 exit 0
 """
 DRIVER = """set -eu
 mount -t tmpfs tmpfs /run
-mkdir -p /run/systemd/system
+mkdir -p /run/systemd/system /var/lib/mgsave
+mount -t tmpfs tmpfs /var/lib/mgsave
+mkdir /var/lib/mgsave/images
+for n in $(seq 1 "${{SAVE_FILES:-0}}"); do echo saved > "/var/lib/mgsave/images/$n.save"; done
 control=$1; log=$2; shift 2
 for step in "$@"; do
     echo "== $step" >> "$log"
@@ -267,9 +272,12 @@ done
 """
 
 
-def run_scripts(built: Built, tmp_path: Path, *steps: str, inactive: bool = False) -> dict[str, list[str]]:
-    """Each step ("postinst configure 0.1.0") run in one private mount namespace, in order; returns
-    each step's lines: the stand-ins' calls and a last line with its exit code and the drop-in."""
+def run_scripts(built: Built, tmp_path: Path, *steps: str, inactive: bool = False, libvirt_guests: str = "",
+                save_files: int = 0) -> dict[str, list[str]]:
+    """Each step ("postinst configure 0.1.0") run in one private mount namespace (a tmpfs on /run
+    and on /var/lib/mgsave, with ``save_files`` transient guests' save files), in order; returns
+    each step's lines: the stand-ins' calls, what the scripts said, and a last line with its exit
+    code and the drop-in. ``libvirt_guests``: what systemctl is-enabled says of it."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         unavailable("running the maintainer scripts needs root and unshare")
     bindir = tmp_path / "bin"
@@ -279,7 +287,8 @@ def run_scripts(built: Built, tmp_path: Path, *steps: str, inactive: bool = Fals
         (bindir / name).write_text(STANDIN.format(dropin=DROPIN, log=log))
         (bindir / name).chmod(0o755)
     env = {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "STANDIN_INACTIVE": "3" if inactive else "0"}
+           "STANDIN_INACTIVE": "3" if inactive else "0", "STANDIN_LIBVIRT_GUESTS": libvirt_guests,
+           "SAVE_FILES": str(save_files)}
     subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", DRIVER.format(dropin=DROPIN), "driver",
                     str(built.control), str(log), *steps], env=env, check=True, timeout=120)
     steps_out: dict[str, list[str]] = {}
@@ -360,6 +369,33 @@ def test_removal_empties_execstop_before_it_stops_the_units(built, tmp_path):
     purge = out["postrm purge"]
     assert "deb-systemd-helper purge mgsave.service [dropin=0]" in purge
     assert not calls(purge, "deb-systemd-invoke")
+
+
+def _said(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("mgsave:")]
+
+
+@pytest.mark.parametrize("state, again", [
+    ("disabled", "turn it on again: systemctl enable libvirt-guests.service"),
+    ("masked", "turn it on again: systemctl unmask libvirt-guests.service && systemctl enable libvirt-guests.service"),
+])
+def test_removal_says_to_turn_libvirt_guests_on_again_and_what_is_left(built, tmp_path, state, again):
+    out = run_scripts(built, tmp_path, "prerm remove", "postrm remove", "postrm purge", libvirt_guests=state,
+                      save_files=2)
+    said = _said(out["postrm remove"])
+    assert out["postrm remove"][-1] == "-- rc=0 dropin=absent"
+    assert len(said) == 2, out["postrm remove"]
+    assert said[0].startswith(f"mgsave: libvirt-guests.service is {state}, so nothing saves or shuts down")
+    assert said[0].endswith(again)
+    assert said[1].startswith("mgsave: 2 save file(s) of transient guests are left in /var/lib/mgsave/images/")
+    assert "virsh restore /var/lib/mgsave/images/<uuid>.save" in said[1]
+    assert not _said(out["prerm remove"]) and not _said(out["postrm purge"])
+
+
+def test_removal_says_nothing_when_libvirt_guests_is_on_and_nothing_is_left(built, tmp_path):
+    for state in ("enabled", ""):  # enabled, or not installed at all
+        out = run_scripts(built, tmp_path / (state or "none"), "prerm remove", "postrm remove", libvirt_guests=state)
+        assert not _said(out["postrm remove"]), out["postrm remove"]
 
 
 def test_a_failed_removal_arms_the_shutdown_pass_again(built, tmp_path):

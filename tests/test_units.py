@@ -320,7 +320,12 @@ def test_uninstall_leaves_policy_and_state_alone(tmp_path):
     state = destdir / "var/lib/mgsave/last-shutdown.json"
     state.parent.mkdir(parents=True)
     state.write_text("{}")
-    make("uninstall", destdir=destdir)
+    save_file = destdir / "var/lib/mgsave/images/5d3f1c2e-8a4b-4f2e-9c1d-0e6a7b8c9d0f.save"
+    save_file.parent.mkdir()
+    save_file.write_text("a transient guest's memory")
+    out = make("uninstall", destdir=destdir)
+    assert "note: 1 save file(s) of transient guests are left in /var/lib/mgsave/images/" in out.stdout
+    assert save_file.exists()
     assert (destdir / "etc/mgsave/policy.yaml").read_text() == "version: 1\n"
     assert state.read_text() == "{}"
     assert not (destdir / "usr/local/lib/mgsave").exists()
