@@ -22,7 +22,8 @@
 #   /usr/local/share/zsh/site-functions/_mgsave   (zsh/vendor-completions for PREFIX=/usr)
 #   /usr/local/share/mgsave/policy.schema.yaml
 #   /usr/local/share/mgsave/schemas/mgsave.*.schema.json   the --json outputs' JSON Schemas
-#   /usr/local/share/doc/mgsave/             README.md, SYSTEMD.md, RELIABILITY.md, MIGRATION.md
+#   /usr/local/share/doc/mgsave/             README.md and the documents of docs/ it links, side by
+#                                            side; examples/policy.sample.yaml
 #   /etc/mgsave/policy.yaml                  every setting commented out (the built-in
 #                                            defaults), only if there is no policy yet
 # No virtualenv: one is tied to the interpreter it was made from, and once a distribution
@@ -45,7 +46,16 @@ MANDIR := $(PREFIX)/share/man
 COMPLETIONDIR := $(PREFIX)/share/bash-completion/completions
 # On zsh's fpath: site-functions for /usr/local, Debian's vendor-completions for /usr.
 ZSHDIR := $(PREFIX)/share/zsh/$(if $(filter /usr,$(PREFIX)),vendor-completions,site-functions)
-DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md docs/MIGRATION.md
+# The README and every document it links, installed side by side in $(DOCDIR).
+DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md docs/MIGRATION.md docs/PERFORMANCE.md docs/DESIGN.md \
+	docs/TESTRIG.md
+# Their links name files of the source tree (docs/SYSTEMD.md, config/policy.sample.yaml,
+# libmgsave/schemas); installed, each leads to where that file is installed instead, so that no
+# link in $(DOCDIR) is broken (tests/test_package.py and tests/test_units.py follow every one).
+DOC_LINKS = sed -e 's|](docs/\([A-Za-z0-9_-]*\.md\)|](\1|g' -e 's|](\.\./README\.md|](README.md|g' \
+	-e 's|](config/policy\.sample\.yaml)|](examples/policy.sample.yaml)|g' \
+	-e 's|](config/policy\.schema\.yaml)|](../../mgsave/policy.schema.yaml)|g' \
+	-e 's|](libmgsave/schemas)|](../../mgsave/schemas)|g'
 MANPAGES := man/mgsave.8 man/mgsave-policy.5
 # systemd reads units from /usr/lib and /usr/local/lib, not from any other prefix.
 ifneq ($(filter /usr /usr/local,$(PREFIX)),)
@@ -71,9 +81,9 @@ PY_DEPENDENCIES := libvirt:python3-libvirt yaml:python3-yaml jsonschema:python3-
 # writes its results into the parent directory); the results are copied to $(DIST).
 DEB_BUILD_DIR ?= build/deb
 DIST ?= dist
-DEB_SOURCES := debian libmgsave hooks units config man completions docs README.md setup.cfg pyproject.toml
+DEB_SOURCES := debian libmgsave hooks units config man completions docs README.md setup.cfg pyproject.toml Makefile
 
-.PHONY: all install check-python install-lib install-files install-policy install-systemd uninstall deb
+.PHONY: all install check-python install-lib install-files install-docs install-policy install-systemd uninstall deb
 
 all:
 	@echo "nothing to build; run 'make install' as root, or 'make deb' (see docs/SYSTEMD.md)"
@@ -110,7 +120,7 @@ install-lib: check-python
 	rm -rf '$(DESTDIR)$(LIBDIR)/libmgsave' '$(DESTDIR)$(LIBDIR)/venv'
 	mv '$(DESTDIR)$(LIBDIR)/libmgsave.new' '$(DESTDIR)$(LIBDIR)/libmgsave'
 
-install-files: install-lib
+install-files: install-lib install-docs
 	install -d -m 0755 '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(HOOKDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(DOCDIR)' \
 		'$(DESTDIR)$(DATADIR)' '$(DESTDIR)$(MANDIR)/man8' '$(DESTDIR)$(MANDIR)/man5' '$(DESTDIR)$(COMPLETIONDIR)' \
 		'$(DESTDIR)$(ZSHDIR)'
@@ -129,7 +139,6 @@ install-files: install-lib
 		chmod 0644 '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" && \
 		mv -f '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" '$(DESTDIR)$(UNITDIR)/'"$$unit" || exit 1; \
 	done
-	install -m 0644 $(DOCS) '$(DESTDIR)$(DOCDIR)/'
 	install -m 0644 config/policy.schema.yaml '$(DESTDIR)$(DATADIR)/policy.schema.yaml'
 	install -d -m 0755 '$(DESTDIR)$(DATADIR)/schemas'
 	install -m 0644 libmgsave/schemas/*.schema.json '$(DESTDIR)$(DATADIR)/schemas/'
@@ -137,6 +146,16 @@ install-files: install-lib
 	install -m 0644 man/mgsave-policy.5 '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5'
 	install -m 0644 completions/mgsave '$(DESTDIR)$(COMPLETIONDIR)/mgsave'
 	install -m 0644 completions/_mgsave '$(DESTDIR)$(ZSHDIR)/_mgsave'
+
+# Also what the Debian package installs (debian/rules).
+install-docs:
+	install -d -m 0755 '$(DESTDIR)$(DOCDIR)/examples'
+	for doc in $(DOCS); do \
+		$(DOC_LINKS) "$$doc" > '$(DESTDIR)$(DOCDIR)/'"$${doc##*/}.tmp" && \
+		chmod 0644 '$(DESTDIR)$(DOCDIR)/'"$${doc##*/}.tmp" && \
+		mv -f '$(DESTDIR)$(DOCDIR)/'"$${doc##*/}.tmp" '$(DESTDIR)$(DOCDIR)/'"$${doc##*/}" || exit 1; \
+	done
+	install -m 0644 config/policy.sample.yaml '$(DESTDIR)$(DOCDIR)/examples/policy.sample.yaml'
 
 # The admin's policy is never overwritten: the default goes in only where there is none.
 install-policy:
@@ -153,7 +172,7 @@ install-policy:
 		echo "no $(SAMPLE_POLICY) in this tree: mgsave runs on its built-in policy"; \
 	fi
 
-# Enable both units, and (START=yes) start mgsave.service: it must be active for systemd to
+# Enable the three units, and (START=yes) start mgsave.service: it must be active for systemd to
 # run the shutdown pass at the next shutdown. Starting it runs nothing. The boot pass
 # (mgsave-boot.service) is not started: installing never starts a guest; it runs at the
 # next boot. An already active unit is not restarted: a restart would run the shutdown pass.
@@ -193,7 +212,18 @@ ifneq ($(LIVE),)
 	systemctl daemon-reload
 	-systemctl stop mgsave.service
 	-systemctl reset-failed $(UNITS)
+	@state=$$(systemctl is-enabled libvirt-guests.service 2>/dev/null || true); \
+	if [ "$$state" = disabled ] || [ "$$state" = masked ]; then \
+		echo "note: libvirt-guests.service is $$state, so nothing saves or shuts down the running guests at" \
+			"shutdown now. If it was turned off for mgsave: systemctl unmask libvirt-guests.service &&" \
+			"systemctl enable libvirt-guests.service"; \
+	fi
 endif
+	@count=$$(find '$(DESTDIR)/var/lib/mgsave/images' -maxdepth 1 -type f -name '*.save' 2>/dev/null | wc -l); \
+	if [ "$$count" -gt 0 ]; then \
+		echo "note: $$count save file(s) of transient guests are left in /var/lib/mgsave/images/, and no boot" \
+			"pass restores them now: 'virsh restore /var/lib/mgsave/images/<uuid>.save' brings such a guest back"; \
+	fi
 
 # The Debian package, as debian/ describes it (needs debhelper, dh-python,
 # pybuild-plugin-pyproject, python3-all, python3-setuptools, dpkg-dev: scripts/setup installs them).

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from libmgsave import __version__
+from tests.doclinks import broken_links, deb_listing, relative_links, resolve
 from tests.test_units import verify
 
 pytestmark = pytest.mark.package
@@ -104,6 +105,12 @@ def test_make_deb_builds_the_package_outside_the_tree(built):
     assert built.field("Version") == __version__ and built.field("Architecture") == "all"
 
 
+def test_the_build_prints_no_setuptools_deprecation(built):
+    for complaint in ("SetuptoolsDeprecationWarning", "absent from the `packages` configuration",
+                      "as data is deprecated"):
+        assert complaint not in built.log, built.log[-6000:]
+
+
 def test_lintian_finds_no_error_and_no_unjustified_warning(built):
     out = subprocess.run(["lintian", "--fail-on", "error,warning", str(built.changes)],
                          capture_output=True, text=True, timeout=600)
@@ -171,6 +178,27 @@ def test_man_pages_schema_and_docs(built):
         assert (docs / doc).is_file(), doc
 
 
+def test_every_relative_link_of_the_installed_documents_leads_to_a_shipped_file(built):
+    """/usr/share/doc/mgsave/README.md links docs/SYSTEMD.md, config/policy.sample.yaml, ... in the
+    source tree; installed, each link must lead to a file of the package (symlinks followed)."""
+    listing = subprocess.run(["dpkg-deb", "-c", str(built.deb)], capture_output=True, text=True, check=True).stdout
+    entries = deb_listing(listing)
+    docs = sorted(p for p in entries if p.startswith("/usr/share/doc/mgsave/") and p.endswith(".md"))
+    assert "/usr/share/doc/mgsave/README.md" in docs and "/usr/share/doc/mgsave/SYSTEMD.md" in docs
+    readme = (built.root / "usr/share/doc/mgsave/README.md").read_text()
+    assert len(relative_links(readme)) >= 10
+    for doc in docs:
+        text = (built.root / doc.lstrip("/")).read_text()
+        assert not broken_links(doc, text, entries), (doc, broken_links(doc, text, entries))
+    # Those that lead into the package's data: the sample policy, the schemas.
+    assert resolve("/usr/share/doc/mgsave/examples/policy.sample.yaml", entries)
+    assert (built.root / "usr/share/doc/mgsave/examples/policy.sample.yaml").read_text() == \
+        (ROOT / "config/policy.sample.yaml").read_text()
+    assert resolve("/usr/share/mgsave/schemas/mgsave.pass.schema.json", entries)
+    # The README's install commands name this version's package.
+    assert f"dist/mgsave_{__version__}_all.deb" in readme
+
+
 def test_the_policy_is_a_conffile_that_means_the_builtin_defaults(built):
     assert (built.control / "conffiles").read_text().split() == ["/etc/mgsave/policy.yaml"]
     policy = built.root / "etc/mgsave/policy.yaml"
@@ -222,12 +250,17 @@ echo "$(basename "$0") $* [dropin=$dropin]" >> {log}
 case "$(basename "$0") $*" in
     "systemctl --quiet is-enabled libvirt-guests.service") exit 1 ;;
     "systemctl --quiet is-active mgsave.service") exit ${{STANDIN_INACTIVE:-0}} ;;
+    "systemctl is-enabled libvirt-guests.service")
+        echo "${{STANDIN_LIBVIRT_GUESTS:-not-found}}"; [ "${{STANDIN_LIBVIRT_GUESTS:-}}" = enabled ]; exit $? ;;
 esac
 exit 0
 """
 DRIVER = """set -eu
 mount -t tmpfs tmpfs /run
-mkdir -p /run/systemd/system
+mkdir -p /run/systemd/system /var/lib/mgsave
+mount -t tmpfs tmpfs /var/lib/mgsave
+mkdir /var/lib/mgsave/images
+for n in $(seq 1 "${{SAVE_FILES:-0}}"); do echo saved > "/var/lib/mgsave/images/$n.save"; done
 control=$1; log=$2; shift 2
 for step in "$@"; do
     echo "== $step" >> "$log"
@@ -239,9 +272,12 @@ done
 """
 
 
-def run_scripts(built: Built, tmp_path: Path, *steps: str, inactive: bool = False) -> dict[str, list[str]]:
-    """Each step ("postinst configure 0.1.0") run in one private mount namespace, in order; returns
-    each step's lines: the stand-ins' calls and a last line with its exit code and the drop-in."""
+def run_scripts(built: Built, tmp_path: Path, *steps: str, inactive: bool = False, libvirt_guests: str = "",
+                save_files: int = 0) -> dict[str, list[str]]:
+    """Each step ("postinst configure 0.1.0") run in one private mount namespace (a tmpfs on /run
+    and on /var/lib/mgsave, with ``save_files`` transient guests' save files), in order; returns
+    each step's lines: the stand-ins' calls, what the scripts said, and a last line with its exit
+    code and the drop-in. ``libvirt_guests``: what systemctl is-enabled says of it."""
     if os.geteuid() != 0 or not shutil.which("unshare"):
         unavailable("running the maintainer scripts needs root and unshare")
     bindir = tmp_path / "bin"
@@ -251,7 +287,8 @@ def run_scripts(built: Built, tmp_path: Path, *steps: str, inactive: bool = Fals
         (bindir / name).write_text(STANDIN.format(dropin=DROPIN, log=log))
         (bindir / name).chmod(0o755)
     env = {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-           "STANDIN_INACTIVE": "3" if inactive else "0"}
+           "STANDIN_INACTIVE": "3" if inactive else "0", "STANDIN_LIBVIRT_GUESTS": libvirt_guests,
+           "SAVE_FILES": str(save_files)}
     subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", DRIVER.format(dropin=DROPIN), "driver",
                     str(built.control), str(log), *steps], env=env, check=True, timeout=120)
     steps_out: dict[str, list[str]] = {}
@@ -334,6 +371,33 @@ def test_removal_empties_execstop_before_it_stops_the_units(built, tmp_path):
     assert not calls(purge, "deb-systemd-invoke")
 
 
+def _said(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("mgsave:")]
+
+
+@pytest.mark.parametrize("state, again", [
+    ("disabled", "turn it on again: systemctl enable libvirt-guests.service"),
+    ("masked", "turn it on again: systemctl unmask libvirt-guests.service && systemctl enable libvirt-guests.service"),
+])
+def test_removal_says_to_turn_libvirt_guests_on_again_and_what_is_left(built, tmp_path, state, again):
+    out = run_scripts(built, tmp_path, "prerm remove", "postrm remove", "postrm purge", libvirt_guests=state,
+                      save_files=2)
+    said = _said(out["postrm remove"])
+    assert out["postrm remove"][-1] == "-- rc=0 dropin=absent"
+    assert len(said) == 2, out["postrm remove"]
+    assert said[0].startswith(f"mgsave: libvirt-guests.service is {state}, so nothing saves or shuts down")
+    assert said[0].endswith(again)
+    assert said[1].startswith("mgsave: 2 save file(s) of transient guests are left in /var/lib/mgsave/images/")
+    assert "virsh restore /var/lib/mgsave/images/<uuid>.save" in said[1]
+    assert not _said(out["prerm remove"]) and not _said(out["postrm purge"])
+
+
+def test_removal_says_nothing_when_libvirt_guests_is_on_and_nothing_is_left(built, tmp_path):
+    for state in ("enabled", ""):  # enabled, or not installed at all
+        out = run_scripts(built, tmp_path / (state or "none"), "prerm remove", "postrm remove", libvirt_guests=state)
+        assert not _said(out["postrm remove"]), out["postrm remove"]
+
+
 def test_a_failed_removal_arms_the_shutdown_pass_again(built, tmp_path):
     """dpkg runs 'postinst abort-remove' when a removal fails after the prerm."""
     out = run_scripts(built, tmp_path, "prerm remove", "postinst abort-remove")
@@ -398,7 +462,8 @@ def _domains(c) -> dict[str, dict]:
 
 def _no_pass_ran(c) -> None:
     records = sorted(p.name for p in c.dir("mgsave").iterdir()) if c.dir("mgsave").exists() else []
-    assert not [r for r in records if r.startswith("last-")], f"a pass ran: {records}"
+    # A pass's records; `mgsave check` keeps the last valid copy of the policy (last-valid-policy-*).
+    assert not [r for r in records if r.startswith(("last-shutdown", "last-boot"))], f"a pass ran: {records}"
 
 
 def _exposure(c, unit: str) -> tuple[float, str, list[str]]:

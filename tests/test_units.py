@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.doclinks import broken_links, tree_listing
+
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "units" / "mgsave.service"
 BOOT_UNIT = ROOT / "units" / "mgsave-boot.service"
@@ -171,6 +173,11 @@ def test_install_lays_out_the_files(staged):
     assert not re.search(r"@[A-Z]+@", text)
     for doc in ("SYSTEMD.md", "README.md", "RELIABILITY.md"):
         assert (destdir / "usr/local/share/doc/mgsave" / doc).is_file()
+    # Every relative link of the installed documents leads to an installed file.
+    entries = tree_listing(destdir)
+    for doc in (destdir / "usr/local/share/doc/mgsave").glob("*.md"):
+        installed = "/" + str(doc.relative_to(destdir))
+        assert not broken_links(installed, doc.read_text(), entries), installed
     assert (destdir / "usr/local/share/man/man8/mgsave.8").read_text() == (ROOT / "man/mgsave.8").read_text()
     assert (destdir / "usr/local/share/man/man5/mgsave-policy.5").is_file()
     assert (destdir / "usr/local/share/mgsave/policy.schema.yaml").read_text() == schema.read_text()
@@ -313,7 +320,12 @@ def test_uninstall_leaves_policy_and_state_alone(tmp_path):
     state = destdir / "var/lib/mgsave/last-shutdown.json"
     state.parent.mkdir(parents=True)
     state.write_text("{}")
-    make("uninstall", destdir=destdir)
+    save_file = destdir / "var/lib/mgsave/images/5d3f1c2e-8a4b-4f2e-9c1d-0e6a7b8c9d0f.save"
+    save_file.parent.mkdir()
+    save_file.write_text("a transient guest's memory")
+    out = make("uninstall", destdir=destdir)
+    assert "note: 1 save file(s) of transient guests are left in /var/lib/mgsave/images/" in out.stdout
+    assert save_file.exists()
     assert (destdir / "etc/mgsave/policy.yaml").read_text() == "version: 1\n"
     assert state.read_text() == "{}"
     assert not (destdir / "usr/local/lib/mgsave").exists()

@@ -185,7 +185,8 @@ def unavailable_reason() -> str | None:
     try:
         import libvirt  # noqa: F401
     except ImportError:
-        return "the test rig needs the libvirt Python bindings (run scripts/setup, use .venv)"
+        return ("the test rig needs the libvirt Python bindings (Debian's python3-libvirt, or the .venv "
+                "of scripts/setup)")
     return None
 
 
