@@ -386,6 +386,24 @@ def _within(timeout: float | None, doing: str, work, discard=None, *, stoppable:
     return box["value"]
 
 
+def guest_names(uri: str, *, timeout: float) -> list[str]:
+    """The names of the guests on ``uri``, over a read-only connection (which any user may open
+    to the local daemons), within ``timeout`` seconds: for the shell's completion. Raises
+    HypervisorError when it cannot be asked."""
+    def names() -> list[str]:
+        try:
+            conn = libvirt.openReadOnly(uri)
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"connecting to {uri}") from None
+        try:
+            return sorted(domain.name() for domain in conn.listAllDomains())
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"listing the guests on {uri}") from None
+        finally:
+            conn.close()
+    return _within(timeout, f"listing the guests on {uri}", names, stoppable=False)
+
+
 class Connections:
     """The open hosts of a pass. A call that finds its daemon gone goes through
     ``call_with_reconnect``: one thread at a time reconnects (until ``give_up_at``), the others

@@ -133,7 +133,13 @@ def keep_last_valid(ctx: Context, data: bytes, accepted_by: str) -> None:
 
 
 def _with_connections(policy: Policy, ctx: Context) -> Policy:
-    return policy.with_connections(ctx.connect) if ctx.connect else policy
+    """The policy with the connections of the command line (``--connect``), or, where the policy
+    names none, of ``$LIBVIRT_DEFAULT_URI``: libvirt's own default, as virsh takes it."""
+    if ctx.connect:
+        return policy.with_connections(ctx.connect)
+    if ctx.default_uri and not policy.connections_named:
+        return policy.with_connections((ctx.default_uri,))
+    return policy
 
 
 def connect(policy: Policy, *, retry_for: float = QUERY_CONNECT_RETRY,
