@@ -140,16 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
             "Validate the policy file and report every problem at once, each with file:line:column,\n"
             "the key path and a hint (exit 2). Then, if the hypervisor answers, warn about guests whose\n"
             "libvirt autostart flag fights the policy, about 'after' names that match no guest or form a\n"
-            "cycle, about rules that match no guest (each under its rule's file:line), about a\n"
-            "hypervisor that does not answer, and about libvirt-guests or libvirtd's own shutdown\n"
-            "handling being enabled.")
+            "cycle, about rules that match no guest, about settings the connection's driver refuses\n"
+            "(bypass_cache on any but qemu's), each under its rule's file:line, about a hypervisor\n"
+            "that does not answer, and about libvirt-guests or libvirtd's own shutdown handling being\n"
+            "enabled.")
     p.add_argument("--strict", action="store_true",
                    help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
             "Print the plan that 'mgsave shutdown' or 'mgsave boot' would carry out now, computed the\n"
             "same way, one line a guest in 80 columns: its actions, its order, what it waits for, the\n"
             "estimated end of its save under the deadline. With --verbose, or for the guests named,\n"
-            "each guest in full: every effective setting with the rule (file:line) that set it.")
+            "each guest in full: every effective setting with the rule (file:line) that set it.\n"
+            "Exit 2 when the policy is broken (the plan shown is then the one a pass would carry out\n"
+            "on its last valid copy or the built-in defaults) or a guest named is not there.")
     which = p.add_argument("which", nargs="*", choices=_PassOrGuests(PASSES), metavar="shutdown|boot|GUEST",
                            help="one pass only (default: both); then guests by name: their plan in full")
     which.complete = "guests"  # the shell completion offers the guests' names (scripts/gen-completion)
