@@ -90,7 +90,8 @@ def policy_warnings(use: PolicyInUse) -> list[str]:
     """What ``plan`` and ``status`` say of a broken policy file: which policy they show."""
     if not use.problems:
         return []
-    return [f"the policy file {use.choice.path} is broken ({len(use.problems)} problems): a pass now would run on "
+    count = f"{len(use.problems)} problem" + ("" if len(use.problems) == 1 else "s")
+    return [f"the policy file {use.choice.path} is broken ({count}): a pass now would run on "
             f"{use.choice.describe()}, as shown here"]
 
 
