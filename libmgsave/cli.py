@@ -13,7 +13,9 @@ import keyword
 import logging
 import os
 import re
+import shutil
 import signal
+import textwrap
 
 from libmgsave import __version__, interrupt
 from libmgsave.context import Context
@@ -22,40 +24,53 @@ from libmgsave.errors import ExitCode, MgsaveError
 log = logging.getLogger("mgsave")
 
 DESCRIPTION = """\
-Managed-save every running libvirt guest at host shutdown and bring the guests back at
-boot, resumed where they were, as the YAML policy says. The systemd unit
-mgsave-boot.service runs 'mgsave boot' at boot, and stopping mgsave.service while the host
-goes down runs 'mgsave shutdown'; run them by hand with --dry-run to see what they would do.
+Managed-save every running libvirt guest at host shutdown and bring the guests back at boot,
+resumed where they were, as the YAML policy says. The systemd unit mgsave-boot.service runs
+'mgsave boot' at boot, and stopping mgsave.service while the host goes down runs 'mgsave
+shutdown'; run them by hand with --dry-run to see what they would do.
 """
 
 EPILOG = """\
-commands:
-  check      validate the policy file (every problem, with file:line:column) and warn about
-             conflicts: libvirt autostart flags, libvirt-guests, libvirtd's own shutdown handling,
-             'after' names and rules that match no guest (--strict: fail on any warning)
-  plan       print the plan for the shutdown and/or boot pass, one line a guest; with
-             --verbose or a guest's name, its effective settings and the rule that set each
-  status     every guest: state, saved image (size, age), effective autostart, last results
-  report     the last shutdown and boot passes as a timeline per guest (--svg FILE: a picture)
-  shutdown   save (or shut down, or power off, per the policy's fallback chain) every running guest
-  boot       start, resume or leave off every guest, per its autostart setting
-  images     list the images and records kept for inspection (failed-images/, untrusted
-             records set aside), and remove them when asked (never automatically)
+'mgsave COMMAND --help' says more of each command; mgsave(8) says everything, and
+mgsave-policy(5) every key of the policy.
 
 policy file: --policy FILE, else $MGSAVE_POLICY, else /etc/mgsave/policy.yaml; when that is
-missing the built-in defaults apply (save every running guest, resume it at boot).
-A broken policy stops 'check' (exit 2) but never a pass: 'shutdown' and 'boot' then log every
-problem and go on with the built-in defaults, so no guest is lost to a typo.
+missing the built-in defaults apply (save every running guest, resume it at boot). A broken
+policy fails 'check' and 'plan' (exit 2) but never a pass: 'shutdown' and 'boot' then log every
+problem and go on with its last valid copy or the built-in defaults, so no guest is lost to a
+typo. 'mgsave sample-policy' prints a policy with every key explained.
+
+libvirt: the policy's 'connections:', else $LIBVIRT_DEFAULT_URI, else qemu:///system; -c URI
+(--connect) names others for this command, as with virsh.
 
 exit codes: 0 every guest got its first choice; 1 a guest failed (it may be in any state), a
 connection could not be used or a record not written; 10 degraded: every guest was handled,
-but one did not get its first choice (its save was skipped or failed and it was shut down,
-it booted fresh where a resume was due, it was left off) or the policy was broken and the
-pass ran on the built-in defaults; 2 bad policy (check) or usage, or any warning of 'check
---strict'; 3 another pass holds the lock; 4 the hypervisor could not be reached; 70 internal
-error; 130 or 143 the pass was stopped by SIGINT or SIGTERM (it finished the steps under way,
-started nothing new, and recorded and summarised what it did).
+but one did not get its first choice (its save was skipped or failed and it was shut down, it
+booted fresh where a resume was due, it was left off) or the policy was broken and the pass ran
+on its last valid copy or the built-in defaults (the unit is then failed, so that OnFailure=
+fires); 2 a bad policy (check, plan), a guest 'plan' does not know, a bad command line, or any
+warning of 'check --strict'; 3 another pass holds the lock; 4 the hypervisor could not be
+reached; 70 internal error; 130 or 143 the pass was stopped by SIGINT or SIGTERM (it finished
+the steps under way, started nothing new, and recorded and summarised what it did).
 """
+
+# Help is written for 80 columns (and fitted to a narrower terminal).
+HELP_WIDTH = 80
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's help at most 80 columns wide, its paragraphs refilled to the width; an indented
+    paragraph is kept as written."""
+
+    def __init__(self, prog: str, **kwargs) -> None:
+        kwargs.setdefault("width", min(shutil.get_terminal_size().columns, HELP_WIDTH) - 1)
+        super().__init__(prog, **kwargs)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        paragraphs = text.strip("\n").split("\n\n")
+        return "\n\n".join(p if p.startswith(" ") else textwrap.fill(" ".join(p.split()), width, initial_indent=indent,
+                                                                      subsequent_indent=indent)
+                           for p in paragraphs) + "\n"
 
 
 def _global_options() -> argparse.ArgumentParser:
@@ -63,8 +78,9 @@ def _global_options() -> argparse.ArgumentParser:
     g = common.add_argument_group("global options")
     g.add_argument("--policy", metavar="FILE", default=argparse.SUPPRESS,
                    help="policy file (default: $MGSAVE_POLICY, else /etc/mgsave/policy.yaml)")
-    g.add_argument("--connect", metavar="URI", action="append", default=argparse.SUPPRESS,
-                   help="libvirt URI to manage, instead of the policy's connections (repeatable)")
+    g.add_argument("-c", "--connect", metavar="URI", action="append", default=argparse.SUPPRESS,
+                   help="libvirt URI to manage, instead of the policy's connections (repeatable; "
+                        "without it: the policy's, else $LIBVIRT_DEFAULT_URI, else qemu:///system)")
     g.add_argument("--state-dir", metavar="DIR", default=argparse.SUPPRESS,
                    help="where records, the lock and kept images live "
                         "(default: $STATE_DIRECTORY, else /var/lib/mgsave)")
@@ -81,6 +97,7 @@ def _global_options() -> argparse.ArgumentParser:
 
 
 PASSES = ("shutdown", "boot")
+COMPLETE_GUESTS = "_complete-guests"  # a hidden command, for the shell completion
 
 
 class _PassOrGuests(tuple):
@@ -91,35 +108,54 @@ class _PassOrGuests(tuple):
         return True
 
 
+class _Commands(argparse._SubParsersAction):
+    """The commands. Global options may come before and after the command: a repeatable one
+    given on both sides keeps every value (``-c A plan -c B``: both URIs), where argparse's own
+    would keep only those after it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = {key: value for key, value in vars(namespace).items() if isinstance(value, list)}
+        super().__call__(parser, namespace, values, option_string)
+        for key, earlier in before.items():
+            later = getattr(namespace, key, None)
+            if isinstance(later, list) and later is not earlier:
+                setattr(namespace, key, earlier + later)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _global_options()
     parser = argparse.ArgumentParser(
         prog="mgsave", description=DESCRIPTION, epilog=EPILOG, parents=[common],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mgsave {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.register("action", "parsers", _Commands)
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help_text, description=description,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=_HelpFormatter)
 
     p = add("check", "validate the policy and warn about conflicts",
             "Validate the policy file and report every problem at once, each with file:line:column,\n"
             "the key path and a hint (exit 2). Then, if the hypervisor answers, warn about guests whose\n"
             "libvirt autostart flag fights the policy, about 'after' names that match no guest or form a\n"
-            "cycle, about rules that match no guest (each under its rule's file:line), about a\n"
-            "hypervisor that does not answer, and about libvirt-guests or libvirtd's own shutdown\n"
-            "handling being enabled.")
+            "cycle, about rules that match no guest, about settings the connection's driver refuses\n"
+            "(bypass_cache on any but qemu's), each under its rule's file:line, about a hypervisor\n"
+            "that does not answer, and about libvirt-guests or libvirtd's own shutdown handling being\n"
+            "enabled.")
     p.add_argument("--strict", action="store_true",
                    help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
             "Print the plan that 'mgsave shutdown' or 'mgsave boot' would carry out now, computed the\n"
             "same way, one line a guest in 80 columns: its actions, its order, what it waits for, the\n"
             "estimated end of its save under the deadline. With --verbose, or for the guests named,\n"
-            "each guest in full: every effective setting with the rule (file:line) that set it.")
-    p.add_argument("which", nargs="*", choices=_PassOrGuests(PASSES), metavar="shutdown|boot|GUEST",
-                   help="one pass only (default: both); then guests by name: their plan in full")
+            "each guest in full: every effective setting with the rule (file:line) that set it.\n"
+            "Exit 2 when the policy is broken (the plan shown is then the one a pass would carry out\n"
+            "on its last valid copy or the built-in defaults) or a guest named is not there.")
+    which = p.add_argument("which", nargs="*", choices=_PassOrGuests(PASSES), metavar="shutdown|boot|GUEST",
+                           help="one pass only (default: both); then guests by name: their plan in full")
+    which.complete = "guests"  # the shell completion offers the guests' names (scripts/gen-completion)
     p.add_argument("-v", "--verbose", action="store_true",
                    help="every guest in full: its plan, and each effective setting with the rule "
                         "(file:line) that set it")
@@ -155,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
         "host where libvirt itself holds a delay lock (libvirt 11 does while guests run), the\n"
         "pass begins only after logind's InhibitDelayMaxSec (5 s by default). Needs jeepney\n"
         "(python3-jeepney); without it, or without logind, it says so and exits 0.")
+    add("sample-policy", "print a policy with every key explained (the built-in defaults)",
+        "Print a policy file generated from the policy's schema: every key commented out with its\n"
+        "meaning and its built-in default, and example rules, commented out too. As printed it means\n"
+        "the built-in defaults, so 'mgsave sample-policy > /etc/mgsave/policy.yaml' changes nothing\n"
+        "until a setting is uncommented; 'mgsave check' then validates it. It is the file the package\n"
+        "installs as /etc/mgsave/policy.yaml.")
+    # For the shell completion: the names of the guests, from libvirt (read-only), at once.
+    # No help: argparse then lists it nowhere.
+    sub.add_parser(COMPLETE_GUESTS, parents=[common])
     for name, text in (
         ("shutdown", "Save every running guest, running each guest's on_shutdown fallback chain\n"
                      "(save -> shutdown -> poweroff by default), saves in parallel up to\n"
@@ -249,7 +294,8 @@ def build_context(args: argparse.Namespace, environ) -> Context:
         command=args.command, policy_path=policy_path, policy_explicit=explicit,
         state=StateDir(state_dir_from(getattr(args, "state_dir", None), environ),
                        trust_insecure=getattr(args, "insecure_state_dir", False)),
-        connect=tuple(getattr(args, "connect", None) or ()), json=getattr(args, "json", False),
+        connect=tuple(getattr(args, "connect", None) or ()), default_uri=environ.get("LIBVIRT_DEFAULT_URI") or None,
+        json=getattr(args, "json", False),
         debug=getattr(args, "debug", False), trust_insecure=getattr(args, "insecure_policy", False),
         which=_which(args), guests=_plan_guests(args), verbose=getattr(args, "verbose", False),
         dry_run=getattr(args, "dry_run", False),
@@ -272,12 +318,20 @@ def _plan_guests(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(words[1:] if words and words[0] in PASSES else words)
 
 
+def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The commands an admin types, by name, with their parsers (not the hidden ones)."""
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {name: sub for name, sub in action.choices.items() if not name.startswith("_")}
+
+
 def dispatch(ctx: Context):
-    """Run the command's action, ``libmgsave.actions.<command>.run_<command>``; its typed result
-    (or None). Imported only when it runs: a pass loads nothing of the other commands."""
-    name = f"{ctx.command}_" if keyword.iskeyword(ctx.command) else ctx.command  # return -> return_
+    """Run the command's action, ``libmgsave.actions.<command>.run_<command>`` (``-`` read as
+    ``_``); its typed result (or None). Imported only when it runs: a pass loads nothing of the
+    other commands."""
+    command = ctx.command.strip("_").replace("-", "_")  # sample-policy -> sample_policy
+    name = f"{command}_" if keyword.iskeyword(command) else command  # return -> return_
     action = importlib.import_module(f"libmgsave.actions.{name}")
-    return getattr(action, f"run_{ctx.command}")(ctx)
+    return getattr(action, f"run_{command}")(ctx)
 
 
 def _exit_of_severity() -> dict:
@@ -292,11 +346,11 @@ def exit_code(result) -> int:
     from libmgsave.actions.check import CheckResult
     from libmgsave.actions.images import ImagesResult
     from libmgsave.actions.passes import StoppedEarly
+    from libmgsave.actions.plan import PlanResult
     from libmgsave.outcomes import PassResult
 
-    if isinstance(result, CheckResult):
+    if isinstance(result, CheckResult | PlanResult):
         return ExitCode.BAD_INPUT if result.failed else ExitCode.OK
-        return ExitCode.BAD_INPUT if result.problems else ExitCode.OK
     if isinstance(result, ImagesResult):
         if result.unknown or result.refused:
             return ExitCode.BAD_INPUT

@@ -16,6 +16,7 @@ class Context:
     policy_explicit: bool  # named by --policy or $MGSAVE_POLICY: then it must exist
     state: StateDir
     connect: tuple[str, ...] = ()  # --connect: these URIs instead of the policy's connections
+    default_uri: str | None = None  # $LIBVIRT_DEFAULT_URI: instead of the built-in connection, as virsh
     json: bool = False
     debug: bool = False
     trust_insecure: bool = False  # --insecure-policy

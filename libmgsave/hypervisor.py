@@ -18,7 +18,7 @@ from types import MappingProxyType
 
 import libvirt
 
-from libmgsave import interrupt, parallelsave, untrusted
+from libmgsave import console, interrupt, parallelsave, untrusted
 from libmgsave.channels import ChannelSupport, support
 from libmgsave.errors import (
     GuestGone,
@@ -114,25 +114,38 @@ class Host:
     @classmethod
     def open(cls, uri: str, *, retry_for: float = 0.0, retry_every: float = 1.0) -> Host:
         """Connect to ``uri``, retrying for ``retry_for`` seconds while the daemon is unavailable.
+        While it retries, one log line says what it waits for and until when (again only if the
+        reason changes), a terminal shows the time left on the live line, and one line the result.
 
         Raises HypervisorUnavailable when it never answers, HypervisorError for other refusals.
         """
-        give_up_at = time.monotonic() + retry_for
-        while True:
-            try:
-                return cls(uri, libvirt.open(uri))
-            except libvirt.libvirtError as error:
-                translated = translate_error(error, f"connecting to {uri}")
-                # libvirt.open reports a missing daemon socket as a generic failure; treat any
-                # failure to connect as "unavailable" so the caller can retry.
-                if not isinstance(translated, HypervisorUnavailable):
-                    translated = HypervisorUnavailable(
-                        translated.message, hint="is the libvirt daemon running?", code=translated.code
-                    )
-                if time.monotonic() + retry_every > give_up_at:
-                    raise translated from None
-                log.warning("%s; retrying", translated.message)
-                interrupt.sleep(retry_every)  # a pass stopped meanwhile gives up at once
+        started = time.monotonic()
+        give_up_at = started + retry_for
+        until = time.strftime("%H:%M:%S", time.localtime(time.time() + retry_for))
+        said = None  # the reason last logged
+        try:
+            while True:
+                try:
+                    host = cls(uri, libvirt.open(uri))
+                except libvirt.libvirtError as error:
+                    translated = _unavailable(translate_error(error, f"connecting to {uri}"))
+                    if time.monotonic() + retry_every > give_up_at:
+                        if said is not None:
+                            translated.message += f" (no answer for {time.monotonic() - started:.0f} s)"
+                        raise translated from None
+                    if translated.message != said:
+                        said = translated.message
+                        log.warning("%s; trying again every %g s until %s", said, retry_every, until)
+                    console.live(f"waiting for {uri} to answer, until {until}: "
+                                 f"{give_up_at - time.monotonic():.0f} s left")
+                    interrupt.sleep(retry_every)  # a pass stopped meanwhile gives up at once
+                    continue
+                if said is not None:
+                    log.warning("%s answers, after %.1f s", uri, time.monotonic() - started)
+                return host
+        finally:
+            if said is not None:
+                console.clear_live()
 
     def reconnect(self, *, retry_for: float = 0.0) -> None:
         """Replace a dead connection by a new one to the same URI."""
@@ -373,6 +386,24 @@ def _within(timeout: float | None, doing: str, work, discard=None, *, stoppable:
     return box["value"]
 
 
+def guest_names(uri: str, *, timeout: float) -> list[str]:
+    """The names of the guests on ``uri``, over a read-only connection (which any user may open
+    to the local daemons), within ``timeout`` seconds: for the shell's completion. Raises
+    HypervisorError when it cannot be asked."""
+    def names() -> list[str]:
+        try:
+            conn = libvirt.openReadOnly(uri)
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"connecting to {uri}") from None
+        try:
+            return sorted(domain.name() for domain in conn.listAllDomains())
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"listing the guests on {uri}") from None
+        finally:
+            conn.close()
+    return _within(timeout, f"listing the guests on {uri}", names, stoppable=False)
+
+
 class Connections:
     """The open hosts of a pass. A call that finds its daemon gone goes through
     ``call_with_reconnect``: one thread at a time reconnects (until ``give_up_at``), the others
@@ -443,9 +474,17 @@ class Connections:
             if host.is_alive():
                 return  # another thread did it
             remaining = max(0.0, self._give_up_at - time.monotonic())
-            log.warning("lost the connection to %s; reconnecting (for up to %.0f s)", uri, remaining)
+            log.warning("lost the connection to %s; reconnecting", uri)
             host.reconnect(retry_for=remaining)
             log.info("reconnected to %s", uri)
+
+
+def _unavailable(error: HypervisorError) -> HypervisorUnavailable:
+    """libvirt.open reports a missing daemon socket as a generic failure: any failure to connect
+    counts as "unavailable", so that the caller may retry."""
+    if isinstance(error, HypervisorUnavailable):
+        return error
+    return HypervisorUnavailable(error.message, hint="is the libvirt daemon running?", code=error.code)
 
 
 def save_room(uri: str) -> int | None:

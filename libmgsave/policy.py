@@ -188,6 +188,8 @@ class Policy:
     version: int = 1
     source: str | None = None  # the file it came from; None for the built-in defaults
     connections: tuple[str, ...] = DEFAULT_CONNECTIONS
+    # The file (or --connect) names them: $LIBVIRT_DEFAULT_URI replaces only the built-in ones.
+    connections_named: bool = False
     defaults: Mapping[str, object] = field(default_factory=_frozen_mapping)  # only keys written
     defaults_line: int | None = None  # where ``defaults:`` is in the file, for check's warnings
     rules: tuple[Rule, ...] = ()
@@ -199,7 +201,7 @@ class Policy:
         return self.source is None
 
     def with_connections(self, connections: tuple[str, ...]) -> Policy:
-        return dataclasses.replace(self, connections=tuple(connections))
+        return dataclasses.replace(self, connections=tuple(connections), connections_named=True)
 
 
 BUILTIN_POLICY = Policy()

@@ -520,7 +520,12 @@ def test_a_failed_image_is_kept_beside_libvirts_under_the_units(container):
     c.run("make", "-C", SRC, "install")
     started = time.time()
     c.run("systemctl", "start", "mgsave-boot.service")
-    assert wait_boot_pass(c)["ExecMainStatus"] == "10"  # degraded: the guest is left off
+    state = wait_boot_pass(c)
+    assert state["ExecMainStatus"] == "10"  # degraded: the guest is left off
+    # ... which fails the unit on purpose, and its status line says which guest and why.
+    assert (state["ActiveState"], state["Result"]) == ("failed", "exit-code")
+    status = c.run("systemctl", "show", "-p", "StatusText", "--value", "mgsave-boot.service").stdout.strip()
+    assert f"{SAVED_BEFORE_INSTALL} left-off" in status and "degraded: 'journalctl -t mgsave -b'" in status, status
     [kept] = list((c.dir("lib") / "qemu/save/mgsave-failed-images").iterdir())
     assert kept.name.startswith(SAVED_BEFORE_INSTALL + "-")
     assert os.stat(kept).st_ino == os.stat(image).st_ino, "kept by a link, not a copy"

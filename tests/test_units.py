@@ -20,6 +20,8 @@ BOOT_UNIT = ROOT / "units" / "mgsave-boot.service"
 UNITS = ("mgsave.service", "mgsave-boot.service")
 HOOKS = ("mgsave-boot", "mgsave-shutdown")
 PREFIX = "/usr/local"
+# A valid policy (plan refuses a broken one, exit 2), that make install must leave alone.
+ADMINS_POLICY = "# the admin's own\nversion: 1\n"
 
 
 def need(tool: str) -> str:
@@ -134,7 +136,7 @@ def staged(tmp_path_factory):
     sample.write_text("version: 1\n")
     existing = destdir / "etc/mgsave/policy.yaml"
     existing.parent.mkdir(parents=True)
-    existing.write_text("# the admin's own\n")
+    existing.write_text(ADMINS_POLICY)
     out = make("install", destdir=destdir, SAMPLE_POLICY=str(sample))
     return destdir, out
 
@@ -293,7 +295,7 @@ def test_staged_unit_verifies(staged, tmp_path):
 
 def test_install_never_overwrites_the_policy(staged):
     destdir, out = staged
-    assert (destdir / "etc/mgsave/policy.yaml").read_text() == "# the admin's own\n"
+    assert (destdir / "etc/mgsave/policy.yaml").read_text() == ADMINS_POLICY
     assert "keeping the existing" in out.stdout
     assert "systemctl" not in out.stdout  # staged: nothing enabled
 

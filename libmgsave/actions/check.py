@@ -89,7 +89,14 @@ def _guest_findings(policy: Policy) -> list[Finding]:
     after = [Finding(p.message, p.source) for p in after_problems(guests, policy)]
     return ([Finding(w) for w in unreachable] + _peer_findings(policy) + _two_way_findings(policy, guests)
             + conflicts.unmatched_rules(policy, guests)
-            + after + conflicts.guest_conflicts(policy, guests) + _channel_findings(policy, guests, connections))
+            + after + conflicts.guest_conflicts(policy, guests) + _channel_findings(policy, guests, connections)
+            + _refused_flag_findings(policy, guests, connections))
+
+
+def _refused_flag_findings(policy: Policy, guests, connections) -> list[Finding]:
+    """Guests whose policy asks for a flag their connection's driver refuses: the pass would fail."""
+    return [Finding(f"{guest.name}: bypass_cache would fail its resume at boot: {why}", rule)
+            for guest, why, rule in inputs.refused_flags(guests, policy, connections)]
 
 
 def _channel_findings(policy: Policy, guests, connections) -> list[Finding]:

@@ -22,6 +22,7 @@ from libmgsave.state.records import booted_since, guest_record_key, used_images
 from libmgsave.state.throughput import learned_rates
 
 if TYPE_CHECKING:
+    from libmgsave.inventory import GuestInfo
     from libmgsave.policyfile import PassPolicyFile
 
 log = logging.getLogger("mgsave")
@@ -89,7 +90,8 @@ def policy_warnings(use: PolicyInUse) -> list[str]:
     """What ``plan`` and ``status`` say of a broken policy file: which policy they show."""
     if not use.problems:
         return []
-    return [f"the policy file {use.choice.path} is broken ({len(use.problems)} problems): a pass now would run on "
+    count = f"{len(use.problems)} problem" + ("" if len(use.problems) == 1 else "s")
+    return [f"the policy file {use.choice.path} is broken ({count}): a pass now would run on "
             f"{use.choice.describe()}, as shown here"]
 
 
@@ -132,7 +134,13 @@ def keep_last_valid(ctx: Context, data: bytes, accepted_by: str) -> None:
 
 
 def _with_connections(policy: Policy, ctx: Context) -> Policy:
-    return policy.with_connections(ctx.connect) if ctx.connect else policy
+    """The policy with the connections of the command line (``--connect``), or, where the policy
+    names none, of ``$LIBVIRT_DEFAULT_URI``: libvirt's own default, as virsh takes it."""
+    if ctx.connect:
+        return policy.with_connections(ctx.connect)
+    if ctx.default_uri and not policy.connections_named:
+        return policy.with_connections((ctx.default_uri,))
+    return policy
 
 
 def connect(policy: Policy, *, retry_for: float = QUERY_CONNECT_RETRY,
@@ -184,6 +192,37 @@ def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None =
                          deadline=deadline, room=room, channels=channel_support(connections),
                          peers=peers.probe_all(peer_uris),
                          source_types=peers.source_types(connections.hosts()) if connections and peer_uris else {})
+
+
+def refused_flags(guests, policy: Policy, connections: Connections) -> list[tuple[GuestInfo, str, str]]:
+    """(guest, why, the rule that set it) for each guest whose policy asks for a flag its
+    connection's driver refuses (``capabilities``): the pass would find out at boot."""
+    from libmgsave import peers
+    from libmgsave.capabilities import bypass_cache_refusal
+    from libmgsave.matching import resolve
+
+    refusals = {uri: bypass_cache_refusal(driver) for uri, driver in peers.source_types(connections.hosts()).items()}
+    found = []
+    for guest in guests:
+        why = refusals.get(guest.connection)
+        if why:
+            effective = resolve(policy, guest)
+            if effective.settings.bypass_cache:
+                found.append((guest, why, effective.sources["bypass_cache"]))
+    return found
+
+
+def refused_flag_warnings(guests, policy: Policy, connections: Connections) -> list[str]:
+    """``plan``'s warnings of ``refused_flags``: one a connection, naming its first guests."""
+    by_connection: dict[tuple[str, str], list[str]] = {}
+    for guest, why, _rule in refused_flags(guests, policy, connections):
+        by_connection.setdefault((guest.connection, why), []).append(guest.name)
+    return [f"{uri}: bypass_cache would fail the resume at boot of {_some(names)}: {why}"
+            for (uri, why), names in by_connection.items()]
+
+
+def _some(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def channel_support(connections: Connections | None) -> dict:

@@ -139,13 +139,28 @@ def _summarise(ctx: Context, result: PassResult) -> None:
             extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": str(result.kind),
                    "MGSAVE_SEVERITY": result.severity.value,
                    **({"MGSAVE_POLICY": str(result.policy.origin)} if result.policy else {})})
-    would = "would be " if result.dry_run else ""
-    notify.status(f"{result.kind} pass{dry}: done, {total - failed - degraded}/{total} guests {would}ok"
-                  + (f", {degraded} {would}degraded" if degraded else "") + (f", {failed} failed" if failed else ""))
+    notify.status(_final_status(result))
     if ctx.json:
         ctx.emit(result.to_dict(), "")
     else:
         ctx.emit({}, report.render_result(result))
+
+
+def _final_status(result: PassResult) -> str:
+    """What ``systemctl status`` keeps showing after the pass: the counts and, when the pass was
+    not ok (the unit is then failed, on purpose: see mgsave(8), EXIT STATUS), the first guests
+    that were not and why the pass ran on another policy than the file."""
+    failed, degraded, total = len(result.failed), len(result.degraded), len(result.results)
+    dry, would = (" (dry run)", "would be ") if result.dry_run else ("", "")
+    text = (f"{result.kind} pass{dry}: done, {total - failed - degraded}/{total} guests {would}ok"
+            + (f", {degraded} {would}degraded" if degraded else "") + (f", {failed} failed" if failed else ""))
+    if result.severity is Severity.OK:
+        return text
+    named = [f"{r.plan.guest.name} {r.outcome}" for r in (result.failed + result.degraded)[:3]]
+    text += f" ({', '.join(named)}{', ...' if failed + degraded > 3 else ''})" if named else ""
+    if result.policy_problems and result.policy:
+        text += f"; ran on {result.policy.describe()}: the policy file is broken"
+    return f"{text}; {result.severity.value}: 'journalctl -t mgsave -b' says more"
 
 
 _PASS_END_LEVEL = {Severity.OK: logging.INFO, Severity.DEGRADED: logging.WARNING, Severity.FAILED: logging.ERROR}

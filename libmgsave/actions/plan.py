@@ -1,14 +1,35 @@
-"""``mgsave plan``: print the plan a pass would carry out now, computed as the pass computes it."""
+"""``mgsave plan``: print the plan a pass would carry out now, computed as the pass computes it.
+
+A broken policy file, or a guest named that is not there, fails the command (exit 2) after the
+plan is printed: the plan is then the one a pass would carry out on the policy it falls back to,
+which a script must not take for the admin's.
+"""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
 
 from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.actions.check import rule_lines
 from libmgsave.context import Context
+from libmgsave.spelling import did_you_mean
+
+log = logging.getLogger("mgsave")
 
 
-def run_plan(ctx: Context) -> None:
+@dataclass(frozen=True)
+class PlanResult:
+    policy_broken: bool
+    unknown_guests: tuple[str, ...]  # named on the command line, not a guest on any connection
+
+    @property
+    def failed(self) -> bool:
+        return self.policy_broken or bool(self.unknown_guests)
+
+
+def run_plan(ctx: Context) -> PlanResult:
     use = inputs.pass_policy(ctx)
     policy, problems = use.policy, use.problems
     connections, warnings = inputs.connect(policy)
@@ -19,18 +40,30 @@ def run_plan(ctx: Context) -> None:
     if ctx.which in (None, "boot"):
         plans.append(inputs.boot_plan(ctx, guests, policy, connections))
     warnings += ctx.warnings + inputs.policy_warnings(use)
+    warnings += inputs.refused_flag_warnings(guests, policy, connections)
     lines = rule_lines(policy)
     # Only the form asked for: each costs as much as the plan itself with thousands of guests.
     if ctx.json:
         ctx.emit(jsonout.document("plan", {"policy_problems": inputs.problems_dict(problems),
                                            "policy_used": use.choice.to_dict(), "warnings": warnings,
                                            "plans": [_only(p.to_dict(lines), ctx.guests) for p in plans]}), "")
-        return
-    text = "\n\n".join(report.render_plan(p, guests=ctx.guests, verbose=ctx.verbose, rule_lines=lines)
-                       for p in plans)
-    if warnings:
-        text += "\n" + "\n".join(report.wrapped((f"warning: {w}" for w in warnings), indent=""))
-    ctx.emit({}, text)
+    else:
+        text = "\n\n".join(report.render_plan(p, guests=ctx.guests, verbose=ctx.verbose, rule_lines=lines)
+                           for p in plans)
+        if warnings:
+            text += "\n" + "\n".join(report.wrapped((f"warning: {w}" for w in warnings), indent=""))
+        ctx.emit({}, text)
+    return PlanResult(bool(problems), _unknown(ctx.guests, guests, connections.uris()))
+
+
+def _unknown(named: tuple[str, ...], guests, uris: list[str]) -> tuple[str, ...]:
+    """The names that are no guest's, each logged as an error with the nearest guests' names."""
+    names = [g.name for g in guests]
+    unknown = tuple(name for name in dict.fromkeys(named) if name not in names)
+    for name in unknown:
+        near = did_you_mean(name, names)
+        log.error("no guest named %r on %s%s", name, ", ".join(uris), f" ({near})" if near else "")
+    return unknown
 
 
 def _only(plan: dict, guests: tuple[str, ...]) -> dict:

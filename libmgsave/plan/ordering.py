@@ -9,6 +9,7 @@ from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import GuestKey
 from libmgsave.policy import Policy
+from libmgsave.spelling import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ def _dependencies(
             same_connection = [k for k in candidates if k[0] == guest.connection]
             chosen = same_connection or candidates
             if not chosen:
-                problem(guest, eff, f"{guest.name}: 'after' names {name!r}, which is not a guest here; ignored")
+                near = did_you_mean(name, by_name)
+                problem(guest, eff, f"{guest.name}: 'after' names {name!r}, which is not a guest here; ignored"
+                        + (f" ({near})" if near else ""))
             elif chosen[0] == key:
                 problem(guest, eff, f"{guest.name}: 'after' names the guest itself; ignored")
             else:

@@ -35,6 +35,7 @@ def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
         version=int(document["version"]),
         source=source,
         connections=tuple(document.get("connections", DEFAULT_CONNECTIONS)),
+        connections_named="connections" in document,
         defaults=build_settings(document.get("defaults") or {}),
         defaults_line=marks.key_marks.get(("defaults",), (None, None))[0],
         rules=rules,

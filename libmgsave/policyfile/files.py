@@ -35,7 +35,9 @@ def read_policy_file(path: str, *, trust_insecure: bool) -> bytes:
             raise refuse("is a directory, not a policy file") from None
         raise refuse(f"cannot be used: {why}") from None
     except FileNotFoundError:
-        raise refuse("no such file", "create it (see config/policy.sample.yaml) or name another with --policy")
+        raise refuse("no such file", "create it ('mgsave sample-policy > FILE' writes one that means the "
+                                     "built-in defaults, every key explained; mgsave-policy(5) describes "
+                                     "them) or name another with --policy")
     except IsADirectoryError:
         raise refuse("is a directory, not a policy file")
     except PermissionError as error:

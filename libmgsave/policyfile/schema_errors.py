@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jsonschema
@@ -14,6 +14,7 @@ from libmgsave.errors import Problem
 from libmgsave.policy import SETTING_NAMES
 from libmgsave.policyfile.core_schema import SEXAGESIMAL, YAML11_BOOLEANS
 from libmgsave.policyfile.marks import KeyPath, MarkedDocument, format_path
+from libmgsave.spelling import did_you_mean, same_meaning
 
 
 def policy_schema() -> Mapping[str, Any]:
@@ -117,7 +118,7 @@ class Reporter:
             explained = False
             for key in error.validator_value:
                 if isinstance(value, dict) and key not in value:
-                    if any(_did_you_mean(k, [key]) for k in misspelt):
+                    if any(did_you_mean(k, [key]) for k in misspelt):
                         explained = True  # the misspelt key is reported as unknown, with this as hint
                         continue
                     hint = None
@@ -126,6 +127,8 @@ class Reporter:
                     self.at(path, f"missing required key '{key}'", hint)
             return explained
         elif kind == "type":
+            if "enum" in schema:
+                return True  # the enum's own error names the allowed values: quoting would not help
             expected = error.validator_value
             words = (
                 " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
@@ -136,7 +139,7 @@ class Reporter:
             self.at(path, f"must be {words}, not {describe(value)}", hint)
         elif kind == "enum":
             allowed = [str(v) for v in error.validator_value]
-            hint = _did_you_mean(str(value), allowed) if isinstance(value, str) else None
+            hint = _enum_hint(value, allowed)
             self.at(path, f"must be one of {', '.join(allowed)}; not {describe(value)}", hint)
         elif kind == "const":
             self.at(path, f"must be {error.validator_value!r}, not {describe(value)}")
@@ -181,9 +184,17 @@ class Reporter:
         hint = yaml12_hint("number", error.instance, self.marks.plain_texts.get(path))
         if hint is None and isinstance(error.instance, str):
             words = [v for sub in error.context or () if sub.validator == "enum" for v in sub.validator_value]
-            hint = _did_you_mean(error.instance, [str(w) for w in words])
+            hint = did_you_mean(error.instance, [str(w) for w in words])
         self.at(path, f"must be {title}, not {describe(error.instance)}", hint)
         return False
+
+
+def _enum_hint(value: object, allowed: list[str]) -> str | None:
+    """A near allowed word, or the one a yes or no stands for (``off``: ``never``)."""
+    meant = same_meaning(value, allowed) if isinstance(value, bool | str) else None
+    if meant:
+        return f"did you mean '{meant}'?"
+    return did_you_mean(value, allowed) if isinstance(value, str) else None
 
 
 def yaml12_hint(expected: object, value: object, written: str | None) -> str | None:
@@ -217,7 +228,7 @@ def _type_hint(expected: object, value: object, path: KeyPath) -> str | None:
 
 def _unknown_key(key: str, allowed: list[str], path: KeyPath) -> tuple[str, str | None]:
     message = f"unknown key '{key}'"
-    hint = _did_you_mean(key, allowed)
+    hint = did_you_mean(key, allowed)
     if hint:
         return message, hint
     where = [p for p in path if isinstance(p, str)]
@@ -231,34 +242,6 @@ def _unknown_key(key: str, allowed: list[str], path: KeyPath) -> tuple[str, str 
     if hint is None:
         hint = "allowed here: " + ", ".join(allowed)
     return message, hint
-
-
-def _did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A hint for a word one or two edits away from a candidate (or differing only in case)."""
-    best = None
-    for candidate in candidates:
-        distance = _edit_distance(word.lower().replace("-", "_"), candidate.lower().replace("-", "_"))
-        if word != candidate and distance <= 2 and distance < len(candidate) / 2 + 1:
-            if best is None or distance < best[0]:
-                best = (distance, candidate)
-    return f"did you mean '{best[1]}'?" if best else None
-
-
-def _edit_distance(a: str, b: str) -> int:
-    """Damerau-Levenshtein (optimal string alignment) distance: typos swap letters too."""
-    if abs(len(a) - len(b)) > 2:
-        return 3
-    previous2: list[int] = []
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        current = [i] + [0] * len(b)
-        for j, char_b in enumerate(b, 1):
-            cost = char_a != char_b
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
-            if i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
-                current[j] = min(current[j], previous2[j - 2] + 1)
-        previous2, previous = previous, current
-    return previous[-1]
 
 
 def schema_problems(document: object, marks: MarkedDocument) -> list[Problem]:

@@ -22,7 +22,9 @@ SCHEMAS = Path(jsonout.__file__).parent / "schemas"
 # Each command's outputs: a command with --json and no entry here fails the test below.
 COMMAND_FORMATS = {"check": ["check"], "plan": ["plan"], "status": ["status"], "report": ["report"],
                    "images": ["images", "images-remove"], "shutdown": ["pass"], "boot": ["pass"],
-                   "evacuate": ["pass"], "return": ["pass"], "watch": []}  # watch prints nothing
+                   "evacuate": ["pass"], "return": ["pass"], "watch": [],  # watch prints nothing
+                   "sample-policy": [],  # a policy file: YAML, with --json too
+                   "_complete-guests": []}  # names for the shell, one a line
 
 
 def schema_of(format_name: str) -> dict:

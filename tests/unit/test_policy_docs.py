@@ -275,14 +275,15 @@ def test_the_man_pages_are_up_to_date_with_the_generator():
 def test_mgsave_8_shows_every_command_and_option_of_the_parser():
     import argparse
 
-    from libmgsave.cli import build_parser
+    from libmgsave.cli import build_parser, commands
 
     text = MAN_COMMAND.read_text()
     parser = build_parser()
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"check", "plan", "status", "report", "shutdown", "boot", "images", "watch",
-                                       "evacuate", "return"}
-    for name, sub in [("", parser), *subparsers.choices.items()]:
+    shown = commands(parser)
+    assert set(shown) == {"check", "plan", "status", "report", "shutdown", "boot", "images", "watch",
+                          "sample-policy", "evacuate", "return"}
+    assert "_complete" not in text, "the completion's helper is no command of the admin's"
+    for name, sub in [("", parser), *shown.items()]:
         if name:
             assert f".TP\n\\fB{name}\\fR" in text, name
         for action in sub._actions:
