@@ -69,9 +69,10 @@ def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str
     shutdown = kind is PassKind.SHUTDOWN
     show_order = any(e.order for e in entries)
     show_waits = any(e.wait_for for e in entries)
-    columns = [Column("CONNECTION", shrink=True, middle=True)] if many else []
+    columns = [Column("CONNECTION", shrink=True, middle=True, name=True)] if many else []
     columns += [Column("ORDER", right=True)] if show_order else []
-    columns += [Column("GUEST", shrink=True), Column("STATE"), Column("ACTIONS" if shutdown else "ACTION")]
+    columns += [Column("GUEST", shrink=True, name=True), Column("STATE"),
+                Column("ACTIONS" if shutdown else "ACTION", shrink=True)]
     columns += [Column("SAVE ENDS", right=True)] if shutdown else []
     columns += [Column("WAITS FOR", shrink=True)] if show_waits else []
     columns += [] if shutdown else [Column("WHY", shrink=True)]
@@ -156,7 +157,7 @@ def render_result(result: PassResult) -> str:
     title = f"{result.kind} pass{' (dry run: nothing was done)' if result.dry_run else ''}"
     lines = [f"Summary of the {title}, {result.finished - result.started:.1f} s:"]
     would = result.dry_run
-    columns = [Column("GUEST", shrink=True), Column("ACTION"), Column("WOULD BE" if would else "RESULT"),
+    columns = [Column("GUEST", shrink=True, name=True), Column("ACTION"), Column("WOULD BE" if would else "RESULT"),
                Column("SEVERITY", colour=_severity_colour), Column("TIME", right=True), Column("SIZE", right=True)]
     rows = [[r.plan.guest.name, r.action, r.outcome if not would else _would(r), _MARKS[r.severity],
              f"{r.seconds:.1f} s", size(r.bytes or None)] for r in result.results]
@@ -225,8 +226,8 @@ def render_status(rows: Sequence) -> str:
         return "no guests"
     many = len({r.connection for r in rows}) > 1
     now = time.time()
-    columns = ([Column("CONNECTION", shrink=True, middle=True)] if many else []) + [
-        Column("GUEST", shrink=True), Column("STATE", shrink=True, middle=True), Column("IMAGE"), Column("AUTOSTART"),
+    columns = ([Column("CONNECTION", shrink=True, middle=True, name=True)] if many else []) + [
+        Column("GUEST", shrink=True, name=True), Column("STATE", shrink=True, middle=True), Column("IMAGE"), Column("AUTOSTART"),
         Column("LAST SHUTDOWN"), Column("LAST BOOT")]
     table = []
     for r in rows:
