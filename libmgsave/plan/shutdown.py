@@ -92,7 +92,7 @@ def plan_shutdown(
         entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget,
                                        share, peer_budget))
     return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates,
-                peers=dict(peers or {}))
+                peers=dict(peers or {}), deadline=deadline)
 
 
 class _SaveBudget:

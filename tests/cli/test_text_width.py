@@ -77,7 +77,7 @@ def test_plan_verbose_and_plan_guest_say_where_each_setting_came_from(twenty, ca
     text = "\n".join(lines)
     assert "web-01-extra (test:///default, running, 512 MiB of memory)" in text
     flat = "".join(text.split())  # a long path is wrapped, never cut
-    assert f"save_timeout1200.0[{policy}:5guests[0]]" in flat
+    assert f"save_timeout20min[{policy}:5guests[0]]" in flat
     assert f"order1[{policy}:2defaults]" in flat
     assert "autostartif-running[built-in]" in flat
     assert "web-05-extra" not in text, "only the guest asked for"
