@@ -57,8 +57,7 @@ class BootPass:
 
     def _guest(self, entry: GuestPlan, deps: dict) -> GuestResult:
         result = GuestResult(entry, Outcome.FAILED, started=time.time())
-        waited = self.schedule.waited_for_others(entry, result.started)
-        result.waits.extend([waited] if waited else [])
+        result.waits.extend(self.schedule.waited_for_others(entry, result.started))
         result.messages.extend(entry.notes)
         for dep in deps.values():
             if dep is not None and dep.severity is Severity.FAILED:
