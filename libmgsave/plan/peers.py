@@ -86,7 +86,7 @@ class PeerBudget:
         took = migration_seconds(guest.memory_bytes, settings, self.rate)
         end = self.planned_seconds + took
         if end > self.seconds:
-            return PeerChoice(None, why=f"migration skipped: it would end about {end:.0f} s into the pass, "
+            return PeerChoice(None, why=f"migration skipped: it would end about {units.seconds(end)} into the pass, "
                                         f"past the deadline")
         reasons = []
         for uri in settings.peers:
