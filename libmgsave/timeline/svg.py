@@ -70,7 +70,8 @@ def _pass(timeline: PassTimeline, top: float) -> tuple[list[str], float]:
         x = left + tick * scale
         out.append(f"<line x1='{x:.1f}' y1='{axis_y:.1f}' x2='{x:.1f}' y2='{axis_y + rows_height:.1f}' "
                    f"stroke='#e4e4e4'/>")
-        label = units.duration(tick) if tick else "0 s"  # spelt as the headline spells the pass's length
+        # spelt as the headline spells the pass's length; a round tick needs no decimals
+        label = units.duration(tick) if 0 < tick < 1 else units.seconds(tick)
         out.append(_text(x, axis_y - 4, label, "text-anchor='middle' fill='#555'"))
         tick += step
     for index, row in enumerate(timeline.rows):
