@@ -85,17 +85,29 @@ def _around(text: str, start: int, end: int, room: int, mark: str) -> str:
         s, e = min(wider, key=lambda w: (max(start - w[0], w[1] - end), w[0] == s))
 
 
-def distinct_part(text: str, others: Sequence[str]) -> tuple[int, int] | None:
-    """The part of ``text`` (start, end) that tells it from the other cells of its column that
-    are cut too: between the longest start and the longest end it shares with any of them.
-    None when there is no other, or nothing between."""
-    others = [o for o in others if o != text]
-    if not others:
-        return None
-    prefix = max(len(os.path.commonprefix([text, o])) for o in others)
-    suffix = max(len(os.path.commonprefix([text[::-1], o[::-1]])) for o in others)
-    start, end = prefix, len(text) - suffix
-    return (start, end) if end > start else None
+def distinct_parts(texts: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """For each of ``texts`` (a column's cells that are cut), the part (start, end) that tells it
+    from the others: between the longest start and the longest end it shares with any other.
+    A text shares the most with its neighbours in sorted order (of the texts, and of the texts
+    reversed): n log n, not n squared, for a column of thousands of guests."""
+    unique = sorted(set(texts))
+    prefix = _longest_shared(unique)
+    suffix = _longest_shared(sorted(t[::-1] for t in unique))
+    parts = {}
+    for text in unique:
+        start, end = prefix.get(text, 0), len(text) - suffix.get(text[::-1], 0)
+        if len(unique) > 1 and end > start:
+            parts[text] = (start, end)
+    return parts
+
+
+def _longest_shared(ordered: Sequence[str]) -> dict[str, int]:
+    """For each of the sorted ``ordered``, the longest start it shares with another of them."""
+    shared = {text: 0 for text in ordered}
+    for a, b in zip(ordered, ordered[1:]):
+        common = len(os.path.commonprefix([a, b]))
+        shared[a], shared[b] = max(shared[a], common), max(shared[b], common)
+    return shared
 
 
 def _widths(columns: Sequence[Column], cells: list[list[str]], room: int) -> list[int]:
@@ -125,14 +137,13 @@ def render(columns: Sequence[Column], rows: Sequence[Sequence[object]], *, total
         widths = _widths(columns, cells, total - len(indent) - len(GAP) * (len(columns) - 1))
     else:
         widths = _widths(columns, cells, sys.maxsize)
+    keep = [distinct_parts([r[i] for r in cells if len(r[i]) > widths[i]]) if col.middle or col.name else {}
+            for i, col in enumerate(columns)]
     lines = []
     for number, row in enumerate([[col.header for col in columns], *cells]):
         parts = []
         for i, (col, text) in enumerate(zip(columns, row, strict=True)):
-            keep = None
-            if (col.middle or col.name) and len(text) > widths[i] and number:
-                keep = distinct_part(text, [r[i] for r in cells if len(r[i]) > widths[i]])
-            shown = cut(text, widths[i], middle=col.middle, keep=keep)
+            shown = cut(text, widths[i], middle=col.middle, keep=keep[i].get(text) if number else None)
             shown = shown.rjust(widths[i]) if col.right else shown.ljust(widths[i])
             # Painted after the padding: the escape codes take no columns.
             colour = col.colour(text) if col.colour and number else None
