@@ -168,8 +168,8 @@ def render_result(result: PassResult) -> str:
             for r in result.results]
     lines += texttable.render(columns, rows, indent="  ") if rows else ["  no guests"]
     if would and any(_estimates(r) != ("-", "-") for r in result.results):
-        lines += wrapped(["(est.): the plan's estimates: when the save would end, from the pass's start; "
-                          "its image, at most the guest's memory"])
+        lines += wrapped(["(est.): the plan's estimates: when its save (or migration) would end, from the "
+                          "pass's start; a save's image, at most the guest's memory"])
     for r in result.results:
         if r.outcome is not Outcome.SKIPPED:
             lines += wrapped(_guest_lines(r))
@@ -178,7 +178,7 @@ def render_result(result: PassResult) -> str:
     if result.interrupted:
         left = [_name(r.plan.guest.name) for r in result.results if r.outcome is Outcome.INTERRUPTED]
         lines += wrapped([f"the pass was stopped by {result.interrupted}: {units.plural(len(left), 'guest')} "
-                          f"{'was' if len(left) == 1 else 'were'} left as they were"
+                          f"{'was left as it was' if len(left) == 1 else 'were left as they were'}"
                           + (": " + ", ".join(left) if left else "")], indent="")
     lines += wrapped(_verdict(result, total), indent="")
     return "\n".join(lines)
@@ -188,8 +188,8 @@ _SAVES = ("save", "save-to-file")
 
 
 def _estimates(r) -> tuple[str, str]:
-    """A dry run's TIME and SIZE: the plan's estimated end of the guest's save and its image's
-    size (at most its memory), marked; ``-`` where the plan has no estimate."""
+    """A dry run's TIME and SIZE: the plan's estimated end of the guest's save (or migration) and
+    a save's image size (at most its memory), marked; ``-`` where the plan has no estimate."""
     entry = r.plan
     if r.outcome is not Outcome.PLANNED or entry.estimate_seconds is None:
         return "-", "-"
