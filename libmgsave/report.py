@@ -268,7 +268,8 @@ def render_status(rows: Sequence) -> str:
     many = len({r.connection for r in rows}) > 1
     now = time.time()
     columns = ([Column("CONNECTION", shrink=True, middle=True, name=True)] if many else []) + [
-        Column("GUEST", shrink=True, name=True), Column("STATE", shrink=True, middle=True), Column("IMAGE"), Column("AUTOSTART"),
+        Column("GUEST", shrink=True, name=True), Column("STATE", shrink=True, middle=True), Column("IMAGE"),
+        Column("AUTOSTART"),
         Column("LAST SHUTDOWN"), Column("LAST BOOT")]
     table = []
     for r in rows:

@@ -61,7 +61,8 @@ class Schedule:
         queued = self.queued.get(entry.key)
         if queued is None:
             return []
-        waits = [Wait(WaitKind.ORDER, self.began, queued)] if self.began is not None and entry.key in self._later else []
+        later = self.began is not None and entry.key in self._later
+        waits = [Wait(WaitKind.ORDER, self.began, queued)] if later else []
         return waits + ([Wait(WaitKind.AFTER, queued, until)] if entry.wait_for else [])
 
     def run(self, work: Callable[[GuestPlan, dict], GuestResult], max_workers: int | None = None) -> dict:
