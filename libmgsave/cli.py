@@ -86,6 +86,9 @@ def _global_options() -> argparse.ArgumentParser:
                         "(default: $STATE_DIRECTORY, else /var/lib/mgsave)")
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="machine-readable output on stdout; log lines stay on stderr")
+    g.add_argument("-l", "--full", action="store_true", default=argparse.SUPPRESS,
+                   help="never shorten a name or a cell to fit the terminal (text to a pipe or a file "
+                        "is never shortened)")
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="debug logging, and a traceback on internal errors")
     g.add_argument("--insecure-policy", action="store_true", default=argparse.SUPPRESS,
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from libmgsave import console, journal
 
-    console.reset()
+    console.reset(full=getattr(args, "full", False))
 
     journal.setup_logging(debug=getattr(args, "debug", False))
     if args.command in ("shutdown", "boot"):

@@ -19,6 +19,7 @@ import threading
 from libmgsave import untrusted
 
 _given_up: dict[str, str] = {}  # "stdout" / "stderr" -> why it can no longer be written
+_options = {"full": False}  # --full: never shorten a cell, not even on a terminal
 
 
 def out(text: str) -> None:
@@ -77,6 +78,19 @@ def colour_allowed(name: str = "stdout") -> bool:
     return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb" and is_terminal(name)
 
 
+def ellipsis(name: str = "stdout") -> str:
+    """The mark of a text cut short, the one everywhere: ``…``, or ``~`` where ``sys.<name>``
+    cannot write it."""
+    encoding = (getattr(getattr(sys, name), "encoding", None) or "").lower().replace("-", "")
+    return "\u2026" if encoding == "utf8" else "~"
+
+
+def may_shorten() -> bool:
+    """Whether a table may cut its cells to fit: only on a terminal, and never with ``--full``.
+    Output to a pipe or a file is never shortened (``grep`` must find what it looks for)."""
+    return not _options["full"] and is_terminal("stdout")
+
+
 def paint(text: str, colour: str, name: str = "stdout") -> str:
     """``text`` in ``colour`` (a key of COLOURS) when ``sys.<name>`` may have colour, else as is."""
     if not colour_allowed(name):
@@ -98,7 +112,7 @@ def live(text: str) -> None:
         return
     columns = _columns()
     text = untrusted.message(text)  # guest names in it: never an escape or a newline on the terminal
-    text = text if len(text) < columns else text[: columns - 2] + "~"
+    text = text if len(text) < columns else text[: columns - 2] + ellipsis("stderr")
     with _live_lock:
         _live["text"] = text
         write("stderr", "\r\033[K" + text)
@@ -138,9 +152,11 @@ def given_up() -> dict[str, str]:
     return dict(_given_up)
 
 
-def reset() -> None:
-    """Forget the streams given up (tests run several commands in one process)."""
+def reset(*, full: bool = False) -> None:
+    """Forget the streams given up (tests run several commands in one process); ``full``: the
+    command's ``--full``, for ``may_shorten``."""
     _given_up.clear()
+    _options["full"] = full
     _live["text"] = ""
 
 

@@ -94,7 +94,8 @@ _SEVERITY = {
 class WaitKind(enum.StrEnum):
     """What a guest waited for during a pass, besides its steps' own work."""
 
-    AFTER = "after"  # the guests it is after (at shutdown: those that must stop first)
+    ORDER = "order"  # the earlier order groups (its ``order``, or the guests it is after there)
+    AFTER = "after"  # the guests it is after in its own order group (at shutdown: those that must stop first)
     SLOT = "slot"  # a save or start slot (limits.max_parallel_*), and limits.start_delay
     READY = "ready"  # its readiness check (ready: agent or a delay) after it started
 

@@ -53,14 +53,16 @@ def _plan_header(plan: Plan) -> list[str]:
     limits = plan.limits
     source = plan.policy_source or "built-in defaults"
     if plan.kind is PassKind.SHUTDOWN:
-        lines = wrapped([f"Shutdown plan (policy: {source}; deadline {limits.shutdown_deadline:g} s; "
-                         f"up to {limits.max_parallel_saves} saves at once)"], indent="")
+        # The deadline the plan was made for: --deadline, or what is left of the pass's.
+        deadline = limits.shutdown_deadline if plan.deadline is None else plan.deadline
+        lines = wrapped([f"Shutdown plan (policy: {source}; deadline {units.seconds(deadline)}; "
+                         f"up to {units.plural(limits.max_parallel_saves, 'save')} at once)"], indent="")
         lines += wrapped(f"estimates on {uri} assume {units.rate(rate.bytes_per_second)}: {rate.source}"
                          for uri, rate in sorted((plan.rates or {}).items()))
         return lines
-    delay = f"; {limits.start_delay:g} s between starts" if limits.start_delay else ""
-    return wrapped([f"Boot plan (policy: {source}; up to {limits.max_parallel_starts} starts at once{delay})"],
-                   indent="")
+    delay = f"; {units.seconds(limits.start_delay)} between starts" if limits.start_delay else ""
+    return wrapped([f"Boot plan (policy: {source}; up to {units.plural(limits.max_parallel_starts, 'start')} "
+                    f"at once{delay})"], indent="")
 
 
 def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str]:
@@ -69,9 +71,10 @@ def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str
     shutdown = kind is PassKind.SHUTDOWN
     show_order = any(e.order for e in entries)
     show_waits = any(e.wait_for for e in entries)
-    columns = [Column("CONNECTION", shrink=True, middle=True)] if many else []
+    columns = [Column("CONNECTION", shrink=True, middle=True, name=True)] if many else []
     columns += [Column("ORDER", right=True)] if show_order else []
-    columns += [Column("GUEST", shrink=True), Column("STATE"), Column("ACTIONS" if shutdown else "ACTION")]
+    columns += [Column("GUEST", shrink=True, name=True), Column("STATE"),
+                Column("ACTIONS" if shutdown else "ACTION", shrink=True)]
     columns += [Column("SAVE ENDS", right=True)] if shutdown else []
     columns += [Column("WAITS FOR", shrink=True)] if show_waits else []
     columns += [] if shutdown else [Column("WHY", shrink=True)]
@@ -104,7 +107,7 @@ def _without_action(reason: str) -> str:
 
 
 def _save_ends(entry) -> str:
-    return f"{entry.estimate_seconds:.0f} s" if entry.estimate_seconds is not None else "-"
+    return units.seconds(entry.estimate_seconds)
 
 
 def plan_details(plan: Plan, e, names: Mapping, rule_lines: Mapping[str, int | None]) -> list[str]:
@@ -116,7 +119,7 @@ def plan_details(plan: Plan, e, names: Mapping, rule_lines: Mapping[str, int | N
     if e.wait_for:
         facts.append(("waits for", ", ".join(names.get(k, k[1]) for k in e.wait_for)))
     if plan.kind is PassKind.SHUTDOWN and e.estimate_seconds is not None:
-        facts.append(("save ends", f"about {e.estimate_seconds:.0f} s into the pass"))
+        facts.append(("save ends", f"about {units.seconds(e.estimate_seconds)} into the pass"))
     for label, path in (("image", e.managed_image), ("save file", e.image)):
         if path:
             facts.append((label, path))
@@ -152,30 +155,68 @@ def wrapped(texts: Iterable[str], *, indent: str = "  ", hang: int = 2) -> list[
 
 
 def render_result(result: PassResult) -> str:
-    """The per-guest summary that ends every pass."""
+    """The per-guest summary that ends every pass. A dry run's TIME and SIZE are the plan's
+    estimates, marked as such: the end of a save, from the pass's start; its image, at most the
+    guest's memory."""
     title = f"{result.kind} pass{' (dry run: nothing was done)' if result.dry_run else ''}"
-    lines = [f"Summary of the {title}, {result.finished - result.started:.1f} s:"]
+    lines = [f"Summary of the {title}, {units.duration(result.finished - result.started)}:"]
     would = result.dry_run
-    columns = [Column("GUEST", shrink=True), Column("ACTION"), Column("WOULD BE" if would else "RESULT"),
+    columns = [Column("GUEST", shrink=True, name=True), Column("ACTION"), Column("WOULD BE" if would else "RESULT"),
                Column("SEVERITY", colour=_severity_colour), Column("TIME", right=True), Column("SIZE", right=True)]
     rows = [[r.plan.guest.name, r.action, r.outcome if not would else _would(r), _MARKS[r.severity],
-             f"{r.seconds:.1f} s", size(r.bytes or None)] for r in result.results]
+             *(_estimates(r) if would else (units.duration(r.seconds), size(r.bytes or None)))]
+            for r in result.results]
     lines += texttable.render(columns, rows, indent="  ") if rows else ["  no guests"]
+    if would and any(_estimates(r) != ("-", "-") for r in result.results):
+        lines += wrapped(["(est.): the plan's estimates: when its save (or migration) would end, from the "
+                          "pass's start; a save's image, at most the guest's memory"])
     for r in result.results:
-        if r.outcome is Outcome.SKIPPED:
-            continue
-        # A dry run's messages start with the plan's reason, already in the plan printed above.
-        name = _name(r.plan.guest.name)
-        lines += wrapped(f"{name}: {message}" for message in r.messages if message != r.plan.reason)
-        lines += wrapped(f"{name}: {step.action} failed: {step.error}" for step in r.steps if not step.ok)
+        if r.outcome is not Outcome.SKIPPED:
+            lines += wrapped(_guest_lines(r))
     lines += wrapped(f"warning: {warning}" for warning in result.warnings)
     total = len(result.results)
     if result.interrupted:
         left = [_name(r.plan.guest.name) for r in result.results if r.outcome is Outcome.INTERRUPTED]
-        lines += wrapped([f"the pass was stopped by {result.interrupted}: {len(left)} guests were left as they "
-                          f"were" + (": " + ", ".join(left) if left else "")], indent="")
+        lines += wrapped([f"the pass was stopped by {result.interrupted}: {units.plural(len(left), 'guest')} "
+                          f"{'was left as it was' if len(left) == 1 else 'were left as they were'}"
+                          + (": " + ", ".join(left) if left else "")], indent="")
     lines += wrapped(_verdict(result, total), indent="")
     return "\n".join(lines)
+
+
+_SAVES = ("save", "save-to-file")
+
+
+def _estimates(r) -> tuple[str, str]:
+    """A dry run's TIME and SIZE: the plan's estimated end of the guest's save (or migration) and
+    a save's image size (at most its memory), marked; ``-`` where the plan has no estimate."""
+    entry = r.plan
+    if r.outcome is not Outcome.PLANNED or entry.estimate_seconds is None:
+        return "-", "-"
+    saving = str(entry.actions[0]) in _SAVES
+    return (f"~{units.seconds(entry.estimate_seconds)} (est.)",
+            f"~{size(entry.guest.memory_bytes)} (est.)" if saving else "-")
+
+
+def _guest_lines(r) -> list[str]:
+    """What the summary says of one guest besides its row: its messages, and each failed step
+    once (not again when a message already says it), without its name twice."""
+    name = _name(r.plan.guest.name)
+    # A dry run's messages start with the plan's reason, already in the plan printed above.
+    messages = [m for m in r.messages if m != r.plan.reason]
+    lines = [f"{name}: {_without_name(message, r.plan.guest.name)}" for message in messages]
+    for step in r.steps:
+        error = _without_name(step.error or "", r.plan.guest.name)
+        if not step.ok and not any(error and error in message for message in messages):
+            lines.append(f"{name}: {step.action} failed: {error}")
+    return lines
+
+
+def _without_name(text: str, name: str) -> str:
+    """``text`` without the guest's name in front of it (libvirt's errors say whose they are):
+    the summary's line already starts with it."""
+    prefix = f"{name}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def _would(r) -> str:
@@ -196,12 +237,12 @@ def _verdict(result: PassResult, total: int) -> list[str]:
     would = result.dry_run
     lines = []
     if result.on_last_valid_copy and result.policy_problems:
-        lines.append(f"the policy is broken ({len(result.policy_problems)} problems, above): this pass "
+        lines.append(f"the policy is broken ({units.plural(len(result.policy_problems), 'problem')}, above): this pass "
                      f"{'would run' if would else 'ran'} on its last valid copy "
                      f"({copy_stamp(result.policy.copy_saved, result.policy.copy_digest)}), not on the file as it "
                      f"is now")
     elif result.on_builtin_defaults:
-        lines.append(f"the policy is broken ({len(result.policy_problems)} problems, above): this pass "
+        lines.append(f"the policy is broken ({units.plural(len(result.policy_problems), 'problem')}, above): this pass "
                      f"{'would run' if would else 'ran'} on the built-in defaults, not on the policy")
     failed, degraded = result.failed, result.degraded
     if failed:
@@ -214,7 +255,8 @@ def _verdict(result: PassResult, total: int) -> list[str]:
                                  f"{r.plan.first_choice})" for r in degraded))
     if not failed and not degraded:
         verb = "would get" if would else "got"
-        lines.append(f"all {total} guests {verb} their first choice")
+        lines.append(f"all {total} guests {verb} their first choice" if total != 1 else
+                     f"the 1 guest {verb} its first choice")
     return lines
 
 
@@ -225,8 +267,9 @@ def render_status(rows: Sequence) -> str:
         return "no guests"
     many = len({r.connection for r in rows}) > 1
     now = time.time()
-    columns = ([Column("CONNECTION", shrink=True, middle=True)] if many else []) + [
-        Column("GUEST", shrink=True), Column("STATE", shrink=True, middle=True), Column("IMAGE"), Column("AUTOSTART"),
+    columns = ([Column("CONNECTION", shrink=True, middle=True, name=True)] if many else []) + [
+        Column("GUEST", shrink=True, name=True), Column("STATE", shrink=True, middle=True), Column("IMAGE"),
+        Column("AUTOSTART"),
         Column("LAST SHUTDOWN"), Column("LAST BOOT")]
     table = []
     for r in rows:
@@ -248,11 +291,11 @@ def render_kept(files, usage, warnings: list[str], *, listing: bool) -> str:
     """The kept images and set-aside records: one line a file for ``mgsave images list``, a
     summary line (and any warning) for ``mgsave status``."""
     share = f", {usage.share:.1f}% of the file system" if usage.share is not None else ""
-    summary = f"kept: {usage.files} files, {size(usage.bytes) if usage.bytes else '0 B'}{share}"
+    summary = f"kept: {units.plural(usage.files, 'file')}, {size(usage.bytes) if usage.bytes else '0 B'}{share}"
     lines = []
     if listing:
         now = time.time()
-        rows = [[f.name, f.kind, size(f.bytes), f"{_age(now - f.mtime)} old"] for f in files]
+        rows = [[f.name, f.kind, size(f.bytes), _age(now - f.mtime)] for f in files]
         lines += _table(["NAME", "KIND", "SIZE", "AGE"], rows) if rows else ["nothing kept"]
     elif usage.files:
         summary += " (mgsave images list)"

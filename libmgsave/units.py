@@ -23,12 +23,30 @@ def rate(bytes_per_second: float | None) -> str:
     return "?" if bytes_per_second is None else size(bytes_per_second) + "/s"
 
 
-def seconds(value: float | None) -> str:
-    """A duration for a table cell: ``42 s``, ``12 min``, ``3.5 h``, ``2.0 d``."""
+def duration(value: float | None, *, precise: bool = True) -> str:
+    """A duration, spelt one way everywhere in text: ``0.25 s``, ``42.0 s`` (``precise``: a
+    measured time; else ``42 s``), ``2 min 05 s``, ``1 h 05 min``, ``2 d 03 h``; ``-`` for None."""
     if value is None:
         return "-"
-    for unit, scale in (("d", 86400), ("h", 3600), ("min", 60)):
-        if value >= scale * 1.5 or (unit == "min" and value >= 100):
-            amount = value / scale
-            return f"{amount:.0f} {unit}" if amount >= 10 else f"{amount:.1f} {unit}"
-    return f"{value:.0f} s"
+    value = max(0.0, value)
+    if value < (59.95 if precise else 59.5):  # what would be rounded up to 60 s is a minute
+        if not precise:
+            return f"{value:.0f} s" if value >= 0.5 or value == 0 else "under 1 s"
+        return f"{value:.2f} s" if value < 1 else f"{value:.1f} s"
+    whole = round(value)
+    for big, small, scale in (("d", "h", 3600), ("h", "min", 60), ("min", "s", 1)):
+        unit = scale * (24 if big == "d" else 60)
+        if whole >= unit or big == "min":
+            larger, smaller = divmod(whole // scale, unit // scale)
+            return f"{larger} {big} {smaller:02d} {small}"
+    raise AssertionError("unreachable")
+
+
+def seconds(value: float | None) -> str:
+    """A duration for a table cell or an age, to the second: ``42 s``, ``12 min 30 s``."""
+    return duration(value, precise=False)
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 file``, ``2 files``; ``nouns`` where the plural is not ``noun`` + s."""
+    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from libmgsave import __version__, console, interrupt, journal, lock, metrics, notify, report
+from libmgsave import __version__, console, interrupt, journal, lock, metrics, notify, report, units
 from libmgsave.actions import inputs
 from libmgsave.context import Context
 from libmgsave.errors import Problem
@@ -134,8 +134,9 @@ def _summarise(ctx: Context, result: PassResult) -> None:
                 and result.policy else "")
     # A dry run says what would happen, never what happened.
     counts = "%d would be degraded, %d would fail" if result.dry_run else "%d degraded, %d failed"
-    log.log(_PASS_END_LEVEL[result.severity], "%s pass%s ends: %d guests, " + counts + ", %.1f s%s",
-            result.kind, dry, total, degraded, failed, result.finished - result.started, defaults,
+    log.log(_PASS_END_LEVEL[result.severity], "%s pass%s ends: %s, " + counts + ", %s%s",
+            result.kind, dry, units.plural(total, "guest"), degraded, failed,
+            units.duration(result.finished - result.started), defaults,
             extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": str(result.kind),
                    "MGSAVE_SEVERITY": result.severity.value,
                    **({"MGSAVE_POLICY": str(result.policy.origin)} if result.policy else {})})

@@ -57,8 +57,7 @@ class BootPass:
 
     def _guest(self, entry: GuestPlan, deps: dict) -> GuestResult:
         result = GuestResult(entry, Outcome.FAILED, started=time.time())
-        waited = self.schedule.waited_for_others(entry, result.started)
-        result.waits.extend([waited] if waited else [])
+        result.waits.extend(self.schedule.waited_for_others(entry, result.started))
         result.messages.extend(entry.notes)
         for dep in deps.values():
             if dep is not None and dep.severity is Severity.FAILED:
@@ -194,7 +193,8 @@ class BootPass:
         where = f"kept at {kept}" if kept else "left in place"
         log.error("%s: resuming failed (%s); the saved image is %s", entry.guest.name, error.message, where,
                   extra=journal.guest_fields(entry.guest, action="resume", result="failed"))
-        result.messages.append(f"resume failed: {error.message}; image {where}")
+        # The error says whose it is; this message is the guest's already.
+        result.messages.append(f"resume failed: {error.message.removeprefix(entry.guest.name + ': ')}; image {where}")
         if kept is None or entry.if_resume_fails is Action.SKIP:
             if kept is None:
                 result.messages.append("left off: the image could not be set aside, so it is not discarded")

@@ -40,6 +40,9 @@ class Schedule:
     def __init__(self, plan: Plan):
         self.groups: list[list[GuestPlan]] = [dependencies_first(g) for g in group_by_order(plan.active)]
         self.queued: dict[GuestKey, float] = {}  # when each guest's turn came (time.time())
+        # when the schedule began, for the guests of a later order group: they waited from then
+        self.began: float | None = None
+        self._later = {e.key for group in self.groups[1:] for e in group}
 
     @property
     def entries(self) -> list[GuestPlan]:
@@ -51,15 +54,22 @@ class Schedule:
         return Slots(size, ranks={e.key: i for i, e in enumerate(holders)},
                      expected=[e.key for e in holders if not e.wait_for])
 
-    def waited_for_others(self, entry: GuestPlan, until: float) -> Wait | None:
-        """The wait of a guest for the guests it is ``after``, ending at ``until``."""
+    def waited_for_others(self, entry: GuestPlan, until: float) -> list[Wait]:
+        """What a guest waited for before its own work, which began at ``until``: the earlier
+        order groups (from the schedule's start to its group's), then the guests it is ``after``
+        in its own group."""
         queued = self.queued.get(entry.key)
-        return Wait(WaitKind.AFTER, queued, until) if entry.wait_for and queued is not None else None
+        if queued is None:
+            return []
+        later = self.began is not None and entry.key in self._later
+        waits = [Wait(WaitKind.ORDER, self.began, queued)] if later else []
+        return waits + ([Wait(WaitKind.AFTER, queued, until)] if entry.wait_for else [])
 
     def run(self, work: Callable[[GuestPlan, dict], GuestResult], max_workers: int | None = None) -> dict:
         """``work(entry, results of the guests it waits for)`` for every guest, group after
         group; returns the results by guest key. A bug in ``work`` fails that guest alone."""
         results: dict[GuestKey, GuestResult] = {}
+        self.began = time.time()
         for group in self.groups:
             done = {e.key: threading.Event() for e in group}
             names = {e.key: e.guest.name for e in group}

@@ -95,8 +95,7 @@ class ShutdownPass:
 
     def _chain(self, entry: GuestPlan) -> GuestResult:
         result = GuestResult(entry, Outcome.FAILED, started=time.time())
-        waited = self.schedule.waited_for_others(entry, result.started)
-        result.waits.extend([waited] if waited else [])
+        result.waits.extend(self.schedule.waited_for_others(entry, result.started))
         result.messages.extend(entry.notes)
         for note in entry.notes:
             dropped = note == entry.save_dropped_because

@@ -149,6 +149,9 @@ class Plan:
     warnings: tuple[str, ...] = ()
     rates: Mapping[str, SaveRate] | None = None  # shutdown: the save rate assumed on each connection
     peers: Mapping[str, object] | None = None  # shutdown: the peers looked at (``plan.peers.PeerFacts``)
+    # shutdown: the seconds the plan was made for, from its start (--deadline, what is left of
+    # the pass's deadline, or limits.shutdown_deadline)
+    deadline: float | None = None
 
     @property
     def active(self) -> tuple[GuestPlan, ...]:
@@ -165,6 +168,7 @@ class Plan:
                 "shutdown_deadline_seconds": self.limits.shutdown_deadline,
                 "start_delay_seconds": self.limits.start_delay,
             },
+            "deadline_seconds": self.deadline,
             "save_rates": {uri: rate.to_dict() for uri, rate in (self.rates or {}).items()},
             "warnings": list(self.warnings),
             "guests": [e.to_dict(rule_lines) for e in self.entries],

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from libmgsave import units
 from libmgsave.inventory import GuestInfo
 from libmgsave.policy import Migrate
 
@@ -85,7 +86,7 @@ class PeerBudget:
         took = migration_seconds(guest.memory_bytes, settings, self.rate)
         end = self.planned_seconds + took
         if end > self.seconds:
-            return PeerChoice(None, why=f"migration skipped: it would end about {end:.0f} s into the pass, "
+            return PeerChoice(None, why=f"migration skipped: it would end about {units.seconds(end)} into the pass, "
                                         f"past the deadline")
         reasons = []
         for uri in settings.peers:
@@ -107,6 +108,6 @@ class PeerBudget:
         if facts.free_bytes is not None:
             free = facts.free_bytes - self.reserved.get(uri, 0)
             if guest.memory_bytes > free:
-                return (f"not enough free memory ({free / 1e6:.0f} MB left, the guest has "
-                        f"{guest.memory_bytes / 1e6:.0f} MB)")
+                return (f"not enough free memory ({units.size(max(0, free))} left, the guest has "
+                        f"{units.size(guest.memory_bytes)})")
         return None

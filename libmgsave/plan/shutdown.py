@@ -92,7 +92,7 @@ def plan_shutdown(
         entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget,
                                        share, peer_budget))
     return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates,
-                peers=dict(peers or {}))
+                peers=dict(peers or {}), deadline=deadline)
 
 
 class _SaveBudget:
@@ -113,8 +113,10 @@ class _SaveBudget:
         estimate = (before + guest.memory_bytes) / self.rates[guest.connection].bytes_per_second
         free = self.room.get(room_key)
         if estimate > self.seconds:
-            return None, (f"save skipped: it would end about {estimate:.0f} s into the pass, past the "
-                          f"{self.deadline:.0f} s deadline")
+            # The same spelling as the plan's header; the reserve is why 54 s can be too late for 60 s.
+            return None, (f"save skipped: it would end about {units.seconds(estimate)} into the pass, past "
+                          f"the {units.seconds(self.deadline)} deadline less the {units.seconds(DEADLINE_RESERVE)} "
+                          f"kept for the fallback steps")
         if free is not None and guest.memory_bytes > free:
             return None, f"save skipped: its image may need {_mb(guest.memory_bytes)}, only {_mb(free)} free"
         self.saved_bytes[guest.connection] = before + guest.memory_bytes
@@ -162,7 +164,7 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
             chain.remove(Action.MIGRATE)
             migration_dropped = first_choice is Action.MIGRATE
         else:
-            notes.append(f"migrates to {peer}, estimated to end {estimate:.0f} s into the pass")
+            notes.append(f"migrates to {peer}, estimated to end {units.seconds(estimate)} into the pass")
     head = chain[0] if chain else None
     # a save heads the chain as the policy's first choice, or because the migration before it was dropped
     if head in (Action.SAVE, Action.SAVE_TO_FILE) and len(chain) > 1 and (head is first_choice or migration_dropped):

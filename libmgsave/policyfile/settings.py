@@ -103,10 +103,28 @@ def setting_to_json(value: object) -> object:
     return value
 
 
+def duration_text(seconds: float) -> str:
+    """A duration as the policy spells it, in systemd's units: ``90s`` is ``1min 30s``,
+    ``600`` is ``10min``, ``5400`` is ``1h 30min``, ``0.5`` is ``0.5s``; ``parse_duration``
+    reads it back to the same seconds."""
+    if seconds <= 0:
+        return "0"
+    parts, rest = [], float(seconds)
+    for unit, scale in (("d", 86400), ("h", 3600), ("min", 60)):
+        whole = int(rest // scale)
+        if whole:
+            parts.append(f"{whole}{unit}")
+            rest -= whole * scale
+    if rest or not parts:
+        parts.append(f"{rest:.3f}".rstrip("0").rstrip(".") + "s")
+    return " ".join(parts)
+
+
 def setting_text(value: object) -> str:
-    """A setting's value in a line of text (``mgsave plan``)."""
+    """A setting's value in a line of text (``mgsave plan --verbose``), as the policy file
+    spells it: ``true``, ``10min``, ``[dns, db]``, ``[]``, ``{agent: 2min}``."""
     if isinstance(value, tuple | list):
-        return ",".join(setting_text(item) for item in value) or "[]"
+        return "[" + ", ".join(setting_text(item) for item in value) + "]"
     if isinstance(value, Migrate):
         if not value.peers:
             return "no peers"
@@ -114,7 +132,18 @@ def setting_text(value: object) -> str:
         extra += [f"{value.bandwidth} MiB/s"] if value.bandwidth else []
         extra += ["copy disks"] if value.disks is DiskMode.COPY else []
         extra += ["comes back"] if value.come_back else []
-        return ",".join(value.peers) + (f" ({', '.join(extra)})" if extra else "")
+        extra += [f"timeout {duration_text(value.timeout)}"]
+        return ", ".join(value.peers) + f" ({', '.join(extra)})"
+    if isinstance(value, Ready):
+        if value.kind is ReadyKind.AGENT and value.seconds != AGENT_READY_TIMEOUT:
+            return f"{{agent: {duration_text(value.seconds)}}}"
+        return "agent" if value.kind is ReadyKind.AGENT else setting_text(setting_to_json(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):  # every float setting is a duration (save_timeout, ready: 30s...)
+        return duration_text(value)
+    if isinstance(value, enum.Enum):
+        return str(value.value)
     return str(value)
 
 

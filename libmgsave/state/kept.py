@@ -136,6 +136,6 @@ def remove_kept(kept: KeptFile, *, dry_run: bool) -> str | None:
     except OSError as error:
         log.error("could not remove the kept %s %s (%s)", kept.kind, kept.path, error.strerror or error)
         return f"{error.strerror or error}: {kept.path}"
-    log.info("%s the kept %s %s (%d bytes)", "would remove" if dry_run else "removed", kept.kind, kept.path,
-             kept.bytes)
+    log.info("%s the kept %s %s (%s)", "would remove" if dry_run else "removed", kept.kind, kept.path,
+             units.size(kept.bytes))
     return None

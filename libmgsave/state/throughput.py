@@ -85,7 +85,8 @@ def learned_rates(record: dict | None, connections) -> dict[str, SaveRate]:
 def _learned(entry: dict) -> SaveRate:
     rate = entry["bytes_per_second"]
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["measured"]))
-    source = f"measured by the shutdown pass of {when}: {units.size(entry['memory_bytes'])} in {entry['seconds']:g} s"
+    source = (f"measured by the shutdown pass of {when}: {units.size(entry['memory_bytes'])} in "
+              f"{units.duration(entry['seconds'])}")
     if bounded(rate) != rate:
         source += f" ({units.rate(rate)}, bounded to {units.rate(bounded(rate))})"
     return SaveRate(bounded(rate), source)

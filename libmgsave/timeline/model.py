@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from libmgsave import jsonout
 
-WAIT_KINDS = ("after", "slot", "ready")
+WAIT_KINDS = ("order", "after", "slot", "ready")
 # What each phase kind means, in the order both drawings list them ("failed": a failed step).
-LEGEND = (("after", "waiting for the guests it is after"), ("slot", "waiting for a slot"),
+LEGEND = (("order", "waiting for an earlier order group"), ("after", "waiting for the guests it is after"),
+          ("slot", "waiting for a slot"),
           ("save", "save"), ("save-to-file", "save to file"), ("shutdown", "shutdown"),
           ("poweroff", "poweroff"), ("resume", "resume"), ("restore", "restore"), ("start", "start"),
           ("migrate", "migrate to a peer"), ("return", "migrate home"), ("ready", "readiness check"),
@@ -57,6 +58,12 @@ class PassTimeline:
     finished: float
     rows: tuple[Row, ...]
     interrupted: str | None = None
+    idle: int = 0  # guests the pass had nothing to do with (skipped): counted, not drawn
+
+    @property
+    def guests(self) -> int:
+        """Every guest of the pass, as its summary counts them."""
+        return len(self.rows) + self.idle
 
     @property
     def seconds(self) -> float:
@@ -78,7 +85,7 @@ class PassTimeline:
         return {
             "pass": self.kind, "started": jsonout.timestamp(self.started),
             "finished": jsonout.timestamp(self.finished), "duration_seconds": round(self.seconds, 3),
-            "interrupted": self.interrupted, "peak_in_slots": self.peak_in_slots,
+            "interrupted": self.interrupted, "peak_in_slots": self.peak_in_slots, "idle_guests": self.idle,
             "guests": [{"name": r.name, "connection": r.connection, "outcome": r.outcome,
                         "phases": [{"kind": p.kind, "started": jsonout.timestamp(p.started),
                                     "finished": jsonout.timestamp(p.finished), "ok": p.ok, "error": p.error}
@@ -115,9 +122,11 @@ def from_record(record: dict | None, kind: str) -> PassTimeline | None:
         return None
     started = float(record["started"])
     rows = []
+    idle = 0
     for entry in record["guests"].values():
         phases = _phases(entry, started - _CARRIED_OVER_SLACK)
         if not phases and entry.get("outcome") == "skipped":
+            idle += 1
             continue
         if not phases and entry.get("steps"):  # carried over from an earlier pass: not this one's
             continue
@@ -127,4 +136,4 @@ def from_record(record: dict | None, kind: str) -> PassTimeline | None:
     rows.sort(key=lambda r: (r.phases[0].started if r.phases else math.inf, r.name))
     ends = [p.finished for r in rows for p in r.phases]
     finished = _number(record.get("finished")) or max(ends, default=started)
-    return PassTimeline(kind, started, max([finished, *ends]), tuple(rows), record.get("interrupted"))
+    return PassTimeline(kind, started, max([finished, *ends]), tuple(rows), record.get("interrupted"), idle)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
+import textwrap
 import time
 
-from libmgsave import untrusted
+from libmgsave import console, texttable, units, untrusted
 from libmgsave.timeline.model import LEGEND, PassTimeline, Phase
 
 WIDTH = 80
-NAME_WIDTH = 16
+NAME_WIDTH = 16  # on a terminal; in a pipe a name is whole
 OUTCOME_WIDTH = 13  # "saved-to-file"
 # One character a phase kind; a failed step is drawn with FAILED whatever its kind.
 MARKS = {
-    "after": ".", "slot": "-", "ready": "r",
+    "order": ":", "after": ".", "slot": "-", "ready": "r",
     "save": "S", "save-to-file": "F", "shutdown": "D", "poweroff": "P",
     "resume": "R", "restore": "T", "start": "B", "migrate": "M", "return": "H",
 }
@@ -26,10 +27,8 @@ def utc(timestamp: float) -> str:
 
 
 def seconds_text(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s"
+    """A pass's length: spelt as everywhere (``units.duration``), as precise as the SVG's axis."""
+    return units.duration(seconds)
 
 
 def _columns(phase: Phase, start: float, span: float, width: int) -> range:
@@ -50,35 +49,37 @@ def bar(phases, start: float, span: float, width: int) -> str:
 
 
 def _fit(text: str, width: int) -> str:
-    """``text`` (a record's: escaped, ``untrusted``) in at most ``width`` columns."""
-    text = untrusted.safe(text)
-    return text if len(text) <= width else text[: width - 1] + "~"
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+    """``text`` (a record's: escaped, ``untrusted``) in at most ``width`` columns, cut with the
+    one ellipsis the tables use."""
+    return texttable.cut(untrusted.safe(text), width)
 
 
 def headline(timeline: PassTimeline) -> str:
     """What the pass was, when, how long, and how many saves (or starts) ran at once."""
     stopped = f", stopped by {timeline.interrupted}" if timeline.interrupted else ""
     slot = "save" if timeline.kind == "shutdown" else "start"
+    idle = f" ({timeline.idle} with nothing to do, not drawn)" if timeline.idle else ""
     return untrusted.safe(f"{timeline.kind} pass, {utc(timeline.started)}: {seconds_text(timeline.seconds)}, "
-                          f"{_plural(len(timeline.rows), 'guest')}, at most {_plural(timeline.peak_in_slots, slot)} "
-                          f"at once{stopped}")
+                          f"{units.plural(timeline.guests, 'guest')}{idle}, at most "
+                          f"{units.plural(timeline.peak_in_slots, slot)} at once{stopped}")
 
 
-def render(timeline: PassTimeline, width: int = WIDTH) -> str:
+def render(timeline: PassTimeline, width: int = WIDTH, *, shorten: bool | None = None) -> str:
+    """The chart: ``width`` columns, names cut to fit; unless ``shorten`` is false (by default:
+    in a pipe, or with --full, as ``console.may_shorten`` says), then every name is whole and
+    the lines as long as the longest name makes them."""
+    shorten = console.may_shorten() if shorten is None else shorten
+    names = [untrusted.safe(row.name) for row in timeline.rows]
+    name_width = NAME_WIDTH if shorten else max([NAME_WIDTH, *map(len, names)])
     bar_width = width - NAME_WIDTH - OUTCOME_WIDTH - 2
     span = timeline.seconds or 1.0
-    first, _, rest = headline(timeline).partition(", at most ")
-    lines = [f"{first}, at most {rest}"] if len(first) + len(rest) + 10 <= width else [first, f"  at most {rest}"]
+    lines = textwrap.wrap(headline(timeline), width, subsequent_indent="  ", break_on_hyphens=False)
     end_label = seconds_text(timeline.seconds)
     axis = "0 s".ljust(bar_width - len(end_label)) + end_label
-    lines.append(f"{'GUEST':<{NAME_WIDTH}} {axis} {'OUTCOME':<{OUTCOME_WIDTH}}".rstrip())
+    lines.append(f"{'GUEST':<{name_width}} {axis} {'OUTCOME':<{OUTCOME_WIDTH}}".rstrip())
     for row in timeline.rows:
-        name = _fit(row.name, NAME_WIDTH)
-        lines.append(f"{name:<{NAME_WIDTH}} {bar(row.phases, timeline.started, span, bar_width)} "
+        name = _fit(row.name, name_width)
+        lines.append(f"{name:<{name_width}} {bar(row.phases, timeline.started, span, bar_width)} "
                      f"{_fit(row.outcome, OUTCOME_WIDTH)}".rstrip())
     if not timeline.rows:
         lines.append("(no guest was handled)")
@@ -95,5 +96,5 @@ def legend(width: int = WIDTH) -> list[str]:
     return lines
 
 
-def render_all(timelines: list[PassTimeline], width: int = WIDTH) -> str:
-    return "\n\n".join([render(t, width) for t in timelines] + ["\n".join(legend(width))])
+def render_all(timelines: list[PassTimeline], width: int = WIDTH, *, shorten: bool | None = None) -> str:
+    return "\n\n".join([render(t, width, shorten=shorten) for t in timelines] + ["\n".join(legend(width))])

@@ -364,7 +364,7 @@ def test_a_dry_run_says_what_would_happen_and_exits_as_the_pass_would(hv, tmp_pa
     assert running(hv) == ["late"]
     code = cli.main(argv[:-2])
     out = capsys.readouterr().out
-    assert out.splitlines()[-1] == "all 1 guests would get their first choice", out
+    assert out.splitlines()[-1] == "the 1 guest would get its first choice", out
     assert code == ExitCode.OK
 
 

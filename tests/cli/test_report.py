@@ -3,16 +3,19 @@ and the SVG as a real browser (Debian's chromium, headless) draws it."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import threading
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from libmgsave import cli, state
 from libmgsave.errors import ExitCode
 from libmgsave.timeline import svg
+from tests.cli.terminal import terminal
 from tests.pngcheck import colours
 from tests.testdriver import URI, define, hv  # noqa: F401
 
@@ -27,6 +30,7 @@ guests:
   - match: {name: web1}
     after: [db]
 """
+SVG = "{http://www.w3.org/2000/svg}"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
 
@@ -135,3 +139,99 @@ def test_the_svg_is_never_written_through_a_link_nor_into_a_fifo(hv, mgsave, tmp
     assert mgsave("report", "--svg", str(picture))[0] == ExitCode.OK
     assert picture.read_text().startswith("<svg") or picture.read_text().startswith("<?xml")
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".picture.svg")], "no temporary file left"
+
+
+ORDERED = """\
+version: 1
+guests:
+  - match: {name: dns}
+    order: 0
+    ready: 0.3s
+  - match: {name: db}
+    order: 10
+    after: [dns]
+  - match: {name: scratch}
+    autostart: never
+"""
+LONG_NAME = "build-runner-with-a-really-long-descriptive-name"
+
+
+@pytest.fixture
+def ordered(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    policy = tmp_path / "ordered.yaml"
+    policy.write_text(ORDERED)
+    os.chmod(policy, 0o644)
+
+    def run(*args):
+        capsys.readouterr()
+        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy), *args])
+        return code, *capsys.readouterr()
+
+    return run
+
+
+def _ordered_cycle(hv, ordered):
+    define(hv, "dns", "db", "scratch", LONG_NAME)
+    assert ordered("shutdown")[0] == ExitCode.OK
+    code, out, err = ordered("boot")
+    assert code in (ExitCode.OK, ExitCode.GUEST_DEGRADED), err
+    return out
+
+
+def test_report_draws_the_wait_for_an_earlier_order_group(hv, ordered):
+    """db (order 10) is after dns (order 0): at boot it waits for dns's group, readiness
+    included. That wait is recorded and drawn, and the legend says what it is."""
+    _ordered_cycle(hv, ordered)
+    code, out, err = ordered("--json", "report")
+    boot = json.loads(out)["passes"][1]
+    db = next(g for g in boot["guests"] if g["name"] == "db")
+    order = [p for p in db["phases"] if p["kind"] == "order"]
+    assert order, db["phases"]
+    code, out, err = ordered("report")
+    chart = out[out.index("boot pass"):].splitlines()
+    row = next(line for line in chart if line.startswith("db "))
+    bar = row[row.index(" ") + 1:].strip()
+    assert bar.startswith(":") and "R" in bar and bar.index(":") < bar.index("R"), row
+    assert ": waiting for an earlier order group" in " ".join(out.split())
+
+
+def test_report_counts_and_spells_as_the_summary_does(hv, ordered):
+    summary = _ordered_cycle(hv, ordered)
+    code, out, err = ordered("report")
+    assert code == ExitCode.OK, err
+    boot_head = " ".join(out[out.index("boot pass"):].split("GUEST")[0].split())
+    assert "4 guests (1 with nothing to do, not drawn)" in boot_head, boot_head
+    verdict = " ".join(summary[summary.index("Summary of the boot pass"):].split())
+    assert "all 4 guests" in verdict or " of 4 guests" in verdict, verdict  # the summary's count
+    seconds = boot_head.split(" UTC: ", 1)[1].split(",")[0]  # "0.31 s": as units.duration spells it
+    axis = next(line for line in out[out.index("boot pass"):].splitlines() if line.startswith("GUEST"))
+    assert f" {seconds} OUTCOME" in axis, (seconds, axis)
+    assert re.fullmatch(r"\d+\.\d\d? s", seconds) and float(seconds.split()[0]) >= 0.3, seconds  # never "0.0 s"
+    with terminal(80) as lines:  # on a terminal a long name is cut with the one ellipsis
+        assert ordered("report")[0] == ExitCode.OK
+    assert any(line.startswith("build-runner-wi\u2026") for line in lines), lines
+    assert not any("~" in line.split()[0] for line in lines if line.split()), lines
+    assert any(line.startswith(LONG_NAME + " ") for line in out.splitlines()), "in a pipe, whole"
+
+
+def test_the_svg_colours_tell_every_kind_and_outcome_apart(hv, ordered, tmp_path):
+    from libmgsave.outcomes import Severity
+
+    _ordered_cycle(hv, ordered)
+    picture = tmp_path / "timeline.svg"
+    assert ordered("report", "--svg", str(picture))[0] == ExitCode.OK
+    root = ET.fromstring(picture.read_bytes())
+    texts = {t.text: t.get("fill") for t in root.iter(f"{SVG}text")}
+    assert texts["resumed"] == svg.SEVERITY_COLOURS[Severity.OK]
+    fills = {**svg.COLOURS, "failed": svg.FAILED}
+    rgb = {kind: tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5)) for kind, colour in fills.items()}
+
+    def distance(a, b):
+        return sum((x - y) ** 2 for x, y in zip(rgb[a], rgb[b], strict=True)) ** 0.5
+
+    close = [(a, b) for a in rgb for b in rgb if a < b and distance(a, b) < 65]
+    assert not close, close
+    assert distance("resume", "restore") > 100 and distance("save", "save-to-file") > 100
+    left_off = svg.outcome_colour("left-off")
+    assert left_off == svg.SEVERITY_COLOURS[Severity.DEGRADED] and left_off != svg.UNKNOWN

@@ -22,6 +22,7 @@ import pytest
 
 from libmgsave import cli, hypervisor, journal, state, untrusted
 from libmgsave.errors import ExitCode
+from tests.cli.terminal import terminal
 from tests.testdriver import URI, domain_xml, hv  # noqa: F401
 
 EVIL = "evil\x9b31m\x7f\tX\u202eright\u2028" + "x" * 5000
@@ -63,7 +64,11 @@ def defined_evil(hv):
     assert EVIL in [d.name() for d in hv.listAllDomains()], "the test driver kept the name as it is"
 
 
-def shown_safely(text: str, *, width: int | None = 80) -> None:
+# In a pipe a table is never shortened: the name is whole as far as ``untrusted`` bounds it.
+PIPE_WIDTH = untrusted.NAME_LIMIT + 100
+
+
+def shown_safely(text: str, *, width: int | None = PIPE_WIDTH) -> None:
     assert not unsafe_characters(text), unsafe_characters(text)
     assert "\\x9b31m" in text or "\\x9b" in text, text[:2000]
     assert len(text) < 10_000, "bounded"
@@ -80,6 +85,9 @@ def test_status_and_plan_show_a_hostile_name_escaped_and_bounded(hv, mgsave):
     code, out, err = mgsave("plan")
     assert code == ExitCode.OK, err
     shown_safely(out)
+    with terminal(80) as lines:  # on a terminal, cut to fit it
+        assert mgsave("status")[0] == ExitCode.OK
+    shown_safely("\n".join(lines), width=80)
     assert "\\u202e" in mgsave("plan", "--verbose")[1]
     code, out, _err = mgsave("--json", "status")
     assert EVIL in [g["name"] for g in json.loads(out)["guests"]], "JSON keeps the exact name"

@@ -103,7 +103,7 @@ def test_the_summary_names_degraded_and_failed_guests_and_a_dry_run_says_would()
     assert "would be DEGRADED" in text and "shutdown instead of save" in text
     assert "reached" not in text
     text = render_result(pass_result(GuestResult(entry(), Outcome.PLANNED), dry_run=True))
-    assert text.splitlines()[-1] == "all 1 guests would get their first choice"
+    assert text.splitlines()[-1] == "the 1 guest would get its first choice"
     text = " ".join(render_result(pass_result(result(entry(), Outcome.SAVED, (Action.SAVE, True)),
                                               policy_problems=(Problem("policy.yaml", 1, 1, "", "broken"),))).split())
     assert "ran on the built-in defaults" in text
