@@ -20,8 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from libmgsave.safefiles import UnsafeFile, write_file
-from libmgsave.state.validation import read_regular_file
+from libmgsave.safefiles import UnsafeFile, read_small_file, write_file
 
 COPY_FORMAT = "mgsave-policy-copy"
 COPY_VERSION = 1
@@ -81,22 +80,24 @@ def read(state_dir: Path, source: str) -> PolicyCopy | None:
     source = os.path.abspath(source)
     path = copy_path(state_dir, source)
     try:
-        raw = read_regular_file(path, MAX_COPY_BYTES)
-        info = os.lstat(path)
+        raw = read_small_file(path, MAX_COPY_BYTES, check=_written_by_us)
     except FileNotFoundError:
         return None
     except UnsafeFile as why:
         raise CopyUnusable(f"{path}: {why}") from None
     except OSError as error:
         raise CopyUnusable(f"{path}: cannot be read ({error.strerror})") from None
-    if info.st_uid not in (0, os.geteuid()) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise CopyUnusable(f"{path}: others could have written it (uid {info.st_uid}, "
-                           f"{stat.filemode(info.st_mode)})")
     try:
         document = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         raise CopyUnusable(f"{path}: not valid JSON; the file is damaged") from None
     return _copy_of(document, path, source)
+
+
+def _written_by_us(info: os.stat_result) -> None:
+    """Refuse a copy others could have written (the ``fstat`` of the file opened, not a second look)."""
+    if info.st_uid not in (0, os.geteuid()) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeFile(f"others could have written it (uid {info.st_uid}, {stat.filemode(info.st_mode)})")
 
 
 def _copy_of(document: object, path: Path, source: str) -> PolicyCopy:
