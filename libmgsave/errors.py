@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from libmgsave import units
+
 
 class ExitCode(enum.IntEnum):
     OK = 0
@@ -78,9 +80,8 @@ class PolicyError(MgsaveError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = list(problems)
-        noun = "problem" if len(self.problems) == 1 else "problems"
         super().__init__(
-            f"{len(self.problems)} {noun} in the policy:\n" + "\n".join(f"  {p}" for p in self.problems)
+            f"{units.plural(len(self.problems), 'problem')} in the policy:\n" + "\n".join(f"  {p}" for p in self.problems)
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libmgsave import conflicts, console, jsonout, untrusted
+from libmgsave import conflicts, console, jsonout, units, untrusted
 from libmgsave.actions import inputs
 from libmgsave.channels import UNKNOWN, choose
 from libmgsave.conflicts import Finding
@@ -163,7 +163,7 @@ def render_warnings(warnings: tuple[LocatedWarning, ...]) -> list[str]:
 
 
 def _count(warnings) -> str:
-    return f"{len(warnings)} warning" + ("" if len(warnings) == 1 else "s")
+    return units.plural(len(warnings), "warning")
 
 
 def _report_problems(ctx: Context, problems: list[Problem]) -> None:
@@ -174,5 +174,4 @@ def _report_problems(ctx: Context, problems: list[Problem]) -> None:
         return
     for problem in problems:
         console.err(untrusted.message(problem))
-    noun = "problem" if len(problems) == 1 else "problems"
-    console.err(f"{ctx.policy_path}: {len(problems)} {noun}; no change was made")
+    console.err(f"{ctx.policy_path}: {units.plural(len(problems), 'problem')}; no change was made")

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from libmgsave import units
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorError, PolicyError, Problem
 from libmgsave.hypervisor import Connections, free_bytes, save_room
@@ -90,7 +91,7 @@ def policy_warnings(use: PolicyInUse) -> list[str]:
     """What ``plan`` and ``status`` say of a broken policy file: which policy they show."""
     if not use.problems:
         return []
-    count = f"{len(use.problems)} problem" + ("" if len(use.problems) == 1 else "s")
+    count = units.plural(len(use.problems), "problem")
     return [f"the policy file {use.choice.path} is broken ({count}): a pass now would run on "
             f"{use.choice.describe()}, as shown here"]
 
