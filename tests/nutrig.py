@@ -61,6 +61,7 @@ class NutRig:
         self.upses = upses
         self.port = free_port()
         self.processes: list[subprocess.Popen] = []
+        self.drivers: dict[str, subprocess.Popen] = {}
         self._mtime = int(time.time()) - 100_000  # each write's own second, never one seen before
 
     @property
@@ -79,7 +80,7 @@ class NutRig:
         self._write("upsd.users", f'[{USER}]\n  password = "{PASSWORD}"\n  upsmon secondary\n')
         for name, values in self.upses.items():
             self._write_dev(name, values)
-            self._spawn([DRIVER, "-F", "-a", name, "-u", "root"])
+            self.drivers[name] = self._spawn([DRIVER, "-F", "-a", name, "-u", "root"])
         self._spawn([UPSD, "-F", "-u", "root"])
         for name, values in self.upses.items():
             self.wait_served(name, values)
@@ -88,7 +89,7 @@ class NutRig:
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.terminate()
-        for process in self.processes:
+        for process in self.processes:  # a driver a test ended is waited for again: at once
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -136,8 +137,25 @@ class NutRig:
         path.write_text(text)
         path.chmod(0o600)
 
-    def _spawn(self, argv: list[str]) -> None:
+    def stop_driver(self, name: str) -> None:
+        """Ends the UPS's driver and waits until upsd says so (``upsc``: "Driver not connected")."""
+        driver = self.drivers.pop(name)
+        driver.terminate()
+        driver.wait(timeout=WAIT)
+        deadline = time.monotonic() + WAIT
+        while True:
+            result = subprocess.run(["upsc", self.address(name), "ups.status"], capture_output=True, text=True,
+                                    env=self.env, timeout=WAIT)
+            if "Driver not connected" in result.stderr:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"upsd still serves {name} {WAIT:g} s after its driver ended: {result}")
+            time.sleep(0.1)
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen:
         log = open(self.dir / f"{Path(argv[0]).name}-{len(self.processes)}.log", "w")  # noqa: SIM115
         with log:
-            self.processes.append(subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                                   cwd=self.dir, start_new_session=True))
+            process = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
+                                       start_new_session=True)
+        self.processes.append(process)
+        return process

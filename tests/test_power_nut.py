@@ -29,8 +29,10 @@ def nut(tmp_path_factory):
     nutrig.require()
     workdir = tmp_path_factory.mktemp("nut")
     workdir.chmod(0o700)
-    # "bare" reports a status and nothing else: dummy-ups never forgets a value once given
-    with nutrig.NutRig(workdir, {"ups1": dict(FULL), "bare": {"ups.status": "OB"}}) as rig:
+    # "bare" reports a status and nothing else: dummy-ups never forgets a value once given;
+    # "gone" loses its driver in a test
+    upses = {"ups1": dict(FULL), "bare": {"ups.status": "OB"}, "gone": {"ups.status": "OL"}}
+    with nutrig.NutRig(workdir, upses) as rig:
         yield rig
 
 
@@ -96,6 +98,13 @@ def test_an_unknown_ups_name_is_named(nut, tmp_path):
     reading, failure = read_ups(power(nut, tmp_path, name="nosuch"))
     assert (failure.code, failure.key) == ("UNKNOWN-UPS", UPS_KEY)
     assert f"upsd on 127.0.0.1:{nut.port} knows no UPS named nosuch" in reading.error
+
+
+def test_a_ups_whose_driver_is_gone_is_said_so(nut, tmp_path):
+    nut.stop_driver("gone")
+    reading, failure = read_ups(power(nut, tmp_path, name="gone"))
+    assert (failure.code, failure.key) == ("DRIVER-NOT-CONNECTED", UPS_KEY)
+    assert reading.error == "upsd's driver for gone is not running (DRIVER-NOT-CONNECTED)"
 
 
 def test_no_daemon_listening_fails_at_once(tmp_path):

@@ -112,6 +112,7 @@ class NutConnection:
         """Sends the command, returns the answer's words. Raises NutError: on ``ERR <CODE>`` (with
         the code), no answer within the deadline, a connection closed or a line too long."""
         try:
+            self.sock.settimeout(max(0.01, self.deadline - time.monotonic()))
             self.sock.sendall((" ".join(quote(word) for word in words) + "\n").encode())
         except OSError as error:
             raise NutError(f"cannot send to upsd: {_reason(error)}") from None

@@ -82,7 +82,7 @@ class UpsReading:
     ups: str  # name@host[:port]
     read_at: float  # epoch
     error: str | None = None  # it could not be read at all
-    flags: tuple[str, ...] = ()  # ups.status's words (each made safe, a few at most)
+    flags: tuple[str, ...] = ()  # ups.status's words, as upsd sent them (a few, each short)
     runtime: Measure = Measure(None, "not read")  # seconds
     charge: Measure = Measure(None, "not read")  # percent
     load: Measure = Measure(None, "not read")  # percent of the rating
@@ -91,7 +91,7 @@ class UpsReading:
     def from_values(cls, ups: str, read_at: float, values: dict[str, str | None]) -> UpsReading:
         """From upsd's texts of ``ups.status``, ``battery.runtime``, ``battery.charge``, ``ups.load``."""
         status = values.get("ups.status") or ""
-        flags = tuple(untrusted.safe(word, limit=16) for word in status.split()[:16])
+        flags = tuple(word[:32] for word in status.split()[:16])
         return cls(ups, read_at, None, flags,
                    runtime=measure(values.get("battery.runtime"), "runtime", low=0, high=MAX_RUNTIME),
                    charge=measure(values.get("battery.charge"), "charge", low=0, high=100),
@@ -109,7 +109,7 @@ class UpsReading:
             return f"{head}: cannot be read: {untrusted.message(self.error)}"
         state = self.state.words
         if self.state is PowerState.UNKNOWN:
-            state += f" (status {' '.join(self.flags) or 'empty'!r})"
+            state += f" (status {untrusted.safe(' '.join(self.flags)) or 'empty'!r})"
         elif self.state is PowerState.ONLINE and "LB" in self.flags:
             state += ", battery low"
         parts = [state, _part("runtime", self.runtime, units.seconds),
