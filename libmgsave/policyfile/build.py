@@ -48,15 +48,14 @@ def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
 def _power(mapping: dict | None, marks: MarkedDocument) -> Power | None:
     if mapping is None:
         return None
-    default = Power(UpsAddress("", ""))
     credentials_mark = marks.value_marks.get(("power", "credentials"), (None, None))
     return Power(
         ups=ups_address(mapping["ups"]),
         credentials=mapping.get("credentials"),
-        margin=parse_duration(mapping.get("margin", default.margin)),
-        poll=parse_duration(mapping.get("poll", default.poll)),
-        on_unreadable=OnUnreadable(mapping.get("on_unreadable", default.on_unreadable)),
-        shutdown_command=tuple(str(word) for word in mapping.get("shutdown_command", default.shutdown_command)),
+        margin=parse_duration(mapping.get("margin", Power.margin)),
+        poll=parse_duration(mapping.get("poll", Power.poll)),
+        on_unreadable=OnUnreadable(mapping.get("on_unreadable", Power.on_unreadable)),
+        shutdown_command=tuple(str(word) for word in mapping.get("shutdown_command", Power.shutdown_command)),
         ups_line=marks.value_marks.get(("power", "ups"), (None, None))[0],
         credentials_line=credentials_mark[0],
         credentials_column=credentials_mark[1],
