@@ -1,12 +1,14 @@
 """The policy's power: section, and what mgsave makes of a UPS's words: pure, no daemon (the real
 NUT is in tests/test_power_nut.py)."""
 
+import os
+
 import pytest
 
 from libmgsave.errors import PolicyError
 from libmgsave.policy import OnUnreadable, UpsAddress
 from libmgsave.policyfile import parse_policy
-from libmgsave.power.credentials import CredentialsError, parse_credentials
+from libmgsave.power.credentials import CredentialsError, parse_credentials, read_credentials
 from libmgsave.power.nut import NutError, quote, split_words
 from libmgsave.power.reading import PowerState, UpsReading, measure, power_state
 
@@ -102,3 +104,13 @@ def test_the_protocol_s_words_quoted_and_split():
         quote("two\nlines")
     with pytest.raises(NutError):
         split_words('VAR u v "unterminated')
+
+
+def test_a_credentials_file_that_is_missing_a_fifo_or_a_directory_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "fifo", 0o600)
+    (tmp_path / "dir").mkdir(mode=0o700)
+    for name, message in (("missing", "does not exist"), ("fifo", "cannot be used: it is a FIFO, not a regular file"),
+                          ("dir", "cannot be used: it is a directory, not a regular file")):
+        with pytest.raises(CredentialsError) as raised:
+            read_credentials(str(tmp_path / name))
+        assert raised.value.message == message
