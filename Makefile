@@ -47,7 +47,7 @@ COMPLETIONDIR := $(PREFIX)/share/bash-completion/completions
 # On zsh's fpath: site-functions for /usr/local, Debian's vendor-completions for /usr.
 ZSHDIR := $(PREFIX)/share/zsh/$(if $(filter /usr,$(PREFIX)),vendor-completions,site-functions)
 # The README and every document it links, installed side by side in $(DOCDIR).
-DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md docs/MIGRATION.md docs/PERFORMANCE.md docs/DESIGN.md \
+DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md docs/MIGRATION.md docs/POWER.md docs/PERFORMANCE.md docs/DESIGN.md \
 	docs/TESTRIG.md
 # Their links name files of the source tree (docs/SYSTEMD.md, config/policy.sample.yaml,
 # libmgsave/schemas); installed, each leads to where that file is installed instead, so that no

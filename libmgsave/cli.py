@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
             "cycle, about rules that match no guest, about settings the connection's driver refuses\n"
             "(bypass_cache on any but qemu's), each under its rule's file:line, about a hypervisor\n"
             "that does not answer, and about libvirt-guests or libvirtd's own shutdown handling being\n"
-            "enabled.")
+            "enabled. With a UPS in 'power:', its credentials file must be usable (else exit 2), and\n"
+            "it warns, under the key's file:line, when upsd does not answer, knows no UPS of that\n"
+            "name, refuses the credentials, or the UPS reports no usable runtime.")
     p.add_argument("--strict", action="store_true",
                    help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
@@ -164,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(file:line) that set it")
     add("status", "show every guest's state, saved image and last results",
         "Show every guest: its state, whether it has a saved image (size, age), its effective\n"
-        "autostart, and what the last shutdown and boot passes did to it.")
+        "autostart, and what the last shutdown and boot passes did to it. With a UPS in the\n"
+        "policy's 'power:', a last line on it: on line or on battery, the runtime, charge and\n"
+        "load it reports, or why it cannot be read.")
     p = add("report", "draw the last shutdown and boot passes as a timeline",
             "Draw the last shutdown and boot passes, from the records in the state directory, as a\n"
             "timeline per guest: waiting for the guests it is after or for a slot, saving, the fallback\n"

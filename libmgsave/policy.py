@@ -183,6 +183,44 @@ class Metrics:
     textfile: str | None = None  # the Prometheus text file written after each pass; None: none
 
 
+NUT_PORT = 3493  # NUT's port (IANA)
+
+
+class OnUnreadable(enum.StrEnum):
+    """What the shutdown pass goes by when the UPS cannot be read (or says something absurd)."""
+
+    FIXED_DEADLINE = "fixed-deadline"  # ``limits.shutdown_deadline``, as without a UPS
+
+
+@dataclass(frozen=True)
+class UpsAddress:
+    """A UPS as NUT names it: ``name@host[:port]``."""
+
+    name: str
+    host: str
+    port: int = NUT_PORT
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.name}@{host}" + (f":{self.port}" if self.port != NUT_PORT else "")
+
+
+@dataclass(frozen=True)
+class Power:
+    """The policy's ``power:``: the UPS the host runs on, read through NUT's upsd."""
+
+    ups: UpsAddress
+    credentials: str | None = None  # a root-only file with the upsd user's name and password
+    margin: float = 60.0  # seconds of battery kept in hand
+    poll: float = 5.0  # seconds between two reads while on battery
+    on_unreadable: OnUnreadable = OnUnreadable.FIXED_DEADLINE
+    shutdown_command: tuple[str, ...] = ("systemctl", "poweroff")
+    # where ``power.ups`` and ``power.credentials`` are in the file, for check's messages
+    ups_line: int | None = None
+    credentials_line: int | None = None
+    credentials_column: int | None = None
+
+
 @dataclass(frozen=True)
 class Policy:
     version: int = 1
@@ -195,6 +233,7 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     limits: Limits = field(default_factory=Limits)
     metrics: Metrics = Metrics()
+    power: Power | None = None  # None: no UPS configured
 
     @property
     def is_builtin(self) -> bool:

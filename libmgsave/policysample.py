@@ -123,6 +123,9 @@ def render_sample(schema: Schema, commented: bool = False) -> str:
                 if index:
                     lines.append(off)
                 lines += _sample_key(schema, child_name, child, INDENT, off, commented)
+        elif name == "power":
+            lines += _power_comment(schema)
+            lines.append(f"{off}{name}: {flow(sample_value(prop))}")
         elif name in schema.get("required", ()):
             lines.append(f"{name}: {flow(sample_value(prop))}")
         else:
@@ -162,6 +165,15 @@ def _rule_comment(schema: Schema) -> list[str]:
             for key, prop in properties(schema, schema["$defs"]["metadata_match"]):
                 lines += _hanging(f"{key}: {prop['description']}", "#       ")
     lines.append("# There are no rules by default; these are examples:")
+    return lines
+
+
+def _power_comment(schema: Schema) -> list[str]:
+    """The keys of ``power:`` (none by default: no UPS), explained as the rules' are."""
+    power = schema["$defs"]["power"]
+    lines = ["#", "# Its keys (docs/POWER.md has an example):"]
+    for name, prop in properties(schema, power):
+        lines += _hanging(f"{name}: {prop['description']}", "#   ")
     return lines
 
 

@@ -62,8 +62,12 @@ def run_check(ctx: Context) -> CheckResult:
     except PolicyError as error:
         _report_problems(ctx, error.problems)
         return CheckResult(tuple(error.problems), (), ctx.strict)
+    power_problems, power_findings = _power_check(policy)
+    if power_problems:
+        _report_problems(ctx, power_problems, "the policy file itself is valid")
+        return CheckResult(tuple(power_problems), (), ctx.strict)
     layout = conflicts.daemon_layout()
-    findings = [Finding(w) for w in conflicts.host_conflicts()] + _guest_findings(policy)
+    findings = [Finding(w) for w in conflicts.host_conflicts()] + _guest_findings(policy) + power_findings
     if ctx.state.insecure:
         findings.append(Finding(ctx.state.insecure_warning()))
     lines = rule_lines(policy)
@@ -112,6 +116,15 @@ def _channel_findings(policy: Policy, guests, connections) -> list[Finding]:
     return findings
 
 
+def _power_check(policy: Policy) -> tuple[list[Problem], list[Finding]]:
+    """The credentials file of ``power:`` (a problem when unusable), and what upsd says (warnings)."""
+    if policy.power is None:
+        return [], []
+    from libmgsave.power.ups import check_power  # only with a UPS: nothing of NUT's loaded otherwise
+
+    return check_power(policy.power, policy.source or "")
+
+
 def _peer_findings(policy: Policy) -> list[Finding]:
     from libmgsave.peers import unreachable_peers
 
@@ -140,6 +153,9 @@ def rule_lines(policy: Policy) -> dict[str, int | None]:
     """Where each rule (by its label) and ``defaults:`` are in the policy file."""
     lines = {rule.label: rule.line for rule in policy.rules}
     lines[DEFAULTS_SOURCE] = policy.defaults_line
+    if policy.power is not None:  # the keys of power: check's warnings are filed under
+        lines["power.ups"] = policy.power.ups_line
+        lines["power.credentials"] = policy.power.credentials_line or policy.power.ups_line
     return lines
 
 
@@ -166,7 +182,7 @@ def _count(warnings) -> str:
     return units.plural(len(warnings), "warning")
 
 
-def _report_problems(ctx: Context, problems: list[Problem]) -> None:
+def _report_problems(ctx: Context, problems: list[Problem], verdict: str = "no change was made") -> None:
     if ctx.json:
         ctx.emit(jsonout.document("check", {
             "ok": False, "strict": ctx.strict, "policy": ctx.policy_path,
@@ -174,4 +190,4 @@ def _report_problems(ctx: Context, problems: list[Problem]) -> None:
         return
     for problem in problems:
         console.err(untrusted.message(problem))
-    console.err(f"{ctx.policy_path}: {units.plural(len(problems), 'problem')}; no change was made")
+    console.err(f"{ctx.policy_path}: {units.plural(len(problems), 'problem')}; {verdict}")

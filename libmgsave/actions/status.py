@@ -56,17 +56,30 @@ def run_status(ctx: Context) -> None:
     rows = [_row(guest, policy, last_shutdown, last_boot) for guest in guests]
     rows += _on_peer_rows(policy, last_shutdown, last_boot, {guest_record_key(*g.key) for g in guests})
     usage, kept_warning = inputs.kept_images(ctx, policy)
+    ups = _ups(policy)
     warnings += ctx.warnings + inputs.policy_warnings(use) + ([kept_warning] if kept_warning else [])
     if ctx.json:
         ctx.emit(jsonout.document("status", {
             "policy": policy.source, "policy_problems": inputs.problems_dict(problems),
             "policy_used": use.choice.to_dict(), "warnings": warnings,
-            "state_dir": str(ctx.state.path), "guests": [r.to_dict() for r in rows], "kept_usage": usage.to_dict()}), "")
+            "state_dir": str(ctx.state.path), "guests": [r.to_dict() for r in rows], "kept_usage": usage.to_dict(),
+            "ups": ups.to_dict() if ups else None}), "")
         return
     text = report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)
+    if ups:
+        text += "\n" + "\n".join(report.wrapped([ups.describe()], indent=""))
     if warnings:
         text += "\n" + "\n".join(report.wrapped(f"warning: {w}" for w in warnings))
     ctx.emit({}, text)
+
+
+def _ups(policy):  # noqa: ANN001, ANN202
+    """The UPS of the policy's ``power:``, read now; None without one (nothing of NUT's loaded)."""
+    if policy.power is None:
+        return None
+    from libmgsave.power.ups import read_ups
+
+    return read_ups(policy.power)[0]
 
 
 def _on_peer_rows(policy, last_shutdown: dict, last_boot: dict, here: set[str]) -> list[GuestStatus]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from libmgsave.policy import (DEFAULT_CONNECTIONS, Limits, Match, MetadataMatch, Metrics, Policy, Rule,
-                              default_parallelism)
+from libmgsave.policy import (DEFAULT_CONNECTIONS, NUT_PORT, Limits, Match, MetadataMatch, Metrics, OnUnreadable,
+                              Policy, Power, Rule, UpsAddress, default_parallelism)
 from libmgsave.policyfile.marks import MarkedDocument
 from libmgsave.policyfile.settings import build_settings, parse_duration, setting_to_json
 
@@ -41,7 +41,42 @@ def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
         rules=rules,
         limits=limits,
         metrics=Metrics(textfile=(document.get("metrics") or {}).get("textfile")),
+        power=_power(document.get("power"), marks),
     )
+
+
+def _power(mapping: dict | None, marks: MarkedDocument) -> Power | None:
+    if mapping is None:
+        return None
+    credentials_mark = marks.value_marks.get(("power", "credentials"), (None, None))
+    return Power(
+        ups=ups_address(mapping["ups"]),
+        credentials=mapping.get("credentials"),
+        margin=parse_duration(mapping.get("margin", Power.margin)),
+        poll=parse_duration(mapping.get("poll", Power.poll)),
+        on_unreadable=OnUnreadable(mapping.get("on_unreadable", Power.on_unreadable)),
+        shutdown_command=tuple(str(word) for word in mapping.get("shutdown_command", Power.shutdown_command)),
+        ups_line=marks.value_marks.get(("power", "ups"), (None, None))[0],
+        credentials_line=credentials_mark[0],
+        credentials_column=credentials_mark[1],
+    )
+
+
+def ups_address(text: str) -> UpsAddress:
+    """``name@host[:port]`` (the schema's pattern checked it) as a ``UpsAddress``; ValueError
+    for a port out of range."""
+    name, _, rest = text.partition("@")
+    host, port = rest, NUT_PORT
+    if rest.startswith("["):
+        host, _, after = rest[1:].partition("]")
+        if after:
+            port = int(after[1:])
+    elif ":" in rest:
+        host, _, port_text = rest.partition(":")
+        port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is not between 1 and 65535")
+    return UpsAddress(name, host, port)
 
 
 def _strings(value: object, transform=str) -> tuple[str, ...]:  # noqa: ANN001
@@ -74,6 +109,7 @@ def policy_to_dict(policy: Policy) -> dict:
         "connections": list(policy.connections),
         "limits": dataclasses.asdict(policy.limits),
         "metrics": dataclasses.asdict(policy.metrics),
+        "power": _power_to_dict(policy.power),
         "defaults": {key: setting_to_json(value) for key, value in policy.defaults.items()},
         "guests": [
             {
@@ -103,3 +139,10 @@ def _match_to_dict(match: Match) -> dict:
         else:
             result[field.name] = list(value)
     return result
+
+
+def _power_to_dict(power: Power | None) -> dict | None:
+    if power is None:
+        return None
+    return {"ups": str(power.ups), "credentials": power.credentials, "margin": power.margin, "poll": power.poll,
+            "on_unreadable": str(power.on_unreadable), "shutdown_command": list(power.shutdown_command)}

@@ -8,7 +8,8 @@ import re
 import jsonschema
 
 from libmgsave.errors import Problem
-from libmgsave.policy import DEADLINE_RESERVE, MAX_DURATION
+from libmgsave.policy import DEADLINE_RESERVE, MAX_DURATION, Limits, Power
+from libmgsave.policyfile.build import ups_address
 from libmgsave.policyfile.marks import KeyPath, MarkedDocument, format_path
 from libmgsave.policyfile.schema_errors import PathSet, Reporter, describe, policy_schema, section_is_valid
 from libmgsave.policyfile.settings import parse_duration
@@ -58,6 +59,12 @@ def cross_field_problems(document: object, marks: MarkedDocument, bad: set[str])
             duration(("limits", "shutdown_deadline"), limits["shutdown_deadline"], longer_than=DEADLINE_RESERVE)
         if "start_delay" in limits:
             duration(("limits", "start_delay"), limits["start_delay"], zero_ok=True)
+    power = document.get("power")
+    if isinstance(power, dict):
+        for key, zero_ok in (("margin", True), ("poll", False)):
+            if key in power:
+                duration(("power", key), power[key], zero_ok=zero_ok)
+        _check_power(reporter, power, limits if isinstance(limits, dict) else {}, clean)
     defaults = document.get("defaults")
     settings(("defaults",), defaults)
     _check_migrate(reporter, ("defaults",), defaults, None, clean)
@@ -90,6 +97,35 @@ def _check_migrate(reporter: Reporter, path: KeyPath, mapping: object, defaults:
         reporter.at((*path, "migrate", "come_back"),
                     "'come_back' needs 'home': the URI the peer's libvirt daemon sends the guest back to",
                     "add 'home: qemu+tls://<this host>/system' to this 'migrate' mapping")
+
+
+def _check_power(reporter: Reporter, power: dict, limits: dict, clean) -> None:  # noqa: ANN001
+    """The UPS's port is a TCP port; ``margin`` is kept out of the deadline, so it must be shorter;
+    a UPS read more often than once a second only loads upsd (its drivers poll every few)."""
+    if isinstance(power.get("ups"), str) and clean(("power", "ups")):
+        try:
+            ups_address(power["ups"])
+        except ValueError as error:
+            reporter.at(("power", "ups"), f"the {error}", "leave the port out for NUT's 3493")
+    margin = _seconds(power.get("margin", Power.margin))
+    poll = _seconds(power.get("poll", Power.poll))
+    deadline = _seconds(limits.get("shutdown_deadline", Limits.shutdown_deadline))
+    if poll is not None and 0 < poll < 1 and clean(("power", "poll")):
+        reporter.at(("power", "poll"), f"must be at least 1 s, not {describe(power['poll'])}")
+    if (margin is not None and deadline is not None and margin >= deadline and clean(("power", "margin"))
+            and clean(("limits", "shutdown_deadline"))):
+        which = "" if "margin" in power else f"the default margin ({margin:g} s) "
+        reporter.at(("power", "margin"),
+                    f"{which}must be shorter than limits.shutdown_deadline ({deadline:g} s): the margin is kept "
+                    f"out of the time the shutdown pass has, and would leave it none",
+                    "set a shorter power.margin or lengthen limits.shutdown_deadline")
+
+
+def _seconds(value: object) -> float | None:
+    try:
+        return parse_duration(value)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return None
 
 
 def duration_problem(seconds: float, *, zero_ok: bool = False, longer_than: float = 0.0) -> str | None:
