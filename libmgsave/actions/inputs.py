@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 from libmgsave import units
 from libmgsave.context import Context
+from libmgsave.diskspace import free_bytes, save_room
 from libmgsave.errors import HypervisorError, PolicyError, Problem
-from libmgsave.hypervisor import Connections, free_bytes, save_room
+from libmgsave.hypervisor import Connections
 from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
 from libmgsave.plan.boot import peer_questions
 from libmgsave.policy import BUILTIN_POLICY, Policy, PolicyChoice, PolicyOrigin, copy_stamp

@@ -113,30 +113,11 @@ class Reporter:
                     message, hint = _unknown_key(key, allowed, path)
                     self.at((*path, key), message, hint, key=True)
         elif kind == "required":
-            known = set(schema.get("properties", {}))
-            misspelt = [k for k in value if k not in known] if isinstance(value, dict) else []
-            explained = False
-            for key in error.validator_value:
-                if isinstance(value, dict) and key not in value:
-                    if any(did_you_mean(k, [key]) for k in misspelt):
-                        explained = True  # the misspelt key is reported as unknown, with this as hint
-                        continue
-                    hint = None
-                    if key == "match" and "name" in value:
-                        hint = "'name:' is only a label; select guests with 'match: {name: ...}'"
-                    self.at(path, f"missing required key '{key}'", hint)
-            return explained
+            return self._missing(error.validator_value, path, value, schema)
         elif kind == "type":
             if "enum" in schema:
                 return True  # the enum's own error names the allowed values: quoting would not help
-            expected = error.validator_value
-            words = (
-                " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
-                if isinstance(expected, list)
-                else _TYPE_WORDS.get(expected, expected)
-            )
-            hint = yaml12_hint(expected, value, self.marks.plain_texts.get(path)) or _type_hint(expected, value, path)
-            self.at(path, f"must be {words}, not {describe(value)}", hint)
+            self._wrong_type(error.validator_value, path, value)
         elif kind == "enum":
             allowed = [str(v) for v in error.validator_value]
             hint = _enum_hint(value, allowed)
@@ -164,6 +145,32 @@ class Reporter:
         else:
             self.at(path, error.message)
         return False
+
+    def _missing(self, required: list[str], path: KeyPath, value: object, schema: Mapping) -> bool:
+        """Reports each required key ``value`` lacks; True when a misspelt key explains one (it is
+        reported as unknown, with this key as its hint)."""
+        known = set(schema.get("properties", {}))
+        misspelt = [k for k in value if k not in known] if isinstance(value, dict) else []
+        explained = False
+        for key in required:
+            if isinstance(value, dict) and key not in value:
+                if any(did_you_mean(k, [key]) for k in misspelt):
+                    explained = True
+                    continue
+                hint = None
+                if key == "match" and "name" in value:
+                    hint = "'name:' is only a label; select guests with 'match: {name: ...}'"
+                self.at(path, f"missing required key '{key}'", hint)
+        return explained
+
+    def _wrong_type(self, expected: object, path: KeyPath, value: object) -> None:
+        words = (
+            " or ".join(_TYPE_WORDS.get(t, t) for t in expected)
+            if isinstance(expected, list)
+            else _TYPE_WORDS.get(expected, expected)
+        )
+        hint = yaml12_hint(expected, value, self.marks.plain_texts.get(path)) or _type_hint(expected, value, path)
+        self.at(path, f"must be {words}, not {describe(value)}", hint)
 
     def _alternatives(self, error: jsonschema.ValidationError, path: KeyPath, schema: Mapping) -> None:
         # Report the errors of the one alternative whose shape fits (e.g. the mapping form of

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from libmgsave import cli, conflicts, hypervisor, parallelsave
+from libmgsave import cli, conflicts, parallelsave
+from libmgsave.hypervisor import host as hypervisor_host
 from libmgsave.errors import ExitCode
 from libmgsave.hypervisor import Host
 from tests.testdriver import URI, define, has_image, hv  # noqa: F401
@@ -110,7 +111,7 @@ def test_a_channels_path_that_raises_restores_in_one_stream(hv, tmp_path, monkey
     host.guest(hv.lookupByName("big1").UUIDString()).save_to_file(path)
     _channels_path_raises(monkeypatch)
     # The test driver's save files are not in libvirt's sparse format, which alone takes channels.
-    monkeypatch.setattr(hypervisor, "is_sparse_image", lambda path: True)
+    monkeypatch.setattr(hypervisor_host, "is_sparse_image", lambda path: True)
     host.restore_from_file(path, channels=4)
     assert hv.lookupByName("big1").isActive()
     assert "ValueError" in caplog.text and "restoring it in one stream" in caplog.text

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from libmgsave.cli import build_parser, commands
+
 ROOT = Path(__file__).resolve().parents[2]
 BASH_COMPLETION_LIBRARY = Path("/usr/share/bash-completion/bash_completion")
 GUESTS = ("dns1", "dns2", "web")
+COMMANDS = list(commands(build_parser()))
 
 needs_bash_completion = pytest.mark.skipif(
     not BASH_COMPLETION_LIBRARY.exists() and os.environ.get("CI") != "true",
@@ -165,6 +168,18 @@ def test_the_guests_come_from_libvirt_default_uri_as_for_virsh(bash, node):
 
 
 @needs_bash_completion
+def test_every_command_is_offered_before_and_after_a_uri_with_colons(bash):
+    shell = bash()
+    offered, _ran = shell.complete("mgsave ")
+    assert sorted(offered) == sorted(COMMANDS)
+    offered, _ran = shell.complete("mgsave -c qemu:///system ")
+    assert sorted(offered) == sorted(COMMANDS), "the URI is one word, the value of -c"
+    offered, ran = shell.complete("mgsave -c qemu:///system images re")
+    assert offered == ["remove"]
+    assert ran == ["-c", "qemu:///system", "images", "remove"]
+
+
+@needs_bash_completion
 def test_images_remove_does_not_offer_list_or_remove_again(bash):
     shell = bash()
     offered, _ran = shell.complete("mgsave images ")
@@ -194,3 +209,15 @@ def test_zsh_offers_the_guests_from_libvirt_too(tmp_path, node, monkeypatch):
     assert sorted(first) == sorted(["shutdown", "boot", *GUESTS])
     assert sorted(after_pass) == sorted(GUESTS)
     assert sorted(after_guest) == ["dns2", "web"]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="needs zsh (scripts/setup installs it)")
+def test_zsh_takes_a_uri_as_one_word_and_offers_each_argument_once(tmp_path):
+    from tests.unit.test_completion import zsh_complete
+
+    after_uri, images, after_remove = zsh_complete(tmp_path, "mgsave -c qemu:///system pl",
+                                                   "mgsave --connect qemu:///system images ",
+                                                   "mgsave images remove ")
+    assert after_uri == ["plan"]
+    assert sorted(images) == ["list", "remove"]
+    assert not {"list", "remove"} & set(after_remove)

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from libmgsave import cli, hypervisor
+from libmgsave import cli
+from libmgsave.hypervisor import peer as hypervisor_peer
 from libmgsave.errors import ExitCode
 from tests.testdriver import MIGRATED_UUID, URI, hv, migrated_record  # noqa: F401
 
@@ -23,7 +24,7 @@ MARGIN = 20.0  # a loaded machine: the pass's own work besides the peer
 
 @pytest.fixture(autouse=True)
 def short_bound(monkeypatch):
-    monkeypatch.setattr(hypervisor, "PEER_TIMEOUT", BOUND)
+    monkeypatch.setattr(hypervisor_peer, "PEER_TIMEOUT", BOUND)
 
 
 @pytest.fixture
