@@ -84,26 +84,15 @@ def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str
         row += [e.guest.name, e.state, ",".join(e.actions) + _channels_token(e)]
         row += [_save_ends(e)] if shutdown else []
         row += [", ".join(names.get(k, k[1]) for k in e.wait_for) or "-"] if show_waits else []
-        row += [] if shutdown else [_without_action(e.reason)]
+        row += [] if shutdown else [e.reason if e.cause is None else e.cause]
         rows.append(row)
     return texttable.render(columns, rows, indent="  ")
-
-
-# The ends of boot reasons that only repeat the ACTION column ("...; resumes").
-_ACTION_ENDINGS = ("; resumes its saved state", "; resumes", ", boots fresh", "; boots fresh")
 
 
 def _name(name: str) -> str:
     """A guest's name where it starts a message: escaped and bounded on its own, so that a name
     of thousands of characters does not take the message's whole room."""
     return untrusted.safe(name)
-
-
-def _without_action(reason: str) -> str:
-    for ending in _ACTION_ENDINGS:
-        if reason.endswith(ending):
-            return reason[: -len(ending)]
-    return reason
 
 
 def _save_ends(entry) -> str:

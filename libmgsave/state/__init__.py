@@ -36,7 +36,7 @@ from libmgsave.state.records import (
     set_aside_untrusted,
 )
 from libmgsave.state.trust import insecure_because, insecure_subdirectory
-from libmgsave.state.validation import transient_image_path
+from libmgsave.saveimages import transient_image_path
 from libmgsave.state.writer import RecordWriter, write_json_atomic
 
 __all__ = [

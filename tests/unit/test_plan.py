@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from libmgsave.history import RecordedPass
 from libmgsave import state
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
@@ -183,7 +184,7 @@ def test_boot_follows_autostart_and_the_record():
     running = guest("already", GuestState.RUNNING)
     record = _record((was_running, "saved"), (shut_down, "shut-down"), (never, "saved"))
     plan = plan_boot([was_running, shut_down, not_running, always_fresh, always_saved, never, running],
-                     policy(BOOT_POLICY), record)
+                     policy(BOOT_POLICY), RecordedPass.from_dict(record))
     actions = {name: e.actions[0] for name, e in by_name(plan).items()}
     assert actions == {
         "ifr-was": Action.RESUME,
@@ -208,7 +209,7 @@ def test_boot_restores_transient_guests_from_their_files():
     t = guest("t", persistent=False)
     record = _record((t, Outcome.SAVED_TO_FILE))
     record["guests"][state.guest_record_key(t.connection, t.uuid)]["image"] = "/x/t.save"
-    plan = plan_boot([], policy(), record)
+    plan = plan_boot([], policy(), RecordedPass.from_dict(record))
     (entry,) = plan.entries
     assert entry.actions == (Action.RESTORE,)
     assert entry.image == "/x/t.save"
