@@ -16,8 +16,9 @@ from libmgsave.channels import UNKNOWN, choose
 from libmgsave.conflicts import Finding
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorUnavailable, PolicyError, Problem
-from libmgsave.matching import DEFAULTS_SOURCE, resolve
+from libmgsave.matching import resolve
 from libmgsave.plan import after_problems
+from libmgsave.plan.model import rule_lines
 from libmgsave.policy import Policy
 
 
@@ -134,13 +135,6 @@ def _two_way_findings(policy: Policy, guests) -> list[Finding]:
                     f"({named}): if a host that sends guests here is also one of its peers, do not shut both down "
                     f"at once (a guest migrated here after this host's shutdown pass has ended is lost with the "
                     f"host); shut them down one after the other, or name peers that do not name this host")]
-
-
-def rule_lines(policy: Policy) -> dict[str, int | None]:
-    """Where each rule (by its label) and ``defaults:`` are in the policy file."""
-    lines = {rule.label: rule.line for rule in policy.rules}
-    lines[DEFAULTS_SOURCE] = policy.defaults_line
-    return lines
 
 
 def locate(source: str | None, lines: dict[str, int | None], finding: Finding) -> LocatedWarning:

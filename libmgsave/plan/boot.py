@@ -11,7 +11,7 @@ from libmgsave.channels import UNKNOWN, ChannelSupport, choose
 from libmgsave.history import GuestEntry, Outcome, RecordedPass, guest_record_key
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.matching import Effective, resolve
-from libmgsave.plan.model import Action, GuestKey, GuestPlan, PassKind, Plan
+from libmgsave.plan.model import Action, GuestKey, GuestPlan, PassKind, Plan, rule_lines
 from libmgsave.plan.ordering import dependencies, effective_orders
 from libmgsave.plan.peers import PeerGuest
 from libmgsave.policy import Autostart, OnResumeFailure, Policy
@@ -89,7 +89,8 @@ def plan_boot(
                                                resolved[k][0].connection)):
         wait_for = tuple(d for d in deps[key] if orders[d] == orders[key])
         entries.append(_boot_entry(facts, *resolved[key], orders[key], wait_for))
-    return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings))
+    return Plan(PassKind.BOOT, tuple(entries), policy.limits, policy.source, tuple(warnings),
+                rule_lines=rule_lines(policy))
 
 
 def _save_files_to_restore(entries: Iterable[GuestEntry], policy: Policy, resolved: Resolved,

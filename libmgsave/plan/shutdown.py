@@ -12,7 +12,7 @@ from libmgsave import units
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
-                                  PassKind, Plan, SaveRate)
+                                  PassKind, Plan, SaveRate, rule_lines)
 from libmgsave.plan.ordering import dependencies, effective_orders
 from libmgsave.plan.peers import PeerBudget, PeerFacts
 from libmgsave.policy import Policy, ShutdownStep
@@ -78,7 +78,7 @@ def plan_shutdown(
         entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), Path(state_dir),
                                        budget, share, peer_budget))
     return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates,
-                peers=dict(peers or {}), deadline=deadline)
+                peers=dict(peers or {}), deadline=deadline, rule_lines=rule_lines(policy))
 
 
 def _stop_first(resolved: Mapping[GuestKey, tuple], deps: Mapping[GuestKey, Iterable[GuestKey]],

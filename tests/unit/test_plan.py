@@ -223,8 +223,7 @@ def test_boot_starts_in_ascending_order():
 
 def test_plan_to_dict_names_where_each_setting_came_from():
     p = policy("version: 1\ndefaults: {shutdown_timeout: 30}\nguests:\n  - name: dbs\n    match: {name: a}\n    order: 3\n")
-    lines = {rule.label: rule.line for rule in p.rules}
-    d = plan_shutdown([guest("a")], p, state_dir=STATE_DIR).to_dict(lines)
+    d = plan_shutdown([guest("a")], p, state_dir=STATE_DIR).to_dict()
     settings = d["guests"][0]["settings"]
     assert settings["order"] == {"value": 3, "from": "guests[0] (dbs)", "line": 4}
     assert settings["shutdown_timeout"]["from"] == "defaults"
