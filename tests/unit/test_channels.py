@@ -5,10 +5,10 @@ import struct
 
 import pytest
 
-from libmgsave.history import RecordedPass
 from libmgsave import report
 from libmgsave.channels import AUTO_MAX, ChannelSupport, choose, support
 from libmgsave.errors import PolicyError
+from libmgsave.history import RecordedPass
 from libmgsave.plan import Action, plan_boot, plan_shutdown
 from libmgsave.inventory import GuestState
 from libmgsave.policy import BUILTIN_SETTINGS, Channels

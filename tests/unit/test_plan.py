@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from libmgsave.history import RecordedPass
 from libmgsave import state
+from libmgsave.history import RecordedPass
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown

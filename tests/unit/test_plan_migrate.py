@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from libmgsave.history import RecordedPass
 from libmgsave.errors import PolicyError
+from libmgsave.history import RecordedPass
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import GuestResult, Outcome, Severity
 from libmgsave.plan import Action, plan_boot, plan_shutdown
