@@ -191,7 +191,7 @@ class EntryError(ValueError):
 
 _REQUIRED = ("connection", "name", "uuid", "outcome")
 # Each optional field of an entry: what it must be, and how to say it.
-ENTRY_FIELDS = {
+_ENTRY_FIELDS = {
     "persistent": (lambda v: v is None or isinstance(v, bool), "true or false"),
     "state": (lambda v: v is None or isinstance(v, str), "a state"),
     "memory_kib": (lambda v: v is None or _is_count(v), "a size"),
@@ -287,10 +287,10 @@ class GuestEntry:
             raise EntryError(f"'outcome' is {raw['outcome']!r}, not an outcome mgsave knows")
         if key is not None and key != guest_record_key(raw["connection"], raw["uuid"]):
             raise EntryError(f"entry {key!r} is filed under the wrong key (it describes {raw['name']!r})")
-        for name, (valid, what) in ENTRY_FIELDS.items():
+        for name, (valid, what) in _ENTRY_FIELDS.items():
             if name in raw and not valid(raw[name]):
                 raise EntryError(f"'{name}' is {raw[name]!r}, not {what}")
-        known = {name: raw[name] for name in (*_REQUIRED, *ENTRY_FIELDS) if name in raw}
+        known = {name: raw[name] for name in (*_REQUIRED, *_ENTRY_FIELDS) if name in raw}
         unknown = {name: value for name, value in raw.items() if name not in known}
         return dataclasses.replace(cls.of(**known), unknown=unknown)
 
