@@ -1,4 +1,4 @@
-"""What a pass did: the closed set of guest outcomes, and the results of steps, guests and passes.
+"""What a pass did: the results of steps, guests and passes (their closed sets: ``history``).
 
 The executor produces these, the actions record and summarise them, ``report`` renders them
 and the exit code is computed from them alone, never from message text.
@@ -7,97 +7,18 @@ and the exit code is computed from them alone, never from message text.
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from libmgsave import jsonout
+# Action, Outcome, Severity, WaitKind, PassKind: the closed sets live in ``history``, the bottom
+# floor; named here too, where the results speak them.
+from libmgsave.history import Action, Outcome, PassKind, Severity, WaitKind  # noqa: F401
 from libmgsave.policy import PolicyChoice, PolicyOrigin
 
 if TYPE_CHECKING:
     from libmgsave.errors import Problem
-    from libmgsave.plan import Action, GuestPlan, PassKind
-
-
-class Severity(enum.Enum):
-    """How a guest (or a pass) fared: the exit code and the journal priority follow it."""
-
-    OK = "ok"  # the guest got its first choice: where the policy wants it
-    DEGRADED = "degraded"  # handled, but not as the policy's first choice (its memory state is gone)
-    FAILED = "failed"  # it may be in any state: the admin must look
-
-
-class Outcome(enum.StrEnum):
-    """What happened to one guest in one pass; the values are what records and ``--json`` say."""
-
-    PLANNED = "planned"  # a dry run: the plan, not carried out
-    SKIPPED = "skipped"  # nothing to do: the plan says so, or (boot) someone else already started it
-    PENDING = "pending"  # record only: running when the shutdown pass began, not handled yet
-    # shutdown
-    MIGRATED = "migrated"  # live-migrated to a peer host: it runs there (the record says which)
-    STAYED = "stayed"  # evacuate: its migration failed or could not begin; it runs on here
-    SAVED = "saved"  # managed-saved: libvirt resumes it from its image at the next start
-    SAVED_TO_FILE = "saved-to-file"  # a transient guest saved to a file under images/
-    SHUT_DOWN = "shut-down"
-    POWERED_OFF = "powered-off"
-    # boot
-    RESUMED = "resumed"
-    RESTORED = "restored"  # a transient guest recreated from its save file
-    STARTED = "started"  # a cold boot the policy asked for
-    BOOTED_FRESH = "booted-fresh"  # a cold boot where a resume was due: its memory state is lost
-    LEFT_OFF = "left-off"  # its resume failed and the policy (or a kept image) says leave it off
-    RETURNED = "returned"  # migrated home from the peer the last shutdown sent it to
-    ON_PEER = "on-peer"  # due to come home, but it stays on its peer (unreachable, or the migration failed)
-    # either pass
-    VANISHED = "vanished"  # undefined or stopped by someone else while the pass ran
-    FAILED = "failed"  # every step failed: at shutdown the guest may still be running
-    INTERRUPTED = "interrupted"  # the pass was stopped (SIGTERM, SIGINT) before it handled the guest
-
-    @property
-    def severity(self) -> Severity:
-        """The outcome's own severity; a guest's also depends on its first choice (``GuestResult``)."""
-        return _SEVERITY.get(self, Severity.OK)
-
-    @property
-    def step(self) -> Action | None:
-        """The step whose success is this outcome, or None (nothing was done, or it went wrong)."""
-        return _steps_of_outcomes().get(self)
-
-
-@functools.cache
-def _steps_of_outcomes() -> dict[Outcome, Action]:
-    from libmgsave.plan.model import Action  # here: the plan package imports this module
-
-    return {
-        Outcome.MIGRATED: Action.MIGRATE,
-        Outcome.RETURNED: Action.RETURN,
-        Outcome.SAVED: Action.SAVE,
-        Outcome.SAVED_TO_FILE: Action.SAVE_TO_FILE,
-        Outcome.SHUT_DOWN: Action.SHUTDOWN,
-        Outcome.POWERED_OFF: Action.POWEROFF,
-        Outcome.RESUMED: Action.RESUME,
-        Outcome.RESTORED: Action.RESTORE,
-        Outcome.STARTED: Action.START,
-    }
-
-_SEVERITY = {
-    Outcome.PENDING: Severity.FAILED,
-    Outcome.FAILED: Severity.FAILED,
-    Outcome.INTERRUPTED: Severity.FAILED,
-    Outcome.BOOTED_FRESH: Severity.DEGRADED,
-    Outcome.LEFT_OFF: Severity.DEGRADED,
-    Outcome.ON_PEER: Severity.DEGRADED,
-    Outcome.STAYED: Severity.DEGRADED,
-}
-
-class WaitKind(enum.StrEnum):
-    """What a guest waited for during a pass, besides its steps' own work."""
-
-    ORDER = "order"  # the earlier order groups (its ``order``, or the guests it is after there)
-    AFTER = "after"  # the guests it is after in its own order group (at shutdown: those that must stop first)
-    SLOT = "slot"  # a save or start slot (limits.max_parallel_*), and limits.start_delay
-    READY = "ready"  # its readiness check (ready: agent or a delay) after it started
+    from libmgsave.plan.model import GuestPlan
 
 
 @dataclass

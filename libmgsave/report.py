@@ -27,8 +27,7 @@ def _channels_token(entry) -> str:
     return f" ({entry.save_channels} channels)" if entry.save_channels > 1 else ""
 
 
-def render_plan(plan: Plan, *, guests: Sequence[str] = (), verbose: bool = False,
-                rule_lines: Mapping[str, int | None] | None = None) -> str:
+def render_plan(plan: Plan, *, guests: Sequence[str] = (), verbose: bool = False) -> str:
     """The plan in 80 columns: a header, one line a guest (a connection column only when there
     are several), notes and warnings. With ``verbose``, or for the ``guests`` named, each guest
     also in full: its plan and every setting with the rule (file:line) that set it."""
@@ -45,7 +44,7 @@ def render_plan(plan: Plan, *, guests: Sequence[str] = (), verbose: bool = False
     lines += wrapped(f"warning: {warning}" for warning in plan.warnings)
     if verbose or guests:
         for e in entries:
-            lines += [""] + plan_details(plan, e, names, rule_lines or {})
+            lines += [""] + plan_details(plan, e, names)
     return "\n".join(lines)
 
 
@@ -84,13 +83,9 @@ def _plan_table(kind: PassKind, entries, names: Mapping, many: bool) -> list[str
         row += [e.guest.name, e.state, ",".join(e.actions) + _channels_token(e)]
         row += [_save_ends(e)] if shutdown else []
         row += [", ".join(names.get(k, k[1]) for k in e.wait_for) or "-"] if show_waits else []
-        row += [] if shutdown else [_without_action(e.reason)]
+        row += [] if shutdown else [e.reason if e.cause is None else e.cause]
         rows.append(row)
     return texttable.render(columns, rows, indent="  ")
-
-
-# The ends of boot reasons that only repeat the ACTION column ("...; resumes").
-_ACTION_ENDINGS = ("; resumes its saved state", "; resumes", ", boots fresh", "; boots fresh")
 
 
 def _name(name: str) -> str:
@@ -99,18 +94,11 @@ def _name(name: str) -> str:
     return untrusted.safe(name)
 
 
-def _without_action(reason: str) -> str:
-    for ending in _ACTION_ENDINGS:
-        if reason.endswith(ending):
-            return reason[: -len(ending)]
-    return reason
-
-
 def _save_ends(entry) -> str:
     return units.seconds(entry.estimate_seconds)
 
 
-def plan_details(plan: Plan, e, names: Mapping, rule_lines: Mapping[str, int | None]) -> list[str]:
+def plan_details(plan: Plan, e, names: Mapping) -> list[str]:
     """One guest's plan in full, then its settings: value, and where it came from (file:line)."""
     guest = e.guest
     lines = [untrusted.message(f"{_name(guest.name)} ({guest.connection}, {e.state}, "
@@ -129,7 +117,7 @@ def plan_details(plan: Plan, e, names: Mapping, rule_lines: Mapping[str, int | N
     values = {name: setting_text(getattr(e.effective.settings, name)) for name in e.effective.sources}
     width = max(len(name) for name in values)
     value_width = min(24, max(len(value) for value in values.values()))
-    origins = {name: _where(source, plan.policy_source, rule_lines) for name, source in e.effective.sources.items()}
+    origins = {name: _where(source, plan.policy_source, plan.rule_lines) for name, source in e.effective.sources.items()}
     lines += wrapped((f"{name:<{width}}  {values[name]:<{value_width}}  [{origins[name]}]" for name in values),
                      indent="    ", hang=width + 2)
     return lines

@@ -1,4 +1,5 @@
-"""Where libvirt keeps a guest's saved memory state, and whether a save file is whole.
+"""Where a guest's saved memory state is kept (libvirt's managed-save images, transient guests'
+save files under the state directory), and whether a save file is whole.
 
 Facts about files only: nothing here talks to libvirt, so the planner can use them.
 """
@@ -112,6 +113,12 @@ def is_sparse_image(path: str | None) -> bool:
 def managed_image_path(uri: str, guest_name: str) -> str | None:
     directory = managed_save_dir(uri)
     return None if directory is None else f"{directory}/{guest_name}.save"
+
+
+def transient_image_path(state_dir: Path, uuid: str) -> Path:
+    """The one place a transient guest's save file may be: ``<state>/images/<uuid>.save`` (a
+    record naming any other file is untrusted)."""
+    return Path(state_dir) / "images" / f"{uuid.lower()}.save"
 
 
 def save_file_is_complete(path: str | None) -> bool:

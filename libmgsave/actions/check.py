@@ -16,8 +16,9 @@ from libmgsave.channels import UNKNOWN, choose
 from libmgsave.conflicts import Finding
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorUnavailable, PolicyError, Problem
-from libmgsave.matching import DEFAULTS_SOURCE, resolve
+from libmgsave.matching import resolve
 from libmgsave.plan import after_problems
+from libmgsave.plan.model import rule_lines
 from libmgsave.policy import Policy
 
 
@@ -70,7 +71,7 @@ def run_check(ctx: Context) -> CheckResult:
     findings = [Finding(w) for w in conflicts.host_conflicts()] + _guest_findings(policy) + power_findings
     if ctx.state.insecure:
         findings.append(Finding(ctx.state.insecure_warning()))
-    lines = rule_lines(policy)
+    lines = _finding_lines(policy)
     warnings = tuple(dict.fromkeys(locate(policy.source, lines, f) for f in findings))
     result = CheckResult((), warnings, ctx.strict)
     source = policy.source or f"built-in defaults (no file at {ctx.policy_path})"
@@ -149,10 +150,9 @@ def _two_way_findings(policy: Policy, guests) -> list[Finding]:
                     f"host); shut them down one after the other, or name peers that do not name this host")]
 
 
-def rule_lines(policy: Policy) -> dict[str, int | None]:
-    """Where each rule (by its label) and ``defaults:`` are in the policy file."""
-    lines = {rule.label: rule.line for rule in policy.rules}
-    lines[DEFAULTS_SOURCE] = policy.defaults_line
+def _finding_lines(policy: Policy) -> dict[str, int | None]:
+    """Where each rule, ``defaults:`` and the keys of ``power:`` are: what check's findings are filed under."""
+    lines = dict(rule_lines(policy))
     if policy.power is not None:  # the keys of power: check's warnings are filed under
         lines["power.ups"] = policy.power.ups_line
         lines["power.credentials"] = policy.power.credentials_line or policy.power.ups_line

@@ -11,6 +11,7 @@ from libmgsave import units
 from libmgsave.context import Context
 from libmgsave.diskspace import free_bytes, save_room
 from libmgsave.errors import HypervisorError, PolicyError, Problem
+from libmgsave.history import RecordedPass
 from libmgsave.hypervisor import Connections
 from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
 from libmgsave.plan.boot import peer_questions
@@ -241,10 +242,11 @@ def boot_plan(ctx: Context, guests, policy: Policy, connections: Connections) ->
     boot = ctx.state.last_boot(quiet=True)
     if record is not None:
         record = dict(record, guests=_settled(record, guests))
-    return plan_boot(guests, policy, record, _unrecorded_images(ctx, record, boot, guests, connections),
+    last = RecordedPass.from_dict(record) if record is not None else None
+    return plan_boot(guests, policy, last, _unrecorded_images(ctx, record, boot, guests, connections),
                      booted_since=booted_since(record, boot), used_images=used_images(record, boot),
                      channels=channel_support(connections),
-                     on_peers=peers.guests_on_peers(peer_questions(guests, policy, record)))
+                     on_peers=peers.guests_on_peers(peer_questions(guests, policy, last)))
 
 
 def _settled(record: dict, guests) -> dict:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 from libmgsave import jsonout, report
 from libmgsave.actions import inputs
-from libmgsave.actions.check import rule_lines
 from libmgsave.context import Context
 from libmgsave.spelling import did_you_mean
 
@@ -41,14 +40,13 @@ def run_plan(ctx: Context) -> PlanResult:
         plans.append(inputs.boot_plan(ctx, guests, policy, connections))
     warnings += ctx.warnings + inputs.policy_warnings(use)
     warnings += inputs.refused_flag_warnings(guests, policy, connections)
-    lines = rule_lines(policy)
     # Only the form asked for: each costs as much as the plan itself with thousands of guests.
     if ctx.json:
         ctx.emit(jsonout.document("plan", {"policy_problems": inputs.problems_dict(problems),
                                            "policy_used": use.choice.to_dict(), "warnings": warnings,
-                                           "plans": [_only(p.to_dict(lines), ctx.guests) for p in plans]}), "")
+                                           "plans": [_only(p.to_dict(), ctx.guests) for p in plans]}), "")
     else:
-        text = "\n\n".join(report.render_plan(p, guests=ctx.guests, verbose=ctx.verbose, rule_lines=lines)
+        text = "\n\n".join(report.render_plan(p, guests=ctx.guests, verbose=ctx.verbose)
                            for p in plans)
         if warnings:
             text += "\n" + "\n".join(report.wrapped((f"warning: {w}" for w in warnings), indent=""))

@@ -50,11 +50,12 @@ def _record(ctx: Context, results: list[GuestResult]) -> None:
         if key not in record["guests"]:
             continue
         if r.outcome is Outcome.RETURNED:
-            home[key] = GuestEntry(record["guests"][key], outcome=str(r.outcome), peer=None, messages=r.messages,
-                                   steps=[s.to_dict() for s in r.steps], started=r.started, finished=r.finished)
+            home[key] = GuestEntry.from_dict(record["guests"][key]).replace(
+                outcome=r.outcome, peer=None, messages=r.messages, steps=[s.to_dict() for s in r.steps],
+                started=r.started, finished=r.finished).to_dict()
         else:
-            noted[key] = GuestEntry(record["guests"][key], note=f"mgsave return did not bring it home ({r.outcome}): "
-                                                                f"{'; '.join(r.messages)}")
+            noted[key] = GuestEntry.from_dict(record["guests"][key]).replace(
+                note=f"mgsave return did not bring it home ({r.outcome}): {'; '.join(r.messages)}").to_dict()
     stopped_by = interrupt.signal_received()
     writer = RecordWriter.amend(ctx.state.shutdown_record, "shutdown", dict(record, guests=noted), home,
                                 by=RecordedBy.RETURN)

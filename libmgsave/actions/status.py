@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context
+from libmgsave.history import GuestEntry
 from libmgsave.inventory import ON_PEER
 from libmgsave.matching import resolve
 from libmgsave.plan.boot import recorded_guest, recorded_peer
@@ -88,10 +89,10 @@ def _on_peer_rows(policy, last_shutdown: dict, last_boot: dict, here: set[str]) 
     guest (it says whether the boot pass brings them home)."""
     rows = []
     for key, entry in sorted(last_shutdown.items(), key=lambda item: item[1].get("name", "")):
-        peer = recorded_peer(entry)
+        peer = recorded_peer(GuestEntry.from_dict(entry))
         if key in here or peer is None:
             continue
-        guest = recorded_guest(entry, persistent=True)
+        guest = recorded_guest(GuestEntry.from_dict(entry), persistent=True)
         rows.append(GuestStatus(
             connection=guest.connection, name=guest.name, uuid=guest.uuid, state=ON_PEER,
             persistent=True, has_saved_image=False, saved_image_path=None, saved_image_bytes=None,

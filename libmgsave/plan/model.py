@@ -2,53 +2,21 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from libmgsave import jsonout
+# The closed sets and the save rate are history's (the bottom floor); the plan speaks them.
+from libmgsave.history import DEFAULT_SAVE_THROUGHPUT, Action, PassKind, SaveRate  # noqa: F401
 from libmgsave.inventory import ON_PEER, GuestInfo
-from libmgsave.matching import Effective
+from libmgsave.matching import DEFAULTS_SOURCE, Effective
 # DEADLINE_RESERVE is defined with the policy's limits, which must leave room for it.
-from libmgsave.policy import DEADLINE_RESERVE, Limits  # noqa: F401
+from libmgsave.policy import DEADLINE_RESERVE, Limits, Policy  # noqa: F401
 from libmgsave.policyfile.settings import setting_to_json
-
-# Aggregate save throughput assumed before any pass has measured one on this host. Saving is
-# CPU-bound (QEMU and libvirt's I/O helper); 200 MB/s is below what a 2-core host reached.
-DEFAULT_SAVE_THROUGHPUT = 200e6
 
 GuestKey = tuple[str, str]  # (connection URI, UUID)
 FILES_ROOM = "<state directory>"  # key of ``room`` for transient guests' save files
-
-
-@dataclass(frozen=True)
-class SaveRate:
-    """The aggregate save rate assumed on one connection (guest memory bytes per second), and
-    where it came from, for ``mgsave plan``."""
-
-    bytes_per_second: float
-    source: str
-
-    def to_dict(self) -> dict:
-        return {"bytes_per_second": self.bytes_per_second, "source": self.source}
-
-
-class PassKind(enum.StrEnum):
-    SHUTDOWN = "shutdown"
-    BOOT = "boot"
-
-
-class Action(enum.StrEnum):
-    MIGRATE = "migrate"  # live migration to ``GuestPlan.peer``
-    SAVE = "save"  # managed save
-    SAVE_TO_FILE = "save-to-file"  # transient guest: save to images/<uuid>.save
-    SHUTDOWN = "shutdown"
-    POWEROFF = "poweroff"
-    RESUME = "resume"  # start from the managed-save image
-    RESTORE = "restore"  # recreate a transient guest from its save file
-    START = "start"  # cold boot
-    RETURN = "return"  # migrate home from ``GuestPlan.peer``, where the last shutdown sent it
-    SKIP = "skip"
 
 
 @dataclass(frozen=True)
@@ -89,6 +57,9 @@ class GuestPlan:
     # boot: why a guest that would have started is left off at a loss (the record places it on a
     # peer that could not be asked whether it runs there), or None; its first choice is dropped
     left_off_because: str | None = None
+    # boot: ``reason`` without its last words on what the guest gets ("; resumes"), which the
+    # ACTION column of a table says already; None: the whole reason
+    cause: str | None = None
 
     @property
     def key(self) -> GuestKey:
@@ -114,7 +85,7 @@ class GuestPlan:
         return self.actions == (Action.SKIP,)
 
     def to_dict(self, rule_lines: Mapping[str, int | None] | None = None) -> dict:
-        """``rule_lines``: where each rule (by label) is in the policy file, for each setting's origin."""
+        """``rule_lines``: where each rule (by label) is in the policy file (its plan's ``rule_lines``)."""
         return {
             "connection": self.guest.connection,
             "name": self.guest.name,
@@ -152,12 +123,15 @@ class Plan:
     # shutdown: the seconds the plan was made for, from its start (--deadline, what is left of
     # the pass's deadline, or limits.shutdown_deadline)
     deadline: float | None = None
+    # where each rule (by label) and ``defaults:`` are in the policy file: the line of each
+    # setting's origin (``rule_lines``); empty: the built-in defaults
+    rule_lines: Mapping[str, int | None] = field(default_factory=dict)
 
     @property
     def active(self) -> tuple[GuestPlan, ...]:
         return tuple(e for e in self.entries if not e.skipped)
 
-    def to_dict(self, rule_lines: Mapping[str, int | None] | None = None) -> dict:
+    def to_dict(self) -> dict:
         return {
             "pass": str(self.kind),
             "policy": self.policy_source,  # None: the built-in defaults (as status and check say)
@@ -171,9 +145,16 @@ class Plan:
             "deadline_seconds": self.deadline,
             "save_rates": {uri: rate.to_dict() for uri, rate in (self.rates or {}).items()},
             "warnings": list(self.warnings),
-            "guests": [e.to_dict(rule_lines) for e in self.entries],
+            "guests": [e.to_dict(self.rule_lines) for e in self.entries],
             "peers": {uri: facts.to_dict() for uri, facts in (self.peers or {}).items()},
         }
+
+
+def rule_lines(policy: Policy) -> Mapping[str, int | None]:
+    """Where each rule (by its label) and ``defaults:`` are in the policy file."""
+    lines = {rule.label: rule.line for rule in policy.rules}
+    lines[DEFAULTS_SOURCE] = policy.defaults_line
+    return MappingProxyType(lines)
 
 
 def _settings_dict(effective: Effective, rule_lines: Mapping[str, int | None]) -> dict:

@@ -12,12 +12,11 @@ from libmgsave import units
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
-                                  PassKind, Plan, SaveRate)
+                                  PassKind, Plan, SaveRate, rule_lines)
 from libmgsave.plan.ordering import dependencies, effective_orders
 from libmgsave.plan.peers import PeerBudget, PeerFacts
 from libmgsave.policy import Policy, ShutdownStep
-from libmgsave.saveimages import managed_image_path
-from libmgsave.state import StateDir
+from libmgsave.saveimages import managed_image_path, transient_image_path
 
 
 def plan_shutdown(
@@ -54,7 +53,6 @@ def plan_shutdown(
     (``plan.peers.PeerBudget``), or is dropped from the chain when no peer can take the guest
     in time.
     """
-    room_left = dict(room or {})
     guests = list(guests)
     rates = dict(rates or {})
     for uri in {g.connection for g in guests} - set(rates):
@@ -64,35 +62,36 @@ def plan_shutdown(
     resolved = {g.key: (g, resolve(policy, g)) for g in guests}
     deps = dependencies(resolved, warnings)
     orders = effective_orders(resolved, deps)
+    stop_first = _stop_first(resolved, deps, orders)
+    budget = _SaveBudget(rates, deadline, dict(room or {}))
+    saving = sum(1 for g, eff in resolved.values() if g.state.is_active and ShutdownStep.SAVE in eff.settings.on_shutdown)
+    share = _ChannelShare(dict(channels or {}), min(policy.limits.max_parallel_saves, saving) or 1,
+                          cores or os.cpu_count() or 1)
+    peer_budget = PeerBudget(peers or {}, source_types or {}, deadline - DEADLINE_RESERVE)
+    entries = []
+    for key in sorted(resolved, key=lambda k: (-orders[k], -resolved[k][1].settings.priority, resolved[k][0].name,
+                                               resolved[k][0].connection)):
+        guest, eff = resolved[key]
+        if not guest.state.is_active:
+            entries.append(GuestPlan(guest, eff, (Action.SKIP,), f"{guest.state}: nothing to do", orders[key]))
+            continue
+        entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), Path(state_dir),
+                                       budget, share, peer_budget))
+    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates,
+                peers=dict(peers or {}), deadline=deadline, rule_lines=rule_lines(policy))
 
-    # Stop dependents before what they depend on: invert the edges among active guests.
+
+def _stop_first(resolved: Mapping[GuestKey, tuple], deps: Mapping[GuestKey, Iterable[GuestKey]],
+                orders: Mapping[GuestKey, int]) -> dict[GuestKey, list[GuestKey]]:
+    """The guests that must stop before each one: its dependents in its own order group (the
+    edges among active guests, inverted: dependents stop before what they depend on)."""
     stop_first: dict[GuestKey, list[GuestKey]] = {k: [] for k in resolved}
     for key, needs in deps.items():
         if resolved[key][0].state.is_active:
             for needed in needs:
                 if orders[needed] == orders[key]:
                     stop_first[needed].append(key)
-
-    def sort_key(key: GuestKey):
-        guest, eff = resolved[key]
-        return (-orders[key], -eff.settings.priority, guest.name, guest.connection)
-
-    entries = []
-    budget = _SaveBudget(rates, deadline, room_left)
-    saving = sum(1 for g, eff in resolved.values() if g.state.is_active and ShutdownStep.SAVE in eff.settings.on_shutdown)
-    share = _ChannelShare(dict(channels or {}), min(policy.limits.max_parallel_saves, saving) or 1,
-                          cores or os.cpu_count() or 1)
-    peer_budget = PeerBudget(peers or {}, source_types or {}, deadline - DEADLINE_RESERVE)
-    for key in sorted(resolved, key=sort_key):
-        guest, eff = resolved[key]
-        if not guest.state.is_active:
-            reason = f"{guest.state}: nothing to do"
-            entries.append(GuestPlan(guest, eff, (Action.SKIP,), reason, orders[key]))
-            continue
-        entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), state_dir, budget,
-                                       share, peer_budget))
-    return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates,
-                peers=dict(peers or {}), deadline=deadline)
+    return stop_first
 
 
 class _SaveBudget:
@@ -149,7 +148,7 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
             if guest.persistent:
                 managed = managed_image_path(guest.connection, guest.name)
             else:
-                image = StateDir(state_dir).transient_image(guest.uuid)
+                image = str(transient_image_path(state_dir, guest.uuid))
                 notes.append("transient guest: saved to a file, restored from it at boot")
         else:
             chain.append(Action(step.value))

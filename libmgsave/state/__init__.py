@@ -36,7 +36,6 @@ from libmgsave.state.records import (
     set_aside_untrusted,
 )
 from libmgsave.state.trust import insecure_because, insecure_subdirectory
-from libmgsave.state.validation import transient_image_path
 from libmgsave.state.writer import RecordWriter, write_json_atomic
 
 __all__ = [
@@ -103,10 +102,6 @@ class StateDir:
     def failed_images(self) -> Path:
         """Images that could not be resumed or restored, kept for inspection."""
         return self.path / "failed-images"
-
-    def transient_image(self, uuid: str) -> str:
-        """The one place a transient guest's save file may be (records naming another are untrusted)."""
-        return str(transient_image_path(self.path, uuid))
 
     def last_shutdown(self, *, quiet: bool = False, warnings: list[str] | None = None) -> dict | None:
         if self.insecure:

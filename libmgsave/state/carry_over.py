@@ -20,8 +20,8 @@ import time
 from collections.abc import Collection, Mapping
 
 from libmgsave.inventory import GuestInfo
-from libmgsave.outcomes import Outcome
-from libmgsave.state.records import GuestEntry, guest_record_key, pending_entry
+from libmgsave.history import GuestEntry, Outcome, guest_record_key
+from libmgsave.state.records import pending_entry
 
 log = logging.getLogger("mgsave")
 
@@ -38,7 +38,7 @@ def starting_entries(previous: dict | None, boot: dict | None, plan, complete_fi
     ``previous`` and ``boot`` are the last shutdown and boot records (None: none to trust),
     ``plan`` the pass's plan, ``complete_files`` the save files of ``previous`` that are whole
     on disk (see ``files_to_check``), and ``boot_id`` the kernel's ID of this boot of the host."""
-    entries: dict[str, GuestEntry] = {}
+    entries: dict[str, dict] = {}
     if previous:
         now = {guest_record_key(*e.guest.key): e.guest for e in plan.entries}
         settled = settle_interrupted(previous["guests"], now, complete_files)
@@ -80,8 +80,8 @@ def pending_files(previous: dict | None) -> list[str]:
             if e.get("outcome") == Outcome.PENDING and e.get("image")]
 
 
-def settle_interrupted(entries: Mapping[str, GuestEntry], guests_now: Mapping[str, GuestInfo],
-                       complete_files: Collection[str]) -> dict[str, GuestEntry]:
+def settle_interrupted(entries: Mapping[str, dict], guests_now: Mapping[str, GuestInfo],
+                       complete_files: Collection[str]) -> dict[str, dict]:
     """``entries`` with those an interrupted pass left 'pending' whose save has completed since
     (libvirt finished it after that pass died) recorded as saved: a persistent guest now off with
     a saved image, or a transient guest gone whose save file is whole."""
@@ -96,13 +96,14 @@ def settle_interrupted(entries: Mapping[str, GuestEntry], guests_now: Mapping[st
             outcome = Outcome.SAVED_TO_FILE
         else:
             continue
-        settled[key] = GuestEntry(entry, outcome=str(outcome), note="its save, begun by an interrupted pass, completed")
+        settled[key] = GuestEntry.from_dict(entry).replace(
+            outcome=outcome, note="its save, begun by an interrupted pass, completed").to_dict()
         log.info("%s: found saved by the interrupted pass", entry.get("name"))
     return settled
 
 
 def still_away(previous: dict, boot: dict | None, guests_now: Mapping[str, GuestInfo],
-               complete_files: Collection[str]) -> dict[str, GuestEntry]:
+               complete_files: Collection[str]) -> dict[str, dict]:
     """The entries of ``previous`` (of any boot) whose guest is still away now: no boot pass
     since the entry was written brought it back (``boot``: the last boot record), it does not
     run here, and it is where the entry says: saved here with its image, in its whole save
@@ -116,7 +117,7 @@ def still_away(previous: dict, boot: dict | None, guests_now: Mapping[str, Guest
     return carried
 
 
-def _boot_outcome(boot: dict | None, key: str, entry: GuestEntry, record: dict) -> str | None:
+def _boot_outcome(boot: dict | None, key: str, entry: dict, record: dict) -> str | None:
     """What the boot pass of ``boot`` did to the guest, when that pass ran after the entry was
     written (an entry ``mgsave evacuate`` added to a record says when)."""
     if not _booted_after(boot, entry.get("recorded", record["started"])):
@@ -124,7 +125,7 @@ def _boot_outcome(boot: dict | None, key: str, entry: GuestEntry, record: dict) 
     return boot["guests"].get(key, {}).get("outcome")
 
 
-def _away(entry: GuestEntry, guest: GuestInfo | None, boot_outcome: str | None,
+def _away(entry: dict, guest: GuestInfo | None, boot_outcome: str | None,
           complete_files: Collection[str]) -> str | None:
     """Why the guest of ``entry`` is still away, or None when it is back (or gone for good)."""
     if boot_outcome in _BACK or (guest is not None and guest.state.is_active):

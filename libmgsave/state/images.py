@@ -15,11 +15,9 @@ from pathlib import Path
 from libmgsave import safefiles, units
 from libmgsave.errors import HypervisorError
 from libmgsave.inventory import GuestInfo
-from libmgsave.outcomes import Outcome
+from libmgsave.history import UUID_PATTERN, GuestEntry, Outcome, guest_record_key
 from libmgsave.state.kept import KEPT_BESIDE
-from libmgsave.state.records import GuestEntry, guest_record_key
 from libmgsave.state.trust import insecure_subdirectory
-from libmgsave.state.validation import UUID_PATTERN
 
 log = logging.getLogger("mgsave")
 
@@ -59,10 +57,10 @@ def transient_images_without_record(images: Path, record: dict | None,
                             f"(mgsave boot --restore-unrecorded restores it)")
             continue
         _kept(warnings, f"{guest.name}: restoring its saved image {path}, found with no usable record to name it")
-        entries.append(GuestEntry(
+        entries.append(GuestEntry.of(
             connection=guest.connection, name=guest.name, uuid=guest.uuid, persistent=False,
             memory_kib=guest.memory_kib, title=guest.title, metadata=dict(guest.metadata),
-            outcome=str(Outcome.SAVED_TO_FILE), image=str(path),
+            outcome=Outcome.SAVED_TO_FILE, image=str(path),
         ))
     return entries
 

@@ -12,11 +12,11 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import TypedDict
 
 from libmgsave import __version__
-from libmgsave.outcomes import Outcome
-from libmgsave.state.validation import (MAX_RECORD_BYTES, RecordedBy, UnsafeFile, canonical_images,  # noqa: F401
+# A record's entries are history's typed values; named here too, where records are read.
+from libmgsave.history import GuestEntry, Outcome, RecordedBy, guest_record_key  # noqa: F401
+from libmgsave.state.validation import (MAX_RECORD_BYTES, UnsafeFile, canonical_images,  # noqa: F401
                                         read_regular_file, record_problem)
 
 log = logging.getLogger("mgsave")
@@ -25,40 +25,6 @@ RECORD_FORMAT = "mgsave-state"
 RECORD_VERSION = 1
 SHUTDOWN_RECORD = "last-shutdown.json"
 BOOT_RECORD = "last-boot.json"
-
-
-class GuestEntry(TypedDict, total=False):
-    """One guest in a record, filed under ``guest_record_key``. Both records have the first four
-    and what was done (``steps``, ``waits``, times: ``mgsave report`` draws them); the shutdown
-    record also has the guest's facts, the boot record ``ok``. An entry another kind of pass
-    wrote into the shutdown record says which (``recorded_by``) and when (``recorded``)."""
-
-    connection: str
-    name: str
-    uuid: str
-    outcome: str  # an Outcome's value
-    persistent: bool
-    state: str
-    memory_kib: int
-    title: str
-    metadata: dict[str, str]
-    image: str | None  # a transient guest's save file
-    peer: str | None  # migrated: the libvirt URI of the peer it runs on now
-    planned: list[str]  # the actions of its plan
-    steps: list[dict]  # each step's action, ok, started, finished, bytes, error
-    waits: list[dict]  # what it waited for besides its steps (outcomes.WaitKind), started, finished
-    started: float  # when the pass took it up
-    finished: float
-    bytes: int
-    messages: list[str]
-    note: str
-    ok: bool
-    recorded_by: str  # a RecordedBy's value
-    recorded: float  # when that pass began
-
-
-def guest_record_key(connection: str, uuid: str) -> str:
-    return f"{connection} {uuid.lower()}"
 
 
 class RecordError(Exception):
@@ -97,7 +63,7 @@ def read_record(path: Path, kind: str) -> dict | None:
         )
     if not isinstance(data.get("guests"), dict):
         raise RecordError(f"{path}: has no guest list; the file is corrupt")
-    problem = record_problem(data, path.parent, guest_record_key)
+    problem = record_problem(data, path.parent)
     if problem:
         raise RecordError(f"{path}: {problem}; the file is corrupt")
     canonical_images(data, path.parent)
@@ -163,12 +129,12 @@ def boot_record(started: float, results, interrupted: str | None, boot_id: str |
         # over the record entries of the guests it did not reach.
         "interrupted": interrupted,
         "boot_id": boot_id,
-        "guests": {guest_record_key(*r.plan.key): GuestEntry(
+        "guests": {guest_record_key(*r.plan.key): GuestEntry.of(
             connection=r.plan.guest.connection, name=r.plan.guest.name, uuid=r.plan.guest.uuid,
-            outcome=str(r.outcome), ok=r.ok, messages=r.messages, started=r.started, finished=r.finished,
+            outcome=r.outcome, ok=r.ok, messages=r.messages, started=r.started, finished=r.finished,
             bytes=r.bytes, steps=[s.to_dict() for s in r.steps], waits=[w.to_dict() for w in r.waits],
             **({"image_used": True} if r.outcome is Outcome.RESTORED else {}),
-            **({"peer": r.peer} if r.peer else {}))
+            **({"peer": r.peer} if r.peer else {})).to_dict()
             for r in results},
     }
 
@@ -186,12 +152,12 @@ def booted_since(shutdown: dict | None, boot: dict | None) -> bool:
     return bool(shutdown and boot and boot["started"] > shutdown["started"])
 
 
-def pending_entry(entry) -> GuestEntry:
-    """A guest's entry in the shutdown record, before anything is done to it (``entry`` is its
-    ``GuestPlan``)."""
+def pending_entry(entry) -> dict:
+    """A guest's entry in the shutdown record (as written), before anything is done to it
+    (``entry`` is its ``GuestPlan``)."""
     g = entry.guest
-    return GuestEntry(
+    return GuestEntry.of(
         connection=g.connection, name=g.name, uuid=g.uuid, persistent=g.persistent, state=str(g.state),
-        memory_kib=g.memory_kib, title=g.title, metadata=dict(g.metadata), outcome=str(Outcome.PENDING),
+        memory_kib=g.memory_kib, title=g.title, metadata=dict(g.metadata), outcome=Outcome.PENDING,
         image=entry.image, planned=[str(a) for a in entry.actions],
-    )
+    ).to_dict()

@@ -15,8 +15,7 @@ import math
 import time
 
 from libmgsave import units
-from libmgsave.plan import Action
-from libmgsave.plan.model import DEFAULT_SAVE_THROUGHPUT, SaveRate
+from libmgsave.history import DEFAULT_SAVE_THROUGHPUT, Action, SaveRate
 
 RECORD_KEY = "save_rates"  # in the shutdown record: {uri: {bytes_per_second, measured, memory_bytes, seconds}}
 # Bounds of a plausible aggregate save rate, in guest memory per second (pages never touched are

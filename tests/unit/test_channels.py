@@ -8,6 +8,7 @@ import pytest
 from libmgsave import report
 from libmgsave.channels import AUTO_MAX, ChannelSupport, choose, support
 from libmgsave.errors import PolicyError
+from libmgsave.history import RecordedPass
 from libmgsave.plan import Action, plan_boot, plan_shutdown
 from libmgsave.inventory import GuestState
 from libmgsave.policy import BUILTIN_SETTINGS, Channels
@@ -104,7 +105,7 @@ def test_at_boot_only_restores_of_save_files_take_channels():
         for t in [guest("t", persistent=False)]} | {f"{URI} {g.uuid}": {
             "connection": URI, "name": g.name, "uuid": g.uuid, "outcome": "saved"}
         for g in [guest("p", image=True)]}}
-    plan = plan_boot([guest("p", GuestState.SHUTOFF, image=True)], policy("4"), record,
+    plan = plan_boot([guest("p", GuestState.SHUTOFF, image=True)], policy("4"), RecordedPass.from_dict(record),
                      channels={URI: OFFERED})
     entries = by_name(plan)
     assert entries["t"].actions == (Action.RESTORE,) and entries["t"].save_channels == 4

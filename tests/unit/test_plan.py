@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from libmgsave import state
+from libmgsave.history import RecordedPass
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
@@ -183,7 +184,7 @@ def test_boot_follows_autostart_and_the_record():
     running = guest("already", GuestState.RUNNING)
     record = _record((was_running, "saved"), (shut_down, "shut-down"), (never, "saved"))
     plan = plan_boot([was_running, shut_down, not_running, always_fresh, always_saved, never, running],
-                     policy(BOOT_POLICY), record)
+                     policy(BOOT_POLICY), RecordedPass.from_dict(record))
     actions = {name: e.actions[0] for name, e in by_name(plan).items()}
     assert actions == {
         "ifr-was": Action.RESUME,
@@ -208,7 +209,7 @@ def test_boot_restores_transient_guests_from_their_files():
     t = guest("t", persistent=False)
     record = _record((t, Outcome.SAVED_TO_FILE))
     record["guests"][state.guest_record_key(t.connection, t.uuid)]["image"] = "/x/t.save"
-    plan = plan_boot([], policy(), record)
+    plan = plan_boot([], policy(), RecordedPass.from_dict(record))
     (entry,) = plan.entries
     assert entry.actions == (Action.RESTORE,)
     assert entry.image == "/x/t.save"
@@ -222,8 +223,7 @@ def test_boot_starts_in_ascending_order():
 
 def test_plan_to_dict_names_where_each_setting_came_from():
     p = policy("version: 1\ndefaults: {shutdown_timeout: 30}\nguests:\n  - name: dbs\n    match: {name: a}\n    order: 3\n")
-    lines = {rule.label: rule.line for rule in p.rules}
-    d = plan_shutdown([guest("a")], p, state_dir=STATE_DIR).to_dict(lines)
+    d = plan_shutdown([guest("a")], p, state_dir=STATE_DIR).to_dict()
     settings = d["guests"][0]["settings"]
     assert settings["order"] == {"value": 3, "from": "guests[0] (dbs)", "line": 4}
     assert settings["shutdown_timeout"]["from"] == "defaults"

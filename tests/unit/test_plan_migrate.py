@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from libmgsave.errors import PolicyError
+from libmgsave.history import RecordedPass
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import GuestResult, Outcome, Severity
 from libmgsave.plan import Action, plan_boot, plan_shutdown
@@ -106,16 +107,16 @@ def test_boot_brings_a_migrated_guest_home_only_with_come_back():
     record = {"started": 1.0, "guests": {guest_record_key(*g.key): {
         "connection": URI, "name": "a", "uuid": g.uuid, "outcome": "migrated", "peer": P1, "memory_kib": 1024}}}
     home = ', come_back: true, home: "qemu+tls://home.example.org/system"'
-    [entry] = plan_boot([], policy(home), record).entries
+    [entry] = plan_boot([], policy(home), RecordedPass.from_dict(record)).entries
     assert entry.actions == (Action.RETURN,) and entry.peer == P1 and entry.guest.persistent
-    [entry] = plan_boot([], policy(), record).entries
+    [entry] = plan_boot([], policy(), RecordedPass.from_dict(record)).entries
     assert entry.skipped and P1 in entry.reason
     # a peer the policy does not list is never contacted, whatever the record says
     record["guests"][guest_record_key(*g.key)]["peer"] = "qemu+tls://elsewhere.example.org/system"
-    [entry] = plan_boot([], policy(home), record).entries
+    [entry] = plan_boot([], policy(home), RecordedPass.from_dict(record)).entries
     assert entry.skipped and "does not list" in entry.reason
     # defined here again (returned by hand, say): the usual decision
-    [entry] = plan_boot([g], policy(home), record).entries
+    [entry] = plan_boot([g], policy(home), RecordedPass.from_dict(record)).entries
     assert entry.skipped and "already running" in entry.reason
 
 
@@ -123,11 +124,11 @@ def test_a_guest_defined_here_again_starts_only_when_its_peer_says_it_is_not_the
     g = guest("a", state=GuestState.SHUTOFF)
     record = {"started": 1.0, "guests": {guest_record_key(*g.key): {
         "connection": URI, "name": "a", "uuid": g.uuid, "outcome": "migrated", "peer": P1, "memory_kib": 1024}}}
-    assert peer_questions([g], policy(), record) == {P1: [g.uuid]}
-    assert peer_questions([guest("a")], policy(), record) == {}  # running here: nothing to start
+    assert peer_questions([g], policy(), RecordedPass.from_dict(record)) == {P1: [g.uuid]}
+    assert peer_questions([guest("a")], policy(), RecordedPass.from_dict(record)) == {}  # running here: nothing to start
 
     def decide(there, extra=""):
-        [entry] = plan_boot([g], policy(extra), record, on_peers={(P1, g.uuid): there} if there else {}).entries
+        [entry] = plan_boot([g], policy(extra), RecordedPass.from_dict(record), on_peers={(P1, g.uuid): there} if there else {}).entries
         return entry
 
     running = decide(PeerGuest(P1, g.uuid, True, lives_there=True, state="paused"))
@@ -147,7 +148,7 @@ def test_a_guest_on_its_peer_is_shown_on_peer_not_shut_off():
     g = guest("a")
     record = {"started": 1.0, "guests": {guest_record_key(*g.key): {
         "connection": URI, "name": "a", "uuid": g.uuid, "outcome": "migrated", "peer": P1, "memory_kib": 1024}}}
-    [entry] = plan_boot([], policy(), record).entries
+    [entry] = plan_boot([], policy(), RecordedPass.from_dict(record)).entries
     assert entry.on_peer and entry.state == "on peer" and entry.to_dict()["state"] == "on-peer"
 
 

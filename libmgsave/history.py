@@ -1,0 +1,343 @@
+"""What happened, as the bottom floor sees it: the closed sets a pass speaks in, and the typed
+entries of its records.
+
+The plan reads the last records as these values, the state directory reads and writes them,
+the executor and the report speak of actions and outcomes in them. Everything above imports
+this module; it imports nothing of mgsave, so no layer needs another to name what happened.
+
+A record entry reads its own JSON (``GuestEntry.from_dict``: every field checked, a clear
+problem otherwise: a record is data from disk) and writes it back as it was read
+(``to_dict``): the fields it had, and only those, so records written before keep their bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class PassKind(enum.StrEnum):
+    """The kinds of pass: each writes its own samples and (shutdown, boot) its own record."""
+
+    SHUTDOWN = "shutdown"
+    BOOT = "boot"
+    EVACUATE = "evacuate"  # the shutdown outline cut down to migrations; the host stays up
+    RETURN = "return"  # the boot plan cut down to the guests coming home from a peer
+
+
+class Action(enum.StrEnum):
+    MIGRATE = "migrate"  # live migration to ``GuestPlan.peer``
+    SAVE = "save"  # managed save
+    SAVE_TO_FILE = "save-to-file"  # transient guest: save to images/<uuid>.save
+    SHUTDOWN = "shutdown"
+    POWEROFF = "poweroff"
+    RESUME = "resume"  # start from the managed-save image
+    RESTORE = "restore"  # recreate a transient guest from its save file
+    START = "start"  # cold boot
+    RETURN = "return"  # migrate home from ``GuestPlan.peer``, where the last shutdown sent it
+    SKIP = "skip"
+
+
+class Severity(enum.Enum):
+    """How a guest (or a pass) fared: the exit code and the journal priority follow it."""
+
+    OK = "ok"  # the guest got its first choice: where the policy wants it
+    DEGRADED = "degraded"  # handled, but not as the policy's first choice (its memory state is gone)
+    FAILED = "failed"  # it may be in any state: the admin must look
+
+
+class Outcome(enum.StrEnum):
+    """What happened to one guest in one pass; the values are what records and ``--json`` say."""
+
+    PLANNED = "planned"  # a dry run: the plan, not carried out
+    SKIPPED = "skipped"  # nothing to do: the plan says so, or (boot) someone else already started it
+    PENDING = "pending"  # record only: running when the shutdown pass began, not handled yet
+    # shutdown
+    MIGRATED = "migrated"  # live-migrated to a peer host: it runs there (the record says which)
+    STAYED = "stayed"  # evacuate: its migration failed or could not begin; it runs on here
+    SAVED = "saved"  # managed-saved: libvirt resumes it from its image at the next start
+    SAVED_TO_FILE = "saved-to-file"  # a transient guest saved to a file under images/
+    SHUT_DOWN = "shut-down"
+    POWERED_OFF = "powered-off"
+    # boot
+    RESUMED = "resumed"
+    RESTORED = "restored"  # a transient guest recreated from its save file
+    STARTED = "started"  # a cold boot the policy asked for
+    BOOTED_FRESH = "booted-fresh"  # a cold boot where a resume was due: its memory state is lost
+    LEFT_OFF = "left-off"  # its resume failed and the policy (or a kept image) says leave it off
+    RETURNED = "returned"  # migrated home from the peer the last shutdown sent it to
+    ON_PEER = "on-peer"  # due to come home, but it stays on its peer (unreachable, or the migration failed)
+    # either pass
+    VANISHED = "vanished"  # undefined or stopped by someone else while the pass ran
+    FAILED = "failed"  # every step failed: at shutdown the guest may still be running
+    INTERRUPTED = "interrupted"  # the pass was stopped (SIGTERM, SIGINT) before it handled the guest
+
+    @property
+    def severity(self) -> Severity:
+        """The outcome's own severity; a guest's also depends on its first choice (``GuestResult``)."""
+        return _SEVERITY.get(self, Severity.OK)
+
+    @property
+    def step(self) -> Action | None:
+        """The step whose success is this outcome, or None (nothing was done, or it went wrong)."""
+        return _STEP_OF_OUTCOME.get(self)
+
+
+_STEP_OF_OUTCOME = {
+    Outcome.MIGRATED: Action.MIGRATE,
+    Outcome.RETURNED: Action.RETURN,
+    Outcome.SAVED: Action.SAVE,
+    Outcome.SAVED_TO_FILE: Action.SAVE_TO_FILE,
+    Outcome.SHUT_DOWN: Action.SHUTDOWN,
+    Outcome.POWERED_OFF: Action.POWEROFF,
+    Outcome.RESUMED: Action.RESUME,
+    Outcome.RESTORED: Action.RESTORE,
+    Outcome.STARTED: Action.START,
+}
+
+_SEVERITY = {
+    Outcome.PENDING: Severity.FAILED,
+    Outcome.FAILED: Severity.FAILED,
+    Outcome.INTERRUPTED: Severity.FAILED,
+    Outcome.BOOTED_FRESH: Severity.DEGRADED,
+    Outcome.LEFT_OFF: Severity.DEGRADED,
+    Outcome.ON_PEER: Severity.DEGRADED,
+    Outcome.STAYED: Severity.DEGRADED,
+}
+
+
+class WaitKind(enum.StrEnum):
+    """What a guest waited for during a pass, besides its steps' own work."""
+
+    ORDER = "order"  # the earlier order groups (its ``order``, or the guests it is after there)
+    AFTER = "after"  # the guests it is after in its own order group (at shutdown: those that must stop first)
+    SLOT = "slot"  # a save or start slot (limits.max_parallel_*), and limits.start_delay
+    READY = "ready"  # its readiness check (ready: agent or a delay) after it started
+
+
+class RecordedBy(enum.StrEnum):
+    """The passes that add entries of their own to the shutdown record besides the shutdown
+    pass (whose entries say nothing of it): what they did stands beside the shutdown pass's
+    entries for the other guests, never in their place."""
+
+    EVACUATE = "evacuate"
+    RETURN = "return"
+
+
+# Aggregate save throughput assumed before any pass has measured one on this host. Saving is
+# CPU-bound (QEMU and libvirt's I/O helper); 200 MB/s is below what a 2-core host reached.
+DEFAULT_SAVE_THROUGHPUT = 200e6
+
+
+@dataclass(frozen=True)
+class SaveRate:
+    """The aggregate save rate assumed on one connection (guest memory bytes per second), and
+    where it came from (a past pass's measure, or the default), for ``mgsave plan``."""
+
+    bytes_per_second: float
+    source: str
+
+    def to_dict(self) -> dict:
+        return {"bytes_per_second": self.bytes_per_second, "source": self.source}
+
+
+def guest_record_key(connection: str, uuid: str) -> str:
+    """The key a guest's entry is filed under in a record."""
+    return f"{connection} {uuid.lower()}"
+
+
+UUID_PATTERN = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _step_problem(step) -> str | None:
+    if not isinstance(step, dict) or not isinstance(step.get("action"), str) or not isinstance(step.get("ok"), bool):
+        return "not a step"
+    for name in ("started", "finished"):
+        if step.get(name) is not None and not is_number(step[name]):
+            return "not a step"
+    if step.get("error") is not None and not isinstance(step["error"], str):
+        return "not a step"
+    return None
+
+
+def _wait_problem(wait) -> str | None:
+    if not isinstance(wait, dict) or not isinstance(wait.get("kind", ""), str):
+        return "not a wait"
+    if any(wait.get(name) is not None and not is_number(wait[name]) for name in ("started", "finished")):
+        return "not a wait"
+    return None
+
+
+class EntryError(ValueError):
+    """A record entry that cannot be trusted: the message says which field and why."""
+
+
+_REQUIRED = ("connection", "name", "uuid", "outcome")
+# Each optional field of an entry: what it must be, and how to say it.
+_ENTRY_FIELDS = {
+    "persistent": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "state": (lambda v: v is None or isinstance(v, str), "a state"),
+    "memory_kib": (lambda v: v is None or _is_count(v), "a size"),
+    "title": (lambda v: v is None or isinstance(v, str), "a string"),
+    "metadata": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, str) for x in v.values())),
+                 "a table of strings"),
+    "planned": (lambda v: v is None or _is_strings(v), "a list of actions"),
+    "steps": (lambda v: v is None or (isinstance(v, list) and all(_step_problem(s) is None for s in v)),
+              "a list of steps"),
+    "started": (lambda v: v is None or is_number(v), "a time"),
+    "finished": (lambda v: v is None or is_number(v), "a time"),
+    "bytes": (lambda v: v is None or _is_count(v), "a size"),
+    "waits": (lambda v: v is None or (isinstance(v, list) and all(_wait_problem(w) is None for w in v)),
+              "a list of waits"),
+    "messages": (lambda v: v is None or _is_strings(v), "a list of strings"),
+    "note": (lambda v: v is None or isinstance(v, str), "a string"),
+    "ok": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "image_used": (lambda v: v is None or isinstance(v, bool), "true or false"),
+    "image": (lambda v: v is None or isinstance(v, str), "a path"),
+    "peer": (lambda v: v is None or isinstance(v, str), "a libvirt URI"),
+    "recorded_by": (lambda v: v is None or (isinstance(v, str) and v in frozenset(RecordedBy)), "a pass that adds entries (evacuate, return)"),
+    "recorded": (lambda v: v is None or is_number(v), "a time"),
+}
+
+
+@dataclass(frozen=True)
+class GuestEntry:
+    """One guest in a record, filed under ``guest_record_key``. Both records have the first four
+    and what was done (``steps``, ``waits``, times: ``mgsave report`` draws them); the shutdown
+    record also has the guest's facts, the boot record ``ok``. An entry another kind of pass
+    wrote into the shutdown record says which (``recorded_by``) and when (``recorded``).
+
+    Made with ``of`` (or read with ``from_dict``): ``given`` holds the optional fields the
+    entry has, a None among them included, so that ``to_dict`` writes exactly those."""
+
+    connection: str
+    name: str
+    uuid: str
+    outcome: Outcome
+    persistent: bool | None = None
+    state: str | None = None
+    memory_kib: int | None = None
+    title: str | None = None
+    metadata: Mapping[str, str] | None = None
+    image: str | None = None  # a transient guest's save file
+    image_used: bool | None = None  # boot: its save file was restored (stale from then on)
+    peer: str | None = None  # migrated: the libvirt URI of the peer it runs on now
+    planned: tuple[str, ...] | None = None  # the actions of its plan
+    steps: tuple[Mapping, ...] | None = None  # each step's action, ok, started, finished, bytes, error
+    waits: tuple[Mapping, ...] | None = None  # what it waited for besides its steps (WaitKind), started, finished
+    started: float | None = None  # when the pass took it up
+    finished: float | None = None
+    bytes: int | None = None
+    messages: tuple[str, ...] | None = None
+    note: str | None = None
+    ok: bool | None = None
+    recorded_by: RecordedBy | None = None
+    recorded: float | None = None  # when that pass began
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
+    # fields of a record this mgsave does not know: kept as they were when the entry is written again
+    unknown: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, **fields) -> GuestEntry:
+        """An entry with exactly these fields (a None written as null)."""
+        return cls(**_typed(fields), given=frozenset(fields) - set(_REQUIRED))
+
+    def replace(self, **changes) -> GuestEntry:
+        """This entry with ``changes``, each of them written from now on."""
+        return dataclasses.replace(self, **_typed(changes), given=self.given | (frozenset(changes) - set(_REQUIRED)))
+
+    @property
+    def key(self) -> str:
+        return guest_record_key(self.connection, self.uuid)
+
+    @property
+    def migrated_to(self) -> str | None:
+        """The peer the entry places its guest on (a shutdown pass migrated it there), or None."""
+        return self.peer if self.outcome is Outcome.MIGRATED and self.peer else None
+
+    @classmethod
+    def from_dict(cls, raw, key: str | None = None) -> GuestEntry:
+        """The entry a record holds (under ``key``, when given: it must be this guest's).
+        Raises EntryError naming the field when anything in it is not what mgsave writes."""
+        if not isinstance(raw, dict) or not set(_REQUIRED) <= raw.keys():
+            raise EntryError(f"entry {key!r} is incomplete")
+        for name in _REQUIRED:
+            if not isinstance(raw[name], str):
+                raise EntryError(f"'{name}' is {raw[name]!r}, not a string")
+        if not UUID_PATTERN.match(raw["uuid"]):
+            raise EntryError(f"'uuid' is {raw['uuid']!r}, not a UUID")
+        if raw["outcome"] not in frozenset(Outcome):
+            raise EntryError(f"'outcome' is {raw['outcome']!r}, not an outcome mgsave knows")
+        if key is not None and key != guest_record_key(raw["connection"], raw["uuid"]):
+            raise EntryError(f"entry {key!r} is filed under the wrong key (it describes {raw['name']!r})")
+        for name, (valid, what) in _ENTRY_FIELDS.items():
+            if name in raw and not valid(raw[name]):
+                raise EntryError(f"'{name}' is {raw[name]!r}, not {what}")
+        known = {name: raw[name] for name in (*_REQUIRED, *_ENTRY_FIELDS) if name in raw}
+        unknown = {name: value for name, value in raw.items() if name not in known}
+        return dataclasses.replace(cls.of(**known), unknown=unknown)
+
+    def to_dict(self) -> dict:
+        """The entry as the record keeps it: its fields as read or given, and only those."""
+        written = {name: _json(getattr(self, name)) for name in (*_REQUIRED, *sorted(self.given))}
+        return {**self.unknown, **written}
+
+
+def _typed(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Record fields as the entry holds them: enums for closed sets, tuples for lists."""
+    typed = dict(fields)
+    if "outcome" in typed:
+        typed["outcome"] = Outcome(typed["outcome"])
+    if typed.get("recorded_by") is not None:
+        typed["recorded_by"] = RecordedBy(typed["recorded_by"])
+    for name in ("planned", "steps", "waits", "messages"):
+        if typed.get(name) is not None:
+            typed[name] = tuple(typed[name])
+    if typed.get("metadata") is not None:
+        typed["metadata"] = dict(typed["metadata"])
+    return typed
+
+
+def _json(value):
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return [_json(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _json(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class RecordedPass:
+    """A record read back, as the plan sees it: its guests' entries by key (and, when the record
+    says, its kind and when its pass began)."""
+
+    guests: Mapping[str, GuestEntry]
+    kind: str | None = None
+    started: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> RecordedPass:
+        """A record (its file already checked by ``state.records.read_record``): each entry read
+        with ``GuestEntry.from_dict``, which raises EntryError."""
+        guests = {key: entry if isinstance(entry, GuestEntry) else GuestEntry.from_dict(entry, key)
+                  for key, entry in data["guests"].items()}
+        return cls(guests, data.get("kind"), data.get("started"))
