@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from libmgsave import jsonout
+from libmgsave.errors import ExitCode
 from libmgsave.policy import PolicyChoice, PolicyOrigin
 
 if TYPE_CHECKING:
@@ -261,6 +263,14 @@ class PassResult:
     def complete(self) -> bool:
         """Every guest got its first choice, every connection was used and every record written."""
         return self.severity is Severity.OK and self.interrupted is None
+
+    def exit_code(self) -> int:
+        """0 ok, 10 degraded, 1 failed; 128 + the signal's number when a signal stopped it early
+        (the shell's convention for a process ended by a signal)."""
+        if self.interrupted:
+            return 128 + signal.Signals[self.interrupted]
+        return {Severity.OK: ExitCode.OK, Severity.DEGRADED: ExitCode.GUEST_DEGRADED,
+                Severity.FAILED: ExitCode.GUEST_FAILED}[self.severity]
 
     def to_dict(self) -> dict:
         """The pass's ``--json`` (schemas/mgsave.pass.schema.json)."""

@@ -11,7 +11,7 @@ import time
 
 from libmgsave import interrupt
 from libmgsave.actions import inputs, passes
-from libmgsave.context import Context
+from libmgsave.context import Context, PassLog
 from libmgsave.execute import BootPass, dry_run_results, skipped_results
 from libmgsave.outcomes import GuestResult, PassResult
 from libmgsave.plan import PassKind, Plan
@@ -22,32 +22,35 @@ from libmgsave.state.writer import os_error_text
 log = logging.getLogger("mgsave")
 
 
-def run_boot(ctx: Context) -> PassResult | passes.StoppedEarly:
-    return passes.run_pass(ctx, PassKind.BOOT, carry_out)
+def run_boot(ctx: Context, options: passes.PassOptions, *, restore_unrecorded: bool = False
+             ) -> PassResult | passes.StoppedEarly:
+    """``restore_unrecorded``: also restore transient guests' save files no record names."""
+    return passes.run_pass(ctx, options, PassKind.BOOT,
+                           lambda run: carry_out(run, restore_unrecorded=restore_unrecorded))
 
 
-def carry_out(run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
+def carry_out(run: passes.PassRun, *, restore_unrecorded: bool = False) -> tuple[Plan, list[GuestResult]]:
     ctx = run.ctx
-    inputs.check_state_dir(ctx)
-    plan = inputs.boot_plan(ctx, run.guests, run.policy, run.connections)
+    inputs.check_state_dir(ctx, run.log)
+    plan = inputs.boot_plan(ctx, run.log, run.guests, run.policy, run.connections,
+                            restore_unrecorded=restore_unrecorded)
     run.announce(plan)
-    if ctx.dry_run:
+    if run.options.dry_run:
         return plan, dry_run_results(plan) + skipped_results(plan)
     started = time.time()
     boot_pass = BootPass(plan, run.connections, state_dir=ctx.state)
     results = boot_pass.run() + skipped_results(plan)
     for problem in boot_pass.cleanup_errors:
-        ctx.bookkeeping_failed = True
-        ctx.warnings.append(problem)
-    _write_record(ctx, started, results)
+        run.log.bookkeeping_failed_because(problem)
+    _write_record(ctx, run.log, started, results)
     _usage, warning = inputs.kept_images(ctx, run.policy)
     if warning:
-        ctx.warnings.append(warning)
+        run.log.warn(warning)
     return plan, results
 
 
-def _write_record(ctx: Context, started: float, results: list[GuestResult]) -> None:
-    ctx.state.set_aside_untrusted("boot", ctx.warnings)
+def _write_record(ctx: Context, pass_log: PassLog, started: float, results: list[GuestResult]) -> None:
+    pass_log.gather(lambda warnings: ctx.state.set_aside_untrusted("boot", warnings))
     stopped_by = interrupt.signal_received()
     path = ctx.state.boot_record
     try:
@@ -56,5 +59,4 @@ def _write_record(ctx: Context, started: float, results: list[GuestResult]) -> N
     except OSError as error:
         reason = os_error_text(error)
         log.error("cannot write the boot record %s (%s)", path, reason)
-        ctx.bookkeeping_failed = True
-        ctx.warnings.append(f"the boot record {path} could not be written ({reason})")
+        pass_log.bookkeeping_failed_because(f"the boot record {path} could not be written ({reason})")

@@ -21,8 +21,8 @@ from libmgsave.state import RecordWriter, guest_record_key
 from libmgsave.state.records import RecordedBy, current_boot_id, pending_entry
 
 
-def run_evacuate(ctx: Context) -> PassResult | passes.StoppedEarly:
-    return passes.run_pass(ctx, PassKind.SHUTDOWN, _carry_out, metrics_label="evacuate")
+def run_evacuate(ctx: Context, options: passes.PassOptions) -> PassResult | passes.StoppedEarly:
+    return passes.run_pass(ctx, options, PassKind.SHUTDOWN, _carry_out, metrics_label="evacuate")
 
 
 def _carry_out(run: passes.PassRun):
@@ -30,12 +30,13 @@ def _carry_out(run: passes.PassRun):
                               begin_record=_amend_record)
 
 
-def _amend_record(ctx: Context, plan: Plan) -> RecordWriter:
+def _amend_record(run: passes.PassRun, plan: Plan) -> RecordWriter:
     """The shutdown record with this pass's guests added, before any is touched: the entries of
     the guests it does not migrate stay as they are, whatever pass or boot wrote them."""
-    ctx.state.set_aside_untrusted("shutdown", ctx.warnings)
+    state = run.ctx.state
+    run.log.gather(lambda warnings: state.set_aside_untrusted("shutdown", warnings))
     ours = {guest_record_key(*entry.guest.key): pending_entry(entry) for entry in plan.active}
-    return RecordWriter.amend(ctx.state.shutdown_record, "shutdown", ctx.state.last_shutdown(quiet=True), ours,
+    return RecordWriter.amend(state.shutdown_record, "shutdown", state.last_shutdown(quiet=True), ours,
                               by=RecordedBy.EVACUATE, extra={"boot_id": current_boot_id()})
 
 

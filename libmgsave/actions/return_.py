@@ -14,7 +14,7 @@ import dataclasses
 
 from libmgsave import interrupt
 from libmgsave.actions import inputs, passes
-from libmgsave.context import Context
+from libmgsave.context import Context, PassLog
 from libmgsave.execute import BootPass, dry_run_results
 from libmgsave.outcomes import GuestResult, Outcome, PassResult
 from libmgsave.plan import Action, PassKind, Plan
@@ -22,23 +22,23 @@ from libmgsave.state import GuestEntry, RecordWriter, guest_record_key
 from libmgsave.state.records import RecordedBy
 
 
-def run_return(ctx: Context) -> PassResult | passes.StoppedEarly:
-    return passes.run_pass(ctx, PassKind.BOOT, _carry_out, metrics_label="return")
+def run_return(ctx: Context, options: passes.PassOptions) -> PassResult | passes.StoppedEarly:
+    return passes.run_pass(ctx, options, PassKind.BOOT, _carry_out, metrics_label="return")
 
 
 def _carry_out(run: passes.PassRun):
     ctx = run.ctx
-    inputs.check_state_dir(ctx)
-    plan = returns_only(inputs.boot_plan(ctx, run.guests, run.policy, run.connections))
+    inputs.check_state_dir(ctx, run.log)
+    plan = returns_only(inputs.boot_plan(ctx, run.log, run.guests, run.policy, run.connections))
     run.announce(plan)
-    if ctx.dry_run:
+    if run.options.dry_run:
         return plan, dry_run_results(plan)
     results = BootPass(plan, run.connections, state_dir=ctx.state).run()
-    _record(ctx, results)
+    _record(ctx, run.log, results)
     return plan, results
 
 
-def _record(ctx: Context, results: list[GuestResult]) -> None:
+def _record(ctx: Context, pass_log: PassLog, results: list[GuestResult]) -> None:
     """The shutdown record's entries of the guests this pass took up: 'returned' for those
     brought home, a note for those still on their peer (their entry says so as before)."""
     record = ctx.state.last_shutdown(quiet=True)
@@ -60,9 +60,9 @@ def _record(ctx: Context, results: list[GuestResult]) -> None:
                                 by=RecordedBy.RETURN)
     writer.finish(ok=all(r.ok for r in results), interrupted=stopped_by.name if stopped_by else None)
     if writer.error:
-        ctx.bookkeeping_failed = True
-        ctx.warnings.append(f"the shutdown record {writer.path} could not be written ({writer.error}): it still "
-                            f"counts the guests brought home as on their peer")
+        pass_log.bookkeeping_failed_because(f"the shutdown record {writer.path} could not be written "
+                                            f"({writer.error}): it still counts the guests brought home as on "
+                                            f"their peer")
 
 
 def returns_only(plan: Plan) -> Plan:

@@ -30,15 +30,17 @@ log = logging.getLogger("mgsave")
 ARRIVAL_POLL = 1.0  # seconds between two looks at a guest still arriving
 
 
-def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly | going_down.PassHeldBack:
-    if ctx.if_host_going_down:  # mgsave.service's stop: not on a host that stays up
+def run_shutdown(ctx: Context, options: passes.PassOptions, *, if_host_going_down: bool = False
+                 ) -> PassResult | passes.StoppedEarly | going_down.PassHeldBack:
+    """``if_host_going_down``: mgsave.service's stop, which saves nothing on a host that stays up."""
+    if if_host_going_down:
         held_back = going_down.hold_back()
         if held_back:
             return held_back
-    return passes.run_pass(ctx, PassKind.SHUTDOWN, carry_out)
+    return passes.run_pass(ctx, options, PassKind.SHUTDOWN, carry_out)
 
 
-RecordStart = Callable[[Context, Plan], RecordWriter]
+RecordStart = Callable[[passes.PassRun, Plan], RecordWriter]
 
 
 def carry_out(run: passes.PassRun, *, staying_is_fine: bool = False,
@@ -46,46 +48,47 @@ def carry_out(run: passes.PassRun, *, staying_is_fine: bool = False,
     """``staying_is_fine``: for evacuate, a guest still running here after its chain is degraded,
     not failed; ``begin_record``: how the pass starts its record (by default, a new shutdown record)."""
     ctx = run.ctx
-    inputs.check_state_dir(ctx)
+    inputs.check_state_dir(ctx, run.log)
     # a guest still arriving (a peer is migrating it here) cannot be saved yet: the later looks take it up
     arriving = [g for g in run.guests if g.settling]
     _say_arriving(arriving, set())
     plan = inputs.shutdown_plan(ctx, [g for g in run.guests if not g.settling], run.policy, deadline=run.time_left(),
                                 connections=run.connections)
     run.announce(plan)
-    if ctx.dry_run:
+    if run.options.dry_run:
         return plan, dry_run_results(plan) + skipped_results(plan)
-    record = (begin_record or _begin_record)(ctx, plan)
+    record = (begin_record or _begin_record)(run, plan)
     results = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at,
                            staying_is_fine=staying_is_fine).run()
     results = _late_guests(run, record, results + skipped_results(plan))
-    _finish_record(ctx, record, results)
+    _finish_record(run, record, results)
     return plan, results
 
 
-def _begin_record(ctx: Context, plan: Plan) -> RecordWriter:
+def _begin_record(run: passes.PassRun, plan: Plan) -> RecordWriter:
     """Write the record's guest list before any guest is touched: every guest running now, plus
     what an earlier pass of this host cycle recorded (see ``state.carry_over``)."""
-    ctx.state.set_aside_untrusted("shutdown", ctx.warnings)
-    previous = ctx.state.last_shutdown(quiet=True)
-    boot = ctx.state.last_boot(quiet=True)
+    state = run.ctx.state
+    run.log.gather(lambda warnings: state.set_aside_untrusted("shutdown", warnings))
+    previous = state.last_shutdown(quiet=True)
+    boot = state.last_boot(quiet=True)
     complete = {path for path in files_to_check(previous) if save_file_is_complete(path)}
     boot_id = current_boot_id()
     entries = starting_entries(previous, boot, plan, complete, boot_id=boot_id)
     # the save rates learned so far, kept for the connections this pass will not measure
-    return RecordWriter.begin(ctx.state.shutdown_record, "shutdown", entries,
+    return RecordWriter.begin(state.shutdown_record, "shutdown", entries,
                               extra={SAVE_RATES: kept_rates(previous, {}), "boot_id": boot_id})
 
 
-def _finish_record(ctx: Context, record: RecordWriter, results: list[GuestResult]) -> None:
+def _finish_record(run: passes.PassRun, record: RecordWriter, results: list[GuestResult]) -> None:
     stopped_by = interrupt.signal_received()
     # the save rates are the shutdown pass's own (a pass that amends its record saves nothing)
     rates = {SAVE_RATES: kept_rates(record.data, measured_rates(results))} if record.by is None else {}
     record.finish(**rates, ok=all(r.ok for r in results), interrupted=stopped_by.name if stopped_by else None)
     if record.error:
-        ctx.bookkeeping_failed = True
-        ctx.warnings.append(f"the shutdown record {record.path} could not be written ({record.error}): the next "
-                            f"boot pass will go by the guests' saved images alone")
+        run.log.bookkeeping_failed_because(
+            f"the shutdown record {record.path} could not be written ({record.error}): the next boot pass will go "
+            f"by the guests' saved images alone")
 
 
 def _late_guests(run: passes.PassRun, record: RecordWriter, results: list[GuestResult]) -> list[GuestResult]:
