@@ -1,10 +1,12 @@
-"""The frame both passes share: the policy, the lock, the connections, the guests; the summary.
+"""The frame every pass shares, and the kinds of pass.
 
-``run_pass`` does everything around the pass's own outline (``shutdown.carry_out`` or
-``boot.carry_out``): log the start, take the lock, open the connections, look at the guests,
-then, with the plan carried out, build the ``PassResult``, log the end and print the summary.
-A pass asked to stop before it looked at any guest (waiting for the lock or for the daemon)
-ends with ``StoppedEarly`` and does nothing.
+A kind of pass (``Pass``: shutdown, boot, and the on-demand evacuate and return) is its own
+small type: its outline (``carry_out``), its record from begin to finish, and its rules (what
+counts as ok for a guest, which metrics label it writes). ``Pass.run`` does everything around
+the outline: log the start, take the lock, open the connections, look at the guests, then,
+with the plan carried out, build the ``PassResult``, log the end and print the summary. A pass
+asked to stop before it looked at any guest (waiting for the lock or for the daemon) ends with
+``StoppedEarly`` and does nothing.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from libmgsave import __version__, console, interrupt, journal, lock, metrics, notify, report, units
 from libmgsave.actions import inputs
@@ -76,26 +78,34 @@ class PassRun:
             console.out(report.render_plan(plan))
 
 
-Outline = Callable[[PassRun], tuple[Plan, list[GuestResult]]]
+class Pass:
+    """A kind of pass: its outline (``carry_out``), its record, its rules. ``kind`` is its own
+    (its metrics' label: evacuate and return never hide the last shutdown or boot pass);
+    ``runs_as`` is the pass it is a form of: whose plan it makes, whose lock it takes, as which
+    it is logged, summarised and reported (evacuate is a shutdown pass cut down to migrations,
+    return a boot pass cut down to the guests coming home)."""
+
+    kind: ClassVar[PassKind]
+    runs_as: ClassVar[PassKind]
+
+    def carry_out(self, run: PassRun) -> tuple[Plan, list[GuestResult]]:
+        """The pass's outline: its plan and every guest's result."""
+        raise NotImplementedError
+
+    def run(self, ctx: Context, options: PassOptions) -> PassResult | StoppedEarly:
+        """Carry out the pass in its frame."""
+        try:
+            return _run(ctx, options, self)
+        except interrupt.Interrupted:
+            kind, stopped_by = self.runs_as, interrupt.signal_received().name
+            log.warning("%s pass stopped (%s) before it handled any guest: nothing was done", kind, stopped_by)
+            notify.status(f"{kind} pass failed: stopped by {stopped_by} before any guest was handled")
+            return StoppedEarly(kind, stopped_by)
 
 
-def run_pass(ctx: Context, options: PassOptions, kind: PassKind, outline: Outline, *,
-             metrics_label: str | None = None) -> PassResult | StoppedEarly:
-    """Run ``outline`` in the frame of a ``kind`` pass; its metrics are labelled ``metrics_label``
-    (``evacuate``, ``return``: their own, so that they never hide the last shutdown or boot pass)."""
-    try:
-        return _run(ctx, options, kind, outline, metrics_label)
-    except interrupt.Interrupted:
-        stopped_by = interrupt.signal_received().name
-        log.warning("%s pass stopped (%s) before it handled any guest: nothing was done", kind, stopped_by)
-        notify.status(f"{kind} pass failed: stopped by {stopped_by} before any guest was handled")
-        return StoppedEarly(kind, stopped_by)
-
-
-def _run(ctx: Context, options: PassOptions, kind: PassKind, outline: Outline, metrics_label: str | None
-         ) -> PassResult:
+def _run(ctx: Context, options: PassOptions, this: Pass) -> PassResult:
     use = inputs.pass_policy(ctx, keep=not options.dry_run)
-    policy, problems, pass_log = use.policy, use.problems, PassLog()
+    policy, problems, kind, pass_log = use.policy, use.problems, this.runs_as, PassLog()
     deadline = options.deadline or policy.limits.shutdown_deadline
     started, deadline_at = time.time(), time.monotonic() + deadline
     dry = " (dry run)" if options.dry_run else ""
@@ -110,7 +120,7 @@ def _run(ctx: Context, options: PassOptions, kind: PassKind, outline: Outline, m
                                                give_up_at=deadline_at)
         guests = inputs.inventory(connections, policy, warnings)
         run = PassRun(ctx, options, pass_log, policy, problems, started, deadline_at, connections, guests, warnings)
-        plan, results = outline(run)
+        plan, results = this.carry_out(run)
         stopped_by = interrupt.signal_received()
         result = PassResult(kind=kind, dry_run=options.dry_run, started=started, finished=time.time(),
                             results=results,
@@ -119,7 +129,7 @@ def _run(ctx: Context, options: PassOptions, kind: PassKind, outline: Outline, m
                             bookkeeping_failed=pass_log.bookkeeping_failed,
                             interrupted=stopped_by.name if stopped_by else None,
                             policy_problems=tuple(problems), policy=use.choice)
-    metrics.export(policy.metrics.textfile, result, metrics_label)
+    metrics.export(policy.metrics.textfile, result, str(this.kind))
     _summarise(ctx, result)
     return result
 

@@ -36,6 +36,8 @@ class SaveRate:
 class PassKind(enum.StrEnum):
     SHUTDOWN = "shutdown"
     BOOT = "boot"
+    EVACUATE = "evacuate"  # on demand: a shutdown pass cut down to the migrations
+    RETURN = "return"  # on demand: a boot pass cut down to the guests coming home
 
 
 class Action(enum.StrEnum):
