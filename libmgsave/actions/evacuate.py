@@ -2,11 +2,12 @@
 
 A shutdown pass with every guest's chain cut down to its ``migrate`` step: a guest with no peer
 that can take it (or none at all) stays running here, untouched, and one whose migration fails
-stays too, which is no failure (degraded: 'stayed'). The shutdown record says where each one
-went, so that ``mgsave return`` and the next boot pass (with ``come_back``) can bring them
-home, and ``mgsave status`` shows them on their peer. Evacuate adds its entries to that record
-(each marked as its own) and leaves the others as the last shutdown pass wrote them: guests
-saved then are still resumed by the next boot pass.
+stays too, which is no failure (degraded: 'stayed'), whenever the pass found it (those started
+meanwhile too). The shutdown record says where each one went, so that ``mgsave return`` and
+the next boot pass (with ``come_back``) can bring them home, and ``mgsave status`` shows them
+on their peer. Evacuate adds its entries to that record (each marked as its own) and leaves
+the others as the last shutdown pass wrote them: guests saved then are still resumed by the
+next boot pass.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class Evacuate(shutdown.Shutdown):
 
     def settle(self, run: passes.PassRun, result: GuestResult) -> None:
         """A guest whose migration (its whole chain) failed and that runs on here stayed: degraded,
-        not failed."""
+        not failed. Every guest the pass handles, those started meanwhile too."""
         if result.outcome is Outcome.FAILED and _still_here(run.connections, result.plan):
             result.outcome = Outcome.STAYED
             result.messages.append("it runs on here")

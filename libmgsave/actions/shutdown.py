@@ -129,7 +129,7 @@ def _late_guests(this: Shutdown, run: passes.PassRun, results: list[GuestResult]
             log.warning("%s: started by someone else (or migrated here) during the pass; handling it now",
                         entry.guest.name, extra=journal.guest_fields(entry.guest, result="late"))
             this.record.add_guest(guest_record_key(*entry.guest.key), pending_entry(entry))
-        more = ShutdownPass(plan, run.connections, record=this.record, deadline_at=run.deadline_at).run()
+        more = this.execute(run, plan)  # settled by the pass's own rule, as the first guests were
         results = _merge_late(results, more + skipped_results(plan))
     return results
 

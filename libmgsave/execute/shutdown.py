@@ -53,7 +53,7 @@ class ShutdownPass:
     def __init__(self, plan: Plan, connections: Connections, *, record: RecordWriter | None, deadline_at: float,
                  settle: Callable[[GuestResult], None] | None = None):
         self.plan = plan
-        # the kind of pass's rule for a guest's result once its chain is over (actions.passes)
+        # the kind of pass's rule for a guest's result once its chain is over (actions: Shutdown.settle)
         self.settle = settle
         self.connections = connections
         self.record = record
