@@ -13,7 +13,8 @@ import os
 import re
 import shutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from libmgsave import __version__, interrupt
@@ -401,11 +402,11 @@ def _return(ctx: Context, args: argparse.Namespace) -> ActionResult:
     return return_.run_return(ctx, _pass_options(args))
 
 
-DISPATCH: dict[str, Callable[[Context, argparse.Namespace], ActionResult]] = {
+DISPATCH: Mapping[str, Callable[[Context, argparse.Namespace], ActionResult]] = MappingProxyType({
     "check": _check, "plan": _plan, "status": _status, "report": _report, "images": _images, "watch": _watch,
     "sample-policy": _sample_policy, COMPLETE_GUESTS: _complete_guests,
     "shutdown": _shutdown, "boot": _boot, "evacuate": _evacuate, "return": _return,
-}
+})
 
 
 def dispatch(ctx: Context, args: argparse.Namespace) -> ActionResult:
