@@ -200,7 +200,8 @@ def test_every_relative_link_of_the_installed_documents_leads_to_a_shipped_file(
 
 
 def test_the_policy_is_a_conffile_that_means_the_builtin_defaults(built):
-    assert (built.control / "conffiles").read_text().split() == ["/etc/mgsave/policy.yaml"]
+    assert sorted((built.control / "conffiles").read_text().split()) == ["/etc/apt/apt.conf.d/20mgsave",
+                                                                          "/etc/mgsave/policy.yaml"]
     policy = built.root / "etc/mgsave/policy.yaml"
     assert policy.read_text() == (ROOT / "config/policy.default.yaml").read_text()
     assert policy.read_text().splitlines()[0] == "# yaml-language-server: $schema=/usr/share/mgsave/policy.schema.yaml"
