@@ -118,6 +118,7 @@ def _fake_qemu(root: Root, version: str) -> str:
         f"Package: {FAKE}\nVersion: {version}\nArchitecture: all\nMaintainer: mgsave test <root@localhost>\n"
         f"Description: stands for a QEMU package in mgsave's apt hook test\n")
     inside = f"/var/cache/mgsave-test/{FAKE}_{version}_all.deb"
+    root.path(inside).parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(build), str(root.path(inside))], check=True,
                    capture_output=True)
     return inside

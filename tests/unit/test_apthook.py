@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 URI = "qemu:///system"
 UUID = "0a9f8d3c-1111-2222-3333-444455556666"
 
-# What apt 2.6 sends a hook of protocol version 3 for `apt-get install --reinstall qemu-system-x86`
-# with an upgrade of libvirt0, a removal and a fresh install (its configuration cut short).
+# A hook's input in protocol version 3 (apt's configuration cut short): a reinstall of
+# qemu-system-x86, an upgrade of libvirt0, a removal and a fresh install, each line shaped as in
+# REAL below.
 V3 = """VERSION 3
 APT::Architecture=amd64
 APT::Build-Essential::=build-essential
@@ -42,6 +43,24 @@ APT::Architecture=amd64
 qemu-system-x86 1:8.2 > 1:7.2 /var/cache/apt/archives/qemu-system-x86_1%3a7.2_amd64.deb
 libvirt-daemon 9.0.0 > - **REMOVE**
 """
+
+
+# The package lines apt 2.6 sent a protocol 3 hook, captured from real runs of `apt-get install
+# ./pkg_1.deb` (a fresh install), then pkg_2.deb, `--reinstall` of it, pkg_1.deb again (a
+# downgrade) and `apt-get remove`.
+REAL = {
+    None: "p - - none < 1 all none /var/cache/t/p_1_all.deb\np - - none < 1 all none **CONFIGURE**\n",
+    Change.UPGRADE: "p 1 all none < 2 all none /var/cache/t/p_2_all.deb\np 1 all none < 2 all none **CONFIGURE**\n",
+    Change.REINSTALL: "p 2 all none = 2 all none /var/cache/t/p_2_all.deb\np 2 all none = 2 all none **CONFIGURE**\n",
+    Change.DOWNGRADE: "p 2 all none > 1 all none /var/cache/t/p_1_all.deb\np 2 all none > 1 all none **CONFIGURE**\n",
+    Change.REMOVE: "p 1 all none > - - none **REMOVE**\n",
+}
+
+
+@pytest.mark.parametrize("change", REAL)
+def test_what_apt_really_sends(change):
+    changes = parse_hook_input("VERSION 3\nAPT::Architecture=amd64\n\n" + REAL[change])
+    assert [c.change for c in changes] == ([change] if change else [])
 
 
 def test_protocol_3_gives_each_installed_package_changed_once():
