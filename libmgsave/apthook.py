@@ -26,7 +26,7 @@ import enum
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -128,7 +128,8 @@ class HeldImage:
     saved: float
 
 
-def held_images(shutdown: dict | None, used: Iterable[str] = (), exists=os.path.exists) -> list[HeldImage]:
+def held_images(shutdown: dict | None, used: Collection[str] = (),
+                exists: Callable[[str], bool] = os.path.exists) -> list[HeldImage]:
     """The guests of the shutdown record saved on this host's QEMU whose image is still there
     (``exists``; libvirt removes a managed-save image when it resumes the guest, a boot pass
     the save file it restored), less those ``used`` names (keys whose save file a boot pass
@@ -178,7 +179,7 @@ def decide(changes: Sequence[PackageChange], held: Sequence[HeldImage], on_saved
     where = f"in {policy_source}" if policy_source else "(the built-in default)"
     lines = [f"apt is about to change what resumes saved guests: {', '.join(c.describe() for c in concerned)}",
              f"{len(held)} guest{'s are' if len(held) != 1 else ' is'} saved and not resumed yet; "
-             f"the new version may not load {'their' if len(held) != 1 else 'its'} saved state:"]
+             f"after this change {'their' if len(held) != 1 else 'its'} saved state may not load:"]
     lines += [f"  {_describe(image)}" for image in held]
     holds = " ".join(sorted({c.name for c in concerned}))
     lines.append("resume them first (mgsave boot, or virsh start NAME), then run apt again; "
@@ -194,7 +195,7 @@ def _describe(image: HeldImage) -> str:
     return f"{safe(image.name)} on {safe(image.connection)}: saved {when}, {what}"
 
 
-def run(data: bytes, environ: dict[str, str]) -> Verdict:
+def run(data: bytes, environ: Mapping[str, str]) -> Verdict:
     """The verdict on apt's input ``data``; every problem on the way is a line of its own, and
     apt goes on."""
     if len(data) > MAX_INPUT_BYTES:
@@ -216,7 +217,7 @@ def run(data: bytes, environ: dict[str, str]) -> Verdict:
     return Verdict(verdict.lines + ((problem,) if problem else ()), verdict.refuse)
 
 
-def _held_now(environ: dict[str, str]) -> tuple[list[HeldImage], str | None]:
+def _held_now(environ: Mapping[str, str]) -> tuple[list[HeldImage], str | None]:
     """The held images, by the last shutdown record and boot record, read the way every command
     reads them (a state directory others can write to is not read)."""
     from libmgsave.state import StateDir, state_dir_from
@@ -231,7 +232,7 @@ def _held_now(environ: dict[str, str]) -> tuple[list[HeldImage], str | None]:
     return held_images(shutdown, used_images(shutdown, boot)), None
 
 
-def _setting(environ: dict[str, str]) -> tuple[OnSavedImages, str | None, str | None]:
+def _setting(environ: Mapping[str, str]) -> tuple[OnSavedImages, str | None, str | None]:
     """``upgrades.on_saved_images``, the file it came from, and why it is ``warn`` when the
     policy cannot be read (a broken policy never stops apt)."""
     from libmgsave.policyfile import policy_path_from, read_policy_for_pass
