@@ -16,6 +16,7 @@ import pytest
 from libmgsave import apthook, state
 from libmgsave.apthook import Change, HeldImage, PackageChange, decide, held_images, parse_hook_input, watched
 from libmgsave.policy import OnSavedImages
+from libmgsave.saveimages import transient_image_path
 
 ROOT = Path(__file__).resolve().parents[2]
 URI = "qemu:///system"
@@ -257,8 +258,8 @@ def test_the_wrapper_passes_the_refusal_on_and_nothing_else(tmp_path, host):
     # managed-save directory: a transient guest's save file in the state directory, then.
     directory = state.StateDir(Path(host["MGSAVE_STATE_DIR"]))
     directory.images.mkdir(mode=0o700)
-    Path(directory.transient_image(UUID)).write_bytes(b"LibvirtQemudSave")
-    record = _record(_entry("web", "saved-to-file", image=directory.transient_image(UUID)), started=time.time())
+    Path(transient_image_path(directory.path, UUID)).write_bytes(b"LibvirtQemudSave")
+    record = _record(_entry("web", "saved-to-file", image=str(transient_image_path(directory.path, UUID))), started=time.time())
     state.write_json_atomic(directory.shutdown_record, record)
     out = _hook(tree, host)
     assert out.returncode == 0 and out.stdout == b"", out
