@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from libmgsave import interrupt, journal
 from libmgsave.actions import going_down, inputs, passes
+from libmgsave.budget import Budget
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorError
 from libmgsave.execute import ShutdownPass, dry_run_results, skipped_results
@@ -56,7 +57,7 @@ def carry_out(run: passes.PassRun, *, staying_is_fine: bool = False,
     if ctx.dry_run:
         return plan, dry_run_results(plan) + skipped_results(plan)
     record = (begin_record or _begin_record)(ctx, plan)
-    results = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at,
+    results = ShutdownPass(plan, run.connections, record=record, budget=Budget(run.deadline_at),
                            staying_is_fine=staying_is_fine).run()
     results = _late_guests(run, record, results + skipped_results(plan))
     _finish_record(ctx, record, results)
@@ -115,7 +116,8 @@ def _late_guests(run: passes.PassRun, record: RecordWriter, results: list[GuestR
             log.warning("%s: started by someone else (or migrated here) during the pass; handling it now",
                         entry.guest.name, extra=journal.guest_fields(entry.guest, result="late"))
             record.add_guest(guest_record_key(*entry.guest.key), pending_entry(entry))
-        more = ShutdownPass(plan, run.connections, record=record, deadline_at=run.deadline_at).run()
+        more = ShutdownPass(plan, run.connections, record=record, budget=Budget(run.deadline_at),
+                            earlier=results).run()
         results = _merge_late(results, more + skipped_results(plan))
     return results
 

@@ -15,10 +15,11 @@ import time
 
 from libmgsave import interrupt, journal, notify
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused
-from libmgsave.execute import migrate, waiting
+from libmgsave.execute import migrate
 from libmgsave.execute.progress import LiveWaits, file_size
 from libmgsave.execute.scheduler import Schedule, Slots
 from libmgsave.execute.steps import add_step, log_outcome, timed_step, unexpected_as_failure
+from libmgsave.execute.waiting import Waits
 from libmgsave.hypervisor import Connections, Guest
 from libmgsave.outcomes import GuestResult, Outcome, Severity, StepResult, Wait, WaitKind
 from libmgsave.plan import Action, GuestPlan, Plan
@@ -37,7 +38,8 @@ class BootPass:
         self.plan = plan
         self.connections = connections
         self.state_dir = state_dir
-        self.start_slots = Slots(plan.limits.max_parallel_starts)
+        self.waits = Waits()  # who waits for whom, on the live line
+        self.start_slots = Slots(plan.limits.max_parallel_starts, waits=self.waits)
         self._last_start = 0.0
         self._delay_lock = threading.Lock()
         self._started_count = 0
@@ -46,8 +48,8 @@ class BootPass:
 
     def run(self) -> list[GuestResult]:
         """Every active guest's result, in plan order."""
-        self.schedule = Schedule(self.plan)
-        with LiveWaits(self._counts):
+        self.schedule = Schedule(self.plan, self.waits)
+        with LiveWaits(self._counts, self.waits):
             results = self.schedule.run(self._guest)
         return [results[e.key] for e in self.plan.active]
 
@@ -253,7 +255,7 @@ class BootPass:
             if settings.ready.kind is ReadyKind.NONE:
                 _wait_until_ready(entry, guest, result)
             else:
-                with waiting.waiting(entry.guest.name, what):
+                with self.waits.waiting(entry.guest.name, what):
                     _wait_until_ready(entry, guest, result)
         except interrupt.Interrupted:
             result.messages.append("its readiness wait was cut short: the pass was stopped")

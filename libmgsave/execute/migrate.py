@@ -15,12 +15,13 @@ import threading
 import time
 
 from libmgsave import interrupt, journal, notify
+from libmgsave.budget import Budget
 from libmgsave.errors import GuestGone, HypervisorError, OperationRefused, OperationTimeout
 from libmgsave.execute.progress import mb
 from libmgsave.execute.steps import add_step
 from libmgsave.hypervisor import Guest, ask_peer, open_peer
 from libmgsave.outcomes import GuestResult, Outcome, StepResult
-from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan
+from libmgsave.plan import Action, GuestPlan
 from libmgsave.plan.peers import DEFAULT_MIGRATION_THROUGHPUT, migration_seconds
 from libmgsave.policy import DiskMode
 
@@ -51,7 +52,7 @@ class LinkRate:
             self._seconds += max(seconds, 0.001)
 
 
-def migrate(guest: Guest, entry: GuestPlan, *, deadline_at: float, rate: LinkRate, messages: list[str],
+def migrate(guest: Guest, entry: GuestPlan, *, budget: Budget, rate: LinkRate, messages: list[str],
             to: str | None = None) -> int:
     """Migrate the guest to ``to`` (by default its plan's peer); returns the bytes its memory had. Raises
     OperationTimeout when it cannot end in time (not begun, or aborted: the guest runs on
@@ -61,8 +62,8 @@ def migrate(guest: Guest, entry: GuestPlan, *, deadline_at: float, rate: LinkRat
     to = to or entry.peer
     size = entry.guest.memory_bytes
     estimate = migration_seconds(size, settings, rate.current())
-    left = deadline_at - DEADLINE_RESERVE - time.monotonic()
-    if estimate > left:
+    left = budget.left_for_steps()
+    if not budget.may_begin(estimate):
         raise OperationTimeout(f"not begun: it would take about {estimate:.0f} s and only {max(left, 0):.0f} s "
                                f"are left before the deadline")
     give_up_after = min(settings.timeout, left)
@@ -160,7 +161,7 @@ def bring_home(entry: GuestPlan, result: GuestResult) -> Outcome:
         guest = host.guest(entry.guest.uuid)
         if not guest.is_active():
             return _stays(entry, result, f"it is not running on {entry.peer}")
-        size = migrate(guest, entry, deadline_at=float("inf"), rate=LinkRate(), messages=result.messages,
+        size = migrate(guest, entry, budget=Budget.unbounded(), rate=LinkRate(), messages=result.messages,
                        to=entry.effective.settings.migrate.home)
     except GuestGone:
         result.messages.append(f"it is not on {entry.peer} any more (moved or undefined by someone else)")

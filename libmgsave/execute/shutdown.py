@@ -13,18 +13,21 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from libmgsave import interrupt, journal
+from libmgsave.budget import Budget
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationTimeout
 from libmgsave.execute import migrate
 from libmgsave.execute.progress import SaveProgress, file_size, mb
 from libmgsave.execute.scheduler import Schedule
+from libmgsave.execute.waiting import Waits
 from libmgsave.execute.steps import StepTimes, add_step, log_outcome, unexpected_as_failure, unexpected_failure
 from libmgsave.hypervisor import Connections, Guest
 from libmgsave.inventory import GuestState
 from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
-from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan, Plan
+from libmgsave.plan import Action, GuestPlan, Plan
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
 from libmgsave.state.images import discard_partial_save, images_directory
@@ -49,31 +52,32 @@ _OFF = object()  # a step found the guest already off (or gone): nothing was don
 
 
 class ShutdownPass:
-    def __init__(self, plan: Plan, connections: Connections, *, record: RecordWriter | None, deadline_at: float,
-                 staying_is_fine: bool = False):
+    def __init__(self, plan: Plan, connections: Connections, *, record: RecordWriter | None, budget: Budget,
+                 earlier: Sequence[GuestResult] = (), staying_is_fine: bool = False):
+        """``budget``: the pass's deadline; ``earlier``: the results of the pass's earlier rounds
+        (this one is over guests started meanwhile), whose saves the live counts go on from."""
         self.plan = plan
         # evacuate: a guest whose migration (its whole chain) failed runs on here, which is no failure
         self.staying_is_fine = staying_is_fine
         self.connections = connections
         self.record = record
-        self.deadline_at = deadline_at  # time.monotonic()
-        self.schedule = Schedule(plan)
+        self.budget = budget
+        self.waits = Waits()
+        self.schedule = Schedule(plan, self.waits)
         self.save_slots = self.schedule.slots(plan.limits.max_parallel_saves, lambda e: e.actions[0] in SAVES)
         self.migrate_slots = self.schedule.slots(plan.limits.max_parallel_migrations,
                                                  lambda e: e.actions[0] is Action.MIGRATE)
         self.link = migrate.LinkRate()  # saves and migrations share the deadline, not the rate
         self.progress: SaveProgress | None = None
+        self._saves_before = sum(1 for r in earlier if r.plan.actions[0] in SAVES)
         self._slot_waits: dict = {}  # guest key -> its wait for a save slot, for its result
 
     def run(self) -> list[GuestResult]:
         """Every active guest's result, in plan order."""
         saves = sum(1 for e in self.plan.active if e.actions[0] in SAVES)
-        with SaveProgress(saves, self.deadline_at) as self.progress:
+        with SaveProgress(saves, self.budget, self.waits, settled_before=self._saves_before) as self.progress:
             results = self.schedule.run(lambda entry, _deps: self._guest(entry))
         return [results[e.key] for e in self.plan.active]
-
-    def _past_deadline(self) -> bool:
-        return time.monotonic() >= self.deadline_at - DEADLINE_RESERVE
 
     def _guest(self, entry: GuestPlan) -> GuestResult:
         try:
@@ -106,7 +110,7 @@ class ShutdownPass:
             if interrupt.requested():
                 self._interrupted(result, action)
                 break
-            if self._past_deadline() and index < len(entry.actions) - 1:
+            if self.budget.past() and index < len(entry.actions) - 1:
                 self.save_slots.withdraw(entry.key)
                 result.messages.append(f"deadline reached: {action} skipped")
                 log.warning("%s: shutdown deadline reached, skipping %s", entry.guest.name, action,
@@ -260,7 +264,7 @@ class ShutdownPass:
         settings = entry.effective.settings
         if action in SAVES:
             with self._save_slot(entry):
-                if self._past_deadline():  # admitted just as the deadline came
+                if self.budget.past():  # admitted just as the deadline came
                     raise OperationTimeout(LATE_FOR_A_SLOT)
                 times.restart()
                 try:
@@ -268,19 +272,19 @@ class ShutdownPass:
                 finally:
                     times.finished = time.time()
         if action is Action.MIGRATE:
-            give_up_at = self.deadline_at - DEADLINE_RESERVE
-            with self.migrate_slots.held(entry.key, give_up_at=give_up_at, late=LATE_FOR_A_MIGRATION_SLOT):
+            with self.migrate_slots.held(entry.key, give_up_at=self.budget.give_up_at(),
+                                         late=LATE_FOR_A_MIGRATION_SLOT):
                 times.restart()
                 try:
-                    return migrate.migrate(guest, entry, deadline_at=self.deadline_at, rate=self.link,
+                    return migrate.migrate(guest, entry, budget=self.budget, rate=self.link,
                                            messages=messages)
                 finally:
                     times.finished = time.time()
         if action is Action.SHUTDOWN:
             guest.request_shutdown()
-            wait_until = min(time.monotonic() + settings.shutdown_timeout, self.deadline_at - DEADLINE_RESERVE)
+            wait_until = self.budget.wait_until(settings.shutdown_timeout)
             while not _stopped(guest):
-                if time.monotonic() >= wait_until:
+                if self.budget.now() >= wait_until:
                     raise OperationTimeout(f"still running {settings.shutdown_timeout:g} s after the shutdown request")
                 interrupt.sleep(SHUTDOWN_POLL)
             return None
@@ -294,7 +298,7 @@ class ShutdownPass:
         """A save slot held for the block; the wait for it is kept for the guest's result."""
         asked = time.time()
         try:
-            with self.save_slots.held(entry.key, give_up_at=self.deadline_at - DEADLINE_RESERVE,
+            with self.save_slots.held(entry.key, give_up_at=self.budget.give_up_at(),
                                       late=LATE_FOR_A_SLOT, who=entry.guest.name, what="a save slot"):
                 self._slot_waits[entry.key] = Wait(WaitKind.SLOT, asked, time.time())
                 yield
@@ -368,8 +372,8 @@ class ShutdownPass:
         log.warning("%s: %s", entry.guest.name, text,
                     extra=journal.guest_fields(entry.guest, action="save", result="wait"))
         messages.append(text)
-        give_up_at = min(time.monotonic() + timeout, self.deadline_at - DEADLINE_RESERVE)
-        while time.monotonic() < give_up_at:
+        give_up_at = self.budget.wait_until(timeout)
+        while self.budget.now() < give_up_at:
             if _stopped(guest):
                 return True
             if not guest.being_saved():
