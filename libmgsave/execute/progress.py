@@ -9,20 +9,18 @@ started during the pass (a later round's counts go on from the earlier rounds').
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
 
-from libmgsave import console, journal, notify, units
+from libmgsave import console, notify, units
 from libmgsave.budget import Budget
 from libmgsave.errors import HypervisorError
+from libmgsave.events import EventKind, Events, GuestEvent
 from libmgsave.execute.waiting import Waits
 from libmgsave.hypervisor import Guest, JobProgress
 from libmgsave.plan import GuestPlan
-
-log = logging.getLogger("mgsave")
 
 PROGRESS_EVERY = 3.0  # seconds between progress lines for a running save
 PROGRESS_POLL = 1.0  # how often running saves are looked at (the first line comes after this)
@@ -74,13 +72,14 @@ class _Ticker:
 class SaveProgress(_Ticker):
     """Watches running saves from a thread of its own while the shutdown pass runs."""
 
-    def __init__(self, total: int, budget: Budget, waits: Waits, *, settled_before: int = 0):
+    def __init__(self, total: int, budget: Budget, waits: Waits, events: Events, *, settled_before: int = 0):
         """``total`` saves to watch; ``settled_before``: the saves of the pass's earlier rounds
         (guests started meanwhile come in later rounds), counted as done and in all."""
         self.total = settled_before + total
         self.done = settled_before
         self.budget = budget
         self.waits = waits
+        self.events = events  # the pass's: a save aborted is said there
         self._running: dict[str, _Watched] = {}
         self._lock = threading.Lock()
         _Ticker.__init__(self, "mgsave-progress")
@@ -155,16 +154,14 @@ class SaveProgress(_Ticker):
             if abort:
                 save.aborted = abort
         if abort:
-            log.warning("%s: aborting the save: %s", save.guest.name, abort,
-                        extra=journal.guest_fields(save.plan.guest, action="save", result="abort"))
+            self.events.send(GuestEvent(EventKind.SAVE_ABORTING, save.plan.guest, why=abort))
             try:
                 save.guest.abort_job()
             except HypervisorError as error:
-                log.warning("%s: could not abort the save: %s", save.guest.name, error.message)
+                self.events.send(GuestEvent(EventKind.SAVE_ABORT_FAILED, save.plan.guest, why=error.message))
         return moving
 
-    @staticmethod
-    def _record(save: _Watched, progress: JobProgress | None, now: float) -> bool:
+    def _record(self, save: _Watched, progress: JobProgress | None, now: float) -> bool:
         if progress is None:
             return False
         moving = progress.processed > save.last_bytes
@@ -176,9 +173,8 @@ class SaveProgress(_Ticker):
         save.text = f"{save.guest.name} {how_far}"
         if now - save.last_log >= PROGRESS_EVERY - 0.05:
             save.last_log = now
-            fields = journal.guest_fields(save.plan.guest, action="save", result="progress",
-                                          seconds=now - save.started, bytes_=progress.processed)
-            log.debug("%s: saving %s", save.guest.name, how_far, extra=fields)
+            self.events.send(GuestEvent(EventKind.SAVE_PROGRESS, save.plan.guest, what=how_far,
+                                        seconds=now - save.started, bytes=progress.processed))
         return moving
 
     def _abort_reason(self, save: _Watched, now: float) -> str | None:

@@ -12,6 +12,7 @@ import pytest
 
 from libmgsave import console, notify
 from libmgsave.budget import Budget
+from libmgsave.events import Events
 from libmgsave.execute import progress, waiting
 from libmgsave.hypervisor import JobProgress
 
@@ -71,13 +72,13 @@ def test_status_counts_never_go_backwards_across_the_rounds_of_a_pass(monkeypatc
     sent = []
     monkeypatch.setattr(notify, "status", sent.append)
     budget, waits = Budget(1e9), waiting.Waits()
-    with progress.SaveProgress(2, budget, waits) as first:
+    with progress.SaveProgress(2, budget, waits, Events()) as first:
         for name in ("a", "b"):
             guest, plan = _guest(name)
             first.begin(guest, plan, 60)
             first.end(guest)
     # a guest started during the pass: a round of its own, after the first round's saves
-    with progress.SaveProgress(1, budget, waits, settled_before=2) as late:
+    with progress.SaveProgress(1, budget, waits, Events(), settled_before=2) as late:
         guest, plan = _guest("c")
         late.begin(guest, plan, 60)
         late.end(guest)
