@@ -59,8 +59,7 @@ class ShutdownPass:
         self.staying_is_fine = staying_is_fine
         self.connections = connections
         self.record = record
-        key = lambda result: guest_record_key(*result.plan.key)  # noqa: E731
-        self.events = Events([Summary(), Journal(), *([Record(record, key)] if record else [])])
+        self.events = Events([Summary(), Journal(), *([Record(record, _record_key)] if record else [])])
         self.budget = budget
         self.waits = Waits()
         self.schedule = Schedule(plan, self.waits)
@@ -351,6 +350,10 @@ class ShutdownPass:
                 break
             interrupt.sleep(SHUTDOWN_POLL)
         return _stopped(guest)
+
+
+def _record_key(result: GuestResult) -> str:
+    return guest_record_key(*result.plan.key)
 
 
 def _stopped(guest: Guest) -> bool:
