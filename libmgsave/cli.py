@@ -99,6 +99,15 @@ def _global_options() -> argparse.ArgumentParser:
     return common
 
 
+POWER_WATCH_HELP = (
+    "start the host's shutdown when the battery runs short",
+    "Read the UPS every power.poll. While it runs on battery, start the host's shutdown\n"
+    "(power.shutdown_command, 'systemctl poweroff' by default) once the runtime left is no more\n"
+    "than the shutdown plan of the guests running now needs plus power.margin, or at once on the\n"
+    "UPS's low-battery (LB) or forced-shutdown (FSD) flag; then exit 0. Back on line it stands\n"
+    "down. A UPS that cannot be read, or reports no runtime, is logged and never starts a\n"
+    "shutdown on its own (upsmon stays the authority for the final forced shutdown). SIGTERM\n"
+    "ends it at once. mgsave-power.service runs it; exit 2 when the policy has no 'power:'.")
 PASSES = ("shutdown", "boot")
 COMPLETE_GUESTS = "_complete-guests"  # a hidden command, for the shell completion
 
@@ -198,6 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         "host where libvirt itself holds a delay lock (libvirt 11 does while guests run), the\n"
         "pass begins only after logind's InhibitDelayMaxSec (5 s by default). Needs jeepney\n"
         "(python3-jeepney); without it, or without logind, it says so and exits 0.")
+    p = add("power", "follow the UPS of the policy's power: section",
+            "Commands about the UPS of the policy's 'power:' section (docs/POWER.md).")
+    power = p.add_subparsers(title="commands", dest="power_command", metavar="COMMAND", required=True)
+    power.add_parser("watch", parents=[common], formatter_class=_HelpFormatter, help=POWER_WATCH_HELP[0],
+                     description=POWER_WATCH_HELP[1]).set_defaults(command="power-watch")
     add("sample-policy", "print a policy with every key explained (the built-in defaults)",
         "Print a policy file generated from the policy's schema: every key commented out with its\n"
         "meaning and its built-in default, and example rules, commented out too. As printed it means\n"

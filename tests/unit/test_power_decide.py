@@ -1,0 +1,93 @@
+"""``mgsave power watch``'s decision and the plan's need: pure, readings and plans built by hand."""
+
+from pathlib import Path
+
+import pytest
+
+from libmgsave.inventory import GuestInfo, GuestState
+from libmgsave.plan import SaveRate, plan_shutdown
+from libmgsave.policyfile import parse_policy
+from libmgsave.power.decide import Verdict, decide
+from libmgsave.power.need import needed_seconds
+from libmgsave.power.reading import UpsReading
+
+URI = "test:///default"
+GiB = 1024 ** 3
+
+
+def reading(status="OB", runtime="600", error=None):
+    values = {"ups.status": status, "battery.runtime": runtime, "battery.charge": "50", "ups.load": "20"}
+    if error:
+        return UpsReading("ups1@localhost", 0.0, error)
+    return UpsReading.from_values("ups1@localhost", 0.0, values)
+
+
+@pytest.mark.parametrize("status, runtime, needed, verdict", [
+    ("OL", "600", None, Verdict.STANDBY),  # on line: nothing, whatever the runtime
+    ("OL CHRG", "10", None, Verdict.STANDBY),
+    ("OB", "600", 300, Verdict.STANDBY),  # 600 > 300 + 60
+    ("OB", "361", 300, Verdict.STANDBY),
+    ("OB", "360", 300, Verdict.SHUT_DOWN_NOW),  # no more than the need plus the margin
+    ("OB DISCHRG", "100", 300, Verdict.SHUT_DOWN_NOW),
+    ("OB LB", "5000", 10, Verdict.SHUT_DOWN_NOW),  # the UPS's own low-battery flag: at once
+    ("OL FSD", "5000", None, Verdict.SHUT_DOWN_NOW),  # forced shutdown: at once
+    ("OB", "-5", 300, Verdict.UNKNOWN),  # a runtime that cannot be right is never a reason
+    ("OB", "abc", 300, Verdict.UNKNOWN),
+    ("OB", "600", None, Verdict.UNKNOWN),  # the need not known
+    ("OL OB", "5", 300, Verdict.UNKNOWN),  # both: the state is unknown
+    ("WAIT", "5", 300, Verdict.UNKNOWN),
+])
+def test_the_decision(status, runtime, needed, verdict):
+    decision = decide(reading(status, runtime), needed, 60)
+    assert decision.verdict is verdict, decision.why
+    assert decision.margin == 60
+
+
+def test_an_unreadable_ups_is_unknown_never_a_shutdown():
+    decision = decide(reading(error="cannot connect to localhost port 3493: Connection refused"), 900, 60)
+    assert decision.verdict is Verdict.UNKNOWN
+    assert "Connection refused" in decision.why
+
+
+def test_the_reason_names_the_runtime_the_need_and_the_margin():
+    decision = decide(reading("OB", "200"), 150, 60)
+    assert decision.why == ("on battery, runtime 3 min 20 s left: no more than the 2 min 30 s the shutdown plan "
+                            "needs plus the 1 min 00 s margin")
+    assert (decision.runtime, decision.needed) == (200, 150)
+
+
+def guest(name, gib=1, uri=URI):
+    return GuestInfo(connection=uri, name=name, uuid=f"00000000-0000-0000-0000-{abs(hash(name)) % 10**12:012d}",
+                     state=GuestState.RUNNING, persistent=True, has_managed_save=False, memory_kib=gib * 1024 * 1024)
+
+
+def plan(guests, text="version: 1\n", rate=GiB / 10):
+    return plan_shutdown(guests, parse_policy(text, "policy.yaml"), state_dir=Path("/nonexistent"),
+                         rates={URI: SaveRate(rate, "test")})
+
+
+def test_the_need_is_the_last_save_s_end_on_the_learned_rate():
+    # 1 GiB then 2 GiB at 0.1 GiB/s on one connection: the second ends 30 s into the pass
+    assert needed_seconds(plan([guest("a", 1), guest("b", 2)])) == pytest.approx(30)
+
+
+def test_no_guest_running_needs_nothing():
+    assert needed_seconds(plan([])) == 0
+
+
+def test_a_graceful_shutdown_counts_its_timeout_and_order_groups_run_one_after_the_other():
+    text = """version: 1
+guests:
+  - match: {name: web}
+    order: 10
+    on_shutdown: [shutdown, poweroff]
+    shutdown_timeout: 45
+"""
+    # web's group first (45 s at most), then db's save of 1 GiB (10 s)
+    assert needed_seconds(plan([guest("web"), guest("db", 1)], text)) == pytest.approx(55)
+
+
+def test_the_need_is_never_more_than_the_deadline():
+    text = "version: 1\nlimits: {shutdown_deadline: 2m}\ndefaults: {on_shutdown: [shutdown, poweroff], " \
+           "shutdown_timeout: 10m}\n"
+    assert needed_seconds(plan([guest("a")], text)) == 120
