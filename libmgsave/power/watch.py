@@ -52,6 +52,7 @@ def watch(power: Power, hooks: WatchHooks) -> Decision:
         elif reading.state is PowerState.ONLINE:
             needed = needed_at = None  # the next outage plans afresh
         decision = decide(reading, needed if reading.state is PowerState.ON_BATTERY else None, power.margin)
+        log.debug("UPS %s polled: %s (%s)", power.ups, decision.verdict, decision.why)
         logbook.log(decision)
         if decision.verdict is Verdict.SHUT_DOWN_NOW and hooks.start_shutdown(decision):
             return decision
