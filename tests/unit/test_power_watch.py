@@ -1,5 +1,7 @@
-"""``mgsave power watch``'s decision and the plan's need: pure, readings and plans built by hand."""
+"""``mgsave power watch``'s decision and the plan's need (pure: readings and plans built by hand),
+and check's word when its unit is not enabled."""
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,9 @@ from libmgsave.plan import SaveRate, plan_shutdown
 from libmgsave.policyfile import parse_policy
 from libmgsave.power.decide import Verdict, decide
 from libmgsave.power.need import needed_seconds
+from libmgsave.policy import Power, UpsAddress
 from libmgsave.power.reading import UpsReading
+from libmgsave.power.ups import check_power
 
 URI = "test:///default"
 GiB = 1024 ** 3
@@ -91,3 +95,28 @@ def test_the_need_is_never_more_than_the_deadline():
     text = "version: 1\nlimits: {shutdown_deadline: 2m}\ndefaults: {on_shutdown: [shutdown, poweroff], " \
            "shutdown_timeout: 10m}\n"
     assert needed_seconds(plan([guest("a")], text)) == 120
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("enabled, warned", [
+    ((), False),  # mgsave's units not enabled: not installed as a service here, nothing to say
+    (("mgsave.service",), True),
+    (("mgsave.service", "mgsave-power.service"), False),
+])
+def test_check_warns_when_mgsave_is_enabled_but_not_its_ups_watch(tmp_path, enabled, warned):
+    wants = tmp_path / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    for unit in enabled:
+        (wants / unit).symlink_to(f"/usr/lib/systemd/system/{unit}")
+    power = Power(UpsAddress("ups1", "127.0.0.1", closed_port()))
+    problems, findings = check_power(power, "policy.yaml", root=str(tmp_path))
+    assert problems == []
+    said = [f for f in findings if "mgsave-power.service is not enabled" in f.message]
+    assert bool(said) is warned
+    if warned:
+        assert said[0].source == "power.ups" and "systemctl enable --now mgsave-power.service" in said[0].message
