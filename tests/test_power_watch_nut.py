@@ -166,3 +166,38 @@ def test_an_unreachable_ups_starts_nothing_and_is_logged_once(nut, watch):
     assert w.text().count("warning:") == 1, w.text()  # one warning, not one a reading
     assert "no shutdown is started on that alone" in w.text()
     assert w.stop() == 0
+
+
+# -- mgsave plan shutdown: whether the plan fits the runtime now ------------------------------------
+
+def plan_shutdown(nut, tmp_path, capsys, *args):
+    from libmgsave import cli
+
+    policy = tmp_path / "policy.yaml"
+    node = tmp_path / "node.xml"
+    node.write_text(NODE)
+    credentials = tmp_path / "nut.credentials"
+    credentials.write_text(f"username = {nutrig.USER}\npassword = {nutrig.PASSWORD}\n")
+    credentials.chmod(0o600)
+    policy.write_text(f"version: 1\npower:\n  ups: ups1@127.0.0.1:{nut.port}\n  credentials: {credentials}\n"
+                      f"  margin: 60\n")
+    policy.chmod(0o600)
+    capsys.readouterr()
+    code = cli.main(["--policy", str(policy), "--state-dir", str(tmp_path / "state"), "--connect", f"test://{node}",
+                     "plan", "shutdown", *args])
+    return code, capsys.readouterr().out
+
+
+def test_plan_shutdown_says_whether_the_plan_fits_the_runtime_now(nut, tmp_path, capsys):
+    import json
+
+    on_battery(nut, 1200)
+    code, out = plan_shutdown(nut, tmp_path, capsys)
+    assert code == 0
+    assert (f"UPS ups1@127.0.0.1:{nut.port} (on battery): runtime 20 min 00 s, the plan needs 11 s plus the "
+            f"1 min 00 s margin: it fits") in " ".join(out.split())  # wrapped at 80 columns
+    on_battery(nut, 65)
+    code, out = plan_shutdown(nut, tmp_path, capsys, "--json")
+    fit = json.loads(out)["ups_fit"]
+    assert (fit["state"], fit["runtime_seconds"], fit["fits"], fit["margin_seconds"]) == ("on-battery", 65, False, 60)
+    assert 10 < fit["needed_seconds"] < 11  # 2 GiB at the built-in 200 MB/s
