@@ -100,8 +100,8 @@ def _global_options() -> argparse.ArgumentParser:
 
 
 POWER_WATCH_HELP = (
-    "start the host's shutdown when the battery runs short",
-    "Read the UPS every power.poll. While it runs on battery, start the host's shutdown\n"
+    "watch the UPS of power: and start the host's shutdown in time",
+    "watch: read the UPS every power.poll. While it runs on battery, start the host's shutdown\n"
     "(power.shutdown_command, 'systemctl poweroff' by default) once the runtime left is no more\n"
     "than the shutdown plan of the guests running now needs plus power.margin, or at once on the\n"
     "UPS's low-battery (LB) or forced-shutdown (FSD) flag; then exit 0. Back on line it stands\n"
@@ -132,6 +132,13 @@ class _Commands(argparse._SubParsersAction):
             later = getattr(namespace, key, None)
             if isinstance(later, list) and later is not earlier:
                 setattr(namespace, key, earlier + later)
+
+
+class _PowerCommand(argparse.Action):
+    """``power watch`` runs the action ``power_watch`` (``dispatch``): the word names the command."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.command = f"power-{values}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,11 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         "host where libvirt itself holds a delay lock (libvirt 11 does while guests run), the\n"
         "pass begins only after logind's InhibitDelayMaxSec (5 s by default). Needs jeepney\n"
         "(python3-jeepney); without it, or without logind, it says so and exits 0.")
-    p = add("power", "follow the UPS of the policy's power: section",
-            "Commands about the UPS of the policy's 'power:' section (docs/POWER.md).")
-    power = p.add_subparsers(title="commands", dest="power_command", metavar="COMMAND", required=True)
-    power.add_parser("watch", parents=[common], formatter_class=_HelpFormatter, help=POWER_WATCH_HELP[0],
-                     description=POWER_WATCH_HELP[1]).set_defaults(command="power-watch")
+    p = add("power", POWER_WATCH_HELP[0], POWER_WATCH_HELP[1])
+    p.add_argument("power_command", choices=["watch"], metavar="watch", action=_PowerCommand,
+                   help="follow the UPS and start the host's shutdown when the battery runs short")
     add("sample-policy", "print a policy with every key explained (the built-in defaults)",
         "Print a policy file generated from the policy's schema: every key commented out with its\n"
         "meaning and its built-in default, and example rules, commented out too. As printed it means\n"
