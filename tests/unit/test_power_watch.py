@@ -120,3 +120,55 @@ def test_check_warns_when_mgsave_is_enabled_but_not_its_ups_watch(tmp_path, enab
     assert bool(said) is warned
     if warned:
         assert said[0].source == "power.ups" and "systemctl enable --now mgsave-power.service" in said[0].message
+
+
+class Script:
+    """The watch's hooks, scripted: one reading a poll, a clock that moves by the poll's seconds."""
+
+    def __init__(self, readings, need=100.0):
+        self.readings, self.need = list(readings), need
+        self.now, self.asked, self.started = 0.0, [], []
+
+    def hooks(self):
+        from libmgsave.power.watch import WatchHooks
+
+        return WatchHooks(read=self.read, needed=self.needed, start_shutdown=self.start, sleep=self.sleep,
+                          clock=lambda: self.now)
+
+    def read(self):
+        return self.readings.pop(0)
+
+    def needed(self):
+        self.asked.append(self.now)
+        return self.need
+
+    def start(self, decision):
+        self.started.append(decision)
+        return True
+
+    def sleep(self, seconds):
+        self.now += seconds
+        if not self.readings:
+            raise StopIteration  # the script is over without a shutdown
+
+
+def test_the_need_is_asked_on_battery_at_most_once_a_minute_and_afresh_after_an_outage():
+    from libmgsave.power.watch import watch
+
+    power = Power(UpsAddress("ups1", "localhost"), margin=60, poll=5)
+    script = Script([reading("OL")] * 3 + [reading("OB", "3600")] * 30 + [reading("OL")] + [reading("OB", "3600")])
+    with pytest.raises(StopIteration):
+        watch(power, script.hooks())
+    # on battery from 15 s: asked then, 60 s later, 60 s later again; the next outage asks at once
+    assert script.asked == [15, 75, 135, 170]
+    assert script.started == []
+
+
+def test_the_watch_starts_the_shutdown_once_the_runtime_runs_short_and_returns():
+    from libmgsave.power.watch import watch
+
+    power = Power(UpsAddress("ups1", "localhost"), margin=60, poll=5)
+    script = Script([reading("OB", "600"), reading("OB", "200"), reading("OB", "150"), reading("OB", "100")])
+    decision = watch(power, script.hooks())
+    assert decision.verdict is Verdict.SHUT_DOWN_NOW and decision.runtime == 150  # 150 <= 100 + 60
+    assert len(script.started) == 1
