@@ -117,7 +117,8 @@ def test_power_unit_keeps_its_promises():
 
 
 # The unit's stop runs the pass only when the host is going down (tests/cli/test_unit_stop.py).
-@pytest.mark.parametrize("hook, subcommand", [("mgsave-boot", "boot"), ("mgsave-shutdown", "shutdown --if-host-going-down"),
+@pytest.mark.parametrize("hook, subcommand", [("mgsave-boot", "boot"),
+                                              ("mgsave-shutdown", "shutdown --if-host-going-down"),
                                               ("mgsave-power", "power watch")])
 def test_hook_execs_the_pass_and_keeps_its_exit_code(tmp_path, hook, subcommand):
     fake = tmp_path / "mgsave"

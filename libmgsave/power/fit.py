@@ -37,7 +37,8 @@ class PlanFit:
             return f"{head}: cannot be read ({untrusted.message(self.reading.error)}); {need}"
         if self.fits is None:
             return f"{head}: runtime unknown ({self.reading.runtime.unknown}); {need}: whether it fits is not known"
-        verdict = "it fits" if self.fits else "it does not fit (on battery the watch would start the host's shutdown now)"
+        verdict = ("it fits" if self.fits else
+                   "it does not fit (on battery the watch would start the host's shutdown now)")
         return f"{head}: runtime {units.seconds(self.reading.runtime.value)}, {need}: {verdict}"
 
     def to_dict(self) -> dict:
