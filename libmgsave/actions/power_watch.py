@@ -15,7 +15,7 @@ import time
 from libmgsave import units
 from libmgsave.actions import inputs
 from libmgsave.context import Context
-from libmgsave.errors import HypervisorError, PolicyError, Problem
+from libmgsave.errors import MgsaveError, PolicyError, Problem
 from libmgsave.interrupt import wait_bound
 from libmgsave.power.decide import Decision
 from libmgsave.power.need import needed_seconds
@@ -30,6 +30,13 @@ COMMAND_TIMEOUT = 60.0  # seconds the shutdown command may take (systemctl power
 def run_power_watch(ctx: Context) -> None:
     stop = StopOnSignal()
     stop.install()
+    try:
+        _watch(ctx, stop)
+    except Stopped as signal_name:
+        log.info("the UPS watch stops (%s)", signal_name)
+
+
+def _watch(ctx: Context, stop: StopOnSignal) -> None:
     use = inputs.pass_policy(ctx)
     policy = use.policy
     if policy.power is None:
@@ -42,10 +49,7 @@ def run_power_watch(ctx: Context) -> None:
     hooks = WatchHooks(read=lambda: read_ups(power)[0], needed=lambda: _needed(ctx, policy),
                        start_shutdown=lambda decision: _start_shutdown(power.shutdown_command, decision, stop),
                        sleep=_sleep)
-    try:
-        watch(power, hooks)
-    except Stopped as signal_name:
-        log.info("the UPS watch stops (%s)", signal_name)
+    watch(power, hooks)
 
 
 def _needed(ctx: Context, policy) -> float:  # noqa: ANN001
@@ -59,9 +63,12 @@ def _needed(ctx: Context, policy) -> float:  # noqa: ANN001
         finally:
             for host in connections.hosts():
                 host.close()
-    except HypervisorError as error:
-        log.warning("the shutdown plan cannot be made (%s): counting the whole shutdown deadline, %s",
-                    error.message, units.seconds(policy.limits.shutdown_deadline))
+    except Stopped:
+        raise
+    except Exception as error:  # noqa: BLE001 - the watch must go on: counting the deadline is safe
+        why = error.message if isinstance(error, MgsaveError) else f"{type(error).__name__}: {error}"
+        log.warning("the shutdown plan cannot be made (%s): counting the whole shutdown deadline, %s", why,
+                    units.seconds(policy.limits.shutdown_deadline), exc_info=not isinstance(error, MgsaveError))
         return policy.limits.shutdown_deadline
     for warning in warnings:
         log.warning("%s", warning)
