@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
             "that does not answer, and about libvirt-guests or libvirtd's own shutdown handling being\n"
             "enabled. With a UPS in 'power:', its credentials file must be usable (else exit 2), and\n"
             "it warns, under the key's file:line, when upsd does not answer, knows no UPS of that\n"
-            "name, refuses the credentials, or the UPS reports no usable runtime.")
+            "name, refuses the credentials, or the UPS reports no usable runtime; and when mgsave's\n"
+            "units are enabled but not mgsave-power.service, which runs 'mgsave power watch'.")
     p.add_argument("--strict", action="store_true",
                    help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
@@ -173,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
             "estimated end of its save under the deadline. With --verbose, or for the guests named,\n"
             "each guest in full: every effective setting with the rule (file:line) that set it.\n"
             "Exit 2 when the policy is broken (the plan shown is then the one a pass would carry out\n"
-            "on its last valid copy or the built-in defaults) or a guest named is not there.")
+            "on its last valid copy or the built-in defaults) or a guest named is not there. With a UPS in\n"
+            "'power:', a last line says whether the shutdown plan fits the runtime it reports now.")
     which = p.add_argument("which", nargs="*", choices=_PassOrGuests(PASSES), metavar="shutdown|boot|GUEST",
                            help="one pass only (default: both); then guests by name: their plan in full")
     which.complete = "guests"  # the shell completion offers the guests' names (scripts/gen-completion)
