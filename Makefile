@@ -65,6 +65,8 @@ else
 UNITDIR ?= /etc/systemd/system
 endif
 UNITS := mgsave.service mgsave-boot.service mgsave-early.service
+# Installed, not enabled: only a host whose policy has power: wants it (docs/POWER.md).
+OPTIONAL_UNITS := mgsave-power.service
 CONFDIR := /etc/mgsave
 # apt runs the hook before it changes QEMU or libvirt (docs/UPGRADES.md); only where apt is.
 APTCONF := /etc/apt/apt.conf.d/20mgsave
@@ -132,12 +134,12 @@ install-files: install-lib install-docs
 	$(SUBST) bin/mgsave.in > '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
 	chmod 0755 '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
 	mv -f '$(DESTDIR)$(BINDIR)/.mgsave.tmp' '$(DESTDIR)$(BINDIR)/mgsave'
-	for hook in mgsave-boot mgsave-shutdown mgsave-early mgsave-apt-hook; do \
+	for hook in mgsave-boot mgsave-shutdown mgsave-early mgsave-power mgsave-apt-hook; do \
 		$(SUBST) "hooks/$$hook" > '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" && \
 		chmod 0755 '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" && \
 		mv -f '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" '$(DESTDIR)$(HOOKDIR)/'"$$hook" || exit 1; \
 	done
-	for unit in $(UNITS); do \
+	for unit in $(UNITS) $(OPTIONAL_UNITS); do \
 		$(SUBST) "units/$$unit" > '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" && \
 		chmod 0644 '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" && \
 		mv -f '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" '$(DESTDIR)$(UNITDIR)/'"$$unit" || exit 1; \
@@ -180,7 +182,7 @@ install-policy:
 		echo "no $(SAMPLE_POLICY) in this tree: mgsave runs on its built-in policy"; \
 	fi
 
-# Enable the three units, and (START=yes) start mgsave.service: it must be active for systemd to
+# Enable the three units (not mgsave-power.service: off by default), and (START=yes) start mgsave.service: it must be active for systemd to
 # run the shutdown pass at the next shutdown. Starting it runs nothing. The boot pass
 # (mgsave-boot.service) is not started: installing never starts a guest; it runs at the
 # next boot. An already active unit is not restarted: a restart would run the shutdown pass.
@@ -188,6 +190,8 @@ install-systemd: install-files install-policy
 ifneq ($(LIVE),)
 	systemctl daemon-reload
 	systemctl enable $(UNITS)
+	# Where the admin enabled it, the UPS watch runs the new code (it only re-reads the UPS).
+	systemctl try-restart $(OPTIONAL_UNITS)
 ifeq ($(START),yes)
 	systemctl start mgsave.service
 	# It only waits for logind to announce a shutdown: restarting it runs nothing.
@@ -209,17 +213,17 @@ endif
 # the unit's commands on daemon-reload, and only then is it stopped.
 uninstall:
 ifneq ($(LIVE),)
-	-systemctl disable $(UNITS)
-	-systemctl stop mgsave-boot.service mgsave-early.service
+	-systemctl disable $(UNITS) $(OPTIONAL_UNITS)
+	-systemctl stop mgsave-boot.service mgsave-early.service $(OPTIONAL_UNITS)
 endif
-	rm -f $(foreach unit,$(UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave' \
+	rm -f $(foreach unit,$(UNITS) $(OPTIONAL_UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave' \
 		'$(DESTDIR)$(MANDIR)/man8/mgsave.8' '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5' \
 		'$(DESTDIR)$(COMPLETIONDIR)/mgsave' '$(DESTDIR)$(ZSHDIR)/_mgsave' '$(DESTDIR)$(APTCONF)'
 	rm -rf '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(DOCDIR)' '$(DESTDIR)$(DATADIR)'
 ifneq ($(LIVE),)
 	systemctl daemon-reload
 	-systemctl stop mgsave.service
-	-systemctl reset-failed $(UNITS)
+	-systemctl reset-failed $(UNITS) $(OPTIONAL_UNITS)
 	@state=$$(systemctl is-enabled libvirt-guests.service 2>/dev/null || true); \
 	if [ "$$state" = disabled ] || [ "$$state" = masked ]; then \
 		echo "note: libvirt-guests.service is $$state, so nothing saves or shuts down the running guests at" \

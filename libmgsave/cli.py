@@ -102,6 +102,15 @@ def _global_options() -> argparse.ArgumentParser:
     return common
 
 
+POWER_WATCH_HELP = (
+    "watch the UPS of power: and start the host's shutdown in time",
+    "watch: read the UPS every power.poll. While it runs on battery, start the host's shutdown\n"
+    "(power.shutdown_command, 'systemctl poweroff' by default) once the runtime left is no more\n"
+    "than the shutdown plan of the guests running now needs plus power.margin, or at once on the\n"
+    "UPS's low-battery (LB) or forced-shutdown (FSD) flag; then exit 0. Back on line it stands\n"
+    "down. A UPS that cannot be read, or reports no runtime, is logged and never starts a\n"
+    "shutdown on its own (upsmon stays the authority for the final forced shutdown). SIGTERM\n"
+    "ends it at once. mgsave-power.service runs it; exit 2 when the policy has no 'power:'.")
 PASSES = ("shutdown", "boot")
 COMPLETE_GUESTS = "_complete-guests"  # a hidden command, for the shell completion
 
@@ -126,6 +135,13 @@ class _Commands(argparse._SubParsersAction):
             later = getattr(namespace, key, None)
             if isinstance(later, list) and later is not earlier:
                 setattr(namespace, key, earlier + later)
+
+
+class _PowerCommand(argparse.Action):
+    """``power watch`` runs the action ``power_watch`` (``dispatch``): the word names the command."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.command = f"power-{values}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,7 +179,8 @@ def _add_queries(add: Callable[..., argparse.ArgumentParser]) -> None:
             "that does not answer, and about libvirt-guests or libvirtd's own shutdown handling being\n"
             "enabled. With a UPS in 'power:', its credentials file must be usable (else exit 2), and\n"
             "it warns, under the key's file:line, when upsd does not answer, knows no UPS of that\n"
-            "name, refuses the credentials, or the UPS reports no usable runtime.")
+            "name, refuses the credentials, or the UPS reports no usable runtime; and when mgsave's\n"
+            "units are enabled but not mgsave-power.service, which runs 'mgsave power watch'.")
     p.add_argument("--strict", action="store_true",
                    help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
@@ -172,7 +189,8 @@ def _add_queries(add: Callable[..., argparse.ArgumentParser]) -> None:
             "estimated end of its save under the deadline. With --verbose, or for the guests named,\n"
             "each guest in full: every effective setting with the rule (file:line) that set it.\n"
             "Exit 2 when the policy is broken (the plan shown is then the one a pass would carry out\n"
-            "on its last valid copy or the built-in defaults) or a guest named is not there.")
+            "on its last valid copy or the built-in defaults) or a guest named is not there. With a UPS in\n"
+            "'power:', a last line says whether the shutdown plan fits the runtime it reports now.")
     which = p.add_argument("which", nargs="*", choices=_PassOrGuests(PASSES), metavar="shutdown|boot|GUEST",
                            help="one pass only (default: both); then guests by name: their plan in full")
     which.complete = "guests"  # the shell completion offers the guests' names (scripts/gen-completion)
@@ -217,6 +235,9 @@ def _add_admin_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         "host where libvirt itself holds a delay lock (libvirt 11 does while guests run), the\n"
         "pass begins only after logind's InhibitDelayMaxSec (5 s by default). Needs jeepney\n"
         "(python3-jeepney); without it, or without logind, it says so and exits 0.")
+    p = add("power", POWER_WATCH_HELP[0], POWER_WATCH_HELP[1])
+    p.add_argument("power_command", choices=["watch"], metavar="watch", action=_PowerCommand,
+                   help="follow the UPS and start the host's shutdown when the battery runs short")
     add("sample-policy", "print a policy with every key explained (the built-in defaults)",
         "Print a policy file generated from the policy's schema: every key commented out with its\n"
         "meaning and its built-in default, and example rules, commented out too. As printed it means\n"
@@ -381,6 +402,11 @@ def _complete_guests(ctx: Context, args: argparse.Namespace) -> ActionResult:
     return complete_guests.run_complete_guests(ctx)
 
 
+def _power_watch(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import power_watch
+    return power_watch.run_power_watch(ctx)
+
+
 def _pass_options(args: argparse.Namespace):
     from libmgsave.actions.passes import PassOptions
     return PassOptions(dry_run=args.dry_run, wait=args.wait, deadline=getattr(args, "deadline", None))
@@ -408,7 +434,7 @@ def _return(ctx: Context, args: argparse.Namespace) -> ActionResult:
 
 DISPATCH: Mapping[str, Callable[[Context, argparse.Namespace], ActionResult]] = MappingProxyType({
     "check": _check, "plan": _plan, "status": _status, "report": _report, "images": _images, "watch": _watch,
-    "sample-policy": _sample_policy, COMPLETE_GUESTS: _complete_guests,
+    "power-watch": _power_watch, "sample-policy": _sample_policy, COMPLETE_GUESTS: _complete_guests,
     "shutdown": _shutdown, "boot": _boot, "evacuate": _evacuate, "return": _return,
 })
 

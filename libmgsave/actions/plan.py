@@ -14,6 +14,7 @@ from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context, PassLog
 from libmgsave.errors import ExitCode
+from libmgsave.plan import PassKind
 from libmgsave.spelling import did_you_mean
 
 log = logging.getLogger("mgsave")
@@ -51,20 +52,35 @@ def run_plan(ctx: Context, options: PlanOptions) -> PlanResult:
         plans.append(inputs.shutdown_plan(ctx, guests, policy, connections=connections))
     if options.which in (None, "boot"):
         plans.append(inputs.boot_plan(ctx, met, guests, policy, connections))
+    fit = _ups_fit(policy, plans)
     warnings += met.warnings + inputs.policy_warnings(use)
     warnings += inputs.refused_flag_warnings(guests, policy, connections)
     # Only the form asked for: each costs as much as the plan itself with thousands of guests.
     if ctx.json:
         ctx.emit(jsonout.document("plan", {"policy_problems": inputs.problems_dict(problems),
                                            "policy_used": use.choice.to_dict(), "warnings": warnings,
-                                           "plans": [_only(p.to_dict(), options.guests) for p in plans]}), "")
+                                           "plans": [_only(p.to_dict(), options.guests) for p in plans],
+                                           "ups_fit": fit.to_dict() if fit else None}), "")
     else:
         text = "\n\n".join(report.render_plan(p, guests=options.guests, verbose=options.verbose)
                            for p in plans)
+        if fit:
+            text += "\n" + "\n".join(report.wrapped([fit.describe()], indent=""))
         if warnings:
             text += "\n" + "\n".join(report.wrapped((f"warning: {w}" for w in warnings), indent=""))
         ctx.emit({}, text)
     return PlanResult(bool(problems), _unknown(options.guests, guests, connections.uris()))
+
+
+def _ups_fit(policy, plans):  # noqa: ANN001, ANN202
+    """With a UPS in ``power:``, whether the shutdown plan fits its runtime now (None otherwise:
+    nothing of NUT's loaded)."""
+    shutdown = next((p for p in plans if p.kind is PassKind.SHUTDOWN), None)
+    if policy.power is None or shutdown is None:
+        return None
+    from libmgsave.power.fit import plan_fit
+
+    return plan_fit(policy.power, shutdown)
 
 
 def _unknown(named: tuple[str, ...], guests, uris: list[str]) -> tuple[str, ...]:
