@@ -137,13 +137,6 @@ class _Commands(argparse._SubParsersAction):
                 setattr(namespace, key, earlier + later)
 
 
-class _PowerCommand(argparse.Action):
-    """``power watch`` runs the action ``power_watch`` (``dispatch``): the word names the command."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        namespace.command = f"power-{values}"
-
-
 def build_parser() -> argparse.ArgumentParser:
     common = _global_options()
     parser = argparse.ArgumentParser(
@@ -236,7 +229,7 @@ def _add_admin_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
         "pass begins only after logind's InhibitDelayMaxSec (5 s by default). Needs jeepney\n"
         "(python3-jeepney); without it, or without logind, it says so and exits 0.")
     p = add("power", POWER_WATCH_HELP[0], POWER_WATCH_HELP[1])
-    p.add_argument("power_command", choices=["watch"], metavar="watch", action=_PowerCommand,
+    p.add_argument("power_command", choices=["watch"], metavar="watch",
                    help="follow the UPS and start the host's shutdown when the battery runs short")
     add("sample-policy", "print a policy with every key explained (the built-in defaults)",
         "Print a policy file generated from the policy's schema: every key commented out with its\n"
@@ -402,8 +395,8 @@ def _complete_guests(ctx: Context, args: argparse.Namespace) -> ActionResult:
     return complete_guests.run_complete_guests(ctx)
 
 
-def _power_watch(ctx: Context, args: argparse.Namespace) -> ActionResult:
-    from libmgsave.actions import power_watch
+def _power(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import power_watch  # 'power watch', its one word
     return power_watch.run_power_watch(ctx)
 
 
@@ -434,7 +427,7 @@ def _return(ctx: Context, args: argparse.Namespace) -> ActionResult:
 
 DISPATCH: Mapping[str, Callable[[Context, argparse.Namespace], ActionResult]] = MappingProxyType({
     "check": _check, "plan": _plan, "status": _status, "report": _report, "images": _images, "watch": _watch,
-    "power-watch": _power_watch, "sample-policy": _sample_policy, COMPLETE_GUESTS: _complete_guests,
+    "power": _power, "sample-policy": _sample_policy, COMPLETE_GUESTS: _complete_guests,
     "shutdown": _shutdown, "boot": _boot, "evacuate": _evacuate, "return": _return,
 })
 
