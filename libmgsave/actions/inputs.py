@@ -67,7 +67,8 @@ def pass_policy(ctx: Context, *, keep: bool = False) -> PolicyInUse:
     from libmgsave import policyfile
 
     read = policyfile.read_policy_for_pass(ctx.policy_path, explicit=ctx.policy_explicit,
-                                           trust_insecure=ctx.trust_insecure)
+                                           trust_insecure=ctx.trust_insecure,
+                                           cache_dir=None if ctx.state.insecure else ctx.state.path)
     if read.policy is not None:
         if read.policy.is_builtin:
             log.info("no policy file at %s: using the built-in defaults", ctx.policy_path)
