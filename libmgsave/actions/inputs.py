@@ -47,6 +47,8 @@ def strict_policy(ctx: Context) -> Policy:
     data = policyfile.read_policy_file(ctx.policy_path, trust_insecure=ctx.trust_insecure)
     policy = policyfile.parse_policy(data, ctx.policy_path)
     keep_last_valid(ctx, data, "mgsave check")
+    if not ctx.state.insecure:  # the next pass need not validate it again
+        policyfile.cache.remember(ctx.state.path, ctx.policy_path, data, policy)
     return _with_connections(policy, ctx)
 
 

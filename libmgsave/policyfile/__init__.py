@@ -13,6 +13,7 @@ single source of truth for what a policy may contain. The reading goes in stages
     cross_field    what a schema cannot say (durations as strings, a guest after itself)
     settings       one table of the per-guest settings: how each is built and written out
     build          the Policy model from a document that passed every check
+    cache          that model kept in the state directory, for a pass on the same bytes
 """
 
 from __future__ import annotations

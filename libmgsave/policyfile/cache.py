@@ -84,14 +84,14 @@ def cached_policy(state_dir: Path, source: str, data: bytes) -> Policy | None:
 def remember(state_dir: Path, source: str, data: bytes, policy: Policy) -> None:
     """Keep ``policy``, validated and built from ``data``, for the next pass. Whatever is at the
     cache's name is replaced (never written through); a failure is logged, never raised."""
-    document = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": cache_key(source, data),
-                "policy": _encode(policy)}
     try:
+        document = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": cache_key(source, data),
+                    "policy": _encode(policy)}
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         # not fsynced: after a power loss an empty or old file is only a miss
         write_file(cache_path(state_dir, source), json.dumps(document) + "\n", mode=0o600, durable=False,
                    replace_anything=True)
-    except (OSError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 - the next pass validates the file again, that is all
         log.debug("could not keep the validated policy in %s: %s", state_dir, error)
 
 

@@ -48,3 +48,8 @@ def test_a_changed_policy_is_validated_again(tmp_path, policy):
     policy.write_text(POLICY.replace("order: 1", "order: 2"))
     assert "jsonschema" in _loaded(tmp_path, "boot")
     assert _loaded(tmp_path, "boot") == []
+
+
+def test_a_pass_after_check_validates_nothing(tmp_path, policy):
+    _loaded(tmp_path, "check")
+    assert _loaded(tmp_path, "shutdown") == []
