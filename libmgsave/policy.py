@@ -221,6 +221,20 @@ class Power:
     credentials_column: int | None = None
 
 
+class OnSavedImages(enum.StrEnum):
+    """What the apt hook does when QEMU or libvirt is about to change under saved guests."""
+
+    WARN = "warn"  # say which guests and what to do; apt goes on
+    REFUSE = "refuse"  # the same, and apt stops before it unpacks anything
+
+
+@dataclass(frozen=True)
+class Upgrades:
+    """The policy's ``upgrades:``: read by the apt hook only (``libmgsave.apthook``)."""
+
+    on_saved_images: OnSavedImages = OnSavedImages.WARN
+
+
 @dataclass(frozen=True)
 class Policy:
     version: int = 1
@@ -234,6 +248,7 @@ class Policy:
     limits: Limits = field(default_factory=Limits)
     metrics: Metrics = Metrics()
     power: Power | None = None  # None: no UPS configured
+    upgrades: Upgrades = Upgrades()
 
     @property
     def is_builtin(self) -> bool:

@@ -160,6 +160,18 @@ def test_units_and_hooks_have_the_packages_paths(built):
         assert "mgsave=/usr/bin/mgsave" in text and f'exec "$mgsave" {subcommand} "$@"' in text
 
 
+def test_the_apt_hook_runs_debians_python3_on_the_packages_code(built):
+    hook = built.root / "usr/lib/mgsave/mgsave-apt-hook"
+    assert os.access(hook, os.X_OK)
+    text = hook.read_text()
+    assert "python=/usr/bin/python3\n" in text and "libdir=/usr/lib/python3/dist-packages\n" in text
+    conf = (built.root / "etc/apt/apt.conf.d/20mgsave").read_text()
+    assert 'DPkg::Pre-Install-Pkgs { "/usr/lib/mgsave/mgsave-apt-hook || test $? -ne 75"; };' in conf
+    assert 'DPkg::Tools::Options::/usr/lib/mgsave/mgsave-apt-hook::Version "3";' in conf
+    assert not re.search(r"@[A-Z]+@", text + conf)
+    assert (built.root / "usr/share/doc/mgsave/UPGRADES.md").is_file()
+
+
 def test_man_pages_schema_and_docs(built):
     for page in ("usr/share/man/man8/mgsave.8.gz", "usr/share/man/man5/mgsave-policy.5.gz"):
         assert (built.root / page).is_file(), page
@@ -200,7 +212,8 @@ def test_every_relative_link_of_the_installed_documents_leads_to_a_shipped_file(
 
 
 def test_the_policy_is_a_conffile_that_means_the_builtin_defaults(built):
-    assert (built.control / "conffiles").read_text().split() == ["/etc/mgsave/policy.yaml"]
+    assert sorted((built.control / "conffiles").read_text().split()) == ["/etc/apt/apt.conf.d/20mgsave",
+                                                                          "/etc/mgsave/policy.yaml"]
     policy = built.root / "etc/mgsave/policy.yaml"
     assert policy.read_text() == (ROOT / "config/policy.default.yaml").read_text()
     assert policy.read_text().splitlines()[0] == "# yaml-language-server: $schema=/usr/share/mgsave/policy.schema.yaml"

@@ -343,3 +343,32 @@ def test_other_prefixes_put_the_unit_in_etc(tmp_path):
     make("install-files", destdir=destdir, PREFIX="/opt/mgsave")
     unit = destdir / "etc/systemd/system/mgsave.service"
     assert "ExecStop=/opt/mgsave/lib/mgsave/hooks/mgsave-shutdown" in unit.read_text()
+
+
+def test_install_puts_the_apt_hook_where_apt_is_and_uninstall_removes_it(tmp_path):
+    """The apt hook (docs/UPGRADES.md): its apt.conf.d file names the installed hook; the hook runs
+    the installing Python on the installed code; nothing of it where there is no /etc/apt."""
+    without = tmp_path / "no-apt"
+    make("install-files", destdir=without)
+    assert not (without / "etc/apt").exists()
+    destdir = tmp_path / "root"
+    (destdir / "etc/apt/apt.conf.d").mkdir(parents=True)
+    make("install-files", destdir=destdir)
+    conf = (destdir / "etc/apt/apt.conf.d/20mgsave").read_text()
+    hook = f"{PREFIX}/lib/mgsave/hooks/mgsave-apt-hook"
+    assert f'DPkg::Pre-Install-Pkgs {{ "{hook} || test $? -ne 75"; }};' in conf
+    assert f'DPkg::Tools::Options::{hook}::Version "3";' in conf
+    assert stat.S_IMODE((destdir / "etc/apt/apt.conf.d/20mgsave").stat().st_mode) == 0o644
+    text = (destdir / hook.lstrip("/")).read_text()
+    assert "python=/usr/bin/python3\n" in text and f"libdir={PREFIX}/lib/mgsave\n" in text
+    assert not re.search(r"@[A-Z]+@", text + conf)
+    # Run as apt would, on the staged code: no watched package in the list, nothing said.
+    staged = tmp_path / "mgsave-apt-hook"
+    staged.write_text(text.replace(f"libdir={PREFIX}/lib/mgsave", f"libdir={destdir}{PREFIX}/lib/mgsave"))
+    staged.chmod(0o755)
+    out = subprocess.run([str(staged)], input="VERSION 3\nA=b\n\nhello 1 all none < 2 all none /h.deb\n",
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", ""), out
+    make("uninstall", destdir=destdir)
+    assert not (destdir / "etc/apt/apt.conf.d/20mgsave").exists()
+    assert (destdir / "etc/apt/apt.conf.d").is_dir()

@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from libmgsave import early, hostdown, notify
+from libmgsave.errors import ExitCode
 from libmgsave.hostdown import ARMING_UNIT, Decision, Rearm, Verdict
 
 log = logging.getLogger("mgsave")
@@ -36,6 +37,9 @@ class PassHeldBack:
     """The unit was stopped on a host that stays up: no pass ran (exit 0)."""
 
     decision: Decision
+
+    def exit_code(self) -> int:
+        return ExitCode.OK
 
 
 def hold_back() -> PassHeldBack | None:

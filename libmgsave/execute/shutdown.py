@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from libmgsave import interrupt, journal
@@ -50,10 +51,10 @@ _OFF = object()  # a step found the guest already off (or gone): nothing was don
 
 class ShutdownPass:
     def __init__(self, plan: Plan, connections: Connections, *, record: RecordWriter | None, deadline_at: float,
-                 staying_is_fine: bool = False):
+                 settle: Callable[[GuestResult], None] | None = None):
         self.plan = plan
-        # evacuate: a guest whose migration (its whole chain) failed runs on here, which is no failure
-        self.staying_is_fine = staying_is_fine
+        # the kind of pass's rule for a guest's result once its chain is over (actions: Shutdown.settle)
+        self.settle = settle
         self.connections = connections
         self.record = record
         self.deadline_at = deadline_at  # time.monotonic()
@@ -132,17 +133,10 @@ class ShutdownPass:
                 if action is Action.MIGRATE:
                     self._check_arrived(result)
                 break
-        if self.staying_is_fine and result.outcome is Outcome.FAILED and self._still_here(entry):
-            result.outcome = Outcome.STAYED
-            result.messages.append("it runs on here")
+        if self.settle:
+            self.settle(result)
         result.finished = time.time()
         return result
-
-    def _still_here(self, entry: GuestPlan) -> bool:
-        try:
-            return self.connections.guest(entry.guest.connection, entry.guest.uuid).is_active()
-        except HypervisorError:
-            return False
 
     def _interrupted(self, result: GuestResult, action: Action) -> None:
         """The pass was asked to stop before ``action`` could run (or while it waited)."""
