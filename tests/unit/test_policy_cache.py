@@ -39,6 +39,8 @@ power:
   poll: 3
   on_unreadable: fixed-deadline
   shutdown_command: [systemctl, halt]
+upgrades:
+  on_saved_images: refuse
 defaults:
   autostart: always
   on_shutdown: [migrate, save, shutdown, poweroff]
@@ -125,6 +127,7 @@ def test_every_setting_policy_sets_every_field_of_the_model(files):
     assert all(getattr(policy.limits, f.name) != getattr(Limits(), f.name) or f.name == "max_parallel_starts"
                for f in dataclasses.fields(Limits))
     assert policy.power is not None and policy.power.credentials and policy.metrics.textfile
+    assert policy.upgrades != type(policy.upgrades)()
     assert all(getattr(policy.rules[0].match, f.name) for f in dataclasses.fields(Match) if f.name != "name")
 
 
