@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from libmgsave import jsonout
+# A deadline must be longer than the reserve it keeps for the last step (defined with the budget).
+from libmgsave.budget import DEADLINE_RESERVE  # noqa: F401
 
 DEFAULT_POLICY_PATH = "/etc/mgsave/policy.yaml"
 DEFAULT_CONNECTIONS = ("qemu:///system",)
@@ -22,9 +24,6 @@ DEFAULT_CONNECTIONS = ("qemu:///system",)
 # waits on these values: a bound keeps them below what a wait can take (threading's
 # TIMEOUT_MAX), and no shutdown, start or save is meant to take longer.
 MAX_DURATION = 7 * 24 * 3600.0
-# Time kept back at the end of the shutdown deadline for the last fallback step (a poweroff):
-# a deadline must be longer, or no guest would get anything but that last step.
-DEADLINE_RESERVE = 10.0
 
 
 class Autostart(enum.StrEnum):

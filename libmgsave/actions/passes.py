@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from libmgsave import __version__, console, interrupt, journal, lock, metrics, notify, report, units
 from libmgsave.actions import inputs
+from libmgsave.budget import Budget
 from libmgsave.context import Context, PassLog
 from libmgsave.errors import Problem
 from libmgsave.hypervisor import Connections
@@ -62,13 +63,10 @@ class PassRun:
     policy: Policy
     problems: list[Problem]
     started: float  # time.time()
-    deadline_at: float  # time.monotonic(): the end of the shutdown deadline
+    budget: Budget  # the shutdown deadline: the pass's one clock for every step and re-plan
     connections: Connections
     guests: list
     warnings: list[str]  # connections that did not answer
-
-    def time_left(self) -> float:
-        return max(0.0, self.deadline_at - time.monotonic())
 
     def announce(self, plan: Plan) -> None:
         """Log the plan's warnings and print the plan (without settings) before carrying it out."""
@@ -107,7 +105,7 @@ def _run(ctx: Context, options: PassOptions, this: Pass) -> PassResult:
     use = inputs.pass_policy(ctx, keep=not options.dry_run)
     policy, problems, kind, pass_log = use.policy, use.problems, this.runs_as, PassLog()
     deadline = options.deadline or policy.limits.shutdown_deadline
-    started, deadline_at = time.time(), time.monotonic() + deadline
+    started, budget = time.time(), Budget.starting_now(deadline)
     dry = " (dry run)" if options.dry_run else ""
     log.info("%s pass%s begins (mgsave %s)", kind, dry, __version__,
              extra={"MESSAGE_ID": journal.PASS_START, "MGSAVE_PASS": str(kind)})
@@ -117,9 +115,9 @@ def _run(ctx: Context, options: PassOptions, this: Pass) -> PassResult:
         notify.extend_timeout(deadline + 60)
     with _lock(ctx, options, kind, deadline, pass_log):
         connections, warnings = inputs.connect(policy, retry_for=min(inputs.PASS_CONNECT_RETRY, deadline / 4),
-                                               give_up_at=deadline_at)
+                                               give_up_at=budget.ends_at())
         guests = inputs.inventory(connections, policy, warnings)
-        run = PassRun(ctx, options, pass_log, policy, problems, started, deadline_at, connections, guests, warnings)
+        run = PassRun(ctx, options, pass_log, policy, problems, started, budget, connections, guests, warnings)
         plan, results = this.carry_out(run)
         stopped_by = interrupt.signal_received()
         result = PassResult(kind=kind, dry_run=options.dry_run, started=started, finished=time.time(),

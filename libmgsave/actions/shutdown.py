@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 
 from libmgsave import interrupt, journal
 from libmgsave.actions import going_down, inputs, passes
@@ -17,7 +16,7 @@ from libmgsave.context import Context
 from libmgsave.errors import HypervisorError
 from libmgsave.execute import ShutdownPass, dry_run_results, skipped_results
 from libmgsave.outcomes import GuestResult, Outcome, PassResult
-from libmgsave.plan import DEADLINE_RESERVE, PassKind, Plan
+from libmgsave.plan import PassKind, Plan
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
 from libmgsave.state.carry_over import files_to_check, starting_entries
@@ -55,7 +54,7 @@ class Shutdown(passes.Pass):
         arriving = [g for g in run.guests if g.settling]
         _say_arriving(arriving, set())
         plan = inputs.shutdown_plan(run.ctx, [g for g in run.guests if not g.settling], run.policy,
-                                    deadline=run.time_left(), connections=run.connections)
+                                    deadline=run.budget.time_left(), connections=run.connections)
         run.announce(plan)
         if run.options.dry_run:
             return plan, dry_run_results(plan) + skipped_results(plan)
@@ -65,9 +64,10 @@ class Shutdown(passes.Pass):
         self.finish_record(run, results)
         return plan, results
 
-    def execute(self, run: passes.PassRun, plan: Plan) -> list[GuestResult]:
-        """The plan's guests through their chains, each result settled by this kind's rule."""
-        return ShutdownPass(plan, run.connections, record=self.record, deadline_at=run.deadline_at,
+    def execute(self, run: passes.PassRun, plan: Plan, earlier: list[GuestResult] = ()) -> list[GuestResult]:
+        """The plan's guests through their chains, each result settled by this kind's rule;
+        ``earlier``: the results of the rounds before this one (the live counts go on from them)."""
+        return ShutdownPass(plan, run.connections, record=self.record, budget=run.budget, earlier=earlier,
                             settle=functools.partial(self.settle, run)).run()
 
     def settle(self, run: passes.PassRun, result: GuestResult) -> None:
@@ -109,7 +109,7 @@ def _late_guests(this: Shutdown, run: passes.PassRun, results: list[GuestResult]
     each one found through its chain. A guest still arriving (paused while its migration or
     start goes on) cannot be saved yet: it is waited for, and handled once it runs here."""
     waiting_for = {g.key for g in run.guests if g.settling}  # said so already
-    while (remaining := run.deadline_at - time.monotonic()) > DEADLINE_RESERVE and not interrupt.requested():
+    while not run.budget.past() and not interrupt.requested():
         # every step failed, (evacuate) it stayed here, or the plan leaves it alone: not again
         left_running = {r.plan.key for r in results if _left_running(r)}
         found = [g for g in _running_guests(run) if g.key not in left_running]
@@ -120,16 +120,17 @@ def _late_guests(this: Shutdown, run: passes.PassRun, results: list[GuestResult]
                 break
             _say_arriving(arriving, waiting_for)
             try:
-                interrupt.sleep(min(ARRIVAL_POLL, remaining - DEADLINE_RESERVE))
+                interrupt.sleep(min(ARRIVAL_POLL, run.budget.left_for_steps()))
             except interrupt.Interrupted:
                 break
             continue
-        plan = inputs.shutdown_plan(run.ctx, late, run.policy, deadline=remaining, connections=run.connections)
+        plan = inputs.shutdown_plan(run.ctx, late, run.policy, deadline=run.budget.time_left(),
+                                    connections=run.connections)
         for entry in plan.active:
             log.warning("%s: started by someone else (or migrated here) during the pass; handling it now",
                         entry.guest.name, extra=journal.guest_fields(entry.guest, result="late"))
             this.record.add_guest(guest_record_key(*entry.guest.key), pending_entry(entry))
-        more = this.execute(run, plan)  # settled by the pass's own rule, as the first guests were
+        more = this.execute(run, plan, results)  # settled by the pass's own rule, as the first guests were
         results = _merge_late(results, more + skipped_results(plan))
     return results
 
