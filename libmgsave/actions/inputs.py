@@ -47,6 +47,8 @@ def strict_policy(ctx: Context) -> Policy:
     data = policyfile.read_policy_file(ctx.policy_path, trust_insecure=ctx.trust_insecure)
     policy = policyfile.parse_policy(data, ctx.policy_path)
     keep_last_valid(ctx, data, "mgsave check")
+    if not ctx.state.insecure:  # the next pass need not validate it again
+        policyfile.cache.remember(ctx.state.path, ctx.policy_path, data, policy)
     return _with_connections(policy, ctx)
 
 
@@ -67,7 +69,8 @@ def pass_policy(ctx: Context, *, keep: bool = False) -> PolicyInUse:
     from libmgsave import policyfile
 
     read = policyfile.read_policy_for_pass(ctx.policy_path, explicit=ctx.policy_explicit,
-                                           trust_insecure=ctx.trust_insecure)
+                                           trust_insecure=ctx.trust_insecure,
+                                           cache_dir=None if ctx.state.insecure else ctx.state.path)
     if read.policy is not None:
         if read.policy.is_builtin:
             log.info("no policy file at %s: using the built-in defaults", ctx.policy_path)
