@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from libmgsave import jsonout
+from libmgsave.history import ShutdownKind
 
 DEFAULT_POLICY_PATH = "/etc/mgsave/policy.yaml"
 DEFAULT_CONNECTIONS = ("qemu:///system",)
@@ -38,6 +39,12 @@ class ShutdownStep(enum.StrEnum):
     SAVE = "save"  # managed save (a file in mgsave's state directory for transient guests)
     SHUTDOWN = "shutdown"  # ACPI/agent shutdown request, waiting shutdown_timeout
     POWEROFF = "poweroff"  # hard stop (virDomainDestroy)
+
+
+class SameChain(enum.StrEnum):
+    """``on_reboot``'s value when the guest gets at a reboot what it gets at a power-off."""
+
+    ON_SHUTDOWN = "on_shutdown"
 
 
 class DiskMode(enum.StrEnum):
@@ -92,6 +99,8 @@ class GuestSettings:
 
     autostart: Autostart = Autostart.IF_RUNNING
     on_shutdown: tuple[ShutdownStep, ...] = (ShutdownStep.SAVE, ShutdownStep.SHUTDOWN, ShutdownStep.POWEROFF)
+    # At a reboot, kexec or soft-reboot: its own chain, or (the default) the on_shutdown chain.
+    on_reboot: tuple[ShutdownStep, ...] | SameChain = SameChain.ON_SHUTDOWN
     order: int = 0
     priority: int = 0  # within one order group, higher priority is saved first under a deadline
     after: tuple[str, ...] = ()  # guest names that must be up before this one starts
@@ -107,6 +116,19 @@ class GuestSettings:
     # save until the daemon restarts (see parallelsave.py), and its gain is not measured yet.
     save_channels: int | Channels = 1
     migrate: Migrate = Migrate()
+
+    def chain_setting(self, kind: ShutdownKind) -> str:
+        """The setting whose chain a shutdown of this kind runs: ``on_reboot`` when the host comes
+        straight back and the guest has one of its own, else ``on_shutdown`` (an unknown kind too)."""
+        return "on_reboot" if kind.comes_back and not isinstance(self.on_reboot, SameChain) else "on_shutdown"
+
+    def chain_for(self, kind: ShutdownKind) -> tuple[ShutdownStep, ...]:
+        return getattr(self, self.chain_setting(kind))
+
+    @property
+    def chains(self) -> tuple[tuple[ShutdownStep, ...], ...]:
+        """Every chain a shutdown may run, whatever its kind (for the peers to ask, ``check``)."""
+        return (self.on_shutdown,) if isinstance(self.on_reboot, SameChain) else (self.on_shutdown, self.on_reboot)
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GuestSettings))
