@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="every guest in full: its plan, and each effective setting with the rule "
                         "(file:line) that set it")
+    _kind_flags(p, "plan the shutdown for")
     add("status", "show every guest's state, saved image and last results",
         "Show every guest: its state, whether it has a saved image (size, age), its effective\n"
         "autostart, and what the last shutdown and boot passes did to it. With a UPS in the\n"
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also restore transient guests' save files under <state>/images that no record "
                                 "names (by default they are kept and reported)")
         if name == "shutdown":
+            _kind_flags(p, "the host goes down by")
             p.add_argument("--deadline", type=_deadline_duration, metavar="SECONDS", default=None,
                            help="override limits.shutdown_deadline for this pass (more than the 10 s "
                                 "kept for the fallback steps, at most 7 days)")
@@ -291,6 +293,22 @@ def _deadline_duration(text: str) -> float:
     return _duration(text, longer_than=DEADLINE_RESERVE)
 
 
+def _kind_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--reboot, --poweroff: which kind of shutdown, so which chain (on_reboot, on_shutdown)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--reboot", dest="shutdown_kind", action="store_const", const="reboot",
+                       help=f"{what} a reboot: each guest's on_reboot chain (default: the kind is not known, "
+                            "so on_shutdown)")
+    group.add_argument("--poweroff", dest="shutdown_kind", action="store_const", const="poweroff",
+                       help=f"{what} a power-off: each guest's on_shutdown chain")
+
+
+def _host_shutdown(args: argparse.Namespace):
+    from libmgsave.history import HostShutdown, ShutdownKind
+    kind = getattr(args, "shutdown_kind", None)
+    return HostShutdown(ShutdownKind(kind), f"--{kind} was given") if kind else None
+
+
 def build_context(args: argparse.Namespace, environ) -> Context:
     """What every command needs, derived once from the arguments and the environment."""
     from libmgsave import policyfile
@@ -307,7 +325,7 @@ def build_context(args: argparse.Namespace, environ) -> Context:
         which=_which(args), guests=_plan_guests(args), verbose=getattr(args, "verbose", False),
         dry_run=getattr(args, "dry_run", False),
         wait=getattr(args, "wait", None), deadline=getattr(args, "deadline", None),
-        if_host_going_down=getattr(args, "if_host_going_down", False),
+        if_host_going_down=getattr(args, "if_host_going_down", False), host_shutdown=_host_shutdown(args),
         strict=getattr(args, "strict", False), svg=getattr(args, "svg", None),
         restore_unrecorded=getattr(args, "restore_unrecorded", False),
         images_command=getattr(args, "images_command", "list"), names=tuple(getattr(args, "names", None) or ()),

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from libmgsave import console
+from libmgsave.history import HostShutdown
 from libmgsave.state import StateDir
 
 
@@ -27,6 +28,9 @@ class Context:
     wait: float | None = None  # how long to wait for the pass lock; None: the command's default
     deadline: float | None = None  # shutdown: overrides limits.shutdown_deadline
     if_host_going_down: bool = False  # shutdown: the unit's stop; no pass on a host that stays up
+    # plan, shutdown: the kind of shutdown (--reboot, --poweroff; the unit's stop: what systemd
+    # and logind say), so each guest's chain; None: not known (on_shutdown)
+    host_shutdown: HostShutdown | None = None
     strict: bool = False  # check: every warning is an error
     svg: str | None = None  # report: also draw the timeline into this file
     restore_unrecorded: bool = False  # boot: also restore transient guests' save files no record names

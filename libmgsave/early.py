@@ -106,9 +106,21 @@ def _unit_file_state(conn) -> str:
     return _property(conn, unit_spec(conn, ARMING_UNIT, FACT_TIMEOUT), UNIT, "UnitFileState")
 
 
+def _shutdown_type(conn) -> str | None:
+    """logind's ``type`` of the shutdown it prepares (systemd >= 255); None when it prepares none
+    or is older (no such property: the kind then comes from systemd's jobs)."""
+    from jeepney.wrappers import DBusErrorResponse
+    try:
+        metadata = _property(conn, LOGIN1, LOGIN1[2], "PreparingForShutdownWithMetadata")
+    except DBusErrorResponse:
+        return None
+    signature, value = metadata.get("type", (None, None)) if isinstance(metadata, dict) else (None, None)
+    return value if signature == "s" and value else None
+
+
 # HostFacts' fields, each with the question that answers it.
 _QUESTIONS = {"system_state": _system_state, "jobs": _jobs, "preparing_for_shutdown": _preparing_for_shutdown,
-              "unit_file_state": _unit_file_state}
+              "unit_file_state": _unit_file_state, "shutdown_type": _shutdown_type}
 
 
 def host_facts() -> HostFacts:

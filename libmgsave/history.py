@@ -138,7 +138,7 @@ class ShutdownKind(enum.StrEnum):
     SOFT_REBOOT = "soft-reboot"
     POWEROFF = "poweroff"
     HALT = "halt"
-    UNKNOWN = "unknown"  # nobody said, or mgsave was not asked by a shutdown (run by hand): on_shutdown
+    UNKNOWN = "unknown"  # nobody said (systemd before 255 in logind's delay phase; a pass run by hand): on_shutdown
 
     @property
     def comes_back(self) -> bool:
@@ -170,9 +170,6 @@ class HostShutdown:
             raise EntryError(f"'host_shutdown' is {dict(raw)!r}: its kind is not one of "
                              f"{', '.join(ShutdownKind)}, or its why not a string")
         return cls(ShutdownKind(raw["kind"]), raw["why"])
-
-
-NOT_ASKED = HostShutdown(ShutdownKind.UNKNOWN, "the pass was not started by a shutdown of the host")
 
 
 # Aggregate save throughput assumed before any pass has measured one on this host. Saving is

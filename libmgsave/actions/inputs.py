@@ -194,7 +194,8 @@ def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None =
     return plan_shutdown(guests, policy, state_dir=ctx.state.path, rates=learned_rates(previous, policy.connections),
                          deadline=deadline, room=room, channels=channel_support(connections),
                          peers=peers.probe_all(peer_uris),
-                         source_types=peers.source_types(connections.hosts()) if connections and peer_uris else {})
+                         source_types=peers.source_types(connections.hosts()) if connections and peer_uris else {},
+                         host_shutdown=ctx.host_shutdown)
 
 
 def refused_flags(guests, policy: Policy, connections: Connections) -> list[tuple[GuestInfo, str, str]]:

@@ -33,8 +33,9 @@ ARRIVAL_POLL = 1.0  # seconds between two looks at a guest still arriving
 def run_shutdown(ctx: Context) -> PassResult | passes.StoppedEarly | going_down.PassHeldBack:
     if ctx.if_host_going_down:  # mgsave.service's stop: not on a host that stays up
         held_back = going_down.hold_back()
-        if held_back:
+        if isinstance(held_back, going_down.PassHeldBack):
             return held_back
+        ctx.host_shutdown = ctx.host_shutdown or held_back  # the kind the host goes down by
     return passes.run_pass(ctx, PassKind.SHUTDOWN, carry_out)
 
 
@@ -74,7 +75,8 @@ def _begin_record(ctx: Context, plan: Plan) -> RecordWriter:
     entries = starting_entries(previous, boot, plan, complete, boot_id=boot_id)
     # the save rates learned so far, kept for the connections this pass will not measure
     return RecordWriter.begin(ctx.state.shutdown_record, "shutdown", entries,
-                              extra={SAVE_RATES: kept_rates(previous, {}), "boot_id": boot_id})
+                              extra={SAVE_RATES: kept_rates(previous, {}), "boot_id": boot_id,
+                                     "host_shutdown": plan.host_shutdown.to_dict() if plan.host_shutdown else None})
 
 
 def _finish_record(ctx: Context, record: RecordWriter, results: list[GuestResult]) -> None:
