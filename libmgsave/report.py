@@ -49,12 +49,13 @@ def render_plan(plan: Plan, *, guests: Sequence[str] = (), verbose: bool = False
     return "\n".join(lines)
 
 
-def _for_kind(shutdown: HostShutdown | None) -> str:
-    """What a shutdown plan or pass was for: `` for a reboot (on_reboot chains)``; nothing when
-    the kind is not known (the plan's warning says so where a guest has an on_reboot chain)."""
+def _for_kind(shutdown: HostShutdown | None) -> tuple[str, str]:
+    """What a shutdown plan or pass was for, and the chains it ran: `` for a reboot``,
+    ``on_reboot chains``; nothing when the kind is not known (the plan's warning says so where
+    a guest has an on_reboot chain of its own)."""
     if shutdown is None or shutdown.kind is ShutdownKind.UNKNOWN:
-        return ""
-    return f" for a {shutdown.kind} ({shutdown.chain} chains)"
+        return "", ""
+    return f" for a {shutdown.kind}", f"{shutdown.chain} chains"
 
 
 def _plan_header(plan: Plan) -> list[str]:
@@ -63,7 +64,8 @@ def _plan_header(plan: Plan) -> list[str]:
     if plan.kind is PassKind.SHUTDOWN:
         # The deadline the plan was made for: --deadline, or what is left of the pass's.
         deadline = limits.shutdown_deadline if plan.deadline is None else plan.deadline
-        lines = wrapped([f"Shutdown plan{_for_kind(plan.host_shutdown)} (policy: {source}; deadline "
+        kind, chains = _for_kind(plan.host_shutdown)
+        lines = wrapped([f"Shutdown plan{kind} ({f'{chains}; ' if chains else ''}policy: {source}; deadline "
                          f"{units.seconds(deadline)}; up to {units.plural(limits.max_parallel_saves, 'save')} "
                          f"at once)"], indent="")
         lines += wrapped(f"estimates on {uri} assume {units.rate(rate.bytes_per_second)}: {rate.source}"
@@ -157,7 +159,8 @@ def render_result(result: PassResult) -> str:
     estimates, marked as such: the end of a save, from the pass's start; its image, at most the
     guest's memory."""
     title = f"{result.kind} pass{' (dry run: nothing was done)' if result.dry_run else ''}"
-    lines = [f"Summary of the {title}{_for_kind(result.host_shutdown)}, "
+    kind, chains = _for_kind(result.host_shutdown)
+    lines = [f"Summary of the {title}{kind}{f' ({chains})' if chains else ''}, "
              f"{units.duration(result.finished - result.started)}:"]
     would = result.dry_run
     columns = [Column("GUEST", shrink=True, name=True), Column("ACTION"), Column("WOULD BE" if would else "RESULT"),
