@@ -264,6 +264,13 @@ class Policy:
     def with_connections(self, connections: tuple[str, ...]) -> Policy:
         return dataclasses.replace(self, connections=tuple(connections), connections_named=True)
 
+    @property
+    def reboots_differently(self) -> bool:
+        """Whether any guest may get an ``on_reboot`` chain of its own: then the kind of
+        shutdown matters (``mgsave watch`` waits for it on a logind that does not say it)."""
+        mappings = (self.defaults, *(rule.settings for rule in self.rules))
+        return any(isinstance(mapping.get("on_reboot"), tuple) for mapping in mappings)
+
 
 BUILTIN_POLICY = Policy()
 

@@ -10,6 +10,7 @@ from libmgsave import state
 from libmgsave.errors import ExitCode
 from libmgsave.history import RecordedPass
 from tests.cli.test_admin_commands import run
+from tests.cli.test_unit_stop import stand_ins  # noqa: F401
 from tests.testdriver import define, hv  # noqa: F401
 
 POLICY = """\
@@ -74,3 +75,34 @@ def test_a_pass_for_a_reboot_runs_on_reboot_and_its_summary_and_record_say_so(hv
     record = state.read_record(tmp_path / "state" / state.SHUTDOWN_RECORD, "shutdown")
     assert record["host_shutdown"] == {"kind": "poweroff", "why": "--poweroff was given"}
     assert record["guests"][next(k for k, g in record["guests"].items() if g["name"] == "web2")]["outcome"] == "saved"
+
+
+# -- the unit's stop asks logind and systemd (stand-ins on a real private bus) ------------------
+
+
+@pytest.mark.parametrize("said", ["logind-257", "job-252", "nothing-252"])
+def test_the_unit_s_stop_runs_the_chain_of_the_kind_logind_or_systemd_s_job_says(hv, tmp_path, capsys, stand_ins,
+                                                                                 said):
+    logind, systemd = stand_ins
+    if said == "logind-257":  # mgsave watch stopped the unit in logind's delay phase: no job yet
+        logind.preparing, logind.shutdown_type = True, "reboot"
+    elif said == "job-252":  # the unit's stop at a reboot, on a logind without metadata
+        systemd.system_state = "stopping"
+        systemd.jobs = [("reboot.target", "start"), ("shutdown.target", "start"), ("mgsave.service", "stop")]
+    else:  # systemd 252 in logind's delay phase: nothing says which
+        logind.preparing = True
+    define(hv, "web1", "db")
+    code, out, err = run(tmp_path, capsys, "shutdown", "--if-host-going-down", policy=POLICY)
+    err = " ".join(err.split())
+    record = state.read_record(tmp_path / "state" / state.SHUTDOWN_RECORD, "shutdown")
+    outcomes = {g["name"]: g["outcome"] for g in record["guests"].values()}
+    if said == "nothing-252":
+        assert record["host_shutdown"]["kind"] == "unknown" and outcomes == {"web1": "saved", "db": "saved"}
+        assert "cannot tell which kind of shutdown this is (neither logind nor systemd's jobs said which" in err
+        assert "web1 get their on_shutdown chain, not their on_reboot chain" in " ".join(out.split())
+        return
+    why = "logind announced a reboot" if said == "logind-257" else "reboot.target has a start job"
+    assert record["host_shutdown"] == {"kind": "reboot", "why": why}
+    assert outcomes == {"web1": "shut-down", "db": "saved"} and code == ExitCode.OK
+    assert f"the host is going down for a reboot ({why}): every guest gets its on_reboot chain" in err
+    assert "Summary of the shutdown pass for a reboot (on_reboot chains)," in out
