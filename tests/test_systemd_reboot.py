@@ -141,7 +141,7 @@ def test_debian13_a_reboot_runs_on_reboot_a_poweroff_on_shutdown_as_logind_says(
             target = c.root / PACKAGE_IN_HOST.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(package, target)
-            c.run("dpkg", "-i", PACKAGE_IN_HOST)
+            c.run("dpkg", "--force-confold", "-i", PACKAGE_IN_HOST)  # keeps the policy written above
 
         whys = reboot_then_poweroff(c, install)
     print(f"\nsystemd 257: {whys}")
