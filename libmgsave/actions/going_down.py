@@ -62,8 +62,8 @@ def _kind(shutdown: HostShutdown) -> HostShutdown:
         log.warning("cannot tell which kind of shutdown this is (%s): every guest gets its on_shutdown chain",
                     shutdown.why)
     else:
-        log.info("the host is going down for a %s (%s): every guest gets its %s chain", shutdown.kind,
-                 shutdown.why, shutdown.chain)
+        chains = "on_reboot chain (on_shutdown where it has none)" if shutdown.kind.comes_back else "on_shutdown chain"
+        log.info("the host is going down for a %s (%s): each guest gets its %s", shutdown.kind, shutdown.why, chains)
     return shutdown
 
 

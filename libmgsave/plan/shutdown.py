@@ -103,8 +103,9 @@ def _kind_warnings(host_shutdown: HostShutdown, resolved: Iterable[tuple[GuestIn
     if not names:
         return []
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-    return [f"the kind of shutdown is not known ({host_shutdown.why}): {shown} get their on_shutdown chain, "
-            f"not their on_reboot chain"]
+    get, their = ("gets", "its") if len(names) == 1 else ("get", "their")
+    return [f"the kind of shutdown is not known ({host_shutdown.why}): {shown} {get} {their} on_shutdown chain, "
+            f"not {their} on_reboot chain"]
 
 
 def _stop_first(resolved: Mapping[GuestKey, tuple], deps: Mapping[GuestKey, Iterable[GuestKey]],

@@ -52,8 +52,8 @@ def test_without_a_kind_the_plan_runs_on_shutdown_and_says_which_guests_it_conce
     code, out, _err = run(tmp_path, capsys, "plan", "shutdown", policy=POLICY)
     assert code == ExitCode.OK and out.startswith("Shutdown plan (policy:")
     assert "save,shutdown,poweroff" in rows(out)["web1"]
-    assert ("warning: the kind of shutdown is not known (no kind of shutdown was given): web1 get their "
-            "on_shutdown chain, not their on_reboot chain") in " ".join(out.split())
+    assert ("warning: the kind of shutdown is not known (no kind of shutdown was given): web1 gets its "
+            "on_shutdown chain, not its on_reboot chain") in " ".join(out.split())
     with pytest.raises(SystemExit) as exited:
         run(tmp_path, capsys, "plan", "--reboot", "--poweroff", policy=POLICY)
     assert exited.value.code == ExitCode.BAD_INPUT
@@ -99,10 +99,10 @@ def test_the_unit_s_stop_runs_the_chain_of_the_kind_logind_or_systemd_s_job_says
     if said == "nothing-252":
         assert record["host_shutdown"]["kind"] == "unknown" and outcomes == {"web1": "saved", "db": "saved"}
         assert "cannot tell which kind of shutdown this is (neither logind nor systemd's jobs said which" in err
-        assert "web1 get their on_shutdown chain, not their on_reboot chain" in " ".join(out.split())
+        assert "web1 gets its on_shutdown chain, not its on_reboot chain" in " ".join(out.split())
         return
     why = "logind announced a reboot" if said == "logind-257" else "reboot.target has a start job"
     assert record["host_shutdown"] == {"kind": "reboot", "why": why}
     assert outcomes == {"web1": "shut-down", "db": "saved"} and code == ExitCode.OK
-    assert f"the host is going down for a reboot ({why}): every guest gets its on_reboot chain" in err
+    assert f"the host is going down for a reboot ({why}): each guest gets its on_reboot chain" in err
     assert "Summary of the shutdown pass for a reboot (on_reboot chains)," in out

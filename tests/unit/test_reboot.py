@@ -132,8 +132,8 @@ def test_an_unknown_kind_runs_the_on_shutdown_chain_and_the_plan_says_so():
     assert chains(plan)["web-1"] == ((Action.SAVE, Action.SHUTDOWN, Action.POWEROFF), "on_shutdown")
     assert plan.host_shutdown.kind is ShutdownKind.UNKNOWN
     # only the running guest whose on_reboot chain is its own is named
-    assert plan.warnings == ("the kind of shutdown is not known (no kind of shutdown was given): web-1 get their "
-                             "on_shutdown chain, not their on_reboot chain",)
+    assert plan.warnings == ("the kind of shutdown is not known (no kind of shutdown was given): web-1 gets its "
+                             "on_shutdown chain, not its on_reboot chain",)
 
 
 def test_without_an_on_reboot_the_kind_is_not_worth_a_warning():
