@@ -187,3 +187,23 @@ def test_a_record_with_a_wrong_kind_is_untrusted(tmp_path, bad):
         state.read_record(_record(tmp_path, host_shutdown=bad), "shutdown")
     with pytest.raises(EntryError):
         HostShutdown.from_dict(bad)
+
+
+# -- what else reads the chains: check's warnings, the peers a plan asks ------------------------
+
+
+def test_check_warns_about_an_on_reboot_chain_that_can_leave_the_guest_running():
+    from libmgsave.conflicts import guest_conflicts
+    policy = parse_policy("version: 1\nguests:\n  - match: {name: web*}\n    on_reboot: [save, shutdown]\n",
+                          "policy.yaml")
+    findings = guest_conflicts(policy, [guest("web-1"), guest("db")])
+    assert [(f.message, f.source) for f in findings] == [
+        ("web-1: on_reboot does not end with poweroff, so the guest can be left running when every step fails",
+         "guests[0]")]
+
+
+def test_the_peers_of_a_migrate_step_in_on_reboot_are_asked():
+    from libmgsave.peers import may_migrate, peers_of
+    policy = parse_policy("version: 1\ndefaults:\n  on_reboot: [migrate, save]\n  migrate: {peers: ['qemu+tls://p/system']}\n",
+                          "policy.yaml")
+    assert may_migrate(policy) and peers_of([guest("db")], policy) == ["qemu+tls://p/system"]
