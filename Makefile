@@ -15,7 +15,8 @@
 # Layout (PREFIX=/usr/local):
 #   /usr/local/lib/mgsave/libmgsave/         mgsave's code: plain Python files, no virtualenv
 #   /usr/local/bin/mgsave                    runs it on $(PYTHON) (see bin/mgsave.in)
-#   /usr/local/lib/mgsave/hooks/mgsave-{boot,shutdown}
+#   /usr/local/lib/mgsave/hooks/mgsave-{boot,shutdown,early,apt-hook}
+#   /etc/apt/apt.conf.d/20mgsave             the apt hook (docs/UPGRADES.md), where /etc/apt exists
 #   /usr/local/lib/systemd/system/mgsave{,-boot}.service   (/etc/systemd/system for other prefixes)
 #   /usr/local/share/man/man8/mgsave.8, man5/mgsave-policy.5
 #   /usr/local/share/bash-completion/completions/mgsave
@@ -48,7 +49,7 @@ COMPLETIONDIR := $(PREFIX)/share/bash-completion/completions
 ZSHDIR := $(PREFIX)/share/zsh/$(if $(filter /usr,$(PREFIX)),vendor-completions,site-functions)
 # The README and every document it links, installed side by side in $(DOCDIR).
 DOCS := README.md docs/SYSTEMD.md docs/RELIABILITY.md docs/MIGRATION.md docs/POWER.md docs/PERFORMANCE.md docs/DESIGN.md \
-	docs/TESTRIG.md
+	docs/TESTRIG.md docs/UPGRADES.md
 # Their links name files of the source tree (docs/SYSTEMD.md, config/policy.sample.yaml,
 # libmgsave/schemas); installed, each leads to where that file is installed instead, so that no
 # link in $(DOCDIR) is broken (tests/test_package.py and tests/test_units.py follow every one).
@@ -64,7 +65,11 @@ else
 UNITDIR ?= /etc/systemd/system
 endif
 UNITS := mgsave.service mgsave-boot.service mgsave-early.service
+# Installed, not enabled: only a host whose policy has power: wants it (docs/POWER.md).
+OPTIONAL_UNITS := mgsave-power.service
 CONFDIR := /etc/mgsave
+# apt runs the hook before it changes QEMU or libvirt (docs/UPGRADES.md); only where apt is.
+APTCONF := /etc/apt/apt.conf.d/20mgsave
 POLICY := $(CONFDIR)/policy.yaml
 SAMPLE_POLICY := config/policy.default.yaml
 
@@ -129,16 +134,21 @@ install-files: install-lib install-docs
 	$(SUBST) bin/mgsave.in > '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
 	chmod 0755 '$(DESTDIR)$(BINDIR)/.mgsave.tmp'
 	mv -f '$(DESTDIR)$(BINDIR)/.mgsave.tmp' '$(DESTDIR)$(BINDIR)/mgsave'
-	for hook in mgsave-boot mgsave-shutdown mgsave-early; do \
+	for hook in mgsave-boot mgsave-shutdown mgsave-early mgsave-power mgsave-apt-hook; do \
 		$(SUBST) "hooks/$$hook" > '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" && \
 		chmod 0755 '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" && \
 		mv -f '$(DESTDIR)$(HOOKDIR)/'"$$hook.tmp" '$(DESTDIR)$(HOOKDIR)/'"$$hook" || exit 1; \
 	done
-	for unit in $(UNITS); do \
+	for unit in $(UNITS) $(OPTIONAL_UNITS); do \
 		$(SUBST) "units/$$unit" > '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" && \
 		chmod 0644 '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" && \
 		mv -f '$(DESTDIR)$(UNITDIR)/'"$$unit.tmp" '$(DESTDIR)$(UNITDIR)/'"$$unit" || exit 1; \
 	done
+	if [ -d '$(DESTDIR)/etc/apt/apt.conf.d' ]; then \
+		$(SUBST) hooks/apt.conf > '$(DESTDIR)$(APTCONF).tmp' && \
+		chmod 0644 '$(DESTDIR)$(APTCONF).tmp' && \
+		mv -f '$(DESTDIR)$(APTCONF).tmp' '$(DESTDIR)$(APTCONF)'; \
+	fi
 	install -m 0644 config/policy.schema.yaml '$(DESTDIR)$(DATADIR)/policy.schema.yaml'
 	install -d -m 0755 '$(DESTDIR)$(DATADIR)/schemas'
 	install -m 0644 libmgsave/schemas/*.schema.json '$(DESTDIR)$(DATADIR)/schemas/'
@@ -172,7 +182,7 @@ install-policy:
 		echo "no $(SAMPLE_POLICY) in this tree: mgsave runs on its built-in policy"; \
 	fi
 
-# Enable the three units, and (START=yes) start mgsave.service: it must be active for systemd to
+# Enable the three units (not mgsave-power.service: off by default), and (START=yes) start mgsave.service: it must be active for systemd to
 # run the shutdown pass at the next shutdown. Starting it runs nothing. The boot pass
 # (mgsave-boot.service) is not started: installing never starts a guest; it runs at the
 # next boot. An already active unit is not restarted: a restart would run the shutdown pass.
@@ -180,6 +190,8 @@ install-systemd: install-files install-policy
 ifneq ($(LIVE),)
 	systemctl daemon-reload
 	systemctl enable $(UNITS)
+	# Where the admin enabled it, the UPS watch runs the new code (it only re-reads the UPS).
+	systemctl try-restart $(OPTIONAL_UNITS)
 ifeq ($(START),yes)
 	systemctl start mgsave.service
 	# It only waits for logind to announce a shutdown: restarting it runs nothing.
@@ -201,17 +213,17 @@ endif
 # the unit's commands on daemon-reload, and only then is it stopped.
 uninstall:
 ifneq ($(LIVE),)
-	-systemctl disable $(UNITS)
-	-systemctl stop mgsave-boot.service mgsave-early.service
+	-systemctl disable $(UNITS) $(OPTIONAL_UNITS)
+	-systemctl stop mgsave-boot.service mgsave-early.service $(OPTIONAL_UNITS)
 endif
-	rm -f $(foreach unit,$(UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave' \
+	rm -f $(foreach unit,$(UNITS) $(OPTIONAL_UNITS),'$(DESTDIR)$(UNITDIR)/$(unit)') '$(DESTDIR)$(BINDIR)/mgsave' \
 		'$(DESTDIR)$(MANDIR)/man8/mgsave.8' '$(DESTDIR)$(MANDIR)/man5/mgsave-policy.5' \
-		'$(DESTDIR)$(COMPLETIONDIR)/mgsave' '$(DESTDIR)$(ZSHDIR)/_mgsave'
+		'$(DESTDIR)$(COMPLETIONDIR)/mgsave' '$(DESTDIR)$(ZSHDIR)/_mgsave' '$(DESTDIR)$(APTCONF)'
 	rm -rf '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(DOCDIR)' '$(DESTDIR)$(DATADIR)'
 ifneq ($(LIVE),)
 	systemctl daemon-reload
 	-systemctl stop mgsave.service
-	-systemctl reset-failed $(UNITS)
+	-systemctl reset-failed $(UNITS) $(OPTIONAL_UNITS)
 	@state=$$(systemctl is-enabled libvirt-guests.service 2>/dev/null || true); \
 	if [ "$$state" = disabled ] || [ "$$state" = masked ]; then \
 		echo "note: libvirt-guests.service is $$state, so nothing saves or shuts down the running guests at" \

@@ -1,25 +1,28 @@
 """The ``mgsave`` command: argument parsing, the context, dispatch, and the one error handler.
 
-Each command is an action (``libmgsave.actions``) that returns a typed result; the exit code is
-computed from that result alone. Errors are mgsave's own exceptions, turned into a message and
+Each command is an action (``libmgsave.actions``), reached through ``DISPATCH``, that returns a
+typed result; the exit code is that result's own (``ActionResult.exit_code``). Errors are mgsave's own exceptions, turned into a message and
 an exit code in ``main`` (a traceback only with ``--debug``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import keyword
 import logging
 import os
 import re
 import shutil
-import signal
 import textwrap
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from libmgsave import __version__, interrupt
 from libmgsave.context import Context
 from libmgsave.errors import ExitCode, MgsaveError
+
+if TYPE_CHECKING:
+    from libmgsave.actions import ActionResult
 
 log = logging.getLogger("mgsave")
 
@@ -99,6 +102,15 @@ def _global_options() -> argparse.ArgumentParser:
     return common
 
 
+POWER_WATCH_HELP = (
+    "watch the UPS of power: and start the host's shutdown in time",
+    "watch: read the UPS every power.poll. While it runs on battery, start the host's shutdown\n"
+    "(power.shutdown_command, 'systemctl poweroff' by default) once the runtime left is no more\n"
+    "than the shutdown plan of the guests running now needs plus power.margin, or at once on the\n"
+    "UPS's low-battery (LB) or forced-shutdown (FSD) flag; then exit 0. Back on line it stands\n"
+    "down. A UPS that cannot be read, or reports no runtime, is logged and never starts a\n"
+    "shutdown on its own (upsmon stays the authority for the final forced shutdown). SIGTERM\n"
+    "ends it at once. mgsave-power.service runs it; exit 2 when the policy has no 'power:'.")
 PASSES = ("shutdown", "boot")
 COMPLETE_GUESTS = "_complete-guests"  # a hidden command, for the shell completion
 
@@ -139,6 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help_text, description=description,
                               formatter_class=_HelpFormatter)
 
+    _add_queries(add)
+    _add_admin_commands(add)
+    # For the shell completion: the names of the guests, from libvirt (read-only), at once.
+    # No help: argparse then lists it nowhere.
+    sub.add_parser(COMPLETE_GUESTS, parents=[common])
+    _add_passes(add)
+    _add_migrations(add)
+    return parser
+
+
+def _add_queries(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """check, plan, status, report: they look, and change nothing."""
     p = add("check", "validate the policy and warn about conflicts",
             "Validate the policy file and report every problem at once, each with file:line:column,\n"
             "the key path and a hint (exit 2). Then, if the hypervisor answers, warn about guests whose\n"
@@ -148,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
             "that does not answer, and about libvirt-guests or libvirtd's own shutdown handling being\n"
             "enabled. With a UPS in 'power:', its credentials file must be usable (else exit 2), and\n"
             "it warns, under the key's file:line, when upsd does not answer, knows no UPS of that\n"
-            "name, refuses the credentials, or the UPS reports no usable runtime.")
+            "name, refuses the credentials, or the UPS reports no usable runtime; and when mgsave's\n"
+            "units are enabled but not mgsave-power.service, which runs 'mgsave power watch'.")
     p.add_argument("--strict", action="store_true",
                    help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
@@ -157,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
             "estimated end of its save under the deadline. With --verbose, or for the guests named,\n"
             "each guest in full: every effective setting with the rule (file:line) that set it.\n"
             "Exit 2 when the policy is broken (the plan shown is then the one a pass would carry out\n"
-            "on its last valid copy or the built-in defaults) or a guest named is not there.")
+            "on its last valid copy or the built-in defaults) or a guest named is not there. With a UPS in\n"
+            "'power:', a last line says whether the shutdown plan fits the runtime it reports now.")
     which = p.add_argument("which", nargs="*", choices=_PassOrGuests(PASSES), metavar="shutdown|boot|GUEST",
                            help="one pass only (default: both); then guests by name: their plan in full")
     which.complete = "guests"  # the shell completion offers the guests' names (scripts/gen-completion)
@@ -177,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
             "terminal a bar chart of 80 columns; with --svg also a picture.")
     p.add_argument("--svg", metavar="FILE", default=None, help="also draw the timeline as SVG into FILE (replaced atomically; a "
                         "link, a FIFO or a device there is refused, exit 2)")
+
+
+def _add_admin_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """images, watch, sample-policy."""
     p = add("images", "list or remove the images and records kept for inspection",
             "List what mgsave keeps for inspection: saved images that could not be resumed (beside\n"
             "libvirt's, in mgsave-failed-images/ under its save directory, or in the state directory's\n"
@@ -199,15 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
         "host where libvirt itself holds a delay lock (libvirt 11 does while guests run), the\n"
         "pass begins only after logind's InhibitDelayMaxSec (5 s by default). Needs jeepney\n"
         "(python3-jeepney); without it, or without logind, it says so and exits 0.")
+    p = add("power", POWER_WATCH_HELP[0], POWER_WATCH_HELP[1])
+    p.add_argument("power_command", choices=["watch"], metavar="watch",
+                   help="follow the UPS and start the host's shutdown when the battery runs short")
     add("sample-policy", "print a policy with every key explained (the built-in defaults)",
         "Print a policy file generated from the policy's schema: every key commented out with its\n"
         "meaning and its built-in default, and example rules, commented out too. As printed it means\n"
         "the built-in defaults, so 'mgsave sample-policy > /etc/mgsave/policy.yaml' changes nothing\n"
         "until a setting is uncommented; 'mgsave check' then validates it. It is the file the package\n"
         "installs as /etc/mgsave/policy.yaml.")
-    # For the shell completion: the names of the guests, from libvirt (read-only), at once.
-    # No help: argparse then lists it nowhere.
-    sub.add_parser(COMPLETE_GUESTS, parents=[common])
+
+
+def _add_passes(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """shutdown and boot."""
     for name, text in (
         ("shutdown", "Save every running guest, running each guest's on_shutdown fallback chain\n"
                      "(save -> shutdown -> poweroff by default), saves in parallel up to\n"
@@ -239,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="run the pass only if the host is going down or its guests are about to be "
                                 "stopped (asked of systemd and logind; run anyway when they cannot be asked); "
                                 "else save nothing and arm mgsave.service again. mgsave.service's stop uses it")
+
+
+def _add_migrations(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """evacuate and return."""
     for name, text in (
         ("evacuate", "Live-migrate every running guest that has migrate.peers to the first peer that can\n"
                      "take it (reachable, same hypervisor, enough free memory), now, in parallel up to\n"
@@ -260,7 +298,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evacuate":
             p.add_argument("--deadline", type=_deadline_duration, metavar="SECONDS", default=None,
                            help="how long the migrations may take in all (default: limits.shutdown_deadline)")
-    return parser
 
 
 _NUMBER = re.compile(r"[-+]?([0-9.]+(e[-+]?[0-9]+)?|inf|nan)", re.IGNORECASE)
@@ -271,7 +308,6 @@ def _duration(text: str, **bounds) -> float:
     the bounds the policy's durations have: the code sleeps on it."""
     from libmgsave.policyfile.cross_field import duration_problem
     from libmgsave.policyfile.settings import parse_duration
-
     try:
         # Any number first (-60, inf, 1e12), so that the bounds say what is wrong with it.
         seconds = float(text) if _NUMBER.fullmatch(text.strip()) else parse_duration(text)
@@ -289,7 +325,6 @@ def _wait_duration(text: str) -> float:
 
 def _deadline_duration(text: str) -> float:
     from libmgsave.policy import DEADLINE_RESERVE
-
     return _duration(text, longer_than=DEADLINE_RESERVE)
 
 
@@ -310,10 +345,9 @@ def _host_shutdown(args: argparse.Namespace):
 
 
 def build_context(args: argparse.Namespace, environ) -> Context:
-    """What every command needs, derived once from the arguments and the environment."""
+    """The global options, derived once from the arguments and the environment."""
     from libmgsave import policyfile
     from libmgsave.state import StateDir, state_dir_from
-
     policy_path, explicit = policyfile.policy_path_from(getattr(args, "policy", None), environ)
     return Context(
         command=args.command, policy_path=policy_path, policy_explicit=explicit,
@@ -322,25 +356,7 @@ def build_context(args: argparse.Namespace, environ) -> Context:
         connect=tuple(getattr(args, "connect", None) or ()), default_uri=environ.get("LIBVIRT_DEFAULT_URI") or None,
         json=getattr(args, "json", False),
         debug=getattr(args, "debug", False), trust_insecure=getattr(args, "insecure_policy", False),
-        which=_which(args), guests=_plan_guests(args), verbose=getattr(args, "verbose", False),
-        dry_run=getattr(args, "dry_run", False),
-        wait=getattr(args, "wait", None), deadline=getattr(args, "deadline", None),
-        if_host_going_down=getattr(args, "if_host_going_down", False), host_shutdown=_host_shutdown(args),
-        strict=getattr(args, "strict", False), svg=getattr(args, "svg", None),
-        restore_unrecorded=getattr(args, "restore_unrecorded", False),
-        images_command=getattr(args, "images_command", "list"), names=tuple(getattr(args, "names", None) or ()),
-        remove_all=getattr(args, "remove_all", False),
     )
-
-
-def _which(args: argparse.Namespace) -> str | None:
-    words = getattr(args, "which", None) or []
-    return words[0] if words and words[0] in PASSES else None
-
-
-def _plan_guests(args: argparse.Namespace) -> tuple[str, ...]:
-    words = getattr(args, "which", None) or []
-    return tuple(words[1:] if words and words[0] in PASSES else words)
 
 
 def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -349,51 +365,101 @@ def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPars
     return {name: sub for name, sub in action.choices.items() if not name.startswith("_")}
 
 
-def dispatch(ctx: Context):
-    """Run the command's action, ``libmgsave.actions.<command>.run_<command>`` (``-`` read as
-    ``_``); its typed result (or None). Imported only when it runs: a pass loads nothing of the
-    other commands."""
-    command = ctx.command.strip("_").replace("-", "_")  # sample-policy -> sample_policy
-    name = f"{command}_" if keyword.iskeyword(command) else command  # return -> return_
-    action = importlib.import_module(f"libmgsave.actions.{name}")
-    return getattr(action, f"run_{command}")(ctx)
+# Each command's entry: its own options from the arguments, handed to its action. The action's
+# module is imported only when its command runs: a pass loads nothing of the other commands.
+
+def _check(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import check
+    return check.run_check(ctx, strict=args.strict)
 
 
-def _exit_of_severity() -> dict:
-    from libmgsave.outcomes import Severity
+def _plan(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import plan
+    words = args.which or []
+    which = words[0] if words and words[0] in PASSES else None
+    return plan.run_plan(ctx, plan.PlanOptions(which=which, guests=tuple(words[1:] if which else words),
+                                               verbose=args.verbose, host_shutdown=_host_shutdown(args)))
 
-    return {Severity.OK: ExitCode.OK, Severity.DEGRADED: ExitCode.GUEST_DEGRADED,
-            Severity.FAILED: ExitCode.GUEST_FAILED}
+
+def _status(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import status
+    return status.run_status(ctx)
 
 
-def exit_code(result) -> int:
-    """The exit code of a command that ran to its end, from its result."""
-    from libmgsave.actions.check import CheckResult
-    from libmgsave.actions.images import ImagesResult
-    from libmgsave.actions.passes import StoppedEarly
-    from libmgsave.actions.plan import PlanResult
-    from libmgsave.outcomes import PassResult
+def _report(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import report
+    return report.run_report(ctx, svg_path=args.svg)
 
-    if isinstance(result, CheckResult | PlanResult):
-        return ExitCode.BAD_INPUT if result.failed else ExitCode.OK
-    if isinstance(result, ImagesResult):
-        if result.unknown or result.refused:
-            return ExitCode.BAD_INPUT
-        return ExitCode.GUEST_FAILED if result.failed else ExitCode.OK
-    if isinstance(result, StoppedEarly):
-        return 128 + signal.Signals[result.signal]
-    if isinstance(result, PassResult):
-        if result.interrupted:  # the shell's convention for a process ended by a signal
-            return 128 + signal.Signals[result.interrupted]
-        return _exit_of_severity()[result.severity]
-    return ExitCode.OK
+
+def _images(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import images
+    return images.run_images(ctx, images.ImagesOptions(remove=args.images_command == "remove",
+                                                       names=tuple(args.names or ()), remove_all=args.remove_all,
+                                                       dry_run=args.dry_run))
+
+
+def _watch(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import watch
+    return watch.run_watch(ctx)
+
+
+def _sample_policy(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import sample_policy
+    return sample_policy.run_sample_policy(ctx)
+
+
+def _complete_guests(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import complete_guests
+    return complete_guests.run_complete_guests(ctx)
+
+
+def _power(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import power_watch  # 'power watch', its one word
+    return power_watch.run_power_watch(ctx)
+
+
+def _pass_options(args: argparse.Namespace):
+    from libmgsave.actions.passes import PassOptions
+    return PassOptions(dry_run=args.dry_run, wait=args.wait, deadline=getattr(args, "deadline", None))
+
+
+def _shutdown(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import shutdown
+    return shutdown.run_shutdown(ctx, _pass_options(args), if_host_going_down=args.if_host_going_down,
+                                 host_shutdown=_host_shutdown(args))
+
+
+def _boot(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import boot
+    return boot.run_boot(ctx, _pass_options(args), restore_unrecorded=args.restore_unrecorded)
+
+
+def _evacuate(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import evacuate
+    return evacuate.run_evacuate(ctx, _pass_options(args))
+
+
+def _return(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    from libmgsave.actions import return_
+    return return_.run_return(ctx, _pass_options(args))
+
+
+DISPATCH: Mapping[str, Callable[[Context, argparse.Namespace], ActionResult]] = MappingProxyType({
+    "check": _check, "plan": _plan, "status": _status, "report": _report, "images": _images, "watch": _watch,
+    "power": _power, "sample-policy": _sample_policy, COMPLETE_GUESTS: _complete_guests,
+    "shutdown": _shutdown, "boot": _boot, "evacuate": _evacuate, "return": _return,
+})
+
+
+def dispatch(ctx: Context, args: argparse.Namespace) -> ActionResult:
+    """Run the command's action (its entry in ``DISPATCH``); its result says the exit code."""
+    return DISPATCH[ctx.command](ctx, args)
 
 
 def notify_failure(command: str, message: str) -> None:
     """Leave ``systemctl status mgsave`` saying why a pass stopped, not "starting"."""
     if command in ("shutdown", "boot"):
         from libmgsave import notify
-
         notify.status(f"{command} pass failed: {message}")
 
 
@@ -402,12 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     from libmgsave import console, journal
 
     console.reset(full=getattr(args, "full", False))
-
     journal.setup_logging(debug=getattr(args, "debug", False))
     if args.command in ("shutdown", "boot"):
         interrupt.install()
     try:
-        return int(exit_code(dispatch(build_context(args, os.environ))))
+        return int(dispatch(build_context(args, os.environ), args).exit_code())
     except MgsaveError as error:
         notify_failure(args.command, error.message)
         for line in error.message.splitlines():  # one log line each: newlines in log text are escaped

@@ -1,17 +1,27 @@
-"""What every command needs, derived once by ``cli`` from the arguments and the environment."""
+"""What a command works with: the options every command has (``Context``, read-only, derived
+once by ``cli`` from the arguments and the environment), and the ``PassLog`` a command run keeps
+of the problems it met on the way.
+
+A command's own options (``plan``'s guests, a pass's ``--dry-run``...) belong to its action
+module, which declares them; ``cli`` builds them and hands them to that action alone.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 from libmgsave import console
-from libmgsave.history import HostShutdown
 from libmgsave.state import StateDir
 
+T = TypeVar("T")
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
+    """The global options, read-only: every command has them."""
+
     command: str
     policy_path: str
     policy_explicit: bool  # named by --policy or $MGSAVE_POLICY: then it must exist
@@ -21,26 +31,6 @@ class Context:
     json: bool = False
     debug: bool = False
     trust_insecure: bool = False  # --insecure-policy
-    which: str | None = None  # plan: one pass only
-    guests: tuple[str, ...] = ()  # plan: only these guests (by name), in full
-    verbose: bool = False  # plan: every guest in full, with where each setting came from
-    dry_run: bool = False
-    wait: float | None = None  # how long to wait for the pass lock; None: the command's default
-    deadline: float | None = None  # shutdown: overrides limits.shutdown_deadline
-    if_host_going_down: bool = False  # shutdown: the unit's stop; no pass on a host that stays up
-    # plan, shutdown: the kind of shutdown (--reboot, --poweroff; the unit's stop: what systemd
-    # and logind say), so each guest's chain; None: not known (on_shutdown)
-    host_shutdown: HostShutdown | None = None
-    strict: bool = False  # check: every warning is an error
-    svg: str | None = None  # report: also draw the timeline into this file
-    restore_unrecorded: bool = False  # boot: also restore transient guests' save files no record names
-    images_command: str = "list"  # images: list or remove
-    names: tuple[str, ...] = ()  # images remove: the kept files named
-    remove_all: bool = False  # images remove --all
-    # Filled in on the way, for the summary: problems met (untrusted records...), and whether
-    # the lock or a record could not be had (the pass then exits 1 even if every guest is fine).
-    warnings: list[str] = field(default_factory=list)
-    bookkeeping_failed: bool = False
 
     def emit(self, data: dict, text: str) -> None:
         """Print the command's output: ``data`` as JSON with --json, else ``text``."""
@@ -50,3 +40,37 @@ class Context:
             console.out(json.dumps(data, indent=2, default=str))
         else:
             console.out(text)
+
+
+class PassLog:
+    """What a command run met on the way, for its summary and exit code: problems (untrusted
+    records, a state directory others can write to...) and whether the lock or a record could
+    not be had (a pass then exits 1 even if every guest is fine). One a run, owned by it."""
+
+    def __init__(self) -> None:
+        self._warnings: list[str] = []
+        self._bookkeeping_failed = False
+
+    def warn(self, text: str, *, once: bool = False) -> None:
+        """A problem for the summary; ``once``: unless it was said already."""
+        if not (once and text in self._warnings):
+            self._warnings.append(text)
+
+    def gather(self, read: Callable[[list[str]], T]) -> T:
+        """``read(warnings)``, for a reader in ``state`` that adds its problems to the list of
+        warnings it is given, looking at those already there so that none is said twice."""
+        return read(self._warnings)
+
+    def bookkeeping_failed_because(self, text: str, *, once: bool = False) -> None:
+        """The lock or a record could not be had: a problem, and the run is not ok."""
+        self._bookkeeping_failed = True
+        self.warn(text, once=once)
+
+    @property
+    def warnings(self) -> list[str]:
+        """The problems met so far, in the order met (a copy)."""
+        return list(self._warnings)
+
+    @property
+    def bookkeeping_failed(self) -> bool:
+        return self._bookkeeping_failed

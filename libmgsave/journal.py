@@ -225,9 +225,6 @@ def _journal_sender() -> Sender | None:
     return send
 
 
-_installed: list[logging.Handler] = []
-
-
 def setup_logging(debug: bool = False, *, use_journal: bool | None = None) -> None:
     """Configure the ``mgsave`` logger once per process (calling again replaces the handler).
 
@@ -235,9 +232,8 @@ def setup_logging(debug: bool = False, *, use_journal: bool | None = None) -> No
     imports, stderr otherwise. Debug lines are shown only with ``debug``.
     """
     logger = logging.getLogger(LOGGER_NAME)
-    for handler in _installed:
-        logger.removeHandler(handler)
-    _installed.clear()
+    for installed in [h for h in logger.handlers if getattr(h, "mgsave_setup", False)]:
+        logger.removeHandler(installed)  # the one an earlier call installed; others' (tests') stay
 
     handler: logging.Handler | None = None
     if use_journal is None:
@@ -250,7 +246,7 @@ def setup_logging(debug: bool = False, *, use_journal: bool | None = None) -> No
         handler = StderrHandler()
         handler.setFormatter(StderrFormatter(priority_prefix=stderr_is_journal()))
 
+    handler.mgsave_setup = True
     logger.addHandler(handler)
-    _installed.append(handler)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False

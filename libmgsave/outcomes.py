@@ -7,10 +7,12 @@ and the exit code is computed from them alone, never from message text.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from libmgsave import jsonout
+from libmgsave.errors import ExitCode
 # Action, Outcome, Severity, WaitKind, PassKind: the closed sets live in ``history``, the bottom
 # floor; named here too, where the results speak them.
 from libmgsave.history import Action, HostShutdown, Outcome, PassKind, Severity, WaitKind  # noqa: F401
@@ -183,6 +185,14 @@ class PassResult:
     def complete(self) -> bool:
         """Every guest got its first choice, every connection was used and every record written."""
         return self.severity is Severity.OK and self.interrupted is None
+
+    def exit_code(self) -> int:
+        """0 ok, 10 degraded, 1 failed; 128 + the signal's number when a signal stopped it early
+        (the shell's convention for a process ended by a signal)."""
+        if self.interrupted:
+            return 128 + signal.Signals[self.interrupted]
+        return {Severity.OK: ExitCode.OK, Severity.DEGRADED: ExitCode.GUEST_DEGRADED,
+                Severity.FAILED: ExitCode.GUEST_FAILED}[self.severity]
 
     def to_dict(self) -> dict:
         """The pass's ``--json`` (schemas/mgsave.pass.schema.json)."""

@@ -16,6 +16,8 @@ from types import MappingProxyType
 
 from libmgsave import jsonout
 from libmgsave.history import ShutdownKind
+# A deadline must be longer than the reserve it keeps for the last step (defined with the budget).
+from libmgsave.budget import DEADLINE_RESERVE  # noqa: F401
 
 DEFAULT_POLICY_PATH = "/etc/mgsave/policy.yaml"
 DEFAULT_CONNECTIONS = ("qemu:///system",)
@@ -23,9 +25,6 @@ DEFAULT_CONNECTIONS = ("qemu:///system",)
 # waits on these values: a bound keeps them below what a wait can take (threading's
 # TIMEOUT_MAX), and no shutdown, start or save is meant to take longer.
 MAX_DURATION = 7 * 24 * 3600.0
-# Time kept back at the end of the shutdown deadline for the last fallback step (a poweroff):
-# a deadline must be longer, or no guest would get anything but that last step.
-DEADLINE_RESERVE = 10.0
 
 
 class Autostart(enum.StrEnum):
@@ -243,6 +242,20 @@ class Power:
     credentials_column: int | None = None
 
 
+class OnSavedImages(enum.StrEnum):
+    """What the apt hook does when QEMU or libvirt is about to change under saved guests."""
+
+    WARN = "warn"  # say which guests and what to do; apt goes on
+    REFUSE = "refuse"  # the same, and apt stops before it unpacks anything
+
+
+@dataclass(frozen=True)
+class Upgrades:
+    """The policy's ``upgrades:``: read by the apt hook only (``libmgsave.apthook``)."""
+
+    on_saved_images: OnSavedImages = OnSavedImages.WARN
+
+
 @dataclass(frozen=True)
 class Policy:
     version: int = 1
@@ -256,6 +269,7 @@ class Policy:
     limits: Limits = field(default_factory=Limits)
     metrics: Metrics = Metrics()
     power: Power | None = None  # None: no UPS configured
+    upgrades: Upgrades = Upgrades()
 
     @property
     def is_builtin(self) -> bool:

@@ -160,6 +160,18 @@ def test_units_and_hooks_have_the_packages_paths(built):
         assert "mgsave=/usr/bin/mgsave" in text and f'exec "$mgsave" {subcommand} "$@"' in text
 
 
+def test_the_apt_hook_runs_debians_python3_on_the_packages_code(built):
+    hook = built.root / "usr/lib/mgsave/mgsave-apt-hook"
+    assert os.access(hook, os.X_OK)
+    text = hook.read_text()
+    assert "python=/usr/bin/python3\n" in text and "libdir=/usr/lib/python3/dist-packages\n" in text
+    conf = (built.root / "etc/apt/apt.conf.d/20mgsave").read_text()
+    assert 'DPkg::Pre-Install-Pkgs { "/usr/lib/mgsave/mgsave-apt-hook || test $? -ne 75"; };' in conf
+    assert 'DPkg::Tools::Options::/usr/lib/mgsave/mgsave-apt-hook::Version "3";' in conf
+    assert not re.search(r"@[A-Z]+@", text + conf)
+    assert (built.root / "usr/share/doc/mgsave/UPGRADES.md").is_file()
+
+
 def test_man_pages_schema_and_docs(built):
     for page in ("usr/share/man/man8/mgsave.8.gz", "usr/share/man/man5/mgsave-policy.5.gz"):
         assert (built.root / page).is_file(), page
@@ -200,7 +212,8 @@ def test_every_relative_link_of_the_installed_documents_leads_to_a_shipped_file(
 
 
 def test_the_policy_is_a_conffile_that_means_the_builtin_defaults(built):
-    assert (built.control / "conffiles").read_text().split() == ["/etc/mgsave/policy.yaml"]
+    assert sorted((built.control / "conffiles").read_text().split()) == ["/etc/apt/apt.conf.d/20mgsave",
+                                                                          "/etc/mgsave/policy.yaml"]
     policy = built.root / "etc/mgsave/policy.yaml"
     assert policy.read_text() == (ROOT / "config/policy.default.yaml").read_text()
     assert policy.read_text().splitlines()[0] == "# yaml-language-server: $schema=/usr/share/mgsave/policy.schema.yaml"
@@ -314,6 +327,9 @@ def test_no_preinst_stops_anything(built):
 # mgsave-early.service only waits for logind's PrepareForShutdown: starting, restarting and
 # stopping it saves or starts nothing, so debhelper's own snippets handle it.
 EARLY_START = "deb-systemd-invoke start mgsave-early.service [dropin=0]"
+# mgsave-power.service is installed, not enabled (only a host with power: wants it):
+# deb-systemd-invoke starts, restarts and stops only what the admin enabled.
+POWER_START = "deb-systemd-invoke start mgsave-power.service [dropin=0]"
 
 
 def test_a_fresh_install_starts_mgsave_service_only(built, tmp_path):
@@ -323,10 +339,14 @@ def test_a_fresh_install_starts_mgsave_service_only(built, tmp_path):
     assert "deb-systemd-helper enable mgsave.service [dropin=0]" in helper
     assert "deb-systemd-helper enable mgsave-boot.service [dropin=0]" in helper
     assert "deb-systemd-helper enable mgsave-early.service [dropin=0]" in helper
+    # Enabled only where it was before (the stand-ins answer yes to every question)
+    power = "deb-systemd-helper debian-installed mgsave-power.service [dropin=0]"
+    assert helper.index(power) < helper.index("deb-systemd-helper enable mgsave-power.service [dropin=0]")
+    assert "deb-systemd-helper debian-installed mgsave.service [dropin=0]" not in helper
     invoke = calls(out, "deb-systemd-invoke")
-    assert invoke == [EARLY_START, "deb-systemd-invoke start mgsave.service [dropin=0]"], out
+    assert invoke == [EARLY_START, POWER_START, "deb-systemd-invoke start mgsave.service [dropin=0]"], out
     # Enabled before it is started (deb-systemd-invoke starts only enabled units).
-    assert out.index("deb-systemd-helper enable mgsave.service [dropin=0]") < out.index(invoke[1])
+    assert out.index("deb-systemd-helper enable mgsave.service [dropin=0]") < out.index(invoke[2])
     for line in calls(out, "systemctl"):
         assert not re.search(r"\b(start|restart|try-restart|stop|reload-or-restart)\b", line), line
 
@@ -351,6 +371,7 @@ def test_an_upgrade_stops_and_restarts_nothing(built, tmp_path):
     assert "systemctl --system daemon-reload [dropin=0]" in configure
     assert calls(configure, "deb-systemd-invoke") == [
         "deb-systemd-invoke restart mgsave-early.service [dropin=0]",
+        "deb-systemd-invoke restart mgsave-power.service [dropin=0]",
         "deb-systemd-invoke start mgsave.service [dropin=0]"]
 
 
@@ -361,6 +382,7 @@ def test_removal_empties_execstop_before_it_stops_the_units(built, tmp_path):
     reload_at = prerm.index("systemctl --system daemon-reload [dropin=1]")
     stop = calls(prerm, "deb-systemd-invoke")
     assert stop == ["deb-systemd-invoke stop mgsave-boot.service mgsave.service [dropin=1]",
+                    "deb-systemd-invoke stop mgsave-power.service [dropin=1]",
                     "deb-systemd-invoke stop mgsave-early.service [dropin=1]"], prerm
     assert reload_at < prerm.index(stop[0])  # systemd knew ExecStop= was empty before the stop
     postrm = out["postrm remove"]
@@ -403,7 +425,8 @@ def test_a_failed_removal_arms_the_shutdown_pass_again(built, tmp_path):
     out = run_scripts(built, tmp_path, "prerm remove", "postinst abort-remove")
     abort = out["postinst abort-remove"]
     assert abort[-1] == "-- rc=0 dropin=absent"
-    assert calls(abort, "deb-systemd-invoke") == [EARLY_START, "deb-systemd-invoke start mgsave.service [dropin=0]"]
+    assert calls(abort, "deb-systemd-invoke") == [EARLY_START, POWER_START,
+                                                  "deb-systemd-invoke start mgsave.service [dropin=0]"]
 
 
 # -- one booted host: install, upgrade, remove with guests ---------------------------------------

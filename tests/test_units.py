@@ -17,8 +17,9 @@ from tests.doclinks import broken_links, tree_listing
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "units" / "mgsave.service"
 BOOT_UNIT = ROOT / "units" / "mgsave-boot.service"
-UNITS = ("mgsave.service", "mgsave-boot.service")
-HOOKS = ("mgsave-boot", "mgsave-shutdown")
+POWER_UNIT = ROOT / "units" / "mgsave-power.service"
+UNITS = ("mgsave.service", "mgsave-boot.service", "mgsave-power.service")
+HOOKS = ("mgsave-boot", "mgsave-shutdown", "mgsave-power")
 PREFIX = "/usr/local"
 # A valid policy (plan refuses a broken one, exit 2), that make install must leave alone.
 ADMINS_POLICY = "# the admin's own\nversion: 1\n"
@@ -102,8 +103,23 @@ def test_boot_unit_keeps_its_promises():
     assert settings["WantedBy"] == ["multi-user.target"]
 
 
+def test_power_unit_keeps_its_promises():
+    settings = unit_settings(POWER_UNIT.read_text())
+    assert settings["Type"] == ["exec"]
+    assert settings["ExecStart"] == ["@HOOKDIR@/mgsave-power"]
+    assert "ExecStop" not in settings
+    # Restarted when it dies, not when the policy has no power: (exit 2); hardened like the others.
+    assert settings["Restart"] == ["on-failure"] and settings["RestartPreventExitStatus"] == ["2"]
+    assert "nut-server.service" in " ".join(settings["After"]).split()
+    assert settings["ProtectSystem"] == ["strict"] and settings["NoNewPrivileges"] == ["yes"]
+    assert settings["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]  # upsd, libvirt, systemd
+    assert settings["WantedBy"] == ["multi-user.target"]
+
+
 # The unit's stop runs the pass only when the host is going down (tests/cli/test_unit_stop.py).
-@pytest.mark.parametrize("hook, subcommand", [("mgsave-boot", "boot"), ("mgsave-shutdown", "shutdown --if-host-going-down")])
+@pytest.mark.parametrize("hook, subcommand", [("mgsave-boot", "boot"),
+                                              ("mgsave-shutdown", "shutdown --if-host-going-down"),
+                                              ("mgsave-power", "power watch")])
 def test_hook_execs_the_pass_and_keeps_its_exit_code(tmp_path, hook, subcommand):
     fake = tmp_path / "mgsave"
     fake.write_text('#!/bin/sh\necho "$$ $*"\nexit 3\n')
@@ -172,6 +188,9 @@ def test_install_lays_out_the_files(staged):
     assert f"file://{PREFIX}/share/doc/mgsave/SYSTEMD.md" in text
     boot = (destdir / "usr/local/lib/systemd/system/mgsave-boot.service").read_text()
     assert f"ExecStart={PREFIX}/lib/mgsave/hooks/mgsave-boot" in boot
+    power = (destdir / "usr/local/lib/systemd/system/mgsave-power.service").read_text()
+    assert f"ExecStart={PREFIX}/lib/mgsave/hooks/mgsave-power" in power
+    assert f"file://{PREFIX}/share/doc/mgsave/POWER.md" in power
     assert not re.search(r"@[A-Z]+@", text)
     for doc in ("SYSTEMD.md", "README.md", "RELIABILITY.md"):
         assert (destdir / "usr/local/share/doc/mgsave" / doc).is_file()
@@ -333,6 +352,7 @@ def test_uninstall_leaves_policy_and_state_alone(tmp_path):
     assert not (destdir / "usr/local/lib/mgsave").exists()
     assert not (destdir / "usr/local/bin/mgsave").exists()
     for gone in ("lib/systemd/system/mgsave.service", "lib/systemd/system/mgsave-boot.service",
+                 "lib/systemd/system/mgsave-power.service",
                  "share/man/man8/mgsave.8", "share/man/man5/mgsave-policy.5", "share/mgsave", "share/doc/mgsave",
                  "share/bash-completion/completions/mgsave", "share/zsh/site-functions/_mgsave"):
         assert not (destdir / "usr/local" / gone).exists(), gone
@@ -343,3 +363,32 @@ def test_other_prefixes_put_the_unit_in_etc(tmp_path):
     make("install-files", destdir=destdir, PREFIX="/opt/mgsave")
     unit = destdir / "etc/systemd/system/mgsave.service"
     assert "ExecStop=/opt/mgsave/lib/mgsave/hooks/mgsave-shutdown" in unit.read_text()
+
+
+def test_install_puts_the_apt_hook_where_apt_is_and_uninstall_removes_it(tmp_path):
+    """The apt hook (docs/UPGRADES.md): its apt.conf.d file names the installed hook; the hook runs
+    the installing Python on the installed code; nothing of it where there is no /etc/apt."""
+    without = tmp_path / "no-apt"
+    make("install-files", destdir=without)
+    assert not (without / "etc/apt").exists()
+    destdir = tmp_path / "root"
+    (destdir / "etc/apt/apt.conf.d").mkdir(parents=True)
+    make("install-files", destdir=destdir)
+    conf = (destdir / "etc/apt/apt.conf.d/20mgsave").read_text()
+    hook = f"{PREFIX}/lib/mgsave/hooks/mgsave-apt-hook"
+    assert f'DPkg::Pre-Install-Pkgs {{ "{hook} || test $? -ne 75"; }};' in conf
+    assert f'DPkg::Tools::Options::{hook}::Version "3";' in conf
+    assert stat.S_IMODE((destdir / "etc/apt/apt.conf.d/20mgsave").stat().st_mode) == 0o644
+    text = (destdir / hook.lstrip("/")).read_text()
+    assert "python=/usr/bin/python3\n" in text and f"libdir={PREFIX}/lib/mgsave\n" in text
+    assert not re.search(r"@[A-Z]+@", text + conf)
+    # Run as apt would, on the staged code: no watched package in the list, nothing said.
+    staged = tmp_path / "mgsave-apt-hook"
+    staged.write_text(text.replace(f"libdir={PREFIX}/lib/mgsave", f"libdir={destdir}{PREFIX}/lib/mgsave"))
+    staged.chmod(0o755)
+    out = subprocess.run([str(staged)], input="VERSION 3\nA=b\n\nhello 1 all none < 2 all none /h.deb\n",
+                         capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout, out.stderr) == (0, "", ""), out
+    make("uninstall", destdir=destdir)
+    assert not (destdir / "etc/apt/apt.conf.d/20mgsave").exists()
+    assert (destdir / "etc/apt/apt.conf.d").is_dir()

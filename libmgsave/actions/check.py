@@ -15,7 +15,7 @@ from libmgsave.actions import inputs
 from libmgsave.channels import UNKNOWN, choose
 from libmgsave.conflicts import Finding
 from libmgsave.context import Context
-from libmgsave.errors import HypervisorUnavailable, PolicyError, Problem
+from libmgsave.errors import ExitCode, HypervisorUnavailable, PolicyError, Problem
 from libmgsave.matching import resolve
 from libmgsave.plan import after_problems
 from libmgsave.plan.model import rule_lines
@@ -56,30 +56,34 @@ class CheckResult:
     def failed(self) -> bool:
         return bool(self.problems) or (self.strict and bool(self.warnings))
 
+    def exit_code(self) -> int:
+        return ExitCode.BAD_INPUT if self.failed else ExitCode.OK
 
-def run_check(ctx: Context) -> CheckResult:
+
+def run_check(ctx: Context, *, strict: bool = False) -> CheckResult:
+    """``strict``: every warning counts as an error."""
     try:
         policy = inputs.strict_policy(ctx)
     except PolicyError as error:
-        _report_problems(ctx, error.problems)
-        return CheckResult(tuple(error.problems), (), ctx.strict)
+        _report_problems(ctx, error.problems, strict)
+        return CheckResult(tuple(error.problems), (), strict)
     power_problems, power_findings = _power_check(policy)
     if power_problems:
-        _report_problems(ctx, power_problems, "the policy file itself is valid")
-        return CheckResult(tuple(power_problems), (), ctx.strict)
+        _report_problems(ctx, power_problems, strict, "the policy file itself is valid")
+        return CheckResult(tuple(power_problems), (), strict)
     layout = conflicts.daemon_layout()
     findings = [Finding(w) for w in conflicts.host_conflicts()] + _guest_findings(policy) + power_findings
     if ctx.state.insecure:
         findings.append(Finding(ctx.state.insecure_warning()))
     lines = _finding_lines(policy)
     warnings = tuple(dict.fromkeys(locate(policy.source, lines, f) for f in findings))
-    result = CheckResult((), warnings, ctx.strict)
+    result = CheckResult((), warnings, strict)
     source = policy.source or f"built-in defaults (no file at {ctx.policy_path})"
     text = [f"{source}: the policy is valid", f"libvirt daemons: {layout}", *render_warnings(warnings)]
     if result.failed:
         text.append(f"--strict: {_count(warnings)} counted as errors")
     ctx.emit(jsonout.document("check", {
-        "ok": not result.failed, "strict": ctx.strict, "policy": policy.source, "policy_problems": [],
+        "ok": not result.failed, "strict": strict, "policy": policy.source, "policy_problems": [],
         "warnings": [w.to_dict() for w in warnings], "daemon_layout": layout.kind}), "\n".join(text))
     return result
 
@@ -182,10 +186,11 @@ def _count(warnings) -> str:
     return units.plural(len(warnings), "warning")
 
 
-def _report_problems(ctx: Context, problems: list[Problem], verdict: str = "no change was made") -> None:
+def _report_problems(ctx: Context, problems: list[Problem], strict: bool,
+                     verdict: str = "no change was made") -> None:
     if ctx.json:
         ctx.emit(jsonout.document("check", {
-            "ok": False, "strict": ctx.strict, "policy": ctx.policy_path,
+            "ok": False, "strict": strict, "policy": ctx.policy_path,
             "policy_problems": inputs.problems_dict(problems), "warnings": [], "daemon_layout": None}), "")
         return
     for problem in problems:

@@ -9,6 +9,7 @@ being completed (``-c``), else ``$LIBVIRT_DEFAULT_URI``, else the built-in conne
 from __future__ import annotations
 
 from libmgsave import console, untrusted
+from libmgsave.actions import DONE, Done
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorError
 from libmgsave.hypervisor import guest_names
@@ -17,7 +18,7 @@ from libmgsave.policy import DEFAULT_CONNECTIONS
 ANSWER_WITHIN = 2.0  # seconds, for every connection together: the admin is waiting at a prompt
 
 
-def run_complete_guests(ctx: Context) -> None:
+def run_complete_guests(ctx: Context) -> Done:
     uris = ctx.connect or ((ctx.default_uri,) if ctx.default_uri else DEFAULT_CONNECTIONS)
     names: dict[str, None] = {}
     for uri in uris:
@@ -28,3 +29,4 @@ def run_complete_guests(ctx: Context) -> None:
     # A name with a space or a control character would break the shell's word list: left out.
     console.write("stdout", "".join(f"{name}\n" for name in names if untrusted.message(name) == name
                                     and not any(c.isspace() for c in name)))
+    return DONE

@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from libmgsave import early, hostdown, notify
+from libmgsave.errors import ExitCode
 from libmgsave.history import HostShutdown, ShutdownKind
 from libmgsave.hostdown import ARMING_UNIT, Decision, Rearm, Verdict
 
@@ -39,6 +40,9 @@ class PassHeldBack:
     """The unit was stopped on a host that stays up: no pass ran (exit 0)."""
 
     decision: Decision
+
+    def exit_code(self) -> int:
+        return ExitCode.OK
 
 
 def hold_back() -> PassHeldBack | HostShutdown:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from libmgsave import units
-from libmgsave.context import Context
+from libmgsave.context import Context, PassLog
 from libmgsave.diskspace import free_bytes, save_room
 from libmgsave.errors import HypervisorError, PolicyError, Problem
-from libmgsave.history import RecordedPass
+from libmgsave.history import HostShutdown, RecordedPass
 from libmgsave.hypervisor import Connections
 from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
 from libmgsave.plan.boot import peer_questions
@@ -180,10 +180,10 @@ def inventory(connections: Connections, policy: Policy, warnings: list[str] | No
 
 
 def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None = None,
-                  connections: Connections | None = None) -> Plan:
+                  connections: Connections | None = None, host_shutdown: HostShutdown | None = None) -> Plan:
     """The shutdown plan, with the save rate the last pass measured, the free space now, what
     each connection offers of parallel save channels, and what the peers of guests to migrate
-    answer now."""
+    answer now; for ``host_shutdown``, the kind of shutdown (None: not known)."""
     from libmgsave import peers
 
     previous = ctx.state.last_shutdown(quiet=True)
@@ -195,7 +195,7 @@ def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None =
                          deadline=deadline, room=room, channels=channel_support(connections),
                          peers=peers.probe_all(peer_uris),
                          source_types=peers.source_types(connections.hosts()) if connections and peer_uris else {},
-                         host_shutdown=ctx.host_shutdown)
+                         host_shutdown=host_shutdown)
 
 
 def refused_flags(guests, policy: Policy, connections: Connections) -> list[tuple[GuestInfo, str, str]]:
@@ -234,17 +234,20 @@ def channel_support(connections: Connections | None) -> dict:
     return {host.uri: host.channel_support() for host in (connections.hosts() if connections else [])}
 
 
-def boot_plan(ctx: Context, guests, policy: Policy, connections: Connections) -> Plan:
+def boot_plan(ctx: Context, pass_log: PassLog, guests, policy: Policy, connections: Connections, *,
+              restore_unrecorded: bool = False) -> Plan:
     """The boot plan, from the last shutdown record (or, without one, the saved images alone),
-    with what the peers say of the guests the record places there that are defined here again."""
+    with what the peers say of the guests the record places there that are defined here again.
+    ``restore_unrecorded``: see ``state.images.transient_images_without_record``."""
     from libmgsave import peers
 
-    record = ctx.state.last_shutdown(warnings=ctx.warnings)
+    record = pass_log.gather(lambda warnings: ctx.state.last_shutdown(warnings=warnings))
     boot = ctx.state.last_boot(quiet=True)
     if record is not None:
         record = dict(record, guests=_settled(record, guests))
     last = RecordedPass.from_dict(record) if record is not None else None
-    return plan_boot(guests, policy, last, _unrecorded_images(ctx, record, boot, guests, connections),
+    unrecorded = _unrecorded_images(ctx, pass_log, record, boot, guests, connections, restore_unrecorded)
+    return plan_boot(guests, policy, last, unrecorded,
                      booted_since=booted_since(record, boot), used_images=used_images(record, boot),
                      channels=channel_support(connections),
                      on_peers=peers.guests_on_peers(peer_questions(guests, policy, last)))
@@ -258,19 +261,20 @@ def _settled(record: dict, guests) -> dict:
     return settle_interrupted(record["guests"], {guest_record_key(*g.key): g for g in guests}, complete)
 
 
-def _unrecorded_images(ctx: Context, record: dict | None, boot: dict | None, guests, connections) -> list:
+def _unrecorded_images(ctx: Context, pass_log: PassLog, record: dict | None, boot: dict | None, guests, connections,
+                       restore_unrecorded: bool) -> list:
     """Transient guests' save files no record names that the boot pass may restore (see
     ``state.images.transient_images_without_record``); none from an insecure state directory."""
     if ctx.state.insecure:
         if any(ctx.state.images.glob("*.save")):
             message = f"{ctx.state.images}: save files in an insecure state directory are not restored; kept"
             log.error("%s", message)
-            ctx.warnings.append(message)
+            pass_log.warn(message)
         return []
     known = {guest_record_key(*g.key) for g in guests} | set((boot or {}).get("guests", {}))
-    return transient_images_without_record(
-        ctx.state.images, record, lambda path: read_with_any(connections.hosts(), path), ctx.warnings,
-        known=known, restore_unrecorded=ctx.restore_unrecorded)
+    return pass_log.gather(lambda warnings: transient_images_without_record(
+        ctx.state.images, record, lambda path: read_with_any(connections.hosts(), path), warnings,
+        known=known, restore_unrecorded=restore_unrecorded))
 
 
 def kept_images(ctx: Context, policy: Policy):
@@ -282,7 +286,7 @@ def kept_images(ctx: Context, policy: Policy):
     return usage, warning
 
 
-def check_state_dir(ctx: Context) -> None:
+def check_state_dir(ctx: Context, pass_log: PassLog) -> None:
     """A pass in a state directory others can write to still handles every guest (into it, for
     transient guests: losing them would be worse), but reads nothing from it, says so loudly
     and exits non-zero."""
@@ -290,9 +294,7 @@ def check_state_dir(ctx: Context) -> None:
         return
     message = ctx.state.insecure_warning()
     log.error("%s", message)
-    if message not in ctx.warnings:
-        ctx.warnings.append(message)
-    ctx.bookkeeping_failed = True
+    pass_log.bookkeeping_failed_because(message, once=True)
 
 
 def problems_dict(problems: list[Problem]) -> list[dict]:

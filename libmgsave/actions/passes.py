@@ -1,23 +1,27 @@
-"""The frame both passes share: the policy, the lock, the connections, the guests; the summary.
+"""The frame every pass shares, and the kinds of pass.
 
-``run_pass`` does everything around the pass's own outline (``shutdown.carry_out`` or
-``boot.carry_out``): log the start, take the lock, open the connections, look at the guests,
-then, with the plan carried out, build the ``PassResult``, log the end and print the summary.
-A pass asked to stop before it looked at any guest (waiting for the lock or for the daemon)
-ends with ``StoppedEarly`` and does nothing.
+A kind of pass (``Pass``: shutdown, boot, and the on-demand evacuate and return) is its own
+small type: its outline (``carry_out``), its record from begin to finish, and its rules (what
+counts as ok for a guest, which metrics label it writes). ``Pass.run`` does everything around
+the outline: log the start, take the lock, open the connections, look at the guests, then,
+with the plan carried out, build the ``PassResult``, log the end and print the summary. A pass
+asked to stop before it looked at any guest (waiting for the lock or for the daemon) ends with
+``StoppedEarly`` and does nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from libmgsave import __version__, console, interrupt, journal, lock, metrics, notify, report, units
 from libmgsave.actions import inputs
-from libmgsave.context import Context
+from libmgsave.budget import Budget
+from libmgsave.context import Context, PassLog
 from libmgsave.errors import Problem
 from libmgsave.hypervisor import Connections
 from libmgsave.outcomes import GuestResult, PassResult, Severity
@@ -36,23 +40,33 @@ class StoppedEarly:
     kind: PassKind
     signal: str
 
+    def exit_code(self) -> int:
+        return 128 + signal.Signals[self.signal]  # the shell's convention for a process ended by a signal
 
-@dataclass
+
+@dataclass(frozen=True)
+class PassOptions:
+    """A pass's own options, from the command line."""
+
+    dry_run: bool = False
+    wait: float | None = None  # how long to wait for the pass lock; None: the pass's default
+    deadline: float | None = None  # shutdown, evacuate: instead of limits.shutdown_deadline
+
+
+@dataclass(frozen=True)
 class PassRun:
     """What a pass's outline works with."""
 
     ctx: Context
-    kind: PassKind
+    options: PassOptions
+    log: PassLog  # the problems met on the way, for the summary and the exit code
     policy: Policy
     problems: list[Problem]
     started: float  # time.time()
-    deadline_at: float  # time.monotonic(): the end of the shutdown deadline
+    budget: Budget  # the shutdown deadline: the pass's one clock for every step and re-plan
     connections: Connections
     guests: list
     warnings: list[str]  # connections that did not answer
-
-    def time_left(self) -> float:
-        return max(0.0, self.deadline_at - time.monotonic())
 
     def announce(self, plan: Plan) -> None:
         """Log the plan's warnings and print the plan (without settings) before carrying it out."""
@@ -62,68 +76,78 @@ class PassRun:
             console.out(report.render_plan(plan))
 
 
-Outline = Callable[[PassRun], tuple[Plan, list[GuestResult]]]
+class Pass:
+    """A kind of pass: its outline (``carry_out``), its record, its rules. ``kind`` is its own
+    (its metrics' label: evacuate and return never hide the last shutdown or boot pass);
+    ``runs_as`` is the pass it is a form of: whose plan it makes, whose lock it takes, as which
+    it is logged, summarised and reported (evacuate is a shutdown pass cut down to migrations,
+    return a boot pass cut down to the guests coming home)."""
+
+    kind: ClassVar[PassKind]
+    runs_as: ClassVar[PassKind]
+
+    def carry_out(self, run: PassRun) -> tuple[Plan, list[GuestResult]]:
+        """The pass's outline: its plan and every guest's result."""
+        raise NotImplementedError
+
+    def run(self, ctx: Context, options: PassOptions) -> PassResult | StoppedEarly:
+        """Carry out the pass in its frame."""
+        try:
+            return _run(ctx, options, self)
+        except interrupt.Interrupted:
+            kind, stopped_by = self.runs_as, interrupt.signal_received().name
+            log.warning("%s pass stopped (%s) before it handled any guest: nothing was done", kind, stopped_by)
+            notify.status(f"{kind} pass failed: stopped by {stopped_by} before any guest was handled")
+            return StoppedEarly(kind, stopped_by)
 
 
-def run_pass(ctx: Context, kind: PassKind, outline: Outline, *, metrics_label: str | None = None
-             ) -> PassResult | StoppedEarly:
-    """Run ``outline`` in the frame of a ``kind`` pass; its metrics are labelled ``metrics_label``
-    (``evacuate``, ``return``: their own, so that they never hide the last shutdown or boot pass)."""
-    try:
-        return _run(ctx, kind, outline, metrics_label)
-    except interrupt.Interrupted:
-        signal = interrupt.signal_received().name
-        log.warning("%s pass stopped (%s) before it handled any guest: nothing was done", kind, signal)
-        notify.status(f"{kind} pass failed: stopped by {signal} before any guest was handled")
-        return StoppedEarly(kind, signal)
-
-
-def _run(ctx: Context, kind: PassKind, outline: Outline, metrics_label: str | None) -> PassResult:
-    use = inputs.pass_policy(ctx, keep=not ctx.dry_run)
-    policy, problems = use.policy, use.problems
-    deadline = ctx.deadline or policy.limits.shutdown_deadline
-    started, deadline_at = time.time(), time.monotonic() + deadline
-    dry = " (dry run)" if ctx.dry_run else ""
+def _run(ctx: Context, options: PassOptions, this: Pass) -> PassResult:
+    use = inputs.pass_policy(ctx, keep=not options.dry_run)
+    policy, problems, kind, pass_log = use.policy, use.problems, this.runs_as, PassLog()
+    deadline = options.deadline or policy.limits.shutdown_deadline
+    started, budget = time.time(), Budget.starting_now(deadline)
+    dry = " (dry run)" if options.dry_run else ""
     log.info("%s pass%s begins (mgsave %s)", kind, dry, __version__,
              extra={"MESSAGE_ID": journal.PASS_START, "MGSAVE_PASS": str(kind)})
     notify.status(f"{kind} pass: starting")
-    if kind is PassKind.SHUTDOWN and not ctx.dry_run:
+    if kind is PassKind.SHUTDOWN and not options.dry_run:
         # The unit's TimeoutStopSec fits the default deadline; a policy may give a longer one.
         notify.extend_timeout(deadline + 60)
-    with _lock(ctx, kind, deadline):
+    with _lock(ctx, options, kind, deadline, pass_log):
         connections, warnings = inputs.connect(policy, retry_for=min(inputs.PASS_CONNECT_RETRY, deadline / 4),
-                                               give_up_at=deadline_at)
+                                               give_up_at=budget.ends_at())
         guests = inputs.inventory(connections, policy, warnings)
-        run = PassRun(ctx, kind, policy, problems, started, deadline_at, connections, guests, warnings)
-        plan, results = outline(run)
+        run = PassRun(ctx, options, pass_log, policy, problems, started, budget, connections, guests, warnings)
+        plan, results = this.carry_out(run)
         stopped_by = interrupt.signal_received()
-        result = PassResult(kind=kind, dry_run=ctx.dry_run, started=started, finished=time.time(), results=results,
-                            warnings=[str(p) for p in problems] + warnings + ctx.warnings + list(plan.warnings),
+        result = PassResult(kind=kind, dry_run=options.dry_run, started=started, finished=time.time(),
+                            results=results,
+                            warnings=[str(p) for p in problems] + warnings + pass_log.warnings + list(plan.warnings),
                             unreachable=tuple(uri for uri in policy.connections if uri not in connections.uris()),
-                            bookkeeping_failed=ctx.bookkeeping_failed,
+                            bookkeeping_failed=pass_log.bookkeeping_failed,
                             interrupted=stopped_by.name if stopped_by else None,
                             policy_problems=tuple(problems), policy=use.choice, host_shutdown=plan.host_shutdown)
-    metrics.export(policy.metrics.textfile, result, metrics_label)
+    metrics.export(policy.metrics.textfile, result, str(this.kind))
     _summarise(ctx, result)
     return result
 
 
 @contextlib.contextmanager
-def _lock(ctx: Context, kind: PassKind, deadline: float):
+def _lock(ctx: Context, options: PassOptions, kind: PassKind, deadline: float, pass_log: PassLog):
     """The pass lock (none for a dry run); a pass that cannot take it at all goes on without."""
-    if ctx.dry_run:
+    if options.dry_run:
         yield
         return
     if ctx.state.insecure:  # whoever can write there can hold or replace the lock: never wait for it
-        ctx.bookkeeping_failed = True
-        ctx.warnings.append(f"ran without the pass lock: the state directory {ctx.state.path} is not safe")
+        pass_log.bookkeeping_failed_because(f"ran without the pass lock: the state directory {ctx.state.path} "
+                                            f"is not safe")
         yield
         return
-    wait = ctx.wait if ctx.wait is not None else (deadline if kind is PassKind.SHUTDOWN else BOOT_LOCK_WAIT)
+    wait = options.wait if options.wait is not None else (deadline if kind is PassKind.SHUTDOWN else BOOT_LOCK_WAIT)
     with lock.pass_lock(ctx.state.path, f"mgsave {kind}", wait=wait) as locked:
         if not locked:
-            ctx.bookkeeping_failed = True
-            ctx.warnings.append(f"ran without the pass lock: it could not be taken in {ctx.state.path}")
+            pass_log.bookkeeping_failed_because(f"ran without the pass lock: it could not be taken in "
+                                                f"{ctx.state.path}")
         yield
 
 

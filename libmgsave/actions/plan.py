@@ -12,10 +12,23 @@ from dataclasses import dataclass
 
 from libmgsave import jsonout, report
 from libmgsave.actions import inputs
-from libmgsave.context import Context
+from libmgsave.context import Context, PassLog
+from libmgsave.errors import ExitCode
+from libmgsave.history import HostShutdown
+from libmgsave.plan import PassKind
 from libmgsave.spelling import did_you_mean
 
 log = logging.getLogger("mgsave")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """``plan``'s own options."""
+
+    which: str | None = None  # one pass only (shutdown or boot)
+    guests: tuple[str, ...] = ()  # only these guests (by name), in full
+    verbose: bool = False  # every guest in full, with where each setting came from
+    host_shutdown: HostShutdown | None = None  # --reboot, --poweroff: which chain each guest gets
 
 
 @dataclass(frozen=True)
@@ -27,31 +40,50 @@ class PlanResult:
     def failed(self) -> bool:
         return self.policy_broken or bool(self.unknown_guests)
 
+    def exit_code(self) -> int:
+        return ExitCode.BAD_INPUT if self.failed else ExitCode.OK
 
-def run_plan(ctx: Context) -> PlanResult:
+
+def run_plan(ctx: Context, options: PlanOptions) -> PlanResult:
     use = inputs.pass_policy(ctx)
     policy, problems = use.policy, use.problems
     connections, warnings = inputs.connect(policy)
     guests = inputs.inventory(connections, policy, warnings)
-    plans = []
-    if ctx.which in (None, "shutdown"):
-        plans.append(inputs.shutdown_plan(ctx, guests, policy, connections=connections))
-    if ctx.which in (None, "boot"):
-        plans.append(inputs.boot_plan(ctx, guests, policy, connections))
-    warnings += ctx.warnings + inputs.policy_warnings(use)
+    plans, met = [], PassLog()
+    if options.which in (None, "shutdown"):
+        plans.append(inputs.shutdown_plan(ctx, guests, policy, connections=connections,
+                                          host_shutdown=options.host_shutdown))
+    if options.which in (None, "boot"):
+        plans.append(inputs.boot_plan(ctx, met, guests, policy, connections))
+    fit = _ups_fit(policy, plans)
+    warnings += met.warnings + inputs.policy_warnings(use)
     warnings += inputs.refused_flag_warnings(guests, policy, connections)
     # Only the form asked for: each costs as much as the plan itself with thousands of guests.
     if ctx.json:
         ctx.emit(jsonout.document("plan", {"policy_problems": inputs.problems_dict(problems),
                                            "policy_used": use.choice.to_dict(), "warnings": warnings,
-                                           "plans": [_only(p.to_dict(), ctx.guests) for p in plans]}), "")
+                                           "plans": [_only(p.to_dict(), options.guests) for p in plans],
+                                           "ups_fit": fit.to_dict() if fit else None}), "")
     else:
-        text = "\n\n".join(report.render_plan(p, guests=ctx.guests, verbose=ctx.verbose)
+        text = "\n\n".join(report.render_plan(p, guests=options.guests, verbose=options.verbose)
                            for p in plans)
+        if fit:
+            text += "\n" + "\n".join(report.wrapped([fit.describe()], indent=""))
         if warnings:
             text += "\n" + "\n".join(report.wrapped((f"warning: {w}" for w in warnings), indent=""))
         ctx.emit({}, text)
-    return PlanResult(bool(problems), _unknown(ctx.guests, guests, connections.uris()))
+    return PlanResult(bool(problems), _unknown(options.guests, guests, connections.uris()))
+
+
+def _ups_fit(policy, plans):  # noqa: ANN001, ANN202
+    """With a UPS in ``power:``, whether the shutdown plan fits its runtime now (None otherwise:
+    nothing of NUT's loaded)."""
+    shutdown = next((p for p in plans if p.kind is PassKind.SHUTDOWN), None)
+    if policy.power is None or shutdown is None:
+        return None
+    from libmgsave.power.fit import plan_fit
+
+    return plan_fit(policy.power, shutdown)
 
 
 def _unknown(named: tuple[str, ...], guests, uris: list[str]) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from libmgsave import console, jsonout
+from libmgsave.actions import DONE, Done
 from libmgsave.context import Context
 from libmgsave.errors import ExitCode, MgsaveError
 from libmgsave.safefiles import UnsafeFile, write_file
@@ -36,15 +37,16 @@ def last_passes(ctx: Context) -> list[PassTimeline]:
     return [t for t in timelines if t is not None]
 
 
-def run_report(ctx: Context) -> list[PassTimeline]:
+def run_report(ctx: Context, *, svg_path: str | None = None) -> Done:
+    """``svg_path``: also draw the timeline into this file."""
     timelines = last_passes(ctx)
-    if ctx.svg:
-        _write_svg(Path(ctx.svg), svg.render(timelines))
+    if svg_path:
+        _write_svg(Path(svg_path), svg.render(timelines))
     if not timelines:
         console.err(f"no pass recorded in {ctx.state.path} yet")
-    ctx.emit(jsonout.document("report", {"passes": [t.to_dict() for t in timelines], "svg_path": ctx.svg}),
+    ctx.emit(jsonout.document("report", {"passes": [t.to_dict() for t in timelines], "svg_path": svg_path}),
              text.render_all(timelines) if timelines else "")
-    return timelines
+    return DONE
 
 
 def _write_svg(path: Path, picture: str) -> None:

@@ -22,48 +22,54 @@ from libmgsave.state import GuestEntry, RecordWriter, guest_record_key
 from libmgsave.state.records import RecordedBy
 
 
-def run_return(ctx: Context) -> PassResult | passes.StoppedEarly:
-    return passes.run_pass(ctx, PassKind.BOOT, _carry_out, metrics_label="return")
+def run_return(ctx: Context, options: passes.PassOptions) -> PassResult | passes.StoppedEarly:
+    return Return().run(ctx, options)
 
 
-def _carry_out(run: passes.PassRun):
-    ctx = run.ctx
-    inputs.check_state_dir(ctx)
-    plan = returns_only(inputs.boot_plan(ctx, run.guests, run.policy, run.connections))
-    run.announce(plan)
-    if ctx.dry_run:
-        return plan, dry_run_results(plan)
-    results = BootPass(plan, run.connections, state_dir=ctx.state).run()
-    _record(ctx, results)
-    return plan, results
+class Return(passes.Pass):
+    """The return: logged, summarised and locked as a boot pass, with metrics of its own; its
+    record is the shutdown record's entries of the guests it took up."""
 
+    kind, runs_as = PassKind.RETURN, PassKind.BOOT
 
-def _record(ctx: Context, results: list[GuestResult]) -> None:
-    """The shutdown record's entries of the guests this pass took up: 'returned' for those
-    brought home, a note for those still on their peer (their entry says so as before)."""
-    record = ctx.state.last_shutdown(quiet=True)
-    if record is None or not results:
-        return
-    home, noted = {}, dict(record["guests"])
-    for r in results:
-        key = guest_record_key(*r.plan.key)
-        if key not in record["guests"]:
-            continue
-        if r.outcome is Outcome.RETURNED:
-            home[key] = GuestEntry.from_dict(record["guests"][key]).replace(
-                outcome=r.outcome, peer=None, messages=r.messages, steps=[s.to_dict() for s in r.steps],
-                started=r.started, finished=r.finished).to_dict()
-        else:
-            noted[key] = GuestEntry.from_dict(record["guests"][key]).replace(
-                note=f"mgsave return did not bring it home ({r.outcome}): {'; '.join(r.messages)}").to_dict()
-    stopped_by = interrupt.signal_received()
-    writer = RecordWriter.amend(ctx.state.shutdown_record, "shutdown", dict(record, guests=noted), home,
-                                by=RecordedBy.RETURN)
-    writer.finish(ok=all(r.ok for r in results), interrupted=stopped_by.name if stopped_by else None)
-    if writer.error:
-        ctx.bookkeeping_failed = True
-        ctx.warnings.append(f"the shutdown record {writer.path} could not be written ({writer.error}): it still "
-                            f"counts the guests brought home as on their peer")
+    def carry_out(self, run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
+        ctx = run.ctx
+        inputs.check_state_dir(ctx, run.log)
+        plan = returns_only(inputs.boot_plan(ctx, run.log, run.guests, run.policy, run.connections))
+        run.announce(plan)
+        if run.options.dry_run:
+            return plan, dry_run_results(plan)
+        results = BootPass(plan, run.connections, state_dir=ctx.state).run()
+        self.write_record(run, results)
+        return plan, results
+
+    def write_record(self, run: passes.PassRun, results: list[GuestResult]) -> None:
+        """The shutdown record's entries of the guests this pass took up: 'returned' for those
+        brought home, a note for those still on their peer (their entry says so as before)."""
+        state = run.ctx.state
+        record = state.last_shutdown(quiet=True)
+        if record is None or not results:
+            return
+        home, noted = {}, dict(record["guests"])
+        for r in results:
+            key = guest_record_key(*r.plan.key)
+            if key not in record["guests"]:
+                continue
+            if r.outcome is Outcome.RETURNED:
+                home[key] = GuestEntry.from_dict(record["guests"][key]).replace(
+                    outcome=r.outcome, peer=None, messages=r.messages, steps=[s.to_dict() for s in r.steps],
+                    started=r.started, finished=r.finished).to_dict()
+            else:
+                noted[key] = GuestEntry.from_dict(record["guests"][key]).replace(
+                    note=f"mgsave return did not bring it home ({r.outcome}): {'; '.join(r.messages)}").to_dict()
+        stopped_by = interrupt.signal_received()
+        writer = RecordWriter.amend(state.shutdown_record, "shutdown", dict(record, guests=noted), home,
+                                    by=RecordedBy.RETURN)
+        writer.finish(ok=all(r.ok for r in results), interrupted=stopped_by.name if stopped_by else None)
+        if writer.error:
+            run.log.bookkeeping_failed_because(
+                f"the shutdown record {writer.path} could not be written ({writer.error}): it still counts the "
+                f"guests brought home as on their peer")
 
 
 def returns_only(plan: Plan) -> Plan:

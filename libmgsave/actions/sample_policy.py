@@ -9,9 +9,11 @@ It is the file the package installs as /etc/mgsave/policy.yaml.
 from __future__ import annotations
 
 from libmgsave import console
+from libmgsave.actions import DONE, Done
 from libmgsave.context import Context
 from libmgsave.policysample import load_schema, render_sample
 
 
-def run_sample_policy(ctx: Context) -> None:
+def run_sample_policy(ctx: Context) -> Done:
     console.write("stdout", render_sample(load_schema(), commented=True))
+    return DONE

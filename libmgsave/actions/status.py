@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from libmgsave import jsonout, report
-from libmgsave.actions import inputs
+from libmgsave.actions import DONE, Done, inputs
 from libmgsave.context import Context
 from libmgsave.history import GuestEntry
 from libmgsave.inventory import ON_PEER
@@ -47,7 +47,7 @@ class GuestStatus:
         }
 
 
-def run_status(ctx: Context) -> None:
+def run_status(ctx: Context) -> Done:
     use = inputs.pass_policy(ctx)
     policy, problems = use.policy, use.problems
     connections, warnings = inputs.connect(policy)
@@ -58,20 +58,21 @@ def run_status(ctx: Context) -> None:
     rows += _on_peer_rows(policy, last_shutdown, last_boot, {guest_record_key(*g.key) for g in guests})
     usage, kept_warning = inputs.kept_images(ctx, policy)
     ups = _ups(policy)
-    warnings += ctx.warnings + inputs.policy_warnings(use) + ([kept_warning] if kept_warning else [])
+    warnings += inputs.policy_warnings(use) + ([kept_warning] if kept_warning else [])
     if ctx.json:
         ctx.emit(jsonout.document("status", {
             "policy": policy.source, "policy_problems": inputs.problems_dict(problems),
             "policy_used": use.choice.to_dict(), "warnings": warnings,
             "state_dir": str(ctx.state.path), "guests": [r.to_dict() for r in rows], "kept_usage": usage.to_dict(),
             "ups": ups.to_dict() if ups else None}), "")
-        return
+        return DONE
     text = report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)
     if ups:
         text += "\n" + "\n".join(report.wrapped([ups.describe()], indent=""))
     if warnings:
         text += "\n" + "\n".join(report.wrapped(f"warning: {w}" for w in warnings))
     ctx.emit({}, text)
+    return DONE
 
 
 def _ups(policy):  # noqa: ANN001, ANN202

@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 
 from libmgsave import early
-from libmgsave.actions import inputs
+from libmgsave.actions import DONE, Done, inputs
 from libmgsave.context import Context
 
 log = logging.getLogger("mgsave")
 
 
-def run_watch(ctx: Context) -> None:
+def run_watch(ctx: Context) -> Done:
     early.watch(kind_matters=lambda: _reboots_differently(ctx))
+    return DONE
 
 
 def _reboots_differently(ctx: Context) -> bool:

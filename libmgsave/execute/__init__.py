@@ -12,16 +12,11 @@ goes through ``hypervisor.Connections``, which reconnects when a daemon went awa
 
 from __future__ import annotations
 
-import logging
-
-from libmgsave import journal
+from libmgsave.events import EventKind, Events
 from libmgsave.execute.boot import BootPass
 from libmgsave.execute.shutdown import ShutdownPass
-from libmgsave.execute.steps import log_outcome
 from libmgsave.outcomes import GuestResult, Outcome
 from libmgsave.plan import Plan
-
-log = logging.getLogger("mgsave")
 
 __all__ = ["BootPass", "ShutdownPass", "dry_run_results", "skipped_results"]
 
@@ -35,13 +30,13 @@ def skipped_results(plan: Plan) -> list[GuestResult]:
     """The guests the plan leaves alone, with why. One it leaves off at a loss (``GuestPlan.
     left_off_because``: it may run on a peer that could not be asked) is ``left-off``, degraded,
     and logged so."""
-    results = []
+    results, events = [], Events()
     for entry in (e for e in plan.entries if e.skipped):
         if entry.left_off_because:
-            result = GuestResult(entry, Outcome.LEFT_OFF, messages=[entry.left_off_because], peer=entry.peer)
-            log.warning("%s: %s", entry.guest.name, entry.left_off_because,
-                        extra=journal.guest_fields(entry.guest, action=entry.first_choice, result=Outcome.LEFT_OFF))
-            log_outcome(result)
+            result = GuestResult(entry, Outcome.LEFT_OFF, peer=entry.peer)
+            events.say(result, EventKind.LEFT_OFF_AT_A_LOSS, why=entry.left_off_because, action=entry.first_choice,
+                       outcome=Outcome.LEFT_OFF)
+            events.settled(result)
         else:
             result = GuestResult(entry, Outcome.SKIPPED, messages=[entry.reason])
         results.append(result)

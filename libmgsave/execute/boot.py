@@ -7,18 +7,19 @@ second boot pass changes nothing. What to do when a resume fails is the plan's d
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import threading
 import time
 
-from libmgsave import interrupt, journal, notify
+from libmgsave import interrupt, notify
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused
-from libmgsave.execute import migrate, waiting
+from libmgsave.events import EventKind, Events
+from libmgsave.execute import migrate
 from libmgsave.execute.progress import LiveWaits, file_size
 from libmgsave.execute.scheduler import Schedule, Slots
-from libmgsave.execute.steps import add_step, log_outcome, timed_step, unexpected_as_failure
+from libmgsave.execute.steps import add_step, timed_step, unexpected_as_failure
+from libmgsave.execute.waiting import Waits
 from libmgsave.hypervisor import Connections, Guest
 from libmgsave.outcomes import GuestResult, Outcome, Severity, StepResult, Wait, WaitKind
 from libmgsave.plan import Action, GuestPlan, Plan
@@ -26,8 +27,6 @@ from libmgsave.policy import ReadyKind
 from libmgsave.saveimages import saved_image_problem
 from libmgsave.state import StateDir
 from libmgsave.state.images import keep_failed_image, remove_used_image, set_aside_failed_file
-
-log = logging.getLogger("mgsave")
 
 _UP = (Outcome.RESUMED, Outcome.RESTORED, Outcome.STARTED, Outcome.BOOTED_FRESH, Outcome.RETURNED)
 
@@ -37,7 +36,9 @@ class BootPass:
         self.plan = plan
         self.connections = connections
         self.state_dir = state_dir
-        self.start_slots = Slots(plan.limits.max_parallel_starts)
+        self.waits = Waits()  # who waits for whom, on the live line
+        self.events = Events()  # what happens to each guest: its summary, the journal
+        self.start_slots = Slots(plan.limits.max_parallel_starts, waits=self.waits)
         self._last_start = 0.0
         self._delay_lock = threading.Lock()
         self._started_count = 0
@@ -46,8 +47,8 @@ class BootPass:
 
     def run(self) -> list[GuestResult]:
         """Every active guest's result, in plan order."""
-        self.schedule = Schedule(self.plan)
-        with LiveWaits(self._counts):
+        self.schedule = Schedule(self.plan, self.waits)
+        with LiveWaits(self._counts, self.waits):
             results = self.schedule.run(self._guest)
         return [results[e.key] for e in self.plan.active]
 
@@ -61,7 +62,7 @@ class BootPass:
         result.messages.extend(entry.notes)
         for dep in deps.values():
             if dep is not None and dep.severity is Severity.FAILED:
-                result.messages.append(f"starts although {dep.plan.guest.name}, which it is after, failed")
+                self.events.say(result, EventKind.DEPENDENCY_FAILED, what=dep.plan.guest.name)
         action = entry.actions[0]
         step_started = None  # once a start slot is held: waiting for one is not starting
         try:
@@ -77,11 +78,9 @@ class BootPass:
             self._not_started(action, result)
         except GuestGone:
             result.outcome = Outcome.VANISHED
-            result.messages.append("the guest was undefined by someone else during the pass")
-            log.warning("%s: undefined by someone else during the pass", entry.guest.name,
-                        extra=journal.guest_fields(entry.guest, result=Outcome.VANISHED))
+            self.events.say(result, EventKind.UNDEFINED_AT_BOOT, outcome=Outcome.VANISHED)
         except HypervisorError as error:
-            add_step(result, StepResult(action, False, step_started or time.time(), time.time(), error=error.message))
+            add_step(self.events, result, StepResult(action, False, step_started or time.time(), time.time(), error=error.message))
         else:
             with self._count_lock:
                 self._started_count += 1
@@ -89,19 +88,17 @@ class BootPass:
             if result.outcome in _UP:
                 self._after_start(entry, result)
         result.finished = time.time()
-        log_outcome(result)
+        self.events.settled(result)
         return result
 
-    @staticmethod
-    def _not_started(action: Action, result: GuestResult) -> None:
+    def _not_started(self, action: Action, result: GuestResult) -> None:
         """The pass was asked to stop before it started the guest: it stays off, and keeps its
         saved state (and its entry in the shutdown record) for the next boot pass."""
         signal_name = interrupt.signal_received().name if interrupt.signal_received() else "a stop request"
         kept = "; its saved state is kept for the next boot" if action in (Action.RESUME, Action.RESTORE) else ""
         result.outcome = Outcome.INTERRUPTED
-        result.messages.append(f"not started: the pass was stopped ({signal_name}) before it{kept}")
-        log.warning("%s: not started: the pass was stopped (%s)%s", result.plan.guest.name, signal_name, kept,
-                    extra=journal.guest_fields(result.plan.guest, action=action, result=Outcome.INTERRUPTED))
+        self.events.say(result, EventKind.NOT_STARTED_STOPPED, action=action, why=signal_name, what=kept,
+                        outcome=Outcome.INTERRUPTED)
 
     def _respect_start_delay(self) -> None:
         delay = self.plan.limits.start_delay
@@ -117,7 +114,7 @@ class BootPass:
         if action is Action.RESTORE:
             return self._restore_transient(entry, result)
         if action is Action.RETURN:
-            return migrate.bring_home(entry, result)
+            return migrate.bring_home(entry, result, self.events)
         started = [time.time()]
 
         def attempt() -> Outcome:
@@ -125,13 +122,12 @@ class BootPass:
 
         def after_reconnect(error: HypervisorError) -> Outcome | None:
             # The daemon went away during the start: see whether it had gone through.
-            log.warning("%s: lost the connection while starting it (%s); reconnected", entry.guest.name,
-                        error.message, extra=journal.guest_fields(entry.guest, action=action, result="retry"))
+            self.events.say(result, EventKind.CONNECTION_LOST_STARTING, action=action, why=error.message)
             guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
             if guest.is_active():
-                result.messages.append(f"the connection to libvirt was lost during the {action}; it had gone through")
+                self.events.say(result, EventKind.START_HAD_GONE_THROUGH, action=action)
                 return self._started(entry, action, guest, result, started[0])
-            result.messages.append(f"the connection to libvirt was lost during the {action}; tried again")
+            self.events.say(result, EventKind.START_TRIED_AGAIN, action=action)
             started[0] = time.time()
             return None
 
@@ -140,13 +136,13 @@ class BootPass:
     def _start_once(self, entry: GuestPlan, action: Action, result: GuestResult, started: float) -> Outcome:
         guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
         if guest.is_active():
-            result.messages.append("already running (started by someone else)")
+            self.events.say(result, EventKind.ALREADY_RUNNING)
             return Outcome.SKIPPED
         problem = saved_image_problem(entry.managed_image) if action is Action.RESUME else None
         if problem:
             # libvirt would delete it and boot the guest fresh without telling: decide ourselves
             error = OperationRefused(f"{entry.guest.name}: {problem}")
-            add_step(result, StepResult(action, False, started, time.time(), error=error.message))
+            add_step(self.events, result, StepResult(action, False, started, time.time(), error=error.message))
             return self._resume_failed(entry, guest, result, error)
         try:
             with unexpected_as_failure(entry.guest.name, action):  # a surprise is a failed start or resume
@@ -156,7 +152,7 @@ class BootPass:
         except HypervisorError as error:
             if action is not Action.RESUME or not guest.has_saved_state():
                 raise  # recorded by the caller
-            add_step(result, StepResult(action, False, started, time.time(), error=error.message))
+            add_step(self.events, result, StepResult(action, False, started, time.time(), error=error.message))
             return self._resume_failed(entry, guest, result, error)
         return self._started(entry, action, guest, result, started)
 
@@ -164,16 +160,12 @@ class BootPass:
         """The outcome of a start that went through."""
         step = StepResult(action, True, started, time.time())
         if action is Action.RESUME and not self._resumed(entry, guest):
-            message = "libvirt booted it fresh instead of resuming it: its saved image was not used"
-            result.messages.append(message)
-            add_step(result, step, " (booted fresh, not resumed)")
-            log.error("%s: %s", entry.guest.name, message,
-                      extra=journal.guest_fields(entry.guest, action="resume", result="booted-fresh"))
+            add_step(self.events, result, step, " (booted fresh, not resumed)")
+            self.events.say(result, EventKind.BOOTED_FRESH_INSTEAD)
             return Outcome.BOOTED_FRESH
-        add_step(result, step)
+        add_step(self.events, result, step)
         if action is Action.START and entry.boots_fresh_because:
-            log.error("%s: %s", entry.guest.name, entry.boots_fresh_because,
-                      extra=journal.guest_fields(entry.guest, action="start", result="booted-fresh"))
+            self.events.say(result, EventKind.BOOTS_FRESH, why=entry.boots_fresh_because)
             return Outcome.BOOTED_FRESH
         return Outcome.RESUMED if action is Action.RESUME else Outcome.STARTED
 
@@ -191,43 +183,38 @@ class BootPass:
     def _resume_failed(self, entry: GuestPlan, guest: Guest, result: GuestResult, error: HypervisorError) -> Outcome:
         kept = keep_failed_image(entry.managed_image, self.state_dir.failed_images, entry.guest.name)
         where = f"kept at {kept}" if kept else "left in place"
-        log.error("%s: resuming failed (%s); the saved image is %s", entry.guest.name, error.message, where,
-                  extra=journal.guest_fields(entry.guest, action="resume", result="failed"))
-        # The error says whose it is; this message is the guest's already.
-        result.messages.append(f"resume failed: {error.message.removeprefix(entry.guest.name + ': ')}; image {where}")
+        self.events.say(result, EventKind.RESUME_FAILED, why=error.message, what=where)
         if kept is None or entry.if_resume_fails is Action.SKIP:
             if kept is None:
-                result.messages.append("left off: the image could not be set aside, so it is not discarded")
+                self.events.say(result, EventKind.IMAGE_NOT_SET_ASIDE)
             return Outcome.LEFT_OFF
         started = time.time()
         guest.discard_saved_state()
         guest.start(bypass_cache=entry.effective.settings.bypass_cache, force_boot=True)
-        add_step(result, StepResult(Action.START, True, started, time.time()), " (booted fresh after the failed resume)")
+        add_step(self.events, result, StepResult(Action.START, True, started, time.time()),
+                 " (booted fresh after the failed resume)")
         return Outcome.BOOTED_FRESH
 
     def _restore_transient(self, entry: GuestPlan, result: GuestResult) -> Outcome:
         host = self.connections.host(entry.guest.connection)
         if not _is_regular_file(entry.image):  # the plan's path is this guest's; the file must be a file
-            result.messages.append(f"not restored: {entry.image} is not a regular file; left alone")
-            log.error("%s: not restored: %s is not a regular file", entry.guest.name, entry.image,
-                      extra=journal.guest_fields(entry.guest, action="restore", result="failed"))
+            self.events.say(result, EventKind.NOT_A_REGULAR_FILE, path=entry.image)
             return Outcome.LEFT_OFF
         try:
-            with timed_step(result, Action.RESTORE) as step:
+            with timed_step(self.events, result, Action.RESTORE) as step:
                 host.restore_from_file(entry.image, bypass_cache=entry.effective.settings.bypass_cache,
                                        channels=entry.save_channels)
                 step.bytes = file_size(entry.image)
         except HypervisorError:
             kept = set_aside_failed_file(entry.image, self.state_dir.failed_images, entry.guest.name)
             where = f"kept at {kept}" if kept else f"left at {entry.image}"
-            result.messages.append(f"restore failed; a transient guest cannot boot fresh; image {where}")
+            self.events.say(result, EventKind.RESTORE_FAILED, what=where)
             return Outcome.LEFT_OFF
         # A save file restored once is stale the moment the guest runs on: never restore it twice.
         # The boot record marks it used in any case; a file that cannot be removed is an error.
         problem = remove_used_image(entry.image, entry.guest.name)
         if problem:
-            result.messages.append(f"its used save file could not be removed ({problem}); the boot record marks "
-                                   f"it used")
+            self.events.say(result, EventKind.USED_FILE_KEPT, why=problem)
             with self._count_lock:
                 self.cleanup_errors.append(f"{entry.guest.name}: its used save file could not be removed "
                                            f"({problem})")
@@ -238,25 +225,23 @@ class BootPass:
         try:
             guest = self.connections.guest(entry.guest.connection, entry.guest.uuid)
         except HypervisorError as error:
-            result.messages.append(f"could not look at it after starting: {error.message}")
+            self.events.say(result, EventKind.NOT_LOOKED_AT, why=error.message)
             return
         if settings.sync_time and result.outcome in (Outcome.RESUMED, Outcome.RESTORED):
             try:
                 guest.sync_clock()
             except HypervisorError as error:
-                result.messages.append(f"clock not synced (needs the guest agent): {error.message}")
-                log.warning("%s: clock not synced: %s", entry.guest.name, error.message,
-                            extra=journal.guest_fields(entry.guest, action="sync_time", result="failed"))
+                self.events.say(result, EventKind.CLOCK_NOT_SYNCED, why=error.message)
         waiting_since = time.time()
         what = "its guest agent" if settings.ready.kind is ReadyKind.AGENT else "its ready delay"
         try:
             if settings.ready.kind is ReadyKind.NONE:
-                _wait_until_ready(entry, guest, result)
+                _wait_until_ready(guest, result, self.events)
             else:
-                with waiting.waiting(entry.guest.name, what):
-                    _wait_until_ready(entry, guest, result)
+                with self.waits.waiting(entry.guest.name, what):
+                    _wait_until_ready(guest, result, self.events)
         except interrupt.Interrupted:
-            result.messages.append("its readiness wait was cut short: the pass was stopped")
+            self.events.say(result, EventKind.READY_WAIT_CUT_SHORT)
         if settings.ready.kind is not ReadyKind.NONE:
             result.waits.append(Wait(WaitKind.READY, waiting_since, time.time()))
 
@@ -268,19 +253,14 @@ def _is_regular_file(path: str | None) -> bool:
         return False
 
 
-def _wait_until_ready(entry: GuestPlan, guest: Guest, result: GuestResult) -> None:
-    ready = entry.effective.settings.ready
+def _wait_until_ready(guest: Guest, result: GuestResult, events: Events) -> None:
+    ready = result.plan.effective.settings.ready
     if ready.kind is ReadyKind.DELAY:
         interrupt.sleep(ready.seconds)
     elif ready.kind is ReadyKind.AGENT:
         give_up_at = time.monotonic() + ready.seconds
         while not guest.agent_responds(timeout=2):
             if time.monotonic() >= give_up_at:
-                result.messages.append(
-                    f"not ready: the guest agent did not answer within {ready.seconds:g} s; dependents start anyway"
-                )
-                log.warning("%s: guest agent did not answer within %g s; dependents start anyway",
-                            entry.guest.name, ready.seconds,
-                            extra=journal.guest_fields(entry.guest, action="ready", result="timeout"))
+                events.say(result, EventKind.AGENT_SILENT, number=ready.seconds)
                 break
             interrupt.sleep(1)

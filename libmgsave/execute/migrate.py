@@ -10,21 +10,20 @@ exactly one side at every moment; after any failure, where it runs is looked up,
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
+from collections.abc import Callable
 
-from libmgsave import interrupt, journal, notify
+from libmgsave import interrupt, notify
+from libmgsave.budget import Budget
 from libmgsave.errors import GuestGone, HypervisorError, OperationRefused, OperationTimeout
-from libmgsave.execute.progress import mb
+from libmgsave.events import EventKind, Events
 from libmgsave.execute.steps import add_step
 from libmgsave.hypervisor import Guest, ask_peer, open_peer
 from libmgsave.outcomes import GuestResult, Outcome, StepResult
-from libmgsave.plan import DEADLINE_RESERVE, Action, GuestPlan
+from libmgsave.plan import Action, GuestPlan
 from libmgsave.plan.peers import DEFAULT_MIGRATION_THROUGHPUT, migration_seconds
 from libmgsave.policy import DiskMode
-
-log = logging.getLogger("mgsave")
 
 WATCH_EVERY = 0.5  # how often a running migration's job is looked at
 PROGRESS_EVERY = 5.0  # seconds between two progress lines of one migration
@@ -51,31 +50,30 @@ class LinkRate:
             self._seconds += max(seconds, 0.001)
 
 
-def migrate(guest: Guest, entry: GuestPlan, *, deadline_at: float, rate: LinkRate, messages: list[str],
+def migrate(guest: Guest, entry: GuestPlan, *, budget: Budget, rate: LinkRate, say: Callable[..., None],
             to: str | None = None) -> int:
     """Migrate the guest to ``to`` (by default its plan's peer); returns the bytes its memory had. Raises
     OperationTimeout when it cannot end in time (not begun, or aborted: the guest runs on
     here), interrupt.Interrupted when the pass was stopped meanwhile (aborted the same way),
-    HypervisorError when libvirt refused or failed it."""
+    HypervisorError when libvirt refused or failed it. ``say(kind, **facts)``: an event of the guest's."""
     settings = entry.effective.settings.migrate
     to = to or entry.peer
     size = entry.guest.memory_bytes
     estimate = migration_seconds(size, settings, rate.current())
-    left = deadline_at - DEADLINE_RESERVE - time.monotonic()
-    if estimate > left:
+    left = budget.left_for_steps()
+    if not budget.may_begin(estimate):
         raise OperationTimeout(f"not begun: it would take about {estimate:.0f} s and only {max(left, 0):.0f} s "
                                f"are left before the deadline")
     give_up_after = min(settings.timeout, left)
-    log.info("%s: migrating to %s (%s of memory, about %.0f s)", entry.guest.name, to, mb(size), estimate,
-             extra=journal.guest_fields(entry.guest, action="migrate", result="begin"))
+    say(EventKind.MIGRATION_BEGUN, peer=to, bytes=size, seconds=estimate)
     began = time.monotonic()
     worker = _Worker(guest, to, settings.live, settings.bandwidth, settings.disks is DiskMode.COPY)
     worker.start()
-    cut_short = _watch(worker, guest, entry, began + give_up_after)
+    cut_short = _watch(worker, guest, began + give_up_after, say)
     if cut_short is not None:
-        _abort(worker, guest, entry)
+        _abort(worker, guest, say)
         if cut_short == "stop":
-            messages.append("the pass was stopped during the migration: aborted, it runs on here")
+            say(EventKind.MIGRATION_STOPPED)
             raise interrupt.Interrupted()
         raise OperationTimeout(f"aborted after {give_up_after:.0f} s (its timeout, or the deadline): "
                                f"it runs on here")
@@ -83,7 +81,7 @@ def migrate(guest: Guest, entry: GuestPlan, *, deadline_at: float, rate: LinkRat
         raise worker.error
     seconds = time.monotonic() - began
     rate.measured(size, seconds)
-    messages.append(f"migrated to {to} in {seconds:.1f} s")
+    say(EventKind.MIGRATED, peer=to, seconds=seconds)
     return size
 
 
@@ -103,7 +101,7 @@ class _Worker(threading.Thread):
             self.error = OperationRefused(f"{self.guest.name}: migrating: internal error {error!r}")
 
 
-def _watch(worker: _Worker, guest: Guest, entry: GuestPlan, give_up_at: float) -> str | None:
+def _watch(worker: _Worker, guest: Guest, give_up_at: float, say: Callable[..., None]) -> str | None:
     """Wait for the worker, logging progress; "stop" or "late" when the migration must be aborted."""
     next_line = time.monotonic() + PROGRESS_EVERY
     seen = -1  # bytes the job had sent at the last progress line
@@ -117,11 +115,11 @@ def _watch(worker: _Worker, guest: Guest, entry: GuestPlan, give_up_at: float) -
             return "late"
         if time.monotonic() >= next_line:
             next_line += PROGRESS_EVERY
-            seen = _progress_line(guest, entry, worker.peer, seen)
+            seen = _progress_line(guest, worker.peer, seen, say)
     return None
 
 
-def _progress_line(guest: Guest, entry: GuestPlan, to: str, seen: int) -> int:
+def _progress_line(guest: Guest, to: str, seen: int, say: Callable[..., None]) -> int:
     """Log the job's progress; while it moves, systemd's stop timeout is pushed back, as for a
     save. Returns the bytes sent so far."""
     try:
@@ -133,21 +131,19 @@ def _progress_line(guest: Guest, entry: GuestPlan, to: str, seen: int) -> int:
     if progress.processed > seen:
         notify.extend_timeout(PROGRESS_EVERY * 2 + 30)
     if progress.fraction is not None:
-        log.info("%s: migrating to %s: %.0f%% of %s", entry.guest.name, to, 100 * progress.fraction,
-                 mb(progress.total), extra=journal.guest_fields(entry.guest, action="migrate", result="progress"))
+        say(EventKind.MIGRATION_PROGRESS, peer=to, number=100 * progress.fraction, bytes=progress.total)
     return progress.processed
 
 
-def _abort(worker: _Worker, guest: Guest, entry: GuestPlan) -> None:
+def _abort(worker: _Worker, guest: Guest, say: Callable[..., None]) -> None:
     try:
         guest.abort_job()
     except HypervisorError as error:  # it may have ended just now: where it runs is looked up after
-        log.warning("%s: aborting the migration: %s", entry.guest.name, error.message,
-                    extra=journal.guest_fields(entry.guest, action="migrate", result="abort-failed"))
+        say(EventKind.MIGRATION_ABORT_FAILED, why=error.message)
     worker.join(ABORT_GRACE)
 
 
-def bring_home(entry: GuestPlan, result: GuestResult) -> Outcome:
+def bring_home(entry: GuestPlan, result: GuestResult, events: Events) -> Outcome:
     """Migrate a guest the last shutdown sent to ``entry.peer`` back to this host (the policy's
     ``migrate.home``, as the peer reaches it). When the peer does not answer or the migration
     fails, the guest stays there (it runs on there: nothing is lost) and the result says so."""
@@ -155,32 +151,28 @@ def bring_home(entry: GuestPlan, result: GuestResult) -> Outcome:
     try:
         host = open_peer(entry.peer)
     except HypervisorError as error:
-        return _stays(entry, result, f"{entry.peer} does not answer ({error.message})")
+        return _stays(events, result, f"{entry.peer} does not answer ({error.message})")
     try:
         guest = host.guest(entry.guest.uuid)
         if not guest.is_active():
-            return _stays(entry, result, f"it is not running on {entry.peer}")
-        size = migrate(guest, entry, deadline_at=float("inf"), rate=LinkRate(), messages=result.messages,
+            return _stays(events, result, f"it is not running on {entry.peer}")
+        size = migrate(guest, entry, budget=Budget.unbounded(), rate=LinkRate(), say=events.to(result),
                        to=entry.effective.settings.migrate.home)
     except GuestGone:
-        result.messages.append(f"it is not on {entry.peer} any more (moved or undefined by someone else)")
-        log.warning("%s: not on %s any more", entry.guest.name, entry.peer,
-                    extra=journal.guest_fields(entry.guest, result=Outcome.VANISHED))
+        events.say(result, EventKind.NOT_ON_PEER, peer=entry.peer, outcome=Outcome.VANISHED)
         return Outcome.VANISHED
     except HypervisorError as error:
-        add_step(result, StepResult(Action.RETURN, False, started, time.time(), error=error.message))
-        return _stays(entry, result, "its migration home failed")
+        add_step(events, result, StepResult(Action.RETURN, False, started, time.time(), error=error.message))
+        return _stays(events, result, "its migration home failed")
     finally:
         host.close()
-    add_step(result, StepResult(Action.RETURN, True, started, time.time(), bytes=size))
+    add_step(events, result, StepResult(Action.RETURN, True, started, time.time(), bytes=size))
     return Outcome.RETURNED
 
 
-def _stays(entry: GuestPlan, result: GuestResult, why: str) -> Outcome:
-    result.peer = entry.peer
-    result.messages.append(f"stays on {entry.peer}: {why}")
-    log.warning("%s: stays on %s: %s", entry.guest.name, entry.peer, why,
-                extra=journal.guest_fields(entry.guest, action="return", result=Outcome.ON_PEER))
+def _stays(events: Events, result: GuestResult, why: str) -> Outcome:
+    result.peer = result.plan.peer
+    events.say(result, EventKind.STAYS_ON_PEER, peer=result.plan.peer, why=why, outcome=Outcome.ON_PEER)
     return Outcome.ON_PEER
 
 

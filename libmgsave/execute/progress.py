@@ -3,25 +3,24 @@
 The journal gets one line per event (a save begun, ended, aborted), never a line per second:
 the progress of a save (percent, rate, time left) is on the terminal's one live line
 (``console.live``, only when standard error is a terminal), in ``STATUS=``, and in the log at
-debug level. ``STATUS=``'s counts never go backwards, also across the passes over guests
-started during the pass (they share the pass's deadline, and so its counts).
+debug level. ``STATUS=``'s counts never go backwards, also across the rounds over guests
+started during the pass (a later round's counts go on from the earlier rounds').
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
 
-from libmgsave import console, journal, notify, units
+from libmgsave import console, notify, units
+from libmgsave.budget import Budget
 from libmgsave.errors import HypervisorError
-from libmgsave.execute import waiting
+from libmgsave.events import EventKind, Events, GuestEvent
+from libmgsave.execute.waiting import Waits
 from libmgsave.hypervisor import Guest, JobProgress
 from libmgsave.plan import GuestPlan
-
-log = logging.getLogger("mgsave")
 
 PROGRESS_EVERY = 3.0  # seconds between progress lines for a running save
 PROGRESS_POLL = 1.0  # how often running saves are looked at (the first line comes after this)
@@ -73,19 +72,17 @@ class _Ticker:
 class SaveProgress(_Ticker):
     """Watches running saves from a thread of its own while the shutdown pass runs."""
 
-    def __init__(self, total: int, deadline_at: float):
-        # The later rounds of a pass (guests started meanwhile) add to its counts.
-        before_done, before_total = _COUNTS.get(deadline_at, (0, 0))
-        self.total = before_total + total
-        self.done = before_done
-        self.deadline_at = deadline_at
+    def __init__(self, total: int, budget: Budget, waits: Waits, events: Events, *, settled_before: int = 0):
+        """``total`` saves to watch; ``settled_before``: the saves of the pass's earlier rounds
+        (guests started meanwhile come in later rounds), counted as done and in all."""
+        self.total = settled_before + total
+        self.done = settled_before
+        self.budget = budget
+        self.waits = waits
+        self.events = events  # the pass's: a save aborted is said there
         self._running: dict[str, _Watched] = {}
         self._lock = threading.Lock()
         _Ticker.__init__(self, "mgsave-progress")
-
-    def _stopped(self) -> None:
-        _COUNTS.clear()  # one pass at a time: only this one's counts are worth keeping
-        _COUNTS[self.deadline_at] = (self.done, self.total)
 
     def begin(self, guest: Guest, plan: GuestPlan, timeout: float, image: str | None = None) -> None:
         """Watch a save that writes ``image`` (None when its path is unknown)."""
@@ -111,7 +108,7 @@ class SaveProgress(_Ticker):
         with self._lock:
             parts = [w.text or w.guest.name for w in self._running.values()]
             text = f"saving {min(self.done, self.total)}/{self.total}" + (": " + ", ".join(parts) if parts else "")
-            waits = waiting.describe()
+            waits = self.waits.describe()
             text += f"; waiting: {waits}" if waits else ""
             notify.status(text)
             if parts or waits:
@@ -126,7 +123,7 @@ class SaveProgress(_Ticker):
             moving = False
             for save in watched:
                 moving |= self._check(save)
-            if watched or waiting.describe():
+            if watched or self.waits.describe():
                 self._status()
             if moving:
                 # A save that makes progress is never killed by systemd's stop timeout.
@@ -157,16 +154,14 @@ class SaveProgress(_Ticker):
             if abort:
                 save.aborted = abort
         if abort:
-            log.warning("%s: aborting the save: %s", save.guest.name, abort,
-                        extra=journal.guest_fields(save.plan.guest, action="save", result="abort"))
+            self.events.send(GuestEvent(EventKind.SAVE_ABORTING, save.plan.guest, why=abort))
             try:
                 save.guest.abort_job()
             except HypervisorError as error:
-                log.warning("%s: could not abort the save: %s", save.guest.name, error.message)
+                self.events.send(GuestEvent(EventKind.SAVE_ABORT_FAILED, save.plan.guest, why=error.message))
         return moving
 
-    @staticmethod
-    def _record(save: _Watched, progress: JobProgress | None, now: float) -> bool:
+    def _record(self, save: _Watched, progress: JobProgress | None, now: float) -> bool:
         if progress is None:
             return False
         moving = progress.processed > save.last_bytes
@@ -178,9 +173,8 @@ class SaveProgress(_Ticker):
         save.text = f"{save.guest.name} {how_far}"
         if now - save.last_log >= PROGRESS_EVERY - 0.05:
             save.last_log = now
-            fields = journal.guest_fields(save.plan.guest, action="save", result="progress",
-                                          seconds=now - save.started, bytes_=progress.processed)
-            log.debug("%s: saving %s", save.guest.name, how_far, extra=fields)
+            self.events.send(GuestEvent(EventKind.SAVE_PROGRESS, save.plan.guest, what=how_far,
+                                        seconds=now - save.started, bytes=progress.processed))
         return moving
 
     def _abort_reason(self, save: _Watched, now: float) -> str | None:
@@ -188,7 +182,7 @@ class SaveProgress(_Ticker):
             return None
         if now > save.timeout_at:
             return "save_timeout reached"
-        if now > self.deadline_at and now - save.last_change > STALL_LIMIT:
+        if self.budget.overdue() and now - save.last_change > STALL_LIMIT:
             return f"past the shutdown deadline with no progress for {STALL_LIMIT:.0f} s"
         return None
 
@@ -197,14 +191,15 @@ class LiveWaits(_Ticker):
     """While the boot pass runs (no save to watch): every second, the waits (``execute.waiting``)
     after ``counts()`` ("starting 3/10") on the terminal's live line and in ``STATUS=``."""
 
-    def __init__(self, counts):
+    def __init__(self, counts, waits: Waits):
         self._counts = counts
+        self._waits = waits
         _Ticker.__init__(self, "mgsave-waits")
 
     def _loop(self) -> None:
         shown = False
         while not self._stop.wait(PROGRESS_POLL):
-            waits = waiting.describe()
+            waits = self._waits.describe()
             if waits:
                 text = f"{self._counts()}; waiting: {waits}"
                 notify.status(text)
@@ -212,10 +207,6 @@ class LiveWaits(_Ticker):
             elif shown:
                 console.clear_live()
             shown = bool(waits)
-
-
-# deadline_at -> (saves done, saves in all) of the pass that ended last; see SaveProgress.
-_COUNTS: dict[float, tuple[int, int]] = {}
 
 
 def progress_text(progress: JobProgress, seconds: float) -> str:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from libmgsave import interrupt
 from libmgsave.errors import OperationTimeout
-from libmgsave.execute import waiting
+from libmgsave.execute.waiting import Waits
 from libmgsave.outcomes import GuestResult, Outcome, Wait, WaitKind
 from libmgsave.plan import GuestKey, GuestPlan, Plan
 
@@ -37,7 +37,8 @@ class Schedule:
     for (so a guest waiting for another never holds the last free thread while the other is
     still queued behind it)."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, waits: Waits | None = None):
+        self.waits = waits or Waits()  # the pass's: who waits for whom, on the live line
         self.groups: list[list[GuestPlan]] = [dependencies_first(g) for g in group_by_order(plan.active)]
         self.queued: dict[GuestKey, float] = {}  # when each guest's turn came (time.time())
         # when the schedule began, for the guests of a later order group: they waited from then
@@ -52,7 +53,7 @@ class Schedule:
         """Slots for the guests for which ``takes_slot`` is true, ranked in this schedule's order."""
         holders = [e for e in self.entries if takes_slot(e)]
         return Slots(size, ranks={e.key: i for i, e in enumerate(holders)},
-                     expected=[e.key for e in holders if not e.wait_for])
+                     expected=[e.key for e in holders if not e.wait_for], waits=self.waits)
 
     def waited_for_others(self, entry: GuestPlan, until: float) -> list[Wait]:
         """What a guest waited for before its own work, which began at ``until``: the earlier
@@ -77,7 +78,7 @@ class Schedule:
             def task(entry: GuestPlan) -> None:
                 self.queued[entry.key] = time.time()
                 try:
-                    _await(entry, [done[key] for key in entry.wait_for if key in done],
+                    _await(self.waits, entry, [done[key] for key in entry.wait_for if key in done],
                            [names[key] for key in entry.wait_for if key in done])
                     results[entry.key] = work(entry, {k: results.get(k) for k in entry.wait_for})
                 except Exception as error:  # a bug must not take the other guests down with it
@@ -92,12 +93,12 @@ class Schedule:
         return results
 
 
-def _await(entry: GuestPlan, events: list[threading.Event], names: list[str]) -> None:
+def _await(waits: Waits, entry: GuestPlan, events: list[threading.Event], names: list[str]) -> None:
     """Until the guests ``entry`` waits for are done; meanwhile the live line says so."""
     pending = [(event, name) for event, name in zip(events, names, strict=True) if not event.is_set()]
     if not pending:
         return
-    with waiting.waiting(entry.guest.name, ", ".join(name for _, name in pending)):
+    with waits.waiting(entry.guest.name, ", ".join(name for _, name in pending)):
         for event, _ in pending:
             event.wait()
 
@@ -151,8 +152,9 @@ class Slots:
     asked to stop (``interrupt.Interrupted``).
     """
 
-    def __init__(self, size: int, ranks: dict | None = None, expected=()):
+    def __init__(self, size: int, ranks: dict | None = None, expected=(), waits: Waits | None = None):
         self._free = max(1, size)
+        self._waits = waits or Waits()  # where a holder waiting for its turn says so
         self._cond = threading.Condition()
         self._ranks = dict(ranks or {})
         self._waiting: list[tuple[int, int]] = []  # heap of (rank, ticket number)
@@ -197,7 +199,7 @@ class Slots:
             def admitted() -> bool:
                 return self._free > 0 and self._waiting[0] is ticket and self._lowest_expected() > rank
 
-            with waiting.waiting(who, what) if who and not admitted() else contextlib.nullcontext():
+            with self._waits.waiting(who, what) if who and not admitted() else contextlib.nullcontext():
                 while not (admitted() or interrupt.requested()):
                     timeout = None if give_up_at is None else give_up_at - time.monotonic()
                     if timeout is not None and timeout <= 0:

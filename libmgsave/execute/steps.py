@@ -12,10 +12,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from libmgsave import interrupt, journal
+from libmgsave import interrupt
 from libmgsave.errors import HypervisorError, OperationRefused
-from libmgsave.execute.progress import mb
-from libmgsave.outcomes import GuestResult, Severity, StepResult
+from libmgsave.events import EventKind, Events
+from libmgsave.outcomes import GuestResult, StepResult
 from libmgsave.plan import Action
 
 log = logging.getLogger("mgsave")
@@ -56,7 +56,7 @@ def unexpected_failure(guest_name: str, action: Action | str, error: Exception) 
 
 
 @contextlib.contextmanager
-def timed_step(result: GuestResult, action: Action) -> Iterator[StepTimes]:
+def timed_step(events: Events, result: GuestResult, action: Action) -> Iterator[StepTimes]:
     """Run a step in the block. When the block ends, the step is added to ``result`` as done and
     logged; when it raises HypervisorError (or anything unexpected, as ``unexpected_as_failure``
     turns it into one), the step is added as failed with the error's message, logged, and the
@@ -66,43 +66,15 @@ def timed_step(result: GuestResult, action: Action) -> Iterator[StepTimes]:
         with unexpected_as_failure(result.plan.guest.name, action):
             yield times
     except HypervisorError as error:
-        add_step(result, StepResult(action, False, times.started, time.time(), error=error.message))
+        add_step(events, result, StepResult(action, False, times.started, time.time(), error=error.message))
         raise
-    add_step(result, StepResult(action, True, times.started, times.finished or time.time(), bytes=times.bytes),
+    add_step(events, result, StepResult(action, True, times.started, times.finished or time.time(), bytes=times.bytes),
              times.note)
 
 
-def add_step(result: GuestResult, step: StepResult, note: str = "") -> None:
-    """Add a finished step to the guest's result, and log it."""
+def add_step(events: Events, result: GuestResult, step: StepResult, note: str = "") -> None:
+    """Add a finished step to the guest's result, and say so (``note``: said after its time)."""
     result.steps.append(step)
-    guest = result.plan.guest
-    fields = journal.guest_fields(guest, action=step.action, result="ok" if step.ok else "failed",
-                                  seconds=step.seconds, bytes_=step.bytes)
-    if step.ok:
-        size = f", {mb(step.bytes)}" if step.bytes else ""
-        log.info("%s: %s ok in %.1f s%s%s", guest.name, step.action, step.seconds, size, note, extra=fields)
-    else:
-        log.warning("%s: %s failed after %.1f s: %s", guest.name, step.action, step.seconds, step.error,
-                    extra=fields)
-
-
-# How a guest that did not get its first choice is logged: its priority and MESSAGE_ID.
-_OUTCOME_LOG = {
-    Severity.DEGRADED: (logging.WARNING, journal.GUEST_DEGRADED, "degraded: did not get its first choice"),
-    Severity.FAILED: (logging.ERROR, journal.GUEST_FAILED, "FAILED"),
-}
-
-
-def log_outcome(result: GuestResult) -> None:
-    """The guest's outcome, once it is settled: a warning when it is degraded, an error when it
-    failed (each with its MESSAGE_ID, for ``journalctl MESSAGE_ID=...``); info when ok."""
-    guest, severity = result.plan.guest, result.severity
-    fields = journal.guest_fields(guest, action=result.achieved_by)
-    fields.update(MGSAVE_OUTCOME=str(result.outcome), MGSAVE_SEVERITY=severity.value)
-    if severity is Severity.OK:
-        log.info("%s: %s", guest.name, result.outcome, extra=fields)
-        return
-    level, message_id, what = _OUTCOME_LOG[severity]
-    fields["MESSAGE_ID"] = message_id
-    log.log(level, "%s: %s, %s (first choice: %s)", guest.name, result.outcome, what, result.plan.first_choice,
-            extra=fields)
+    kind = EventKind.STEP_DONE if step.ok else EventKind.STEP_FAILED
+    events.say(result, kind, action=step.action, seconds=step.seconds, bytes=step.bytes, why=step.error or "",
+               what=note)

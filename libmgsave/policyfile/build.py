@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
-from libmgsave.policy import (DEFAULT_CONNECTIONS, NUT_PORT, Limits, Match, MetadataMatch, Metrics, OnUnreadable,
-                              Policy, Power, Rule, UpsAddress, default_parallelism)
+from libmgsave.policy import (DEFAULT_CONNECTIONS, NUT_PORT, Limits, Match, MetadataMatch, Metrics, OnSavedImages,
+                              OnUnreadable, Policy, Power, Rule, Upgrades, UpsAddress, default_parallelism)
 from libmgsave.policyfile.marks import MarkedDocument
 from libmgsave.policyfile.settings import build_settings, parse_duration, setting_to_json
 
@@ -42,6 +42,7 @@ def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
         limits=limits,
         metrics=Metrics(textfile=(document.get("metrics") or {}).get("textfile")),
         power=_power(document.get("power"), marks),
+        upgrades=Upgrades(OnSavedImages((document.get("upgrades") or {}).get("on_saved_images", "warn"))),
     )
 
 
@@ -110,6 +111,7 @@ def policy_to_dict(policy: Policy) -> dict:
         "limits": dataclasses.asdict(policy.limits),
         "metrics": dataclasses.asdict(policy.metrics),
         "power": _power_to_dict(policy.power),
+        "upgrades": {"on_saved_images": str(policy.upgrades.on_saved_images)},
         "defaults": {key: setting_to_json(value) for key, value in policy.defaults.items()},
         "guests": [
             {

@@ -7,6 +7,7 @@ password only then, so that is how a wrong one is found; it logs out at once.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -106,10 +107,29 @@ def _explain(error: NutError, ups: UpsAddress) -> Failure:
     return Failure(error.message, UPS_KEY)
 
 
-def check_power(power: Power, policy_file: str) -> tuple[list[Problem], list[Finding]]:
+def check_power(power: Power, policy_file: str, root: str = "/") -> tuple[list[Problem], list[Finding]]:
     """``check``'s word on ``power:``: an unusable credentials file is a problem, located at the
     key; what upsd answers (an unknown UPS, refused credentials, no daemon, no usable runtime)
-    are warnings filed under the key that would fix them, since the daemon may just be down."""
+    are warnings filed under the key that would fix them, since the daemon may just be down; and
+    a warning when mgsave's units are enabled but not the UPS watch's (``root``: for tests)."""
+    unit = [Finding(_WATCH_OFF, UPS_KEY)] if _watch_unit_off(root) else []
+    problems, findings = _check_ups(power, policy_file)
+    return problems, findings + (unit if not problems else [])
+
+
+# The links ``systemctl enable`` makes: mgsave's units installed and enabled, the watch's not.
+_WANTS = "etc/systemd/system/multi-user.target.wants"
+_WATCH_OFF = ("mgsave-power.service is not enabled: nothing starts the host's shutdown when the battery runs "
+              "short for the shutdown plan (fix: systemctl enable --now mgsave-power.service)")
+
+
+def _watch_unit_off(root: str) -> bool:
+    wants = os.path.join(root, _WANTS)
+    return (os.path.lexists(os.path.join(wants, "mgsave.service"))
+            and not os.path.lexists(os.path.join(wants, "mgsave-power.service")))
+
+
+def _check_ups(power: Power, policy_file: str) -> tuple[list[Problem], list[Finding]]:
     if power.credentials:
         try:
             read_credentials(power.credentials)

@@ -23,6 +23,7 @@ SCHEMAS = Path(jsonout.__file__).parent / "schemas"
 COMMAND_FORMATS = {"check": ["check"], "plan": ["plan"], "status": ["status"], "report": ["report"],
                    "images": ["images", "images-remove"], "shutdown": ["pass"], "boot": ["pass"],
                    "evacuate": ["pass"], "return": ["pass"], "watch": [],  # watch prints nothing
+                   "power": [],  # power watch logs, prints nothing
                    "sample-policy": [],  # a policy file: YAML, with --json too
                    "_complete-guests": []}  # names for the shell, one a line
 

@@ -10,6 +10,7 @@ import pytest
 
 from libmgsave import cli, conflicts
 from libmgsave.errors import ExitCode
+from libmgsave.hypervisor import Guest
 from tests.testdriver import URI, define, domain_xml, hv, migrated_record, running  # noqa: F401
 
 DEAD_PEER = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
@@ -148,6 +149,30 @@ def test_evacuate_leaves_a_guest_whose_migration_fails_running_here_degraded(hv,
     assert running(hv) == ["web1"] and not hv.lookupByName("web1").hasManagedSaveImage(0)
     record = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
     assert [e["outcome"] for e in record["guests"].values()] == ["stayed"]
+
+
+def test_a_guest_started_during_evacuate_whose_migration_fails_stays_here_degraded(hv, tmp_path, capsys,
+                                                                                    monkeypatch):
+    """web2 is started by someone else while evacuate migrates web1: the look for guests started
+    meanwhile takes it up, and its migration fails too (the test driver cannot migrate). Before:
+    that look dropped evacuate's rule, so web2 ended 'failed' (exit 1) where web1 'stayed'. (The
+    real migration runs; the wrapper only starts web2 at that moment, which nothing else can.)"""
+    small(hv, "web1")
+    hv.defineXML(domain_xml("web2", memory_kib=2048))
+    migrate_to = Guest.migrate_to
+
+    def start_web2_then_migrate(guest, peer, **options):
+        if not hv.lookupByName("web2").isActive():
+            hv.lookupByName("web2").create()
+        return migrate_to(guest, peer, **options)
+
+    monkeypatch.setattr(Guest, "migrate_to", start_web2_then_migrate)
+    code, out, _err = mgsave(tmp_path, capsys, "evacuate", "--json")
+    results = {g["name"]: g["outcome"] for g in json.loads(out)["guests"]}
+    assert results == {"web1": "stayed", "web2": "stayed"}, out
+    assert code == ExitCode.GUEST_DEGRADED, out
+    assert running(hv) == ["web1", "web2"]
+    assert {n: e["outcome"] for n, e in shutdown_entries(tmp_path).items()} == {"web1": "stayed", "web2": "stayed"}
 
 
 def shutdown_entries(tmp_path) -> dict[str, dict]:

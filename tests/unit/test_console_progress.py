@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from libmgsave import console, notify
+from libmgsave.budget import Budget
+from libmgsave.events import Events
 from libmgsave.execute import progress, waiting
 from libmgsave.hypervisor import JobProgress
 
@@ -69,13 +71,14 @@ def _guest(name):
 def test_status_counts_never_go_backwards_across_the_rounds_of_a_pass(monkeypatch):
     sent = []
     monkeypatch.setattr(notify, "status", sent.append)
-    deadline_at = 1e9
-    with progress.SaveProgress(2, deadline_at) as first:
+    budget, waits = Budget(1e9), waiting.Waits()
+    with progress.SaveProgress(2, budget, waits, Events()) as first:
         for name in ("a", "b"):
             guest, plan = _guest(name)
             first.begin(guest, plan, 60)
             first.end(guest)
-    with progress.SaveProgress(1, deadline_at) as late:  # a guest started during the pass
+    # a guest started during the pass: a round of its own, after the first round's saves
+    with progress.SaveProgress(1, budget, waits, Events(), settled_before=2) as late:
         guest, plan = _guest("c")
         late.begin(guest, plan, 60)
         late.end(guest)
@@ -87,9 +90,10 @@ def test_status_counts_never_go_backwards_across_the_rounds_of_a_pass(monkeypatc
 def test_a_wait_says_for_whom_and_for_how_long(monkeypatch):
     clock = iter([100.0, 100.0, 112.0, 130.0])
     monkeypatch.setattr(waiting.time, "monotonic", lambda: next(clock))
-    with waiting.waiting("web-1", "db-1"), waiting.waiting("app-1", "db-1, web-1"):
-        assert waiting.describe() == "web-1 for db-1 (12 s), app-1 for db-1, web-1 (12 s)"
-    assert waiting.describe() == ""
+    waits = waiting.Waits()
+    with waits.waiting("web-1", "db-1"), waits.waiting("app-1", "db-1, web-1"):
+        assert waits.describe() == "web-1 for db-1 (12 s), app-1 for db-1, web-1 (12 s)"
+    assert waits.describe() == ""
 
 
 def test_a_guest_waiting_for_a_slot_is_named_while_it_waits():
@@ -98,7 +102,8 @@ def test_a_guest_waiting_for_a_slot_is_named_while_it_waits():
 
     from libmgsave.execute.scheduler import Slots
 
-    slots = Slots(1)
+    waits = waiting.Waits()
+    slots = Slots(1, waits=waits)
     got = threading.Event()
 
     def second():
@@ -109,9 +114,9 @@ def test_a_guest_waiting_for_a_slot_is_named_while_it_waits():
         worker = threading.Thread(target=second)
         worker.start()
         for _ in range(100):
-            if waiting.describe():
+            if waits.describe():
                 break
             time.sleep(0.01)
-        assert waiting.describe().startswith("db-2 for a save slot (")
+        assert waits.describe().startswith("db-2 for a save slot (")
     worker.join(5)
-    assert got.is_set() and waiting.describe() == ""
+    assert got.is_set() and waits.describe() == ""

@@ -191,3 +191,20 @@ def test_real_journal_receives_the_fields():
             return
         time.sleep(0.2)
     pytest.fail("the entry never showed up in the journal")
+
+
+def test_setting_up_again_replaces_its_own_handler_and_keeps_the_others():
+    logger = logging.getLogger(journal.LOGGER_NAME)
+    before = list(logger.handlers)
+    theirs = logging.NullHandler()
+    logger.addHandler(theirs)
+    try:
+        journal.setup_logging(use_journal=False)
+        journal.setup_logging(use_journal=False)
+        ours = [h for h in logger.handlers if isinstance(h, journal.StderrHandler)]
+        assert len(ours) == 1 and theirs in logger.handlers
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        for handler in before:
+            logger.addHandler(handler)

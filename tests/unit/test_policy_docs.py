@@ -281,7 +281,7 @@ def test_mgsave_8_shows_every_command_and_option_of_the_parser():
     parser = build_parser()
     shown = commands(parser)
     assert set(shown) == {"check", "plan", "status", "report", "shutdown", "boot", "images", "watch",
-                          "sample-policy", "evacuate", "return"}
+                          "sample-policy", "evacuate", "return", "power"}
     assert "_complete" not in text, "the completion's helper is no command of the admin's"
     for name, sub in [("", parser), *shown.items()]:
         if name:

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from libmgsave.errors import GuestGone, HypervisorUnavailable, OperationRefused
+from libmgsave.budget import Budget
 from libmgsave.execute import ShutdownPass
 from libmgsave.hypervisor import Connections
 from libmgsave.inventory import GuestInfo, GuestState
@@ -74,7 +75,7 @@ class OneGuest(Connections):
 def _save(tmp_path, guest):
     plan = plan_shutdown([INFO], BUILTIN_POLICY, state_dir=tmp_path)
     (entry,) = plan.active
-    [result] = ShutdownPass(plan, OneGuest(guest), record=None, deadline_at=time.monotonic() + 60).run()
+    [result] = ShutdownPass(plan, OneGuest(guest), record=None, budget=Budget.starting_now(60)).run()
     return result, entry.image
 
 

@@ -12,6 +12,7 @@ def test_a_guest_that_shuts_down_just_after_its_timeout_is_shut_down_not_vanishe
     (Seen on the rig under load, where it was reported 'vanished'.) A stand-in guest makes the
     timing exact: it is still running when the wait gives up, and off when poweroff looks."""
     from libmgsave import policyfile
+    from libmgsave.budget import Budget
     from libmgsave.execute import ShutdownPass, shutdown
     from libmgsave.hypervisor import Connections
     from libmgsave.inventory import GuestInfo, GuestState
@@ -59,7 +60,7 @@ def test_a_guest_that_shuts_down_just_after_its_timeout_is_shut_down_not_vanishe
             return guest
 
     plan = plan_shutdown([info], policy, state_dir=tmp_path)
-    [result] = ShutdownPass(plan, OneGuest(), record=None, deadline_at=time.monotonic() + 60).run()
+    [result] = ShutdownPass(plan, OneGuest(), record=None, budget=Budget.starting_now(60)).run()
     assert [(s.action, s.ok) for s in result.steps] == [("shutdown", False)]
     assert not guest.powered_off
     assert result.outcome == "shut-down" and result.ok, result.messages

@@ -1,0 +1,135 @@
+"""``mgsave power watch``'s loop: read the UPS every ``power.poll``, ask ``decide``, log, and
+start the host's shutdown once when it says so. Every question that costs (the UPS, the plan,
+the command) comes in through ``WatchHooks``, so that the loop itself is all that is here.
+
+The plan's need is asked only on battery, and again only every ``PLAN_EVERY`` seconds: it lists
+the guests and may ask the peers, which is too much for every poll. A new outage asks afresh.
+An unreadable UPS is logged once, then at most every ``UNREADABLE_LOG_EVERY`` seconds, and when
+it answers again; the decisions on battery are logged when they change and once a minute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from libmgsave.policy import Power
+from libmgsave.power.decide import Decision, Verdict, decide
+from libmgsave.power.reading import PowerState, UpsReading
+
+log = logging.getLogger("mgsave")
+
+PLAN_EVERY = 60.0  # seconds between two computations of the plan's need while on battery
+UNREADABLE_LOG_EVERY = 300.0  # seconds between two log lines of a UPS that stays unreadable
+ON_BATTERY_LOG_EVERY = 60.0  # seconds between two log lines of the same decision on battery
+# MESSAGE_ID of the line that says the watch starts the host's shutdown (journalctl MESSAGE_ID=...)
+HOST_SHUTDOWN = "6f0b1d7e4c2a4f08a3b5e9d1c7a26e44"
+
+
+@dataclass(frozen=True)
+class WatchHooks:
+    read: Callable[[], UpsReading]  # one reading of the UPS; never raises
+    needed: Callable[[], float]  # the seconds the shutdown plan needs now; never raises
+    start_shutdown: Callable[[Decision], bool]  # runs the shutdown command; True when it succeeded
+    sleep: Callable[[float], None]
+    clock: Callable[[], float] = time.monotonic
+
+
+def watch(power: Power, hooks: WatchHooks) -> Decision:
+    """Watches until the host's shutdown has been started; the decision that started it."""
+    logbook = _Logbook(str(power.ups), hooks.clock)
+    needed_at: float | None = None
+    needed: float | None = None
+    while True:
+        reading = hooks.read()
+        if reading.state is PowerState.ON_BATTERY:
+            if needed_at is None or hooks.clock() - needed_at >= PLAN_EVERY:
+                needed, needed_at = hooks.needed(), hooks.clock()
+        elif reading.state is PowerState.ONLINE:
+            needed = needed_at = None  # the next outage plans afresh
+        decision = decide(reading, needed if reading.state is PowerState.ON_BATTERY else None, power.margin)
+        log.debug("UPS %s polled: %s (%s)", power.ups, decision.verdict, decision.why)
+        logbook.log(decision)
+        if decision.verdict is Verdict.SHUT_DOWN_NOW and hooks.start_shutdown(decision):
+            return decision
+        hooks.sleep(power.poll)
+
+
+def fields(ups: str, decision: Decision) -> dict[str, object]:
+    """The journal fields of a decision (None left out by the journal)."""
+    def whole(value: float | None) -> int | None:
+        return None if value is None else round(value)
+
+    return {"MGSAVE_UPS": ups, "MGSAVE_POWER_STATE": str(decision.state), "MGSAVE_DECISION": str(decision.verdict),
+            "MGSAVE_RUNTIME_SECONDS": whole(decision.runtime), "MGSAVE_NEEDED_SECONDS": whole(decision.needed),
+            "MGSAVE_MARGIN_SECONDS": whole(decision.margin)}
+
+
+class _Logbook:
+    """Which decisions are logged: each change, a repeated one only now and then."""
+
+    def __init__(self, ups: str, clock: Callable[[], float]):
+        self.ups, self.clock = ups, clock
+        self.last: Decision | None = None
+        self.logged_at = float("-inf")
+
+    def log(self, decision: Decision) -> None:
+        now, last = self.clock(), self.last
+        changed = last is None or (last.verdict, last.state) != (decision.verdict, decision.state)
+        unreadable = decision.verdict is Verdict.UNKNOWN
+        every = UNREADABLE_LOG_EVERY if unreadable else ON_BATTERY_LOG_EVERY
+        repeat = decision.state is not PowerState.ONLINE and now - self.logged_at >= every
+        self.last = decision
+        if not (changed or repeat or decision.verdict is Verdict.SHUT_DOWN_NOW):
+            return
+        self.logged_at = now
+        extra = fields(self.ups, decision)
+        if decision.verdict is Verdict.SHUT_DOWN_NOW:
+            log.warning("UPS %s: %s: starting the host's shutdown", self.ups, decision.why,
+                        extra={**extra, "MESSAGE_ID": HOST_SHUTDOWN})
+        elif unreadable:
+            log.warning("UPS %s: %s; still watching, and no shutdown is started on that alone", self.ups,
+                        decision.why, extra=extra)
+        elif decision.state is PowerState.ONLINE:
+            back = last is not None and last.state is not PowerState.ONLINE
+            log.info("UPS %s: %s%s", self.ups, decision.why, ": standing down" if back else "", extra=extra)
+        else:
+            log.warning("UPS %s: %s: waiting", self.ups, decision.why, extra=extra)
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT: the watch ends at once."""
+
+
+class StopOnSignal:
+    """SIGTERM and SIGINT end the watch at once (the handler raises ``Stopped`` in the main
+    thread, out of any wait), except while the shutdown command runs (``deferred``): killing
+    that half-way would help no one; the stop then comes right after it."""
+
+    def __init__(self) -> None:
+        self.deferring = False
+        self.pending: signal.Signals | None = None
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        if self.deferring:
+            self.pending = signal.Signals(signum)
+            return
+        raise Stopped(signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+        if self.pending:
+            raise Stopped(self.pending.name)
