@@ -207,3 +207,12 @@ def test_the_peers_of_a_migrate_step_in_on_reboot_are_asked():
     policy = parse_policy("version: 1\ndefaults:\n  on_reboot: [migrate, save]\n  migrate: {peers: ['qemu+tls://p/system']}\n",
                           "policy.yaml")
     assert may_migrate(policy) and peers_of([guest("db")], policy) == ["qemu+tls://p/system"]
+
+
+def test_an_evacuation_migrates_whatever_the_on_reboot_chain_and_says_nothing_of_the_kind():
+    from libmgsave.actions.evacuate import migrate_only
+    policy = migrate_only(parse_policy(POLICY, "policy.yaml"))
+    for kind in (ShutdownKind.UNKNOWN, ShutdownKind.REBOOT):
+        plan = plan_shutdown([guest("web-1")], policy, state_dir=STATE_DIR, host_shutdown=HostShutdown(kind, "x"))
+        assert not plan.warnings and chains(plan)["web-1"][1] == "on_shutdown"
+        assert plan.entries[0].first_choice is Action.MIGRATE
