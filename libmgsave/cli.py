@@ -190,6 +190,7 @@ def _add_queries(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("-v", "--verbose", action="store_true",
                    help="every guest in full: its plan, and each effective setting with the rule "
                         "(file:line) that set it")
+    _kind_flags(p, "plan the shutdown for")
     add("status", "show every guest's state, saved image and last results",
         "Show every guest: its state, whether it has a saved image (size, age), its effective\n"
         "autostart, and what the last shutdown and boot passes did to it. With a UPS in the\n"
@@ -264,6 +265,7 @@ def _add_passes(add: Callable[..., argparse.ArgumentParser]) -> None:
                            help="also restore transient guests' save files under <state>/images that no record "
                                 "names (by default they are kept and reported)")
         if name == "shutdown":
+            _kind_flags(p, "the host goes down by")
             p.add_argument("--deadline", type=_deadline_duration, metavar="SECONDS", default=None,
                            help="override limits.shutdown_deadline for this pass (more than the 10 s "
                                 "kept for the fallback steps, at most 7 days)")
@@ -326,6 +328,22 @@ def _deadline_duration(text: str) -> float:
     return _duration(text, longer_than=DEADLINE_RESERVE)
 
 
+def _kind_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """--reboot, --poweroff: which kind of shutdown, so which chain (on_reboot, on_shutdown)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--reboot", dest="shutdown_kind", action="store_const", const="reboot",
+                       help=f"{what} a reboot: each guest's on_reboot chain (default: the kind is not known, "
+                            "so on_shutdown)")
+    group.add_argument("--poweroff", dest="shutdown_kind", action="store_const", const="poweroff",
+                       help=f"{what} a power-off: each guest's on_shutdown chain")
+
+
+def _host_shutdown(args: argparse.Namespace):
+    from libmgsave.history import HostShutdown, ShutdownKind
+    kind = getattr(args, "shutdown_kind", None)
+    return HostShutdown(ShutdownKind(kind), f"--{kind} was given") if kind else None
+
+
 def build_context(args: argparse.Namespace, environ) -> Context:
     """The global options, derived once from the arguments and the environment."""
     from libmgsave import policyfile
@@ -360,7 +378,7 @@ def _plan(ctx: Context, args: argparse.Namespace) -> ActionResult:
     words = args.which or []
     which = words[0] if words and words[0] in PASSES else None
     return plan.run_plan(ctx, plan.PlanOptions(which=which, guests=tuple(words[1:] if which else words),
-                                               verbose=args.verbose))
+                                               verbose=args.verbose, host_shutdown=_host_shutdown(args)))
 
 
 def _status(ctx: Context, args: argparse.Namespace) -> ActionResult:
@@ -407,7 +425,8 @@ def _pass_options(args: argparse.Namespace):
 
 def _shutdown(ctx: Context, args: argparse.Namespace) -> ActionResult:
     from libmgsave.actions import shutdown
-    return shutdown.run_shutdown(ctx, _pass_options(args), if_host_going_down=args.if_host_going_down)
+    return shutdown.run_shutdown(ctx, _pass_options(args), if_host_going_down=args.if_host_going_down,
+                                 host_shutdown=_host_shutdown(args))
 
 
 def _boot(ctx: Context, args: argparse.Namespace) -> ActionResult:
