@@ -7,12 +7,12 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from libmgsave.channels import UNKNOWN, ChannelSupport, choose
 from libmgsave import units
+from libmgsave.budget import for_steps
+from libmgsave.channels import UNKNOWN, ChannelSupport, choose
 from libmgsave.history import HostShutdown, ShutdownKind
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
-from libmgsave.budget import for_steps
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
                                   PassKind, Plan, SaveRate, rule_lines)
 from libmgsave.plan.ordering import dependencies, effective_orders
@@ -60,9 +60,7 @@ def plan_shutdown(
     """
     guests = list(guests)
     host_shutdown = host_shutdown or UNKNOWN_KIND
-    rates = dict(rates or {})
-    for uri in {g.connection for g in guests} - set(rates):
-        rates[uri] = SaveRate(DEFAULT_SAVE_THROUGHPUT, "built-in default")
+    rates = {g.connection: SaveRate(DEFAULT_SAVE_THROUGHPUT, "built-in default") for g in guests} | dict(rates or {})
     deadline = policy.limits.shutdown_deadline if deadline is None else deadline
     warnings: list[str] = []
     resolved = {g.key: (g, resolve(policy, g)) for g in guests}

@@ -44,6 +44,7 @@ upgrades:
 defaults:
   autostart: always
   on_shutdown: [migrate, save, shutdown, poweroff]
+  on_reboot: [migrate, shutdown, poweroff]
   order: -5
   priority: 7
   after: [dns1, ldap1]
