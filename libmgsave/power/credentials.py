@@ -13,20 +13,16 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from libmgsave.errors import MgsaveError
 from libmgsave.safefiles import UnsafeFile, read_small_file
 
 MAX_BYTES = 4096
 KEYS = ("username", "password")
 
 
-class CredentialsError(Exception):
+class CredentialsError(MgsaveError):
     """The file cannot or must not be used; the message says why (the end of a sentence about
     the file), ``hint`` what to do."""
-
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
 
 
 @dataclass(frozen=True)
