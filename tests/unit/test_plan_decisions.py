@@ -343,3 +343,33 @@ def test_restores_at_boot_divide_the_cores_among_the_restores_at_once(tmp_path):
                                                                     image=save_file(tmp_path, ts[0]))),
                     channels={URI: ChannelSupport(True)}, cores=5)
     assert [e.save_channels for e in one.entries] == [4]  # alone: min(4, 5 cores)
+
+
+# -- why a guest that was running boots fresh: the note an admin reads ----------------------------
+
+
+LOST = {
+    Outcome.PENDING: "it was running at the last shutdown but was not saved (its record says 'pending': the pass was "
+                     "cut short, by a crash or a power loss): it boots fresh, its memory state is lost",
+    Outcome.INTERRUPTED: "it was running at the last shutdown but the shutdown pass was stopped (by a signal) before "
+                         "it reached it: it boots fresh, its memory state is lost",
+    Outcome.FAILED: "it was running at the last shutdown and every step of its shutdown chain failed (its record "
+                    "says 'failed'): it boots fresh, its memory state is lost",
+    Outcome.SAVED: "the last shutdown saved it, but there is no saved image for it any more (removed by someone?): "
+                   "it boots fresh, its memory state is lost",
+}
+LOST[Outcome.SAVED_TO_FILE] = LOST[Outcome.SAVED]
+
+
+@pytest.mark.parametrize("outcome", [*LOST, Outcome.SHUT_DOWN])
+def test_a_guest_that_was_running_says_why_it_boots_fresh(tmp_path, outcome):
+    g = guest("g")
+    [e] = plan_boot([g], policy(), read_back(tmp_path, entry(g, outcome))).entries
+    assert e.actions == (Action.START,)
+    assert e.reason == f"if-running: was running at the last shutdown ({outcome}); boots fresh"
+    assert e.boots_fresh_because == LOST.get(outcome)
+    assert e.notes == ((LOST[outcome],) if outcome in LOST else ())
+    assert e.short_of_first_choice is (outcome in LOST)
+    # after a boot pass since the record, a fresh start is no news: it may have been stopped by hand
+    [again] = plan_boot([g], policy(), read_back(tmp_path, entry(g, outcome)), booted_since=True).entries
+    assert again.boots_fresh_because is None and again.notes == ()
