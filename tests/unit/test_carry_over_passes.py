@@ -5,8 +5,12 @@ Records are written to disk and read back through the state's reader, as a pass 
 (``read_back``); guests have fixed UUIDs (uuid5 of the name)."""
 
 import json
+import logging
+import time
 import uuid
 from pathlib import Path
+
+import pytest
 
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.plan import plan_shutdown
@@ -171,3 +175,47 @@ def test_a_guest_running_now_is_not_still_away_even_when_a_stopped_boot_pass_nev
                      interrupted="SIGTERM")
     now = {guest_record_key(URI, g.uuid): g for g in (guest("up", RUNNING), guest("down", OFF))}
     assert list(still_away(previous, boot, now, ())) == [guest_record_key(URI, guest("down").uuid)]
+
+
+@pytest.fixture
+def utc(monkeypatch):
+    """The journal's lines give a record's local time: UTC here, so that they can be compared."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_the_journal_says_which_record_is_continued_and_why_each_guest_is_carried(tmp_path, caplog, utc):
+    caplog.set_level(logging.INFO, logger="mgsave")
+    previous = read_back(tmp_path, "shutdown", 10, B1, ("kept", "saved", {}), ("done", "pending", {}),
+                         ("t", "saved-to-file", {"image": image(tmp_path, "t")}), ("away", "migrated",
+                                                                                   {"peer": "qemu+ssh://p/system"}))
+    now = [guest("kept"), guest("done")]
+    start(previous, None, now, boot_id=B1, complete=[image(tmp_path, "t")])
+    assert [r.getMessage() for r in caplog.records] == [
+        "done: found saved by the interrupted pass",
+        "continuing the shutdown record of 1970-01-01 00:00:10 (no boot since)"]
+    caplog.clear()
+    start(previous, None, now, boot_id=B2, complete=[image(tmp_path, "t")])
+    assert [r.getMessage() for r in caplog.records] == [
+        "done: found saved by the interrupted pass",
+        "not continuing the shutdown record of 1970-01-01 00:00:10: it is of an earlier boot of the host; keeping "
+        "the guests still away",
+        "kept: carried over from the shutdown record of 1970-01-01 00:00:10: it is still saved (never resumed since)",
+        "done: carried over from the shutdown record of 1970-01-01 00:00:10: it is still saved (never resumed since)",
+        "t: carried over from the shutdown record of 1970-01-01 00:00:10: its save file is whole (never restored "
+        "since)",
+        "away: carried over from the shutdown record of 1970-01-01 00:00:10: it lives on qemu+ssh://p/system (not "
+        "back since)"]
+    caplog.clear()
+    boot = read_back(tmp_path, "boot", 20, B1, ("kept", "interrupted", {}), interrupted="SIGTERM")
+    start(previous, boot, [guest("kept", OFF)], boot_id=B1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "not continuing the shutdown record of 1970-01-01 00:00:10: a boot pass ran since; keeping the guests "
+        "still away",
+        "kept: carried over from the shutdown record of 1970-01-01 00:00:10: the boot pass since was stopped before "
+        "it reached it",
+        "away: carried over from the shutdown record of 1970-01-01 00:00:10: it lives on qemu+ssh://p/system (not "
+        "back since)"]

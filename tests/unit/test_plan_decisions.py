@@ -373,3 +373,54 @@ def test_a_guest_that_was_running_says_why_it_boots_fresh(tmp_path, outcome):
     # after a boot pass since the record, a fresh start is no news: it may have been stopped by hand
     [again] = plan_boot([g], policy(), read_back(tmp_path, entry(g, outcome)), booted_since=True).entries
     assert again.boots_fresh_because is None and again.notes == ()
+
+
+def test_a_restored_transient_guest_is_matched_by_its_recorded_title_and_metadata(tmp_path):
+    ns = "https://example.org/ns/mgsave"
+    p = policy(f"""
+version: 1
+guests:
+  - match: {{title: "*prod*"}}
+    order: -3
+  - match: {{metadata: {{namespace: "{ns}", text: "tier=db"}}}}
+    order: -7
+""")
+    by_title, by_meta, plain = (guest(n, persistent=False) for n in ("by-title", "by-meta", "plain"))
+    record = read_back(tmp_path,
+                       entry(by_title, Outcome.SAVED_TO_FILE, image=save_file(tmp_path, by_title), title="prod web"),
+                       entry(by_meta, Outcome.SAVED_TO_FILE, image=save_file(tmp_path, by_meta),
+                             metadata={ns: "tier=db"}),
+                       {k: v for k, v in entry(plain, Outcome.SAVED_TO_FILE, image=save_file(tmp_path, plain)).items()
+                        if k != "memory_kib"})
+    plan = plan_boot([], p, record)
+    assert [(e.guest.name, e.order) for e in plan.entries] == [("by-meta", -7), ("by-title", -3), ("plain", 0)]
+    entries = by_name(plan)
+    assert entries["by-title"].guest.title == "prod web" and entries["by-meta"].guest.metadata == {ns: "tier=db"}
+    assert entries["plain"].guest.title == "" and entries["plain"].guest.metadata == {}
+    assert entries["plain"].guest.memory_kib == 0  # not recorded: unknown, never a made-up size
+    assert entries["plain"].guest.state is GuestState.SHUTOFF
+
+
+def test_a_guest_defined_here_again_says_what_its_peer_answered(tmp_path):
+    from libmgsave.plan.peers import PeerGuest
+
+    g = guest("a")
+    record = read_back(tmp_path, entry(g, Outcome.MIGRATED, peer=PEER))
+    come_back = _migrate_policy(f', home: "{HOME}", come_back: true')
+    there = {(PEER, g.uuid): PeerGuest(PEER, g.uuid, True, lives_there=True, state="paused")}
+    [back] = plan_boot([g], come_back, record, on_peers=there).entries
+    assert back.actions == (Action.RETURN,) and back.peer == PEER and not back.on_peer
+    assert back.reason == f"defined here again, but it lives on {PEER} (paused); comes back"
+    gone = {(PEER, g.uuid): PeerGuest(PEER, g.uuid, True, state="not defined")}
+    [starts] = plan_boot([g], come_back, record, on_peers=gone).entries
+    assert starts.actions == (Action.START,) and starts.peer == PEER
+    assert starts.notes[-1] == f"recorded as migrated to {PEER}, which says it does not run there (not defined): it " \
+                               f"starts here"
+    [unasked] = plan_boot([g], come_back, record).entries
+    assert unasked.left_off_because == (f"recorded as migrated to {PEER}, but defined here again: {PEER} could not "
+                                        f"be asked (not asked); not started here, in case it runs there")
+    assert unasked.reason == unasked.left_off_because and unasked.first_choice is Action.START
+    unlisted = policy(f'version: 1\nconnections: ["{URI}"]\n')
+    [unlisted_entry] = plan_boot([g], unlisted, record).entries
+    assert unlisted_entry.reason == (f"recorded as migrated to {PEER}, but defined here again: not asked: its policy "
+                                     f"does not list {PEER} (any more); not started here, in case it runs there")
