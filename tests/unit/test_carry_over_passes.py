@@ -219,3 +219,11 @@ def test_the_journal_says_which_record_is_continued_and_why_each_guest_is_carrie
         "it reached it",
         "away: carried over from the shutdown record of 1970-01-01 00:00:10: it lives on qemu+ssh://p/system (not "
         "back since)"]
+
+
+def test_only_a_migrated_entry_places_its_guest_on_a_peer(tmp_path):
+    """A guest whose migration failed and that was shut down instead names the peer it tried:
+    it is not away on it."""
+    previous = read_back(tmp_path, "shutdown", 10, B1, ("tried", "shut-down", {"peer": "qemu+ssh://p/system"}),
+                         ("went", "migrated", {"peer": "qemu+ssh://p/system"}), ("nowhere", "migrated", {}))
+    assert start(previous, None, [guest("tried", OFF)], boot_id=B2) == {"went": ("migrated", None)}
