@@ -16,6 +16,7 @@ from libmgsave.channels import ChannelSupport
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import FILES_ROOM, Action, plan_boot, plan_shutdown
+from libmgsave.plan.peers import PeerGuest
 from libmgsave.policyfile import parse_policy
 from libmgsave.state import RECORD_FORMAT, RECORD_VERSION, guest_record_key, read_record
 
@@ -136,8 +137,6 @@ def test_home_without_come_back_leaves_a_migrated_guest_on_its_peer(tmp_path):
 
 
 def test_home_without_come_back_leaves_a_guest_defined_here_again_that_lives_on_its_peer(tmp_path):
-    from libmgsave.plan.peers import PeerGuest
-
     g = guest("a")
     record = read_back(tmp_path, entry(g, Outcome.MIGRATED, peer=PEER))
     there = {(PEER, g.uuid): PeerGuest(PEER, g.uuid, True, lives_there=True, state="running")}
@@ -402,8 +401,6 @@ guests:
 
 
 def test_a_guest_defined_here_again_says_what_its_peer_answered(tmp_path):
-    from libmgsave.plan.peers import PeerGuest
-
     g = guest("a")
     record = read_back(tmp_path, entry(g, Outcome.MIGRATED, peer=PEER))
     come_back = _migrate_policy(f', home: "{HOME}", come_back: true')
