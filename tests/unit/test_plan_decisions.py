@@ -15,7 +15,7 @@ import pytest
 from libmgsave.channels import ChannelSupport
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
-from libmgsave.plan import FILES_ROOM, Action, plan_boot, plan_shutdown
+from libmgsave.plan import FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
 from libmgsave.plan.peers import PeerGuest
 from libmgsave.policyfile import parse_policy
 from libmgsave.state import RECORD_FORMAT, RECORD_VERSION, guest_record_key, read_record
@@ -421,3 +421,38 @@ def test_a_guest_defined_here_again_says_what_its_peer_answered(tmp_path):
     [unlisted_entry] = plan_boot([g], unlisted, record).entries
     assert unlisted_entry.reason == (f"recorded as migrated to {PEER}, but defined here again: not asked: its policy "
                                      f"does not list {PEER} (any more); not started here, in case it runs there")
+
+
+# -- the shutdown plan's budget: its bounds, and what it says ------------------------------------
+
+
+def test_a_save_that_ends_exactly_when_the_deadline_less_the_reserve_does_is_kept():
+    """30 MiB at 1 MiB/s ends 30 s into the pass: exactly the 40 s deadline less its 10 s reserve.
+    A second one would end at 60 s: dropped, and the note says when and why."""
+    p = policy("version: 1\nlimits: {shutdown_deadline: 40}\n")
+    guests = [guest(n, GuestState.RUNNING, memory_kib=30 * 1024) for n in ("a", "b")]
+    entries = by_name(plan_shutdown(guests, p, state_dir=Path("/s"), rates={URI: SaveRate(2**20, "measured")}))
+    assert entries["a"].actions == (Action.SAVE, Action.SHUTDOWN, Action.POWEROFF)
+    assert entries["a"].estimate_seconds == 30.0
+    assert entries["a"].reason == "running; chain save -> shutdown -> poweroff"
+    assert entries["b"].actions == (Action.SHUTDOWN, Action.POWEROFF)
+    assert entries["b"].save_dropped_because == ("save skipped: it would end about 1 min 00 s into the pass, past the "
+                                                 "40 s deadline less the 10 s kept for the fallback steps")
+    assert entries["b"].notes == (entries["b"].save_dropped_because,)
+    assert entries["b"].first_choice is Action.SAVE and entries["b"].managed_image is None
+
+
+def test_a_save_whose_image_fills_the_free_space_exactly_is_kept():
+    guests = [guest(n, GuestState.RUNNING) for n in ("a", "b")]
+    entries = by_name(plan_shutdown(guests, policy(), state_dir=Path("/s"), room={URI: GiB_KIB * 1024}))
+    assert entries["a"].actions[0] is Action.SAVE and entries["b"].actions[0] is Action.SHUTDOWN
+    assert entries["b"].save_dropped_because == "save skipped: its image may need 1.0 GiB, only 0 B free"
+
+
+def test_a_transient_guests_chain_says_where_its_save_goes(tmp_path):
+    t = guest("t", GuestState.RUNNING, persistent=False)
+    [e] = plan_shutdown([t], policy(), state_dir=tmp_path).entries
+    assert e.actions == (Action.SAVE_TO_FILE, Action.SHUTDOWN, Action.POWEROFF)
+    assert e.image == save_file(tmp_path, t) and e.managed_image is None
+    assert e.notes == ("transient guest: saved to a file, restored from it at boot",)
+    assert e.reason == "running; chain save-to-file -> shutdown -> poweroff"
