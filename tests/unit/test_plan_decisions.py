@@ -456,3 +456,29 @@ def test_a_transient_guests_chain_says_where_its_save_goes(tmp_path):
     assert e.image == save_file(tmp_path, t) and e.managed_image is None
     assert e.notes == ("transient guest: saved to a file, restored from it at boot",)
     assert e.reason == "running; chain save-to-file -> shutdown -> poweroff"
+
+
+def test_each_boot_decision_says_why_in_its_own_words(tmp_path):
+    p = policy("version: 1\nguests:\n  - match: {name: 'always*'}\n    autostart: always\n"
+               "  - match: {name: 'never*'}\n    autostart: never\n")
+    guests = [guest("up", GuestState.RUNNING), guest("never-saved", image=True), guest("never-off"),
+              guest("always-saved", image=True), guest("always-off"), guest("was-saved", image=True),
+              guest("not-saved", image=True), guest("not-off")]
+    record = read_back(tmp_path, entry(guests[5], Outcome.SAVED))
+    reasons = {e.guest.name: (e.actions[0], e.reason) for e in plan_boot(guests, p, record).entries}
+    assert reasons == {
+        "up": (Action.SKIP, "already running"),
+        "never-saved": (Action.SKIP, "autostart never; its saved state is kept for a manual start"),
+        "never-off": (Action.SKIP, "autostart never"),
+        "always-saved": (Action.RESUME, "autostart always; resumes its saved state"),
+        "always-off": (Action.START, "autostart always; no saved state, boots fresh"),
+        "was-saved": (Action.RESUME, "if-running: was running at the last shutdown (saved); resumes"),
+        "not-saved": (Action.SKIP, "if-running: was not running at the last shutdown (it has a saved image, kept)"),
+        "not-off": (Action.SKIP, "if-running: was not running at the last shutdown"),
+    }
+    without = {e.guest.name: (e.actions[0], e.reason) for e in plan_boot(guests[5:], p, None).entries}
+    assert without == {
+        "was-saved": (Action.RESUME, "if-running: has a saved image, so it was running when saved; resumes"),
+        "not-saved": (Action.RESUME, "if-running: has a saved image, so it was running when saved; resumes"),
+        "not-off": (Action.SKIP, "if-running: no record and no saved image"),
+    }
