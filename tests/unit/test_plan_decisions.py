@@ -482,3 +482,13 @@ def test_each_boot_decision_says_why_in_its_own_words(tmp_path):
         "not-saved": (Action.RESUME, "if-running: has a saved image, so it was running when saved; resumes"),
         "not-off": (Action.SKIP, "if-running: no record and no saved image"),
     }
+
+
+def test_a_peer_is_asked_only_of_the_guests_whose_own_rule_lists_it(tmp_path):
+    from libmgsave.plan.boot import peer_questions
+
+    a, b, up = guest("a"), guest("b"), guest("up", GuestState.RUNNING)
+    record = read_back(tmp_path, *(entry(g, Outcome.MIGRATED, peer=PEER) for g in (a, b, up)))
+    p = policy(f'version: 1\nguests:\n  - match: {{name: "[au]*"}}\n    migrate: {{peers: ["{PEER}"]}}\n')
+    assert peer_questions([a, b, up], p, record) == {PEER: [a.uuid]}
+    assert peer_questions([a], p, None) == {}
