@@ -7,6 +7,7 @@ Guests have fixed UUIDs (uuid5 of the connection and name); records are written 
 back through the state's reader, as a pass reads them (``read_back``)."""
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from libmgsave.channels import ChannelSupport
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
+from libmgsave.plan.boot import peer_questions
 from libmgsave.plan.peers import PeerGuest
 from libmgsave.policyfile import parse_policy
+from libmgsave.saveimages import managed_image_path
 from libmgsave.state import RECORD_FORMAT, RECORD_VERSION, guest_record_key, read_record
 
 URI = "test:///default"
@@ -485,10 +488,45 @@ def test_each_boot_decision_says_why_in_its_own_words(tmp_path):
 
 
 def test_a_peer_is_asked_only_of_the_guests_whose_own_rule_lists_it(tmp_path):
-    from libmgsave.plan.boot import peer_questions
-
     a, b, up = guest("a"), guest("b"), guest("up", GuestState.RUNNING)
     record = read_back(tmp_path, *(entry(g, Outcome.MIGRATED, peer=PEER) for g in (a, b, up)))
     p = policy(f'version: 1\nguests:\n  - match: {{name: "[au]*"}}\n    migrate: {{peers: ["{PEER}"]}}\n')
     assert peer_questions([a, b, up], p, record) == {PEER: [a.uuid]}
     assert peer_questions([a], p, None) == {}
+
+
+def test_the_boot_plan_names_each_guests_managed_image_and_its_policy(tmp_path):
+    local = "qemu:///system"
+    g, t = guest("g", image=True, uri=local), guest("t", persistent=False, uri=local)
+    p = policy(f'version: 1\nconnections: ["{local}"]\n')
+    record = read_back(tmp_path, entry(g, Outcome.SAVED), entry(t, Outcome.SAVED_TO_FILE, image=save_file(tmp_path, t)))
+    plan = plan_boot([g], p, record)
+    entries = by_name(plan)
+    assert entries["g"].managed_image == managed_image_path(local, "g")
+    assert entries["g"].managed_image.endswith("/g.save")
+    assert entries["t"].managed_image is None
+    assert plan.policy_source == p.source == "policy.yaml"
+
+
+def test_a_guest_left_off_waits_for_nobody():
+    p = policy("version: 1\nguests:\n  - match: {name: a}\n    after: [b]\n    autostart: never\n"
+               "  - match: {name: c}\n    after: [b]\n")
+    a, b, c = (guest(n, image=True) for n in "abc")
+    entries = by_name(plan_boot([a, b, c], p, None))
+    assert entries["a"].actions == (Action.SKIP,) and entries["a"].wait_for == ()
+    assert entries["c"].wait_for == (b.key,)
+
+
+def test_a_restore_on_a_connection_that_offers_no_channels_reads_in_one_stream(tmp_path):
+    t = guest("t", persistent=False, memory_kib=4 * GiB_KIB)
+    record = read_back(tmp_path, entry(t, Outcome.SAVED_TO_FILE, image=save_file(tmp_path, t)))
+    for channels in (None, {}, {OTHER: ChannelSupport(True)}):
+        [e] = plan_boot([], policy(CHANNELS), record, channels=channels, cores=8).entries
+        assert e.actions == (Action.RESTORE,) and e.save_channels == 1
+
+
+def test_restores_share_this_machines_cores_when_none_are_given(tmp_path):
+    t = guest("t", persistent=False, memory_kib=4 * GiB_KIB)
+    record = read_back(tmp_path, entry(t, Outcome.SAVED_TO_FILE, image=save_file(tmp_path, t)))
+    [e] = plan_boot([], policy(CHANNELS), record, channels={URI: ChannelSupport(True)}).entries
+    assert e.save_channels == max(1, min(4, os.cpu_count() or 1))
