@@ -1,5 +1,6 @@
 """A guest's severity: ok only when it got its first choice; what a pass's severity adds."""
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ URI = "test:///default"
 
 
 def running(name="g", memory_kib=262144):
-    return GuestInfo(URI, name, f"00000000-0000-4000-8000-{abs(hash(name)) % 10**12:012d}", GuestState.RUNNING,
+    return GuestInfo(URI, name, str(uuid.uuid5(uuid.NAMESPACE_URL, name)), GuestState.RUNNING,
                      memory_kib=memory_kib)
 
 

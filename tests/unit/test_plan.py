@@ -1,5 +1,6 @@
 """The planner is pure: guests and a policy in, decisions out. Guests here are built by hand."""
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ GiB_KIB = 1024 * 1024
 
 
 def guest(name, state_=GuestState.RUNNING, *, persistent=True, image=False, memory_kib=GiB_KIB, uri=URI):
-    return GuestInfo(connection=uri, name=name, uuid=f"00000000-0000-0000-0000-{abs(hash(name)) % 10**12:012d}",
+    return GuestInfo(connection=uri, name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
                      state=state_, persistent=persistent, has_managed_save=image, memory_kib=memory_kib)
 
 

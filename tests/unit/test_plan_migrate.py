@@ -1,6 +1,7 @@
 """Migration in the plan: which peer, the estimate under the deadline, what is dropped and why;
 the boot plan of guests living on a peer; and the policy's errors about it."""
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ GiB = 1024**3
 
 
 def guest(name, *, memory=GiB, state=GuestState.RUNNING):
-    return GuestInfo(connection=URI, name=name, uuid=f"00000000-0000-0000-0000-{abs(hash(name)) % 10**12:012d}",
+    return GuestInfo(connection=URI, name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
                      state=state, persistent=True, memory_kib=memory // 1024)
 
 

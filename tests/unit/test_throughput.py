@@ -1,5 +1,6 @@
 """The save rate learned from a shutdown pass: per connection, bounded, never from the test driver."""
 
+import uuid
 from pathlib import Path
 
 from libmgsave.inventory import GuestInfo, GuestState
@@ -15,7 +16,7 @@ GiB = 2**30
 
 
 def saved(uri, name, seconds, memory_bytes=GiB):
-    info = GuestInfo(uri, name, f"00000000-0000-4000-8000-{abs(hash(name)) % 10**12:012d}", GuestState.RUNNING,
+    info = GuestInfo(uri, name, str(uuid.uuid5(uuid.NAMESPACE_URL, name)), GuestState.RUNNING,
                      memory_kib=memory_bytes // 1024)
     policy = parse_policy("version: 1\n", "policy.yaml")
     (entry,) = plan_shutdown([info], policy, state_dir=Path("/nonexistent")).active
