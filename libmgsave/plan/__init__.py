@@ -15,10 +15,10 @@ from __future__ import annotations
 from libmgsave.plan.boot import plan_boot
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
                                   PassKind, Plan, SaveRate)
-from libmgsave.plan.ordering import AfterProblem, after_problems, dependency_warnings
+from libmgsave.plan.ordering import AfterProblem, after_problems
 from libmgsave.plan.shutdown import plan_shutdown
 
 __all__ = [
     "DEADLINE_RESERVE", "DEFAULT_SAVE_THROUGHPUT", "FILES_ROOM", "Action", "GuestKey", "GuestPlan", "PassKind", "Plan",
-    "AfterProblem", "SaveRate", "after_problems", "dependency_warnings", "plan_boot", "plan_shutdown",
+    "AfterProblem", "SaveRate", "after_problems", "plan_boot", "plan_shutdown",
 ]

@@ -17,7 +17,6 @@ class AfterProblem:
     """Something wrong with one guest's ``after``; ``source`` is who set it (a rule's label,
     "defaults"), so that ``check`` can point at the line."""
 
-    guest: GuestInfo
     source: str
     message: str
 
@@ -25,13 +24,9 @@ class AfterProblem:
         return self.message
 
 
-def dependency_warnings(guests: Iterable[GuestInfo], policy: Policy) -> list[str]:
-    """What is wrong with the guests' ``after`` settings: names that match no guest, cycles."""
-    return list(dict.fromkeys(str(p) for p in after_problems(guests, policy)))
-
-
 def after_problems(guests: Iterable[GuestInfo], policy: Policy) -> list[AfterProblem]:
-    """The same, each with the guest and the rule it is about."""
+    """What is wrong with the guests' ``after`` settings (names that match no guest, cycles),
+    each with the rule that set it."""
     problems: list[AfterProblem] = []
     _dependencies({g.key: (g, resolve(policy, g)) for g in guests}, problems)
     return problems
@@ -56,7 +51,7 @@ def _dependencies(
     resolved: Mapping[GuestKey, tuple[GuestInfo, Effective]], problems: list[AfterProblem]
 ) -> dict[GuestKey, tuple[GuestKey, ...]]:
     def problem(guest: GuestInfo, eff: Effective, message: str) -> None:
-        problems.append(AfterProblem(guest, eff.sources["after"], message))
+        problems.append(AfterProblem(eff.sources["after"], message))
 
     by_name: dict[str, list[GuestKey]] = {}
     for key, (guest, _eff) in resolved.items():
@@ -101,7 +96,7 @@ def _break_cycles(
                     cycle = path[path.index(child):] + [child]
                     names = " -> ".join(resolved[k][0].name for k in cycle)
                     guest, eff = resolved[node]
-                    problems.append(AfterProblem(guest, eff.sources["after"], (
+                    problems.append(AfterProblem(eff.sources["after"], (
                         f"'after' forms a cycle ({names}); ignoring "
                         f"'{guest.name} after {resolved[child][0].name}'")))
                     deps[node] = tuple(d for d in deps[node] if d != child)

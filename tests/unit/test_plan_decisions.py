@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from libmgsave.channels import ChannelSupport
+from libmgsave.history import GuestEntry, RecordedPass
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
@@ -46,13 +47,14 @@ def entry(g, outcome, **more):
 
 
 def read_back(state_dir: Path, *entries, started=100.0):
-    """A shutdown record of ``entries`` written into ``state_dir`` and read back as a pass reads it."""
+    """A shutdown record of ``entries`` written into ``state_dir`` and read back as a pass reads it
+    (the boot plan takes it typed)."""
     state_dir.mkdir(exist_ok=True)
     path = state_dir / "last-shutdown.json"
     path.write_text(json.dumps({"format": RECORD_FORMAT, "kind": "shutdown", "version": RECORD_VERSION,
                                 "started": started, "guests": {guest_record_key(e["connection"], e["uuid"]): e
                                                                for e in entries}}))
-    return read_record(path, "shutdown")
+    return RecordedPass.from_dict(read_record(path, "shutdown"))
 
 
 def save_file(state_dir: Path, g) -> str:
@@ -437,7 +439,7 @@ def test_a_save_that_ends_exactly_when_the_deadline_less_the_reserve_does_is_kep
     entries = by_name(plan_shutdown(guests, p, state_dir=Path("/s"), rates={URI: SaveRate(2**20, "measured")}))
     assert entries["a"].actions == (Action.SAVE, Action.SHUTDOWN, Action.POWEROFF)
     assert entries["a"].estimate_seconds == 30.0
-    assert entries["a"].reason == "running; chain save -> shutdown -> poweroff"
+    assert entries["a"].reason == "running; on_shutdown chain save -> shutdown -> poweroff"
     assert entries["b"].actions == (Action.SHUTDOWN, Action.POWEROFF)
     assert entries["b"].save_dropped_because == ("save skipped: it would end about 1 min 00 s into the pass, past the "
                                                  "40 s deadline less the 10 s kept for the fallback steps")
@@ -458,7 +460,7 @@ def test_a_transient_guests_chain_says_where_its_save_goes(tmp_path):
     assert e.actions == (Action.SAVE_TO_FILE, Action.SHUTDOWN, Action.POWEROFF)
     assert e.image == save_file(tmp_path, t) and e.managed_image is None
     assert e.notes == ("transient guest: saved to a file, restored from it at boot",)
-    assert e.reason == "running; chain save-to-file -> shutdown -> poweroff"
+    assert e.reason == "running; on_shutdown chain save-to-file -> shutdown -> poweroff"
 
 
 def test_each_boot_decision_says_why_in_its_own_words(tmp_path):
