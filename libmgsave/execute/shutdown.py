@@ -17,6 +17,7 @@ from pathlib import Path
 
 from libmgsave import interrupt
 from libmgsave.budget import Budget
+from libmgsave.durable import flush_image
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationTimeout
 from libmgsave.events import EventKind, Events, Journal, Record, Summary
 from libmgsave.execute import migrate
@@ -307,7 +308,20 @@ class ShutdownPass:
             seen, aborted = self.progress.end(guest)
         if aborted:
             self.events.say(result, EventKind.SAVE_ABORTED, why=aborted)
+        self._flush(result, image)
         return file_size(image) or seen
+
+    def _flush(self, result: GuestResult, image: str | None) -> None:
+        """The saved image onto stable storage before the guest counts as saved, waited for no
+        longer than the steps' budget: its time is the save step's (the learned rate counts it)."""
+        if not image or not os.path.lexists(image):  # another host's image (a remote connection)
+            return
+        flush = flush_image(image, max(0.0, self.budget.left_for_steps()))
+        if flush.done:
+            self.events.say(result, EventKind.FLUSHED, path=image, seconds=flush.seconds)
+        else:
+            self.events.say(result, EventKind.NOT_YET_ON_DISK, path=image, seconds=flush.seconds,
+                            why=flush.error or "the deadline came first; the kernel goes on writing it")
 
     def _after_failed_save_to_file(self, result: GuestResult, image: str, why: str) -> None:
         """A save to a file failed (``why``): remove what it wrote only when the guest is known to
