@@ -146,6 +146,7 @@ class PassResult:
     # defaults (``policy`` says which): its problems.
     policy_problems: tuple[Problem, ...] = ()
     policy: PolicyChoice | None = None  # the policy the pass ran on
+    deadline: dict | None = None  # a shutdown pass on a UPS: the runtime it planned against, the end's moves
 
     @property
     def ok(self) -> bool:
@@ -210,6 +211,7 @@ class PassResult:
             "interrupted": self.interrupted,
             "warnings": self.warnings,
             "guests": [r.to_dict() for r in self.results],
+            **({"battery": self.deadline} if self.deadline else {}),
         })
 
 
