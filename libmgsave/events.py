@@ -153,7 +153,7 @@ RENDERINGS: dict[EventKind, Rendering] = {
     EventKind.SAVE_ABORTED: Rendering(None, _I, "%(name)s: %(why)s"),
     EventKind.SAVE_PROGRESS: Rendering(None, logging.DEBUG, "%(name)s: saving %(what)s", "save", "progress",
                                        measures=True),
-    EventKind.FLUSHED: Rendering(None, _I, "%(name)s: image flushed to disk in %(seconds).1f s", "flush", "ok",
+    EventKind.FLUSHED: Rendering(None, _I, "%(name)s: image flushed to disk in %(seconds).2f s", "flush", "ok",
                                  measures=True),
     EventKind.NOT_YET_ON_DISK: Rendering("saved, but its image is not yet known to be on disk after %(seconds).1f s "
                                          "(%(why)s)", _W, "%(name)s: saved, but %(path)s is not yet known to be on "
