@@ -35,6 +35,8 @@ from libmgsave.state.images import discard_partial_save, images_directory
 
 SHUTDOWN_POLL = 0.5  # how often a guest asked to shut down is looked at
 SAVES = (Action.SAVE, Action.SAVE_TO_FILE)
+# A save that ends past the steps' budget still gets this long for its flush: a quick one counts.
+FLUSH_GRACE = 1.0
 
 # The outcome of a shutdown step that went through.
 OUTCOME_OF_STEP = {
@@ -317,7 +319,7 @@ class ShutdownPass:
         longer than the steps' budget: its time is the save step's (the learned rate counts it)."""
         if not image or not os.path.lexists(image):  # another host's image (a remote connection)
             return
-        flush = flush_image(image, max(0.0, self.budget.left_for_steps()))
+        flush = flush_image(image, max(FLUSH_GRACE, self.budget.left_for_steps()))
         if flush.done:
             self.events.say(result, EventKind.FLUSHED, path=image, seconds=flush.seconds)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 from libmgsave.durable import flush_image
 
@@ -43,3 +44,23 @@ def test_the_wait_is_bounded_by_what_the_pass_gives(tmp_path):
     flush = flush_image(image, wait=0)
     assert flush.seconds < 5
     assert flush.done or flush.error is None  # either it was that quick, or it is not yet on disk
+
+
+def test_a_flush_that_does_not_end_in_time_is_not_waited_for(tmp_path, monkeypatch):
+    """A flush the disk holds up: stood in for by a ``_fdatasync`` that waits on an event (nothing
+    real makes a local disk hang on cue). The wait ends at its bound and says not done; the
+    flush, let go, ends in its thread."""
+    from libmgsave import durable
+
+    let_go, ended = threading.Event(), threading.Event()
+
+    def held(path):
+        let_go.wait(60)
+        ended.set()
+
+    monkeypatch.setattr(durable, "_fdatasync", held)
+    flush = flush_image(tmp_path / "guest.save", wait=0.2)
+    assert not flush.done and flush.error is None
+    assert 0.2 <= flush.seconds < 10
+    let_go.set()
+    assert ended.wait(60)
