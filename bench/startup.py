@@ -4,6 +4,12 @@ Times, as separate processes (median of --repeat runs, wall time and peak RSS): 
 interpreter, ``mgsave --version``, ``mgsave --help``, ``mgsave check`` and ``mgsave plan`` (with a
 policy file, on libvirt's in-process ``test:///default`` driver, so no daemon is involved), and
 lists the heaviest imports of each command (``python -X importtime``).
+
+And a pass's start-up as the issue defines it, from exec to its first libvirt call that saves or
+starts a guest: ``mgsave shutdown`` on ``test:///default`` (its running guest), stopped at that
+call (``os._exit`` in place of the binding's save and start methods), once with the policy
+validated before (the state directory's cache) and once validated afresh; with the number of
+modules loaded by then.
 """
 
 from __future__ import annotations
@@ -31,6 +37,48 @@ def _commands(policy: Path, state: Path) -> dict[str, list[str]]:
     }
 
 
+# mgsave's CLI, stopped at its first libvirt call that saves or starts a guest; "--forget" first
+# removes the validated policy from the state directory (``--state-dir`` must follow it).
+FIRST_CALL_PROBE = """\
+import glob, os, sys
+if sys.argv[1] == "--forget":
+    del sys.argv[1]
+    for path in glob.glob(os.path.join(sys.argv[2], "validated-policy-*.json")):
+        os.unlink(path)
+import libvirt
+
+def stop(*args, **kwargs):
+    sys.stderr.write(f"MODULES {len(sys.modules)}\\n")
+    sys.stderr.flush()
+    os._exit(0)
+
+for cls, names in ((libvirt.virDomain, ("managedSave", "save", "saveFlags", "saveParams", "create",
+                                         "createWithFlags")),
+                   (libvirt.virConnect, ("restore", "restoreFlags", "restoreParams", "createXML"))):
+    for name in names:
+        if hasattr(cls, name):
+            setattr(cls, name, stop)
+from libmgsave import cli
+cli.main(sys.argv[1:])
+sys.exit("no guest was saved or started")
+"""
+
+
+def _to_first_call(policy: Path, state: Path) -> dict[str, list[str]]:
+    probe = [sys.executable, "-c", FIRST_CALL_PROBE]
+    tail = ["--policy", str(policy), "--connect", URI, "shutdown"]
+    return {"mgsave shutdown, to its first save (policy validated before)": [*probe, "--state-dir", str(state), *tail],
+            "mgsave shutdown, to its first save (policy validated now)": [*probe, "--forget", "--state-dir",
+                                                                           str(state), *tail]}
+
+
+def modules_at_first_call(argv: list[str]) -> int | None:
+    """How many modules the probe had loaded at its first save or start."""
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    found = re.findall(r"^MODULES (\d+)$", proc.stderr, re.MULTILINE)
+    return int(found[0]) if found else None
+
+
 def imports(argv: list[str], top: int) -> list[tuple[str, float]]:
     """The top-level imports of ``python -m libmgsave argv`` with their cumulative seconds."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "libmgsave", *argv],
@@ -53,8 +101,9 @@ def run(args) -> dict:
     data = {"machine": machine_description(), "commands": {}, "imports": {}}
     rows = []
     base = [sys.executable, "-c", "pass"]
+    first_calls = _to_first_call(policy, state)
     commands = [("python -c pass (the interpreter alone)", base),
-                *[(k, mgsave + v) for k, v in _commands(policy, state).items()]]
+                *[(k, mgsave + v) for k, v in _commands(policy, state).items()], *first_calls.items()]
     runs: dict[str, list] = {label: [] for label, _ in commands}
     for _ in range(args.repeat):  # round-robin: a busy moment hits every command alike
         for label, argv in commands:
@@ -67,6 +116,9 @@ def run(args) -> dict:
                      f"{max(rss) / 1024:.0f} MiB"])
     say(f"## Start-up cost of the mgsave command ({args.repeat} runs each)\n")
     say(table(["command", "wall time (min-max)", "peak RSS"], rows))
+    for label, argv in first_calls.items():
+        data["commands"][label]["modules"] = count = modules_at_first_call(argv)
+        say(f"\nmodules loaded by `{label}`: {count}")
     for label, argv in _commands(policy, state).items():
         if label in ("mgsave --version",):
             continue

@@ -84,10 +84,11 @@ def guest_conflicts(policy: Policy, guests: Iterable[GuestInfo]) -> list[Finding
                 f"{guest.name}: libvirt's autostart flag is set, so libvirtd starts it at boot by itself, "
                 f"but the policy says autostart {settings.autostart} "
                 f"(fix: virsh autostart --disable {guest.name})", effective.sources["autostart"]))
-        if settings.on_shutdown[-1] is not ShutdownStep.POWEROFF:
-            findings.append(Finding(
-                f"{guest.name}: on_shutdown does not end with poweroff, so the guest can be left running "
-                f"when every step fails", effective.sources["on_shutdown"]))
+        for key, chain in (("on_shutdown", settings.on_shutdown), ("on_reboot", settings.on_reboot)):
+            if isinstance(chain, tuple) and chain[-1] is not ShutdownStep.POWEROFF:
+                findings.append(Finding(
+                    f"{guest.name}: {key} does not end with poweroff, so the guest can be left running "
+                    f"when every step fails", effective.sources[key]))
     return findings
 
 

@@ -21,6 +21,14 @@ cancelled after the pass (PrepareForShutdown(false)) leaves the guests saved on 
 that is logged as an error with what to do, the pass is armed again, and the watch goes on with
 a fresh lock.
 
+A reboot may run other chains than a power-off (``on_reboot``), so the pass must know which it
+is. logind 255 and later says so (``PreparingForShutdownWithMetadata``, asked by the pass among
+``host_facts``); an older one does not, and in its delay phase systemd has queued no job yet. On
+such a host, when the policy has ``on_reboot`` chains, the watcher lets its lock go at once
+instead of starting the pass: systemd then queues the job of the kind (``reboot.target``...),
+which the pass reads at the unit's stop, after any other delay lock (libvirt's) is let go or
+``InhibitDelayMaxSec`` has passed.
+
 Nothing depends on the watch: without a system bus, logind or jeepney, or when it fails in any
 way, it logs why and exits, and the pass runs when systemd stops ``mgsave.service`` during the
 shutdown, as it always did. jeepney (pure Python, no C, no event loop to set up) is the D-Bus
@@ -31,6 +39,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 import shutil
 import time
 
@@ -106,9 +115,21 @@ def _unit_file_state(conn) -> str:
     return _property(conn, unit_spec(conn, ARMING_UNIT, FACT_TIMEOUT), UNIT, "UnitFileState")
 
 
+def _shutdown_type(conn) -> str | None:
+    """logind's ``type`` of the shutdown it prepares (systemd >= 255); None when it prepares none
+    or is older (no such property: the kind then comes from systemd's jobs)."""
+    from jeepney.wrappers import DBusErrorResponse
+    try:
+        metadata = _property(conn, LOGIN1, LOGIN1[2], "PreparingForShutdownWithMetadata")
+    except DBusErrorResponse:
+        return None
+    signature, value = metadata.get("type", (None, None)) if isinstance(metadata, dict) else (None, None)
+    return value if signature == "s" and value else None
+
+
 # HostFacts' fields, each with the question that answers it.
 _QUESTIONS = {"system_state": _system_state, "jobs": _jobs, "preparing_for_shutdown": _preparing_for_shutdown,
-              "unit_file_state": _unit_file_state}
+              "unit_file_state": _unit_file_state, "shutdown_type": _shutdown_type}
 
 
 def host_facts() -> HostFacts:
@@ -240,7 +261,21 @@ def _cancelled(conn, ran: bool) -> None:
     _call(conn, _address(SYSTEMD1), "StartUnit", "ss", (ARMING_UNIT, "replace"))
 
 
-def _watch(conn) -> None:
+def _early_start(conn, kind_matters: Callable[[], bool]) -> bool:
+    """Stop the arming unit now, or leave the pass to its stop by systemd: when logind does not
+    say which kind of shutdown it announces (systemd before 255) and the policy has on_reboot
+    chains, no job says it yet either; once the lock is let go systemd queues the job that does."""
+    if _shutdown_type(conn) is not None or not kind_matters():
+        ran, state = run_pass_now(conn)
+        log.info("shutdown pass over (%s %s): releasing the delay lock", ARMING_UNIT, state)
+        return ran
+    log.info("logind does not say which kind of shutdown this is (systemd before 255), and the policy has "
+             "on_reboot chains: releasing the delay lock; the pass runs when systemd stops %s, whose job says "
+             "which", ARMING_UNIT)
+    return False
+
+
+def _watch(conn, kind_matters: Callable[[], bool]) -> None:
     from jeepney import MatchRule, message_bus
     from jeepney.io.blocking import Proxy
     fields = dict(type="signal", path=LOGIN1[0], interface=LOGIN1[2], member="PrepareForShutdown")
@@ -252,8 +287,7 @@ def _watch(conn) -> None:
             lock = take_delay_lock(conn)
             try:
                 wait_for_announcement(conn, queue, True)
-                ran, state = run_pass_now(conn)
-                log.info("shutdown pass over (%s %s): releasing the delay lock", ARMING_UNIT, state)
+                ran = _early_start(conn, kind_matters)
             finally:
                 lock.close()
             # At a real shutdown systemd stops this process while it waits here.
@@ -261,8 +295,9 @@ def _watch(conn) -> None:
             _cancelled(conn, ran)
 
 
-def watch() -> None:
-    """The whole of ``mgsave watch``; every failure is logged and ends it quietly (exit 0)."""
+def watch(kind_matters: Callable[[], bool] = lambda: False) -> None:
+    """The whole of ``mgsave watch``; every failure is logged and ends it quietly (exit 0).
+    ``kind_matters``: whether the policy has on_reboot chains (asked at each announcement)."""
     try:
         conn = open_system_bus(enable_fds=True)
     except ImportError:
@@ -275,7 +310,7 @@ def watch() -> None:
         return
     with conn:
         try:
-            _watch(conn)
+            _watch(conn, kind_matters)
         except Exception as error:  # noqa: BLE001
             log.warning("the early start of the shutdown pass stopped (%s): the pass runs when systemd "
                         "stops %s", error, ARMING_UNIT)

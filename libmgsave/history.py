@@ -129,6 +129,49 @@ class RecordedBy(enum.StrEnum):
     RETURN = "return"
 
 
+class ShutdownKind(enum.StrEnum):
+    """Which way the host goes down, as logind's metadata or systemd's queued job says; the
+    first three come back up (``on_reboot``), the others do not (``on_shutdown``)."""
+
+    REBOOT = "reboot"
+    KEXEC = "kexec"
+    SOFT_REBOOT = "soft-reboot"
+    POWEROFF = "poweroff"
+    HALT = "halt"
+    UNKNOWN = "unknown"  # nobody said (systemd before 255 in logind's delay phase; a pass run by hand): on_shutdown
+
+    @property
+    def comes_back(self) -> bool:
+        """The host (or its userspace) comes straight back up: the guests' ``on_reboot`` chain."""
+        return self in (ShutdownKind.REBOOT, ShutdownKind.KEXEC, ShutdownKind.SOFT_REBOOT)
+
+
+@dataclass(frozen=True)
+class HostShutdown:
+    """The kind of shutdown a pass ran for, and what showed it (or why it is not known)."""
+
+    kind: ShutdownKind
+    why: str
+
+    @property
+    def chain(self) -> str:
+        """The setting whose chain each guest gets: ``on_reboot`` or ``on_shutdown``."""
+        return "on_reboot" if self.kind.comes_back else "on_shutdown"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind.value, "why": self.why}
+
+    @classmethod
+    def from_dict(cls, raw) -> HostShutdown:
+        """A record's ``host_shutdown``; raises EntryError naming what is wrong."""
+        if not isinstance(raw, Mapping) or set(raw) != {"kind", "why"}:
+            raise EntryError(f"'host_shutdown' is {raw!r}, not a kind of shutdown and why")
+        if raw["kind"] not in frozenset(ShutdownKind) or not isinstance(raw["why"], str):
+            raise EntryError(f"'host_shutdown' is {dict(raw)!r}: its kind is not one of "
+                             f"{', '.join(ShutdownKind)}, or its why not a string")
+        return cls(ShutdownKind(raw["kind"]), raw["why"])
+
+
 # Aggregate save throughput assumed before any pass has measured one on this host. Saving is
 # CPU-bound (QEMU and libvirt's I/O helper); 200 MB/s is below what a 2-core host reached.
 DEFAULT_SAVE_THROUGHPUT = 200e6
@@ -333,6 +376,7 @@ class RecordedPass:
     guests: Mapping[str, GuestEntry]
     kind: str | None = None
     started: float | None = None
+    host_shutdown: HostShutdown | None = None  # a shutdown record's; None in records written before it
 
     @classmethod
     def from_dict(cls, data: Mapping) -> RecordedPass:
@@ -340,4 +384,6 @@ class RecordedPass:
         with ``GuestEntry.from_dict``, which raises EntryError."""
         guests = {key: entry if isinstance(entry, GuestEntry) else GuestEntry.from_dict(entry, key)
                   for key, entry in data["guests"].items()}
-        return cls(guests, data.get("kind"), data.get("started"))
+        shutdown = data.get("host_shutdown")
+        return cls(guests, data.get("kind"), data.get("started"),
+                   None if shutdown is None else HostShutdown.from_dict(shutdown))

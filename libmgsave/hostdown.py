@@ -15,6 +15,11 @@ asks first, and this module decides from what systemd and logind said (``early.h
   slice they live in, or ``virt-guest-shutdown.target``, which the scopes are ordered before):
   ``systemctl isolate rescue.target`` stops that target, as it does libvirt-guests.
 
+Which way the host goes down (``shutdown_kind``): logind's ``PreparingForShutdownWithMetadata``
+(its ``type``: systemd 255 and later) while it waits for its delay inhibitors, which is when
+``mgsave watch`` starts the pass; else the target systemd has a start job for. systemd 252 has no
+metadata, and in logind's delay phase no job is queued yet: the kind is then not known.
+
 Anything else is an admin stopping the unit: no pass. When systemd or logind could not be asked,
 the pass runs: at a real shutdown, saving matters most.
 
@@ -32,10 +37,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from libmgsave.history import HostShutdown, ShutdownKind
+
 ARMING_UNIT = "mgsave.service"
 # Their start means the host goes down (shutdown.target is pulled in by each of the others).
 SHUTDOWN_TARGETS = frozenset({"poweroff.target", "reboot.target", "halt.target", "kexec.target",
                               "soft-reboot.target", "shutdown.target", "final.target", "exit.target"})
+# The targets whose start job says which kind of shutdown it is (shutdown.target: any of them).
+KIND_OF_TARGET = {"reboot.target": ShutdownKind.REBOOT, "kexec.target": ShutdownKind.KEXEC,
+                  "soft-reboot.target": ShutdownKind.SOFT_REBOOT, "poweroff.target": ShutdownKind.POWEROFF,
+                  "halt.target": ShutdownKind.HALT}
+# logind's ``type`` metadata (its HandleAction names) for the same kinds.
+KIND_OF_LOGIND_TYPE = {kind.value: kind for kind in KIND_OF_TARGET.values()}
 # Their stop means the guests' QEMU processes are about to be stopped.
 GUEST_HOLDERS = frozenset({"virt-guest-shutdown.target", "machine.slice"})
 MACHINE_SCOPE = ("machine-", ".scope")
@@ -59,6 +72,9 @@ class HostFacts:
     jobs: tuple[Job, ...] | None = None
     preparing_for_shutdown: bool | None = None
     unit_file_state: str | None = None  # mgsave.service's: enabled, disabled, masked...
+    # logind's PreparingForShutdownWithMetadata ``type`` (systemd >= 255, while it prepares one);
+    # None: not preparing, or a logind without it
+    shutdown_type: str | None = None
     problems: tuple[str, ...] = ()
 
 
@@ -131,3 +147,21 @@ def _rearm(facts: HostFacts) -> Rearm:
     if facts.unit_file_state in DISARMED_STATES:
         return Rearm.LEFT_DISARMED
     return Rearm.QUEUE_START
+
+
+def shutdown_kind(facts: HostFacts) -> HostShutdown:
+    """Which kind of shutdown is under way: logind's word first (it is the one that knows during
+    its delay phase), then the target systemd has a start job for; else unknown, and why."""
+    said = KIND_OF_LOGIND_TYPE.get(facts.shutdown_type or "")
+    if said:
+        return HostShutdown(said, f"logind announced a {said}")
+    for job in facts.jobs or ():
+        if job.type == "start" and job.unit in KIND_OF_TARGET:
+            return HostShutdown(KIND_OF_TARGET[job.unit], f"{job.unit} has a start job")
+    if facts.shutdown_type:
+        why = f"logind announced a shutdown of a kind mgsave does not know ({facts.shutdown_type!r})"
+    elif facts.jobs is None:
+        why = "systemd's jobs could not be asked" + (f" ({'; '.join(facts.problems)})" if facts.problems else "")
+    else:
+        why = "neither logind nor systemd's jobs said which (systemd before 255 announces no kind)"
+    return HostShutdown(ShutdownKind.UNKNOWN, why)

@@ -15,7 +15,7 @@ from libmgsave import jsonout
 from libmgsave.errors import ExitCode
 # Action, Outcome, Severity, WaitKind, PassKind: the closed sets live in ``history``, the bottom
 # floor; named here too, where the results speak them.
-from libmgsave.history import Action, Outcome, PassKind, Severity, WaitKind  # noqa: F401
+from libmgsave.history import Action, HostShutdown, Outcome, PassKind, Severity, WaitKind  # noqa: F401
 from libmgsave.policy import PolicyChoice, PolicyOrigin
 
 if TYPE_CHECKING:
@@ -146,6 +146,7 @@ class PassResult:
     # defaults (``policy`` says which): its problems.
     policy_problems: tuple[Problem, ...] = ()
     policy: PolicyChoice | None = None  # the policy the pass ran on
+    host_shutdown: HostShutdown | None = None  # shutdown: the kind of shutdown it ran for (which chains)
     deadline: dict | None = None  # a shutdown pass on a UPS: the runtime it planned against, the end's moves
 
     @property
@@ -209,6 +210,7 @@ class PassResult:
             "policy_used": self.policy.to_dict() if self.policy else None,
             **_json_span(self.started, self.finished),
             "interrupted": self.interrupted,
+            "host_shutdown": self.host_shutdown.to_dict() if self.host_shutdown else None,
             "warnings": self.warnings,
             "guests": [r.to_dict() for r in self.results],
             **({"battery": self.deadline} if self.deadline else {}),

@@ -26,9 +26,10 @@ libvirt's hasManagedSaveImage says no; ``hypervisor`` looks at the file too.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import importlib.metadata
+import functools
+import os
+import re
+
 import libvirt
 
 FIRST_TYPED_BINDING = (12, 1)  # libvirt-python sends parallel.channels as an int
@@ -50,11 +51,29 @@ def binding_problem() -> str | None:
             "the libvirt library cannot be called directly")
 
 
+@functools.cache
 def binding_version() -> tuple[int, ...] | None:
+    """libvirt-python's (major, minor), from its metadata: the directory beside the module when
+    there is exactly one (what a pass asks on every connection; importlib.metadata, which costs
+    a tenth of a pass's start-up to import and search sys.path, only when there is not)."""
+    here = os.path.dirname(libvirt.__file__)
     try:
-        return tuple(int(part) for part in importlib.metadata.version("libvirt-python").split(".")[:2])
-    except (importlib.metadata.PackageNotFoundError, ValueError):
+        found = [m for m in map(_METADATA_DIR.fullmatch, os.listdir(here)) if m]
+    except OSError:
+        found = []
+    try:
+        if len(found) == 1:
+            text = found[0].group(1)
+        else:
+            import importlib.metadata
+
+            text = importlib.metadata.version("libvirt-python")
+        return tuple(int(part) for part in text.split(".")[:2])
+    except (ImportError, ValueError):  # PackageNotFoundError is an ImportError
         return None
+
+
+_METADATA_DIR = re.compile(r"libvirt_python-([0-9][^-]*?)\.(?:dist-info|egg-info)")
 
 
 def binding_types_channels() -> bool:
@@ -104,6 +123,9 @@ _LIB: list = []
 
 def _library():
     """The C library the binding uses (already loaded: dlopen finds the same one), or None."""
+    import ctypes
+    import ctypes.util
+
     if not _LIB:
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("virt") or "libvirt.so.0")
@@ -123,6 +145,8 @@ def _library():
 
 def _pointer(obj, name: bytes) -> int:
     """The C pointer inside a binding object (its ``_o`` is a capsule of that name)."""
+    import ctypes
+
     get = ctypes.pythonapi.PyCapsule_GetPointer
     get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
     return get(obj._o, name)
@@ -130,6 +154,8 @@ def _pointer(obj, name: bytes) -> int:
 
 def _call_with_params(function: str, target: int, channels: int, flags: int, path: str,
                       *, with_format: bool = True) -> None:
+    import ctypes  # only with a binding that cannot send the channels itself
+
     lib = _library()
     if lib is None:
         raise libvirt.libvirtError(f"{function}: the libvirt library cannot be called directly")

@@ -28,7 +28,7 @@ def peers_of(guests: Iterable[GuestInfo], policy: Policy, *, all_guests: bool = 
         return uris  # the usual case, and with thousands of guests not worth resolving each
     for guest in guests:
         settings = resolve(policy, guest).settings
-        wanted = all_guests or (guest.state.is_active and ShutdownStep.MIGRATE in settings.on_shutdown)
+        wanted = all_guests or (guest.state.is_active and any(ShutdownStep.MIGRATE in c for c in settings.chains))
         for uri in settings.migrate.peers if wanted else ():
             if uri not in uris:
                 uris.append(uri)
@@ -38,7 +38,8 @@ def peers_of(guests: Iterable[GuestInfo], policy: Policy, *, all_guests: bool = 
 def may_migrate(policy: Policy) -> bool:
     """Whether any mapping of the policy puts a ``migrate`` step in a chain."""
     mappings = [policy.defaults, *(rule.settings for rule in policy.rules)]
-    return any(ShutdownStep.MIGRATE in mapping.get("on_shutdown", ()) for mapping in mappings)
+    return any(ShutdownStep.MIGRATE in chain for mapping in mappings
+               for chain in (mapping.get("on_shutdown", ()), mapping.get("on_reboot", ())) if isinstance(chain, tuple))
 
 
 def probe(uri: str) -> PeerFacts:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from libmgsave import jsonout
+from libmgsave.history import ShutdownKind
 # A deadline must be longer than the reserve it keeps for the last step (defined with the budget).
 from libmgsave.budget import DEADLINE_RESERVE  # noqa: F401
 
@@ -37,6 +38,12 @@ class ShutdownStep(enum.StrEnum):
     SAVE = "save"  # managed save (a file in mgsave's state directory for transient guests)
     SHUTDOWN = "shutdown"  # ACPI/agent shutdown request, waiting shutdown_timeout
     POWEROFF = "poweroff"  # hard stop (virDomainDestroy)
+
+
+class SameChain(enum.StrEnum):
+    """``on_reboot``'s value when the guest gets at a reboot what it gets at a power-off."""
+
+    ON_SHUTDOWN = "on_shutdown"
 
 
 class DiskMode(enum.StrEnum):
@@ -91,6 +98,8 @@ class GuestSettings:
 
     autostart: Autostart = Autostart.IF_RUNNING
     on_shutdown: tuple[ShutdownStep, ...] = (ShutdownStep.SAVE, ShutdownStep.SHUTDOWN, ShutdownStep.POWEROFF)
+    # At a reboot, kexec or soft-reboot: its own chain, or (the default) the on_shutdown chain.
+    on_reboot: tuple[ShutdownStep, ...] | SameChain = SameChain.ON_SHUTDOWN
     order: int = 0
     priority: int = 0  # within one order group, higher priority is saved first under a deadline
     after: tuple[str, ...] = ()  # guest names that must be up before this one starts
@@ -106,6 +115,19 @@ class GuestSettings:
     # save until the daemon restarts (see parallelsave.py), and its gain is not measured yet.
     save_channels: int | Channels = 1
     migrate: Migrate = Migrate()
+
+    def chain_setting(self, kind: ShutdownKind) -> str:
+        """The setting whose chain a shutdown of this kind runs: ``on_reboot`` when the host comes
+        straight back and the guest has one of its own, else ``on_shutdown`` (an unknown kind too)."""
+        return "on_reboot" if kind.comes_back and not isinstance(self.on_reboot, SameChain) else "on_shutdown"
+
+    def chain_for(self, kind: ShutdownKind) -> tuple[ShutdownStep, ...]:
+        return getattr(self, self.chain_setting(kind))
+
+    @property
+    def chains(self) -> tuple[tuple[ShutdownStep, ...], ...]:
+        """Every chain a shutdown may run, whatever its kind (for the peers to ask, ``check``)."""
+        return (self.on_shutdown,) if isinstance(self.on_reboot, SameChain) else (self.on_shutdown, self.on_reboot)
 
 
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GuestSettings))
@@ -255,6 +277,13 @@ class Policy:
 
     def with_connections(self, connections: tuple[str, ...]) -> Policy:
         return dataclasses.replace(self, connections=tuple(connections), connections_named=True)
+
+    @property
+    def reboots_differently(self) -> bool:
+        """Whether any guest may get an ``on_reboot`` chain of its own: then the kind of
+        shutdown matters (``mgsave watch`` waits for it on a logind that does not say it)."""
+        mappings = (self.defaults, *(rule.settings for rule in self.rules))
+        return any(isinstance(mapping.get("on_reboot"), tuple) for mapping in mappings)
 
 
 BUILTIN_POLICY = Policy()

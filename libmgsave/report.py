@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 
 from libmgsave import texttable, units, untrusted
+from libmgsave.history import HostShutdown, ShutdownKind
 from libmgsave.outcomes import Outcome, PassResult, Severity
 from libmgsave.plan import Plan, PassKind
 from libmgsave.policy import copy_stamp
@@ -48,14 +49,25 @@ def render_plan(plan: Plan, *, guests: Sequence[str] = (), verbose: bool = False
     return "\n".join(lines)
 
 
+def _for_kind(shutdown: HostShutdown | None) -> tuple[str, str]:
+    """What a shutdown plan or pass was for, and the chains it ran: `` for a reboot``,
+    ``on_reboot chains``; nothing when the kind is not known (the plan's warning says so where
+    a guest has an on_reboot chain of its own)."""
+    if shutdown is None or shutdown.kind is ShutdownKind.UNKNOWN:
+        return "", ""
+    return f" for a {shutdown.kind}", f"{shutdown.chain} chains"
+
+
 def _plan_header(plan: Plan) -> list[str]:
     limits = plan.limits
     source = plan.policy_source or "built-in defaults"
     if plan.kind is PassKind.SHUTDOWN:
         # The deadline the plan was made for: --deadline, or what is left of the pass's.
         deadline = limits.shutdown_deadline if plan.deadline is None else plan.deadline
-        lines = wrapped([f"Shutdown plan (policy: {source}; deadline {units.seconds(deadline)}; "
-                         f"up to {units.plural(limits.max_parallel_saves, 'save')} at once)"], indent="")
+        kind, chains = _for_kind(plan.host_shutdown)
+        lines = wrapped([f"Shutdown plan{kind} ({f'{chains}; ' if chains else ''}policy: {source}; deadline "
+                         f"{units.seconds(deadline)}; up to {units.plural(limits.max_parallel_saves, 'save')} "
+                         f"at once)"], indent="")
         lines += wrapped(f"estimates on {uri} assume {units.rate(rate.bytes_per_second)}: {rate.source}"
                          for uri, rate in sorted((plan.rates or {}).items()))
         return lines
@@ -147,7 +159,9 @@ def render_result(result: PassResult) -> str:
     estimates, marked as such: the end of a save, from the pass's start; its image, at most the
     guest's memory."""
     title = f"{result.kind} pass{' (dry run: nothing was done)' if result.dry_run else ''}"
-    lines = [f"Summary of the {title}, {units.duration(result.finished - result.started)}:"]
+    kind, chains = _for_kind(result.host_shutdown)
+    lines = [f"Summary of the {title}{kind}{f' ({chains})' if chains else ''}, "
+             f"{units.duration(result.finished - result.started)}:"]
     would = result.dry_run
     columns = [Column("GUEST", shrink=True, name=True), Column("ACTION"), Column("WOULD BE" if would else "RESULT"),
                Column("SEVERITY", colour=_severity_colour), Column("TIME", right=True), Column("SIZE", right=True)]

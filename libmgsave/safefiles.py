@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -109,7 +108,7 @@ def write_file(path: str | Path, data: str | bytes, *, mode: int = 0o600, durabl
     try:
         if not replace_anything:
             _must_be_regular_or_absent(dir_fd, path)
-        tmp = f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        tmp = f".{path.name}.{os.urandom(4).hex()}{suffix}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
         try:
             with open(fd, "wb") as out:

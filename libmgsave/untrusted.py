@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import enum
 import unicodedata
-from xml.sax.saxutils import escape as xml_escape
 
 NAME_LIMIT = 256  # a guest's name or title, a URI, a phase's kind: far more than any real one
 MESSAGE_LIMIT = 2000  # an error message, a warning, a note: libvirt's longest are a few hundred
@@ -28,6 +27,9 @@ MESSAGE_LIMIT = 2000  # an error message, a warning, a note: libvirt's longest a
 # (U+FFFE and U+FFFF among them, which XML forbids), Zl and Zp (line and paragraph separators).
 _UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})
 _SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+# XML's five markup characters, as xml.sax.saxutils.escape with quotes would write them: that
+# module imports urllib.request (and so http, email, ssl), a tenth of a pass's start-up.
+_XML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&apos;"})
 
 
 class Sink(enum.Enum):
@@ -41,7 +43,7 @@ def safe(value: object, sink: Sink = Sink.TEXT, *, limit: int = NAME_LIMIT) -> s
     text = value if isinstance(value, str) else str(value)
     if not (len(text) <= limit and text.isprintable()):  # isprintable: the quick common case
         text = _escaped(text, limit)
-    return xml_escape(text, {'"': "&quot;", "'": "&apos;"}) if sink is Sink.XML else text
+    return text.translate(_XML_ESCAPES) if sink is Sink.XML else text
 
 
 def _escaped(text: str, limit: int) -> str:

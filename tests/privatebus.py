@@ -157,6 +157,8 @@ class StandIn:
 class Logind(StandIn):
     def __init__(self, address: str):
         self.preparing = False
+        # PreparingForShutdownWithMetadata's type (systemd >= 255); None: a logind without it (252)
+        self.shutdown_type: str | None = None
         self.locks: list[int] = []  # our ends of the inhibitor pipes
         self._to_close: list[int] = []
         super().__init__(address, LOGIN1)
@@ -175,7 +177,11 @@ class Logind(StandIn):
             os.close(self._to_close.pop())
 
     def properties(self):
-        return {("org.freedesktop.login1.Manager", "PreparingForShutdown"): ("b", self.preparing)}
+        manager = "org.freedesktop.login1.Manager"
+        known = {(manager, "PreparingForShutdown"): ("b", self.preparing)}
+        if self.shutdown_type is not None:  # what logind 257 answers while it prepares a shutdown
+            known[(manager, "PreparingForShutdownWithMetadata")] = ("a{sv}", {"type": ("s", self.shutdown_type)})
+        return known
 
     def announce(self, starting: bool) -> None:
         """PrepareForShutdown(starting), broadcast, as logind sends it."""

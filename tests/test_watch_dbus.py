@@ -44,13 +44,18 @@ def bus():
 
 @pytest.fixture
 def watcher(bus, tmp_path, request):
-    interpreter = request.param
+    """``mgsave watch`` with ``request.param``: the interpreter, or (the interpreter, a policy's text)."""
+    interpreter, policy = request.param if isinstance(request.param, tuple) else (request.param, None)
     if interpreter == [DEBIAN_PYTHON] and subprocess.run([DEBIAN_PYTHON, "-c", "import jeepney, yaml"]).returncode:
         pytest.skip("Debian's python3-jeepney is not installed")
     private, logind, _systemd = bus
     log = tmp_path / "watch.log"
     env = {"PATH": os.environ["PATH"], "DBUS_SYSTEM_BUS_ADDRESS": private.address, "PYTHONPATH": str(ROOT),
            "PYTHONUNBUFFERED": "1"}
+    if policy is not None:
+        (tmp_path / "policy.yaml").write_text(policy)
+        tmp_path.chmod(0o755)
+        env["MGSAVE_POLICY"] = str(tmp_path / "policy.yaml")
     with open(log, "wb") as stderr:
         process = subprocess.Popen([*interpreter, "-m", "libmgsave", "watch"], env=env, stderr=stderr,
                                    stdout=subprocess.DEVNULL)
@@ -118,3 +123,27 @@ def test_a_restarted_logind_is_believed(bus, watcher):
         assert "ignored" not in watcher.text()
     finally:
         restarted.close()
+
+
+ON_REBOOT = "version: 1\ndefaults:\n  on_reboot: [shutdown, poweroff]\n"
+
+
+@pytest.mark.parametrize("watcher", [([sys.executable], ON_REBOOT)], indirect=True, ids=["on_reboot"])
+def test_with_on_reboot_chains_a_logind_that_names_no_kind_leaves_the_pass_to_systemd_s_job(bus, watcher):
+    """systemd before 255 says no kind, and in logind's delay phase no job is queued yet: the
+    watcher lets its lock go at once, so that systemd queues the job (reboot.target or
+    poweroff.target) that the unit's stop then reads."""
+    _private, logind, systemd = bus
+    logind.announce(True)
+    wait_for(logind.lock_released, "the delay lock released")
+    assert systemd.called("StopUnit") == [], watcher.text()
+    assert "logind does not say which kind of shutdown this is" in watcher.text()
+
+
+@pytest.mark.parametrize("watcher", [([sys.executable], ON_REBOOT)], indirect=True, ids=["on_reboot"])
+def test_with_on_reboot_chains_logind_s_kind_still_starts_the_pass_early(bus, watcher):
+    _private, logind, systemd = bus
+    logind.shutdown_type = "reboot"
+    logind.announce(True)
+    wait_for(lambda: systemd.called("StopUnit"), "the watcher's StopUnit")
+    assert systemd.called("StopUnit") == [("mgsave.service", "replace")]

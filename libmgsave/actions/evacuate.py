@@ -20,7 +20,7 @@ from libmgsave.errors import HypervisorError
 from libmgsave.hypervisor import Connections
 from libmgsave.outcomes import GuestResult, Outcome, PassResult
 from libmgsave.plan import GuestPlan, PassKind, Plan
-from libmgsave.policy import Match, Policy, Rule, ShutdownStep
+from libmgsave.policy import Match, Policy, Rule, SameChain, ShutdownStep
 from libmgsave.state import RecordWriter, guest_record_key
 from libmgsave.state.records import RecordedBy, current_boot_id, pending_entry
 
@@ -67,7 +67,9 @@ def _still_here(connections: Connections, entry: GuestPlan) -> bool:
 
 def migrate_only(policy: Policy) -> Policy:
     """The policy with one more rule, last, matching every guest: its chain is the migration
-    alone (the plan drops it, and leaves the guest alone, when no peer can take it)."""
-    rule = Rule(index=len(policy.rules), match=Match(), settings={"on_shutdown": (ShutdownStep.MIGRATE,)},
+    alone (the plan drops it, and leaves the guest alone, when no peer can take it), whatever
+    its on_reboot chain (an evacuation is no shutdown of either kind)."""
+    rule = Rule(index=len(policy.rules), match=Match(),
+                settings={"on_shutdown": (ShutdownStep.MIGRATE,), "on_reboot": SameChain.ON_SHUTDOWN},
                 comment="mgsave evacuate: migrate only")
     return dataclasses.replace(policy, rules=(*policy.rules, rule))

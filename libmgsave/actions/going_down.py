@@ -7,7 +7,9 @@ them back. ``hostdown.decide`` judges what systemd and logind say (``early.host_
 the host stays up, nothing is saved, a warning says so and how to save the guests now, and the
 pass is armed again (a restart does that itself; after a plain stop a start of the unit is
 queued, unless the admin disabled or masked it). When systemd or logind cannot be asked the pass
-runs: at a real shutdown, saving matters most. ``mgsave shutdown`` run by hand never asks.
+runs: at a real shutdown, saving matters most. The same facts say which kind of shutdown it is
+(``hostdown.shutdown_kind``: a reboot runs the guests' ``on_reboot`` chains). ``mgsave shutdown``
+run by hand never asks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from libmgsave import early, hostdown, notify
 from libmgsave.errors import ExitCode
+from libmgsave.history import HostShutdown, ShutdownKind
 from libmgsave.hostdown import ARMING_UNIT, Decision, Rearm, Verdict
 
 log = logging.getLogger("mgsave")
@@ -42,18 +45,30 @@ class PassHeldBack:
         return ExitCode.OK
 
 
-def hold_back() -> PassHeldBack | None:
-    """None when the pass is to run (logged with why); else what was done instead."""
-    decision = hostdown.decide(early.host_facts())
-    if decision.verdict is Verdict.UNKNOWN:
-        log.warning("cannot tell whether the host is going down (%s): running the shutdown pass", decision.why)
-        return None
+def hold_back() -> PassHeldBack | HostShutdown:
+    """When the pass is to run (logged with why), the kind of shutdown it runs for (logged too:
+    it chooses each guest's chain); else what was done instead."""
+    facts = early.host_facts()
+    decision = hostdown.decide(facts)
     if decision.runs_pass:
-        log.info("running the shutdown pass: %s", decision.why)
-        return None
+        if decision.verdict is Verdict.UNKNOWN:
+            log.warning("cannot tell whether the host is going down (%s): running the shutdown pass", decision.why)
+        else:
+            log.info("running the shutdown pass: %s", decision.why)
+        return _kind(hostdown.shutdown_kind(facts))
     log.warning(NOT_SAVED + " %s", ARMING_UNIT, decision.why, _rearm(decision.rearm))
     notify.status("host not shutting down: no guest saved (run 'mgsave shutdown' to save them now)")
     return PassHeldBack(decision)
+
+
+def _kind(shutdown: HostShutdown) -> HostShutdown:
+    if shutdown.kind is ShutdownKind.UNKNOWN:
+        log.warning("cannot tell which kind of shutdown this is (%s): every guest gets its on_shutdown chain",
+                    shutdown.why)
+    else:
+        chains = "on_reboot chain (on_shutdown where it has none)" if shutdown.kind.comes_back else "on_shutdown chain"
+        log.info("the host is going down for a %s (%s): each guest gets its %s", shutdown.kind, shutdown.why, chains)
+    return shutdown
 
 
 def _rearm(rearm: Rearm) -> str:

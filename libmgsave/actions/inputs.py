@@ -11,7 +11,7 @@ from libmgsave import units
 from libmgsave.context import Context, PassLog
 from libmgsave.diskspace import free_bytes, save_room
 from libmgsave.errors import HypervisorError, PolicyError, Problem
-from libmgsave.history import RecordedPass
+from libmgsave.history import HostShutdown, RecordedPass
 from libmgsave.hypervisor import Connections
 from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
 from libmgsave.plan.boot import peer_questions
@@ -47,6 +47,8 @@ def strict_policy(ctx: Context) -> Policy:
     data = policyfile.read_policy_file(ctx.policy_path, trust_insecure=ctx.trust_insecure)
     policy = policyfile.parse_policy(data, ctx.policy_path)
     keep_last_valid(ctx, data, "mgsave check")
+    if not ctx.state.insecure:  # the next pass need not validate it again
+        policyfile.cache.remember(ctx.state.path, ctx.policy_path, data, policy)
     return _with_connections(policy, ctx)
 
 
@@ -67,7 +69,8 @@ def pass_policy(ctx: Context, *, keep: bool = False) -> PolicyInUse:
     from libmgsave import policyfile
 
     read = policyfile.read_policy_for_pass(ctx.policy_path, explicit=ctx.policy_explicit,
-                                           trust_insecure=ctx.trust_insecure)
+                                           trust_insecure=ctx.trust_insecure,
+                                           cache_dir=None if ctx.state.insecure else ctx.state.path)
     if read.policy is not None:
         if read.policy.is_builtin:
             log.info("no policy file at %s: using the built-in defaults", ctx.policy_path)
@@ -180,10 +183,10 @@ def inventory(connections: Connections, policy: Policy, warnings: list[str] | No
 
 
 def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None = None,
-                  connections: Connections | None = None) -> Plan:
+                  connections: Connections | None = None, host_shutdown: HostShutdown | None = None) -> Plan:
     """The shutdown plan, with the save rate the last pass measured, the free space now, what
     each connection offers of parallel save channels, and what the peers of guests to migrate
-    answer now."""
+    answer now; for ``host_shutdown``, the kind of shutdown (None: not known)."""
     from libmgsave import peers
 
     previous = ctx.state.last_shutdown(quiet=True)
@@ -194,7 +197,8 @@ def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None =
     return plan_shutdown(guests, policy, state_dir=ctx.state.path, rates=learned_rates(previous, policy.connections),
                          deadline=deadline, room=room, channels=channel_support(connections),
                          peers=peers.probe_all(peer_uris),
-                         source_types=peers.source_types(connections.hosts()) if connections and peer_uris else {})
+                         source_types=peers.source_types(connections.hosts()) if connections and peer_uris else {},
+                         host_shutdown=host_shutdown)
 
 
 def refused_flags(guests, policy: Policy, connections: Connections) -> list[tuple[GuestInfo, str, str]]:

@@ -139,7 +139,8 @@ def _run(ctx: Context, options: PassOptions, this: Pass) -> PassResult:
                             unreachable=tuple(uri for uri in policy.connections if uri not in connections.uris()),
                             bookkeeping_failed=pass_log.bookkeeping_failed,
                             interrupted=stopped_by.name if stopped_by else None,
-                            policy_problems=tuple(problems), policy=use.choice, deadline=_deadline(run))
+                            policy_problems=tuple(problems), policy=use.choice, host_shutdown=plan.host_shutdown,
+                            deadline=_deadline(run))
     metrics.export(policy.metrics.textfile, result, str(this.kind))
     _summarise(ctx, result)
     return result
@@ -190,6 +191,7 @@ def _summarise(ctx: Context, result: PassResult) -> None:
             units.duration(result.finished - result.started), defaults,
             extra={"MESSAGE_ID": journal.PASS_END, "MGSAVE_PASS": str(result.kind),
                    "MGSAVE_SEVERITY": result.severity.value,
+                   **({"MGSAVE_SHUTDOWN_KIND": str(result.host_shutdown.kind)} if result.host_shutdown else {}),
                    **({"MGSAVE_POLICY": str(result.policy.origin)} if result.policy else {})})
     notify.status(_final_status(result))
     if ctx.json:

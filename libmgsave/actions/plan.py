@@ -14,6 +14,7 @@ from libmgsave import jsonout, report
 from libmgsave.actions import inputs
 from libmgsave.context import Context, PassLog
 from libmgsave.errors import ExitCode
+from libmgsave.history import HostShutdown
 from libmgsave.plan import PassKind
 from libmgsave.spelling import did_you_mean
 
@@ -27,6 +28,7 @@ class PlanOptions:
     which: str | None = None  # one pass only (shutdown or boot)
     guests: tuple[str, ...] = ()  # only these guests (by name), in full
     verbose: bool = False  # every guest in full, with where each setting came from
+    host_shutdown: HostShutdown | None = None  # --reboot, --poweroff: which chain each guest gets
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,8 @@ def run_plan(ctx: Context, options: PlanOptions) -> PlanResult:
     guests = inputs.inventory(connections, policy, warnings)
     plans, met = [], PassLog()
     if options.which in (None, "shutdown"):
-        plans.append(inputs.shutdown_plan(ctx, guests, policy, connections=connections))
+        plans.append(inputs.shutdown_plan(ctx, guests, policy, connections=connections,
+                                          host_shutdown=options.host_shutdown))
     if options.which in (None, "boot"):
         plans.append(inputs.boot_plan(ctx, met, guests, policy, connections))
     fit = _ups_fit(policy, plans)

@@ -16,6 +16,7 @@ from libmgsave import units
 from libmgsave.actions import DONE, Done, inputs
 from libmgsave.context import Context
 from libmgsave.errors import MgsaveError, PolicyError, Problem
+from libmgsave.history import HostShutdown, ShutdownKind
 from libmgsave.interrupt import wait_bound
 from libmgsave.power.decide import Decision
 from libmgsave.power.need import needed_seconds
@@ -60,7 +61,8 @@ def _needed(ctx: Context, policy) -> float:  # noqa: ANN001
         connections, warnings = inputs.connect(policy)
         try:
             guests = inputs.inventory(connections, policy, warnings)
-            plan = inputs.shutdown_plan(ctx, guests, policy, connections=connections)
+            plan = inputs.shutdown_plan(ctx, guests, policy, connections=connections,
+                                        host_shutdown=HostShutdown(ShutdownKind.POWEROFF, "the UPS runs out"))
         finally:
             for host in connections.hosts():
                 host.close()

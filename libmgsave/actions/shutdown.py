@@ -16,6 +16,7 @@ from libmgsave.actions import going_down, inputs, passes
 from libmgsave.context import Context
 from libmgsave.errors import HypervisorError
 from libmgsave.execute import ShutdownPass, dry_run_results, skipped_results
+from libmgsave.history import HostShutdown
 from libmgsave.outcomes import GuestResult, Outcome, PassResult
 from libmgsave.plan import PassKind, Plan
 from libmgsave.saveimages import save_file_is_complete
@@ -30,14 +31,16 @@ log = logging.getLogger("mgsave")
 ARRIVAL_POLL = 1.0  # seconds between two looks at a guest still arriving
 
 
-def run_shutdown(ctx: Context, options: passes.PassOptions, *, if_host_going_down: bool = False
-                 ) -> PassResult | passes.StoppedEarly | going_down.PassHeldBack:
-    """``if_host_going_down``: mgsave.service's stop, which saves nothing on a host that stays up."""
+def run_shutdown(ctx: Context, options: passes.PassOptions, *, if_host_going_down: bool = False,
+                 host_shutdown: HostShutdown | None = None) -> PassResult | passes.StoppedEarly | going_down.PassHeldBack:
+    """``if_host_going_down``: mgsave.service's stop, which saves nothing on a host that stays up;
+    ``host_shutdown``: the kind of shutdown (--reboot, --poweroff), else the stop asks systemd."""
     if if_host_going_down:
         held_back = going_down.hold_back()
-        if held_back:
+        if isinstance(held_back, going_down.PassHeldBack):
             return held_back
-    return Shutdown().run(ctx, options)
+        host_shutdown = host_shutdown or held_back  # the kind the host goes down by
+    return Shutdown(host_shutdown).run(ctx, options)
 
 
 class Shutdown(passes.Pass):
@@ -46,8 +49,9 @@ class Shutdown(passes.Pass):
 
     kind = runs_as = PassKind.SHUTDOWN
 
-    def __init__(self) -> None:
+    def __init__(self, host_shutdown: HostShutdown | None = None) -> None:
         self.record: RecordWriter | None = None
+        self.host_shutdown = host_shutdown  # which chain each guest gets; None: not known (on_shutdown)
 
     def carry_out(self, run: passes.PassRun) -> tuple[Plan, list[GuestResult]]:
         inputs.check_state_dir(run.ctx, run.log)
@@ -55,7 +59,8 @@ class Shutdown(passes.Pass):
         arriving = [g for g in run.guests if g.settling]
         _say_arriving(arriving, set())
         plan = inputs.shutdown_plan(run.ctx, [g for g in run.guests if not g.settling], run.policy,
-                                    deadline=run.budget.time_left(), connections=run.connections)
+                                    deadline=run.budget.time_left(), connections=run.connections,
+                                    host_shutdown=self.host_shutdown)
         run.announce(plan)
         if run.options.dry_run:
             return plan, dry_run_results(plan) + skipped_results(plan)
@@ -94,7 +99,8 @@ class Shutdown(passes.Pass):
         entries = starting_entries(previous, boot, plan, complete, boot_id=boot_id)
         # the save rates learned so far, kept for the connections this pass will not measure
         return RecordWriter.begin(state.shutdown_record, "shutdown", entries,
-                                  extra={SAVE_RATES: kept_rates(previous, {}), "boot_id": boot_id})
+                                  extra={SAVE_RATES: kept_rates(previous, {}), "boot_id": boot_id,
+                                         "host_shutdown": plan.host_shutdown.to_dict() if plan.host_shutdown else None})
 
     def learned(self, results: list[GuestResult]) -> dict:
         """What the record keeps of what the pass learned: the save rates."""
@@ -133,7 +139,7 @@ def _late_guests(this: Shutdown, run: passes.PassRun, results: list[GuestResult]
                 break
             continue
         plan = inputs.shutdown_plan(run.ctx, late, run.policy, deadline=run.budget.time_left(),
-                                    connections=run.connections)
+                                    connections=run.connections, host_shutdown=this.host_shutdown)
         for entry in plan.active:
             log.warning("%s: started by someone else (or migrated here) during the pass; handling it now",
                         entry.guest.name, extra=journal.guest_fields(entry.guest, result="late"))

@@ -8,7 +8,7 @@ from types import MappingProxyType
 
 from libmgsave import jsonout
 # The closed sets and the save rate are history's (the bottom floor); the plan speaks them.
-from libmgsave.history import DEFAULT_SAVE_THROUGHPUT, Action, PassKind, SaveRate  # noqa: F401
+from libmgsave.history import DEFAULT_SAVE_THROUGHPUT, Action, HostShutdown, PassKind, SaveRate  # noqa: F401
 from libmgsave.inventory import ON_PEER, GuestInfo
 from libmgsave.matching import DEFAULTS_SOURCE, Effective
 # DEADLINE_RESERVE is defined with the policy's limits, which must leave room for it.
@@ -60,6 +60,8 @@ class GuestPlan:
     # boot: ``reason`` without its last words on what the guest gets ("; resumes"), which the
     # ACTION column of a table says already; None: the whole reason
     cause: str | None = None
+    # shutdown: the setting its chain is (``on_shutdown``, or ``on_reboot`` at a reboot); None: boot
+    chain_from: str | None = None
 
     @property
     def key(self) -> GuestKey:
@@ -108,6 +110,7 @@ class GuestPlan:
             "save_channels": self.save_channels,
             "settings": _settings_dict(self.effective, rule_lines or {}),
             "peer": self.peer,
+            "chain_from": self.chain_from,
         }
 
 
@@ -126,6 +129,8 @@ class Plan:
     # where each rule (by label) and ``defaults:`` are in the policy file: the line of each
     # setting's origin (``rule_lines``); empty: the built-in defaults
     rule_lines: Mapping[str, int | None] = field(default_factory=dict)
+    # shutdown: the kind of shutdown planned for (which chain each guest gets), and what said so
+    host_shutdown: HostShutdown | None = None
 
     @property
     def active(self) -> tuple[GuestPlan, ...]:
@@ -147,6 +152,7 @@ class Plan:
             "warnings": list(self.warnings),
             "guests": [e.to_dict(self.rule_lines) for e in self.entries],
             "peers": {uri: facts.to_dict() for uri, facts in (self.peers or {}).items()},
+            "host_shutdown": self.host_shutdown.to_dict() if self.host_shutdown else None,
         }
 
 

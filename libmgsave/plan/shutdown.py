@@ -7,8 +7,10 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from libmgsave.channels import UNKNOWN, ChannelSupport, choose
 from libmgsave import units
+from libmgsave.budget import for_steps
+from libmgsave.channels import UNKNOWN, ChannelSupport, choose
+from libmgsave.history import HostShutdown, ShutdownKind
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
@@ -31,6 +33,7 @@ def plan_shutdown(
     cores: int | None = None,
     peers: Mapping[str, PeerFacts] | None = None,
     source_types: Mapping[str, str | None] | None = None,
+    host_shutdown: HostShutdown | None = None,
 ) -> Plan:
     """Decide the fallback chain of every running guest, in the order the pass will work.
 
@@ -52,33 +55,66 @@ def plan_shutdown(
     ``source_types`` each connection's hypervisor type: a ``migrate`` step gets its peer here
     (``plan.peers.PeerBudget``), or is dropped from the chain when no peer can take the guest
     in time.
+    ``host_shutdown`` is the kind of shutdown (None: not known): at a reboot, kexec or soft-reboot
+    each guest gets its ``on_reboot`` chain, else (an unknown kind too) its ``on_shutdown`` chain.
     """
     guests = list(guests)
-    rates = dict(rates or {})
-    for uri in {g.connection for g in guests} - set(rates):
-        rates[uri] = SaveRate(DEFAULT_SAVE_THROUGHPUT, "built-in default")
+    host_shutdown = host_shutdown or UNKNOWN_KIND
+    rates = {g.connection: SaveRate(DEFAULT_SAVE_THROUGHPUT, "built-in default") for g in guests} | dict(rates or {})
     deadline = policy.limits.shutdown_deadline if deadline is None else deadline
     warnings: list[str] = []
     resolved = {g.key: (g, resolve(policy, g)) for g in guests}
+    warnings += _kind_warnings(host_shutdown, resolved.values())
     deps = dependencies(resolved, warnings)
     orders = effective_orders(resolved, deps)
     stop_first = _stop_first(resolved, deps, orders)
     budget = _SaveBudget(rates, deadline, dict(room or {}))
-    saving = sum(1 for g, eff in resolved.values() if g.state.is_active and ShutdownStep.SAVE in eff.settings.on_shutdown)
-    share = _ChannelShare(dict(channels or {}), min(policy.limits.max_parallel_saves, saving) or 1,
-                          cores or os.cpu_count() or 1)
-    peer_budget = PeerBudget(peers or {}, source_types or {}, deadline - DEADLINE_RESERVE)
-    entries = []
-    for key in sorted(resolved, key=lambda k: (-orders[k], -resolved[k][1].settings.priority, resolved[k][0].name,
-                                               resolved[k][0].connection)):
-        guest, eff = resolved[key]
-        if not guest.state.is_active:
-            entries.append(GuestPlan(guest, eff, (Action.SKIP,), f"{guest.state}: nothing to do", orders[key]))
-            continue
-        entries.append(_shutdown_entry(guest, eff, orders[key], tuple(sorted(stop_first[key])), Path(state_dir),
-                                       budget, share, peer_budget))
+    kind = host_shutdown.kind
+    share = _channel_share(resolved.values(), kind, policy, channels, cores)
+    peer_budget = PeerBudget(peers or {}, source_types or {}, for_steps(deadline))
+    state_dir = Path(state_dir)  # once, not per guest: 10,000 Path objects took a fifth of the plan
+    entries = [_entry(resolved[key], orders[key], tuple(sorted(stop_first[key])), state_dir, budget, share,
+                      peer_budget, kind)
+               for key in sorted(resolved, key=lambda k: (-orders[k], -resolved[k][1].settings.priority,
+                                                          resolved[k][0].name, resolved[k][0].connection))]
     return Plan(PassKind.SHUTDOWN, tuple(entries), policy.limits, policy.source, tuple(warnings), rates,
-                peers=dict(peers or {}), deadline=deadline, rule_lines=rule_lines(policy))
+                peers=dict(peers or {}), deadline=deadline, rule_lines=rule_lines(policy),
+                host_shutdown=host_shutdown)
+
+
+UNKNOWN_KIND = HostShutdown(ShutdownKind.UNKNOWN, "no kind of shutdown was given")
+
+
+def _channel_share(resolved: Iterable[tuple[GuestInfo, Effective]], kind: ShutdownKind, policy: Policy,
+                   channels: Mapping[str, ChannelSupport] | None, cores: int | None) -> _ChannelShare:
+    """How the host's cores are shared among the saves that run at once (``save_channels: auto``)."""
+    saving = sum(1 for g, eff in resolved if g.state.is_active and ShutdownStep.SAVE in eff.settings.chain_for(kind))
+    return _ChannelShare(dict(channels or {}), min(policy.limits.max_parallel_saves, saving) or 1,
+                         cores or os.cpu_count() or 1)
+
+
+def _entry(resolved: tuple[GuestInfo, Effective], order: int, stop_first: tuple, state_dir: Path,
+           budget: _SaveBudget, share: _ChannelShare, peer_budget: PeerBudget, kind: ShutdownKind) -> GuestPlan:
+    """One guest's entry: nothing to do for a guest that does not run, else its chain."""
+    guest, eff = resolved
+    if not guest.state.is_active:
+        return GuestPlan(guest, eff, (Action.SKIP,), f"{guest.state}: nothing to do", order)
+    return _shutdown_entry(guest, eff, order, stop_first, state_dir, budget, share, peer_budget, kind)
+
+
+def _kind_warnings(host_shutdown: HostShutdown, resolved: Iterable[tuple[GuestInfo, Effective]]) -> list[str]:
+    """When the kind of shutdown is not known, the running guests with an ``on_reboot`` chain of
+    their own get their ``on_shutdown`` chain: say so, once, naming them."""
+    if host_shutdown.kind is not ShutdownKind.UNKNOWN:
+        return []
+    names = sorted(g.name for g, eff in resolved
+                   if g.state.is_active and eff.settings.chain_setting(ShutdownKind.REBOOT) == "on_reboot")
+    if not names:
+        return []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    get, their = ("gets", "its") if len(names) == 1 else ("get", "their")
+    return [f"the kind of shutdown is not known ({host_shutdown.why}): {shown} {get} {their} on_shutdown chain, "
+            f"not {their} on_reboot chain"]
 
 
 def _stop_first(resolved: Mapping[GuestKey, tuple], deps: Mapping[GuestKey, Iterable[GuestKey]],
@@ -94,6 +130,9 @@ def _stop_first(resolved: Mapping[GuestKey, tuple], deps: Mapping[GuestKey, Iter
     return stop_first
 
 
+_ACTION_OF = {step: Action(step.value) for step in ShutdownStep if step is not ShutdownStep.SAVE}
+
+
 class _SaveBudget:
     """What is left of the deadline and of the free space as saves are planned, in plan order.
     Each connection saves at its own rate, measured while the others saved too: the bytes
@@ -102,9 +141,13 @@ class _SaveBudget:
     def __init__(self, rates: Mapping[str, SaveRate], deadline: float, room: dict[str, int | None]):
         self.rates = rates
         self.deadline = deadline
-        self.seconds = deadline - DEADLINE_RESERVE
+        self.seconds = for_steps(deadline)
         self.room = room
         self.saved_bytes: dict[str, float] = {}
+        # The same spelling as the plan's header; the reserve is why 54 s can be too late for 60 s.
+        # Spelt once: with thousands of guests most saves may be dropped.
+        self.past_deadline = (f"past the {units.seconds(deadline)} deadline less the "
+                              f"{units.seconds(DEADLINE_RESERVE)} kept for the fallback steps")
 
     def take(self, guest: GuestInfo, room_key: str) -> tuple[float | None, str | None]:
         """The estimated end of the guest's save, or why it must be dropped from the chain."""
@@ -112,10 +155,7 @@ class _SaveBudget:
         estimate = (before + guest.memory_bytes) / self.rates[guest.connection].bytes_per_second
         free = self.room.get(room_key)
         if estimate > self.seconds:
-            # The same spelling as the plan's header; the reserve is why 54 s can be too late for 60 s.
-            return None, (f"save skipped: it would end about {units.seconds(estimate)} into the pass, past "
-                          f"the {units.seconds(self.deadline)} deadline less the {units.seconds(DEADLINE_RESERVE)} "
-                          f"kept for the fallback steps")
+            return None, f"save skipped: it would end about {units.seconds(estimate)} into the pass, {self.past_deadline}"
         if free is not None and guest.memory_bytes > free:
             return None, f"save skipped: its image may need {_mb(guest.memory_bytes)}, only {_mb(free)} free"
         self.saved_bytes[guest.connection] = before + guest.memory_bytes
@@ -137,12 +177,14 @@ class _ChannelShare:
 
 
 def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tuple[GuestKey, ...],
-                    state_dir: Path, budget: _SaveBudget, share: _ChannelShare, peer_budget: PeerBudget) -> GuestPlan:
+                    state_dir: Path, budget: _SaveBudget, share: _ChannelShare, peer_budget: PeerBudget,
+                    kind: ShutdownKind) -> GuestPlan:
     """A running guest's fallback chain, its save dropped up front when it cannot make it."""
     notes: list[str] = []
     chain = []
     image = managed = None
-    for step in eff.settings.on_shutdown:
+    chain_from = eff.settings.chain_setting(kind)
+    for step in eff.settings.chain_for(kind):
         if step is ShutdownStep.SAVE:
             chain.append(Action.SAVE if guest.persistent else Action.SAVE_TO_FILE)
             if guest.persistent:
@@ -151,7 +193,7 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
                 image = str(transient_image_path(state_dir, guest.uuid))
                 notes.append("transient guest: saved to a file, restored from it at boot")
         else:
-            chain.append(Action(step.value))
+            chain.append(_ACTION_OF[step])
     estimate = dropped = peer = None
     first_choice = chain[0]
     migration_dropped = False
@@ -177,11 +219,11 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
     if Action.SAVE in chain or Action.SAVE_TO_FILE in chain:
         save_channels, refused = share.choose(guest, eff)
         notes += [refused] if refused else []
-    reason = f"{guest.state}; chain {' -> '.join(chain)}"
+    reason = f"{guest.state}; {chain_from} chain {' -> '.join(chain)}"
     return GuestPlan(guest, eff, tuple(chain), reason, order, wait_for, estimate, image, tuple(notes),
                      managed_image=managed, save_dropped_because=dropped,
                      dropped_first_choice=first_choice if dropped or migration_dropped else None,
-                     save_channels=save_channels, peer=peer)
+                     save_channels=save_channels, peer=peer, chain_from=chain_from)
 
 
 def _mb(n: float) -> str:

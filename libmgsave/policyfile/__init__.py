@@ -13,6 +13,7 @@ single source of truth for what a policy may contain. The reading goes in stages
     cross_field    what a schema cannot say (durations as strings, a guest after itself)
     settings       one table of the per-guest settings: how each is built and written out
     build          the Policy model from a document that passed every check
+    cache          that model kept in the state directory, for a pass on the same bytes
 """
 
 from __future__ import annotations
@@ -22,14 +23,27 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pathlib import Path
+
 from libmgsave.errors import PolicyError, Problem
 from libmgsave.policy import BUILTIN_POLICY, DEFAULT_POLICY_PATH, Metrics, Policy
-from libmgsave.policyfile.build import build_policy, policy_to_dict
-from libmgsave.policyfile.cross_field import cross_field_problems, salvage_connections, salvage_metrics
+from libmgsave.policyfile import cache
+from libmgsave.policyfile.build import policy_to_dict
 from libmgsave.policyfile.files import MAX_FILE_BYTES, read_policy_file
-from libmgsave.policyfile.marks import MAX_NODES, ReadAborted, format_path, read_document
-from libmgsave.policyfile.schema_errors import policy_schema, schema_problems
 from libmgsave.policyfile.settings import parse_duration, setting_to_json
+
+# Imported when first used, not with the package: yaml (marks) and jsonschema (schema_errors,
+# cross_field) take most of a pass's start-up, and a pass on a cached policy needs neither.
+_LAZY = {"MAX_NODES": "marks", "format_path": "marks", "policy_schema": "schema_errors"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_POLICY_PATH",
@@ -100,22 +114,33 @@ class PassPolicyFile:
         return policy
 
 
-def read_policy_for_pass(path: str, *, explicit: bool, trust_insecure: bool = False) -> PassPolicyFile:
+def read_policy_for_pass(path: str, *, explicit: bool, trust_insecure: bool = False,
+                         cache_dir: Path | None = None) -> PassPolicyFile:
     """The policy file for a shutdown or boot pass, which must never lose a guest over a typo:
     never raises. The built-in policy when the default file is simply missing (``explicit`` is
     false); the problems when the file is broken, unreadable, insecure, or was named explicitly
-    and is missing, for the caller to log loudly and carry on with a fallback (``on``)."""
+    and is missing, for the caller to log loudly and carry on with a fallback (``on``).
+
+    ``cache_dir`` (a trusted state directory): a file validated before with the same bytes is not
+    validated again (``cache``), and a valid one is kept there for the next pass."""
     if not explicit and not os.path.lexists(path):
         return PassPolicyFile(BUILTIN_POLICY)
     try:
         data = read_policy_file(path, trust_insecure=trust_insecure)
+        cached = cache.cached_policy(cache_dir, path, data) if cache_dir is not None else None
+        if cached is not None:
+            return PassPolicyFile(cached, (), data)
         policy, problems, document = _parse_document(data, path)
     except PolicyError as error:
         return PassPolicyFile(None, tuple(error.problems))
     except Exception as error:  # a bug here must not cost a guest its save: report it, carry on
         return PassPolicyFile(None, (Problem(path, None, None, "", f"internal error reading the policy: {error!r}"),))
     if not problems:
+        if cache_dir is not None and policy is not None:
+            cache.remember(cache_dir, path, data, policy)
         return PassPolicyFile(policy, (), data if isinstance(data, bytes) else None)
+    from libmgsave.policyfile.cross_field import salvage_connections, salvage_metrics
+
     return PassPolicyFile(None, tuple(problems), None, salvage_connections(document) or (), salvage_metrics(document))
 
 
@@ -145,6 +170,11 @@ def policy_path_from(cli_value: str | None, environ: Mapping[str, str]) -> tuple
 
 def _parse_document(data: bytes | str, source: str) -> tuple[Policy | None, list[Problem], object]:
     """The policy or the problems, plus the document as far as YAML could read it (or None)."""
+    from libmgsave.policyfile.build import build_policy
+    from libmgsave.policyfile.cross_field import cross_field_problems
+    from libmgsave.policyfile.marks import ReadAborted, format_path, read_document
+    from libmgsave.policyfile.schema_errors import schema_problems
+
     try:
         document, marks = read_document(data, source)
     except ReadAborted as abort:

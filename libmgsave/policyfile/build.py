@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from libmgsave.policy import (DEFAULT_CONNECTIONS, NUT_PORT, Limits, Match, MetadataMatch, Metrics, OnSavedImages,
                               OnUnreadable, Policy, Power, Rule, Upgrades, UpsAddress, default_parallelism)
-from libmgsave.policyfile.marks import MarkedDocument
 from libmgsave.policyfile.settings import build_settings, parse_duration, setting_to_json
+
+if TYPE_CHECKING:  # marks imports yaml, which a pass on a cached policy does without
+    from libmgsave.policyfile.marks import MarkedDocument
 
 
 def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:

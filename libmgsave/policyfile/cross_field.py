@@ -86,10 +86,10 @@ def _check_migrate(reporter: Reporter, path: KeyPath, mapping: object, defaults:
     own = mapping.get("migrate") if isinstance(mapping.get("migrate"), dict) else None
     inherited = defaults.get("migrate") if isinstance(defaults, dict) else None
     settings = own if own is not None else inherited if isinstance(inherited, dict) else {}
-    chain = mapping.get("on_shutdown")
-    if isinstance(chain, list) and "migrate" in chain and clean((*path, "on_shutdown")):
-        if not settings.get("peers"):
-            reporter.at((*path, "on_shutdown", chain.index("migrate")),
+    for key in ("on_shutdown", "on_reboot"):
+        chain = mapping.get(key)
+        if isinstance(chain, list) and "migrate" in chain and clean((*path, key)) and not settings.get("peers"):
+            reporter.at((*path, key, chain.index("migrate")),
                         "the 'migrate' step needs peers to migrate to, and none are given",
                         "add 'migrate: {peers: [qemu+tls://peer.example.org/system]}' to this mapping "
                         "or to 'defaults', or remove 'migrate' from the chain")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from libmgsave.policy import (SETTING_NAMES, Autostart, Channels, DiskMode, Migrate, OnResumeFailure, Ready,
-                              ReadyKind, ShutdownStep)
+                              ReadyKind, SameChain, ShutdownStep)
 
 AGENT_READY_TIMEOUT = 120.0  # ``ready: agent`` without a timeout
 
@@ -156,6 +156,8 @@ class Setting:
 SETTINGS = {s.name: s for s in (
     Setting("autostart", Autostart),
     Setting("on_shutdown", lambda value: tuple(ShutdownStep(step) for step in value)),
+    Setting("on_reboot", lambda value: SameChain(value) if isinstance(value, str)
+            else tuple(ShutdownStep(step) for step in value)),
     Setting("order", int),
     Setting("priority", int),
     Setting("after", lambda value: tuple(str(name) for name in value)),

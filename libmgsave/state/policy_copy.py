@@ -15,12 +15,12 @@ import hashlib
 import json
 import math
 import os
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from libmgsave.safefiles import UnsafeFile, read_small_file, write_file
+from libmgsave.state.trust import refuse_unless_ours
 
 COPY_FORMAT = "mgsave-policy-copy"
 COPY_VERSION = 1
@@ -80,7 +80,7 @@ def read(state_dir: Path, source: str) -> PolicyCopy | None:
     source = os.path.abspath(source)
     path = copy_path(state_dir, source)
     try:
-        raw = read_small_file(path, MAX_COPY_BYTES, check=_written_by_us)
+        raw = read_small_file(path, MAX_COPY_BYTES, check=refuse_unless_ours)
     except FileNotFoundError:
         return None
     except UnsafeFile as why:
@@ -92,12 +92,6 @@ def read(state_dir: Path, source: str) -> PolicyCopy | None:
     except (ValueError, RecursionError):
         raise CopyUnusable(f"{path}: not valid JSON; the file is damaged") from None
     return _copy_of(document, path, source)
-
-
-def _written_by_us(info: os.stat_result) -> None:
-    """Refuse a copy others could have written (the ``fstat`` of the file opened, not a second look)."""
-    if info.st_uid not in (0, os.geteuid()) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UnsafeFile(f"others could have written it (uid {info.st_uid}, {stat.filemode(info.st_mode)})")
 
 
 def _copy_of(document: object, path: Path, source: str) -> PolicyCopy:

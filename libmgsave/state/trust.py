@@ -15,6 +15,8 @@ import os
 import stat
 from pathlib import Path
 
+from libmgsave.safefiles import UnsafeFile
+
 
 def insecure_because(path: Path) -> str | None:
     """Why ``path`` (a directory, or where one is to be made) is writable by others, or None.
@@ -60,3 +62,11 @@ def insecure_subdirectory(path: Path) -> str | None:
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"{path} is writable by group or others ({stat.filemode(info.st_mode)})"
     return None
+
+
+def refuse_unless_ours(info: os.stat_result) -> None:
+    """Raise UnsafeFile for a file (the ``fstat`` of what was opened, not a second look) that
+    others than root or us could have written: what mgsave keeps for itself in the state
+    directory (the last valid policy, the validated policy) is trusted only when it is ours."""
+    if info.st_uid not in (0, os.geteuid()) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeFile(f"others could have written it (uid {info.st_uid}, {stat.filemode(info.st_mode)})")

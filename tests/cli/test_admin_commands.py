@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from libmgsave import cli
+from libmgsave import arguments, cli
 from libmgsave.errors import ExitCode
 from libmgsave.policy import BUILTIN_POLICY
 from libmgsave.policyfile import load_policy
@@ -156,7 +156,7 @@ def test_complete_guests_lists_the_names_without_a_policy(hv, tmp_path, capsys, 
 @pytest.mark.parametrize("columns", ["200", "80"])
 def test_help_fits_80_columns_and_names_every_command(columns, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", columns)
-    commands = cli.commands(cli.build_parser())
+    commands = arguments.commands(arguments.build_parser())
     for args in [["--help"], *([name, "--help"] for name in commands)]:
         capsys.readouterr()
         with pytest.raises(SystemExit):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ def test_startup_runs():
     out = bench("startup", "--repeat", "1", "--top", "2")
     assert "| mgsave --help " in out and "| mgsave check " in out
     assert "heaviest imports of `mgsave check`" in out
+    assert "| mgsave shutdown, to its first save (policy validated before) " in out
+    assert re.search(r"modules loaded by `mgsave shutdown, to its first save \(policy validated now\)`: \d+", out)
 
 
 @pytest.mark.parametrize("command", ["compare", "deadline", "scale", "startup", "evacuate"])

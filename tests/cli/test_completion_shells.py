@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from libmgsave.cli import build_parser, commands
+from libmgsave.arguments import build_parser, commands
 
 ROOT = Path(__file__).resolve().parents[2]
 BASH_COMPLETION_LIBRARY = Path("/usr/share/bash-completion/bash_completion")

@@ -69,6 +69,7 @@ class Container:
     nspawn: subprocess.Popen | None = None
     pid1: int | None = None
     boots: int = 0
+    exit_status: int | None = None  # systemd-nspawn's, after the last go_down
     mounted: list[Path] = field(default_factory=list)
 
     @property
@@ -178,10 +179,16 @@ class Container:
 
     def poweroff(self, timeout: float = 1200) -> float:
         """``systemctl poweroff`` inside; returns seconds until the container has exited."""
+        return self.go_down("poweroff", timeout)
+
+    def go_down(self, verb: str, timeout: float = 1200) -> float:
+        """``systemctl <verb>`` inside (poweroff, reboot, halt...); returns seconds until the
+        container has exited. systemd-nspawn ends at a reboot too, with exit status 133
+        (``exit_status`` keeps it; a power-off: 0): the next ``boot`` is the reboot."""
         started = time.monotonic()
-        self.run("systemctl", "poweroff", check=False)
+        self.run("systemctl", verb, check=False)
         try:
-            self.nspawn.wait(timeout=timeout)
+            self.exit_status = self.nspawn.wait(timeout=timeout)
         finally:
             seconds = time.monotonic() - started
             if self.nspawn.poll() is None:

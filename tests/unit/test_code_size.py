@@ -1,5 +1,5 @@
-"""Functions that fit on a screen (at most 60 lines) and modules under 450 lines, for the modules
-brought under those bounds so far: a module joins MEASURED once it is, and stays under them."""
+"""Functions that fit on a screen (at most 60 lines) and modules under 450 lines: every module of
+the package."""
 
 import ast
 from pathlib import Path
@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 LIBMGSAVE = Path(__file__).resolve().parents[2] / "libmgsave"
-MEASURED = sorted([*LIBMGSAVE.glob("hypervisor/*.py"), LIBMGSAVE / "domainxml.py", LIBMGSAVE / "diskspace.py",
-                   LIBMGSAVE / "policyfile" / "schema_errors.py"])
+MEASURED = sorted(LIBMGSAVE.rglob("*.py"))
 MAX_FUNCTION_LINES = 60
 MAX_MODULE_LINES = 450
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from libmgsave.cli import build_parser
+from libmgsave.arguments import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERATOR = ROOT / "scripts" / "gen-completion"

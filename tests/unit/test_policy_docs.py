@@ -275,7 +275,7 @@ def test_the_man_pages_are_up_to_date_with_the_generator():
 def test_mgsave_8_shows_every_command_and_option_of_the_parser():
     import argparse
 
-    from libmgsave.cli import build_parser, commands
+    from libmgsave.arguments import build_parser, commands
 
     text = MAN_COMMAND.read_text()
     parser = build_parser()
@@ -295,7 +295,7 @@ def test_mgsave_8_shows_every_command_and_option_of_the_parser():
 
 
 def test_mgsave_8_gives_every_exit_code():
-    from libmgsave.cli import EPILOG
+    from libmgsave.arguments import EPILOG
     from libmgsave.errors import ExitCode
 
     assert set(gen.EXIT_STATUS) == {code.name for code in ExitCode}

@@ -97,6 +97,7 @@ def test_rules_apply_in_file_order_and_a_later_one_wins(tmp_path):
     assert dict(effective.sources) == {
         "autostart": "built-in",
         "on_shutdown": "built-in",
+        "on_reboot": "built-in",
         "order": "guests[1] (databases)",
         "priority": "guests[3] (the primary)",
         "after": "guests[1] (databases)",
