@@ -236,7 +236,11 @@ def _add_passes(add: Callable[..., argparse.ArgumentParser]) -> None:
                      "(save -> shutdown -> poweroff by default), saves in parallel up to\n"
                      "limits.max_parallel_saves, within limits.shutdown_deadline. Records which guests\n"
                      "were running in the state directory before touching any. Guests started (or\n"
-                     "migrated here) meanwhile are handled too, once they run here."),
+                     "migrated here) meanwhile are handled too, once they run here. A saved image is\n"
+                     "flushed to disk before the guest counts as saved. With a UPS in 'power:', on\n"
+                     "battery the deadline is no later than its runtime less power.margin, and moves\n"
+                     "down while the runtime falls (read every power.poll); a UPS that cannot be read\n"
+                     "leaves limits.shutdown_deadline, and the pass says so."),
         ("boot", "Start or resume guests per their autostart setting: 'always', 'if-running' (only\n"
                  "those running at the last shutdown) or 'never'. Guests already running are left\n"
                  "alone, so running it twice changes nothing. A guest the last shutdown migrated to a\n"

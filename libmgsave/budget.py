@@ -51,6 +51,15 @@ class Budget:
         """When the pass must be over (on the budget's clock)."""
         return self._deadline_at
 
+    def lower_end(self, at: float) -> bool:
+        """Move the end down to ``at`` (a UPS's runtime falling faster than planned); an end
+        later than the present one is ignored: the end never moves up. True when it moved.
+        A float's assignment is atomic: readers on other threads see the old end or the new."""
+        if at >= self._deadline_at:
+            return False
+        self._deadline_at = at
+        return True
+
     def give_up_at(self) -> float:
         """The moment a step that is not a guest's last gives up (waiting for a slot, for a
         guest to shut down, for a save under way, a migration's run): the end less the reserve."""

@@ -46,6 +46,8 @@ class EventKind(enum.Enum):
     SAVE_ABORT_FAILED = enum.auto()
     SAVE_ABORTED = enum.auto()
     SAVE_PROGRESS = enum.auto()
+    FLUSHED = enum.auto()
+    NOT_YET_ON_DISK = enum.auto()
     FAILED_SAVE_KEPT = enum.auto()
     MIGRATION_PROGRESS = enum.auto()
     MIGRATION_ABORT_FAILED = enum.auto()
@@ -151,6 +153,12 @@ RENDERINGS: dict[EventKind, Rendering] = {
     EventKind.SAVE_ABORTED: Rendering(None, _I, "%(name)s: %(why)s"),
     EventKind.SAVE_PROGRESS: Rendering(None, logging.DEBUG, "%(name)s: saving %(what)s", "save", "progress",
                                        measures=True),
+    EventKind.FLUSHED: Rendering(None, _I, "%(name)s: image flushed to disk in %(seconds).2f s", "flush", "ok",
+                                 measures=True),
+    EventKind.NOT_YET_ON_DISK: Rendering("saved, but its image is not yet known to be on disk after %(seconds).1f s "
+                                         "(%(why)s)", _W, "%(name)s: saved, but %(path)s is not yet known to be on "
+                                         "disk after %(seconds).1f s: %(why)s", "flush", "unfinished",
+                                         measures=True),
     EventKind.FAILED_SAVE_KEPT: Rendering(None, _W, "%(name)s: its save to %(path)s failed (%(why)s), but the guest "
                                           "%(what)s: the file is kept for the boot pass", EVENT, "kept"),
     EventKind.MIGRATION_PROGRESS: Rendering(None, _I, "%(name)s: migrating to %(peer)s: %(number).0f%% of %(size)s",

@@ -147,6 +147,7 @@ class PassResult:
     policy_problems: tuple[Problem, ...] = ()
     policy: PolicyChoice | None = None  # the policy the pass ran on
     host_shutdown: HostShutdown | None = None  # shutdown: the kind of shutdown it ran for (which chains)
+    deadline: dict | None = None  # a shutdown pass on a UPS: the runtime it planned against, the end's moves
 
     @property
     def ok(self) -> bool:
@@ -212,6 +213,7 @@ class PassResult:
             "host_shutdown": self.host_shutdown.to_dict() if self.host_shutdown else None,
             "warnings": self.warnings,
             "guests": [r.to_dict() for r in self.results],
+            **({"battery": self.deadline} if self.deadline else {}),
         })
 
 

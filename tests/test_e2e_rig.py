@@ -10,6 +10,7 @@ namespace, where ``qemu:///system`` is the rig's private libvirtd. Guests are sm
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
@@ -165,6 +166,10 @@ def test_full_cycle_shutdown_then_boot(mgsave, make_guests, rig_conn):
     assert tmp_image.stat().st_size > 64 * 2**20
     assert down.guest(tmp)["written_bytes"] == tmp_image.stat().st_size
     assert state_reason(rig_conn, idle)[0] == "shutoff" and not image(idle).exists()
+    # Each image, managed or transient, was flushed to disk before the guest counted as saved.
+    flushed = re.findall(r"^.*: (\S+): image flushed to disk in ([0-9.]+) s$", down.stderr, re.MULTILINE)
+    assert sorted(name for name, _s in flushed) == sorted(live), down.stderr
+    assert "not yet known to be on disk" not in down.stderr
     # The record lists exactly the guests that were running, each saved.
     record = mgsave.record("shutdown")
     assert record["kind"] == "shutdown" and record["finished"] and record["ok"] is True

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from libmgsave import __version__, console, interrupt, journal, lock, metrics, notify, report, units
@@ -67,6 +67,8 @@ class PassRun:
     connections: Connections
     guests: list
     warnings: list[str]  # connections that did not answer
+    battery: object = None  # a shutdown pass on a UPS: the deadline it read (power.deadline.BatteryDeadline)
+    deadline_moves: list = field(default_factory=list)  # power.battery.DeadlineMove, as the runtime fell
 
     def announce(self, plan: Plan) -> None:
         """Log the plan's warnings and print the plan (without settings) before carrying it out."""
@@ -74,6 +76,8 @@ class PassRun:
             log.warning("%s", warning)
         if not self.ctx.json:
             console.out(report.render_plan(plan))
+            if self.battery:  # the runtime the plan's deadline came from
+                console.out(f"Shutdown deadline: {self.battery.why}")
 
 
 class Pass:
@@ -90,6 +94,11 @@ class Pass:
         """The pass's outline: its plan and every guest's result."""
         raise NotImplementedError
 
+    def battery(self, policy: Policy, limit: float):  # noqa: ANN201 - power/ is imported only on a UPS
+        """The pass's deadline on the UPS's runtime (a ``BatteryDeadline``), or None: only a
+        shutdown pass on a policy with ``power:`` plans against a battery."""
+        return None
+
     def run(self, ctx: Context, options: PassOptions) -> PassResult | StoppedEarly:
         """Carry out the pass in its frame."""
         try:
@@ -105,7 +114,9 @@ def _run(ctx: Context, options: PassOptions, this: Pass) -> PassResult:
     use = inputs.pass_policy(ctx, keep=not options.dry_run)
     policy, problems, kind, pass_log = use.policy, use.problems, this.runs_as, PassLog()
     deadline = options.deadline or policy.limits.shutdown_deadline
-    started, budget = time.time(), Budget.starting_now(deadline)
+    started, battery = time.time(), this.battery(policy, deadline)
+    deadline = battery.seconds if battery else deadline
+    budget = Budget.starting_now(deadline)
     dry = " (dry run)" if options.dry_run else ""
     log.info("%s pass%s begins (mgsave %s)", kind, dry, __version__,
              extra={"MESSAGE_ID": journal.PASS_START, "MGSAVE_PASS": str(kind)})
@@ -117,19 +128,36 @@ def _run(ctx: Context, options: PassOptions, this: Pass) -> PassResult:
         connections, warnings = inputs.connect(policy, retry_for=min(inputs.PASS_CONNECT_RETRY, deadline / 4),
                                                give_up_at=budget.ends_at())
         guests = inputs.inventory(connections, policy, warnings)
-        run = PassRun(ctx, options, pass_log, policy, problems, started, budget, connections, guests, warnings)
+        run = PassRun(ctx, options, pass_log, policy, problems, started, budget, connections, guests, warnings,
+                      battery)
         plan, results = this.carry_out(run)
         stopped_by = interrupt.signal_received()
         result = PassResult(kind=kind, dry_run=options.dry_run, started=started, finished=time.time(),
                             results=results,
-                            warnings=[str(p) for p in problems] + warnings + pass_log.warnings + list(plan.warnings),
+                            warnings=([str(p) for p in problems] + warnings + pass_log.warnings + list(plan.warnings)
+                                      + _battery_warnings(run)),
                             unreachable=tuple(uri for uri in policy.connections if uri not in connections.uris()),
                             bookkeeping_failed=pass_log.bookkeeping_failed,
                             interrupted=stopped_by.name if stopped_by else None,
-                            policy_problems=tuple(problems), policy=use.choice, host_shutdown=plan.host_shutdown)
+                            policy_problems=tuple(problems), policy=use.choice, host_shutdown=plan.host_shutdown,
+                            deadline=_deadline(run))
     metrics.export(policy.metrics.textfile, result, str(this.kind))
     _summarise(ctx, result)
     return result
+
+
+def _battery_warnings(run: PassRun) -> list[str]:
+    """What the summary says of the battery: a UPS that could not be used, each time the end moved."""
+    if not run.battery:
+        return []
+    return ([run.battery.warning] if run.battery.warning else []) + [m.describe() for m in run.deadline_moves]
+
+
+def _deadline(run: PassRun) -> dict | None:
+    """The pass's deadline against the battery, for ``--json``: None without a UPS."""
+    if not run.battery:
+        return None
+    return {**run.battery.to_dict(), "moves": [m.to_dict() for m in run.deadline_moves]}
 
 
 @contextlib.contextmanager

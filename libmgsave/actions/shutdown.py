@@ -7,6 +7,7 @@ with the save rate learned (``passes.Pass.run`` does the frame: lock, connection
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 
@@ -64,10 +65,17 @@ class Shutdown(passes.Pass):
         if run.options.dry_run:
             return plan, dry_run_results(plan) + skipped_results(plan)
         self.record = self.begin_record(run, plan)
-        results = self.execute(run, plan)
-        results = _late_guests(self, run, results + skipped_results(plan))
+        with _following_the_battery(run):
+            results = self.execute(run, plan)
+            results = _late_guests(self, run, results + skipped_results(plan))
         self.finish_record(run, results)
         return plan, results
+
+    def battery(self, policy, limit: float):  # noqa: ANN001, ANN201 - power/ is imported only on a UPS
+        if policy.power is None or self.kind is not PassKind.SHUTDOWN:
+            return None
+        from libmgsave.power.battery import at_start  # noqa: PLC0415 - a host without a UPS loads none of it
+        return at_start(policy.power, limit)
 
     def execute(self, run: passes.PassRun, plan: Plan, earlier: list[GuestResult] = ()) -> list[GuestResult]:
         """The plan's guests through their chains, each result settled by this kind's rule;
@@ -139,6 +147,22 @@ def _late_guests(this: Shutdown, run: passes.PassRun, results: list[GuestResult]
         more = this.execute(run, plan, results)  # settled by the pass's own rule, as the first guests were
         results = _merge_late(results, more + skipped_results(plan))
     return results
+
+
+@contextlib.contextmanager
+def _following_the_battery(run: passes.PassRun):
+    """While the block runs, the UPS re-read every ``power.poll``: the budget's end moves down
+    when the runtime falls faster than planned (each move kept in ``run.deadline_moves``)."""
+    if run.battery is None:
+        yield
+        return
+    from libmgsave.power.battery import RuntimeFollower  # noqa: PLC0415 - only on a UPS
+    follower = RuntimeFollower(run.policy.power, run.budget)
+    try:
+        with follower:
+            yield
+    finally:
+        run.deadline_moves.extend(follower.moves)
 
 
 def _left_running(result: GuestResult) -> bool:

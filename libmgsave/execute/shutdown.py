@@ -17,6 +17,7 @@ from pathlib import Path
 
 from libmgsave import interrupt
 from libmgsave.budget import Budget
+from libmgsave.durable import flush_image
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationTimeout
 from libmgsave.events import EventKind, Events, Journal, Record, Summary
 from libmgsave.execute import migrate
@@ -34,6 +35,8 @@ from libmgsave.state.images import discard_partial_save, images_directory
 
 SHUTDOWN_POLL = 0.5  # how often a guest asked to shut down is looked at
 SAVES = (Action.SAVE, Action.SAVE_TO_FILE)
+# A save that ends past the steps' budget still gets this long for its flush: a quick one counts.
+FLUSH_GRACE = 1.0
 
 # The outcome of a shutdown step that went through.
 OUTCOME_OF_STEP = {
@@ -250,9 +253,10 @@ class ShutdownPass:
                     times.finished = time.time()
         if action is Action.SHUTDOWN:
             guest.request_shutdown()
-            wait_until = self.budget.wait_until(settings.shutdown_timeout)
+            asked = self.budget.now()
             while not _stopped(guest):
-                if self.budget.now() >= wait_until:
+                # the budget asked on every look: its end may move down (a UPS's runtime falling)
+                if self.budget.now() >= min(asked + settings.shutdown_timeout, self.budget.give_up_at()):
                     raise OperationTimeout(f"still running {settings.shutdown_timeout:g} s after the shutdown request")
                 interrupt.sleep(SHUTDOWN_POLL)
             return None
@@ -307,7 +311,20 @@ class ShutdownPass:
             seen, aborted = self.progress.end(guest)
         if aborted:
             self.events.say(result, EventKind.SAVE_ABORTED, why=aborted)
+        self._flush(result, image)
         return file_size(image) or seen
+
+    def _flush(self, result: GuestResult, image: str | None) -> None:
+        """The saved image onto stable storage before the guest counts as saved, waited for no
+        longer than the steps' budget: its time is the save step's (the learned rate counts it)."""
+        if not image or not os.path.lexists(image):  # another host's image (a remote connection)
+            return
+        flush = flush_image(image, max(FLUSH_GRACE, self.budget.left_for_steps()))
+        if flush.done:
+            self.events.say(result, EventKind.FLUSHED, path=image, seconds=flush.seconds)
+        else:
+            self.events.say(result, EventKind.NOT_YET_ON_DISK, path=image, seconds=flush.seconds,
+                            why=flush.error or "the deadline came first; the kernel goes on writing it")
 
     def _after_failed_save_to_file(self, result: GuestResult, image: str, why: str) -> None:
         """A save to a file failed (``why``): remove what it wrote only when the guest is known to
