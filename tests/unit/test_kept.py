@@ -146,3 +146,10 @@ def test_a_kept_file_that_became_something_else_is_left_alone(state_dir, tmp_pat
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.ERROR, f"did not remove the kept failed-image {path}: {why}")]
 
+
+
+def test_a_record_set_aside_is_removed_from_the_state_directory_itself(state_dir, caplog):
+    path = _file(state_dir / "last-boot.json.untrusted-20260101-000000", 10, 1000)
+    (found,) = kept_files(state_dir)
+    assert remove_kept(found, dry_run=True) is None and path.exists()
+    assert remove_kept(found, dry_run=False) is None and not path.exists()
