@@ -21,7 +21,8 @@ from libmgsave.state import images
 from libmgsave.state.kept import KEPT_BESIDE
 
 CONN = "test:///default"
-KNOWN, OTHER, UNREAD, WRONG = (f"0f6c9a4e-8f0e-4a53-9d8c-2b7f7b0c1a1{n}" for n in range(4))
+# in the order the files are looked at: the one restored last, so that none before stops the rest
+WRONG, OTHER, UNREAD, KNOWN = (f"0f6c9a4e-8f0e-4a53-9d8c-2b7f7b0c1a1{n}" for n in range(4))
 STAMP = r"\d{8}-\d{6}"
 
 
@@ -46,7 +47,7 @@ def saved(tmp_path):
     directory.mkdir()
     for uuid in HELD:
         (directory / f"{uuid}.save").write_bytes(b"s")
-    (directory / "notes.txt").write_text("not looked at")
+    (directory / "0-notes.txt").write_text("not looked at")
     (directory / "name.save").write_bytes(b"s")
     (directory / f"{KNOWN[:-1]}9.save").symlink_to(directory / f"{KNOWN}.save")
     (directory / f"{KNOWN[:-1]}8.save").mkdir()
@@ -72,12 +73,12 @@ def test_without_a_record_only_a_known_guests_file_that_holds_it_is_restored(sav
         f"{saved}/{KNOWN[:-1]}9.save: not a transient guest's save file (not a regular file named <uuid>.save); "
         "left alone",
         f"{saved}/name.save: not a transient guest's save file (not a regular file named <uuid>.save); left alone",
-        f"known: restoring its saved image {saved}/{KNOWN}.save, found with no usable record to name it",
+        f"{saved}/{WRONG}.save: holds the guest wrong of UUID {OTHER}, not the one its name says; kept, "
+        "not restored",
         f"{saved}/{OTHER}.save: holds other, a guest no record names; kept, not restored "
         "(mgsave boot --restore-unrecorded restores it)",
         unreadable,
-        f"{saved}/{WRONG}.save: holds the guest wrong of UUID {OTHER}, not the one its name says; kept, "
-        "not restored",
+        f"known: restoring its saved image {saved}/{KNOWN}.save, found with no usable record to name it",
     ]
     assert [r.getMessage() for r in caplog.records] == [w for w in warnings if w != unreadable], \
         "reading logs its own error"
@@ -86,7 +87,7 @@ def test_without_a_record_only_a_known_guests_file_that_holds_it_is_restored(sav
 def test_asked_to_restore_the_unrecorded_every_file_that_holds_its_guest_is_restored(saved):
     warnings = []
     entries = images.transient_images_without_record(saved, None, _read, warnings, restore_unrecorded=True)
-    assert entries == [_entry(HELD[KNOWN], saved / f"{KNOWN}.save"), _entry(HELD[OTHER], saved / f"{OTHER}.save")]
+    assert entries == [_entry(HELD[OTHER], saved / f"{OTHER}.save"), _entry(HELD[KNOWN], saved / f"{KNOWN}.save")]
 
 
 def test_with_a_record_a_file_it_does_not_name_is_kept_unless_asked(saved):
@@ -98,6 +99,9 @@ def test_with_a_record_a_file_it_does_not_name_is_kept_unless_asked(saved):
     assert not any(f"{KNOWN}.save" in w for w in warnings), "the file the record names is the record's"
     entries = images.transient_images_without_record(saved, record, _read, [], restore_unrecorded=True)
     assert [e.name for e in entries] == ["other"]
+    record = {"guests": {f"{CONN} {OTHER}": {"image": str(saved / f"{OTHER}.save")}}}
+    entries = images.transient_images_without_record(saved, record, _read, [], restore_unrecorded=True)
+    assert [e.name for e in entries] == ["known"], "a file the record names does not stop the rest"
     assert images.transient_images_without_record(saved, {}, _read, [], restore_unrecorded=True) != [], \
         "a record without guests names no file"
 
@@ -129,7 +133,7 @@ def test_the_images_directory_is_made_and_whatever_is_in_its_place_set_aside(tmp
     with pytest.raises(OSError) as raised:
         images.own_directory(aside)
     assert raised.value.errno == errno.ENOTDIR and raised.value.filename == str(aside)
-    assert "not a directory of its own (a symlink?)" in str(raised.value)
+    assert raised.value.strerror == "not a directory of its own (a symlink?)"
 
 
 @pytest.fixture
@@ -181,8 +185,9 @@ def test_a_used_save_file_is_removed_or_the_reason_given(state_images, caplog):
         (logging.ERROR, f"g: restored, but its used save file could not be removed ({why}); the boot record "
                         "marks it used so that it is never restored again")]
     plain = used.parent.parent / "plain"
-    plain.write_text("a file where a directory should be")
-    assert images.remove_used_image(str(plain / "x.save"), "g") is not None
+    plain.write_text("a file where the state directory should be")
+    assert images.remove_used_image(str(plain / "images" / "x.save"), "g") == \
+        f"Not a directory: {plain}/images/x.save", "an OSError: its own words"
 
 
 def test_a_file_that_failed_to_restore_is_set_aside_under_a_free_name(state_images, tmp_path, caplog):
@@ -230,8 +235,11 @@ def test_a_failed_image_is_kept_as_a_link_beside_it(save_dir, tmp_path, caplog):
     assert (save_dir / KEPT_BESIDE).stat().st_mode & 0o777 == 0o700, "root's alone"
     assert not (tmp_path / "failed-images").exists()
     assert [r.getMessage() for r in caplog.records] == [f"../.web/1: kept the image {image} as {kept}"]
-    again = images.keep_failed_image(str(image), tmp_path / "failed-images", "...")
-    assert _stamped(again, save_dir / KEPT_BESIDE, "guest") and again != kept
+    again = images.keep_failed_image(str(image), tmp_path / "failed-images", "../.web/1")
+    assert again != kept and Path(again).parent == save_dir / KEPT_BESIDE, "a name of its own, beside"
+    assert re.fullmatch(rf"_\.web_1-{STAMP}(-2)?\.save", Path(again).name)
+    assert Path(images.keep_failed_image(str(image), tmp_path / "failed-images", "...")).name.startswith("guest-")
+    assert Path(images.keep_failed_image(str(image), tmp_path / "failed-images", "X/.y")).name.startswith("X_.y-")
 
 
 def test_a_failed_image_is_linked_into_failed_images_when_it_cannot_be_beside(save_dir, tmp_path, caplog):
@@ -239,7 +247,7 @@ def test_a_failed_image_is_linked_into_failed_images_when_it_cannot_be_beside(sa
     image = save_dir / "guest.save"
     image.write_bytes(b"memory")
     (save_dir / KEPT_BESIDE).write_text("in the way")
-    failed = tmp_path / "state" / "failed-images"
+    failed = tmp_path / "var" / "state" / "failed-images"  # made, with the directories above it
     kept = images.keep_failed_image(str(image), failed, "g")
     assert _stamped(kept, failed, "g") and os.path.samefile(kept, image)
     assert [r.getMessage() for r in caplog.records] == [f"g: kept the image {image} as {kept}"]
@@ -291,6 +299,18 @@ def test_a_failed_image_on_another_file_system_is_copied_into_failed_images(othe
     kept = images.keep_failed_image(str(image), failed, "g")
     assert _stamped(kept, failed, "g") and Path(kept).read_bytes() == image.read_bytes()
     assert Path(kept).stat().st_mode & 0o777 == 0o600 and image.exists()
-    assert [r.getMessage() for r in caplog.records] == [
+    again = images.keep_failed_image(str(image), failed, "g")
+    assert again != kept and Path(again).parent == failed and Path(again).read_bytes() == image.read_bytes()
+    assert [r.getMessage() for r in caplog.records][:1] == [
         f"g: kept the image {image} as {kept} (a copy: no link in {other_filesystem / KEPT_BESIDE}: File exists; "
         f"no link in {failed}: Invalid cross-device link)"]
+
+
+def test_a_directory_others_can_write_to_is_refused_for_kept_images(tmp_path):
+    path = tmp_path / "kept"
+    assert images.kept_directory(path) == path and path.stat().st_mode & 0o777 == 0o700
+    path.chmod(0o777)
+    with pytest.raises(OSError) as raised:
+        images.kept_directory(path)
+    assert (raised.value.errno, raised.value.filename) == (errno.EPERM, str(path))
+    assert raised.value.strerror == f"not safe: {path} is writable by group or others (drwxrwxrwx)"
