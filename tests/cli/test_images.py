@@ -15,7 +15,7 @@ import pytest
 from libmgsave import cli, state
 from libmgsave.actions import images as images_action
 from libmgsave.errors import ExitCode
-from tests.testdriver import URI, define, hv  # noqa: F401
+from tests.testdriver import URI, define, domain_xml, hv  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -234,3 +234,32 @@ def test_a_failed_image_is_kept_on_its_own_file_system_and_copied_only_with_room
     assert report["removed"] == [ExitCode.OK, False, True], report
     listed = {f["name"]: f["kind"] for f in json.loads(proc.stdout.split("\n}\n")[0] + "}")["kept_files"]}
     assert listed == {report["beside"][0]: "failed-image", report["copied"][0][len(str(state_dir)) + 1:]: "failed-image"}
+
+
+def test_a_save_file_is_read_back_by_the_first_connection_that_can(hv, tmp_path, caplog):
+    """``read_with_any``: the guest a transient guest's save file holds, as libvirt's test driver
+    reads it back; a file no connection can read is logged with each connection's reason."""
+    import logging
+
+    from libmgsave.errors import HypervisorError
+    from libmgsave.hypervisor.host import Host
+    from libmgsave.state.images import read_with_any
+
+    caplog.set_level(logging.ERROR, logger="mgsave")
+    saved, junk = tmp_path / "t.save", tmp_path / "junk.save"
+    dom = hv.createXML(domain_xml("t", 2048), 0)
+    uuid = dom.UUIDString()
+    dom.save(str(saved))
+    junk.write_bytes(b"junk")
+    host = Host.open(URI)
+    guest = read_with_any([host], str(saved))
+    assert (guest.name, guest.uuid, guest.persistent, guest.memory_kib) == ("t", uuid, False, 2048)
+    assert not caplog.records
+    assert read_with_any([host, host], str(junk)) is None
+    assert read_with_any([], str(junk)) is None
+    with pytest.raises(HypervisorError) as raised:
+        host.saved_image_guest(str(junk))
+    why = raised.value.message
+    assert why.startswith(f"reading the guest definition in {junk}: ")
+    prefix = f"{junk}: a saved transient guest that no connection can read; kept, not restored ("
+    assert [r.getMessage() for r in caplog.records] == [prefix + f"{why}; {why})", prefix + "no connection)"]
