@@ -17,7 +17,7 @@ from libmgsave.channels import ChannelSupport
 from libmgsave.history import GuestEntry, RecordedPass
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
-from libmgsave.plan import FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
+from libmgsave.plan import DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
 from libmgsave.plan.boot import peer_questions
 from libmgsave.plan.peers import PeerGuest
 from libmgsave.policyfile import parse_policy
@@ -531,4 +531,36 @@ def test_restores_share_this_machines_cores_when_none_are_given(tmp_path):
     t = guest("t", persistent=False, memory_kib=4 * GiB_KIB)
     record = read_back(tmp_path, entry(t, Outcome.SAVED_TO_FILE, image=save_file(tmp_path, t)))
     [e] = plan_boot([], policy(CHANNELS), record, channels={URI: ChannelSupport(True)}).entries
+    assert e.save_channels == max(1, min(4, os.cpu_count() or 1))
+
+
+# -- the shutdown plan: what each entry names ----------------------------------------------------
+
+
+def test_a_connection_without_a_measured_rate_is_planned_at_the_built_in_one():
+    p = policy(f'version: 1\nconnections: ["{URI}", "{OTHER}"]\n')
+    guests = [guest("a", GuestState.RUNNING), guest("b", GuestState.RUNNING, uri=OTHER)]
+    plan = plan_shutdown(guests, p, state_dir=Path("/s"), rates={OTHER: SaveRate(5e8, "measured")})
+    assert plan.rates == {URI: SaveRate(DEFAULT_SAVE_THROUGHPUT, "built-in default"), OTHER: SaveRate(5e8, "measured")}
+
+
+def test_a_persistent_guests_save_names_the_managed_image_libvirt_writes():
+    g = guest("vm", GuestState.RUNNING, uri="qemu:///system")
+    [e] = plan_shutdown([g], policy('version: 1\nconnections: ["qemu:///system"]\n'), state_dir=Path("/s")).entries
+    assert e.actions[0] is Action.SAVE and e.image is None
+    assert e.managed_image == managed_image_path("qemu:///system", "vm") == "/var/lib/libvirt/qemu/save/vm.save"
+
+
+def test_a_guest_that_does_not_run_keeps_its_order_and_does_nothing():
+    p = policy("version: 1\nguests:\n  - match: {name: 'off*'}\n    order: 3\n")
+    plan = plan_shutdown([guest("off1"), guest("up", GuestState.RUNNING)], p, state_dir=Path("/s"))
+    assert [(e.guest.name, e.order, e.actions, e.reason) for e in plan.entries] == [
+        ("off1", 3, (Action.SKIP,), "shut off: nothing to do"),
+        ("up", 0, (Action.SAVE, Action.SHUTDOWN, Action.POWEROFF),
+         "running; on_shutdown chain save -> shutdown -> poweroff")]
+
+
+def test_saves_share_this_machines_cores_when_none_are_given():
+    g = guest("big", GuestState.RUNNING, memory_kib=4 * GiB_KIB)
+    [e] = plan_shutdown([g], policy(CHANNELS), state_dir=Path("/s"), channels={URI: ChannelSupport(True)}).entries
     assert e.save_channels == max(1, min(4, os.cpu_count() or 1))
