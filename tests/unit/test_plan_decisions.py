@@ -564,3 +564,11 @@ def test_saves_share_this_machines_cores_when_none_are_given():
     g = guest("big", GuestState.RUNNING, memory_kib=4 * GiB_KIB)
     [e] = plan_shutdown([g], policy(CHANNELS), state_dir=Path("/s"), channels={URI: ChannelSupport(True)}).entries
     assert e.save_channels == max(1, min(4, os.cpu_count() or 1))
+
+
+def test_saves_take_one_core_where_this_machine_cannot_count_its_own(monkeypatch):
+    # A mock: no real machine here hides its CPU count, as os.cpu_count() allows (None).
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    g = guest("big", GuestState.RUNNING, memory_kib=4 * GiB_KIB)
+    [e] = plan_shutdown([g], policy(CHANNELS), state_dir=Path("/s"), channels={URI: ChannelSupport(True)}).entries
+    assert e.save_channels == 1
