@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from libmgsave.channels import ChannelSupport
-from libmgsave.history import GuestEntry, RecordedPass
+from libmgsave.history import GuestEntry, HostShutdown, RecordedPass, ShutdownKind
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
 from libmgsave.plan import DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
 from libmgsave.plan.boot import peer_questions
-from libmgsave.plan.peers import PeerGuest
+from libmgsave.plan.peers import PeerFacts, PeerGuest
 from libmgsave.policyfile import parse_policy
 from libmgsave.saveimages import managed_image_path
 from libmgsave.state import RECORD_FORMAT, RECORD_VERSION, guest_record_key, read_record
@@ -572,3 +572,59 @@ def test_saves_take_one_core_where_this_machine_cannot_count_its_own(monkeypatch
     g = guest("big", GuestState.RUNNING, memory_kib=4 * GiB_KIB)
     [e] = plan_shutdown([g], policy(CHANNELS), state_dir=Path("/s"), channels={URI: ChannelSupport(True)}).entries
     assert e.save_channels == 1
+
+
+# -- the plan as JSON (``mgsave plan --json``): every key -----------------------------------------
+
+
+def test_the_shutdown_plan_as_json_says_every_decision_and_where_each_setting_came_from():
+    local, peer = "qemu:///system", "qemu+tls://p1.example.org/system"
+    p = policy(f'version: 1\nconnections: ["{local}"]\nlimits: {{max_parallel_saves: 3, max_parallel_starts: 4, '
+               'max_parallel_migrations: 2, shutdown_deadline: 300, start_delay: 5}\ndefaults:\n  shutdown_timeout: 30\n'
+               'guests:\n  - name: dbs\n    match: {name: db}\n    order: 3\n')
+    db = guest("db", GuestState.RUNNING, uri=local)
+    off = guest("off", image=True, uri=local, memory_kib=2048)
+    plan = plan_shutdown([db, off], p, state_dir=Path("/s"), rates={local: SaveRate(2**28, "measured")},
+                         deadline=200.0, peers={peer: PeerFacts(peer, False, why="refused")},
+                         host_shutdown=HostShutdown(ShutdownKind.POWEROFF, "logind said"))
+    d = plan.to_dict()
+    settings = [g.pop("settings") for g in d["guests"]]
+    assert d == {
+        "pass": "shutdown", "policy": "policy.yaml",
+        "limits": {"max_parallel_saves": 3, "max_parallel_starts": 4, "max_parallel_migrations": 2,
+                   "shutdown_deadline_seconds": 300.0, "start_delay_seconds": 5.0},
+        "deadline_seconds": 200.0,
+        "save_rates": {local: {"bytes_per_second": 2**28, "source": "measured"}},
+        "warnings": [],
+        "guests": [
+            {"connection": local, "name": "db", "uuid": db.uuid, "state": "running", "persistent": True,
+             "has_saved_image": False, "memory_bytes": 2**30, "actions": ["save", "shutdown", "poweroff"],
+             "first_choice": "save", "reason": "running; on_shutdown chain save -> shutdown -> poweroff", "order": 3,
+             "wait_for": [], "estimated_save_end_seconds": 4.0, "save_dropped_because": None, "save_file_path": None,
+             "managed_image_path": "/var/lib/libvirt/qemu/save/db.save", "notes": [], "save_channels": 1,
+             "peer": None, "chain_from": "on_shutdown"},
+            {"connection": local, "name": "off", "uuid": off.uuid, "state": "shut-off", "persistent": True,
+             "has_saved_image": True, "memory_bytes": 2048 * 1024, "actions": ["skip"], "first_choice": "skip",
+             "reason": "shut off: nothing to do", "order": 0, "wait_for": [], "estimated_save_end_seconds": None,
+             "save_dropped_because": None, "save_file_path": None, "managed_image_path": None, "notes": [],
+             "save_channels": 1, "peer": None, "chain_from": None},
+        ],
+        "peers": {peer: {"uri": peer, "reachable": False, "why": "refused", "hypervisor_type": None,
+                         "free_bytes": None}},
+        "host_shutdown": {"kind": "poweroff", "why": "logind said"},
+    }
+    assert settings[0]["order"] == {"value": 3, "from": "guests[0] (dbs)", "line": 7}
+    assert settings[0]["shutdown_timeout"] == settings[1]["shutdown_timeout"] == {"value": 30.0, "from": "defaults",
+                                                                                   "line": 4}
+    assert settings[1]["order"] == {"value": 0, "from": "built-in", "line": None}
+    assert settings[1]["autostart"] == {"value": "if-running", "from": "built-in", "line": None}
+    assert set(settings[0]) == set(plan.entries[0].effective.sources)
+
+
+def test_a_boot_plan_as_json_has_no_rates_peers_or_kind_of_shutdown_and_names_whom_a_guest_waits_for():
+    p = policy("version: 1\nguests:\n  - match: {name: app}\n    after: [db]\n")
+    app, db = guest("app", image=True), guest("db", image=True)
+    d = plan_boot([app, db], p, None).to_dict()
+    assert (d["pass"], d["policy"], d["deadline_seconds"], d["save_rates"], d["peers"], d["host_shutdown"]) == (
+        "boot", "policy.yaml", None, {}, {}, None)
+    assert {g["name"]: g["wait_for"] for g in d["guests"]} == {"db": [], "app": [{"connection": URI, "uuid": db.uuid}]}
