@@ -231,3 +231,9 @@ def test_the_facts_of_a_peer_as_json_say_no_reason_for_one_that_answered():
                                 "free_bytes": 8 * GiB}
     assert PeerFacts(P2, False, why="no route to host").to_dict() == {
         "uri": P2, "reachable": False, "why": "no route to host", "hypervisor_type": None, "free_bytes": None}
+
+
+def test_the_memory_reserved_on_a_peer_adds_up_guest_after_guest():
+    budget = PeerBudget({P1: up(P1, free=3 * GiB), P2: up(P2)}, {URI: "QEMU"}, 600)
+    assert [budget.choose(guest(n), Migrate(peers=(P1, P2))).peer for n in ("a", "b", "c", "d")] == [P1, P1, P1, P2]
+    assert budget.reserved == {P1: 3 * GiB, P2: GiB}
