@@ -141,7 +141,6 @@ class _SaveBudget:
 
     def __init__(self, rates: Mapping[str, SaveRate], deadline: float, room: dict[str, int | None]):
         self.rates = rates
-        self.deadline = deadline
         self.seconds = for_steps(deadline)
         self.room = room
         self.saved_bytes: dict[str, float] = {}
