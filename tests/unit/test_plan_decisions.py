@@ -1,7 +1,8 @@
 """Decisions of the planner no other test pins down, each asserted exactly: what a failed resume
 leads to, the order at boot, a guest on a peer with ``home`` but no ``come_back``, transient
 guests restored under the guests' rules, cycles broken at a given edge, ``after`` on the guest's
-own connection first, the room of transient guests' save files, and channels divided unevenly.
+own connection first, the room of transient guests' save files, channels divided unevenly, what
+each shutdown entry names (rate, managed image, order, cores), and every key of the plan as JSON.
 
 Guests have fixed UUIDs (uuid5 of the connection and name); records are written to disk and read
 back through the state's reader, as a pass reads them (``read_back``)."""
