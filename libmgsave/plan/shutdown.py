@@ -89,7 +89,8 @@ def _channel_share(resolved: Iterable[tuple[GuestInfo, Effective]], kind: Shutdo
                    channels: Mapping[str, ChannelSupport] | None, cores: int | None) -> _ChannelShare:
     """How the host's cores are shared among the saves that run at once (``save_channels: auto``)."""
     saving = sum(1 for g, eff in resolved if g.state.is_active and ShutdownStep.SAVE in eff.settings.chain_for(kind))
-    return _ChannelShare(dict(channels or {}), min(policy.limits.max_parallel_saves, saving) or 1,
+    # none saving: nobody asks choose, which takes at least one at once anyway
+    return _ChannelShare(dict(channels or {}), min(policy.limits.max_parallel_saves, saving),
                          cores or os.cpu_count() or 1)
 
 
@@ -140,7 +141,6 @@ class _SaveBudget:
 
     def __init__(self, rates: Mapping[str, SaveRate], deadline: float, room: dict[str, int | None]):
         self.rates = rates
-        self.deadline = deadline
         self.seconds = for_steps(deadline)
         self.room = room
         self.saved_bytes: dict[str, float] = {}

@@ -1,7 +1,8 @@
 """Decisions of the planner no other test pins down, each asserted exactly: what a failed resume
 leads to, the order at boot, a guest on a peer with ``home`` but no ``come_back``, transient
 guests restored under the guests' rules, cycles broken at a given edge, ``after`` on the guest's
-own connection first, the room of transient guests' save files, and channels divided unevenly.
+own connection first, the room of transient guests' save files, channels divided unevenly, what
+each shutdown entry names (rate, managed image, order, cores), and every key of the plan as JSON.
 
 Guests have fixed UUIDs (uuid5 of the connection and name); records are written to disk and read
 back through the state's reader, as a pass reads them (``read_back``)."""
@@ -14,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from libmgsave.channels import ChannelSupport
-from libmgsave.history import GuestEntry, RecordedPass
+from libmgsave.history import GuestEntry, HostShutdown, RecordedPass, ShutdownKind
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import Outcome
-from libmgsave.plan import FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
+from libmgsave.plan import DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, SaveRate, plan_boot, plan_shutdown
 from libmgsave.plan.boot import peer_questions
-from libmgsave.plan.peers import PeerGuest
+from libmgsave.plan.peers import PeerFacts, PeerGuest
 from libmgsave.policyfile import parse_policy
 from libmgsave.saveimages import managed_image_path
 from libmgsave.state import RECORD_FORMAT, RECORD_VERSION, guest_record_key, read_record
@@ -532,3 +533,99 @@ def test_restores_share_this_machines_cores_when_none_are_given(tmp_path):
     record = read_back(tmp_path, entry(t, Outcome.SAVED_TO_FILE, image=save_file(tmp_path, t)))
     [e] = plan_boot([], policy(CHANNELS), record, channels={URI: ChannelSupport(True)}).entries
     assert e.save_channels == max(1, min(4, os.cpu_count() or 1))
+
+
+# -- the shutdown plan: what each entry names ----------------------------------------------------
+
+
+def test_a_connection_without_a_measured_rate_is_planned_at_the_built_in_one():
+    p = policy(f'version: 1\nconnections: ["{URI}", "{OTHER}"]\n')
+    guests = [guest("a", GuestState.RUNNING), guest("b", GuestState.RUNNING, uri=OTHER)]
+    plan = plan_shutdown(guests, p, state_dir=Path("/s"), rates={OTHER: SaveRate(5e8, "measured")})
+    assert plan.rates == {URI: SaveRate(DEFAULT_SAVE_THROUGHPUT, "built-in default"), OTHER: SaveRate(5e8, "measured")}
+
+
+def test_a_persistent_guests_save_names_the_managed_image_libvirt_writes():
+    g = guest("vm", GuestState.RUNNING, uri="qemu:///system")
+    [e] = plan_shutdown([g], policy('version: 1\nconnections: ["qemu:///system"]\n'), state_dir=Path("/s")).entries
+    assert e.actions[0] is Action.SAVE and e.image is None
+    assert e.managed_image == managed_image_path("qemu:///system", "vm") == "/var/lib/libvirt/qemu/save/vm.save"
+
+
+def test_a_guest_that_does_not_run_keeps_its_order_and_does_nothing():
+    p = policy("version: 1\nguests:\n  - match: {name: 'off*'}\n    order: 3\n")
+    plan = plan_shutdown([guest("off1"), guest("up", GuestState.RUNNING)], p, state_dir=Path("/s"))
+    assert [(e.guest.name, e.order, e.actions, e.reason) for e in plan.entries] == [
+        ("off1", 3, (Action.SKIP,), "shut off: nothing to do"),
+        ("up", 0, (Action.SAVE, Action.SHUTDOWN, Action.POWEROFF),
+         "running; on_shutdown chain save -> shutdown -> poweroff")]
+
+
+def test_saves_share_this_machines_cores_when_none_are_given():
+    g = guest("big", GuestState.RUNNING, memory_kib=4 * GiB_KIB)
+    [e] = plan_shutdown([g], policy(CHANNELS), state_dir=Path("/s"), channels={URI: ChannelSupport(True)}).entries
+    assert e.save_channels == max(1, min(4, os.cpu_count() or 1))
+
+
+def test_saves_take_one_core_where_this_machine_cannot_count_its_own(monkeypatch):
+    # A mock: no real machine here hides its CPU count, as os.cpu_count() allows (None).
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    g = guest("big", GuestState.RUNNING, memory_kib=4 * GiB_KIB)
+    [e] = plan_shutdown([g], policy(CHANNELS), state_dir=Path("/s"), channels={URI: ChannelSupport(True)}).entries
+    assert e.save_channels == 1
+
+
+# -- the plan as JSON (``mgsave plan --json``): every key -----------------------------------------
+
+
+def test_the_shutdown_plan_as_json_says_every_decision_and_where_each_setting_came_from():
+    local, peer = "qemu:///system", "qemu+tls://p1.example.org/system"
+    p = policy(f'version: 1\nconnections: ["{local}"]\nlimits: {{max_parallel_saves: 3, max_parallel_starts: 4, '
+               'max_parallel_migrations: 2, shutdown_deadline: 300, start_delay: 5}\ndefaults:\n  shutdown_timeout: 30\n'
+               'guests:\n  - name: dbs\n    match: {name: db}\n    order: 3\n')
+    db = guest("db", GuestState.RUNNING, uri=local)
+    off = guest("off", image=True, uri=local, memory_kib=2048)
+    plan = plan_shutdown([db, off], p, state_dir=Path("/s"), rates={local: SaveRate(2**28, "measured")},
+                         deadline=200.0, peers={peer: PeerFacts(peer, False, why="refused")},
+                         host_shutdown=HostShutdown(ShutdownKind.POWEROFF, "logind said"))
+    d = plan.to_dict()
+    settings = [g.pop("settings") for g in d["guests"]]
+    assert d == {
+        "pass": "shutdown", "policy": "policy.yaml",
+        "limits": {"max_parallel_saves": 3, "max_parallel_starts": 4, "max_parallel_migrations": 2,
+                   "shutdown_deadline_seconds": 300.0, "start_delay_seconds": 5.0},
+        "deadline_seconds": 200.0,
+        "save_rates": {local: {"bytes_per_second": 2**28, "source": "measured"}},
+        "warnings": [],
+        "guests": [
+            {"connection": local, "name": "db", "uuid": db.uuid, "state": "running", "persistent": True,
+             "has_saved_image": False, "memory_bytes": 2**30, "actions": ["save", "shutdown", "poweroff"],
+             "first_choice": "save", "reason": "running; on_shutdown chain save -> shutdown -> poweroff", "order": 3,
+             "wait_for": [], "estimated_save_end_seconds": 4.0, "save_dropped_because": None, "save_file_path": None,
+             "managed_image_path": "/var/lib/libvirt/qemu/save/db.save", "notes": [], "save_channels": 1,
+             "peer": None, "chain_from": "on_shutdown"},
+            {"connection": local, "name": "off", "uuid": off.uuid, "state": "shut-off", "persistent": True,
+             "has_saved_image": True, "memory_bytes": 2048 * 1024, "actions": ["skip"], "first_choice": "skip",
+             "reason": "shut off: nothing to do", "order": 0, "wait_for": [], "estimated_save_end_seconds": None,
+             "save_dropped_because": None, "save_file_path": None, "managed_image_path": None, "notes": [],
+             "save_channels": 1, "peer": None, "chain_from": None},
+        ],
+        "peers": {peer: {"uri": peer, "reachable": False, "why": "refused", "hypervisor_type": None,
+                         "free_bytes": None}},
+        "host_shutdown": {"kind": "poweroff", "why": "logind said"},
+    }
+    assert settings[0]["order"] == {"value": 3, "from": "guests[0] (dbs)", "line": 7}
+    assert settings[0]["shutdown_timeout"] == settings[1]["shutdown_timeout"] == {"value": 30.0, "from": "defaults",
+                                                                                   "line": 4}
+    assert settings[1]["order"] == {"value": 0, "from": "built-in", "line": None}
+    assert settings[1]["autostart"] == {"value": "if-running", "from": "built-in", "line": None}
+    assert set(settings[0]) == set(plan.entries[0].effective.sources)
+
+
+def test_a_boot_plan_as_json_has_no_rates_peers_or_kind_of_shutdown_and_names_whom_a_guest_waits_for():
+    p = policy("version: 1\nguests:\n  - match: {name: app}\n    after: [db]\n")
+    app, db = guest("app", image=True), guest("db", image=True)
+    d = plan_boot([app, db], p, None).to_dict()
+    assert (d["pass"], d["policy"], d["deadline_seconds"], d["save_rates"], d["peers"], d["host_shutdown"]) == (
+        "boot", "policy.yaml", None, {}, {}, None)
+    assert {g["name"]: g["wait_for"] for g in d["guests"]} == {"db": [], "app": [{"connection": URI, "uuid": db.uuid}]}

@@ -12,7 +12,8 @@ from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.outcomes import GuestResult, Outcome, Severity
 from libmgsave.plan import Action, plan_boot, plan_shutdown
 from libmgsave.plan.boot import peer_questions
-from libmgsave.plan.peers import DEFAULT_MIGRATION_THROUGHPUT, MIB, PeerFacts, PeerGuest, migration_seconds
+from libmgsave.plan.peers import (DEFAULT_MIGRATION_THROUGHPUT, MIB, PeerBudget, PeerChoice, PeerFacts, PeerGuest,
+                                  migration_seconds)
 from libmgsave.policy import Migrate
 from libmgsave.policyfile import parse_policy
 from libmgsave.state.records import guest_record_key
@@ -53,6 +54,7 @@ def test_the_first_peer_that_answers_is_chosen_and_the_estimate_is_shown():
     assert entry.peer == P1
     assert entry.estimate_seconds == pytest.approx(GiB * 1.25 / DEFAULT_MIGRATION_THROUGHPUT)
     assert any(P1 in note for note in entry.notes)
+    assert entry.notes == (f"migrates to {P1}, estimated to end 13 s into the pass",)
     assert entry.to_dict()["peer"] == P1
 
 
@@ -185,3 +187,53 @@ def test_a_save_that_takes_the_place_of_a_dropped_migration_is_budgeted_like_any
     assert entry.actions == (Action.POWEROFF,), entry.notes
     assert entry.first_choice is Action.MIGRATE
     assert any("save skipped" in n for n in entry.notes) and any("migration skipped" in n for n in entry.notes)
+
+
+P3, P4 = "qemu+tls://p3.example.org/system", "qemu+tls://p4.example.org/system"
+
+
+def test_each_peer_passed_over_is_named_in_turn_with_its_reason():
+    peers = {P1: PeerFacts(P1, False, why="connection refused"), P2: up(P2, kind="LXC"), P3: up(P3, free=GiB // 2),
+             P4: PeerFacts(P4, False)}
+    budget = PeerBudget(peers, {URI: "QEMU"}, 600)
+    missing = "qemu+tls://gone.example.org/system"  # no facts at all: not looked at
+    assert budget.choose(guest("a"), Migrate(peers=(P1, P2, P3, P4, missing))) == PeerChoice(
+        None, why=f"migration skipped: no peer can take it ({P1}: unreachable (connection refused); "
+                  f"{P2}: runs LXC, the guest QEMU; {P3}: not enough free memory (512 MiB left, the guest has "
+                  f"1.0 GiB); {P4}: unreachable; {missing}: unreachable)")
+    assert budget.reserved == {} and budget.planned_seconds == 0.0
+
+
+def test_a_peer_whose_free_memory_is_taken_by_the_guests_before_says_so():
+    budget = PeerBudget({P1: up(P1, free=GiB)}, {URI: "QEMU"}, 600)
+    assert budget.choose(guest("a"), Migrate(peers=(P1,))).peer == P1
+    assert budget.reserved == {P1: GiB}
+    assert budget.choose(guest("b"), Migrate(peers=(P1,))).why == (
+        f"migration skipped: no peer can take it ({P1}: not enough free memory (0 B left, the guest has 1.0 GiB))")
+
+
+def test_a_peer_of_an_unknown_type_or_a_connection_of_one_is_not_refused_for_it():
+    peers = {P1: PeerFacts(P1, True, hypervisor_type=None, free_bytes=None), P2: up(P2, kind="LXC")}
+    assert PeerBudget(peers, {URI: "QEMU"}, 600).choose(guest("a"), Migrate(peers=(P1,))).peer == P1
+    assert PeerBudget(peers, {}, 600).choose(guest("a"), Migrate(peers=(P2,))).peer == P2
+
+
+def test_a_migration_that_ends_exactly_at_the_deadline_is_planned_and_the_next_is_not():
+    """A GiB at an eighth of a GiB per second, live (1.25 times): 10 s, the whole budget."""
+    budget = PeerBudget({P1: up(P1)}, {URI: "QEMU"}, 10.0, rate=GiB / 8)
+    assert budget.choose(guest("a"), Migrate(peers=(P1,))) == PeerChoice(P1, 10.0)
+    assert budget.choose(guest("b"), Migrate(peers=(P1,))) == PeerChoice(
+        None, why="migration skipped: it would end about 20 s into the pass, past the deadline")
+
+
+def test_the_facts_of_a_peer_as_json_say_no_reason_for_one_that_answered():
+    assert up(P1).to_dict() == {"uri": P1, "reachable": True, "why": None, "hypervisor_type": "QEMU",
+                                "free_bytes": 8 * GiB}
+    assert PeerFacts(P2, False, why="no route to host").to_dict() == {
+        "uri": P2, "reachable": False, "why": "no route to host", "hypervisor_type": None, "free_bytes": None}
+
+
+def test_the_memory_reserved_on_a_peer_adds_up_guest_after_guest():
+    budget = PeerBudget({P1: up(P1, free=3 * GiB), P2: up(P2)}, {URI: "QEMU"}, 600)
+    assert [budget.choose(guest(n), Migrate(peers=(P1, P2))).peer for n in ("a", "b", "c", "d")] == [P1, P1, P1, P2]
+    assert budget.reserved == {P1: 3 * GiB, P2: GiB}

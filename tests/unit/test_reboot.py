@@ -10,6 +10,7 @@ metadata, and at the unit's stop a start job for the target of the kind.
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,18 @@ def test_an_evacuation_migrates_whatever_the_on_reboot_chain_and_says_nothing_of
         plan = plan_shutdown([guest("web-1")], policy, state_dir=STATE_DIR, host_shutdown=HostShutdown(kind, "x"))
         assert not plan.warnings and chains(plan)["web-1"][1] == "on_shutdown"
         assert plan.entries[0].first_choice is Action.MIGRATE
+
+
+def test_an_unknown_kind_names_five_guests_and_counts_the_rest():
+    def running(name):
+        return GuestInfo(connection="test:///default", name=name, uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, name)),
+                         state=GuestState.RUNNING, persistent=True, memory_kib=1024)
+    policy = parse_policy(POLICY, "policy.yaml")
+    five = [running(f"web-{n}") for n in range(1, 6)]
+    assert plan_shutdown(five, policy, state_dir=STATE_DIR).warnings == (
+        "the kind of shutdown is not known (no kind of shutdown was given): web-1, web-2, web-3, web-4, web-5 get "
+        "their on_shutdown chain, not their on_reboot chain",)
+    six = five + [running("web-6")]
+    assert plan_shutdown(six, policy, state_dir=STATE_DIR).warnings == (
+        "the kind of shutdown is not known (no kind of shutdown was given): web-1, web-2, web-3, web-4, web-5 and 1 "
+        "more get their on_shutdown chain, not their on_reboot chain",)
