@@ -43,6 +43,8 @@ def test_a_state_directory_not_made_yet_is_decided_by_its_parents(home):
     assert insecure_because(home / "file" / "state") is None  # cannot be made: nothing to read there
     os.chmod(home, 0o775)
     assert insecure_because(home / "a" / "state") == f"{home} is writable by group or others (drwxrwxr-x)"
+    os.chmod(home, 0o1777)  # sticky: only the directory itself may not be writable, and it is not made yet
+    assert insecure_because(home / "a" / "state") is None
 
 
 def test_a_state_directory_writable_by_its_group_is_insecure_even_when_sticky(home):
