@@ -145,3 +145,18 @@ def test_a_copy_edited_by_hand_does_not_match_its_digest_and_is_refused(state_di
     path = written(state_dir)
     rewrite(path, policy=POLICY.decode().replace("never", "always"))
     assert refused(state_dir) == f"{path}: the policy in it does not match its digest; the file is damaged"
+
+
+def test_whatever_is_in_the_copys_place_is_replaced_never_written_through(state_dir, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    state_dir.mkdir(parents=True)
+    copy_path(state_dir, "/p.yaml").symlink_to(victim)
+    copy = keep(state_dir, "/p.yaml", POLICY, "mgsave check")
+    assert victim.read_text() == "precious\n" and read(state_dir, "/p.yaml") == copy
+
+
+def test_a_policy_file_whose_name_is_not_utf8_has_a_copy_of_its_own(state_dir):
+    source = os.fsdecode(b"/etc/mgsave/policy-\xff.yaml")  # a byte no UTF-8 name has
+    assert copy_path(state_dir, source) != copy_path(state_dir, "/etc/mgsave/policy-.yaml")
+    assert copy_path(state_dir, source).name.startswith("last-valid-policy-")

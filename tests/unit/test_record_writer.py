@@ -57,6 +57,8 @@ def test_a_pass_writes_its_record_first_then_in_the_background_then_at_its_end(t
                              "started": 100.0, "finished": None, "guests": {"k1": {"outcome": "pending"}},
                              "boot_id": "b"}
     assert writer._flusher.is_alive() and writer.error is None
+    # a pass that dies without finishing does not hang the process on its writer
+    assert writer._flusher.daemon and writer._flusher.name == "mgsave-record"
     writer.update_guest("k1", outcome="saved")
     writer.update_guest("k2", outcome="saved")  # a guest it had no entry for
     wait_for(path, lambda d: d["guests"] == {"k1": {"outcome": "saved"}, "k2": {"outcome": "saved"}})
