@@ -141,6 +141,8 @@ def test_the_boot_id_is_the_kernels_or_none(tmp_path, monkeypatch):
     assert current_boot_id() == "x" * 99 + "y"
     boot_id.write_bytes(b"\xff")
     assert current_boot_id() is None
+    boot_id.write_text("\u00e9t\u00e9")  # UTF-8, but no boot ID the kernel writes
+    assert current_boot_id() is None
     assert records.BOOT_ID_FILE == str(boot_id)
     monkeypatch.undo()
     assert records.BOOT_ID_FILE == "/proc/sys/kernel/random/boot_id"
@@ -157,7 +159,7 @@ def plan_of(name, **facts):
 def test_a_boot_record_has_an_entry_per_guest_and_marks_restored_images_used(monkeypatch):
     monkeypatch.setattr(time, "time", lambda: 50.0)
     restored = GuestResult(plan_of("t"), Outcome.RESTORED, started=20.0, finished=30.0,
-                           steps=[StepResult(Action.RESTORE, True, 20.0, 30.0)],
+                           steps=[StepResult(Action.RESTORE, True, 20.0, 30.0, bytes=5)],
                            waits=[Wait(WaitKind.SLOT, 19.0, 20.0)], messages=["restored"])
     on_peer = GuestResult(plan_of("m"), Outcome.ON_PEER, peer="qemu+ssh://peer/system")
     data = boot_record(10.0, [restored, on_peer], "SIGTERM", boot_id="b")
@@ -165,9 +167,9 @@ def test_a_boot_record_has_an_entry_per_guest_and_marks_restored_images_used(mon
         "format": "mgsave-state", "kind": "boot", "version": 1, "mgsave_version": __version__,
         "started": 10.0, "finished": 50.0, "interrupted": "SIGTERM", "boot_id": "b"}
     t = data["guests"][f"{URI} {restored.plan.guest.uuid}"]
-    assert t["image_used"] is True and "peer" not in t and t["outcome"] == "restored" and t["ok"] is restored.ok
-    assert (t["started"], t["finished"], t["messages"]) == (20.0, 30.0, ["restored"])
-    assert t["steps"] == [restored.steps[0].to_dict()] and t["waits"] == [restored.waits[0].to_dict()]
+    assert t == {"connection": URI, "name": "t", "uuid": restored.plan.guest.uuid, "outcome": "restored",
+                 "ok": restored.ok, "messages": ["restored"], "started": 20.0, "finished": 30.0, "bytes": 5,
+                 "steps": [restored.steps[0].to_dict()], "waits": [restored.waits[0].to_dict()], "image_used": True}
     m = data["guests"][f"{URI} {on_peer.plan.guest.uuid}"]
     assert m["peer"] == "qemu+ssh://peer/system" and "image_used" not in m
     assert boot_record(10.0, [], None)["boot_id"] is None
@@ -182,6 +184,12 @@ def test_used_images_are_those_a_boot_pass_since_the_shutdown_restored():
     assert booted_since(shutdown, earlier) is False and used_images(shutdown, earlier) == frozenset()
     assert booted_since(None, boot) is False and booted_since(shutdown, None) is False
     assert used_images(None, boot) == frozenset()
+
+
+def test_a_transient_guests_pending_entry_names_its_save_file():
+    entry = plan_of("t", persistent=False)
+    assert entry.image == "/state/images/" + entry.guest.uuid + ".save"
+    assert pending_entry(entry)["image"] == entry.image and pending_entry(entry)["persistent"] is False
 
 
 def test_a_pending_entry_keeps_the_guests_facts_and_plan():
