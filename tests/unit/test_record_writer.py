@@ -130,3 +130,13 @@ def test_a_failed_write_says_what_failed_on_which_file():
         "No space left on device: /var/lib/mgsave/x"
     assert os_error_text(OSError(28, "No space left on device")) == "No space left on device"
     assert os_error_text(OSError("odd")) == "odd"
+
+
+def test_a_pass_amending_a_record_it_cannot_write_says_which_record(tmp_path, caplog):
+    (tmp_path / "state").write_text("")
+    path = tmp_path / "state" / "last-shutdown.json"
+    writer = RecordWriter.amend(path, "shutdown", None, {}, by="evacuate")
+    assert caplog.records[-1].getMessage() == \
+        f"cannot write the shutdown record {path} (File exists: {tmp_path / 'state'}); the pass goes on"
+    assert writer.kind == "shutdown"
+    writer.finish()
