@@ -114,6 +114,7 @@ def test_a_write_that_fails_is_said_once_and_the_pass_goes_on_until_one_succeeds
     path = blocker / "last-shutdown.json"
     writer = RecordWriter.begin(path, "shutdown", {})
     assert writer.error == f"File exists: {blocker}"
+    assert len(caplog.records) == 1, "the first failure is said"
     writer.flush()
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.ERROR, f"cannot write the shutdown record {path} (File exists: {blocker}); the pass goes on")]

@@ -62,11 +62,13 @@ def test_nothing_is_read_from_an_insecure_state_directory_and_it_is_said_once(ho
                f"(drwxrwxrwx); its records and save files are not trusted (guests are still saved into it; fix "
                f"its ownership and mode with chown root and chmod go-w, or pass --insecure-state-dir)")
     assert directory.insecure_warning() == message
-    warnings = []
+    warnings, boot_warnings = [], []
     assert directory.last_shutdown(warnings=warnings) is None
+    assert directory.last_boot(warnings=boot_warnings) is None
+    assert boot_warnings == [message]
     assert directory.last_boot(warnings=warnings) is None
     assert warnings == [message], "said once"
-    assert [r.getMessage() for r in caplog.records] == [message, message]
+    assert [r.getMessage() for r in caplog.records] == [message, message, message]
     caplog.clear()
     assert directory.last_shutdown(quiet=True) is None and directory.last_boot(quiet=True) is None
     assert caplog.records == []
@@ -78,10 +80,14 @@ def test_a_secure_state_directorys_records_are_read_or_said_untrusted(home, capl
     directory = state.StateDir(home)
     assert directory.last_shutdown() is None and directory.last_boot() is None
     (home / "last-boot.json").write_text("{")
+    (home / "last-shutdown.json").write_text("{")
     warnings = []
     assert directory.last_boot(quiet=True, warnings=warnings) is None
-    assert len(warnings) == 1 and warnings[0].startswith("ignoring the boot record: ")
+    assert directory.last_shutdown(quiet=True, warnings=warnings) is None
+    assert [w.partition(":")[0] for w in warnings] == ["ignoring the boot record", "ignoring the shutdown record"]
     assert caplog.records == []
+    assert directory.last_shutdown() is None
+    assert caplog.records[-1].getMessage().startswith("ignoring the shutdown record: ")
 
 
 @pytest.mark.parametrize("kind", ["shutdown", "boot"])
