@@ -83,7 +83,7 @@ def _entry_problem(key: str, entry, state_dir: Path) -> str | None:
     image, expected = typed.image, transient_image_path(state_dir, typed.uuid)
     # The same file under another spelling of the state directory's path (a symlink to it) is
     # still this guest's; ``canonical_images`` then names it as this mgsave would.
-    if image is not None and image != str(expected) and os.path.realpath(image) != os.path.realpath(expected):
+    if image is not None and os.path.realpath(image) != os.path.realpath(expected):
         return f"'image' is {image!r}, not this guest's save file {expected} (a record never names a file elsewhere)"
     return None
 
