@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from libmgsave.errors import PolicyError, Problem
-from libmgsave.policy import BUILTIN_POLICY, DEFAULT_POLICY_PATH, Metrics, Policy
+from libmgsave.policy import BUILTIN_POLICY, DEFAULT_POLICY_PATH, Metrics, Policy, Power
 from libmgsave.policyfile import cache
 from libmgsave.policyfile.build import policy_to_dict
 from libmgsave.policyfile.files import MAX_FILE_BYTES, read_policy_file
@@ -93,24 +93,28 @@ def parse_policy(data: bytes | str, source: str) -> Policy:
 @dataclass(frozen=True)
 class PassPolicyFile:
     """What a pass read of its policy file: the policy, or the problems and what of the broken
-    file could still be read (its connections, its metrics file, when those are valid)."""
+    file could still be read (its connections, its metrics file, its UPS, when those are valid)."""
 
     policy: Policy | None  # None: broken (or named and missing); the built-in policy when the default is missing
     problems: tuple[Problem, ...] = ()
     data: bytes | None = None  # the bytes of a valid file (for its last valid copy)
     connections: tuple[str, ...] = ()  # a broken file's ``connections:``, when valid
     metrics_textfile: str | None = None  # a broken file's ``metrics.textfile``, when valid
+    power: Power | None = None  # a broken file's ``power:``, when valid
 
     def on(self, fallback: Policy) -> Policy:
         """``fallback`` (the last valid copy, or the built-in defaults) for a broken file: with
         the file's valid connections added (they replace the built-in ones), so that no
-        connection's guests are left out, and its metrics file, so that the monitoring hears."""
+        connection's guests are left out, its metrics file, so that the monitoring hears, and
+        its UPS, so that the pass still plans against the battery."""
         policy = fallback
         if self.connections:
             base = () if fallback.is_builtin else fallback.connections
             policy = policy.with_connections(tuple(dict.fromkeys((*base, *self.connections))))
         if self.metrics_textfile:
             policy = dataclasses.replace(policy, metrics=Metrics(self.metrics_textfile))
+        if self.power:
+            policy = dataclasses.replace(policy, power=self.power)
         return policy
 
 
@@ -139,9 +143,10 @@ def read_policy_for_pass(path: str, *, explicit: bool, trust_insecure: bool = Fa
         if cache_dir is not None and policy is not None:
             cache.remember(cache_dir, path, data, policy)
         return PassPolicyFile(policy, (), data if isinstance(data, bytes) else None)
-    from libmgsave.policyfile.cross_field import salvage_connections, salvage_metrics
+    from libmgsave.policyfile.cross_field import salvage_connections, salvage_metrics, salvage_power
 
-    return PassPolicyFile(None, tuple(problems), None, salvage_connections(document) or (), salvage_metrics(document))
+    return PassPolicyFile(None, tuple(problems), None, salvage_connections(document) or (), salvage_metrics(document),
+                          salvage_power(document, path))
 
 
 def load_policy_for_pass(

@@ -44,12 +44,12 @@ def build_policy(document: dict, marks: MarkedDocument, source: str) -> Policy:
         rules=rules,
         limits=limits,
         metrics=Metrics(textfile=(document.get("metrics") or {}).get("textfile")),
-        power=_power(document.get("power"), marks),
+        power=power_section(document.get("power"), marks),
         upgrades=Upgrades(OnSavedImages((document.get("upgrades") or {}).get("on_saved_images", "warn"))),
     )
 
 
-def _power(mapping: dict | None, marks: MarkedDocument) -> Power | None:
+def power_section(mapping: dict | None, marks: MarkedDocument) -> Power | None:
     if mapping is None:
         return None
     credentials_mark = marks.value_marks.get(("power", "credentials"), (None, None))

@@ -9,7 +9,7 @@ import jsonschema
 
 from libmgsave.errors import Problem
 from libmgsave.policy import DEADLINE_RESERVE, MAX_DURATION, Limits, Power
-from libmgsave.policyfile.build import ups_address
+from libmgsave.policyfile.build import power_section, ups_address
 from libmgsave.policyfile.marks import KeyPath, MarkedDocument, format_path
 from libmgsave.policyfile.schema_errors import PathSet, Reporter, describe, policy_schema, section_is_valid
 from libmgsave.policyfile.settings import parse_duration
@@ -182,3 +182,15 @@ def salvage_metrics(document: object) -> str | None:
     if not isinstance(metrics, dict) or not jsonschema.Draft202012Validator(schema).is_valid(metrics):
         return None
     return metrics.get("textfile")
+
+
+def salvage_power(document: object, source: str) -> Power | None:
+    """A broken policy's ``power:``, when that part alone is valid: a broken policy must not
+    make the pass forget the battery it runs on and plan against the fixed deadline alone."""
+    power = document.get("power") if isinstance(document, dict) else None
+    if not isinstance(power, dict) or not section_is_valid("power", power):
+        return None
+    try:
+        return power_section(power, MarkedDocument(source))
+    except ValueError:  # a duration or a port the schema lets through but the model refuses
+        return None

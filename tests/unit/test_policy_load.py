@@ -626,6 +626,22 @@ def test_pass_with_a_broken_file_keeps_its_valid_connections(policy_dir):
     assert [p.path for p in problems] == ["defaults.ordr"]
 
 
+def test_pass_with_a_broken_file_keeps_its_valid_ups(policy_dir):
+    path = write(policy_dir, "version: 1\npower: {ups: 'rack@localhost:3493', margin: 90s}\ndefaults: {ordr: 3}\n")
+    policy, problems = load_policy_for_pass(path, explicit=True)
+    assert policy.is_builtin and policy.power is not None
+    assert (policy.power.ups.name, policy.power.ups.host, policy.power.margin) == ("rack", "localhost", 90)
+    assert [p.path for p in problems] == ["defaults.ordr"]
+
+
+@pytest.mark.parametrize("power", ["{ups: 'no at sign'}", "{ups: 'rack@localhost', margin: soon}",
+                                   "{ups: 'rack@localhost:99999'}"])
+def test_pass_with_a_broken_file_and_a_broken_ups_has_none(policy_dir, power):
+    path = write(policy_dir, f"version: 1\npower: {power}\ndefaults: {{ordr: 3}}\n")
+    policy, problems = load_policy_for_pass(path, explicit=True)
+    assert policy.is_builtin and policy.power is None and problems
+
+
 def test_pass_with_an_insecure_file_falls_back(policy_dir):
     path = write(policy_dir, "version: 1\nconnections: [test:///default]\n")
     os.chmod(path, 0o666)
