@@ -28,12 +28,16 @@ import sys
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from libmgsave.outcomes import Outcome
 from libmgsave.policy import OnSavedImages
 from libmgsave.saveimages import managed_save_dir
 from libmgsave.untrusted import message, safe
+
+if TYPE_CHECKING:
+    from libmgsave.state import StateDir
 
 REFUSE_EXIT = 75  # EX_TEMPFAIL: resume the guests, then try again. hooks/mgsave-apt-hook passes it on.
 MAX_INPUT_BYTES = 16 * 1024 * 1024  # apt's configuration dump and the package list; more is not apt
@@ -207,23 +211,24 @@ def run(data: bytes, environ: Mapping[str, str]) -> Verdict:
         return Verdict((f"apt hook: cannot read apt's package list ({error}); apt goes on",), False)
     if not any(watched(c.name) for c in changes):
         return Verdict((), False)
-    held, problem = _held_now(environ)
+    from libmgsave.state import StateDir, state_dir_from
+
+    state = StateDir(state_dir_from(None, environ))
+    held, problem = _held_now(state)
     if problem:
         return Verdict((f"apt hook: cannot tell which guests are saved ({problem}); apt goes on",), False)
     if not held:
         return Verdict((), False)
-    setting, source, problem = _setting(environ)
+    setting, source, problem = _setting(environ, state)
     verdict = decide(changes, held, setting, source)
     return Verdict(verdict.lines + ((problem,) if problem else ()), verdict.refuse)
 
 
-def _held_now(environ: Mapping[str, str]) -> tuple[list[HeldImage], str | None]:
+def _held_now(state: StateDir) -> tuple[list[HeldImage], str | None]:
     """The held images, by the last shutdown record and boot record, read the way every command
     reads them (a state directory others can write to is not read)."""
-    from libmgsave.state import StateDir, state_dir_from
     from libmgsave.state.records import used_images
 
-    state = StateDir(state_dir_from(None, environ))
     warnings: list[str] = []
     shutdown = state.last_shutdown(quiet=True, warnings=warnings)
     boot = state.last_boot(quiet=True, warnings=warnings) if shutdown else None
@@ -232,13 +237,14 @@ def _held_now(environ: Mapping[str, str]) -> tuple[list[HeldImage], str | None]:
     return held_images(shutdown, used_images(shutdown, boot)), None
 
 
-def _setting(environ: Mapping[str, str]) -> tuple[OnSavedImages, str | None, str | None]:
+def _setting(environ: Mapping[str, str], state: StateDir) -> tuple[OnSavedImages, str | None, str | None]:
     """``upgrades.on_saved_images``, the file it came from, and why it is ``warn`` when the
-    policy cannot be read (a broken policy never stops apt)."""
+    policy cannot be read (a broken policy never stops apt). A policy the passes validated
+    before is taken from their cache (in a state directory only root can write), as they do."""
     from libmgsave.policyfile import policy_path_from, read_policy_for_pass
 
     path, explicit = policy_path_from(None, environ)
-    read = read_policy_for_pass(path, explicit=explicit)
+    read = read_policy_for_pass(path, explicit=explicit, cache_dir=None if state.insecure else state.path)
     if read.policy is None:
         first = read.problems[0] if read.problems else "unknown problem"
         return (OnSavedImages.WARN, None,

@@ -309,3 +309,16 @@ def test_the_hook_imports_no_libvirt():
                          cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == []
+
+
+def test_a_policy_validated_before_is_taken_from_the_passes_cache(host):
+    """The hook reads the policy as the passes do: once validated, the same bytes are not parsed
+    again (no YAML, no schema), from a cache only root can write."""
+    from libmgsave.policyfile import cache
+
+    host["_policy"].write_text("version: 1\nupgrades: {on_saved_images: refuse}\n")
+    key = cache.cache_path(Path(host["MGSAVE_STATE_DIR"]), str(host["_policy"]))
+    assert not key.exists()
+    assert _run(host).refuse and key.exists()
+    stamp = key.stat().st_mtime_ns
+    assert _run(host).refuse and key.stat().st_mtime_ns == stamp
