@@ -299,6 +299,7 @@ class Record:
             self.key(result), outcome=str(result.outcome), steps=[s.to_dict() for s in result.steps],
             waits=[w.to_dict() for w in result.waits], started=result.started, finished=result.finished,
             bytes=result.bytes, messages=list(result.messages), **({"peer": result.peer} if result.peer else {}),
+            **({"needs": result.needs.to_dict()} if result.needs else {}),
         )
 
 
