@@ -200,8 +200,8 @@ RENDERINGS: dict[EventKind, Rendering] = {
     EventKind.BOOTS_FRESH: Rendering(None, _E, "%(name)s: %(why)s", "start", "booted-fresh"),
     EventKind.RESUME_FAILED: Rendering("resume failed: %(own_why)s; image %(what)s", _E, "%(name)s: resuming failed "
                                        "(%(why)s); the saved image is %(what)s", "resume", "failed"),
-    EventKind.WILL_NOT_RESUME: Rendering("not resumed: %(why)s; image %(what)s", _W, "%(name)s: not resumed "
-                                         "(%(why)s); the saved image is %(what)s", "resume", "skipped"),
+    EventKind.WILL_NOT_RESUME: Rendering("%(why)s; image %(what)s", _W, "%(name)s: %(why)s; the saved image is "
+                                         "%(what)s", "resume", "skipped"),
     EventKind.IMAGE_NOT_SET_ASIDE: Rendering("left off: the image could not be set aside, so it is not discarded"),
     EventKind.NOT_A_REGULAR_FILE: Rendering("not restored: %(path)s is not a regular file; left alone", _E,
                                             "%(name)s: not restored: %(path)s is not a regular file", "restore",

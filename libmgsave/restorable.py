@@ -61,10 +61,6 @@ def version_text(number: int | None) -> str:
     return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"
 
 
-_ADVICE = ("resume it with the QEMU that saved it (reinstall that version and boot), or give up its "
-           "saved state ('virsh managedsave-remove', or its on_resume_failure at boot: the image is kept)")
-
-
 def judge(needs: ResumeNeeds | None, image_machine: str | None, offer: Offer | None) -> Restorability:
     """The verdict for an image that needs ``needs`` (its record's, None for an image saved
     before mgsave recorded them) whose embedded definition names ``image_machine`` (None when
@@ -72,7 +68,7 @@ def judge(needs: ResumeNeeds | None, image_machine: str | None, offer: Offer | N
     machine = image_machine or (needs.machine if needs else None)
     missing = _missing(needs, machine, offer) if offer is not None else None
     if missing:
-        return Restorability(Verdict.WILL_NOT_RESUME, f"will not resume: {missing}", _ADVICE)
+        return Restorability(Verdict.WILL_NOT_RESUME, f"will not resume: {missing}", _advice(needs))
     if needs is None or offer is None or needs.qemu_version is None:
         if offer is None or machine is None or offer.machines is None:
             return Restorability(Verdict.UNKNOWN, "not known whether it resumes (its save recorded no needs"
@@ -101,6 +97,12 @@ def _missing(needs: ResumeNeeds | None, machine: str | None, offer: Offer) -> st
         if kind == "video" and offer.video_models is not None and model not in offer.video_models:
             return f"video device model {model} is not offered by this QEMU{_qemu_now(offer)}"
     return None
+
+
+def _advice(needs: ResumeNeeds | None) -> str:
+    saved_by = f" ({version_text(needs.qemu_version)})" if needs and needs.qemu_version is not None else ""
+    return (f"to keep its memory state, boot with the QEMU that saved it{saved_by} (keep or reinstall that "
+            f"version); otherwise the boot pass keeps the image and applies its on_resume_failure")
 
 
 def _qemu_now(offer: Offer) -> str:

@@ -165,14 +165,14 @@ def _boot_entry(facts: _BootFacts, guest: GuestInfo, eff: Effective, order: int,
     # After a first boot pass (``booted_since``) a guest of the record may simply have been
     # resumed and stopped again: starting it fresh is no news then.
     lost = _lost_state_note(entry) if action is Action.START and not facts.booted_since else None
-    lost = decided.fresh or lost
+    lost = decided.fresh or lost  # the warning of ``will_not_resume`` says it: no note of it
     if_fails = Action.START if eff.settings.on_resume_failure is OnResumeFailure.BOOT_FRESH else Action.SKIP
     read_with = 1
     if action is Action.RESTORE:
         read_with, _ = choose(eff.settings.save_channels, guest, facts.offers.get(guest.connection, UNKNOWN),
                               at_once=facts.at_once, cores=facts.cores)
     return GuestPlan(guest, eff, (action,), decided.reason, order, wait_for if action is not Action.SKIP else (),
-                     image=facts.files.get(key), notes=((lost,) if lost else ()) + decided.notes,
+                     image=facts.files.get(key), notes=((lost,) if lost and not decided.fresh else ()) + decided.notes,
                      managed_image=managed_image_path(guest.connection, guest.name) if guest.persistent else None,
                      boots_fresh_because=lost, if_resume_fails=if_fails, save_channels=read_with,
                      peer=decided.peer, on_peer=key in facts.on_peer, left_off_because=decided.held,

@@ -154,7 +154,7 @@ def record(*guests, outcome="saved"):
 POLICY = parse_policy("version: 1\nguests:\n  - match: {name: 'off*'}\n    on_resume_failure: leave-off\n",
                       "policy.yaml")
 WONT = Restorability(Verdict.WILL_NOT_RESUME, "will not resume: machine type pc-i440fx-5.2 is not offered by this "
-                     "QEMU (8.2.0)", "resume it with the QEMU that saved it")
+                     "QEMU (8.2.0)", "boot with the QEMU that saved it")
 
 
 def test_a_guest_whose_image_will_not_resume_boots_fresh_with_its_image_kept_and_is_never_tried():
