@@ -329,7 +329,10 @@ class ShutdownPass:
             return resume_needs(guest.definition(), qemu, lib)
         except (HypervisorError, DefinitionError) as error:
             log.debug("%s: what resuming its image needs is not known (%s)", entry.guest.name, error)
-            return None
+        except Exception as error:  # noqa: BLE001 - a surprise here must never cost the guest its save
+            log.warning("%s: what resuming its image needs could not be read (%r); saving it all the same",
+                        entry.guest.name, error)
+        return None
 
     def _flush(self, result: GuestResult, image: str | None) -> None:
         """The saved image onto stable storage before the guest counts as saved, waited for no
