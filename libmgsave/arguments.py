@@ -162,7 +162,10 @@ def _add_queries(add: Callable[..., argparse.ArgumentParser]) -> None:
             "enabled. With a UPS in 'power:', its credentials file must be usable (else exit 2), and\n"
             "it warns, under the key's file:line, when upsd does not answer, knows no UPS of that\n"
             "name, refuses the credentials, or the UPS reports no usable runtime; and when mgsave's\n"
-            "units are enabled but not mgsave-power.service, which runs 'mgsave power watch'.")
+            "units are enabled but not mgsave-power.service, which runs 'mgsave power watch'. Each\n"
+            "held saved image is checked against the QEMU installed now: one that will not resume\n"
+            "(its machine type, CPU model or video model is not offered) is a warning, with what to\n"
+            "do; a QEMU or libvirt changed since the save is said (expected to resume).")
     p.add_argument("--strict", action="store_true",
                    help="count every warning as an error (exit 2), for CI and configuration management")
     p = add("plan", "print what a pass would do",
@@ -172,7 +175,9 @@ def _add_queries(add: Callable[..., argparse.ArgumentParser]) -> None:
             "each guest in full: every effective setting with the rule (file:line) that set it.\n"
             "Exit 2 when the policy is broken (the plan shown is then the one a pass would carry out\n"
             "on its last valid copy or the built-in defaults) or a guest named is not there. With a UPS in\n"
-            "'power:', a last line says whether the shutdown plan fits the runtime it reports now.")
+            "'power:', a last line says whether the shutdown plan fits the runtime it reports now.\n"
+            "The boot plan says of each held saved image whether it resumes on the QEMU installed\n"
+            "now; a guest whose image will not is planned as its on_resume_failure says.")
     which = p.add_argument("which", nargs="*", choices=_PassOrGuests(PASSES), metavar="shutdown|boot|GUEST",
                            help="one pass only (default: both); then guests by name: their plan in full")
     which.complete = "guests"  # the shell completion offers the guests' names (scripts/gen-completion)
@@ -184,7 +189,8 @@ def _add_queries(add: Callable[..., argparse.ArgumentParser]) -> None:
         "Show every guest: its state, whether it has a saved image (size, age), its effective\n"
         "autostart, and what the last shutdown and boot passes did to it. With a UPS in the\n"
         "policy's 'power:', a last line on it: on line or on battery, the runtime, charge and\n"
-        "load it reports, or why it cannot be read.")
+        "load it reports, or why it cannot be read. A held saved image that will not resume on\n"
+        "the QEMU installed now, or was saved by another QEMU or libvirt, is said under the table.")
     p = add("report", "draw the last shutdown and boot passes as a timeline",
             "Draw the last shutdown and boot passes, from the records in the state directory, as a\n"
             "timeline per guest: waiting for the guests it is after or for a slot, saving, the fallback\n"
@@ -245,7 +251,9 @@ def _add_passes(add: Callable[..., argparse.ArgumentParser]) -> None:
                  "those running at the last shutdown) or 'never'. Guests already running are left\n"
                  "alone, so running it twice changes nothing. A guest the last shutdown migrated to a\n"
                  "peer and defined here again starts only when the peer says it does not run there\n"
-                 "(left off, exit 10, when the peer cannot be asked)."),
+                 "(left off, exit 10, when the peer cannot be asked). A guest whose saved image will\n"
+                 "not resume on the QEMU installed now (see 'mgsave status') is not tried: its image\n"
+                 "is kept and its on_resume_failure applied."),
     ):
         p = add(name, f"run the {name} pass", text)
         p.add_argument("--dry-run", action="store_true",

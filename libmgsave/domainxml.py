@@ -1,4 +1,4 @@
-"""Reading libvirt's domain XML: a guest's name, UUID, memory, title and metadata.
+"""Reading libvirt's domain XML: a guest's name, UUID, memory, title, metadata, and what resuming it needs.
 
 Pure text in, values out: nothing here talks to libvirt (``hypervisor`` asks it for the XML).
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from types import MappingProxyType
 
+from libmgsave.history import ResumeNeeds
 from libmgsave.inventory import GuestInfo, GuestState
 
 _UNIT_BYTES = {"b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000**2, "m": 1024**2,
@@ -70,3 +71,47 @@ def stopped_transient_guest(xml: str, connection: str) -> GuestInfo:
         connection=connection, name=name, uuid=uuid.lower(), state=GuestState.SHUTOFF, persistent=False,
         memory_kib=memory_kib(memory), title=title, metadata=MappingProxyType(metadata),
     )
+
+
+# The devices whose model a saved state names: QEMU loads a device's state only into the same
+# model, and a model a later QEMU dropped (or libvirt no longer offers) makes the load fail
+# ("Unknown savevm section", or the guest's QEMU refuses to start). These are the device kinds
+# whose models QEMU has deprecated and removed over the years (cirrus and other video models,
+# sound cards, USB controllers, watchdogs, NIC models); disks and consoles carry no model to
+# lose. Kept small: a record entry lists them for every saved guest.
+_MODELLED_DEVICES = (
+    ("video", "video/model", "type"),
+    ("sound", "sound", "model"),
+    ("usb", "controller[@type='usb']", "model"),
+    ("watchdog", "watchdog", "model"),
+    ("interface", "interface/model", "type"),
+)
+
+
+def resume_needs(xml: str, qemu_version: int | None, libvirt_version: int | None) -> ResumeNeeds:
+    """What resuming a guest saved from this domain XML needs (see ``history.ResumeNeeds``);
+    raises DefinitionError when the XML is not XML."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as error:
+        raise DefinitionError(f"the guest definition is not XML ({error})") from None
+    cpu = root.find("cpu")
+    model = cpu.find("model") if cpu is not None else None
+    devices = root.find("devices")
+    found: list[str] = []
+    for kind, path, attribute in _MODELLED_DEVICES if devices is not None else ():
+        for element in devices.findall(path):
+            value = (element.get(attribute) or "").strip()
+            if value and f"{kind}:{value}" not in found:
+                found.append(f"{kind}:{value}")
+    return ResumeNeeds(qemu_version, libvirt_version, machine_type(xml), cpu.get("mode") if cpu is not None else None,
+                       (model.text or "").strip() or None if model is not None else None, tuple(found))
+
+
+def machine_type(xml: str) -> str | None:
+    """The guest's machine type (``os/type@machine``); None when the XML names none or is not XML."""
+    try:
+        element = ET.fromstring(xml).find("os/type")
+    except ET.ParseError:
+        return None
+    return (element.get("machine") or "").strip() or None if element is not None else None

@@ -74,6 +74,7 @@ class EventKind(enum.Enum):
     BOOTED_FRESH_INSTEAD = enum.auto()
     BOOTS_FRESH = enum.auto()
     RESUME_FAILED = enum.auto()
+    WILL_NOT_RESUME = enum.auto()
     IMAGE_NOT_SET_ASIDE = enum.auto()
     NOT_A_REGULAR_FILE = enum.auto()
     RESTORE_FAILED = enum.auto()
@@ -199,6 +200,8 @@ RENDERINGS: dict[EventKind, Rendering] = {
     EventKind.BOOTS_FRESH: Rendering(None, _E, "%(name)s: %(why)s", "start", "booted-fresh"),
     EventKind.RESUME_FAILED: Rendering("resume failed: %(own_why)s; image %(what)s", _E, "%(name)s: resuming failed "
                                        "(%(why)s); the saved image is %(what)s", "resume", "failed"),
+    EventKind.WILL_NOT_RESUME: Rendering("%(why)s; image %(what)s", _W, "%(name)s: %(why)s; the saved image is "
+                                         "%(what)s", "resume", "skipped"),
     EventKind.IMAGE_NOT_SET_ASIDE: Rendering("left off: the image could not be set aside, so it is not discarded"),
     EventKind.NOT_A_REGULAR_FILE: Rendering("not restored: %(path)s is not a regular file; left alone", _E,
                                             "%(name)s: not restored: %(path)s is not a regular file", "restore",
@@ -299,6 +302,7 @@ class Record:
             self.key(result), outcome=str(result.outcome), steps=[s.to_dict() for s in result.steps],
             waits=[w.to_dict() for w in result.waits], started=result.started, finished=result.finished,
             bytes=result.bytes, messages=list(result.messages), **({"peer": result.peer} if result.peer else {}),
+            **({"needs": result.needs.to_dict()} if result.needs else {}),
         )
 
 

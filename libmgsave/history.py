@@ -232,6 +232,45 @@ class EntryError(ValueError):
     """A record entry that cannot be trusted: the message says which field and why."""
 
 
+_NEEDS_TEXT = ("machine", "cpu_mode", "cpu_model")
+
+
+@dataclass(frozen=True)
+class ResumeNeeds:
+    """What resuming a saved image needs of the hypervisor, as libvirt said at the save: the
+    QEMU and libvirt versions that wrote it (libvirt's numbers: major * 1,000,000 + minor *
+    1,000 + release), the guest's machine type and CPU, and the device models whose loss from
+    a later QEMU breaks loading the state (``domainxml.resume_needs`` says which)."""
+
+    qemu_version: int | None
+    libvirt_version: int | None
+    machine: str | None
+    cpu_mode: str | None
+    cpu_model: str | None
+    devices: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"qemu_version": self.qemu_version, "libvirt_version": self.libvirt_version,
+                "machine": self.machine, "cpu_mode": self.cpu_mode, "cpu_model": self.cpu_model,
+                "devices": list(self.devices)}
+
+    @classmethod
+    def from_dict(cls, raw) -> ResumeNeeds:
+        """A record's ``needs``; raises EntryError naming what is wrong."""
+        if not isinstance(raw, Mapping) or set(raw) != {"qemu_version", "libvirt_version", *_NEEDS_TEXT, "devices"}:
+            raise EntryError(f"'needs' is {raw!r}, not what resuming an image needs")
+        for name in ("qemu_version", "libvirt_version"):
+            if raw[name] is not None and not _is_count(raw[name]):
+                raise EntryError(f"'needs.{name}' is {raw[name]!r}, not a version number")
+        for name in _NEEDS_TEXT:
+            if raw[name] is not None and not isinstance(raw[name], str):
+                raise EntryError(f"'needs.{name}' is {raw[name]!r}, not a string")
+        if not _is_strings(raw["devices"]):
+            raise EntryError(f"'needs.devices' is {raw['devices']!r}, not a list of device models")
+        return cls(raw["qemu_version"], raw["libvirt_version"], raw["machine"], raw["cpu_mode"], raw["cpu_model"],
+                   tuple(raw["devices"]))
+
+
 _REQUIRED = ("connection", "name", "uuid", "outcome")
 # Each optional field of an entry: what it must be, and how to say it.
 _ENTRY_FIELDS = {
@@ -258,6 +297,8 @@ _ENTRY_FIELDS = {
     "recorded_by": (lambda v: v is None or (isinstance(v, str) and v in frozenset(RecordedBy)), "a pass that adds entries (evacuate, return)"),
     "recorded": (lambda v: v is None or is_number(v), "a time"),
 }
+# Fields with their own type, which reads itself (and raises EntryError naming what is wrong).
+_ENTRY_TYPES = {"needs": ResumeNeeds}
 
 
 @dataclass(frozen=True)
@@ -293,6 +334,7 @@ class GuestEntry:
     ok: bool | None = None
     recorded_by: RecordedBy | None = None
     recorded: float | None = None  # when that pass began
+    needs: ResumeNeeds | None = None  # saved: what resuming its image needs (None: saved before mgsave said)
     given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
     # fields of a record this mgsave does not know: kept as they were when the entry is written again
     unknown: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -333,7 +375,7 @@ class GuestEntry:
         for name, (valid, what) in _ENTRY_FIELDS.items():
             if name in raw and not valid(raw[name]):
                 raise EntryError(f"'{name}' is {raw[name]!r}, not {what}")
-        known = {name: raw[name] for name in (*_REQUIRED, *_ENTRY_FIELDS) if name in raw}
+        known = {name: raw[name] for name in (*_REQUIRED, *_ENTRY_FIELDS, *_ENTRY_TYPES) if name in raw}
         unknown = {name: value for name, value in raw.items() if name not in known}
         return dataclasses.replace(cls.of(**known), unknown=unknown)
 
@@ -355,10 +397,15 @@ def _typed(fields: Mapping[str, Any]) -> dict[str, Any]:
             typed[name] = tuple(typed[name])
     if typed.get("metadata") is not None:
         typed["metadata"] = dict(typed["metadata"])
+    for name, kind in _ENTRY_TYPES.items():
+        if typed.get(name) is not None and not isinstance(typed[name], kind):
+            typed[name] = kind.from_dict(typed[name])
     return typed
 
 
 def _json(value):
+    if isinstance(value, ResumeNeeds):
+        return value.to_dict()
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, tuple):

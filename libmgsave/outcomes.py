@@ -16,6 +16,7 @@ from libmgsave.errors import ExitCode
 # Action, Outcome, Severity, WaitKind, PassKind: the closed sets live in ``history``, the bottom
 # floor; named here too, where the results speak them.
 from libmgsave.history import Action, HostShutdown, Outcome, PassKind, Severity, WaitKind  # noqa: F401
+from libmgsave.history import ResumeNeeds
 from libmgsave.policy import PolicyChoice, PolicyOrigin
 
 if TYPE_CHECKING:
@@ -71,6 +72,7 @@ class GuestResult:
     started: float | None = None
     finished: float | None = None
     peer: str | None = None  # migrated (or left on a peer): the peer's URI
+    needs: ResumeNeeds | None = None  # saved: what resuming its image needs, read from libvirt at the save
 
     @property
     def severity(self) -> Severity:

@@ -42,6 +42,7 @@ def render_plan(plan: Plan, *, guests: Sequence[str] = (), verbose: bool = False
         lines += _plan_table(plan.kind, entries, names, many)
     for e in entries:
         lines += wrapped(f"note: {_name(e.guest.name)}: {note}" for note in e.notes)
+        lines += wrapped([f"warning: {_name(e.guest.name)}: {e.will_not_resume}"] if e.will_not_resume else [])
     lines += wrapped(f"warning: {warning}" for warning in plan.warnings)
     if verbose or guests:
         for e in entries:

@@ -11,15 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from libmgsave import conflicts, console, jsonout, units, untrusted
-from libmgsave.actions import inputs
+from libmgsave.actions import held, inputs
+from libmgsave.actions.held import HeldImage
 from libmgsave.channels import UNKNOWN, choose
 from libmgsave.conflicts import Finding
 from libmgsave.context import Context
 from libmgsave.errors import ExitCode, HypervisorUnavailable, PolicyError, Problem
+from libmgsave.history import RecordedPass
 from libmgsave.matching import resolve
 from libmgsave.plan import after_problems
 from libmgsave.plan.model import rule_lines
 from libmgsave.policy import Policy
+from libmgsave.restorable import Verdict
+from libmgsave.state import StateDir
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,8 @@ def run_check(ctx: Context, *, strict: bool = False) -> CheckResult:
         _report_problems(ctx, power_problems, strict, "the policy file itself is valid")
         return CheckResult(tuple(power_problems), (), strict)
     layout = conflicts.daemon_layout()
-    findings = [Finding(w) for w in conflicts.host_conflicts()] + _guest_findings(policy) + power_findings
+    images: list[HeldImage] = []
+    findings = [Finding(w) for w in conflicts.host_conflicts()] + _guest_findings(policy, ctx.state, images) + power_findings
     if ctx.state.insecure:
         findings.append(Finding(ctx.state.insecure_warning()))
     lines = _finding_lines(policy)
@@ -80,23 +85,30 @@ def run_check(ctx: Context, *, strict: bool = False) -> CheckResult:
     result = CheckResult((), warnings, strict)
     source = policy.source or f"built-in defaults (no file at {ctx.policy_path})"
     text = [f"{source}: the policy is valid", f"libvirt daemons: {layout}", *render_warnings(warnings)]
+    text += [untrusted.message(f"saved image: {i.text}") for i in images
+             if held.worth_saying(i) and i.verdict.verdict is not Verdict.WILL_NOT_RESUME]
     if result.failed:
         text.append(f"--strict: {_count(warnings)} counted as errors")
     ctx.emit(jsonout.document("check", {
         "ok": not result.failed, "strict": strict, "policy": policy.source, "policy_problems": [],
-        "warnings": [w.to_dict() for w in warnings], "daemon_layout": layout.kind}), "\n".join(text))
+        "warnings": [w.to_dict() for w in warnings], "daemon_layout": layout.kind,
+        "saved_images": [image.to_dict() for image in images]}), "\n".join(text))
     return result
 
 
-def _guest_findings(policy: Policy) -> list[Finding]:
-    """What is wrong between the policy and the guests there are; or why they could not be looked at."""
+def _guest_findings(policy: Policy, state: StateDir, images: list[HeldImage]) -> list[Finding]:
+    """What is wrong between the policy and the guests there are; or why they could not be looked
+    at. ``images`` is filled with each held saved image's verdict (``actions.held``)."""
     try:
         connections, unreachable = inputs.connect(policy)
     except HypervisorUnavailable as error:
         return [Finding(f"could not look at the guests: {error.message}")]
     guests = inputs.inventory(connections, policy, unreachable)  # a listing that fails is one more
+    recorded = RecordedPass.from_dict(state.last_shutdown(quiet=True) or {"guests": {}}).guests
+    images += held.held_images(connections, guests, recorded)
     after = [Finding(p.message, p.source) for p in after_problems(guests, policy)]
     return ([Finding(w) for w in unreachable] + _peer_findings(policy) + _two_way_findings(policy, guests)
+            + [Finding(f"saved image: {i.text}") for i in images if i.verdict.verdict is Verdict.WILL_NOT_RESUME]
             + conflicts.unmatched_rules(policy, guests)
             + after + conflicts.guest_conflicts(policy, guests) + _channel_findings(policy, guests, connections)
             + _refused_flag_findings(policy, guests, connections))

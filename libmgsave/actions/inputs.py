@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from libmgsave import units
+from libmgsave.actions import held
 from libmgsave.context import Context, PassLog
 from libmgsave.diskspace import free_bytes, save_room
 from libmgsave.errors import HypervisorError, PolicyError, Problem
@@ -250,7 +251,9 @@ def boot_plan(ctx: Context, pass_log: PassLog, guests, policy: Policy, connectio
         record = dict(record, guests=_settled(record, guests))
     last = RecordedPass.from_dict(record) if record is not None else None
     unrecorded = _unrecorded_images(ctx, pass_log, record, boot, guests, connections, restore_unrecorded)
-    return plan_boot(guests, policy, last, unrecorded,
+    recorded = last.guests if last is not None else {}
+    resumes = held.resume_verdicts(connections, guests, recorded, [*recorded.values(), *unrecorded])
+    return plan_boot(guests, policy, last, unrecorded, resumes=resumes,
                      booted_since=booted_since(record, boot), used_images=used_images(record, boot),
                      channels=channel_support(connections),
                      on_peers=peers.guests_on_peers(peer_questions(guests, policy, last)))

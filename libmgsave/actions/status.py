@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 from libmgsave import jsonout, report
-from libmgsave.actions import DONE, Done, inputs
+from libmgsave.actions import DONE, Done, held, inputs
 from libmgsave.context import Context
 from libmgsave.history import GuestEntry
 from libmgsave.inventory import ON_PEER
 from libmgsave.matching import resolve
 from libmgsave.plan.boot import recorded_guest, recorded_peer
+from libmgsave.restorable import Restorability, Verdict
 from libmgsave.saveimages import managed_image_path
 from libmgsave.state import guest_record_key
 
@@ -34,6 +36,7 @@ class GuestStatus:
     last_shutdown: str | None  # the outcome the last shutdown pass recorded
     last_boot: str | None
     peer: str | None = None  # where a guest the last shutdown migrated lives now
+    resume: Restorability | None = None  # whether its held image resumes on the hypervisor installed now
 
     def to_dict(self) -> dict:
         return {
@@ -44,6 +47,7 @@ class GuestStatus:
             "autostart": self.autostart, "libvirt_autostart": self.libvirt_autostart,
             "last_shutdown_outcome": self.last_shutdown, "last_boot_outcome": self.last_boot,
             "peer": self.peer,
+            "resume": self.resume.to_dict() if self.resume else None,
         }
 
 
@@ -54,7 +58,10 @@ def run_status(ctx: Context) -> Done:
     guests = inputs.inventory(connections, policy, warnings)
     last_shutdown = (ctx.state.last_shutdown() or {}).get("guests", {})
     last_boot = (ctx.state.last_boot() or {}).get("guests", {})
-    rows = [_row(guest, policy, last_shutdown, last_boot) for guest in guests]
+    recorded = {key: GuestEntry.from_dict(entry, key) for key, entry in last_shutdown.items()}
+    verdicts = held.resume_verdicts(connections, guests, recorded)
+    rows = [dataclasses.replace(_row(guest, policy, last_shutdown, last_boot), resume=verdicts.get(guest.key))
+            for guest in guests]
     rows += _on_peer_rows(policy, last_shutdown, last_boot, {guest_record_key(*g.key) for g in guests})
     usage, kept_warning = inputs.kept_images(ctx, policy)
     ups = _ups(policy)
@@ -67,6 +74,9 @@ def run_status(ctx: Context) -> Done:
             "ups": ups.to_dict() if ups else None}), "")
         return DONE
     text = report.render_status(rows) + "\n" + report.render_kept([], usage, [], listing=False)
+    said = [f"{r.name}: {r.resume.text}" for r in rows if r.resume and r.resume.verdict is not Verdict.RESUMES]
+    if said:
+        text += "\n" + "\n".join(report.wrapped((f"saved image: {line}" for line in said), indent=""))
     if ups:
         text += "\n" + "\n".join(report.wrapped([ups.describe()], indent=""))
     if warnings:

@@ -138,10 +138,12 @@ class BootPass:
         if guest.is_active():
             self.events.say(result, EventKind.ALREADY_RUNNING)
             return Outcome.SKIPPED
+        if entry.will_not_resume and action is Action.START:
+            return self._fresh_instead(entry, guest, result, started)
         problem = saved_image_problem(entry.managed_image) if action is Action.RESUME else None
         if problem:
             # libvirt would delete it and boot the guest fresh without telling: decide ourselves
-            error = OperationRefused(f"{entry.guest.name}: {problem}")
+            error = OperationRefused(_with_change(entry, f"{entry.guest.name}: {problem}"))
             add_step(self.events, result, StepResult(action, False, started, time.time(), error=error.message))
             return self._resume_failed(entry, guest, result, error)
         try:
@@ -152,6 +154,7 @@ class BootPass:
         except HypervisorError as error:
             if action is not Action.RESUME or not guest.has_saved_state():
                 raise  # recorded by the caller
+            error.message = _with_change(entry, error.message)
             add_step(self.events, result, StepResult(action, False, started, time.time(), error=error.message))
             return self._resume_failed(entry, guest, result, error)
         return self._started(entry, action, guest, result, started)
@@ -193,6 +196,21 @@ class BootPass:
         guest.start(bypass_cache=entry.effective.settings.bypass_cache, force_boot=True)
         add_step(self.events, result, StepResult(Action.START, True, started, time.time()),
                  " (booted fresh after the failed resume)")
+        return Outcome.BOOTED_FRESH
+
+    def _fresh_instead(self, entry: GuestPlan, guest: Guest, result: GuestResult, started: float) -> Outcome:
+        """A guest whose image the plan knows will not resume here: the image kept (as after a
+        failed resume), then the guest booted fresh; left off when the image cannot be kept."""
+        kept = keep_failed_image(entry.managed_image, self.state_dir.failed_images, entry.guest.name)
+        self.events.say(result, EventKind.WILL_NOT_RESUME, why=entry.will_not_resume,
+                        what=f"kept at {kept}" if kept else "left in place")
+        if kept is None:
+            self.events.say(result, EventKind.IMAGE_NOT_SET_ASIDE)
+            return Outcome.LEFT_OFF
+        guest.discard_saved_state()
+        guest.start(bypass_cache=entry.effective.settings.bypass_cache, force_boot=True)
+        add_step(self.events, result, StepResult(Action.START, True, started, time.time()),
+                 " (booted fresh: its saved image will not resume here)")
         return Outcome.BOOTED_FRESH
 
     def _restore_transient(self, entry: GuestPlan, result: GuestResult) -> Outcome:
@@ -244,6 +262,11 @@ class BootPass:
             self.events.say(result, EventKind.READY_WAIT_CUT_SHORT)
         if settings.ready.kind is not ReadyKind.NONE:
             result.waits.append(Wait(WaitKind.READY, waiting_since, time.time()))
+
+
+def _with_change(entry: GuestPlan, message: str) -> str:
+    """A failed resume's error, naming the hypervisor's change since the save when there was one."""
+    return f"{message} (after an upgrade: {entry.changed_since_save})" if entry.changed_since_save else message
 
 
 def _is_regular_file(path: str | None) -> bool:

@@ -10,6 +10,7 @@ arriving late, or someone else's doing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from libmgsave import interrupt
 from libmgsave.budget import Budget
+from libmgsave.domainxml import DefinitionError, resume_needs
 from libmgsave.durable import flush_image
 from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationTimeout
 from libmgsave.events import EventKind, Events, Journal, Record, Summary
@@ -25,6 +27,7 @@ from libmgsave.execute.progress import SaveProgress, file_size
 from libmgsave.execute.scheduler import Schedule
 from libmgsave.execute.steps import StepTimes, add_step, unexpected_as_failure, unexpected_failure
 from libmgsave.execute.waiting import Waits
+from libmgsave.history import ResumeNeeds
 from libmgsave.hypervisor import Connections, Guest
 from libmgsave.inventory import GuestState
 from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
@@ -32,6 +35,8 @@ from libmgsave.plan import Action, GuestPlan, Plan
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
 from libmgsave.state.images import discard_partial_save, images_directory
+
+log = logging.getLogger("mgsave")
 
 SHUTDOWN_POLL = 0.5  # how often a guest asked to shut down is looked at
 SAVES = (Action.SAVE, Action.SAVE_TO_FILE)
@@ -287,6 +292,7 @@ class ShutdownPass:
         # image still comes back running.
         resume_running = entry.guest.state is GuestState.RUNNING and guest.state()[0] is GuestState.PAUSED
         image = entry.managed_image if action is Action.SAVE else entry.image
+        result.needs = self._needs(guest, entry)
         self.progress.begin(guest, entry, settings.save_timeout, image)
         try:
             if action is Action.SAVE_TO_FILE:
@@ -313,6 +319,20 @@ class ShutdownPass:
             self.events.say(result, EventKind.SAVE_ABORTED, why=aborted)
         self._flush(result, image)
         return file_size(image) or seen
+
+    def _needs(self, guest: Guest, entry: GuestPlan) -> ResumeNeeds | None:
+        """What resuming the image about to be written needs, from libvirt (the live definition,
+        the connection's versions, asked once a pass); None when libvirt cannot say: the save
+        goes on all the same, and the boot pass reads the image's own definition instead."""
+        try:
+            qemu, lib = self.connections.host(entry.guest.connection).versions()
+            return resume_needs(guest.definition(), qemu, lib)
+        except (HypervisorError, DefinitionError) as error:
+            log.debug("%s: what resuming its image needs is not known (%s)", entry.guest.name, error)
+        except Exception as error:  # noqa: BLE001 - a surprise here must never cost the guest its save
+            log.warning("%s: what resuming its image needs could not be read (%r); saving it all the same",
+                        entry.guest.name, error)
+        return None
 
     def _flush(self, result: GuestResult, image: str | None) -> None:
         """The saved image onto stable storage before the guest counts as saved, waited for no

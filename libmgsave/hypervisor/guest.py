@@ -181,6 +181,15 @@ class Guest:
         return bool(self._call("checking for persistence", self._dom.isPersistent)) and \
             image_on_disk(self.host.uri, self.name)
 
+    def definition(self) -> str:
+        """The guest's domain XML as libvirt holds it now (the live one while it runs)."""
+        return str(self._call("reading XML", self._dom.XMLDesc, 0))
+
+    def saved_state_definition(self) -> str:
+        """The definition embedded in its managed-save image (an admin may have edited it with
+        ``virsh managedsave-define``): what libvirt starts QEMU with when it resumes it."""
+        return str(self._call("reading the definition in its saved image", self._dom.managedSaveGetXMLDesc, 0))
+
     def discard_saved_state(self) -> None:
         self._call("removing the saved image", self._dom.managedSaveRemove, 0)
 

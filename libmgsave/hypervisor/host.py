@@ -25,6 +25,7 @@ class Host:
     def __init__(self, uri: str, conn: libvirt.virConnect):
         self.uri = uri
         self._conn = conn
+        self._versions: tuple[int | None, int | None] | None = None
 
     @classmethod
     def open(cls, uri: str, *, retry_for: float = 0.0, retry_every: float = 1.0) -> Host:
@@ -89,6 +90,41 @@ class Host:
             return str(self._conn.getType())
         except libvirt.libvirtError as error:
             raise translate_error(error, f"reading the hypervisor type of {self.uri}") from None
+
+    def versions(self) -> tuple[int | None, int | None]:
+        """The hypervisor's (QEMU's) and libvirt's version numbers, None for one it does not say;
+        asked once per connection and kept (neither changes while a command runs)."""
+        if self._versions is None:
+            versions = []
+            for call in (self._conn.getVersion, self._conn.getLibVersion):
+                try:
+                    versions.append(int(call()))
+                except libvirt.libvirtError as error:
+                    log.debug("%s: no version (%s)", self.uri, error)
+                    versions.append(None)
+            self._versions = (versions[0], versions[1])
+        return self._versions
+
+    def capabilities(self) -> tuple[str | None, str | None]:
+        """libvirt's capabilities XML (every emulator's machine types) and its domain
+        capabilities XML for the default emulator (CPU and device models); None for one the
+        driver does not give (the test driver has no domain capabilities)."""
+        answers: list[str | None] = []
+        for doing, call in (("capabilities", self._conn.getCapabilities),
+                            ("domain capabilities", lambda: self._conn.getDomainCapabilities(None, None, None, None, 0))):
+            try:
+                answers.append(str(call()))
+            except libvirt.libvirtError as error:
+                log.debug("%s: no %s (%s)", self.uri, doing, error)
+                answers.append(None)
+        return answers[0], answers[1]
+
+    def saved_file_definition(self, path: str) -> str:
+        """The definition embedded in a save file; raises HypervisorError when it cannot be read."""
+        try:
+            return str(self._conn.saveImageGetXMLDesc(path, 0))
+        except libvirt.libvirtError as error:
+            raise translate_error(error, f"reading the guest definition in {path}") from None
 
     def free_memory(self) -> int | None:
         """The host's free memory in bytes, as the daemon sees it; None when it cannot tell."""
@@ -212,10 +248,7 @@ class Host:
         """The (transient, stopped) guest a save file written by ``Guest.save_to_file`` holds,
         read from the definition libvirt stored in it; raises HypervisorError when this
         connection cannot read it (not a save file of its kind, damaged, unreadable)."""
-        try:
-            xml = self._conn.saveImageGetXMLDesc(path, 0)
-        except libvirt.libvirtError as error:
-            raise translate_error(error, f"reading the guest definition in {path}") from None
+        xml = self.saved_file_definition(path)
         try:
             return stopped_transient_guest(xml, self.uri)
         except DefinitionError as error:

@@ -15,6 +15,7 @@ from libmgsave.plan.model import Action, GuestKey, GuestPlan, PassKind, Plan, ru
 from libmgsave.plan.ordering import dependencies, effective_orders
 from libmgsave.plan.peers import PeerGuest
 from libmgsave.policy import Autostart, OnResumeFailure, Policy
+from libmgsave.restorable import Restorability, Verdict
 from libmgsave.saveimages import managed_image_path
 
 
@@ -59,6 +60,7 @@ def plan_boot(
     *, booted_since: bool = False, used_images: Collection[str] = (),
     channels: Mapping[str, ChannelSupport] | None = None, cores: int | None = None,
     on_peers: Mapping[tuple[str, str], PeerGuest] | None = None,
+    resumes: Mapping[GuestKey, Restorability] | None = None,
 ) -> Plan:
     """Decide which guests to start, resume or leave off, in start order.
 
@@ -71,6 +73,8 @@ def plan_boot(
     ``plan_shutdown``, for the restores of transient guests' save files (a resume from a
     managed-save image takes no channels: libvirt's start has no parameter for them).
     ``on_peers``: what the peers said of the guests ``peer_questions`` names, by (peer, UUID).
+    ``resumes``: whether each held image resumes on the hypervisor installed now
+    (``restorable.judge``); a guest whose image will not is planned so: never tried.
     """
     warnings: list[str] = []
     if record is None:
@@ -83,7 +87,7 @@ def plan_boot(
     orders = effective_orders(resolved, deps)
     facts = _BootFacts(recorded, record is not None, files, on_peer, on_peers or {}, booted_since,
                        dict(channels or {}), min(policy.limits.max_parallel_starts, len(files)) or 1,
-                       cores or os.cpu_count() or 1)
+                       cores or os.cpu_count() or 1, resumes or {})
     entries = []
     for key in sorted(resolved, key=lambda k: (orders[k], -resolved[k][1].settings.priority, resolved[k][0].name,
                                                resolved[k][0].connection)):
@@ -138,6 +142,7 @@ class _BootFacts:
     offers: Mapping[str, ChannelSupport]
     at_once: int  # restores at once
     cores: int
+    resumes: Mapping[GuestKey, Restorability]  # whether each held image resumes here now
 
 
 def _boot_entry(facts: _BootFacts, guest: GuestInfo, eff: Effective, order: int,
@@ -151,21 +156,34 @@ def _boot_entry(facts: _BootFacts, guest: GuestInfo, eff: Effective, order: int,
         decided = _boot_decision(guest, eff, entry, facts.have_record, key in facts.files)
         if recorded_peer(entry) and decided.action in (Action.START, Action.RESUME):
             decided = _defined_here_again(eff, recorded_peer(entry), facts.on_peers, guest, decided)
+    verdict = facts.resumes.get(key) if decided.action in (Action.RESUME, Action.RESTORE) else None
+    if verdict is not None and verdict.verdict is Verdict.WILL_NOT_RESUME:
+        decided = _will_not_resume(eff, decided, verdict)
+    elif verdict is not None and verdict.verdict is Verdict.CHANGED:
+        decided = dataclasses.replace(decided, notes=decided.notes + (verdict.why,))
     action = decided.action
     # After a first boot pass (``booted_since``) a guest of the record may simply have been
     # resumed and stopped again: starting it fresh is no news then.
     lost = _lost_state_note(entry) if action is Action.START and not facts.booted_since else None
+    lost = decided.fresh or lost  # the warning of ``will_not_resume`` says it: no note of it
     if_fails = Action.START if eff.settings.on_resume_failure is OnResumeFailure.BOOT_FRESH else Action.SKIP
     read_with = 1
     if action is Action.RESTORE:
         read_with, _ = choose(eff.settings.save_channels, guest, facts.offers.get(guest.connection, UNKNOWN),
                               at_once=facts.at_once, cores=facts.cores)
     return GuestPlan(guest, eff, (action,), decided.reason, order, wait_for if action is not Action.SKIP else (),
-                     image=facts.files.get(key), notes=((lost,) if lost else ()) + decided.notes,
+                     image=facts.files.get(key), notes=((lost,) if lost and not decided.fresh else ()) + decided.notes,
                      managed_image=managed_image_path(guest.connection, guest.name) if guest.persistent else None,
                      boots_fresh_because=lost, if_resume_fails=if_fails, save_channels=read_with,
                      peer=decided.peer, on_peer=key in facts.on_peer, left_off_because=decided.held,
-                     dropped_first_choice=decided.wanted, cause=decided.cause)
+                     dropped_first_choice=decided.wanted, cause=decided.cause,
+                     will_not_resume=_said(verdict, Verdict.WILL_NOT_RESUME),
+                     changed_since_save=_said(verdict, Verdict.CHANGED))
+
+
+def _said(verdict: Restorability | None, which: Verdict) -> str | None:
+    """The words of ``verdict`` when it is ``which``, else None."""
+    return verdict.text if verdict is not None and verdict.verdict is which else None
 
 
 def _lost_state_note(entry: GuestEntry | None) -> str | None:
@@ -199,6 +217,7 @@ class _Decision:
     held: str | None = None  # why it is left off at a loss (``GuestPlan.left_off_because``)
     wanted: Action | None = None  # the start it would have had, when held
     notes: tuple[str, ...] = ()
+    fresh: str | None = None  # why it boots fresh instead of resuming an image that will not resume
 
     @property
     def reason(self) -> str:
@@ -214,6 +233,22 @@ def _return_decision(eff: Effective, peer: str) -> _Decision:
     if eff.settings.migrate.come_back and eff.settings.migrate.home:
         return _Decision(Action.RETURN, f"migrated to {peer} at the last shutdown; comes back", peer=peer)
     return _Decision(Action.SKIP, f"migrated to {peer} at the last shutdown; runs there (come_back is off)", peer=peer)
+
+
+def _will_not_resume(eff: Effective, wanted: _Decision, verdict: Restorability) -> _Decision:
+    """A guest whose held image will not resume on this hypervisor (``wanted`` resumed it): not
+    tried, but planned as its failed resume would end, its image kept. Boot-fresh boots a
+    guest with a managed-save image fresh (its image set aside first); a transient guest has
+    nothing to boot without its save file, which stays where it is."""
+    why = f"its saved image {verdict.why}"
+    if eff.settings.on_resume_failure is OnResumeFailure.BOOT_FRESH and wanted.action is Action.RESUME:
+        fresh = f"{why}: it boots fresh (on_resume_failure: boot-fresh), its image kept; {verdict.advice}"
+        return _Decision(Action.START, f"{wanted.cause}; {why}", "; boots fresh, its image kept", wanted=wanted.action,
+                         notes=wanted.notes, fresh=fresh)
+    how = "on_resume_failure: leave-off" if wanted.action is Action.RESUME else "a transient guest"
+    held = f"{why}: left off ({how}), its image kept where it is; {verdict.advice}"
+    return _Decision(Action.SKIP, f"{wanted.cause}; {why}", "; left off, its image kept", held=held,
+                     wanted=wanted.action, notes=wanted.notes)
 
 
 def _defined_here_again(eff: Effective, peer: str, on_peers: Mapping[tuple[str, str], PeerGuest], guest: GuestInfo,

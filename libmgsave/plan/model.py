@@ -62,6 +62,12 @@ class GuestPlan:
     cause: str | None = None
     # shutdown: the setting its chain is (``on_shutdown``, or ``on_reboot`` at a reboot); None: boot
     chain_from: str | None = None
+    # boot: its held image will not resume on this hypervisor (``restorable``), why and what to
+    # do; it is not tried: booted fresh (its image kept first) or left off, as the plan says
+    will_not_resume: str | None = None
+    # boot: QEMU or libvirt changed since its image was saved (expected to resume): a failed
+    # resume names the change
+    changed_since_save: str | None = None
 
     @property
     def key(self) -> GuestKey:
@@ -111,6 +117,8 @@ class GuestPlan:
             "settings": _settings_dict(self.effective, rule_lines or {}),
             "peer": self.peer,
             "chain_from": self.chain_from,
+            "will_not_resume": self.will_not_resume,
+            "changed_since_save": self.changed_since_save,
         }
 
 

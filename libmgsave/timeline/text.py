@@ -83,7 +83,19 @@ def render(timeline: PassTimeline, width: int = WIDTH, *, shorten: bool | None =
                      f"{_fit(row.outcome, OUTCOME_WIDTH)}".rstrip())
     if not timeline.rows:
         lines.append("(no guest was handled)")
+    lines += failures(timeline, width if shorten else None)
     return "\n".join(lines)
+
+
+def failures(timeline: PassTimeline, width: int | None) -> list[str]:
+    """One line (wrapped to ``width``, or whole) for each failed step with its error: the chart
+    marks it, this says why (a resume that failed after an upgrade names the change here)."""
+    lines = []
+    for row in timeline.rows:
+        for phase in (p for p in row.phases if not p.ok and p.error):
+            said = untrusted.safe(f"{FAILED} {row.name}: {phase.kind} failed: {phase.error}")
+            lines += textwrap.wrap(said, width, subsequent_indent="    ", break_on_hyphens=False) if width else [said]
+    return lines
 
 
 def legend(width: int = WIDTH) -> list[str]:
