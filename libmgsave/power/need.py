@@ -24,8 +24,9 @@ from libmgsave.plan.model import Action, GuestPlan, Plan
 from libmgsave.power.deadline import FINAL_FLUSH
 
 _SAVES = (Action.SAVE, Action.SAVE_TO_FILE)
-# seconds from the shutdown command to the pass reading the UPS (logind, systemd's stop jobs,
-# mgsave starting): a second or two in the test rig's systemd container, more on a loaded host
+# seconds from the shutdown command to the pass reading the UPS (logind, mgsave-early starting
+# the pass at its announcement): 0.2-1 s in the test rig's systemd container on a loaded 2-core
+# machine; the rest is for a busier host, and a reading the watch took up to a poll late
 START_LAG = 5.0
 
 
