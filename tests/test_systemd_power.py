@@ -14,6 +14,7 @@ guest: the plan needs nothing, so the margin alone decides.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -29,11 +30,19 @@ WAIT = 120.0  # seconds: generous, on a loaded machine
 
 
 class NutInContainer(nutrig.NutRig):
-    """The NUT rig with its daemons and ``upsc`` in the container's network namespace."""
+    """The NUT rig with its daemons and ``upsc`` in the container's network namespace, held
+    open by this process: NUT still answers once the container is gone (powered off or cut)."""
 
     def __init__(self, workdir, upses, pid1: int):
         super().__init__(workdir, upses)
-        self.netns = ["nsenter", "-t", str(pid1), "-n"]
+        self.netns_fd = os.open(f"/proc/{pid1}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.netns = ["nsenter", f"--net=/proc/{os.getpid()}/fd/{self.netns_fd}"]
+
+    def stop(self):
+        super().stop()
+        if self.netns_fd is not None:
+            os.close(self.netns_fd)
+            self.netns_fd = None
 
     def _spawn(self, argv):
         return super()._spawn([*self.netns, *argv])

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from libmgsave.budget import DEADLINE_RESERVE, for_steps
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.plan import SaveRate, plan_shutdown
 from libmgsave.policyfile import parse_policy
 from libmgsave.power.decide import Verdict, decide
-from libmgsave.power.need import needed_seconds
+from libmgsave.power.deadline import FINAL_FLUSH
+from libmgsave.power.need import START_LAG, needed_seconds
 from libmgsave.policy import Power, UpsAddress
 from libmgsave.power.reading import UpsReading
 from libmgsave.power.ups import check_power
@@ -70,9 +72,24 @@ def plan(guests, text="version: 1\n", rate=GiB / 10):
                          rates={URI: SaveRate(rate, "test")})
 
 
+# What the pass keeps back besides the guests' steps: the deadline's reserve, the final flush
+# and the time until the pass reads the UPS itself.
+KEPT_BACK = DEADLINE_RESERVE + FINAL_FLUSH + START_LAG
+
+
 def test_the_need_is_the_last_save_s_end_on_the_learned_rate():
     # 1 GiB then 2 GiB at 0.1 GiB/s on one connection: the second ends 30 s into the pass
-    assert needed_seconds(plan([guest("a", 1), guest("b", 2)])) == pytest.approx(30)
+    assert needed_seconds(plan([guest("a", 1), guest("b", 2)])) == pytest.approx(30 + KEPT_BACK)
+
+
+def test_the_need_leaves_the_pass_it_starts_time_for_every_save_it_counted():
+    """The pass started at a runtime of need plus margin plans against that runtime less the
+    margin and the final flush, a start lag later, and keeps the reserve: its last save fits."""
+    the_plan = plan([guest("a", 1), guest("b", 2)])
+    margin = 60
+    runtime_at_pass_start = needed_seconds(the_plan) + margin - START_LAG
+    pass_deadline = runtime_at_pass_start - margin - FINAL_FLUSH
+    assert for_steps(pass_deadline) == pytest.approx(max(e.estimate_seconds for e in the_plan.active))
 
 
 def test_no_guest_running_needs_nothing():
@@ -88,13 +105,14 @@ guests:
     shutdown_timeout: 45
 """
     # web's group first (45 s at most), then db's save of 1 GiB (10 s)
-    assert needed_seconds(plan([guest("web"), guest("db", 1)], text)) == pytest.approx(55)
+    assert needed_seconds(plan([guest("web"), guest("db", 1)], text)) == pytest.approx(55 + KEPT_BACK)
 
 
 def test_the_need_is_never_more_than_the_deadline():
     text = "version: 1\nlimits: {shutdown_deadline: 2m}\ndefaults: {on_shutdown: [shutdown, poweroff], " \
            "shutdown_timeout: 10m}\n"
-    assert needed_seconds(plan([guest("a")], text)) == 120
+    # the pass ends by its deadline, reserve included; the final flush and the start lag come on top
+    assert needed_seconds(plan([guest("a")], text)) == 120 + FINAL_FLUSH + START_LAG
 
 
 def closed_port() -> int:
