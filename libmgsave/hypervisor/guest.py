@@ -36,6 +36,14 @@ _ARRIVED = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATED)  # 
 
 
 @dataclass(frozen=True)
+class SavedAs:
+    """How a save went: the channels it wrote with, the format it asked for (None: libvirt's own)."""
+
+    channels: int
+    image_format: str | None
+
+
+@dataclass(frozen=True)
 class Facts:
     """What one bulk query told about a guest (see ``Host._bulk_facts``)."""
 
@@ -132,45 +140,48 @@ class Guest:
         return code == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_SAVE
 
     def save_memory_state(self, *, bypass_cache: bool = False, resume_running: bool = False,
-                          channels: int = 1) -> int:
+                          channels: int = 1, image_format: str | None = None) -> SavedAs:
         """Managed save: libvirt writes memory to its own image and stops the guest.
 
         ``resume_running`` marks the image to come back running even if the guest was paused
         when the save began (a save interrupted by a daemon restart can leave it paused).
         With ``channels`` > 1 the image is written in the sparse format by that many channels,
-        to the file of the guest's managed save (see ``parallelsave``: libvirt has no managed
-        save with channels); when that is refused, in one stream. Returns the channels used.
+        and with an ``image_format`` in that format (in one stream unless sparse), to the file
+        of the guest's managed save (see ``parallelsave``: libvirt has no managed save with
+        parameters); when that is refused, in one stream in libvirt's own format. Returns how
+        it was saved.
         """
         flags = _save_flags(bypass_cache, resume_running)
         image = managed_image_path(self.host.uri, self.name)
-        if channels > 1 and image and self._saved_with_channels(image, channels, flags):
-            return channels
+        if (channels > 1 or image_format) and image and self._saved_with_params(image, channels, flags, image_format):
+            return SavedAs(channels, image_format)
         self._call("managed save", self._dom.managedSave, flags)
-        return 1
+        return SavedAs(1, None)
 
     def save_to_file(self, path: str, *, bypass_cache: bool = False, resume_running: bool = False,
-                     channels: int = 1) -> int:
+                     channels: int = 1, image_format: str | None = None) -> SavedAs:
         """Save to ``path`` and stop the guest (for transient guests, which have no managed slot);
-        with ``channels`` > 1 as for ``save_memory_state``. Returns the channels used."""
+        with ``channels`` > 1 or an ``image_format`` as for ``save_memory_state``."""
         flags = _save_flags(bypass_cache, resume_running)
-        if channels > 1 and self._saved_with_channels(path, channels, flags):
-            return channels
+        if (channels > 1 or image_format) and self._saved_with_params(path, channels, flags, image_format):
+            return SavedAs(channels, image_format)
         self._call(f"saving to {path}", self._dom.saveFlags, path, None, flags)
-        return 1
+        return SavedAs(1, None)
 
-    def _saved_with_channels(self, path: str, channels: int, flags: int) -> bool:
-        """Save with channels; False when libvirt refused it and the guest still runs (a refused
-        save leaves it running), so that one stream can be tried. Any other failure raises."""
+    def _saved_with_params(self, path: str, channels: int, flags: int, image_format: str | None) -> bool:
+        """Save with channels or a format; False when libvirt refused it and the guest still runs
+        (a refused save leaves it running), so that one stream can be tried. Any other failure raises."""
+        how = f"{channels} channels" if channels > 1 else f"image format {image_format}"
         try:
-            parallelsave.save(self._dom, path, channels, flags)
+            parallelsave.save(self._dom, path, channels, flags, image_format or parallelsave.SPARSE)
             return True
         except libvirt.libvirtError as error:
-            translated = translate_error(error, f"{self.name}: saving with {channels} channels")
+            translated = translate_error(error, f"{self.name}: saving with {how}")
         except parallelsave.ChannelsFailed as error:  # not libvirt's doing: one stream may well work
-            translated = OperationRefused(f"{self.name}: saving with {channels} channels: {error}")
+            translated = OperationRefused(f"{self.name}: saving with {how}: {error}")
         if not isinstance(translated, OperationRefused) or not self.is_active():
             raise translated
-        log.warning("%s; saving it in one stream", translated.message)
+        log.warning("%s; saving it in one stream in libvirt's own format", translated.message)
         return False
 
     def has_saved_state(self) -> bool:

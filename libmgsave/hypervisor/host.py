@@ -172,7 +172,8 @@ class Host:
             lib_version = self._conn.getLibVersion()
             qemu_version = self._conn.getVersion() if driver == "QEMU" else None
         except libvirt.libvirtError as error:
-            return ChannelSupport(False, f"could not ask {self.uri}: {error.get_error_message() or error}")
+            why = f"could not ask {self.uri}: {error.get_error_message() or error}"
+            return ChannelSupport(False, why, why)
         known = managed_save_dir(self.uri) is not None and not save_dir_moved(self.uri)
         return support(driver, lib_version, qemu_version, managed_dir_known=known,
                        binding_problem=parallelsave.binding_problem())

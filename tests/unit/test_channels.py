@@ -16,7 +16,7 @@ from libmgsave.policyfile import parse_policy
 from libmgsave.saveimages import is_sparse_image, is_whole_save_image
 from tests.unit.test_plan import GiB_KIB, STATE_DIR, URI, by_name, guest
 
-OFFERED = ChannelSupport(True)
+OFFERED = ChannelSupport(True, formats_why_not=None)
 NOT_OFFERED = support("QEMU", 9_000_000, 7_002_000)
 
 
@@ -35,7 +35,8 @@ def policy(channels: str):
     ("LXC", 11_003_000, None, "the lxc driver has no parallel save (only qemu's has)"),
 ])
 def test_what_is_missing_is_named_with_the_version_it_needs(driver, lib, qemu, why_not):
-    assert support(driver, lib, qemu) == ChannelSupport(False, why_not)
+    offered = support(driver, lib, qemu)
+    assert (offered.available, offered.why_not) == (False, why_not)
 
 
 def test_libvirt_11_2_with_qemu_9_offers_channels_unless_the_binding_or_the_save_dir_stands_in_the_way():
@@ -43,7 +44,7 @@ def test_libvirt_11_2_with_qemu_9_offers_channels_unless_the_binding_or_the_save
     assert support("QEMU", 11_003_000, 10_000_013) == OFFERED
     assert not support("QEMU", 11_003_000, 10_000_013, managed_dir_known=False).available
     broken = support("QEMU", 11_003_000, 10_000_013, binding_problem="the binding cannot")
-    assert broken == ChannelSupport(False, "the binding cannot")
+    assert broken == ChannelSupport(False, "the binding cannot", "the binding cannot")
 
 
 # --- how many a guest gets ---------------------------------------------------------------------
