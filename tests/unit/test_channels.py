@@ -13,7 +13,7 @@ from libmgsave.plan import Action, plan_boot, plan_shutdown
 from libmgsave.inventory import GuestState
 from libmgsave.policy import BUILTIN_SETTINGS, Channels
 from libmgsave.policyfile import parse_policy
-from libmgsave.saveimages import is_sparse_image, is_whole_save_image
+from libmgsave.saveimages import image_format_of, is_sparse_image, is_whole_save_image
 from tests.unit.test_plan import GiB_KIB, STATE_DIR, URI, by_name, guest
 
 OFFERED = ChannelSupport(True, formats_why_not=None)
@@ -162,3 +162,11 @@ def test_a_save_dir_in_qemu_conf_moves_the_managed_images_away_from_where_mgsave
     assert save_dir_moved("qemu:///system", str(conf))
     assert not save_dir_moved("test:///default", str(conf))  # no managed-save directory known anyway
     assert not save_dir_moved("qemu:///system", str(tmp_path / "missing.conf"))
+
+
+def test_an_images_format_is_named_from_its_header(tmp_path):
+    names = ["raw", "gzip", "bzip2", "xz", "lzop", "zstd", "sparse"]
+    for number, name in enumerate(names):
+        assert image_format_of(_image(tmp_path / f"{name}.save", fmt=number)) == name
+    assert image_format_of(_image(tmp_path / "future.save", fmt=7)) is None
+    assert image_format_of(_image(tmp_path / "part.save", magic=b"LibvirtQemudPart")) is None
