@@ -10,9 +10,9 @@ from typing import Protocol
 
 import libvirt
 
-from libmgsave import parallelsave
+from libmgsave import parallelsave, resuming
 from libmgsave.domainxml import title_and_metadata
-from libmgsave.errors import GuestGone, HypervisorUnavailable, OperationRefused
+from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused
 from libmgsave.hypervisor.translate import translate_error
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.saveimages import is_whole_save_image, managed_image_path
@@ -182,6 +182,48 @@ class Guest:
         if not isinstance(translated, OperationRefused) or not self.is_active():
             raise translated
         log.warning("%s; saving it in one stream in libvirt's own format", translated.message)
+        return False
+
+    def resume_with_channels(self, image: str, channels: int, *, bypass_cache: bool = False) -> bool:
+        """Resume the guest from its sparse managed-save ``image`` read with ``channels`` channels
+        (virDomainRestoreParams: libvirt's start reads it in one stream). False when that was not
+        done and the image is back where it was: the caller starts the guest the usual way.
+
+        The image is moved aside first and removed once restored (``resuming``: libvirt leaves a
+        restored file in place, and a later start would resume it). Raises HypervisorError when
+        it failed otherwise, saying where the image is."""
+        try:
+            aside = resuming.take_aside(image)
+        except OSError as error:
+            log.warning("%s: cannot move its image aside to read it with %d channels (%s); resuming it in "
+                        "one stream", self.name, channels, error)
+            return False
+        flags = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE if bypass_cache else 0
+        try:
+            self.host.restore_params(aside, channels, flags)
+        except libvirt.libvirtError as error:
+            return self._after_failed_restore(image, aside, translate_error(error, f"{self.name}: resuming "
+                                                                             f"with {channels} channels"))
+        except parallelsave.ChannelsFailed as error:  # raised before libvirt did it, or after
+            if not self.is_active():
+                return self._after_failed_restore(image, aside, OperationRefused(
+                    f"{self.name}: resuming with {channels} channels: {error}"))
+        resuming.remove(aside)
+        return True
+
+    def _after_failed_restore(self, image: str, aside: str, error: HypervisorError) -> bool:
+        """Put the image back where a start resumes it, unless the guest runs now (then it stays
+        aside: back in place it would be resumed over the guest's later state); False (start it
+        in one stream) when libvirt refused, else raise."""
+        if isinstance(error, HypervisorUnavailable) or self.is_active():
+            raise type(error)(f"{error.message}; its image is kept at {aside}")
+        try:
+            resuming.put_back(aside, image)
+        except OSError as put_back_error:
+            raise OperationRefused(f"{error.message}; its image is kept at {aside} ({put_back_error})") from None
+        if not isinstance(error, OperationRefused):
+            raise error
+        log.warning("%s; resuming it in one stream", error.message)
         return False
 
     def has_saved_state(self) -> bool:

@@ -178,6 +178,11 @@ class Host:
         return support(driver, lib_version, qemu_version, managed_dir_known=known,
                        binding_problem=parallelsave.binding_problem())
 
+    def restore_params(self, path: str, channels: int, flags: int) -> None:
+        """virDomainRestoreParams of ``path`` with ``channels`` channels; raises as
+        ``parallelsave.restore`` does (for ``Guest.resume_with_channels``)."""
+        parallelsave.restore(self._conn, path, channels, flags)
+
     def restore_from_file(self, path: str, *, bypass_cache: bool = False, channels: int = 1) -> None:
         """Recreate a (transient) guest from a file written by ``Guest.save_to_file``, reading
         a sparse one with ``channels`` channels (one stream when that is refused)."""

@@ -99,7 +99,7 @@ def test_plan_text_shows_the_channels_in_the_actions_column():
     assert text.count("channels)") == 1
 
 
-def test_at_boot_only_restores_of_save_files_take_channels():
+def test_at_boot_save_files_and_managed_images_are_read_with_channels():
     record = {"guests": {f"{URI} {t.uuid}": {
         "connection": URI, "name": t.name, "uuid": t.uuid, "outcome": "saved-to-file", "image": "/x.save",
         "memory_kib": 8 * GiB_KIB}
@@ -110,7 +110,9 @@ def test_at_boot_only_restores_of_save_files_take_channels():
                      channels={URI: OFFERED})
     entries = by_name(plan)
     assert entries["t"].actions == (Action.RESTORE,) and entries["t"].save_channels == 4
-    assert entries["p"].actions == (Action.RESUME,) and entries["p"].save_channels == 1
+    # read with channels if its image is sparse (the executor reads the header); a transient
+    # guest's file or a persistent guest's managed image alike (virDomainRestoreParams)
+    assert entries["p"].actions == (Action.RESUME,) and entries["p"].save_channels == 4
 
 
 # --- the setting in the policy -----------------------------------------------------------------
