@@ -11,9 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from libmgsave.channels import ChannelSupport
+from libmgsave.matching import BUILTIN_SOURCE
 from libmgsave.policy import ImageFormat
 
-OWN = ("libvirt's own format (raw, unless save_image_format in qemu.conf says otherwise)")
+OWN = "libvirt's own format (raw, unless save_image_format in qemu.conf says otherwise)"
+# The default is the behaviour from before the setting, until measurements justify another
+BUILTIN_WHY = "(built-in: the default until measurements justify another)"
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ def choose(asked: ImageFormat, channels: int, offered: ChannelSupport, *, source
 
 def _one_stream(asked: ImageFormat, offered: ChannelSupport, source: str, note: str | None) -> FormatChoice:
     if asked is ImageFormat.LIBVIRT:
-        return FormatChoice(None, 1, f"{OWN}: image_format libvirt ({source})", note)
+        origin = BUILTIN_WHY if source == BUILTIN_SOURCE else f"({source})"
+        return FormatChoice(None, 1, f"{OWN}: image_format libvirt {origin}", note)
     # sparse in one stream needs QEMU's mapped-ram: what the channels' offer checks
     why_not = offered.why_not if asked is ImageFormat.SPARSE else offered.formats_why_not
     if why_not is None:

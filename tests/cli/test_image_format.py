@@ -53,7 +53,8 @@ def test_plan_says_which_format_each_guest_gets_and_why(hv, mgsave):
     assert REFUSED in guests["z1"]["notes"]
     assert guests["z1"]["settings"]["image_format"] == {"value": "zstd", "from": "guests[0] (compressed)", "line": 3}
     assert guests["plain"]["image_format"] == "libvirt" and guests["plain"]["notes"] == []
-    assert guests["plain"]["image_format_why"].endswith("image_format libvirt (built-in)")
+    assert guests["plain"]["image_format_why"].endswith(
+        "image_format libvirt (built-in: the default until measurements justify another)")
     code, out = mgsave("plan", "shutdown", "--verbose")
     assert "format:" in out and "per-call image format" in " ".join(out.split())
 

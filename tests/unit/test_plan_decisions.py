@@ -605,7 +605,8 @@ def test_the_shutdown_plan_as_json_says_every_decision_and_where_each_setting_ca
              "managed_image_path": "/var/lib/libvirt/qemu/save/db.save", "notes": [], "save_channels": 1,
              "image_format": "libvirt",
              "image_format_why": "libvirt's own format (raw, unless save_image_format in qemu.conf says "
-                                 "otherwise): image_format libvirt (built-in)",
+                                 "otherwise): image_format libvirt (built-in: the default until "
+                                 "measurements justify another)",
              "peer": None, "chain_from": "on_shutdown"},
             {"connection": local, "name": "off", "uuid": off.uuid, "state": "shut-off", "persistent": True,
              "has_saved_image": True, "memory_bytes": 2048 * 1024, "actions": ["skip"], "first_choice": "skip",
