@@ -9,7 +9,11 @@ in the same run, contenders alternate round by round:
                   save and resume (URIS=qemu:///system, ON_SHUTDOWN=suspend, ON_BOOT=start)
   mgsave-channels the same with ``save_channels: N`` (--channels): each save written by N
                   parallel streams in libvirt's sparse format, where libvirt (>= 11.2) offers it
+  mgsave-<format> the same with ``image_format: <format>`` (--formats zstd,gzip or all; see
+                  bench/formats.py): time to save, time to resume and bytes on disk of each format
   floor           ``virsh managedsave`` / ``virsh start`` of every guest, all at once
+
+--fill-kind text fills the guests' memory with compressible text instead of random bytes.
 
 After every resume each guest must be running, restored (not booted afresh), and its serial
 heartbeat must go on from where it was: no contender can win by skipping work.
@@ -30,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import platform
+from bench import formats, platform
 from bench.common import (URI, dump_json, foreign_guests, load_average, machine_description,
                           median, mgsave_command, note, run_parallel, run_timed, say, spread,
                           table, tempdir, write_policy)
@@ -80,7 +84,7 @@ class Bench:
         note(f"booting {count} guests ({self.args.memory} MiB, {self.args.fill} MiB filled)")
         t0 = time.monotonic()
         self.names = define_guests(self.conn, count, memory_mib=self.args.memory,
-                                   fill_mib=self.args.fill, prefix=PREFIX)
+                                   fill_mib=self.args.fill, prefix=PREFIX, fill_kind=self.args.fill_kind)
         start_and_wait_ticking(self.conn, self.names, timeout=120 + 40 * count)
         note(f"{count} guests ticking after {time.monotonic() - t0:.0f} s")
         from tests.rig import boots
@@ -142,8 +146,9 @@ class Bench:
         if others:
             self.busy.append(f"{when}: {others} other QEMU processes running (load {load_average()})")
 
-    def check_saved(self) -> int:
-        """Every guest shut off with a managed-save image; returns the images' total bytes."""
+    def check_saved(self, contender: str) -> int:
+        """Every guest shut off with a managed-save image (in the format the contender asked
+        for); returns the bytes the images take on disk."""
         from tests.rig import SAVE_DIR, state_reason
         total = 0
         for name in self.names:
@@ -154,8 +159,8 @@ class Bench:
             marked = self.conn.lookupByName(name).hasManagedSaveImage(0) or os.path.isfile(image)
             if sr != ("shutoff", "saved") or not marked:
                 raise RuntimeError(f"{name}: not saved after the save phase: {sr}")
-            info = os.stat(image)  # a sparse image is as long as the memory, with holes
-            total += min(info.st_size, info.st_blocks * 512)
+            formats.check_format(contender, image)
+            total += formats.bytes_on_disk(image)
         return total
 
     def check_resumed(self, before: dict[str, int]) -> None:
@@ -188,7 +193,7 @@ class Bench:
         save_s, extra = self._save(contender, parallel)
         out["save"] = save_s
         out.update(extra)
-        out["bytes"] = self.check_saved()
+        out["bytes"] = self.check_saved(contender)
         before = {n: last_tick(n) for n in self.names}
         self._settle()
         if not self.args.warm:
@@ -211,10 +216,10 @@ class Bench:
             finally:
                 os.close(fd)
 
-    def _mgsave(self, which: str, parallel, channels: int | None = None) -> tuple[float, dict]:
-        extra = f"  save_channels: {channels}\n" if channels else ""
+    def _mgsave(self, which: str, parallel, channels: int | None = None, contender: str = "mgsave") -> tuple[float, dict]:
+        extra = (f"  save_channels: {channels}\n" if channels else "") + formats.policy_lines(contender)
         policy = write_policy(self.policy_dir, parallel=parallel, extra=extra,
-                              name=f"policy-{parallel}-{channels or 1}.yaml")
+                              name=f"policy-{parallel}-{channels or 1}-{contender}.yaml")
         stdout = self.work / f"mgsave-{which}.json"
         stdout.unlink(missing_ok=True)
         t0 = time.time()
@@ -228,6 +233,8 @@ class Bench:
             return self._mgsave("shutdown", parallel)
         if contender == "mgsave-channels":
             return self._mgsave("shutdown", parallel, self.args.channels)
+        if formats.format_of(contender):
+            return self._mgsave("shutdown", parallel, contender=contender)
         if contender == "libvirt-guests":
             return run_timed([self.args.libvirt_guests, "stop"], log=self.log)[0], {}
         return run_parallel([["virsh", "-q", "-c", URI, "managedsave", n] for n in self.names], log=self.log), {}
@@ -237,6 +244,8 @@ class Bench:
             return self._mgsave("boot", parallel)
         if contender == "mgsave-channels":
             return self._mgsave("boot", parallel, self.args.channels)
+        if formats.format_of(contender):
+            return self._mgsave("boot", parallel, contender=contender)
         if contender == "libvirt-guests":
             return run_timed([self.args.libvirt_guests, "start"], log=self.log)[0], {}
         return run_parallel([["virsh", "-q", "-c", URI, "start", n] for n in self.names], log=self.log), {}
@@ -271,9 +280,9 @@ def _rotation(contenders: list[str], round_no: int) -> list[str]:
 
 
 def run(args) -> dict:
-    contenders = [c for c in args.contenders.split(",") if c]
+    contenders = formats.with_formats([c for c in args.contenders.split(",") if c], args.formats)
     for c in contenders:
-        if c not in CONTENDERS:
+        if c not in CONTENDERS and not formats.format_of(c):
             raise SystemExit(f"unknown contender {c!r} (choose from {', '.join(CONTENDERS)})")
     sweep_n = sorted(set(_ints(args.sweep_n)) - {args.guests}, reverse=True)
     sweep_p = _ints(args.sweep_parallel)
@@ -354,15 +363,15 @@ def _print_level(n: int, results: dict, args, main: bool) -> None:
     rounds = len(next(iter(results.values())))
     title = "Save-all and resume-all" if main else "Guest count"
     cache = "images in the page cache" if args.warm else "images read from disk (dropped from the page cache)"
-    say(f"\n## {title}: {n} guests x {args.memory} MiB ({args.fill} MiB filled), {rounds} rounds; "
-        f"resume with {cache}\n")
+    say(f"\n## {title}: {n} guests x {args.memory} MiB ({args.fill} MiB filled with {args.fill_kind} data), "
+        f"{rounds} rounds; resume with {cache}\n")
     rows = []
     for c, rs in results.items():
         saves, resumes = _values(rs, "save"), _values(rs, "resume")
         size = median(_values(rs, "bytes"))
         rows.append([c, spread(saves), spread(resumes), f"{size / 1e6:.0f} MB",
                      f"{size / median(saves) / 1e6:.0f} MB/s"])
-    say(table(["contender", "save-all median (min-max)", "resume-all median (min-max)", "images",
+    say(table(["contender", "save-all median (min-max)", "resume-all median (min-max)", "images on disk",
                "save throughput"], rows))
     ratios = _ratios(results)
     if ratios:
@@ -382,7 +391,7 @@ def _print_level(n: int, results: dict, args, main: bool) -> None:
 
 def _ratios(results: dict) -> dict:
     out = {}
-    for ours in ("mgsave", "mgsave-channels"):
+    for ours in ["mgsave", "mgsave-channels", *(c for c in results if formats.format_of(c))]:
         if ours not in results:
             continue
         m = results[ours]
@@ -455,6 +464,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-rounds", type=int, default=2, help="rounds per point of the sweeps (default 2)")
     p.add_argument("--channels", type=int, default=4,
                    help="save_channels of the mgsave-channels contender (default 4)")
+    p.add_argument("--formats", default="", metavar="F,F,...",
+                   help="also a contender mgsave-<format> a format: " + ", ".join(formats.FORMATS) + ", or all")
+    p.add_argument("--fill-kind", choices=formats.FILL_KINDS, default="random",
+                   help="the guests' filled memory: random (incompressible, default) or text (compressible)")
     p.add_argument("--settle", type=float, default=1.0, help="seconds of quiet (after sync) before each timed phase")
     p.add_argument("--warm", action="store_true",
                    help="resume from images still in the page cache (default: drop them from the cache "

@@ -11,6 +11,8 @@ and one real boot of that host, with one contender configured and the others off
                   (starts it on logind's PrepareForShutdown) and mgsave-boot.service, with the
                   installed policy (the built-in defaults)
   mgsave-channels the same with ``save_channels: N`` (--channels) in the policy
+  mgsave-<format> the same with ``image_format: <format>`` (--formats zstd,gzip or all); the
+                  images' bytes on disk are measured while the host is off
   libvirt-auto    qemu.conf: auto_shutdown_try_save = "persistent", auto_shutdown_restore = 1;
                   logind's PrepareForShutdown (sent when the poweroff starts) makes the daemon save
                   every guest, one at a time; at its next start it restores them (autostart once)
@@ -39,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import formats
 from bench.common import dump_json, foreign_guests, median, note, say, spread, table
 
 CONTENDERS = ("mgsave", "mgsave-channels", "libvirt-auto", "libvirt-guests", "floor")
@@ -80,7 +83,8 @@ class Host:
         conn = self.c.connect()
         try:
             for name in self.names:
-                conn.defineXML(domain_xml(name, memory_mib=self.args.memory, fill_mib=self.args.fill))
+                conn.defineXML(domain_xml(name, memory_mib=self.args.memory, fill_mib=self.args.fill,
+                                          fill_kind=self.args.fill_kind))
                 conn.lookupByName(name).create()
         finally:
             conn.close()
@@ -117,8 +121,9 @@ class Host:
         run("systemctl", "enable" if mgsave else "disable", "mgsave.service", "mgsave-boot.service",
             "mgsave-early.service")
         if mgsave:
-            channels = f"defaults:\n  save_channels: {self.args.channels}\n" if contender == "mgsave-channels" else ""
-            self.c.write(POLICY, "version: 1\n" + channels)
+            channels = f"  save_channels: {self.args.channels}\n" if contender == "mgsave-channels" else ""
+            defaults = channels + formats.policy_lines(contender)
+            self.c.write(POLICY, "version: 1\n" + (f"defaults:\n{defaults}" if defaults else ""))
             run("systemctl", "start", "mgsave.service", "mgsave-early.service")
         else:
             self.without_stop("mgsave.service")
@@ -163,7 +168,14 @@ class Host:
         self.c.nspawn.wait(timeout=self.args.timeout)
         total = time.monotonic() - started
         self.c.nspawn = self.c.pid1 = None
-        return {"save": saved, "poweroff": total}
+        return {"save": saved, "poweroff": total, "bytes": self.images_on_disk(contender)}
+
+    def images_on_disk(self, contender: str) -> int:
+        """The bytes the save images take, the host off (each in the contender's format)."""
+        images = sorted((self.c.dir("lib") / "qemu" / "save").glob("*.save"))
+        for image in images:
+            formats.check_format(contender, image)
+        return sum(formats.bytes_on_disk(image) for image in images)
 
     def resume_all(self, contender: str) -> dict:
         self.evict()
@@ -256,8 +268,8 @@ def run(args) -> dict:
     from tests.rig.container import prepared_host
     from tests.rig.deb import build_deb
 
-    contenders = [c for c in args.contenders.split(",") if c]
-    unknown = set(contenders) - set(CONTENDERS)
+    contenders = formats.with_formats([c for c in args.contenders.split(",") if c], args.formats)
+    unknown = {c for c in contenders if not formats.format_of(c)} - set(CONTENDERS)
     if unknown:
         raise SystemExit(f"unknown contenders {sorted(unknown)} (choose from {', '.join(CONTENDERS)})")
     lower = Path("/")
@@ -295,15 +307,17 @@ def run(args) -> dict:
 def _print(data: dict, args) -> None:
     results = data["results"]
     say(f"\n## A host's shutdown and boot on {args.on}: {args.guests} guests x {args.memory} MiB "
-        f"({args.fill} MiB filled), {args.rounds} rounds\n")
+        f"({args.fill} MiB filled with {args.fill_kind} data), {args.rounds} rounds\n")
     if data["versions"]:
         say(", ".join(f"{k} {v}" for k, v in data["versions"].items()) + "\n")
     rows = [[c, spread([x["save"] for x in rs]), spread([x["resume"] for x in rs]),
-             spread([x["poweroff"] for x in rs], digits=1)] for c, rs in results.items()]
+             spread([x["poweroff"] for x in rs], digits=1),
+             f"{median([x['bytes'] for x in rs]) / 1e6:.0f} MB" if all("bytes" in x for x in rs) else "-"]
+            for c, rs in results.items()]
     say(table(["contender", "save-all median (min-max)", "resume-all median (min-max)",
-               "poweroff until the host is off"], rows))
+               "poweroff until the host is off", "images on disk"], rows))
     rows = []
-    for ours in (c for c in ("mgsave", "mgsave-channels") if c in results):
+    for ours in (c for c in results if c.startswith("mgsave")):
         m = results[ours]
         for other in (c for c in results if not c.startswith("mgsave")):
             o = results[other]
@@ -326,6 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="rounds per contender (default 3)")
     p.add_argument("--contenders", default="mgsave,libvirt-auto,libvirt-guests,floor", help="comma-separated, from: " + ", ".join(CONTENDERS))
     p.add_argument("--channels", type=int, default=4, help="save_channels of mgsave-channels (default 4)")
+    p.add_argument("--formats", default="", metavar="F,F,...",
+                   help="also a contender mgsave-<format> a format: " + ", ".join(formats.FORMATS) + ", or all")
+    p.add_argument("--fill-kind", choices=formats.FILL_KINDS, default="random",
+                   help="the guests' filled memory: random (incompressible, default) or text (compressible)")
     p.add_argument("--deb", type=Path, help="mgsave's package to install (default: make deb in a copy of this tree)")
     p.add_argument("--settle", type=float, default=1.0, help="seconds of quiet (after sync) before each save-all")
     p.add_argument("--timeout", type=float, default=900, help="give up on a phase after this long (default 900 s)")

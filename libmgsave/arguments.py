@@ -205,10 +205,12 @@ def _add_admin_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p = add("images", "list or remove the images and records kept for inspection",
             "List what mgsave keeps for inspection: saved images that could not be resumed (beside\n"
             "libvirt's, in mgsave-failed-images/ under its save directory, or in the state directory's\n"
-            "failed-images/) or restored (failed-images/) and records that could not be trusted, set\n"
-            "aside (last-*.json.untrusted-<time>), with their size; and remove them by name, or all of\n"
-            "them. mgsave never removes them on its own, and removes nothing from a state directory\n"
-            "others can write to (exit 2) unless given --insecure-state-dir.")
+            "failed-images/), or were left in mgsave-resuming/ there by a boot pass that died while it\n"
+            "resumed them with channels, or could not be restored (failed-images/), and records that\n"
+            "could not be trusted, set aside (last-*.json.untrusted-<time>), with their size; and\n"
+            "remove them by name, or all of them. mgsave never removes them on its own, and removes\n"
+            "nothing from a state directory others can write to (exit 2) unless given\n"
+            "--insecure-state-dir.")
     p.add_argument("images_command", nargs="?", choices=["list", "remove"], default="list", metavar="list|remove",
                    help="list (the default) or remove")
     p.add_argument("names", nargs="*", metavar="NAME", help="remove: the kept files, named as 'list' shows them")

@@ -33,13 +33,21 @@ def version_text(number: int, *, micro: bool = True) -> str:
 
 @dataclass(frozen=True)
 class ChannelSupport:
-    """Whether one connection can save with more than one channel, and why not."""
+    """Whether one connection can save with more than one channel, and why not; and whether it
+    can be asked for an image format on each save (``image_format``), and why not."""
 
     available: bool
     why_not: str | None = None  # "libvirt 9.0.0 has no parallel save (needs 11.2)"
+    # None: it can; the per-call format needs the same libvirt and binding, not QEMU's mapped-ram
+    formats_why_not: str | None = "the connection was not asked"
+
+    @property
+    def formats_available(self) -> bool:
+        return self.formats_why_not is None
 
     def to_dict(self) -> dict:
-        return {"available": self.available, "why_not": self.why_not}
+        return {"available": self.available, "why_not": self.why_not,
+                "image_formats_available": self.formats_available, "image_formats_why_not": self.formats_why_not}
 
 
 UNKNOWN = ChannelSupport(False, "the connection was not asked")
@@ -50,20 +58,25 @@ def support(driver: str, libvirt_version: int, qemu_version: int | None, *,
     """What a connection offers, from its driver ("QEMU", "TEST"...), its daemon's libvirt
     version, its QEMU version (None: not known), whether mgsave knows where it keeps
     managed-save images, and what is wrong with the binding, if anything."""
+    formats = _why_not(driver, libvirt_version, None, managed_dir_known, binding_problem, "per-call image format")
+    channels = _why_not(driver, libvirt_version, qemu_version, managed_dir_known, binding_problem, "parallel save")
+    return ChannelSupport(channels is None, channels, formats)
+
+
+def _why_not(driver: str, libvirt_version: int, qemu_version: int | None, managed_dir_known: bool,
+             binding_problem: str | None, feature: str) -> str | None:
     if driver != "QEMU":
-        return ChannelSupport(False, f"the {driver.lower()} driver has no parallel save (only qemu's has)")
+        return f"the {driver.lower()} driver has no {feature} (only qemu's has)"
     if libvirt_version < FIRST_LIBVIRT:
-        return ChannelSupport(False, f"libvirt {version_text(libvirt_version)} has no parallel save "
-                                     f"(needs {version_text(FIRST_LIBVIRT, micro=False)})")
+        return f"libvirt {version_text(libvirt_version)} has no {feature} (needs {version_text(FIRST_LIBVIRT, micro=False)})"
     if qemu_version is not None and qemu_version < FIRST_QEMU:
-        return ChannelSupport(False, f"QEMU {version_text(qemu_version)} has no mapped-ram "
-                                     f"(needs {version_text(FIRST_QEMU, micro=False)})")
+        return f"QEMU {version_text(qemu_version)} has no mapped-ram (needs {version_text(FIRST_QEMU, micro=False)})"
     if binding_problem:
-        return ChannelSupport(False, binding_problem)
+        return binding_problem
     if not managed_dir_known:
-        return ChannelSupport(False, "where this connection keeps managed-save images is not known "
-                                     "(a remote connection, or save_dir set in qemu.conf)")
-    return ChannelSupport(True)
+        return ("where this connection keeps managed-save images is not known "
+                "(a remote connection, or save_dir set in qemu.conf)")
+    return None
 
 
 def choose(setting: int | Channels, guest: GuestInfo, offered: ChannelSupport, *, at_once: int,

@@ -42,6 +42,7 @@ class EventKind(enum.Enum):
     READY_WAIT_CUT_SHORT = enum.auto()
     # degraded on the way
     SAVED_IN_ONE_STREAM = enum.auto()
+    SAVED_IN_OWN_FORMAT = enum.auto()
     SAVE_ABORTING = enum.auto()
     SAVE_ABORT_FAILED = enum.auto()
     SAVE_ABORTED = enum.auto()
@@ -149,6 +150,7 @@ RENDERINGS: dict[EventKind, Rendering] = {
                                       "dependents start anyway", "ready", "timeout"),
     EventKind.READY_WAIT_CUT_SHORT: Rendering("its readiness wait was cut short: the pass was stopped"),
     EventKind.SAVED_IN_ONE_STREAM: Rendering("saved in one stream: libvirt refused %(number)d channels"),
+    EventKind.SAVED_IN_OWN_FORMAT: Rendering("saved in libvirt's own format: libvirt refused image_format %(what)s"),
     EventKind.SAVE_ABORTING: Rendering(None, _W, "%(name)s: aborting the save: %(why)s", "save", "abort"),
     EventKind.SAVE_ABORT_FAILED: Rendering(None, _W, "%(name)s: could not abort the save: %(why)s"),
     EventKind.SAVE_ABORTED: Rendering(None, _I, "%(name)s: %(why)s"),

@@ -1,5 +1,6 @@
 """Saving and restoring with parallel channels (libvirt's ``sparse`` image format, QEMU's
-mapped-ram with multifd) through virDomainSaveParams and virDomainRestoreParams.
+mapped-ram with multifd), or in an image format asked for (``image_format``), through
+virDomainSaveParams and virDomainRestoreParams.
 
 Only ``hypervisor`` calls ``save`` and ``restore``; they raise ``libvirt.libvirtError`` like the
 binding does, and ``hypervisor`` translates it. Anything else that goes wrong on this path (ctypes,
@@ -85,14 +86,20 @@ def binding_types_channels() -> bool:
             and hasattr(libvirt, "VIR_DOMAIN_SAVE_PARAM_PARALLEL_CHANNELS"))
 
 
-def save(domain: libvirt.virDomain, path: str, channels: int, flags: int) -> None:
-    """Save ``domain`` to ``path`` in the sparse format with ``channels`` channels, and stop it.
-    Raises libvirt.libvirtError, or ChannelsFailed for anything else."""
+def save(domain: libvirt.virDomain, path: str, channels: int, flags: int, image_format: str = SPARSE) -> None:
+    """Save ``domain`` to ``path`` in ``image_format`` (sparse: with ``channels`` channels; any
+    other format: in one stream, ``channels`` 1), and stop it. Raises libvirt.libvirtError, or
+    ChannelsFailed for anything else."""
     with _unexpected_as_failed("virDomainSaveParams"):
-        if binding_types_channels():
-            domain.saveParams({_FILE: path, _FORMAT: SPARSE, _CHANNELS: channels}, flags)
+        params = {_FILE: path, _FORMAT: image_format}
+        if channels == 1 and hasattr(domain, "saveParams"):  # strings only: any binding types them right
+            domain.saveParams(params, flags)
             return
-        _call_with_params("virDomainSaveParams", _pointer(domain, b"virDomainPtr"), channels, flags, path)
+        if binding_types_channels():
+            domain.saveParams({**params, _CHANNELS: channels}, flags)
+            return
+        _call_with_params("virDomainSaveParams", _pointer(domain, b"virDomainPtr"), channels, flags, path,
+                          image_format=image_format)
 
 
 def restore(conn: libvirt.virConnect, path: str, channels: int, flags: int) -> None:
@@ -103,7 +110,7 @@ def restore(conn: libvirt.virConnect, path: str, channels: int, flags: int) -> N
             conn.restoreParams({_FILE: path, _CHANNELS: channels}, flags)
             return
         _call_with_params("virDomainRestoreParams", _pointer(conn, b"virConnectPtr"), channels, flags, path,
-                          with_format=False)
+                          image_format=None)
 
 
 @contextlib.contextmanager
@@ -153,7 +160,7 @@ def _pointer(obj, name: bytes) -> int:
 
 
 def _call_with_params(function: str, target: int, channels: int, flags: int, path: str,
-                      *, with_format: bool = True) -> None:
+                      *, image_format: str | None) -> None:
     import ctypes  # only with a binding that cannot send the channels itself
 
     lib = _library()
@@ -162,9 +169,9 @@ def _call_with_params(function: str, target: int, channels: int, flags: int, pat
     params, count, room = ctypes.c_void_p(), ctypes.c_int(0), ctypes.c_int(0)
     refs = (ctypes.byref(params), ctypes.byref(count), ctypes.byref(room))
     try:
-        ok = lib.virTypedParamsAddInt(*refs, _CHANNELS.encode(), channels) == 0
-        if ok and with_format:
-            ok = lib.virTypedParamsAddString(*refs, _FORMAT.encode(), SPARSE.encode()) == 0
+        ok = channels == 1 or lib.virTypedParamsAddInt(*refs, _CHANNELS.encode(), channels) == 0
+        if ok and image_format:
+            ok = lib.virTypedParamsAddString(*refs, _FORMAT.encode(), image_format.encode()) == 0
         if ok:
             ok = lib.virTypedParamsAddString(*refs, _FILE.encode(), path.encode()) == 0
         if not ok:

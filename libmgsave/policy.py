@@ -79,6 +79,25 @@ class Channels(enum.StrEnum):
     AUTO = "auto"  # the plan chooses per guest, from its memory and the saves running at once
 
 
+class ImageFormat(enum.StrEnum):
+    """The format of a saved image (libvirt's ``save_image_format`` values, and mgsave's own
+    ``libvirt``: ask for none, as before the setting existed)."""
+
+    LIBVIRT = "libvirt"  # libvirt's own: qemu.conf's save_image_format (raw unless set); sparse with channels
+    RAW = "raw"
+    SPARSE = "sparse"  # QEMU's mapped-ram: the only one channels can write
+    ZSTD = "zstd"
+    LZOP = "lzop"
+    GZIP = "gzip"
+    BZIP2 = "bzip2"
+    XZ = "xz"
+
+    @property
+    def compressed(self) -> bool:
+        """Written through a compression program: in one stream only, never with channels."""
+        return self not in (ImageFormat.LIBVIRT, ImageFormat.RAW, ImageFormat.SPARSE)
+
+
 @dataclass(frozen=True)
 class Ready:
     kind: ReadyKind = ReadyKind.NONE
@@ -114,6 +133,9 @@ class GuestSettings:
     # by default: on libvirt 11.3 such a save of a persistent guest is not marked as a managed
     # save until the daemon restarts (see parallelsave.py), and its gain is not measured yet.
     save_channels: int | Channels = 1
+    # The saved image's format; LIBVIRT (asking for none) keeps the behaviour from before the
+    # setting until measurements justify another default (docs/PERFORMANCE.md). See imageformat.py.
+    image_format: ImageFormat = ImageFormat.LIBVIRT
     migrate: Migrate = Migrate()
 
     def chain_setting(self, kind: ShutdownKind) -> str:

@@ -24,8 +24,12 @@ size = units.size  # the one spelling of a size in text: binary units
 
 
 def _channels_token(entry) -> str:
-    """`` (4 channels)`` when the guest's save or restore uses parallel channels."""
-    return f" ({entry.save_channels} channels)" if entry.save_channels > 1 else ""
+    """`` (4 channels)`` when the guest's save or restore uses parallel channels, `` (zstd)``
+    when its save asks for an image format of its own."""
+    if entry.save_channels > 1:
+        return f" ({entry.save_channels} channels)"
+    image_format = getattr(entry, "image_format", None)
+    return f" ({image_format})" if image_format else ""
 
 
 def render_plan(plan: Plan, *, guests: Sequence[str] = (), verbose: bool = False) -> str:
@@ -121,7 +125,7 @@ def plan_details(plan: Plan, e, names: Mapping) -> list[str]:
         facts.append(("waits for", ", ".join(names.get(k, k[1]) for k in e.wait_for)))
     if plan.kind is PassKind.SHUTDOWN and e.estimate_seconds is not None:
         facts.append(("save ends", f"about {units.seconds(e.estimate_seconds)} into the pass"))
-    for label, path in (("image", e.managed_image), ("save file", e.image)):
+    for label, path in (("image", e.managed_image), ("save file", e.image), ("format", e.image_format_why)):
         if path:
             facts.append((label, path))
     lines += wrapped((f"{label + ':':<11}{text}" for label, text in facts), hang=11)

@@ -99,15 +99,27 @@ def is_whole_save_image(path: str | None) -> bool:
         return False
 
 
-def is_sparse_image(path: str | None) -> bool:
-    """True when the save image at ``path`` is in libvirt's sparse format (its memory can be
-    read back with several channels)."""
+# libvirt's names of the header's format numbers (virQEMUSaveFormat, in its order)
+_FORMAT_NAMES = ("raw", "gzip", "bzip2", "xz", "lzop", "zstd", "sparse")
+
+
+def image_format_of(path: str | None) -> str | None:
+    """The format a completed save image at ``path`` is in, by its header ("raw", "zstd",
+    "sparse"...), or None when it is not one or cannot be read."""
     try:
         header = read_head(path or "", _FORMAT_OFFSET + 4)
     except (OSError, UnsafeFile):
-        return False
-    return (len(header) == _FORMAT_OFFSET + 4 and header.startswith(_QEMU_SAVE_MAGIC)
-            and int.from_bytes(header[_FORMAT_OFFSET:], "little") == _FORMAT_SPARSE)
+        return None
+    if len(header) != _FORMAT_OFFSET + 4 or not header.startswith(_QEMU_SAVE_MAGIC):
+        return None
+    number = int.from_bytes(header[_FORMAT_OFFSET:], "little")
+    return _FORMAT_NAMES[number] if number < len(_FORMAT_NAMES) else None
+
+
+def is_sparse_image(path: str | None) -> bool:
+    """True when the save image at ``path`` is in libvirt's sparse format (its memory can be
+    read back with several channels)."""
+    return image_format_of(path) == _FORMAT_NAMES[_FORMAT_SPARSE]
 
 
 def managed_image_path(uri: str, guest_name: str) -> str | None:

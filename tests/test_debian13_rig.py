@@ -1,7 +1,8 @@
 """The rig tier's tests on Debian 13: its libvirtd 11, QEMU 10, python3 3.13 and python3-libvirt.
 
 One ``systemd-nspawn`` run over an overlay of the cached Debian 13 root (``tests.rig.debian_root``)
-runs ``python3 -m pytest`` on ``tests.rig.inroot.DEFAULT_TESTS`` (the e2e cycle, the faults, the save channels)
+runs ``python3 -m pytest`` on ``tests.rig.inroot.DEFAULT_TESTS`` (the e2e cycle, the faults, the save channels,
+the channelled resume, the image formats)
 inside, with this checkout bound in read-only: there, the rig starts the root's own
 libvirtd and QEMU, and every ``mgsave`` the tests run is this checkout's, on the root's python3
 and Debian's python3-libvirt binding. The guest image is built here first and bound in.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libmgsave import conflicts, console, jsonout, units, untrusted
+from libmgsave import conflicts, console, imageformat, jsonout, units, untrusted
 from libmgsave.actions import held, inputs
 from libmgsave.actions.held import HeldImage
 from libmgsave.channels import UNKNOWN, choose
@@ -121,15 +121,20 @@ def _refused_flag_findings(policy: Policy, guests, connections) -> list[Finding]
 
 
 def _channel_findings(policy: Policy, guests, connections) -> list[Finding]:
-    """Guests whose policy asks for a number of save channels their connection cannot give."""
+    """Guests whose policy asks for a number of save channels, or an image format, their
+    connection cannot give (the plan's own decision: ``imageformat.choose``)."""
     offers = inputs.channel_support(connections)
     findings = []
     for guest in guests:
         effective = resolve(policy, guest)
-        _, refused = choose(effective.settings.save_channels, guest, offers.get(guest.connection, UNKNOWN),
-                            at_once=1, cores=1)
+        offered = offers.get(guest.connection, UNKNOWN)
+        channels, refused = choose(effective.settings.save_channels, guest, offered, at_once=1, cores=1)
         if refused:
             findings.append(Finding(f"{guest.name}: {refused}", effective.sources["save_channels"]))
+        made = imageformat.choose(effective.settings.image_format, channels, offered,
+                                  source=effective.sources["image_format"])
+        if made.note:
+            findings.append(Finding(f"{guest.name}: {made.note}", effective.sources["image_format"]))
     return findings
 
 

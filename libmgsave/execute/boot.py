@@ -24,7 +24,7 @@ from libmgsave.hypervisor import Connections, Guest
 from libmgsave.outcomes import GuestResult, Outcome, Severity, StepResult, Wait, WaitKind
 from libmgsave.plan import Action, GuestPlan, Plan
 from libmgsave.policy import ReadyKind
-from libmgsave.saveimages import saved_image_problem
+from libmgsave.saveimages import is_sparse_image, saved_image_problem
 from libmgsave.state import StateDir
 from libmgsave.state.images import keep_failed_image, remove_used_image, set_aside_failed_file
 
@@ -148,7 +148,8 @@ class BootPass:
             return self._resume_failed(entry, guest, result, error)
         try:
             with unexpected_as_failure(entry.guest.name, action):  # a surprise is a failed start or resume
-                guest.start(bypass_cache=entry.effective.settings.bypass_cache)
+                if not self._resumed_with_channels(entry, action, guest):
+                    guest.start(bypass_cache=entry.effective.settings.bypass_cache)
         except HypervisorUnavailable:
             raise  # retried after a reconnect
         except HypervisorError as error:
@@ -158,6 +159,15 @@ class BootPass:
             add_step(self.events, result, StepResult(action, False, started, time.time(), error=error.message))
             return self._resume_failed(entry, guest, result, error)
         return self._started(entry, action, guest, result, started)
+
+    @staticmethod
+    def _resumed_with_channels(entry: GuestPlan, action: Action, guest: Guest) -> bool:
+        """Resume a channelled (sparse) managed image with the plan's channels; False when the
+        guest is to be started the usual way (one stream)."""
+        if action is not Action.RESUME or entry.save_channels < 2 or not is_sparse_image(entry.managed_image):
+            return False
+        return guest.resume_with_channels(entry.managed_image, entry.save_channels,
+                                          bypass_cache=entry.effective.settings.bypass_cache)
 
     def _started(self, entry: GuestPlan, action: Action, guest: Guest, result: GuestResult, started: float) -> Outcome:
         """The outcome of a start that went through."""

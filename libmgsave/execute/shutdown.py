@@ -299,14 +299,13 @@ class ShutdownPass:
                 images_directory(Path(image).parent)
             # A surprise as a failed save here, so that what a failed save to a file left is seen to.
             with unexpected_as_failure(entry.guest.name, action):
-                if action is Action.SAVE:
-                    used = guest.save_memory_state(bypass_cache=settings.bypass_cache,
-                                                   resume_running=resume_running, channels=entry.save_channels)
-                else:
-                    used = guest.save_to_file(image, bypass_cache=settings.bypass_cache,
-                                              resume_running=resume_running, channels=entry.save_channels)
-            if used < entry.save_channels:
+                how = {"bypass_cache": settings.bypass_cache, "resume_running": resume_running,
+                       "channels": entry.save_channels, "image_format": _asked_format(entry)}
+                used = guest.save_memory_state(**how) if action is Action.SAVE else guest.save_to_file(image, **how)
+            if used.channels < entry.save_channels:
                 self.events.say(result, EventKind.SAVED_IN_ONE_STREAM, number=entry.save_channels)
+            elif how["image_format"] and not used.image_format:
+                self.events.say(result, EventKind.SAVED_IN_OWN_FORMAT, what=how["image_format"])
         except HypervisorUnavailable:
             raise  # the save may have completed: the file is kept, and looked at after the reconnect
         except HypervisorError as error:
@@ -393,3 +392,9 @@ def _stopped(guest: Guest) -> bool:
         return not guest.is_active()
     except GuestGone:
         return True
+
+
+def _asked_format(entry: GuestPlan) -> str | None:
+    """The format the save asks libvirt for: none when the plan leaves it to libvirt, nor for
+    channels (``parallelsave`` writes sparse with them)."""
+    return str(entry.image_format) if entry.image_format and entry.save_channels == 1 else None

@@ -10,9 +10,9 @@ from typing import Protocol
 
 import libvirt
 
-from libmgsave import parallelsave
+from libmgsave import parallelsave, resuming
 from libmgsave.domainxml import title_and_metadata
-from libmgsave.errors import GuestGone, HypervisorUnavailable, OperationRefused
+from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, OperationRefused
 from libmgsave.hypervisor.translate import translate_error
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.saveimages import is_whole_save_image, managed_image_path
@@ -33,6 +33,14 @@ _STATES = {
 # up", then "migration", until it has arrived (then it runs, persistent); so is one being started.
 _SETTLING = {libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP}
 _ARRIVED = (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_MIGRATED)  # runs since a migration brought it
+
+
+@dataclass(frozen=True)
+class SavedAs:
+    """How a save went: the channels it wrote with, the format it asked for (None: libvirt's own)."""
+
+    channels: int
+    image_format: str | None
 
 
 @dataclass(frozen=True)
@@ -132,45 +140,90 @@ class Guest:
         return code == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_SAVE
 
     def save_memory_state(self, *, bypass_cache: bool = False, resume_running: bool = False,
-                          channels: int = 1) -> int:
+                          channels: int = 1, image_format: str | None = None) -> SavedAs:
         """Managed save: libvirt writes memory to its own image and stops the guest.
 
         ``resume_running`` marks the image to come back running even if the guest was paused
         when the save began (a save interrupted by a daemon restart can leave it paused).
         With ``channels`` > 1 the image is written in the sparse format by that many channels,
-        to the file of the guest's managed save (see ``parallelsave``: libvirt has no managed
-        save with channels); when that is refused, in one stream. Returns the channels used.
+        and with an ``image_format`` in that format (in one stream unless sparse), to the file
+        of the guest's managed save (see ``parallelsave``: libvirt has no managed save with
+        parameters); when that is refused, in one stream in libvirt's own format. Returns how
+        it was saved.
         """
         flags = _save_flags(bypass_cache, resume_running)
         image = managed_image_path(self.host.uri, self.name)
-        if channels > 1 and image and self._saved_with_channels(image, channels, flags):
-            return channels
+        if (channels > 1 or image_format) and image and self._saved_with_params(image, channels, flags, image_format):
+            return SavedAs(channels, image_format)
         self._call("managed save", self._dom.managedSave, flags)
-        return 1
+        return SavedAs(1, None)
 
     def save_to_file(self, path: str, *, bypass_cache: bool = False, resume_running: bool = False,
-                     channels: int = 1) -> int:
+                     channels: int = 1, image_format: str | None = None) -> SavedAs:
         """Save to ``path`` and stop the guest (for transient guests, which have no managed slot);
-        with ``channels`` > 1 as for ``save_memory_state``. Returns the channels used."""
+        with ``channels`` > 1 or an ``image_format`` as for ``save_memory_state``."""
         flags = _save_flags(bypass_cache, resume_running)
-        if channels > 1 and self._saved_with_channels(path, channels, flags):
-            return channels
+        if (channels > 1 or image_format) and self._saved_with_params(path, channels, flags, image_format):
+            return SavedAs(channels, image_format)
         self._call(f"saving to {path}", self._dom.saveFlags, path, None, flags)
-        return 1
+        return SavedAs(1, None)
 
-    def _saved_with_channels(self, path: str, channels: int, flags: int) -> bool:
-        """Save with channels; False when libvirt refused it and the guest still runs (a refused
-        save leaves it running), so that one stream can be tried. Any other failure raises."""
+    def _saved_with_params(self, path: str, channels: int, flags: int, image_format: str | None) -> bool:
+        """Save with channels or a format; False when libvirt refused it and the guest still runs
+        (a refused save leaves it running), so that one stream can be tried. Any other failure raises."""
+        how = f"{channels} channels" if channels > 1 else f"image format {image_format}"
         try:
-            parallelsave.save(self._dom, path, channels, flags)
+            parallelsave.save(self._dom, path, channels, flags, image_format or parallelsave.SPARSE)
             return True
         except libvirt.libvirtError as error:
-            translated = translate_error(error, f"{self.name}: saving with {channels} channels")
+            translated = translate_error(error, f"{self.name}: saving with {how}")
         except parallelsave.ChannelsFailed as error:  # not libvirt's doing: one stream may well work
-            translated = OperationRefused(f"{self.name}: saving with {channels} channels: {error}")
+            translated = OperationRefused(f"{self.name}: saving with {how}: {error}")
         if not isinstance(translated, OperationRefused) or not self.is_active():
             raise translated
-        log.warning("%s; saving it in one stream", translated.message)
+        log.warning("%s; saving it in one stream in libvirt's own format", translated.message)
+        return False
+
+    def resume_with_channels(self, image: str, channels: int, *, bypass_cache: bool = False) -> bool:
+        """Resume the guest from its sparse managed-save ``image`` read with ``channels`` channels
+        (virDomainRestoreParams: libvirt's start reads it in one stream). False when that was not
+        done and the image is back where it was: the caller starts the guest the usual way.
+
+        The image is moved aside first and removed once restored (``resuming``: libvirt leaves a
+        restored file in place, and a later start would resume it). Raises HypervisorError when
+        it failed otherwise, saying where the image is."""
+        try:
+            aside = resuming.take_aside(image)
+        except OSError as error:
+            log.warning("%s: cannot move its image aside to read it with %d channels (%s); resuming it in "
+                        "one stream", self.name, channels, error)
+            return False
+        flags = libvirt.VIR_DOMAIN_SAVE_BYPASS_CACHE if bypass_cache else 0
+        try:
+            self.host.restore_params(aside, channels, flags)
+        except libvirt.libvirtError as error:
+            return self._after_failed_restore(image, aside, translate_error(error, f"{self.name}: resuming "
+                                                                             f"with {channels} channels"))
+        except parallelsave.ChannelsFailed as error:  # raised before libvirt did it, or after
+            if not self.is_active():
+                return self._after_failed_restore(image, aside, OperationRefused(
+                    f"{self.name}: resuming with {channels} channels: {error}"))
+        resuming.remove(aside)
+        return True
+
+    def _after_failed_restore(self, image: str, aside: str, error: HypervisorError) -> bool:
+        """Put the image back where a start resumes it, unless the guest runs now (then it stays
+        aside: back in place it would be resumed over the guest's later state); False (start it
+        in one stream) when libvirt refused, else raise."""
+        if isinstance(error, HypervisorUnavailable) or self.is_active():
+            raise type(error)(f"{error.message}; its image is kept at {aside}")
+        try:
+            resuming.put_back(aside, image)
+        except OSError as put_back_error:
+            raise OperationRefused(f"{error.message}; its image is kept at {aside} ({put_back_error})") from None
+        if not isinstance(error, OperationRefused):
+            raise error
+        log.warning("%s; resuming it in one stream", error.message)
         return False
 
     def has_saved_state(self) -> bool:

@@ -208,10 +208,16 @@ class Host:
             lib_version = self._conn.getLibVersion()
             qemu_version = self._conn.getVersion() if driver == "QEMU" else None
         except libvirt.libvirtError as error:
-            return ChannelSupport(False, f"could not ask {self.uri}: {error.get_error_message() or error}")
+            why = f"could not ask {self.uri}: {error.get_error_message() or error}"
+            return ChannelSupport(False, why, why)
         known = managed_save_dir(self.uri) is not None and not save_dir_moved(self.uri)
         return support(driver, lib_version, qemu_version, managed_dir_known=known,
                        binding_problem=parallelsave.binding_problem())
+
+    def restore_params(self, path: str, channels: int, flags: int) -> None:
+        """virDomainRestoreParams of ``path`` with ``channels`` channels; raises as
+        ``parallelsave.restore`` does (for ``Guest.resume_with_channels``)."""
+        parallelsave.restore(self._conn, path, channels, flags)
 
     def restore_from_file(self, path: str, *, bypass_cache: bool = False, channels: int = 1) -> None:
         """Recreate a (transient) guest from a file written by ``Guest.save_to_file``, reading

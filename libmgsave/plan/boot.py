@@ -70,8 +70,8 @@ def plan_boot(
     record (read back from the files themselves), restored like recorded ones.
     ``used_images``: record keys of transient guests whose save file a boot pass since the
     record restored; stale, it is never restored again. ``channels`` and ``cores``: as for
-    ``plan_shutdown``, for the restores of transient guests' save files (a resume from a
-    managed-save image takes no channels: libvirt's start has no parameter for them).
+    ``plan_shutdown``, for reading sparse images back: transient guests' save files and
+    persistent guests' managed-save images (``Guest.resume_with_channels``).
     ``on_peers``: what the peers said of the guests ``peer_questions`` names, by (peer, UUID).
     ``resumes``: whether each held image resumes on the hypervisor installed now
     (``restorable.judge``); a guest whose image will not is planned so: never tried.
@@ -168,7 +168,9 @@ def _boot_entry(facts: _BootFacts, guest: GuestInfo, eff: Effective, order: int,
     lost = decided.fresh or lost  # the warning of ``will_not_resume`` says it: no note of it
     if_fails = Action.START if eff.settings.on_resume_failure is OnResumeFailure.BOOT_FRESH else Action.SKIP
     read_with = 1
-    if action is Action.RESTORE:
+    # a sparse image (the executor reads its header) is read with channels, a managed one too
+    # (``Guest.resume_with_channels``)
+    if action is Action.RESTORE or (action is Action.RESUME and guest.persistent):
         read_with, _ = choose(eff.settings.save_channels, guest, facts.offers.get(guest.connection, UNKNOWN),
                               at_once=facts.at_once, cores=facts.cores)
     return GuestPlan(guest, eff, (action,), decided.reason, order, wait_for if action is not Action.SKIP else (),

@@ -12,7 +12,7 @@ from libmgsave.history import DEFAULT_SAVE_THROUGHPUT, Action, HostShutdown, Pas
 from libmgsave.inventory import ON_PEER, GuestInfo
 from libmgsave.matching import DEFAULTS_SOURCE, Effective
 # DEADLINE_RESERVE is defined with the policy's limits, which must leave room for it.
-from libmgsave.policy import DEADLINE_RESERVE, Limits, Policy  # noqa: F401
+from libmgsave.policy import DEADLINE_RESERVE, ImageFormat, Limits, Policy  # noqa: F401
 from libmgsave.policyfile.settings import setting_to_json
 
 GuestKey = tuple[str, str]  # (connection URI, UUID)
@@ -49,6 +49,10 @@ class GuestPlan:
     # The channels its save writes with (shutdown) or its save file is read back with (boot:
     # a restore); more than 1 only where the connection offers parallel channels (channels.py)
     save_channels: int = 1
+    # shutdown: the format its save asks libvirt for (None: none, libvirt's own), and why
+    # (``imageformat.choose``); None also where it is not saved
+    image_format: ImageFormat | None = None
+    image_format_why: str | None = None
     # shutdown: the peer its migrate step goes to (chosen up front); boot: the peer it comes back
     # from, or the record places it on; None: no migration
     peer: str | None = None
@@ -114,6 +118,8 @@ class GuestPlan:
             "managed_image_path": self.managed_image,
             "notes": list(self.notes),
             "save_channels": self.save_channels,
+            "image_format": (str(self.image_format or ImageFormat.LIBVIRT) if self.image_format_why else None),
+            "image_format_why": self.image_format_why,
             "settings": _settings_dict(self.effective, rule_lines or {}),
             "peer": self.peer,
             "chain_from": self.chain_from,

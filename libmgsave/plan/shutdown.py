@@ -7,10 +7,11 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from libmgsave import units
+from libmgsave import imageformat, units
 from libmgsave.budget import for_steps
 from libmgsave.channels import UNKNOWN, ChannelSupport, choose
 from libmgsave.history import HostShutdown, ShutdownKind
+from libmgsave.imageformat import FormatChoice
 from libmgsave.inventory import GuestInfo
 from libmgsave.matching import Effective, resolve
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
@@ -171,9 +172,13 @@ class _ChannelShare:
     def __init__(self, offers: dict[str, ChannelSupport], at_once: int, cores: int):
         self.offers, self.at_once, self.cores = offers, at_once, cores
 
-    def choose(self, guest: GuestInfo, eff: Effective) -> tuple[int, str | None]:
-        return choose(eff.settings.save_channels, guest, self.offers.get(guest.connection, UNKNOWN),
-                      at_once=self.at_once, cores=self.cores)
+    def choose(self, guest: GuestInfo, eff: Effective) -> tuple[FormatChoice, tuple[str, ...]]:
+        """The save's channels and format, and the notes on what it gets less of than asked."""
+        offered = self.offers.get(guest.connection, UNKNOWN)
+        channels, refused = choose(eff.settings.save_channels, guest, offered, at_once=self.at_once, cores=self.cores)
+        made = imageformat.choose(eff.settings.image_format, channels, offered,
+                                  source=eff.sources.get("image_format", "built-in"))
+        return made, tuple(n for n in (refused, made.note) if n)
 
 
 def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tuple[GuestKey, ...],
@@ -215,15 +220,16 @@ def _shutdown_entry(guest: GuestInfo, eff: Effective, order: int, wait_for: tupl
             chain, image, managed = chain[1:], None, None
     if not chain:  # the migration was the whole chain and cannot be carried out
         chain = [Action.SKIP]
-    save_channels = 1
+    made = None
     if Action.SAVE in chain or Action.SAVE_TO_FILE in chain:
-        save_channels, refused = share.choose(guest, eff)
-        notes += [refused] if refused else []
+        made, refused = share.choose(guest, eff)
+        notes += refused
     reason = f"{guest.state}; {chain_from} chain {' -> '.join(chain)}"
     return GuestPlan(guest, eff, tuple(chain), reason, order, wait_for, estimate, image, tuple(notes),
                      managed_image=managed, save_dropped_because=dropped,
                      dropped_first_choice=first_choice if dropped or migration_dropped else None,
-                     save_channels=save_channels, peer=peer, chain_from=chain_from)
+                     save_channels=made.channels if made else 1, image_format=made.image_format if made else None,
+                     image_format_why=made.why if made else None, peer=peer, chain_from=chain_from)
 
 
 def _mb(n: float) -> str:

@@ -68,12 +68,14 @@ def cross_field_problems(document: object, marks: MarkedDocument, bad: set[str])
     defaults = document.get("defaults")
     settings(("defaults",), defaults)
     _check_migrate(reporter, ("defaults",), defaults, None, clean)
+    _check_format(reporter, ("defaults",), defaults, None, clean)
     rules = document.get("guests")
     if isinstance(rules, list):
         for index, rule in enumerate(rules):
             settings(("guests", index), rule)
             _check_self_wait(reporter, ("guests", index), rule, clean)
             _check_migrate(reporter, ("guests", index), rule, defaults, clean)
+            _check_format(reporter, ("guests", index), rule, defaults, clean)
     return reporter.problems
 
 
@@ -97,6 +99,30 @@ def _check_migrate(reporter: Reporter, path: KeyPath, mapping: object, defaults:
         reporter.at((*path, "migrate", "come_back"),
                     "'come_back' needs 'home': the URI the peer's libvirt daemon sends the guest back to",
                     "add 'home: qemu+tls://<this host>/system' to this 'migrate' mapping")
+
+
+_COMPRESSED = ("zstd", "lzop", "gzip", "bzip2", "xz")
+
+
+def _check_format(reporter: Reporter, path: KeyPath, mapping: object, defaults: object, clean) -> None:  # noqa: ANN001
+    """A compressed ``image_format`` is written in one stream: it cannot go with ``save_channels``
+    above 1 (or ``auto``), set in the same mapping or, for a rule that sets only one of the two,
+    under ``defaults:``. (Two rules that combine them for one guest: the plan saves it compressed
+    in one stream and says so.)"""
+    if not isinstance(mapping, dict) or not ({"image_format", "save_channels"} & mapping.keys()):
+        return
+    inherited = defaults if isinstance(defaults, dict) else {}
+    image_format = mapping.get("image_format", inherited.get("image_format"))
+    channels = mapping.get("save_channels", inherited.get("save_channels"))
+    if image_format not in _COMPRESSED or not (channels == "auto" or (isinstance(channels, int) and channels > 1)):
+        return
+    key = "image_format" if "image_format" in mapping else "save_channels"
+    if clean((*path, key)):
+        where = "" if {"image_format", "save_channels"} <= mapping.keys() else " (the other under 'defaults')"
+        reporter.at((*path, key), f"image_format {image_format} cannot go with save_channels {channels}{where}: "
+                    f"a compressed image is written in one stream, channels write only the sparse format",
+                    "set 'save_channels: 1' beside the compressed format, or 'image_format: sparse' "
+                    "(or 'libvirt') beside the channels")
 
 
 def _check_power(reporter: Reporter, power: dict, limits: dict, clean) -> None:  # noqa: ANN001

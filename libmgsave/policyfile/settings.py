@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from libmgsave.policy import (SETTING_NAMES, Autostart, Channels, DiskMode, Migrate, OnResumeFailure, Ready,
-                              ReadyKind, SameChain, ShutdownStep)
+from libmgsave.policy import (SETTING_NAMES, Autostart, Channels, DiskMode, ImageFormat, Migrate, OnResumeFailure,
+                              Ready, ReadyKind, SameChain, ShutdownStep)
 
 AGENT_READY_TIMEOUT = 120.0  # ``ready: agent`` without a timeout
 
@@ -168,6 +168,7 @@ SETTINGS = {s.name: s for s in (
     Setting("sync_time", bool),
     Setting("on_resume_failure", OnResumeFailure),
     Setting("save_channels", lambda value: Channels.AUTO if value == "auto" else int(value)),
+    Setting("image_format", ImageFormat),
     Setting("migrate", _migrate),
 )}
 assert set(SETTINGS) == set(SETTING_NAMES), "the settings table and GuestSettings disagree"

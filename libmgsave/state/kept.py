@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from libmgsave import jsonout, safefiles, units
+from libmgsave import jsonout, resuming, safefiles, units
 from libmgsave.saveimages import managed_save_dir
 from libmgsave.state.records import BOOT_RECORD, SHUTDOWN_RECORD
 from libmgsave.state.trust import insecure_subdirectory
@@ -57,13 +57,15 @@ def kept_files(state_dir: Path, beside: Iterable[Path] = ()) -> list[KeptFile]:
         kept = f"{FAILED_IMAGES}/{name}"
         found.append(KeptFile(kept, state_dir / kept, "failed-image", info.st_size, info.st_mtime, state_dir))
     for save_dir in dict.fromkeys(Path(d) for d in beside):
-        directory = save_dir / KEPT_BESIDE
-        problem = insecure_subdirectory(directory)
-        if problem:
-            log.warning("not listing the images kept in %s: %s", directory, problem)
-            continue
-        found += [KeptFile(str(directory / name), directory / name, "failed-image", info.st_size, info.st_mtime,
-                           save_dir) for name, info in _regular_in(save_dir, KEPT_BESIDE).items()]
+        # and the images a boot pass took aside to resume with channels and left there
+        for where in (KEPT_BESIDE, resuming.ASIDE):
+            directory = save_dir / where
+            problem = insecure_subdirectory(directory)
+            if problem:
+                log.warning("not listing the images kept in %s: %s", directory, problem)
+                continue
+            found += [KeptFile(str(directory / name), directory / name, "failed-image", info.st_size,
+                               info.st_mtime, save_dir) for name, info in _regular_in(save_dir, where).items()]
     return sorted(found, key=lambda f: (f.mtime, f.name))
 
 

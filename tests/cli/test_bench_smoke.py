@@ -33,7 +33,7 @@ def test_startup_runs():
     assert re.search(r"modules loaded by `mgsave shutdown, to its first save \(policy validated now\)`: \d+", out)
 
 
-@pytest.mark.parametrize("command", ["compare", "deadline", "scale", "startup", "evacuate"])
+@pytest.mark.parametrize("command", ["compare", "hostcycle", "deadline", "scale", "startup", "evacuate"])
 def test_every_benchmark_has_help(command):
     assert "usage:" in bench(command, "--help")
 
@@ -55,3 +55,38 @@ def test_node_file_holds_the_guests_asked_for():
         assert sum(1 for d in running if not d.isPersistent()) == 2
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("command", ["compare", "hostcycle"])
+def test_compare_and_hostcycle_measure_each_image_format_on_random_or_compressible_memory(command):
+    out = " ".join(bench(command, "--help").split())
+    assert "--formats F,F,..." in out and "raw, sparse, zstd, lzop, gzip, bzip2, xz, or all" in out
+    assert "--fill-kind {random,text}" in out
+
+
+def test_a_format_contender_asks_for_its_format_and_fails_on_images_in_another(tmp_path):
+    import struct
+
+    from bench import formats
+    from bench.common import write_policy
+    from libmgsave.policy import ImageFormat
+    from libmgsave.policyfile import load_policy
+
+    contenders = formats.with_formats(["mgsave", "floor"], "all")
+    assert contenders[:2] == ["mgsave", "floor"] and "mgsave-zstd" in contenders and "mgsave-sparse" in contenders
+    assert formats.with_formats(["mgsave"], "gzip,xz") == ["mgsave", "mgsave-gzip", "mgsave-xz"]
+    with pytest.raises(SystemExit, match="unknown image formats"):
+        formats.with_formats([], "lz4")
+    policy = load_policy(write_policy(tmp_path, extra=formats.policy_lines("mgsave-zstd")))
+    assert policy.defaults["image_format"] is ImageFormat.ZSTD
+    assert formats.policy_lines("mgsave") == "" and formats.format_of("mgsave-channels") is None
+
+    image = tmp_path / "g.save"  # a save image's header, format 5 (zstd), then room with a hole
+    with open(image, "wb") as f:
+        f.write(b"LibvirtQemudSave" + struct.pack("<5I", 2, 4096, 1, 5, 0))
+        f.truncate(64 * 2**20)
+    formats.check_format("mgsave-zstd", image)
+    formats.check_format("mgsave", image)  # asks for none
+    with pytest.raises(RuntimeError, match="is in format zstd, not gzip"):
+        formats.check_format("mgsave-gzip", image)
+    assert formats.bytes_on_disk(image) < 64 * 2**20

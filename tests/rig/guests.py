@@ -27,15 +27,17 @@ def serial_log(name: str) -> Path:
 
 def domain_xml(name: str, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mib: int = 0,
                ignore_acpi: bool = False, vcpus: int = 1, agent: bool = False,
-               serial: Path | None = None) -> str:
+               serial: Path | None = None, fill_kind: str = "random") -> str:
     """A TCG guest with no disks: the rig kernel + initramfs, serial console to a file (``serial``,
     by default the rig's ``serial_log(name)``); with ``agent``, QEMU's guest agent on a
-    virtio-serial channel."""
+    virtio-serial channel. ``fill_kind``: ``random`` (incompressible) or ``text`` (compressible)."""
     if fill_mib + 64 > memory_mib:
         raise ValueError(f"fill_mib={fill_mib} needs memory_mib >= {fill_mib + 64}")
     img = ensure_image()
+    if fill_kind not in ("random", "text"):
+        raise ValueError(f"fill_kind={fill_kind!r}: random or text")
     cmdline = (f"console=ttyS0 quiet mitigations=off fill={fill_mib} ignore_acpi={int(ignore_acpi)} "
-               f"agent={int(agent)}")
+               f"agent={int(agent)}" + ("" if fill_kind == "random" else f" fill_kind={fill_kind}"))
     channel = ("\n    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
                if agent else "")
     return f"""<domain type='qemu'>
@@ -67,7 +69,7 @@ def domain_xml(name: str, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mib: int
 
 def define_guests(conn, n: int, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mib: int = 0,
                   prefix: str = "rig", ignore_acpi: bool = False, transient: bool = False,
-                  start: bool = False, agent: bool = False) -> list[str]:
+                  start: bool = False, agent: bool = False, fill_kind: str = "random") -> list[str]:
     """Define ``n`` guests named ``<prefix>-1`` .. ``<prefix>-<n>``; returns their names.
 
     Persistent (defined, not started) unless ``start``. ``transient=True`` creates them with
@@ -75,7 +77,8 @@ def define_guests(conn, n: int, *, memory_mib: int = DEFAULT_MEMORY_MIB, fill_mi
     names = [f"{prefix}-{i}" for i in range(1, n + 1)]
     for name in names:
         serial_log(name).parent.mkdir(parents=True, exist_ok=True)
-        xml = domain_xml(name, memory_mib=memory_mib, fill_mib=fill_mib, ignore_acpi=ignore_acpi, agent=agent)
+        xml = domain_xml(name, memory_mib=memory_mib, fill_mib=fill_mib, ignore_acpi=ignore_acpi, agent=agent,
+                         fill_kind=fill_kind)
         if transient:
             conn.createXML(xml, 0)
         else:

@@ -1,7 +1,8 @@
 """The tiny test guest: a Debian kernel and a busybox initramfs, built at test time and cached.
 
 The guest's /init mounts proc/sys/devtmpfs, fills ``fill=<MiB>`` of a tmpfs from /dev/urandom (so a
-save image holds real, incompressible memory), then writes ``tick <n>`` to /dev/ttyS0 once a second
+save image holds real, incompressible memory; with ``fill_kind=text``, that randomness written as
+base64 text, which a compressed image format shrinks by about a quarter), then writes ``tick <n>`` to /dev/ttyS0 once a second
 forever. Unless the kernel command line says ``ignore_acpi=1`` it loads the ACPI button driver and
 powers off (``poweroff -f``) when the power button is pressed (an ACPI shutdown request). With
 ``agent=1`` (and the domain's ``org.qemu.guest_agent.0`` channel, see ``guests.domain_xml``) it
@@ -66,11 +67,13 @@ mount -t devtmpfs devtmpfs /dev
 exec </dev/null >/dev/ttyS0 2>&1
 
 fill=0
+fill_kind=random
 ignore_acpi=0
 agent=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         fill=*) fill="${arg#fill=}" ;;
+        fill_kind=*) fill_kind="${arg#fill_kind=}" ;;
         ignore_acpi=*) ignore_acpi="${arg#ignore_acpi=}" ;;
         agent=*) agent="${arg#agent=}" ;;
     esac
@@ -117,7 +120,10 @@ fi
 
 mkdir -p /fill
 mount -t tmpfs -o size=$((fill + 8))m tmpfs /fill
-if [ "$fill" -gt 0 ]; then
+if [ "$fill" -gt 0 ] && [ "$fill_kind" = text ]; then
+    # compressible: random bytes written as base64 text (6 bits of every 8 carry information)
+    dd if=/dev/urandom bs=1M count=$((fill * 3 / 4 + 1)) 2>/dev/null | base64 | head -c $((fill * 1048576)) >/fill/data
+elif [ "$fill" -gt 0 ]; then
     dd if=/dev/urandom of=/fill/data bs=1M count="$fill" 2>/dev/null
 fi
 echo "rig: filled $fill MiB"

@@ -49,7 +49,8 @@ OUT = "/var/tmp/mgsave-inroot-out"      # inside: junit.xml and versions.json, b
 # daemon and mgsave killed mid-pass, damaged images...) and the parallel save channels (only
 # libvirt 11.2 has them). The rest of the rig tier (the rig's own tests, deadline, load, agent,
 # peers) adds time, not much about libvirt 11.
-DEFAULT_TESTS = ("tests/test_e2e_rig.py", "tests/test_faults.py", "tests/test_channels_rig.py")
+DEFAULT_TESTS = ("tests/test_e2e_rig.py", "tests/test_faults.py", "tests/test_channels_rig.py",
+                 "tests/test_restore_params_rig.py", "tests/test_image_format_rig.py")
 _SUMMARY = re.compile(r"^=+ (.+ in [0-9.]+s.*?) =+$", re.M)
 NO_OVERLAY = 97   # the exit status of the wrapper when the overlay cannot be mounted
 TOOLS = ("unshare", "mount", "systemd-nspawn")

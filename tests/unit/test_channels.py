@@ -13,10 +13,10 @@ from libmgsave.plan import Action, plan_boot, plan_shutdown
 from libmgsave.inventory import GuestState
 from libmgsave.policy import BUILTIN_SETTINGS, Channels
 from libmgsave.policyfile import parse_policy
-from libmgsave.saveimages import is_sparse_image, is_whole_save_image
+from libmgsave.saveimages import image_format_of, is_sparse_image, is_whole_save_image
 from tests.unit.test_plan import GiB_KIB, STATE_DIR, URI, by_name, guest
 
-OFFERED = ChannelSupport(True)
+OFFERED = ChannelSupport(True, formats_why_not=None)
 NOT_OFFERED = support("QEMU", 9_000_000, 7_002_000)
 
 
@@ -35,7 +35,8 @@ def policy(channels: str):
     ("LXC", 11_003_000, None, "the lxc driver has no parallel save (only qemu's has)"),
 ])
 def test_what_is_missing_is_named_with_the_version_it_needs(driver, lib, qemu, why_not):
-    assert support(driver, lib, qemu) == ChannelSupport(False, why_not)
+    offered = support(driver, lib, qemu)
+    assert (offered.available, offered.why_not) == (False, why_not)
 
 
 def test_libvirt_11_2_with_qemu_9_offers_channels_unless_the_binding_or_the_save_dir_stands_in_the_way():
@@ -43,7 +44,7 @@ def test_libvirt_11_2_with_qemu_9_offers_channels_unless_the_binding_or_the_save
     assert support("QEMU", 11_003_000, 10_000_013) == OFFERED
     assert not support("QEMU", 11_003_000, 10_000_013, managed_dir_known=False).available
     broken = support("QEMU", 11_003_000, 10_000_013, binding_problem="the binding cannot")
-    assert broken == ChannelSupport(False, "the binding cannot")
+    assert broken == ChannelSupport(False, "the binding cannot", "the binding cannot")
 
 
 # --- how many a guest gets ---------------------------------------------------------------------
@@ -98,7 +99,7 @@ def test_plan_text_shows_the_channels_in_the_actions_column():
     assert text.count("channels)") == 1
 
 
-def test_at_boot_only_restores_of_save_files_take_channels():
+def test_at_boot_save_files_and_managed_images_are_read_with_channels():
     record = {"guests": {f"{URI} {t.uuid}": {
         "connection": URI, "name": t.name, "uuid": t.uuid, "outcome": "saved-to-file", "image": "/x.save",
         "memory_kib": 8 * GiB_KIB}
@@ -109,7 +110,9 @@ def test_at_boot_only_restores_of_save_files_take_channels():
                      channels={URI: OFFERED})
     entries = by_name(plan)
     assert entries["t"].actions == (Action.RESTORE,) and entries["t"].save_channels == 4
-    assert entries["p"].actions == (Action.RESUME,) and entries["p"].save_channels == 1
+    # read with channels if its image is sparse (the executor reads the header); a transient
+    # guest's file or a persistent guest's managed image alike (virDomainRestoreParams)
+    assert entries["p"].actions == (Action.RESUME,) and entries["p"].save_channels == 4
 
 
 # --- the setting in the policy -----------------------------------------------------------------
@@ -161,3 +164,11 @@ def test_a_save_dir_in_qemu_conf_moves_the_managed_images_away_from_where_mgsave
     assert save_dir_moved("qemu:///system", str(conf))
     assert not save_dir_moved("test:///default", str(conf))  # no managed-save directory known anyway
     assert not save_dir_moved("qemu:///system", str(tmp_path / "missing.conf"))
+
+
+def test_an_images_format_is_named_from_its_header(tmp_path):
+    names = ["raw", "gzip", "bzip2", "xz", "lzop", "zstd", "sparse"]
+    for number, name in enumerate(names):
+        assert image_format_of(_image(tmp_path / f"{name}.save", fmt=number)) == name
+    assert image_format_of(_image(tmp_path / "future.save", fmt=7)) is None
+    assert image_format_of(_image(tmp_path / "part.save", magic=b"LibvirtQemudPart")) is None

@@ -55,6 +55,7 @@ defaults:
   sync_time: true
   on_resume_failure: leave-off
   save_channels: auto
+  image_format: sparse
   migrate:
     peers: ["qemu+tls://peer1/system", "qemu+ssh://peer2/system"]
     live: false
@@ -77,6 +78,8 @@ guests:
   - match: {name: [a*, b*]}
     ready: agent
     on_shutdown: [shutdown]
+    save_channels: 1
+    image_format: zstd
     migrate: {peers: ["qemu+tls://peer3/system"]}
 """
 

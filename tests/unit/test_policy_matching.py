@@ -108,6 +108,7 @@ def test_rules_apply_in_file_order_and_a_later_one_wins(tmp_path):
         "sync_time": "guests[0] (everything)",
         "on_resume_failure": "built-in",
         "save_channels": "built-in",
+        "image_format": "built-in",
         "migrate": "built-in",
     }
     web = resolve(policy, guest("web7"))
