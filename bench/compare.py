@@ -14,6 +14,11 @@ in the same run, contenders alternate round by round:
 After every resume each guest must be running, restored (not booted afresh), and its serial
 heartbeat must go on from where it was: no contender can win by skipping work.
 
+After every round, the physical limit (bench/disklimit.py): the write bandwidth of the file
+system holding the images, until flushed, and its read bandwidth from a cold cache, for as many
+bytes as the images took; every save and resume is also given as a share of it. --big: one guest
+as large as the machine allows with room to spare.
+
 Also: how the figures change with the number of guests (--sweep-n) and with mgsave's
 parallelism limit (--sweep-parallel, at --parallel-guests guests).
 """
@@ -30,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import platform
+from bench import disklimit, platform
 from bench.common import (URI, dump_json, foreign_guests, load_average, machine_description,
                           median, mgsave_command, note, run_parallel, run_timed, say, spread,
                           table, tempdir, write_policy)
@@ -77,11 +82,14 @@ class Bench:
         self._configure_libvirt_guests()
         self.state_dir = Path("/var/lib/mgsave/bench")  # the rig's private state directory
         self.conn = self.rig.connect()
+        if self.args.big:
+            from tests.rig import SAVE_DIR
+            self.args.memory, self.args.fill = disklimit.big_guest_mib(SAVE_DIR, self.args.big_cap)
         note(f"booting {count} guests ({self.args.memory} MiB, {self.args.fill} MiB filled)")
         t0 = time.monotonic()
         self.names = define_guests(self.conn, count, memory_mib=self.args.memory,
                                    fill_mib=self.args.fill, prefix=PREFIX)
-        start_and_wait_ticking(self.conn, self.names, timeout=120 + 40 * count)
+        start_and_wait_ticking(self.conn, self.names, timeout=120 + 40 * count + self.args.fill / 20)
         note(f"{count} guests ticking after {time.monotonic() - t0:.0f} s")
         from tests.rig import boots
         self.boots = {n: boots(n) for n in self.names}
@@ -145,7 +153,6 @@ class Bench:
     def check_saved(self) -> int:
         """Every guest shut off with a managed-save image; returns the images' total bytes."""
         from tests.rig import SAVE_DIR, state_reason
-        total = 0
         for name in self.names:
             sr = state_reason(self.conn, name)
             image = os.path.join(SAVE_DIR, f"{name}.save")
@@ -154,9 +161,18 @@ class Bench:
             marked = self.conn.lookupByName(name).hasManagedSaveImage(0) or os.path.isfile(image)
             if sr != ("shutoff", "saved") or not marked:
                 raise RuntimeError(f"{name}: not saved after the save phase: {sr}")
-            info = os.stat(image)  # a sparse image is as long as the memory, with holes
-            total += min(info.st_size, info.st_blocks * 512)
-        return total
+        return disklimit.image_bytes(self.images())
+
+    def images(self) -> list[str]:
+        from tests.rig import SAVE_DIR
+        return [os.path.join(SAVE_DIR, f"{name}.save") for name in self.names]
+
+    def disk_limit(self, nbytes: int) -> disklimit.DiskLimit:
+        """The images' file system's limit for ``nbytes`` (between rounds: no image is on it)."""
+        from tests.rig import SAVE_DIR
+        self._settle()
+        self.check_busy(f"disk limit n={len(self.names)}")
+        return disklimit.measure(SAVE_DIR, nbytes)
 
     def check_resumed(self, before: dict[str, int]) -> None:
         """Every guest running, restored from its image, not booted afresh, heartbeat going on."""
@@ -200,16 +216,9 @@ class Bench:
         return out
 
     def _evict(self) -> None:
-        """Drop the save images from the page cache (they are clean after the sync), as a host
-        that rebooted has them only on disk. Only these files: the rest of the cache stays."""
-        from tests.rig import SAVE_DIR
-        for name in self.names:
-            fd = os.open(os.path.join(SAVE_DIR, f"{name}.save"), os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+        """Drop the save images from the page cache, as a host that rebooted has them only on disk."""
+        for image in self.images():
+            disklimit.drop_from_cache(image)
 
     def _mgsave(self, which: str, parallel, channels: int | None = None) -> tuple[float, dict]:
         extra = f"  save_channels: {channels}\n" if channels else ""
@@ -275,11 +284,13 @@ def run(args) -> dict:
     for c in contenders:
         if c not in CONTENDERS:
             raise SystemExit(f"unknown contender {c!r} (choose from {', '.join(CONTENDERS)})")
+    if args.big:  # one guest, as large as the machine allows: sized once the rig runs
+        args.guests, args.sweep_n, args.sweep_parallel = 1, "", ""
     sweep_n = sorted(set(_ints(args.sweep_n)) - {args.guests}, reverse=True)
     sweep_p = _ints(args.sweep_parallel)
     levels = sorted(set(sweep_n) | {args.guests} | ({args.parallel_guests} if sweep_p else set()),
                     reverse=True)
-    data = {"machine": machine_description(), "args": vars(args), "levels": {}, "parallel": {},
+    data = {"machine": machine_description(), "args": vars(args), "levels": {}, "parallel": {}, "limits": {},
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     bench = Bench(args)
     data["foreign_qemu_at_start"] = foreign_guests()
@@ -291,8 +302,10 @@ def run(args) -> dict:
                 data["parallel"] = _parallel_sweep(bench, sweep_p, args.sweep_rounds)
             if n == args.guests or n in sweep_n:
                 rounds = args.rounds if n == args.guests else args.sweep_rounds
-                data["levels"][n] = _compare(bench, contenders, rounds)
-                _print_level(n, data["levels"][n], args, main=(n == args.guests))
+                limits: list[disklimit.DiskLimit] = []
+                data["levels"][n] = _compare(bench, contenders, rounds, limits)
+                data["limits"][n] = [x.to_dict() for x in limits]
+                _print_level(n, data["levels"][n], args, main=(n == args.guests), limits=limits)
     except BaseException:
         note(f"commands' output kept in {bench.work}")
         raise
@@ -306,7 +319,9 @@ def run(args) -> dict:
     return data
 
 
-def _compare(bench: Bench, contenders: list[str], rounds: int) -> dict:
+def _compare(bench: Bench, contenders: list[str], rounds: int, limits: list) -> dict:
+    """The contenders' rounds; after each round the disk's limit for the bytes its images took
+    (appended to ``limits``)."""
     results = {c: [] for c in contenders}
     for r in range(rounds):
         for c in _rotation(contenders, r):
@@ -314,6 +329,8 @@ def _compare(bench: Bench, contenders: list[str], rounds: int) -> dict:
             results[c].append(bench.round_trip(c))
             last = results[c][-1]
             note(f"  save {last['save']:.2f} s, resume {last['resume']:.2f} s, {last['bytes'] / 1e6:.0f} MB")
+        limits.append(bench.disk_limit(int(median([results[c][-1]["bytes"] for c in contenders]))))
+        note(f"  disk: write {limits[-1].write_bps / 1e6:.0f} MB/s, cold read {limits[-1].read_bps / 1e6:.0f} MB/s")
     return results
 
 
@@ -350,7 +367,7 @@ def _values(results: list[dict], key: str) -> list[float]:
     return [r[key] for r in results if key in r]
 
 
-def _print_level(n: int, results: dict, args, main: bool) -> None:
+def _print_level(n: int, results: dict, args, main: bool, limits: list) -> None:
     rounds = len(next(iter(results.values())))
     title = "Save-all and resume-all" if main else "Guest count"
     cache = "images in the page cache" if args.warm else "images read from disk (dropped from the page cache)"
@@ -364,6 +381,8 @@ def _print_level(n: int, results: dict, args, main: bool) -> None:
                      f"{size / median(saves) / 1e6:.0f} MB/s"])
     say(table(["contender", "save-all median (min-max)", "resume-all median (min-max)", "images",
                "save throughput"], rows))
+    say(f"\n{disklimit.describe(limits)}:\n")
+    say(disklimit.shares(results, limits))
     ratios = _ratios(results)
     if ratios:
         say("")
@@ -429,6 +448,10 @@ def _print_summary(data: dict, args) -> None:
         for name, r in _ratios(main).items():
             for k, target in TARGETS.get(name, {}).items():
                 rows.append([f"{k}-all {name}", f"{r[k]:.2f}", f"<= {target}", "met" if r[k] <= target else "MISSED"])
+        limits = [disklimit.DiskLimit(x["bytes"], x["write_seconds"], x["read_seconds"], x["fs_type"])
+                  for x in data["limits"].get(args.guests, [])]
+        if limits:
+            rows += disklimit.share_targets(main, limits, big=args.big)
         say(table(["ratio", "measured", "target", ""], rows))
     say(f"\nmachine: {json.dumps(data['machine'])}")
     say(f"other QEMU processes at start: {data['foreign_qemu_at_start']}")
@@ -443,6 +466,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guests", type=int, default=4, help="guests in the main comparison (default 4)")
     p.add_argument("--memory", type=int, default=512, help="MiB of RAM per guest (default 512)")
     p.add_argument("--fill", type=int, default=300, help="MiB of random data each guest holds (default 300)")
+    p.add_argument("--big", action="store_true",
+                   help="one guest as large as the machine allows with room to spare (from the free "
+                        "memory and disk; replaces --guests, --memory, --fill and the sweeps)")
+    p.add_argument("--big-cap", type=int, metavar="MIB",
+                   help="with --big, no more than this many MiB (a machine others share)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per contender in the main comparison (default 3)")
     p.add_argument("--contenders", default="mgsave,libvirt-guests,floor",
                    help="comma-separated, from: " + ", ".join(CONTENDERS))
