@@ -12,6 +12,9 @@
     policy     mgsave check on policy files of 250 to 4,000 rules with mistakes: linear in the size
     evacuate   4 guests to a peer host: mgsave evacuate in parallel vs one at a time vs saving
                them (the two-host rig: root; tests/rig/peers.py)
+    power      a power cut replayed on a real UPS daemon (NUT's dummy-ups) with guests of
+               different priorities: mgsave power watch, the plan and the pass against the
+               battery (the rig and Debian's nut-server: root)
 
 Each prints its figures as Markdown tables on stdout (progress on stderr); --help for options.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import sys
 
-COMMANDS = ("compare", "hostcycle", "deadline", "scale", "startup", "policy", "evacuate")
+COMMANDS = ("compare", "hostcycle", "deadline", "scale", "startup", "policy", "evacuate", "power")
 
 
 def main(argv: list[str] | None = None) -> int:
