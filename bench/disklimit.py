@@ -118,23 +118,28 @@ def image_bytes(paths) -> int:  # noqa: ANN001
 
 def big_guest_mib(save_dir: Path | str, cap_mib: int | None = None) -> tuple[int, int]:
     """The memory and the fill (MiB) of one guest as big as this machine allows with room to
-    spare: while it is saved, its memory and the image's pages in the page cache are both in
-    RAM, so half of what is available beyond a reserve (a fifth of the memory, at least 4 GiB);
-    and no more than half the free space of the images' file system (the image, then the disk
-    probe of the same size, and room for others). In whole GiB; 80% of it filled with random
-    data; never more than ``cap_mib`` (a machine others share). Raises RuntimeError below 1 GiB."""
+    spare (``big_guest_size`` of its memory now and the free space of ``save_dir``)."""
     meminfo = Path("/proc/meminfo").read_text()
     total, available = (int(re.search(rf"{key}:\s+(\d+)", meminfo).group(1)) * 1024
                         for key in ("MemTotal", "MemAvailable"))
-    reserve = max(4 << 30, total // 5)
     free = os.statvfs(save_dir)
-    fits = min((available - reserve) // 2, free.f_bavail * free.f_frsize // 2)
+    return big_guest_size(total, available, free.f_bavail * free.f_frsize, cap_mib)
+
+
+def big_guest_size(total: int, available: int, disk_free: int, cap_mib: int | None = None) -> tuple[int, int]:
+    """Pure: while a guest is saved, its memory and the image's pages in the page cache are both
+    in RAM, so half of what is available beyond a reserve (a fifth of the memory, at least
+    4 GiB); and no more than half the free space of the images' file system (the image, then the
+    disk probe of the same size, and room for others). In whole GiB, never more than
+    ``cap_mib``; 80% of it filled with random data. Raises RuntimeError below 1 GiB."""
+    reserve = max(4 << 30, total // 5)
+    fits = min((available - reserve) // 2, disk_free // 2)
     if cap_mib:
         fits = min(fits, cap_mib << 20)
     gib = fits >> 30
     if gib < 1:
         raise RuntimeError(f"--big: no room for a guest of 1 GiB ({available / 2**30:.1f} GiB of memory "
-                           f"available, {free.f_bavail * free.f_frsize / 2**30:.1f} GiB free in {save_dir})")
+                           f"available, {disk_free / 2**30:.1f} GiB free for the images)")
     return gib * 1024, gib * 1024 * 4 // 5
 
 
