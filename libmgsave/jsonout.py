@@ -57,8 +57,13 @@ def dumps(value: object, *, default=str, _level: int = 0) -> str:  # noqa: ANN00
         return json.dumps(value, default=default)
     inner = "  " * (_level + 1)
     if isinstance(value, dict):
-        members = (f"{inner}{json.dumps(str(key))}: {dumps(item, default=default, _level=_level + 1)}"
+        members = (f"{inner}{_key(key)}: {dumps(item, default=default, _level=_level + 1)}"
                    for key, item in value.items())
         return "{\n" + ",\n".join(members) + "\n" + "  " * _level + "}"
     members = (f"{inner}{dumps(item, default=default, _level=_level + 1)}" for item in value)
     return "[\n" + ",\n".join(members) + "\n" + "  " * _level + "]"
+
+
+def _key(key: object) -> str:
+    """A member's name as json.dumps writes it (a number or a constant as a string)."""
+    return json.dumps(key if isinstance(key, str) else json.dumps(key))
