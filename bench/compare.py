@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 from bench import disklimit, platform
+from bench.compare_report import CONTENDERS, print_level, print_summary
 from bench.common import (URI, dump_json, foreign_guests, load_average, machine_description,
                           median, mgsave_command, note, run_parallel, run_timed, say, spread,
                           table, tempdir, write_policy)
@@ -43,7 +44,6 @@ from bench.common import (URI, dump_json, foreign_guests, load_average, machine_
 LIBVIRT_GUESTS_SH = "/usr/lib/libvirt/libvirt-guests.sh"
 LIBVIRT_GUESTS_CONF = "/etc/default/libvirt-guests"
 PREFIX = "bench"
-CONTENDERS = ("mgsave", "mgsave-channels", "libvirt-guests", "floor")
 
 
 def _ints(text: str) -> list[int]:
@@ -305,7 +305,7 @@ def run(args) -> dict:
                 limits: list[disklimit.DiskLimit] = []
                 data["levels"][n] = _compare(bench, contenders, rounds, limits)
                 data["limits"][n] = [x.to_dict() for x in limits]
-                _print_level(n, data["levels"][n], args, main=(n == args.guests), limits=limits)
+                print_level(n, data["levels"][n], args, main=(n == args.guests), limits=limits)
     except BaseException:
         note(f"commands' output kept in {bench.work}")
         raise
@@ -314,7 +314,7 @@ def run(args) -> dict:
         bench.stop()
     shutil.rmtree(bench.work, ignore_errors=True)
     data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    _print_summary(data, args)
+    print_summary(data, args)
     dump_json(args.json, data)
     return data
 
@@ -361,105 +361,6 @@ def _parallel_sweep(bench: Bench, values: list[int], rounds: int) -> dict:
             say(f"{key}-all: best at {best} ({medians[best]:.2f} s); the default {auto} takes "
                 f"{medians[auto]:.2f} s ({medians[auto] / medians[best] - 1:+.0%})")
     return results
-
-
-def _values(results: list[dict], key: str) -> list[float]:
-    return [r[key] for r in results if key in r]
-
-
-def _print_level(n: int, results: dict, args, main: bool, limits: list) -> None:
-    rounds = len(next(iter(results.values())))
-    title = "Save-all and resume-all" if main else "Guest count"
-    cache = "images in the page cache" if args.warm else "images read from disk (dropped from the page cache)"
-    say(f"\n## {title}: {n} guests x {args.memory} MiB ({args.fill} MiB filled), {rounds} rounds; "
-        f"resume with {cache}\n")
-    rows = []
-    for c, rs in results.items():
-        saves, resumes = _values(rs, "save"), _values(rs, "resume")
-        size = median(_values(rs, "bytes"))
-        rows.append([c, spread(saves), spread(resumes), f"{size / 1e6:.0f} MB",
-                     f"{size / median(saves) / 1e6:.0f} MB/s"])
-    say(table(["contender", "save-all median (min-max)", "resume-all median (min-max)", "images",
-               "save throughput"], rows))
-    say(f"\n{disklimit.describe(limits)}:\n")
-    say(disklimit.shares(results, limits))
-    ratios = _ratios(results)
-    if ratios:
-        say("")
-        say(table(["ratio (medians)", "save-all", "resume-all"],
-                  [[k, f"{v['save']:.2f}", f"{v['resume']:.2f}"] for k, v in ratios.items()]))
-    if "mgsave" in results:
-        keys = ["shutdown_startup", "shutdown_prepare", "shutdown_work", "shutdown_finish",
-                "boot_startup", "boot_prepare", "boot_work", "boot_finish"]
-        cells = [[k.replace("_", ": "), spread(_values(results["mgsave"], k), digits=3)]
-                 for k in keys if _values(results["mgsave"], k)]
-        if cells:
-            say("\nwhere mgsave's time went (start-up = interpreter, imports, policy; prepare = lock, "
-                "connect, inventory, plan, record):\n")
-            say(table(["mgsave phase", "median (min-max)"], cells))
-
-
-def _ratios(results: dict) -> dict:
-    out = {}
-    for ours in ("mgsave", "mgsave-channels"):
-        if ours not in results:
-            continue
-        m = results[ours]
-        for other in ("libvirt-guests", "floor"):
-            if other in results:
-                o = results[other]
-                out[f"{ours} / {other}"] = {
-                    k: median(_values(m, k)) / median(_values(o, k)) for k in ("save", "resume")
-                }
-    return out
-
-
-# docs/PERFORMANCE.md: on both platforms, save-all within 5 % of the raw parallel floor and at
-# most 0.40 of libvirt-guests; resume-all within 5 % of the floor (and, as before, at most 0.35
-# of libvirt-guests, which starts guests one at a time). With parallel channels, a big guest's
-# save faster than the floor's single stream.
-TARGETS = {"mgsave / libvirt-guests": {"save": 0.40, "resume": 0.35},
-           "mgsave / floor": {"save": 1.05, "resume": 1.05},
-           "mgsave-channels / floor": {"save": 1.0}}
-
-
-def _print_summary(data: dict, args) -> None:
-    levels = data["levels"]
-    if len(levels) > 1:
-        say("\n## How the medians change with the number of guests\n")
-        rows = []
-        for n in sorted(levels):
-            row = [n]
-            for c in CONTENDERS:
-                if c in levels[n]:
-                    row.append(f"{median(_values(levels[n][c], 'save')):.2f} / "
-                               f"{median(_values(levels[n][c], 'resume')):.2f}")
-                else:
-                    row.append("-")
-            r = _ratios(levels[n])
-            row.append(" / ".join(f"{v['save']:.2f}, {v['resume']:.2f}" for v in r.values()) or "-")
-            rows.append(row)
-        say(table(["guests", *(f"{c} save / resume (s)" for c in CONTENDERS),
-                   "mgsave/lg, mgsave/floor (save, resume)"], rows))
-    main = levels.get(args.guests)
-    if main:
-        say("\n## Targets (medians)\n")
-        rows = []
-        for name, r in _ratios(main).items():
-            for k, target in TARGETS.get(name, {}).items():
-                rows.append([f"{k}-all {name}", f"{r[k]:.2f}", f"<= {target}", "met" if r[k] <= target else "MISSED"])
-        limits = [disklimit.DiskLimit(x["bytes"], x["write_seconds"], x["read_seconds"], x["fs_type"])
-                  for x in data["limits"].get(args.guests, [])]
-        if limits:
-            rows += disklimit.share_targets(main, limits, big=args.big)
-        say(table(["ratio", "measured", "target", ""], rows))
-    say(f"\nmachine: {json.dumps(data['machine'])}")
-    say(f"other QEMU processes at start: {data['foreign_qemu_at_start']}")
-    if data["busy"]:
-        say("the machine was busy during: " + "; ".join(data["busy"][:10])
-            + (f" (and {len(data['busy']) - 10} more)" if len(data["busy"]) > 10 else ""))
-    else:
-        say("no other QEMU process ran during any measurement")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -181,7 +181,10 @@ def shares(results: dict[str, list[dict]], limits: list[DiskLimit]) -> str:
         rows.append([contender, f"{save / 1e6:.0f} MB/s", f"{save / write:.0%}",
                      f"{resume / 1e6:.0f} MB/s", f"{resume / read:.0%}"])
     return table(["contender", "save throughput", "share of the disk's write", "resume throughput",
-                  "share of the disk's cold read"], rows)
+                  "share of the disk's cold read"], rows) + (
+        "\n\nA save-all ends when the command returns (compare) or the last QEMU has exited (hostcycle);"
+        "\nmgsave's includes its flush of each image, the others' do not: above 100%, pages of the images"
+        "\nwere still in the page cache when it ended.")
 
 
 def share_targets(results: dict[str, list[dict]], limits: list[DiskLimit], big: bool) -> list[list[str]]:

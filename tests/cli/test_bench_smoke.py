@@ -63,7 +63,7 @@ def test_every_benchmark_is_listed():
     from bench.__main__ import COMMANDS
 
     listed = {path.stem for path in (REPO / "bench").glob("*.py")} - {"__init__", "__main__", "common", "platform",
-                                                                       "disklimit"}
+                                                                       "disklimit", "compare_report"}
     assert listed == set(COMMANDS)
 
 
@@ -83,7 +83,7 @@ def test_the_figures_are_given_as_shares_of_the_limit():
     results = {"mgsave": [{"bytes": 100_000_000, "save": 1.0, "resume": 0.5}],
                "floor": [{"bytes": 100_000_000, "save": 0.5, "resume": 0.25}]}
     rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
-            for line in shares(results, limits).splitlines()[2:]}
+            for line in shares(results, limits).splitlines()[2:] if line.startswith("|")}
     assert rows == {"mgsave": ["100 MB/s", "50%", "200 MB/s", "50%"], "floor": ["200 MB/s", "100%", "400 MB/s", "100%"]}
     rows = share_targets(results, limits, big=False)
     assert rows == [["save-all mgsave / the disk's limit", "50%", ">= 70%", "MISSED"],
@@ -120,3 +120,22 @@ def test_a_discharge_counts_the_promised_guests_safe_before_the_cut():
     d = Discharge(False, needed=10.0, took=11.0, lead=30.0, promised=("a",), safe=("a",), flushes=(),
                   deadline=40.0, outcomes=("a saved",))
     assert round(d.error, 3) == 0.1 and d.promised_safe == 1.0
+
+
+def test_compare_prints_its_tables_from_its_measurements(capsys):
+    import argparse
+
+    from bench.compare_report import print_level, print_summary
+    from bench.disklimit import DiskLimit
+
+    rounds = {"mgsave": [{"save": 2.0, "resume": 1.0, "bytes": 400_000_000, "shutdown_startup": 0.3}],
+              "floor": [{"save": 1.8, "resume": 0.9, "bytes": 400_000_000}]}
+    limit = DiskLimit(400_000_000, 1.0, 0.5, "ext4")
+    args = argparse.Namespace(memory=512, fill=300, warm=False, guests=4, big=False)
+    print_level(4, rounds, args, main=True, limits=[limit])
+    print_summary({"levels": {4: rounds}, "limits": {4: [limit.to_dict()]}, "machine": {}, "foreign_qemu_at_start": 0,
+                   "busy": []}, args)
+    out = capsys.readouterr().out
+    assert "| mgsave    | 200 MB/s        | 50%  " in out  # 400 MB in 2 s, of a 400 MB/s write
+    assert "| save-all mgsave / the disk's limit   | 50%      | >= 70%  | MISSED |" in out
+    assert "| resume-all mgsave / floor            | 1.11     | <= 1.05 | MISSED |" in out
