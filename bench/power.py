@@ -165,7 +165,8 @@ class Replay:
             t0 = time.monotonic()
             self.nut.set(UPS, {"ups.status": "OB DISCHRG", "battery.runtime": str(int(self.args.runtime))})
             while not mark.exists():
-                self._tick(t0, "the watch never started the shutdown")
+                if not self._tick(t0):
+                    raise RuntimeError("the battery ran out: the watch never started the host's shutdown")
             fired = time.monotonic()
         finally:
             watch.terminate()
@@ -190,8 +191,8 @@ class Replay:
         out, err = self.work / "pass.json", self.work / "pass.log"
         with open(out, "w") as stdout, open(err, "w") as stderr:
             running = subprocess.Popen(self.command(policy, "--json", "shutdown"), stdout=stdout, stderr=stderr)
-        while running.poll() is None and self.runtime_at(t0) > 0:
-            self._tick(t0, "the pass took more than the battery")
+        while running.poll() is None and self._tick(t0):
+            pass
         while self.runtime_at(t0) > 0:  # the host is off; the battery runs down all the same
             time.sleep(min(1.0, self.runtime_at(t0) / self.args.rate))
         cut = time.time()
@@ -201,13 +202,14 @@ class Replay:
         running.wait(timeout=600)
         return json.loads(out.read_text()), err.read_text(), cut
 
-    def _tick(self, t0: float, failing: str) -> None:
-        """One second of the discharge: the UPS's runtime follows the clock."""
+    def _tick(self, t0: float) -> bool:
+        """A moment of the discharge: the UPS's runtime follows the clock. False once it is out."""
         left = self.runtime_at(t0)
         if left <= 0:
-            raise RuntimeError(f"the battery ran out: {failing}")
+            return False
         self.nut.set(UPS, {"battery.runtime": str(int(left))})
         time.sleep(0.2)
+        return True
 
     def _run(self, argv: list[str]) -> str:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
