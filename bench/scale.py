@@ -8,6 +8,7 @@ times, as separate processes, each run --repeat times:
     mgsave status
     mgsave status --json
     mgsave shutdown --dry-run
+    mgsave status --json        (with the record of a shutdown pass that handled every guest)
 
 and reports the median wall time and the peak resident memory of the process (getrusage of the
 child). libvirt's test driver parses the node file inside the mgsave process when it connects;
@@ -64,6 +65,21 @@ def node_xml(n: int) -> str:
     return "".join(parts)
 
 
+def _commands(mgsave: list[str], uri: str, state: Path, work: Path) -> dict[str, list[str]]:
+    """What is timed: libvirt's connect alone, and each mgsave command; ``status --json`` also
+    with the record of a shutdown pass that handled every guest (made here, untimed), which it
+    reads and validates."""
+    commands = {"libvirt connect only":
+                [sys.executable, "-c", f"import libvirt; c = libvirt.open({uri!r}); c.listAllDomains(0)"]}
+    for label, argv in COMMANDS.items():
+        commands[f"mgsave {label}"] = mgsave + ["--state-dir", str(state), *argv]
+    recorded = state.with_name(state.name + "-recorded")
+    run_timed(mgsave + ["--state-dir", str(recorded), "shutdown"], log=work / "scale.log", check=False)
+    commands["mgsave status --json, after a shutdown pass"] = mgsave + ["--state-dir", str(recorded), "--json",
+                                                                        "status"]
+    return commands
+
+
 def run(args) -> dict:
     sizes = [int(x) for x in args.guests.split(",") if x]
     work = tempdir("scale")
@@ -77,17 +93,14 @@ def run(args) -> dict:
             path.write_text(node_xml(n))
             uri = f"test://{path}"
             state = work / f"state-{n}"
-            commands = {"libvirt connect only":
-                        [sys.executable, "-c", f"import libvirt; c = libvirt.open({uri!r}); c.listAllDomains(0)"]}
-            for label, argv in COMMANDS.items():
-                commands[f"mgsave {label}"] = mgsave + ["--policy", str(policy), "--connect", uri,
-                                                        "--state-dir", str(state), *argv]
+            commands = _commands(mgsave + ["--policy", str(policy), "--connect", uri], uri, state, work)
             # Round-robin, so that a busy moment of the machine hits every command alike.
             runs: dict[str, list] = {label: [] for label in commands}
             for _ in range(args.repeat):
                 for label, cmd in commands.items():
                     runs[label].append(run_timed(cmd, log=work / "scale.log", stdout_file=Path(os.devnull)))
             shutil.rmtree(state, ignore_errors=True)
+            shutil.rmtree(state.with_name(state.name + "-recorded"), ignore_errors=True)
             row = {label: {"seconds": median([t for t, _ in r]), "min": min(t for t, _ in r),
                            "max": max(t for t, _ in r), "maxrss_kib": max(k for _, k in r)}
                    for label, r in runs.items()}

@@ -22,7 +22,7 @@ def bench(*args: str, timeout: float = 120) -> str:
 def test_scale_runs_with_50_guests():
     out = bench("scale", "--guests", "20,50", "--repeat", "1", "--profile", "3")
     assert "| mgsave plan " in out and "| mgsave status --json " in out and "| mgsave shutdown --dry-run " in out
-    assert "| mgsave status " in out
+    assert "| mgsave status " in out and "| mgsave status --json, after a shutdown pass " in out
     assert "50 guests" in out and "MiB" in out
     assert "## Function calls (cProfile" in out and "most called by `mgsave status`" in out
 
