@@ -2,12 +2,14 @@
 
     compare    save-all / resume-all: mgsave vs libvirt-guests vs plain parallel virsh, on the
                real test rig (root; tests/rig), plus sweeps over the guest count and parallelism;
-               --on debian13 runs it inside the cached Debian 13 root (libvirt 11)
+               --on debian13 runs it inside the cached Debian 13 root (libvirt 11); every figure
+               also as a share of the disk's limit, measured in the same run; --big: one guest
+               as large as the machine allows
     hostcycle  a whole host's poweroff and boot (systemd as PID 1, the .deb installed): mgsave vs
                libvirt 11's own auto-shutdown vs libvirt-guests vs the floor
     deadline   a shutdown deadline that fits about half of 8 guests: which are saved, which shut down
     scale      mgsave plan / status / shutdown --dry-run with 1,000 and 10,000 guests (libvirt's
-               test driver): time and peak memory
+               test driver): time and peak memory; --profile: function calls per guest
     startup    the start-up cost of the mgsave command and what it imports
     policy     mgsave check on policy files of 250 to 4,000 rules with mistakes: linear in the size
     evacuate   4 guests to a peer host: mgsave evacuate in parallel vs one at a time vs saving
