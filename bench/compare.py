@@ -13,10 +13,15 @@ in the same run, contenders alternate round by round:
                   bench/formats.py): time to save, time to resume and bytes on disk of each format
   floor           ``virsh managedsave`` / ``virsh start`` of every guest, all at once
 
---fill-kind text fills the guests' memory with compressible text instead of random bytes.
-
 After every resume each guest must be running, restored (not booted afresh), and its serial
 heartbeat must go on from where it was: no contender can win by skipping work.
+
+--fill-kind text fills the guests' memory with compressible text instead of random bytes.
+
+After every round, the physical limit (bench/disklimit.py): the write bandwidth of the file
+system holding the images, until flushed, and its read bandwidth from a cold cache, for as many
+bytes as the images took; every save and resume is also given as a share of it. --big: one guest
+as large as the machine allows with room to spare.
 
 Also: how the figures change with the number of guests (--sweep-n) and with mgsave's
 parallelism limit (--sweep-parallel, at --parallel-guests guests).
@@ -34,7 +39,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench import formats, platform
+from bench import disklimit, formats, platform
+from bench.compare_report import CONTENDERS, print_level, print_summary
 from bench.common import (URI, dump_json, foreign_guests, load_average, machine_description,
                           median, mgsave_command, note, run_parallel, run_timed, say, spread,
                           table, tempdir, write_policy)
@@ -42,7 +48,6 @@ from bench.common import (URI, dump_json, foreign_guests, load_average, machine_
 LIBVIRT_GUESTS_SH = "/usr/lib/libvirt/libvirt-guests.sh"
 LIBVIRT_GUESTS_CONF = "/etc/default/libvirt-guests"
 PREFIX = "bench"
-CONTENDERS = ("mgsave", "mgsave-channels", "libvirt-guests", "floor")
 
 
 def _ints(text: str) -> list[int]:
@@ -81,11 +86,14 @@ class Bench:
         self._configure_libvirt_guests()
         self.state_dir = Path("/var/lib/mgsave/bench")  # the rig's private state directory
         self.conn = self.rig.connect()
+        if self.args.big:
+            from tests.rig import SAVE_DIR
+            self.args.memory, self.args.fill = disklimit.big_guest_mib(SAVE_DIR, self.args.big_cap)
         note(f"booting {count} guests ({self.args.memory} MiB, {self.args.fill} MiB filled)")
         t0 = time.monotonic()
         self.names = define_guests(self.conn, count, memory_mib=self.args.memory,
                                    fill_mib=self.args.fill, prefix=PREFIX, fill_kind=self.args.fill_kind)
-        start_and_wait_ticking(self.conn, self.names, timeout=120 + 40 * count)
+        start_and_wait_ticking(self.conn, self.names, timeout=120 + 40 * count + self.args.fill / 20)
         note(f"{count} guests ticking after {time.monotonic() - t0:.0f} s")
         from tests.rig import boots
         self.boots = {n: boots(n) for n in self.names}
@@ -150,7 +158,6 @@ class Bench:
         """Every guest shut off with a managed-save image (in the format the contender asked
         for); returns the bytes the images take on disk."""
         from tests.rig import SAVE_DIR, state_reason
-        total = 0
         for name in self.names:
             sr = state_reason(self.conn, name)
             image = os.path.join(SAVE_DIR, f"{name}.save")
@@ -160,8 +167,18 @@ class Bench:
             if sr != ("shutoff", "saved") or not marked:
                 raise RuntimeError(f"{name}: not saved after the save phase: {sr}")
             formats.check_format(contender, image)
-            total += formats.bytes_on_disk(image)
-        return total
+        return disklimit.image_bytes(self.images())
+
+    def images(self) -> list[str]:
+        from tests.rig import SAVE_DIR
+        return [os.path.join(SAVE_DIR, f"{name}.save") for name in self.names]
+
+    def disk_limit(self, nbytes: int) -> disklimit.DiskLimit:
+        """The images' file system's limit for ``nbytes`` (between rounds: no image is on it)."""
+        from tests.rig import SAVE_DIR
+        self._settle()
+        self.check_busy(f"disk limit n={len(self.names)}")
+        return disklimit.measure(SAVE_DIR, nbytes)
 
     def check_resumed(self, before: dict[str, int]) -> None:
         """Every guest running, restored from its image, not booted afresh, heartbeat going on."""
@@ -205,16 +222,9 @@ class Bench:
         return out
 
     def _evict(self) -> None:
-        """Drop the save images from the page cache (they are clean after the sync), as a host
-        that rebooted has them only on disk. Only these files: the rest of the cache stays."""
-        from tests.rig import SAVE_DIR
-        for name in self.names:
-            fd = os.open(os.path.join(SAVE_DIR, f"{name}.save"), os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+        """Drop the save images from the page cache, as a host that rebooted has them only on disk."""
+        for image in self.images():
+            disklimit.drop_from_cache(image)
 
     def _mgsave(self, which: str, parallel, channels: int | None = None, contender: str = "mgsave") -> tuple[float, dict]:
         extra = (f"  save_channels: {channels}\n" if channels else "") + formats.policy_lines(contender)
@@ -284,11 +294,13 @@ def run(args) -> dict:
     for c in contenders:
         if c not in CONTENDERS and not formats.format_of(c):
             raise SystemExit(f"unknown contender {c!r} (choose from {', '.join(CONTENDERS)})")
+    if args.big:  # one guest, as large as the machine allows: sized once the rig runs
+        args.guests, args.sweep_n, args.sweep_parallel = 1, "", ""
     sweep_n = sorted(set(_ints(args.sweep_n)) - {args.guests}, reverse=True)
     sweep_p = _ints(args.sweep_parallel)
     levels = sorted(set(sweep_n) | {args.guests} | ({args.parallel_guests} if sweep_p else set()),
                     reverse=True)
-    data = {"machine": machine_description(), "args": vars(args), "levels": {}, "parallel": {},
+    data = {"machine": machine_description(), "args": vars(args), "levels": {}, "parallel": {}, "limits": {},
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     bench = Bench(args)
     data["foreign_qemu_at_start"] = foreign_guests()
@@ -300,8 +312,10 @@ def run(args) -> dict:
                 data["parallel"] = _parallel_sweep(bench, sweep_p, args.sweep_rounds)
             if n == args.guests or n in sweep_n:
                 rounds = args.rounds if n == args.guests else args.sweep_rounds
-                data["levels"][n] = _compare(bench, contenders, rounds)
-                _print_level(n, data["levels"][n], args, main=(n == args.guests))
+                limits: list[disklimit.DiskLimit] = []
+                data["levels"][n] = _compare(bench, contenders, rounds, limits)
+                data["limits"][n] = [x.to_dict() for x in limits]
+                print_level(n, data["levels"][n], args, main=(n == args.guests), limits=limits)
     except BaseException:
         note(f"commands' output kept in {bench.work}")
         raise
@@ -310,12 +324,14 @@ def run(args) -> dict:
         bench.stop()
     shutil.rmtree(bench.work, ignore_errors=True)
     data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    _print_summary(data, args)
+    print_summary(data, args)
     dump_json(args.json, data)
     return data
 
 
-def _compare(bench: Bench, contenders: list[str], rounds: int) -> dict:
+def _compare(bench: Bench, contenders: list[str], rounds: int, limits: list) -> dict:
+    """The contenders' rounds; after each round the disk's limit for the bytes its images took
+    (appended to ``limits``)."""
     results = {c: [] for c in contenders}
     for r in range(rounds):
         for c in _rotation(contenders, r):
@@ -323,6 +339,8 @@ def _compare(bench: Bench, contenders: list[str], rounds: int) -> dict:
             results[c].append(bench.round_trip(c))
             last = results[c][-1]
             note(f"  save {last['save']:.2f} s, resume {last['resume']:.2f} s, {last['bytes'] / 1e6:.0f} MB")
+        limits.append(bench.disk_limit(int(median([results[c][-1]["bytes"] for c in contenders]))))
+        note(f"  disk: write {limits[-1].write_bps / 1e6:.0f} MB/s, cold read {limits[-1].read_bps / 1e6:.0f} MB/s")
     return results
 
 
@@ -355,103 +373,15 @@ def _parallel_sweep(bench: Bench, values: list[int], rounds: int) -> dict:
     return results
 
 
-def _values(results: list[dict], key: str) -> list[float]:
-    return [r[key] for r in results if key in r]
-
-
-def _print_level(n: int, results: dict, args, main: bool) -> None:
-    rounds = len(next(iter(results.values())))
-    title = "Save-all and resume-all" if main else "Guest count"
-    cache = "images in the page cache" if args.warm else "images read from disk (dropped from the page cache)"
-    say(f"\n## {title}: {n} guests x {args.memory} MiB ({args.fill} MiB filled with {args.fill_kind} data), "
-        f"{rounds} rounds; resume with {cache}\n")
-    rows = []
-    for c, rs in results.items():
-        saves, resumes = _values(rs, "save"), _values(rs, "resume")
-        size = median(_values(rs, "bytes"))
-        rows.append([c, spread(saves), spread(resumes), f"{size / 1e6:.0f} MB",
-                     f"{size / median(saves) / 1e6:.0f} MB/s"])
-    say(table(["contender", "save-all median (min-max)", "resume-all median (min-max)", "images on disk",
-               "save throughput"], rows))
-    ratios = _ratios(results)
-    if ratios:
-        say("")
-        say(table(["ratio (medians)", "save-all", "resume-all"],
-                  [[k, f"{v['save']:.2f}", f"{v['resume']:.2f}"] for k, v in ratios.items()]))
-    if "mgsave" in results:
-        keys = ["shutdown_startup", "shutdown_prepare", "shutdown_work", "shutdown_finish",
-                "boot_startup", "boot_prepare", "boot_work", "boot_finish"]
-        cells = [[k.replace("_", ": "), spread(_values(results["mgsave"], k), digits=3)]
-                 for k in keys if _values(results["mgsave"], k)]
-        if cells:
-            say("\nwhere mgsave's time went (start-up = interpreter, imports, policy; prepare = lock, "
-                "connect, inventory, plan, record):\n")
-            say(table(["mgsave phase", "median (min-max)"], cells))
-
-
-def _ratios(results: dict) -> dict:
-    out = {}
-    for ours in ["mgsave", "mgsave-channels", *(c for c in results if formats.format_of(c))]:
-        if ours not in results:
-            continue
-        m = results[ours]
-        for other in ("libvirt-guests", "floor"):
-            if other in results:
-                o = results[other]
-                out[f"{ours} / {other}"] = {
-                    k: median(_values(m, k)) / median(_values(o, k)) for k in ("save", "resume")
-                }
-    return out
-
-
-# docs/PERFORMANCE.md: on both platforms, save-all within 5 % of the raw parallel floor and at
-# most 0.40 of libvirt-guests; resume-all within 5 % of the floor (and, as before, at most 0.35
-# of libvirt-guests, which starts guests one at a time). With parallel channels, a big guest's
-# save faster than the floor's single stream.
-TARGETS = {"mgsave / libvirt-guests": {"save": 0.40, "resume": 0.35},
-           "mgsave / floor": {"save": 1.05, "resume": 1.05},
-           "mgsave-channels / floor": {"save": 1.0}}
-
-
-def _print_summary(data: dict, args) -> None:
-    levels = data["levels"]
-    if len(levels) > 1:
-        say("\n## How the medians change with the number of guests\n")
-        rows = []
-        for n in sorted(levels):
-            row = [n]
-            for c in CONTENDERS:
-                if c in levels[n]:
-                    row.append(f"{median(_values(levels[n][c], 'save')):.2f} / "
-                               f"{median(_values(levels[n][c], 'resume')):.2f}")
-                else:
-                    row.append("-")
-            r = _ratios(levels[n])
-            row.append(" / ".join(f"{v['save']:.2f}, {v['resume']:.2f}" for v in r.values()) or "-")
-            rows.append(row)
-        say(table(["guests", *(f"{c} save / resume (s)" for c in CONTENDERS),
-                   "mgsave/lg, mgsave/floor (save, resume)"], rows))
-    main = levels.get(args.guests)
-    if main:
-        say("\n## Targets (medians)\n")
-        rows = []
-        for name, r in _ratios(main).items():
-            for k, target in TARGETS.get(name, {}).items():
-                rows.append([f"{k}-all {name}", f"{r[k]:.2f}", f"<= {target}", "met" if r[k] <= target else "MISSED"])
-        say(table(["ratio", "measured", "target", ""], rows))
-    say(f"\nmachine: {json.dumps(data['machine'])}")
-    say(f"other QEMU processes at start: {data['foreign_qemu_at_start']}")
-    if data["busy"]:
-        say("the machine was busy during: " + "; ".join(data["busy"][:10])
-            + (f" (and {len(data['busy']) - 10} more)" if len(data["busy"]) > 10 else ""))
-    else:
-        say("no other QEMU process ran during any measurement")
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guests", type=int, default=4, help="guests in the main comparison (default 4)")
     p.add_argument("--memory", type=int, default=512, help="MiB of RAM per guest (default 512)")
     p.add_argument("--fill", type=int, default=300, help="MiB of random data each guest holds (default 300)")
+    p.add_argument("--big", action="store_true",
+                   help="one guest as large as the machine allows with room to spare (from the free "
+                        "memory and disk; replaces --guests, --memory, --fill and the sweeps)")
+    p.add_argument("--big-cap", type=int, metavar="MIB",
+                   help="with --big, no more than this many MiB (a machine others share)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per contender in the main comparison (default 3)")
     p.add_argument("--contenders", default="mgsave,libvirt-guests,floor",
                    help="comma-separated, from: " + ", ".join(CONTENDERS))

@@ -27,6 +27,11 @@ resume-all  from the start of the libvirt daemon's process at the boot until eve
 
 After each boot every guest must be restored (not booted afresh) with its heartbeat going on:
 a contender that lost a guest fails the run. Contenders alternate round by round.
+
+After every round, the physical limit (bench/disklimit.py): the write bandwidth, until flushed,
+of the file system holding the host's images and its cold-cache read bandwidth, for as many bytes
+as the images took; every save-all and resume-all is also given as a share of it. --big: one
+guest as large as the machine allows with room to spare.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import formats
+from bench import disklimit, formats
 from bench.common import dump_json, foreign_guests, median, note, say, spread, table
 
 CONTENDERS = ("mgsave", "mgsave-channels", "libvirt-auto", "libvirt-guests", "floor")
@@ -221,16 +226,15 @@ class Host:
         if fresh:
             raise RuntimeError(f"booted afresh instead of resumed: {fresh}")
 
+    @property
+    def save_dir(self) -> Path:
+        """The host's libvirt save directory, seen from outside (the same file system)."""
+        return self.c.dir("lib") / "qemu" / "save"
+
     def evict(self) -> None:
         """Drop the save images from the page cache, as after a real reboot."""
-        save_dir = self.c.dir("lib") / "qemu" / "save"
-        for path in save_dir.glob("*.save"):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+        for path in self.save_dir.glob("*.save"):
+            disklimit.drop_from_cache(path)
 
     def parallel(self, commands: list[list[str]]) -> None:
         from tests.rig.container import CONTAINER_ENV
@@ -245,6 +249,7 @@ class Host:
         if foreign_guests() > len(self.names):
             note("warning: other QEMU processes run on this machine")
         out = self.save_all(contender)
+        out.setdefault("bytes", disklimit.image_bytes(self.save_dir.glob("*.save")))  # the floor's
         before = {n: (self.c.ticks(n) or [0])[-1] for n in self.names}
         out.update(self.resume_all(contender))
         self.check_resumed(before)
@@ -287,24 +292,38 @@ def run(args) -> dict:
             host = Host(container, args)
             note(f"boot 1 of the {args.on} host: {container.boot():.1f} s")
             host.install(deb)
+            if args.big:
+                args.memory, args.fill = disklimit.big_guest_mib(host.save_dir, args.big_cap)
             host.start_guests()
-            results = {c: [] for c in contenders}
-            for r in range(args.rounds):
-                for contender in _rotation(contenders, r):
-                    note(f"round {r + 1}/{args.rounds}: {contender}")
-                    results[contender].append(host.round_trip(contender))
-                    last = results[contender][-1]
-                    note(f"  save-all {last['save']:.2f} s (poweroff {last['poweroff']:.1f} s), "
-                         f"resume-all {last['resume']:.2f} s")
+            results, limits = _rounds(host, contenders, args)
             container.poweroff()
     data = {"platform": args.on, "versions": versions, "args": {k: str(v) for k, v in vars(args).items()},
-            "results": results}
-    _print(data, args)
+            "results": results, "limits": [x.to_dict() for x in limits]}
+    _print(data, args, limits)
     dump_json(args.json, data)
     return data
 
 
-def _print(data: dict, args) -> None:
+def _rounds(host: Host, contenders: list[str], args) -> tuple[dict, list]:
+    """The contenders' rounds; after each, with the guests running again and no image on the
+    disk, the disk's limit for the bytes that round's images took."""
+    results: dict = {c: [] for c in contenders}
+    limits = []
+    for r in range(args.rounds):
+        for contender in _rotation(contenders, r):
+            note(f"round {r + 1}/{args.rounds}: {contender}")
+            results[contender].append(host.round_trip(contender))
+            last = results[contender][-1]
+            note(f"  save-all {last['save']:.2f} s (poweroff {last['poweroff']:.1f} s), "
+                 f"resume-all {last['resume']:.2f} s, {last['bytes'] / 1e6:.0f} MB")
+        os.sync()
+        time.sleep(args.settle)
+        limits.append(disklimit.measure(host.save_dir, int(median([results[c][-1]["bytes"] for c in contenders]))))
+        note(f"  disk: write {limits[-1].write_bps / 1e6:.0f} MB/s, cold read {limits[-1].read_bps / 1e6:.0f} MB/s")
+    return results, limits
+
+
+def _print(data: dict, args, limits: list) -> None:
     results = data["results"]
     say(f"\n## A host's shutdown and boot on {args.on}: {args.guests} guests x {args.memory} MiB "
         f"({args.fill} MiB filled with {args.fill_kind} data), {args.rounds} rounds\n")
@@ -316,6 +335,12 @@ def _print(data: dict, args) -> None:
             for c, rs in results.items()]
     say(table(["contender", "save-all median (min-max)", "resume-all median (min-max)",
                "poweroff until the host is off", "images on disk"], rows))
+    say(f"\n{disklimit.describe(limits)}:\n")
+    say(disklimit.shares(results, limits))
+    targets = disklimit.share_targets(results, limits, big=args.big)
+    if targets:
+        say("")
+        say(table(["share of the limit (medians)", "measured", "target", ""], targets))
     rows = []
     for ours in (c for c in results if c.startswith("mgsave")):
         m = results[ours]
@@ -337,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guests", type=int, default=4, help="guests (default 4)")
     p.add_argument("--memory", type=int, default=512, help="MiB of RAM per guest (default 512)")
     p.add_argument("--fill", type=int, default=300, help="MiB of random data each guest holds (default 300)")
+    p.add_argument("--big", action="store_true",
+                   help="one guest as large as the machine allows with room to spare (from the free "
+                        "memory and disk; replaces --guests, --memory and --fill)")
+    p.add_argument("--big-cap", type=int, metavar="MIB",
+                   help="with --big, no more than this many MiB (a machine others share)")
     p.add_argument("--rounds", type=int, default=3, help="rounds per contender (default 3)")
     p.add_argument("--contenders", default="mgsave,libvirt-auto,libvirt-guests,floor", help="comma-separated, from: " + ", ".join(CONTENDERS))
     p.add_argument("--channels", type=int, default=4, help="save_channels of mgsave-channels (default 4)")
@@ -349,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=900, help="give up on a phase after this long (default 900 s)")
     p.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
     args = p.parse_args(argv)
+    if args.big:
+        args.guests = 1
     if os.geteuid() != 0:
         raise SystemExit("bench/run hostcycle: needs root (it boots a container)")
     with contextlib.suppress(KeyboardInterrupt):

@@ -8,12 +8,11 @@ module, which declares them; ``cli`` builds them and hands them to that action a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from libmgsave import console
+from libmgsave import console, jsonout
 from libmgsave.state import StateDir
 
 T = TypeVar("T")
@@ -37,7 +36,7 @@ class Context:
         if self.json:
             # One string, one write: json.dump would write every token on its own (560,000
             # writes for 10,000 guests' status).
-            console.out(json.dumps(data, indent=2, default=str))
+            console.out(jsonout.dumps(data))
         else:
             console.out(text)
 

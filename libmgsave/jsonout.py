@@ -9,6 +9,7 @@ meaning); fields may be added at any time, so readers must ignore those they do 
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Mapping
 
 FORMAT_VERSION = 1
@@ -40,3 +41,29 @@ def timestamp(epoch: float | None) -> str | None:
 def epoch(text: str) -> float:
     """The epoch time of a ``timestamp``."""
     return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.UTC).timestamp()
+
+
+# The outer levels (the document, its lists) are laid out one member a line; what lies deeper (a
+# guest, a step) is written on one line by the json module's C encoder. json.dumps with an
+# indent encodes token by token in Python instead: for 10,000 guests' status, 600,000 calls and
+# most of mgsave's own time.
+_INDENTED_LEVELS = 2
+
+
+def dumps(value: object, *, default=str, _level: int = 0) -> str:  # noqa: ANN001
+    """``value`` as JSON text: the first two levels indented by two spaces, deeper values on
+    one line each (the same data as ``json.dumps``; readers parse it, never its layout)."""
+    if _level >= _INDENTED_LEVELS or not isinstance(value, (dict, list)) or not value:
+        return json.dumps(value, default=default)
+    inner = "  " * (_level + 1)
+    if isinstance(value, dict):
+        members = (f"{inner}{_key(key)}: {dumps(item, default=default, _level=_level + 1)}"
+                   for key, item in value.items())
+        return "{\n" + ",\n".join(members) + "\n" + "  " * _level + "}"
+    members = (f"{inner}{dumps(item, default=default, _level=_level + 1)}" for item in value)
+    return "[\n" + ",\n".join(members) + "\n" + "  " * _level + "]"
+
+
+def _key(key: object) -> str:
+    """A member's name as json.dumps writes it (a number or a constant as a string)."""
+    return json.dumps(key if isinstance(key, str) else json.dumps(key))

@@ -100,10 +100,13 @@ def _on_peer_rows(policy, last_shutdown: dict, last_boot: dict, here: set[str]) 
     guest (it says whether the boot pass brings them home)."""
     rows = []
     for key, entry in sorted(last_shutdown.items(), key=lambda item: item[1].get("name", "")):
-        peer = recorded_peer(GuestEntry.from_dict(entry))
-        if key in here or peer is None:
+        if key in here:  # defined here: its own row says where it is (the record was validated)
             continue
-        guest = recorded_guest(GuestEntry.from_dict(entry), persistent=True)
+        recorded = GuestEntry.from_dict(entry)
+        peer = recorded_peer(recorded)
+        if peer is None:
+            continue
+        guest = recorded_guest(recorded, persistent=True)
         rows.append(GuestStatus(
             connection=guest.connection, name=guest.name, uuid=guest.uuid, state=ON_PEER,
             persistent=True, has_saved_image=False, saved_image_path=None, saved_image_bytes=None,

@@ -80,10 +80,13 @@ def _entry_problem(key: str, entry, state_dir: Path) -> str | None:
         typed = GuestEntry.from_dict(entry, key)
     except EntryError as problem:
         return str(problem)
-    image, expected = typed.image, transient_image_path(state_dir, typed.uuid)
+    image = typed.image
+    if image is None:  # most entries: no file of the state directory's to check
+        return None
+    expected = transient_image_path(state_dir, typed.uuid)
     # The same file under another spelling of the state directory's path (a symlink to it) is
     # still this guest's; ``canonical_images`` then names it as this mgsave would.
-    if image is not None and os.path.realpath(image) != os.path.realpath(expected):
+    if os.path.realpath(image) != os.path.realpath(expected):
         return f"'image' is {image!r}, not this guest's save file {expected} (a record never names a file elsewhere)"
     return None
 

@@ -20,9 +20,11 @@ def bench(*args: str, timeout: float = 120) -> str:
 
 
 def test_scale_runs_with_50_guests():
-    out = bench("scale", "--guests", "20,50", "--repeat", "1")
+    out = bench("scale", "--guests", "20,50", "--repeat", "1", "--profile", "3")
     assert "| mgsave plan " in out and "| mgsave status --json " in out and "| mgsave shutdown --dry-run " in out
+    assert "| mgsave status " in out and "| mgsave status --json, after a shutdown pass " in out
     assert "50 guests" in out and "MiB" in out
+    assert "## Function calls (cProfile" in out and "most called by `mgsave status`" in out
 
 
 def test_startup_runs():
@@ -33,7 +35,7 @@ def test_startup_runs():
     assert re.search(r"modules loaded by `mgsave shutdown, to its first save \(policy validated now\)`: \d+", out)
 
 
-@pytest.mark.parametrize("command", ["compare", "hostcycle", "deadline", "scale", "startup", "evacuate"])
+@pytest.mark.parametrize("command", ["compare", "hostcycle", "deadline", "scale", "startup", "evacuate", "power"])
 def test_every_benchmark_has_help(command):
     assert "usage:" in bench(command, "--help")
 
@@ -90,3 +92,85 @@ def test_a_format_contender_asks_for_its_format_and_fails_on_images_in_another(t
     with pytest.raises(RuntimeError, match="is in format zstd, not gzip"):
         formats.check_format("mgsave-gzip", image)
     assert formats.bytes_on_disk(image) < 64 * 2**20
+
+
+def test_every_benchmark_is_listed():
+    from bench.__main__ import COMMANDS
+
+    listed = {path.stem for path in (REPO / "bench").glob("*.py")} - {"__init__", "__main__", "common", "platform",
+                                                                       "disklimit", "compare_report", "formats"}
+    assert listed == set(COMMANDS)
+
+
+def test_the_disk_limit_is_measured_on_the_directory_given(tmp_path):
+    from bench import disklimit
+
+    limit = disklimit.measure(tmp_path, 5 << 20)
+    assert limit.nbytes == 8 << 20  # whole 4 MiB blocks
+    assert limit.write_s > 0 and limit.read_s > 0 and limit.fs_type
+    assert list(tmp_path.iterdir()) == []  # its file is gone
+
+
+def test_the_figures_are_given_as_shares_of_the_limit():
+    from bench.disklimit import DiskLimit, share_targets, shares
+
+    limits = [DiskLimit(400_000_000, 2.0, 1.0, "ext4")]  # 200 MB/s write, 400 MB/s read
+    results = {"mgsave": [{"bytes": 100_000_000, "save": 1.0, "resume": 0.5}],
+               "floor": [{"bytes": 100_000_000, "save": 0.5, "resume": 0.25}]}
+    rows = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+            for line in shares(results, limits).splitlines()[2:] if line.startswith("|")}
+    assert rows == {"mgsave": ["100 MB/s", "50%", "200 MB/s", "50%"], "floor": ["200 MB/s", "100%", "400 MB/s", "100%"]}
+    rows = share_targets(results, limits, big=False)
+    assert rows == [["save-all mgsave / the disk's limit", "50%", ">= 70%", "MISSED"],
+                    ["resume-all mgsave / the disk's limit", "50%", ">= 70%", "MISSED"]]
+
+
+def test_a_big_guest_is_sized_from_free_memory_and_disk_within_the_cap():
+    from bench.disklimit import big_guest_size
+
+    gib = 1 << 30
+    # 20 GiB available less a reserve of a fifth of 24 GiB (4.8 GiB), halved: 7 whole GiB
+    assert big_guest_size(24 * gib, 20 * gib, 100 * gib) == (7168, 5734)
+    assert big_guest_size(24 * gib, 20 * gib, 9 * gib) == (4096, 3276)  # half the free disk
+    assert big_guest_size(24 * gib, 20 * gib, 100 * gib, cap_mib=1024) == (1024, 819)
+    with pytest.raises(RuntimeError, match="no room for a guest of 1 GiB"):
+        big_guest_size(8 * gib, 5 * gib, 100 * gib)
+
+
+def test_a_discharge_counts_the_promised_guests_safe_before_the_cut():
+    from bench.power import Discharge, promised, safe_before
+
+    plan = {"plans": [{"pass": "shutdown", "guests": [
+        {"name": "a", "actions": ["save", "shutdown"], "save_dropped_because": None},
+        {"name": "b", "actions": ["save", "shutdown"], "save_dropped_because": "past the deadline"},
+        {"name": "c", "actions": ["shutdown", "poweroff"], "save_dropped_because": None}]}]}
+    assert promised(plan) == ("a",)
+    step = {"finished": "2026-12-06T22:00:10.000000Z"}
+    result = {"guests": [{"name": "a", "outcome": "saved", "steps": [step]},
+                         {"name": "c", "outcome": "shut-down", "steps": [{"finished": "2026-12-06T22:00:30.000000Z"}]}]}
+    from libmgsave.jsonout import epoch
+
+    cut = epoch("2026-12-06T22:00:20.000000Z")
+    assert safe_before(result, cut) == ("a",)
+    d = Discharge(False, needed=10.0, took=11.0, lead=30.0, promised=("a",), safe=("a",), flushes=(),
+                  deadline=40.0, outcomes=("a saved",))
+    assert round(d.error, 3) == 0.1 and d.promised_safe == 1.0
+
+
+def test_compare_prints_its_tables_from_its_measurements(capsys):
+    import argparse
+
+    from bench.compare_report import print_level, print_summary
+    from bench.disklimit import DiskLimit
+
+    rounds = {"mgsave": [{"save": 2.0, "resume": 1.0, "bytes": 400_000_000, "shutdown_startup": 0.3}],
+              "floor": [{"save": 1.8, "resume": 0.9, "bytes": 400_000_000}]}
+    limit = DiskLimit(400_000_000, 1.0, 0.5, "ext4")
+    args = argparse.Namespace(memory=512, fill=300, warm=False, guests=4, big=False, fill_kind="random")
+    print_level(4, rounds, args, main=True, limits=[limit])
+    print_summary({"levels": {4: rounds}, "limits": {4: [limit.to_dict()]}, "machine": {}, "foreign_qemu_at_start": 0,
+                   "busy": []}, args)
+    out = capsys.readouterr().out
+    assert "| mgsave    | 200 MB/s        | 50%  " in out  # 400 MB in 2 s, of a 400 MB/s write
+    assert "| save-all mgsave / the disk's limit   | 50%      | >= 70%  | MISSED |" in out
+    assert "| resume-all mgsave / floor            | 1.11     | <= 1.05 | MISSED |" in out
