@@ -52,17 +52,27 @@ def resume_verdicts(connections: Connections, guests: Iterable[GuestInfo],
     verdicts: dict[GuestKey, Restorability] = {}
     for guest in guests:
         if guest.has_managed_save and guest.connection in connections.uris():
-            xml = _read(lambda g=guest: connections.guest(g.connection, g.uuid).saved_state_definition(), guest.name)
+            offer = offers.of(guest.connection)
+            xml = _read(lambda g=guest: connections.guest(g.connection, g.uuid).saved_state_definition(),
+                        guest.name) if _knows_machines(offer) else None
             entry = recorded.get(guest_record_key(*guest.key))
-            verdicts[guest.key] = judge(entry.needs if entry else None, machine_type(xml) if xml else None,
-                                        offers.of(guest.connection))
+            verdicts[guest.key] = judge(entry.needs if entry else None, machine_type(xml) if xml else None, offer)
     for entry in files:
         key = (entry.connection, entry.uuid)
         if (entry.outcome is Outcome.SAVED_TO_FILE and entry.image and key not in verdicts
                 and entry.connection in connections.uris() and os.path.isfile(entry.image)):
-            xml = _read(lambda e=entry: connections.host(e.connection).saved_file_definition(e.image), entry.name)
-            verdicts[key] = judge(entry.needs, machine_type(xml) if xml else None, offers.of(entry.connection))
+            offer = offers.of(entry.connection)
+            xml = _read(lambda e=entry: connections.host(e.connection).saved_file_definition(e.image),
+                        entry.name) if _knows_machines(offer) else None
+            verdicts[key] = judge(entry.needs, machine_type(xml) if xml else None, offer)
     return verdicts
+
+
+def _knows_machines(offer: Offer | None) -> bool:
+    """Whether the image's own machine type could be compared with anything: a driver that
+    lists no machine types (the test driver) is not asked for the image's definition, a round
+    trip per held image for nothing."""
+    return offer is not None and offer.machines is not None
 
 
 def held_images(connections: Connections, guests: list[GuestInfo], recorded: Mapping[str, GuestEntry]
