@@ -80,8 +80,12 @@ class Shutdown(passes.Pass):
     def execute(self, run: passes.PassRun, plan: Plan, earlier: list[GuestResult] = ()) -> list[GuestResult]:
         """The plan's guests through their chains, each result settled by this kind's rule;
         ``earlier``: the results of the rounds before this one (the live counts go on from them)."""
-        return ShutdownPass(plan, run.connections, record=self.record, budget=run.budget, earlier=earlier,
-                            settle=functools.partial(self.settle, run)).run()
+        carried_out = ShutdownPass(plan, run.connections, record=self.record, budget=run.budget, earlier=earlier,
+                                   settle=functools.partial(self.settle, run))
+        try:
+            return carried_out.run()
+        finally:
+            run.replans.extend(carried_out.replanner.rounds)
 
     def settle(self, run: passes.PassRun, result: GuestResult) -> None:
         """What counts as ok for a guest once its chain is over: for a shutdown pass, its result
