@@ -172,6 +172,54 @@ class HostShutdown:
         return cls(ShutdownKind(raw["kind"]), raw["why"])
 
 
+class BatteryStep(enum.StrEnum):
+    """A decision a shutdown pass took on a UPS's runtime (a record's ``battery``)."""
+
+    DEADLINE = "deadline"  # the pass's deadline, set at its start
+    MOVED = "moved"  # the runtime fell faster than planned: the deadline moved down
+    REPLANNED = "replanned"  # the guests not yet begun were planned again (some moved to cheaper steps)
+
+
+@dataclass(frozen=True)
+class BatteryDecision:
+    """One decision on the battery: when (epoch), on which runtime (None: the UPS said none),
+    how many seconds it left the pass, why, and (a re-plan) the guests moved to cheaper steps."""
+
+    step: BatteryStep
+    at: float
+    runtime: float | None
+    seconds_left: float
+    why: str
+    moved: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"step": self.step.value, "at": self.at, "runtime_seconds": self.runtime,
+                "seconds_left": self.seconds_left, "why": self.why, "moved": list(self.moved)}
+
+    @classmethod
+    def from_dict(cls, raw) -> BatteryDecision:
+        """One of a record's ``battery`` decisions; raises EntryError naming what is wrong."""
+        if not isinstance(raw, Mapping) or set(raw) != {"step", "at", "runtime_seconds", "seconds_left", "why", "moved"}:
+            raise EntryError(f"'battery' holds {raw!r}, not a decision on the battery")
+        runtime = raw["runtime_seconds"]
+        if (raw["step"] not in frozenset(BatteryStep) or not is_number(raw["at"]) or not is_number(raw["seconds_left"])
+                or not (runtime is None or is_number(runtime)) or not isinstance(raw["why"], str)
+                or not _is_strings(raw["moved"])):
+            raise EntryError(f"'battery' holds {dict(raw)!r}: its step is not one of {', '.join(BatteryStep)}, "
+                             f"or a time, a number of seconds, its why or the guests moved is not what it should be")
+        return cls(BatteryStep(raw["step"]), raw["at"], runtime, raw["seconds_left"], raw["why"], tuple(raw["moved"]))
+
+
+def battery_decisions(raw) -> tuple[BatteryDecision, ...]:
+    """A record's ``battery`` (None, in a record of a pass without a UPS or written before it:
+    none); raises EntryError naming what is wrong."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise EntryError(f"'battery' is {raw!r}, not a list of decisions on the battery")
+    return tuple(BatteryDecision.from_dict(decision) for decision in raw)
+
+
 # Aggregate save throughput assumed before any pass has measured one on this host. Saving is
 # CPU-bound (QEMU and libvirt's I/O helper); 200 MB/s is below what a 2-core host reached.
 DEFAULT_SAVE_THROUGHPUT = 200e6
@@ -377,6 +425,7 @@ class RecordedPass:
     kind: str | None = None
     started: float | None = None
     host_shutdown: HostShutdown | None = None  # a shutdown record's; None in records written before it
+    battery: tuple[BatteryDecision, ...] = ()  # a shutdown record's on a UPS; none in records written before it
 
     @classmethod
     def from_dict(cls, data: Mapping) -> RecordedPass:
@@ -386,4 +435,4 @@ class RecordedPass:
                   for key, entry in data["guests"].items()}
         shutdown = data.get("host_shutdown")
         return cls(guests, data.get("kind"), data.get("started"),
-                   None if shutdown is None else HostShutdown.from_dict(shutdown))
+                   None if shutdown is None else HostShutdown.from_dict(shutdown), battery_decisions(data.get("battery")))

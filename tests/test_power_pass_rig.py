@@ -119,3 +119,10 @@ def test_a_runtime_dropping_sharply_mid_pass_moves_the_lowest_priority_off_its_s
     assert "save" not in [s["action"] for s in moved["steps"]], moved
     assert any("re-planned" in m and "priority 0" in m for m in moved["messages"]), moved
     assert state_reason(rig_conn, low)[0] == "shutoff"
+    # the record keeps the runtime at each decision, and mgsave report shows it
+    assert [(d["step"], d["runtime_seconds"], d["moved"]) for d in mgsave.record("shutdown")["battery"]] == [
+        ("deadline", 900, []), ("moved", 43, []), ("replanned", 43, [low])]
+    report = mgsave("report")
+    assert [d["step"] for d in report.data["passes"][0]["battery"]] == ["deadline", "moved", "replanned"]
+    shown = Mgsave(tmp_path)("report").stdout
+    assert "UPS runtime at each decision:" in shown and f"runtime 43 s, 28 s left: moved to cheaper steps: {low}" in shown

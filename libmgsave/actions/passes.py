@@ -155,6 +155,16 @@ def _battery_warnings(run: PassRun) -> list[str]:
         r.describe() for r in run.replans]
 
 
+def battery_record(run: PassRun) -> list[dict] | None:
+    """The record's ``battery``: each decision on the UPS's runtime so far, in time order (None
+    without a UPS)."""
+    if not run.battery:
+        return None
+    decisions = [run.battery.decision(run.started), *(m.decision() for m in run.deadline_moves),
+                 *(r.decision() for r in run.replans)]
+    return [d.to_dict() for d in sorted(decisions, key=lambda d: d.at)]
+
+
 def _deadline(run: PassRun) -> dict | None:
     """The pass's deadline against the battery, for ``--json``: None without a UPS."""
     if not run.battery:

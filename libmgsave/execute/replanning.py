@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from libmgsave import jsonout, units
 from libmgsave.budget import Budget
 from libmgsave.execute.scheduler import Slots
+from libmgsave.history import BatteryDecision, BatteryStep
 from libmgsave.plan import Action, GuestKey, GuestPlan, Plan
 from libmgsave.plan.replan import SAVES, NotBegun, Replanned, replan
 
@@ -41,6 +42,11 @@ class ReplanRound:
             return f"{head}: every save not yet begun still fits"
         names = ", ".join(f"{m.name} to {m.actions[0]}" for m in self.moved)
         return f"{head}: moved to cheaper steps, lowest priority first: {names}"
+
+    def decision(self) -> BatteryDecision:
+        """As the record keeps it: the guests moved by name."""
+        return BatteryDecision(BatteryStep.REPLANNED, self.at, self.runtime, round(self.seconds_left, 3),
+                               self.describe(), tuple(m.name for m in self.moved))
 
     def to_dict(self) -> dict:
         return {"at": jsonout.timestamp(self.at), "cause": self.cause, "runtime_seconds": self.runtime,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from libmgsave import jsonout, units
 from libmgsave.budget import Budget
+from libmgsave.history import BatteryDecision, BatteryStep
 from libmgsave.policy import Power
 from libmgsave.power.deadline import BatteryDeadline, battery_deadline
 from libmgsave.power.reading import UpsReading
@@ -43,6 +44,10 @@ class DeadlineMove:
     def to_dict(self) -> dict:
         return {"at": jsonout.timestamp(self.at), "runtime_seconds": self.runtime,
                 "seconds_left": round(self.seconds_left, 3)}
+
+    def decision(self) -> BatteryDecision:
+        """As the record keeps it."""
+        return BatteryDecision(BatteryStep.MOVED, self.at, self.runtime, round(self.seconds_left, 3), self.describe())
 
 
 def at_start(power: Power, limit: float) -> BatteryDeadline:
