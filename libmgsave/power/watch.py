@@ -86,6 +86,11 @@ class _Started:
         self.readings: int | None = None  # readings since the shutdown was started; None: none started
         self.said = False
 
+    def fields(self, decision: Decision) -> dict[str, object]:
+        """A decision's journal fields but its verdict: MGSAVE_DECISION=shut-down-now marks the
+        lines that start the host's shutdown, and these do not."""
+        return {**fields(self.ups, decision), "MGSAVE_DECISION": None}
+
     def began(self) -> None:
         self.readings, self.said = 0, False
 
@@ -105,10 +110,10 @@ class _Started:
             if not self.said:
                 self.said = True
                 log.warning("UPS %s: %s: the host's shutdown started %s ago is under way: not starting it again",
-                            self.ups, decision.why, ago, extra=fields(self.ups, decision))
+                            self.ups, decision.why, ago, extra=self.fields(decision))
             return True
         log.error("UPS %s: the host's shutdown started %s ago has not happened (cancelled, or it failed) and the "
-                  "watch still runs: watching again", self.ups, ago, extra=fields(self.ups, decision))
+                  "watch still runs: watching again", self.ups, ago, extra=self.fields(decision))
         self.readings = None
         return False
 
