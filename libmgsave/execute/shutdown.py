@@ -30,12 +30,12 @@ from libmgsave.hypervisor import Connections, Guest
 from libmgsave.inventory import GuestState
 from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
 from libmgsave.plan import Action, GuestPlan, Plan
+from libmgsave.plan.replan import SAVES
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
 from libmgsave.state.images import discard_partial_save, images_directory
 
 SHUTDOWN_POLL = 0.5  # how often a guest asked to shut down is looked at
-SAVES = (Action.SAVE, Action.SAVE_TO_FILE)
 # A save that ends past the steps' budget still gets this long for its flush: a quick one counts.
 FLUSH_GRACE = 1.0
 

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 
 from libmgsave import units
 from libmgsave.budget import DEADLINE_RESERVE, for_steps
-from libmgsave.history import DEFAULT_SAVE_THROUGHPUT, Action, SaveRate
+from libmgsave.plan.model import DEFAULT_SAVE_THROUGHPUT, Action, GuestKey, SaveRate
 
 SAVES = (Action.SAVE, Action.SAVE_TO_FILE)
-GuestKey = tuple[str, str]  # (connection URI, UUID), as the plan's
 
 
 @dataclass(frozen=True)
