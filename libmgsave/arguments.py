@@ -96,10 +96,12 @@ POWER_WATCH_HELP = (
     "watch: read the UPS every power.poll. While it runs on battery, start the host's shutdown\n"
     "(power.shutdown_command, 'systemctl poweroff' by default) once the runtime left is no more\n"
     "than the shutdown plan of the guests running now needs plus power.margin, or at once on the\n"
-    "UPS's low-battery (LB) or forced-shutdown (FSD) flag; then exit 0. Back on line it stands\n"
-    "down. A UPS that cannot be read, or reports no runtime, is logged and never starts a\n"
-    "shutdown on its own (upsmon stays the authority for the final forced shutdown). SIGTERM\n"
-    "ends it at once. mgsave-power.service runs it; exit 2 when the policy has no 'power:'.")
+    "UPS's low-battery (LB) or forced-shutdown (FSD) flag, and go on watching: not started again\n"
+    "while under way (12 readings), started again once it evidently was cancelled or failed.\n"
+    "Back on line it stands down. A UPS that cannot be read, or reports no runtime, is logged\n"
+    "and never starts a shutdown on its own (upsmon stays the authority for the final forced\n"
+    "shutdown). SIGTERM ends it at once. mgsave-power.service runs it; exit 2 when the policy\n"
+    "has no 'power:'.")
 PASSES = ("shutdown", "boot")
 COMPLETE_GUESTS = "_complete-guests"  # a hidden command, for the shell completion
 
@@ -247,8 +249,10 @@ def _add_passes(add: Callable[..., argparse.ArgumentParser]) -> None:
                      "migrated here) meanwhile are handled too, once they run here. A saved image is\n"
                      "flushed to disk before the guest counts as saved. With a UPS in 'power:', on\n"
                      "battery the deadline is no later than its runtime less power.margin, and moves\n"
-                     "down while the runtime falls (read every power.poll); a UPS that cannot be read\n"
-                     "leaves limits.shutdown_deadline, and the pass says so."),
+                     "down while the runtime falls (read every power.poll): the guests not yet begun\n"
+                     "are then planned again, the lowest priority moved first from its save to its\n"
+                     "chain's cheaper steps; a UPS that cannot be read leaves\n"
+                     "limits.shutdown_deadline, and the pass says so."),
         ("boot", "Start or resume guests per their autostart setting: 'always', 'if-running' (only\n"
                  "those running at the last shutdown) or 'never'. Guests already running are left\n"
                  "alone, so running it twice changes nothing. A guest the last shutdown migrated to a\n"

@@ -12,14 +12,17 @@ the pass runs (a UPS's runtime, re-read every few seconds) changes this class al
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 # Time kept back at the end of the shutdown deadline for the last fallback step (a poweroff):
 # a deadline must be longer, or no guest would get anything but that last step.
 DEADLINE_RESERVE = 10.0
 
 Clock = Callable[[], float]
+# Told each time the end moves down: what moved it, and the UPS's runtime then (None: not known).
+Listener = Callable[[str, "float | None"], None]
 
 
 def for_steps(seconds: float) -> float:
@@ -33,6 +36,7 @@ class Budget:
     def __init__(self, deadline_at: float, *, clock: Clock = time.monotonic):
         self._deadline_at = deadline_at
         self._clock = clock
+        self._listeners: list[Listener] = []
 
     @classmethod
     def starting_now(cls, seconds: float, *, clock: Clock = time.monotonic) -> Budget:
@@ -51,14 +55,27 @@ class Budget:
         """When the pass must be over (on the budget's clock)."""
         return self._deadline_at
 
-    def lower_end(self, at: float) -> bool:
+    def lower_end(self, at: float, cause: str = "the deadline moved down", runtime: float | None = None) -> bool:
         """Move the end down to ``at`` (a UPS's runtime falling faster than planned); an end
-        later than the present one is ignored: the end never moves up. True when it moved.
-        A float's assignment is atomic: readers on other threads see the old end or the new."""
+        later than the present one is ignored: the end never moves up. True when it moved;
+        then every listener is told (on this thread), after the end has moved. A float's
+        assignment is atomic: readers on other threads see the old end or the new."""
         if at >= self._deadline_at:
             return False
         self._deadline_at = at
+        for listener in list(self._listeners):
+            listener(cause, runtime)
         return True
+
+    @contextlib.contextmanager
+    def listening(self, listener: Listener) -> Iterator[None]:
+        """``listener`` told of every move down of the end while the block runs (the executor
+        re-plans the guests not yet begun)."""
+        self._listeners.append(listener)
+        try:
+            yield
+        finally:
+            self._listeners.remove(listener)
 
     def give_up_at(self) -> float:
         """The moment a step that is not a guest's last gives up (waiting for a slot, for a

@@ -34,6 +34,7 @@ class EventKind(enum.Enum):
     STEP_DONE = enum.auto()
     STEP_FAILED = enum.auto()
     SKIPPED_FOR_TIME = enum.auto()
+    REPLANNED = enum.auto()  # the deadline moved down: a re-plan dropped this step (plan.replan)
     STOPPED_BEFORE_STEP = enum.auto()
     NOT_STARTED_STOPPED = enum.auto()
     # waited
@@ -139,6 +140,7 @@ RENDERINGS: dict[EventKind, Rendering] = {
     EventKind.SKIPPED_FOR_TIME: Rendering("deadline reached: %(action)s skipped", _W,
                                           "%(name)s: shutdown deadline reached, skipping %(action)s", EVENT,
                                           "skipped"),
+    EventKind.REPLANNED: Rendering("%(why)s", _W, "%(name)s: %(why)s", EVENT, "skipped"),
     EventKind.STOPPED_BEFORE_STEP: Rendering(_STOPPED + " before its %(action)s: left as it was", _W,
                                              "%(name)s: " + _STOPPED + " before its %(action)s; left as it was",
                                              EVENT, EVENT),

@@ -180,6 +180,8 @@ def render_result(result: PassResult) -> str:
     for r in result.results:
         if r.outcome is not Outcome.SKIPPED:
             lines += wrapped(_guest_lines(r))
+    if result.deadline and not result.deadline.get("warning"):  # on a UPS: the runtime it was set on
+        lines += wrapped([f"shutdown deadline: {result.deadline['why']}"], indent="")
     lines += wrapped(f"warning: {warning}" for warning in result.warnings)
     total = len(result.results)
     if result.interrupted:

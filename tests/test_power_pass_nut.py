@@ -48,6 +48,25 @@ def test_on_battery_the_pass_plans_against_the_runtime(nut, hv, tmp_path, capsys
     assert battery["moves"] == []
     assert "the deadline is 5 min 35 s: runtime 6 min 40 s less the 1 min 00 s margin" in battery["why"]
     assert "shutdown deadline 5 min 35 s: the UPS ups1@127.0.0.1" in err  # the journal's line
+    assert battery["replans"] == []
+    # the record keeps the runtime the deadline was set on; the report shows it
+    record = json.loads((tmp_path / "state" / "last-shutdown.json").read_text())
+    [decision] = record["battery"]
+    assert (decision["step"], decision["runtime_seconds"], decision["seconds_left"]) == ("deadline", 400, 335)
+    capsys.readouterr()
+    assert cli.main(["report", "--state-dir", str(tmp_path / "state"), "--policy", str(tmp_path / "policy.yaml")]) == 0
+    assert "deadline   runtime 6 min 40 s, 5 min 35 s left" in capsys.readouterr().out
+
+
+def test_the_summary_names_the_runtime_the_deadline_was_set_on(nut, hv, tmp_path, capsys):
+    define(hv, "web")
+    nut.set("ups1", {"ups.status": "OB DISCHRG", "battery.runtime": "400"})
+    policy = tmp_path / "policy.yaml"
+    shutdown(tmp_path, capsys, nut.port, "--dry-run")
+    code = cli.main(["shutdown", "--state-dir", str(tmp_path / "state"), "--policy", str(policy), "--dry-run"])
+    assert code == ExitCode.OK
+    summary = " ".join(capsys.readouterr().out.split())  # wrapped at 80 columns
+    assert "shutdown deadline: the UPS ups1@127.0.0.1" in summary and "runtime 6 min 40 s less" in summary
 
 
 def test_on_line_the_fixed_deadline(nut, hv, tmp_path, capsys):

@@ -41,7 +41,7 @@ def nut(tmp_path_factory):
 class Watch:
     """One ``mgsave power watch`` process, its log in a file."""
 
-    def __init__(self, tmp_path: Path, port: int):
+    def __init__(self, tmp_path: Path, port: int, command: str | None = None):
         self.marker = tmp_path / "shutdown-started"
         self.log = tmp_path / "watch.log"
         credentials = tmp_path / "nut.credentials"
@@ -52,7 +52,7 @@ class Watch:
         policy = tmp_path / "policy.yaml"
         policy.write_text(f"version: 1\npower:\n  ups: ups1@127.0.0.1:{port}\n  credentials: {credentials}\n"
                           f"  margin: 60\n  poll: 1\n"
-                          f"  shutdown_command: [/bin/sh, -c, 'echo started >> {self.marker}']\n")
+                          f"  shutdown_command: [/bin/sh, -c, '{command or f'echo started >> {self.marker}'}']\n")
         policy.chmod(0o600)
         with open(self.log, "w") as log:
             self.process = subprocess.Popen(
@@ -99,8 +99,8 @@ class Watch:
 def watch(nut, tmp_path):
     watches = []
 
-    def start(port=None):
-        watches.append(Watch(tmp_path, port or nut.port))
+    def start(port=None, command=None):
+        watches.append(Watch(tmp_path, port or nut.port, command))
         return watches[-1]
 
     yield start
@@ -134,10 +134,13 @@ def test_a_runtime_below_the_need_and_the_margin_starts_the_shutdown_once(nut, w
     w = watch()
     w.wait_for_log("more than the 31 s the shutdown plan needs")
     on_battery(nut, 70)
-    assert w.wait_for_exit() == 0  # the watch ends once the command has succeeded
+    # the command succeeded: the watch goes on, and does not start it again while it is under way
+    w.wait_for_log("is under way: not starting it again")
+    w.wait_for_readings(3)
     assert w.started() == ["started"]
     assert ("on battery, runtime 1 min 10 s left: no more than the 31 s the shutdown plan needs plus the "
             "1 min 00 s margin: starting the host's shutdown") in w.text()
+    assert w.stop() == 0
 
 
 def test_the_low_battery_flag_starts_the_shutdown_at_once_whatever_the_runtime(nut, watch):
@@ -145,9 +148,44 @@ def test_the_low_battery_flag_starts_the_shutdown_at_once_whatever_the_runtime(n
     w = watch()
     w.wait_for_log("more than the 31 s the shutdown plan needs")
     on_battery(nut, 1200, "OB LB")
-    assert w.wait_for_exit() == 0
+    w.wait_for_log("is under way: not starting it again")
     assert w.started() == ["started"]
     assert "says its battery is low (LB): starting the host's shutdown" in w.text()
+    assert w.stop() == 0
+
+
+def test_a_shutdown_cancelled_is_watched_again_and_started_again_when_still_needed(nut, watch):
+    """The command 'succeeds' but the host stays up (as after 'shutdown -c'): the watch, not
+    stopped with the host, takes the shutdown as cancelled once it outlived its readings under
+    way (12 at its 1 s poll), says so, and starts it again while the runtime is still short."""
+    on_battery(nut, 1200)
+    w = watch()
+    w.wait_for_log("more than the 11 s the shutdown plan needs")
+    on_battery(nut, 70)
+    w.wait_for_log("is under way: not starting it again")
+    assert w.started() == ["started"]
+    w.wait_for_log("has not happened (cancelled, or it failed) and the watch still runs: watching again")
+    w.wait_for_log("starting the host's shutdown", count=2)
+    deadline = time.monotonic() + WAIT
+    while len(w.started()) < 2:
+        assert time.monotonic() < deadline, w.text()
+        time.sleep(0.1)
+    assert w.started() == ["started", "started"]
+    nut.set("ups1", {"ups.status": "OL CHRG"})  # back on line: it stands down, nothing more is started
+    w.wait_for_log("on line: standing down")
+    w.wait_for_readings(3)
+    assert w.started() == ["started", "started"]
+    assert w.stop() == 0
+
+
+def test_a_failed_shutdown_command_is_tried_again_at_the_next_reading(nut, watch, tmp_path):
+    on_battery(nut, 1200)
+    w = watch(command="exit 1")
+    w.wait_for_log("more than the 11 s the shutdown plan needs")
+    on_battery(nut, 70)
+    w.wait_for_log("exited 1; trying again at the next reading", count=2)
+    assert "is under way" not in w.text()
+    assert w.stop() == 0
 
 
 def test_on_line_before_the_runtime_runs_short_nothing_happens(nut, watch):

@@ -69,6 +69,7 @@ class PassRun:
     warnings: list[str]  # connections that did not answer
     battery: object = None  # a shutdown pass on a UPS: the deadline it read (power.deadline.BatteryDeadline)
     deadline_moves: list = field(default_factory=list)  # power.battery.DeadlineMove, as the runtime fell
+    replans: list = field(default_factory=list)  # execute.replanning.ReplanRound, on each move
 
     def announce(self, plan: Plan) -> None:
         """Log the plan's warnings and print the plan (without settings) before carrying it out."""
@@ -150,14 +151,26 @@ def _battery_warnings(run: PassRun) -> list[str]:
     """What the summary says of the battery: a UPS that could not be used, each time the end moved."""
     if not run.battery:
         return []
-    return ([run.battery.warning] if run.battery.warning else []) + [m.describe() for m in run.deadline_moves]
+    return ([run.battery.warning] if run.battery.warning else []) + [m.describe() for m in run.deadline_moves] + [
+        r.describe() for r in run.replans]
+
+
+def battery_record(run: PassRun) -> list[dict] | None:
+    """The record's ``battery``: each decision on the UPS's runtime so far, in time order (None
+    without a UPS)."""
+    if not run.battery:
+        return None
+    decisions = [run.battery.decision(run.started), *(m.decision() for m in run.deadline_moves),
+                 *(r.decision() for r in run.replans)]
+    return [d.to_dict() for d in sorted(decisions, key=lambda d: d.at)]
 
 
 def _deadline(run: PassRun) -> dict | None:
     """The pass's deadline against the battery, for ``--json``: None without a UPS."""
     if not run.battery:
         return None
-    return {**run.battery.to_dict(), "moves": [m.to_dict() for m in run.deadline_moves]}
+    return {**run.battery.to_dict(), "moves": [m.to_dict() for m in run.deadline_moves],
+            "replans": [r.to_dict() for r in run.replans]}
 
 
 @contextlib.contextmanager

@@ -93,7 +93,8 @@ def _start_shutdown(command: tuple[str, ...], decision: Decision, stop: StopOnSi
         log.error("the shutdown command %s exited %d; trying again at the next reading", " ".join(command),
                   result.returncode)
         return False
-    log.warning("the host's shutdown is started (%s): the watch ends", decision.why)
+    log.warning("the host's shutdown is started (%s): the watch goes on, and starts it again only if it "
+                "seems cancelled", decision.why)
     return True
 
 

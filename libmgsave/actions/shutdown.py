@@ -80,8 +80,12 @@ class Shutdown(passes.Pass):
     def execute(self, run: passes.PassRun, plan: Plan, earlier: list[GuestResult] = ()) -> list[GuestResult]:
         """The plan's guests through their chains, each result settled by this kind's rule;
         ``earlier``: the results of the rounds before this one (the live counts go on from them)."""
-        return ShutdownPass(plan, run.connections, record=self.record, budget=run.budget, earlier=earlier,
-                            settle=functools.partial(self.settle, run)).run()
+        carried_out = ShutdownPass(plan, run.connections, record=self.record, budget=run.budget, earlier=earlier,
+                                   settle=functools.partial(self.settle, run))
+        try:
+            return carried_out.run()
+        finally:
+            run.replans.extend(carried_out.replanner.rounds)
 
     def settle(self, run: passes.PassRun, result: GuestResult) -> None:
         """What counts as ok for a guest once its chain is over: for a shutdown pass, its result
@@ -100,7 +104,14 @@ class Shutdown(passes.Pass):
         # the save rates learned so far, kept for the connections this pass will not measure
         return RecordWriter.begin(state.shutdown_record, "shutdown", entries,
                                   extra={SAVE_RATES: kept_rates(previous, {}), "boot_id": boot_id,
-                                         "host_shutdown": plan.host_shutdown.to_dict() if plan.host_shutdown else None})
+                                         "host_shutdown": plan.host_shutdown.to_dict() if plan.host_shutdown else None,
+                                         **self.battery_record(run)})
+
+    @staticmethod
+    def battery_record(run: passes.PassRun) -> dict:
+        """The record's ``battery`` (on a UPS only: a record without one reads as before)."""
+        decisions = passes.battery_record(run)
+        return {} if decisions is None else {"battery": decisions}
 
     def learned(self, results: list[GuestResult]) -> dict:
         """What the record keeps of what the pass learned: the save rates."""
@@ -108,7 +119,7 @@ class Shutdown(passes.Pass):
 
     def finish_record(self, run: passes.PassRun, results: list[GuestResult]) -> None:
         stopped_by = interrupt.signal_received()
-        self.record.finish(**self.learned(results), ok=all(r.ok for r in results),
+        self.record.finish(**self.learned(results), **self.battery_record(run), ok=all(r.ok for r in results),
                            interrupted=stopped_by.name if stopped_by else None)
         if self.record.error:
             run.log.bookkeeping_failed_because(

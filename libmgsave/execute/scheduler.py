@@ -137,6 +137,10 @@ def dependencies_first(group: Sequence[GuestPlan]) -> list[GuestPlan]:
     return ordered
 
 
+class Cancelled(Exception):
+    """A holder's turn was cancelled while it waited (``Slots.cancel``): it no longer takes a slot."""
+
+
 class Slots:
     """At most ``size`` holders at once.
 
@@ -148,8 +152,9 @@ class Slots:
     libvirt calls would decide, and under a tight deadline the top-priority guest could be the
     one left unsaved.
 
-    A holder gives up waiting at its ``give_up_at`` (``OperationTimeout``) and once the pass is
-    asked to stop (``interrupt.Interrupted``).
+    A holder gives up waiting at its ``give_up_at`` (``OperationTimeout``), once the pass is
+    asked to stop (``interrupt.Interrupted``), and once its turn is cancelled (``Cancelled``: a
+    re-plan moved its guest to a step that takes no slot).
     """
 
     def __init__(self, size: int, ranks: dict | None = None, expected=(), waits: Waits | None = None):
@@ -162,6 +167,7 @@ class Slots:
         self._expected = {key for key in expected if key in self._ranks}
         self._expected_ranks = sorted(self._ranks[key] for key in self._expected)  # ascending
         self._gone_ranks: set[int] = set()  # expected ranks withdrawn or arrived (lazy deletion)
+        self._cancelled: set = set()  # keys that no longer take a slot, waiting or not
         interrupt.on_stop(self._wake_all)
 
     def _wake_all(self) -> None:
@@ -172,6 +178,14 @@ class Slots:
         """``key`` will not ask (any more): stop keeping its turn."""
         with self._cond:
             self._arrived(key)
+
+    def cancel(self, key) -> None:
+        """``key`` no longer takes a slot: a wait of it under way ends with ``Cancelled``, and so
+        does a later one; later holders stop keeping its turn."""
+        with self._cond:
+            self._cancelled.add(key)
+            self._arrived(key)
+            self._cond.notify_all()
 
     def _arrived(self, key) -> None:
         if key in self._expected:
@@ -200,17 +214,19 @@ class Slots:
                 return self._free > 0 and self._waiting[0] is ticket and self._lowest_expected() > rank
 
             with self._waits.waiting(who, what) if who and not admitted() else contextlib.nullcontext():
-                while not (admitted() or interrupt.requested()):
+                while not (admitted() or interrupt.requested() or key in self._cancelled):
                     timeout = None if give_up_at is None else give_up_at - time.monotonic()
                     if timeout is not None and timeout <= 0:
                         break
                     self._cond.wait(None if timeout is None else interrupt.wait_bound(timeout))
-            if interrupt.requested() or not admitted():
+            if interrupt.requested() or key in self._cancelled or not admitted():
                 self._waiting.remove(ticket)
                 heapq.heapify(self._waiting)
                 self._cond.notify_all()
                 if interrupt.requested():
                     raise interrupt.Interrupted()
+                if key in self._cancelled:
+                    raise Cancelled()
                 raise OperationTimeout(late)
             heapq.heappop(self._waiting)
             self._free -= 1

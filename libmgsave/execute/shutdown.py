@@ -24,7 +24,8 @@ from libmgsave.errors import GuestGone, HypervisorError, HypervisorUnavailable, 
 from libmgsave.events import EventKind, Events, Journal, Record, Summary
 from libmgsave.execute import migrate
 from libmgsave.execute.progress import SaveProgress, file_size
-from libmgsave.execute.scheduler import Schedule
+from libmgsave.execute.replanning import Replanner
+from libmgsave.execute.scheduler import Cancelled, Schedule
 from libmgsave.execute.steps import StepTimes, add_step, unexpected_as_failure, unexpected_failure
 from libmgsave.execute.waiting import Waits
 from libmgsave.history import ResumeNeeds
@@ -32,6 +33,7 @@ from libmgsave.hypervisor import Connections, Guest
 from libmgsave.inventory import GuestState
 from libmgsave.outcomes import GuestResult, Outcome, StepResult, Wait, WaitKind
 from libmgsave.plan import Action, GuestPlan, Plan
+from libmgsave.plan.replan import SAVES
 from libmgsave.saveimages import save_file_is_complete
 from libmgsave.state import RecordWriter, guest_record_key
 from libmgsave.state.images import discard_partial_save, images_directory
@@ -39,7 +41,6 @@ from libmgsave.state.images import discard_partial_save, images_directory
 log = logging.getLogger("mgsave")
 
 SHUTDOWN_POLL = 0.5  # how often a guest asked to shut down is looked at
-SAVES = (Action.SAVE, Action.SAVE_TO_FILE)
 # A save that ends past the steps' budget still gets this long for its flush: a quick one counts.
 FLUSH_GRACE = 1.0
 
@@ -76,6 +77,8 @@ class ShutdownPass:
         self.migrate_slots = self.schedule.slots(plan.limits.max_parallel_migrations,
                                                  lambda e: e.actions[0] is Action.MIGRATE)
         self.link = migrate.LinkRate()  # saves and migrations share the deadline, not the rate
+        # the chains of the guests not yet begun, planned again when the deadline moves down
+        self.replanner = Replanner(plan, budget, self.save_slots)
         self.progress: SaveProgress | None = None
         self._saves_before = sum(1 for r in earlier if r.plan.actions[0] in SAVES)
         self._slot_waits: dict = {}  # guest key -> its wait for a save slot, for its result
@@ -84,7 +87,7 @@ class ShutdownPass:
         """Every active guest's result, in plan order."""
         saves = sum(1 for e in self.plan.active if e.actions[0] in SAVES)
         with SaveProgress(saves, self.budget, self.waits, self.events,
-                          settled_before=self._saves_before) as self.progress:
+                          settled_before=self._saves_before) as self.progress, self.replanner.listen():
             results = self.schedule.run(lambda entry, _deps: self._guest(entry))
         return [results[e.key] for e in self.plan.active]
 
@@ -111,14 +114,21 @@ class ShutdownPass:
                 break
             if self.budget.past() and index < len(entry.actions) - 1:
                 self.save_slots.withdraw(entry.key)
+                self.replanner.passed(entry, action)
                 self.events.say(result, EventKind.SKIPPED_FOR_TIME, action=action)
                 continue
+            if action not in SAVES and self._replanned_away(result, action):
+                continue  # a save's turn is taken once it has its slot
             try:
                 step = self._step(entry, action, result)
             except interrupt.Interrupted:  # while waiting (for a slot, or the guest to shut down)
                 self._interrupted(result, action)
                 break
+            except Cancelled:  # re-planned while it waited for a save slot, or as it got one
+                self._replanned_away(result, action)
+                continue
             finally:
+                self.replanner.passed(entry, action)
                 self.save_slots.withdraw(entry.key)  # its save (if any) has had its turn
                 if action is Action.MIGRATE:
                     self.migrate_slots.withdraw(entry.key)
@@ -137,6 +147,13 @@ class ShutdownPass:
             self.settle(result)
         result.finished = time.time()
         return result
+
+    def _replanned_away(self, result: GuestResult, action: Action) -> bool:
+        """Whether a re-plan dropped ``action`` from the guest's chain (said so), else it begins."""
+        moved = self.replanner.begin(result.plan, action)
+        if moved:
+            self.events.say(result, EventKind.REPLANNED, action=action, why=moved.why)
+        return moved is not None
 
     def _interrupted(self, result: GuestResult, action: Action) -> None:
         """The pass was asked to stop before ``action`` could run (or while it waited)."""
@@ -217,7 +234,7 @@ class ShutdownPass:
         except OSError as error:  # our side of a save to a file: the images directory
             return StepResult(action, False, times.started, times.finished or time.time(),
                               error=f"{error.strerror}: {error.filename}")
-        except interrupt.Interrupted:
+        except (interrupt.Interrupted, Cancelled):
             raise
         except Exception as error:  # noqa: BLE001 - a surprise fails this step; the chain goes on
             return StepResult(action, False, times.started, times.finished or time.time(),
@@ -242,6 +259,8 @@ class ShutdownPass:
             with self._save_slot(entry):
                 if self.budget.past():  # admitted just as the deadline came
                     raise OperationTimeout(LATE_FOR_A_SLOT)
+                if self.replanner.begin(entry, action):  # re-planned just as it got its slot
+                    raise Cancelled()
                 times.restart()
                 try:
                     return self._save(guest, entry, action, result)
@@ -279,7 +298,7 @@ class ShutdownPass:
                                       late=LATE_FOR_A_SLOT, who=entry.guest.name, what="a save slot"):
                 self._slot_waits[entry.key] = Wait(WaitKind.SLOT, asked, time.time())
                 yield
-        except (OperationTimeout, interrupt.Interrupted):
+        except (OperationTimeout, interrupt.Interrupted, Cancelled):
             self._slot_waits.setdefault(entry.key, Wait(WaitKind.SLOT, asked, time.time()))
             raise
 

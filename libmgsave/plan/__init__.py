@@ -8,6 +8,7 @@ what happens.
     ordering  ``after`` resolved to guests, cycles broken, effective order groups
     shutdown  plan_shutdown: fallback chains under the deadline and the free space
     boot      plan_boot: start, resume, restore or leave off, from the last shutdown record
+    replan    replan: the guests not yet begun fitted again to a deadline moved down, by priority
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ every ``power.poll`` seconds while the pass runs (``RuntimeFollower``), the budg
 down whenever the runtime left falls faster than planned. The end never moves up: a runtime
 that climbs back (the load dropped) leaves the deadline as it is.
 
-Today a moved end is met by the executor's one rule: once only the reserve is left, every step
-but a guest's last gives up. Moving the guests not yet handled to cheaper steps by priority is
-not done here.
+A moved end is told to the budget's listeners: the executor plans the guests not yet begun
+again against what is left (``plan.replan``: the lowest priority moved first to cheaper steps),
+and its one rule still holds: once only the reserve is left, every step but a guest's last
+gives up.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 from libmgsave import jsonout, units
 from libmgsave.budget import Budget
+from libmgsave.history import BatteryDecision, BatteryStep
 from libmgsave.policy import Power
 from libmgsave.power.deadline import BatteryDeadline, battery_deadline
 from libmgsave.power.reading import UpsReading
@@ -42,6 +44,10 @@ class DeadlineMove:
     def to_dict(self) -> dict:
         return {"at": jsonout.timestamp(self.at), "runtime_seconds": self.runtime,
                 "seconds_left": round(self.seconds_left, 3)}
+
+    def decision(self) -> BatteryDecision:
+        """As the record keeps it."""
+        return BatteryDecision(BatteryStep.MOVED, self.at, self.runtime, round(self.seconds_left, 3), self.describe())
 
 
 def at_start(power: Power, limit: float) -> BatteryDeadline:
@@ -86,11 +92,15 @@ class RuntimeFollower:
         if found.runtime is None or found.warning:
             return None  # on line again, or unreadable: the end stays where it is
         new_end = self.budget.now() + found.seconds
-        if new_end > self.budget.ends_at() - MOVE_TOLERANCE or not self.budget.lower_end(new_end):
+        if new_end > self.budget.ends_at() - MOVE_TOLERANCE:
             return None
         move = DeadlineMove(time.time(), found.runtime, found.seconds)
-        self.moves.append(move)
+        # said before the budget's listeners re-plan on it, so that the journal reads in order
         log.warning("%s", move.describe(), extra=_runtime_field(found.runtime))
+        if not self.budget.lower_end(new_end, f"the UPS's runtime fell to {units.seconds(found.runtime)}",
+                                     found.runtime):
+            return None
+        self.moves.append(move)
         return move
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from libmgsave import units, untrusted
 from libmgsave.budget import DEADLINE_RESERVE
+from libmgsave.history import BatteryDecision, BatteryStep
 from libmgsave.power.reading import PowerState, UpsReading
 
 FINAL_FLUSH = 5.0  # seconds: a bound on the host's own writes at poweroff, after the pass
@@ -32,6 +33,10 @@ class BatteryDeadline:
     def to_dict(self) -> dict:
         return {"seconds": round(self.seconds, 3), "why": self.why, "runtime_seconds": self.runtime,
                 "warning": self.warning}
+
+    def decision(self, at: float) -> BatteryDecision:
+        """As the record keeps it: the deadline set at ``at`` (epoch, the pass's start)."""
+        return BatteryDecision(BatteryStep.DEADLINE, at, self.runtime, round(self.seconds, 3), self.why)
 
 
 def battery_deadline(reading: UpsReading, *, limit: float, margin: float,

@@ -1,6 +1,13 @@
 """``mgsave power watch``'s loop: read the UPS every ``power.poll``, ask ``decide``, log, and
-start the host's shutdown once when it says so. Every question that costs (the UPS, the plan,
-the command) comes in through ``WatchHooks``, so that the loop itself is all that is here.
+start the host's shutdown when it says so. Every question that costs (the UPS, the plan, the
+command) comes in through ``WatchHooks``, so that the loop itself is all that is here.
+
+The loop never ends by itself: systemd stops the watch (its unit is not ordered after anything
+the host's shutdown waits for) once a shutdown is really under way. A shutdown started is given
+``UNDER_WAY_READINGS`` readings of the UPS to take the watch down with the host; meanwhile it is
+not started again (said once). A watch still reading after that saw its shutdown cancelled
+(``shutdown -c``, ``systemctl cancel``) or fail: it says so and, when the UPS still says so,
+starts it again. Back on line, the watch stands down and forgets it.
 
 The plan's need is asked only on battery, and again only every ``PLAN_EVERY`` seconds: it lists
 the guests and may ask the peers, which is too much for every poll. A new outage asks afresh.
@@ -17,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from libmgsave import units
 from libmgsave.policy import Power
 from libmgsave.power.decide import Decision, Verdict, decide
 from libmgsave.power.reading import PowerState, UpsReading
@@ -28,6 +36,9 @@ UNREADABLE_LOG_EVERY = 300.0  # seconds between two log lines of a UPS that stay
 ON_BATTERY_LOG_EVERY = 60.0  # seconds between two log lines of the same decision on battery
 # MESSAGE_ID of the line that says the watch starts the host's shutdown (journalctl MESSAGE_ID=...)
 HOST_SHUTDOWN = "6f0b1d7e4c2a4f08a3b5e9d1c7a26e44"
+# Readings of the UPS a shutdown started is given to take the watch down with the host (a minute
+# at the default power.poll of 5 s); one still reading after that was cancelled or failed.
+UNDER_WAY_READINGS = 12
 
 
 @dataclass(frozen=True)
@@ -39,9 +50,10 @@ class WatchHooks:
     clock: Callable[[], float] = time.monotonic
 
 
-def watch(power: Power, hooks: WatchHooks) -> Decision:
-    """Watches until the host's shutdown has been started; the decision that started it."""
+def watch(power: Power, hooks: WatchHooks) -> None:
+    """Watches until stopped (a signal: ``hooks.sleep`` or a hook raises)."""
     logbook = _Logbook(str(power.ups), hooks.clock)
+    started = _Started(str(power.ups), power.poll)
     needed_at: float | None = None
     needed: float | None = None
     while True:
@@ -51,12 +63,59 @@ def watch(power: Power, hooks: WatchHooks) -> Decision:
                 needed, needed_at = hooks.needed(), hooks.clock()
         elif reading.state is PowerState.ONLINE:
             needed = needed_at = None  # the next outage plans afresh
+            started.stand_down()
         decision = decide(reading, needed if reading.state is PowerState.ON_BATTERY else None, power.margin)
         log.debug("UPS %s polled: %s (%s)", power.ups, decision.verdict, decision.why)
-        logbook.log(decision)
-        if decision.verdict is Verdict.SHUT_DOWN_NOW and hooks.start_shutdown(decision):
-            return decision
+        started.read()
+        if decision.verdict is Verdict.SHUT_DOWN_NOW and started.under_way(decision):
+            pass  # started already: said once by _Started, not again every reading
+        else:
+            logbook.log(decision)
+            if decision.verdict is Verdict.SHUT_DOWN_NOW and hooks.start_shutdown(decision):
+                started.began()
         hooks.sleep(power.poll)
+
+
+class _Started:
+    """The host's shutdown this watch started: whether it is still under way (given
+    ``UNDER_WAY_READINGS`` readings), said in the journal when it is not started again and when
+    it seems cancelled."""
+
+    def __init__(self, ups: str, poll: float):
+        self.ups, self.poll = ups, poll
+        self.readings: int | None = None  # readings since the shutdown was started; None: none started
+        self.said = False
+
+    def fields(self, decision: Decision) -> dict[str, object]:
+        """A decision's journal fields but its verdict: MGSAVE_DECISION=shut-down-now marks the
+        lines that start the host's shutdown, and these do not."""
+        return {**fields(self.ups, decision), "MGSAVE_DECISION": None}
+
+    def began(self) -> None:
+        self.readings, self.said = 0, False
+
+    def read(self) -> None:
+        if self.readings is not None:
+            self.readings += 1
+
+    def stand_down(self) -> None:
+        self.readings = None
+
+    def under_way(self, decision: Decision) -> bool:
+        """Whether the shutdown started is taken as under way (then not started again)."""
+        if self.readings is None:
+            return False
+        ago = units.seconds(self.readings * self.poll)
+        if self.readings <= UNDER_WAY_READINGS:
+            if not self.said:
+                self.said = True
+                log.warning("UPS %s: %s: the host's shutdown started %s ago is under way: not starting it again",
+                            self.ups, decision.why, ago, extra=self.fields(decision))
+            return True
+        log.error("UPS %s: the host's shutdown started %s ago has not happened (cancelled, or it failed) and the "
+                  "watch still runs: watching again", self.ups, ago, extra=self.fields(decision))
+        self.readings = None
+        return False
 
 
 def fields(ups: str, decision: Decision) -> dict[str, object]:

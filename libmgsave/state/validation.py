@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from libmgsave.history import EntryError, GuestEntry, HostShutdown, RecordedBy, is_number
+from libmgsave.history import EntryError, GuestEntry, HostShutdown, RecordedBy, battery_decisions, is_number
 from libmgsave.safefiles import UnsafeFile, read_small_file  # noqa: F401 - UnsafeFile: for records
 from libmgsave.saveimages import transient_image_path
 
@@ -36,12 +36,21 @@ _RECORD_FIELDS = {
     "ok": (lambda v: v is None or isinstance(v, bool), "true or false"),
     "boot_id": (lambda v: v is None or isinstance(v, str), "a boot ID"),
     "host_shutdown": (lambda v: v is None or _is_host_shutdown(v), "a kind of shutdown and why"),
+    "battery": (lambda v: _is_battery(v), "a list of decisions on the battery"),
 }
 
 
 def _is_host_shutdown(value) -> bool:
     try:
         HostShutdown.from_dict(value)
+    except EntryError:
+        return False
+    return True
+
+
+def _is_battery(value) -> bool:
+    try:
+        battery_decisions(value)
     except EntryError:
         return False
     return True

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from libmgsave import jsonout
+from libmgsave.history import BatteryDecision, EntryError, battery_decisions
 
 WAIT_KINDS = ("order", "after", "slot", "ready")
 # What each phase kind means, in the order both drawings list them ("failed": a failed step).
@@ -59,6 +60,7 @@ class PassTimeline:
     rows: tuple[Row, ...]
     interrupted: str | None = None
     idle: int = 0  # guests the pass had nothing to do with (skipped): counted, not drawn
+    battery: tuple[BatteryDecision, ...] = ()  # a shutdown pass on a UPS: its decisions on the runtime
 
     @property
     def guests(self) -> int:
@@ -90,6 +92,7 @@ class PassTimeline:
                         "phases": [{"kind": p.kind, "started": jsonout.timestamp(p.started),
                                     "finished": jsonout.timestamp(p.finished), "ok": p.ok, "error": p.error}
                                    for p in r.phases]} for r in self.rows],
+            "battery": [{**d.to_dict(), "at": jsonout.timestamp(d.at)} for d in self.battery],
         }
 
 
@@ -136,4 +139,13 @@ def from_record(record: dict | None, kind: str) -> PassTimeline | None:
     rows.sort(key=lambda r: (r.phases[0].started if r.phases else math.inf, r.name))
     ends = [p.finished for r in rows for p in r.phases]
     finished = _number(record.get("finished")) or max(ends, default=started)
-    return PassTimeline(kind, started, max([finished, *ends]), tuple(rows), record.get("interrupted"), idle)
+    return PassTimeline(kind, started, max([finished, *ends]), tuple(rows), record.get("interrupted"), idle,
+                        _battery(record))
+
+
+def _battery(record: dict) -> tuple[BatteryDecision, ...]:
+    """The record's decisions on the battery (checked when it was read; a malformed one: none)."""
+    try:
+        return battery_decisions(record.get("battery"))
+    except EntryError:
+        return ()

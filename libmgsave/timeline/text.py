@@ -84,7 +84,22 @@ def render(timeline: PassTimeline, width: int = WIDTH, *, shorten: bool | None =
     if not timeline.rows:
         lines.append("(no guest was handled)")
     lines += failures(timeline, width if shorten else None)
-    return "\n".join(lines)
+    return "\n".join(lines + battery_lines(timeline))
+
+
+def battery_lines(timeline: PassTimeline) -> list[str]:
+    """The UPS's runtime at each decision of a shutdown pass on a battery: the deadline set,
+    each move down, each re-plan (and the guests it moved), from the pass's start."""
+    if not timeline.battery:
+        return []
+    lines = ["UPS runtime at each decision:"]
+    for decision in timeline.battery:
+        runtime = "runtime unknown" if decision.runtime is None else f"runtime {units.seconds(decision.runtime)}"
+        names = ", ".join(untrusted.safe(name) for name in decision.moved)
+        moved = f": moved to cheaper steps: {names}" if names else ""
+        offset = f"{max(0.0, decision.at - timeline.started):.1f} s"
+        lines.append(f"  +{offset:<8} {decision.step:<10} {runtime}, {units.seconds(decision.seconds_left)} left{moved}")
+    return lines
 
 
 def failures(timeline: PassTimeline, width: int | None) -> list[str]:

@@ -72,3 +72,14 @@ def test_a_deadline_that_moves_is_seen_by_every_question(moved_to):
     assert budget.give_up_at() == moved_to - DEADLINE_RESERVE
     assert budget.may_begin(moved_to - DEADLINE_RESERVE - 1000)
     assert not budget.may_begin(moved_to - DEADLINE_RESERVE - 1000 + 1)
+
+
+def test_a_listener_is_told_of_each_move_down_and_only_while_it_listens():
+    clock = Clock()
+    budget = Budget.starting_now(600, clock=clock)
+    told = []
+    with budget.listening(lambda cause, runtime: told.append((cause, runtime, budget.ends_at()))):
+        assert budget.lower_end(1300, "runtime fell to 5 min", 300.0)
+        assert not budget.lower_end(1400, "climbed back")  # the end never moves up: nobody is told
+    assert budget.lower_end(1200)  # nobody listens any more
+    assert told == [("runtime fell to 5 min", 300.0, 1300)]

@@ -122,3 +122,28 @@ def test_a_transient_guests_save_file_is_planned_where_the_records_allow_it(tmp_
     info = GuestInfo(connection=URI, name="t", uuid=UUID.upper(), state=GuestState.RUNNING, persistent=False)
     (entry,) = plan_shutdown([info], parse_policy("version: 1\n", "policy.yaml"), state_dir=tmp_path).active
     assert entry.image == str(tmp_path / "images" / f"{UUID}.save")
+
+
+BATTERY = [{"step": "deadline", "at": 1700000000.25, "runtime_seconds": 900, "seconds_left": 885.0,
+            "why": "the UPS ups1@localhost is on battery", "moved": []},
+           {"step": "moved", "at": 1700000003, "runtime_seconds": 43.5, "seconds_left": 28.5, "why": "fell",
+            "moved": []},
+           {"step": "replanned", "at": 1700000003.5, "runtime_seconds": None, "seconds_left": 28,
+            "why": "re-planned", "moved": ["low-1", "low-2"]}]
+
+
+def test_a_records_decisions_on_the_battery_read_typed_and_write_back_as_they_were():
+    decisions = history.battery_decisions(json.loads(json.dumps(BATTERY)))
+    assert [d.step for d in decisions] == list(history.BatteryStep)
+    assert decisions[2].moved == ("low-1", "low-2") and decisions[2].runtime is None
+    assert json.dumps([d.to_dict() for d in decisions]) == json.dumps(BATTERY)
+
+
+def test_a_record_without_a_battery_reads_as_before_and_a_bad_one_is_refused():
+    assert history.battery_decisions(None) == ()
+    assert RecordedPass.from_dict({"guests": {}, "kind": "shutdown", "started": 1.0}).battery == ()
+    assert RecordedPass.from_dict({"guests": {}, "battery": BATTERY}).battery[0].runtime == 900
+    with pytest.raises(EntryError, match="'battery'"):
+        history.battery_decisions([{**BATTERY[0], "at": "yesterday"}])
+    with pytest.raises(EntryError, match="'battery'"):
+        history.battery_decisions({"step": "deadline"})

@@ -1,5 +1,5 @@
 """The layers import downward only: no module of libmgsave imports, however indirectly, one that
-imports it back, and the bottom floor (``history``) imports nothing of mgsave.
+imports it back, and the bottom floor (``history``) imports nothing of mgsave outside itself.
 
 Read from the source with ``ast``, every import counted: at the top, inside a function (where a
 circle is usually dodged) and under ``TYPE_CHECKING``. A circle is named by its edges, each with
@@ -131,8 +131,14 @@ def test_no_room_imports_one_that_imports_it_back():
 
 
 def test_the_bottom_floor_imports_nothing_of_mgsave():
+    """``history`` and its modules import each other only."""
     edges = import_edges()
-    assert edges[BOTTOM_FLOOR] == {}, f"{BOTTOM_FLOOR} imports {edges[BOTTOM_FLOOR]}"
+    floor = [module for module in edges if module == BOTTOM_FLOOR or module.startswith(BOTTOM_FLOOR + ".")]
+    assert len(floor) > 1, floor
+    outside = {module: {target: where for target, where in edges[module].items()
+                        if target != BOTTOM_FLOOR and not target.startswith(BOTTOM_FLOOR + ".")}
+               for module in floor}
+    assert not any(outside.values()), f"{BOTTOM_FLOOR} imports {outside}"
 
 
 def test_the_walk_sees_imports_inside_functions_and_names_the_edge(tmp_path):

@@ -182,11 +182,29 @@ def test_the_need_is_asked_on_battery_at_most_once_a_minute_and_afresh_after_an_
     assert script.started == []
 
 
-def test_the_watch_starts_the_shutdown_once_the_runtime_runs_short_and_returns():
-    from libmgsave.power.watch import watch
+def test_the_watch_starts_the_shutdown_once_the_runtime_runs_short_and_not_again_while_under_way(caplog):
+    from libmgsave.power.watch import UNDER_WAY_READINGS, watch
 
     power = Power(UpsAddress("ups1", "localhost"), margin=60, poll=5)
-    script = Script([reading("OB", "600"), reading("OB", "200"), reading("OB", "150"), reading("OB", "100")])
-    decision = watch(power, script.hooks())
+    script = Script([reading("OB", "600"), reading("OB", "200"), reading("OB", "150")]
+                    + [reading("OB", "100")] * UNDER_WAY_READINGS)
+    with pytest.raises(StopIteration):  # the watch goes on after starting the shutdown
+        watch(power, script.hooks())
+    [decision] = script.started
     assert decision.verdict is Verdict.SHUT_DOWN_NOW and decision.runtime == 150  # 150 <= 100 + 60
-    assert len(script.started) == 1
+    said = [r.getMessage() for r in caplog.records if "is under way: not starting it again" in r.getMessage()]
+    assert len(said) == 1, said  # said once, not every reading
+
+
+def test_a_shutdown_that_did_not_happen_is_started_again_and_one_back_on_line_is_forgotten(caplog):
+    from libmgsave.power.watch import UNDER_WAY_READINGS, watch
+
+    power = Power(UpsAddress("ups1", "localhost"), margin=60, poll=5)
+    short = reading("OB", "100")
+    script = Script([short] * (UNDER_WAY_READINGS + 2) + [reading("OL"), short, short])
+    with pytest.raises(StopIteration):
+        watch(power, script.hooks())
+    # the first; again once the watch outlived UNDER_WAY_READINGS readings (cancelled); again after the outage
+    assert len(script.started) == 3
+    assert any("has not happened (cancelled, or it failed)" in r.getMessage()
+               for r in caplog.records)

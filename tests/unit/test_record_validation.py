@@ -21,7 +21,11 @@ def entry(**fields):
 
 
 GOOD_FIELDS = {"mgsave_version": "1.0", "finished": 11, "interrupted": "SIGTERM", "measured_throughput": 0.5,
-               "ok": False, "boot_id": "b", "host_shutdown": {"kind": "reboot", "why": "logind said so"}}
+               "ok": False, "boot_id": "b", "host_shutdown": {"kind": "reboot", "why": "logind said so"},
+               "battery": [{"step": "deadline", "at": 10.0, "runtime_seconds": 900, "seconds_left": 885.0,
+                            "why": "on battery", "moved": []},
+                           {"step": "replanned", "at": 12.5, "runtime_seconds": None, "seconds_left": 28,
+                            "why": "fell", "moved": ["low-1"]}]}
 
 
 def test_a_record_with_every_field_well_formed_or_null_has_no_problem(tmp_path):
@@ -41,6 +45,15 @@ def test_a_record_with_every_field_well_formed_or_null_has_no_problem(tmp_path):
     ("host_shutdown", "reboot", "a kind of shutdown and why"),
     ("host_shutdown", {"kind": "reboot"}, "a kind of shutdown and why"),
     ("host_shutdown", {"kind": "sleep", "why": "x"}, "a kind of shutdown and why"),
+    ("battery", {"step": "deadline"}, "a list of decisions on the battery"),
+    ("battery", [{"step": "guessed", "at": 1, "runtime_seconds": 1, "seconds_left": 1, "why": "", "moved": []}],
+     "a list of decisions on the battery"),
+    ("battery", [{"step": "moved", "at": 1, "runtime_seconds": -1e999, "seconds_left": 1, "why": "", "moved": []}],
+     "a list of decisions on the battery"),
+    ("battery", [{"step": "moved", "at": 1, "runtime_seconds": 1, "seconds_left": 1, "why": "", "moved": [3]}],
+     "a list of decisions on the battery"),
+    ("battery", [{"step": "moved", "at": 1, "runtime_seconds": 1, "seconds_left": 1, "why": ""}],
+     "a list of decisions on the battery"),
 ])
 def test_each_top_level_field_of_the_wrong_type_is_said(tmp_path, name, value, what):
     assert record_problem(record(**{name: value}), tmp_path) == f"'{name}' is {value!r}, not {what}"

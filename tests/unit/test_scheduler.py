@@ -9,7 +9,7 @@ import pytest
 
 from libmgsave import interrupt
 from libmgsave.errors import OperationTimeout
-from libmgsave.execute.scheduler import Schedule, Slots, dependencies_first, group_by_order
+from libmgsave.execute.scheduler import Cancelled, Schedule, Slots, dependencies_first, group_by_order
 from libmgsave.inventory import GuestInfo, GuestState
 from libmgsave.matching import resolve
 from libmgsave.outcomes import GuestResult, Outcome
@@ -108,6 +108,41 @@ def test_a_withdrawn_key_keeps_nobody_waiting():
     slots.withdraw("a")
     assert done.wait(5), "b still waits for a, which withdrew"
     thread.join(5)
+
+
+def test_a_cancelled_turn_ends_its_wait_and_lets_the_next_one_in():
+    """A re-plan moved a waiting guest off its save: it stops waiting at once, and the holder
+    ranked behind it is no longer kept waiting for its turn."""
+    slots = Slots(1, ranks={"a": 0, "b": 1, "c": 2}, expected=["a", "b", "c"])
+    release, holding = threading.Event(), threading.Event()
+    outcome: dict[str, str] = {}
+    cancelled_b, admitted_c = threading.Event(), threading.Event()
+
+    def ask(key: str) -> None:
+        try:
+            with slots.held(key, give_up_at=time.monotonic() + 10):
+                outcome[key] = "admitted"
+                holding.set()
+                admitted_c.set() if key == "c" else release.wait(10)
+        except Cancelled:
+            outcome[key] = "cancelled"
+            cancelled_b.set()
+
+    threads = [threading.Thread(target=ask, args=(key,), daemon=True) for key in ("a", "b", "c")]
+    threads[0].start()
+    assert holding.wait(5)
+    for thread in threads[1:]:
+        thread.start()
+    slots.cancel("b")
+    assert cancelled_b.wait(5), outcome
+    assert outcome == {"a": "admitted", "b": "cancelled"}
+    release.set()
+    assert admitted_c.wait(5), outcome
+    for thread in threads:
+        thread.join(5)
+    with pytest.raises(Cancelled):  # a later ask of a cancelled key is cancelled too
+        with slots.held("b", give_up_at=time.monotonic() + 1):
+            pass
 
 
 def test_a_holder_gives_up_at_its_deadline_not_when_a_slot_frees():

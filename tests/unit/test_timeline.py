@@ -92,3 +92,22 @@ def test_the_svg_is_well_formed_with_a_bar_per_phase_in_its_colour():
     slot = next(r for r in bars if r.get("fill") == svg.COLOURS["slot"])
     assert float(save.get("x")) > float(slot.get("x"))
     assert abs(float(save.get("width")) - 2 * float(slot.get("width"))) < 0.5, "4 s of save, 2 s of waiting"
+
+
+def test_the_report_shows_the_ups_runtime_at_each_decision_of_the_pass():
+    record = _record(_entry("high-1", steps=[("save", 2, 6, True)]), _entry("low-1", outcome="shut-down",
+                                                                            steps=[("shutdown", 2, 4, True)]))
+    record["battery"] = [
+        {"step": "deadline", "at": T0, "runtime_seconds": 900, "seconds_left": 885, "why": "w", "moved": []},
+        {"step": "moved", "at": T0 + 1.5, "runtime_seconds": 43, "seconds_left": 28, "why": "w", "moved": []},
+        {"step": "replanned", "at": T0 + 1.5, "runtime_seconds": 43, "seconds_left": 28, "why": "w",
+         "moved": ["low-1"]}]
+    timeline = from_record(record, "shutdown")
+    chart = text.render(timeline, shorten=True)
+    assert chart.splitlines()[-4:] == [
+        "UPS runtime at each decision:",
+        "  +0.0 s    deadline   runtime 15 min 00 s, 14 min 45 s left",
+        "  +1.5 s    moved      runtime 43 s, 28 s left",
+        "  +1.5 s    replanned  runtime 43 s, 28 s left: moved to cheaper steps: low-1"]
+    assert [d["step"] for d in timeline.to_dict()["battery"]] == ["deadline", "moved", "replanned"]
+    assert "UPS runtime" not in text.render(from_record(_record(_entry("a")), "shutdown"), shorten=True)
