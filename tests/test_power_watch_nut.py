@@ -160,7 +160,7 @@ def test_a_shutdown_cancelled_is_watched_again_and_started_again_when_still_need
     way (12 at its 1 s poll), says so, and starts it again while the runtime is still short."""
     on_battery(nut, 1200)
     w = watch()
-    w.wait_for_log("more than the 11 s the shutdown plan needs")
+    w.wait_for_log("more than the 31 s the shutdown plan needs")
     on_battery(nut, 70)
     w.wait_for_log("is under way: not starting it again")
     assert w.started() == ["started"]
@@ -181,7 +181,7 @@ def test_a_shutdown_cancelled_is_watched_again_and_started_again_when_still_need
 def test_a_failed_shutdown_command_is_tried_again_at_the_next_reading(nut, watch, tmp_path):
     on_battery(nut, 1200)
     w = watch(command="exit 1")
-    w.wait_for_log("more than the 11 s the shutdown plan needs")
+    w.wait_for_log("more than the 31 s the shutdown plan needs")
     on_battery(nut, 70)
     w.wait_for_log("exited 1; trying again at the next reading", count=2)
     assert "is under way" not in w.text()
