@@ -68,8 +68,9 @@ def mgsave_command() -> list[str]:
 
 
 def run_timed(argv: list[str], *, env: dict | None = None, log: Path | None = None,
-              check: bool = True, stdout_file: Path | None = None) -> tuple[float, int]:
-    """Run a command to completion; returns (wall seconds, peak RSS of the child in KiB)."""
+              check: bool = True, stdout_file: Path | None = None, ok: tuple[int, ...] = (0,)) -> tuple[float, int]:
+    """Run a command to completion; returns (wall seconds, peak RSS of the child in KiB).
+    ``check``: raise unless it exits with one of ``ok``."""
     out = open(stdout_file or log or os.devnull, "ab")
     err = open(log or os.devnull, "ab")
     try:
@@ -82,7 +83,7 @@ def run_timed(argv: list[str], *, env: dict | None = None, log: Path | None = No
     finally:
         out.close()
         err.close()
-    if check and proc.returncode != 0:
+    if check and proc.returncode not in ok:
         tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
         raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}\n{tail}")
     return seconds, usage.ru_maxrss

@@ -98,7 +98,10 @@ def run(args) -> dict:
             runs: dict[str, list] = {label: [] for label in commands}
             for _ in range(args.repeat):
                 for label, cmd in commands.items():
-                    runs[label].append(run_timed(cmd, log=work / "scale.log", stdout_file=Path(os.devnull)))
+                    # 10: some guests would be degraded (the node's thousands of guests of up to
+                    # 8 GiB do not fit the deadline); the dry run still plans every one
+                    runs[label].append(run_timed(cmd, log=work / "scale.log", stdout_file=Path(os.devnull),
+                                                 ok=(0, 10) if "--dry-run" in label else (0,)))
             shutil.rmtree(state, ignore_errors=True)
             shutil.rmtree(state.with_name(state.name + "-recorded"), ignore_errors=True)
             row = {label: {"seconds": median([t for t, _ in r]), "min": min(t for t, _ in r),
