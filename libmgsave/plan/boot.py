@@ -85,9 +85,8 @@ def plan_boot(
     on_peer = _on_peers_not_here(recorded.values(), policy, resolved)
     deps = dependencies(resolved, warnings)
     orders = effective_orders(resolved, deps)
-    images = len(files) + sum(1 for guest, _eff in resolved.values() if guest.has_managed_save)
     facts = _BootFacts(recorded, record is not None, files, on_peer, on_peers or {}, booted_since,
-                       dict(channels or {}), min(policy.limits.max_parallel_starts, images) or 1,
+                       dict(channels or {}), min(policy.limits.max_parallel_starts, len(files)) or 1,
                        cores or os.cpu_count() or 1, resumes or {})
     entries = []
     for key in sorted(resolved, key=lambda k: (orders[k], -resolved[k][1].settings.priority, resolved[k][0].name,
@@ -174,10 +173,6 @@ def _boot_entry(facts: _BootFacts, guest: GuestInfo, eff: Effective, order: int,
     if action is Action.RESTORE or (action is Action.RESUME and guest.persistent):
         read_with, _ = choose(eff.settings.save_channels, guest, facts.offers.get(guest.connection, UNKNOWN),
                               at_once=facts.at_once, cores=facts.cores)
-        # Measured (docs/PERFORMANCE.md): more reading streams than cores made 4 channelled
-        # images resume in 3.1 x the floor against 1.8 x read in one stream each; one big image
-        # alone gains from them. A resume reads with at most the cores left to it.
-        read_with = max(1, min(read_with, facts.cores // facts.at_once))
     return GuestPlan(guest, eff, (action,), decided.reason, order, wait_for if action is not Action.SKIP else (),
                      image=facts.files.get(key), notes=((lost,) if lost and not decided.fresh else ()) + decided.notes,
                      managed_image=managed_image_path(guest.connection, guest.name) if guest.persistent else None,

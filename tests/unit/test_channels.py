@@ -107,23 +107,12 @@ def test_at_boot_save_files_and_managed_images_are_read_with_channels():
             "connection": URI, "name": g.name, "uuid": g.uuid, "outcome": "saved"}
         for g in [guest("p", image=True)]}}
     plan = plan_boot([guest("p", GuestState.SHUTOFF, image=True)], policy("4"), RecordedPass.from_dict(record),
-                     channels={URI: OFFERED}, cores=8)
+                     channels={URI: OFFERED})
     entries = by_name(plan)
     assert entries["t"].actions == (Action.RESTORE,) and entries["t"].save_channels == 4
     # read with channels if its image is sparse (the executor reads the header); a transient
     # guest's file or a persistent guest's managed image alike (virDomainRestoreParams)
     assert entries["p"].actions == (Action.RESUME,) and entries["p"].save_channels == 4
-
-
-@pytest.mark.parametrize(("count", "cores", "expected"), [(1, 2, 2), (4, 2, 1), (2, 2, 1), (2, 8, 2), (4, 16, 2)])
-def test_at_boot_the_resumes_at_once_read_with_no_more_streams_than_cores(count, cores, expected):
-    """Every held image resumed at once counts, managed ones too: 4 images of 2 channels each on
-    2 cores are read in one stream each, one alone with its 2."""
-    guests = [guest(f"p{i}", GuestState.SHUTOFF, image=True) for i in range(count)]
-    record = {"guests": {f"{URI} {g.uuid}": {"connection": URI, "name": g.name, "uuid": g.uuid, "outcome": "saved"}
-                         for g in guests}}
-    plan = plan_boot(guests, policy("2"), RecordedPass.from_dict(record), channels={URI: OFFERED}, cores=cores)
-    assert {e.guest.name: e.save_channels for e in plan.entries} == {g.name: expected for g in guests}
 
 
 # --- the setting in the policy -----------------------------------------------------------------
