@@ -60,6 +60,7 @@ class Discharge:
     flushes: tuple[float, ...]  # each image's flush
     deadline: float             # the pass's deadline on battery
     outcomes: tuple[str, ...]   # each guest's, by name: "pw-1 saved"
+    estimate: float = float("nan")  # the plan's own end of its saves (its need less what it keeps back)
 
     @property
     def error(self) -> float:
@@ -67,11 +68,17 @@ class Discharge:
         return (self.took - self.needed) / self.needed if self.needed else float("nan")
 
     @property
+    def estimate_error(self) -> float:
+        """The pass's duration against the plan's estimate of its saves alone."""
+        return (self.took - self.estimate) / self.estimate if self.estimate else float("nan")
+
+    @property
     def promised_safe(self) -> float:
         return len(set(self.promised) & set(self.safe)) / len(self.promised) if self.promised else 1.0
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "error": self.error, "promised_safe": self.promised_safe}
+        return {**self.__dict__, "error": self.error, "estimate_error": self.estimate_error,
+                "promised_safe": self.promised_safe}
 
 
 def promised(plan_document: dict) -> tuple[str, ...]:
@@ -79,6 +86,12 @@ def promised(plan_document: dict) -> tuple[str, ...]:
     [plan] = [p for p in plan_document["plans"] if p["pass"] == "shutdown"]
     return tuple(g["name"] for g in plan["guests"]
                  if g["actions"] and g["actions"][0] in ("save", "save-to-file") and not g["save_dropped_because"])
+
+
+def saves_estimate(plan_document: dict) -> float:
+    """When the shutdown plan expects its last save to end, from the pass's start (seconds)."""
+    [plan] = [p for p in plan_document["plans"] if p["pass"] == "shutdown"]
+    return max((g.get("estimated_save_end_seconds") or 0.0 for g in plan["guests"]), default=0.0)
 
 
 def safe_before(result: dict, cut_epoch: float) -> tuple[str, ...]:
@@ -181,7 +194,8 @@ class Replay:
                          lead=cut_at - fired, promised=promised(plan), safe=safe_before(result, cut),
                          flushes=tuple(float(s) for _n, s in FLUSHED.findall(stderr)),
                          deadline=result["battery"]["seconds"],
-                         outcomes=tuple(sorted(f"{g['name']} {g['outcome']}" for g in result["guests"])))
+                         outcomes=tuple(sorted(f"{g['name']} {g['outcome']}" for g in result["guests"])),
+                         estimate=saves_estimate(plan))
 
     def _pass(self, policy: Path, t0: float) -> tuple[dict, str, float]:
         """The shutdown pass while the battery runs down; at zero the power is cut (every guest
@@ -245,7 +259,8 @@ def run(args) -> dict:
                 note(f"round {r + 1}/{args.rounds}, bypass_cache {str(bypass).lower()}: the mains fail")
                 d = replay.discharge(bypass)
                 data["discharges"].append(d.to_dict())
-                note(f"  plan {d.needed:.1f} s, pass {d.took:.1f} s ({d.error:+.0%}), {len(d.safe)} safe, "
+                note(f"  plan {d.needed:.1f} s (its saves {d.estimate:.1f} s), pass {d.took:.1f} s ({d.error:+.0%}; "
+                     f"against the saves' estimate {d.estimate_error:+.0%}), {len(d.safe)} safe, "
                      f"down {d.lead:.0f} s before the cut")
     except BaseException:
         note(f"the commands' output is kept in {work}")
@@ -272,9 +287,13 @@ def _print(data: dict, args) -> None:
         rows.append([bypass, spread([d["needed"] for d in ds]), spread([d["took"] for d in ds]),
                      f"{median([d['error'] for d in ds]):+.0%} ({min(d['error'] for d in ds):+.0%}"
                      f" to {max(d['error'] for d in ds):+.0%})",
+                     spread([d["estimate"] for d in ds]),
+                     f"{median([d['estimate_error'] for d in ds]):+.0%} ({min(d['estimate_error'] for d in ds):+.0%}"
+                     f" to {max(d['estimate_error'] for d in ds):+.0%})",
                      f"{safe_n} of {promised_n}", spread([d["lead"] for d in ds], digits=0),
                      spread([f for d in ds for f in d["flushes"]], digits=3)])
-    say(table(["bypass_cache", "plan's need", "the pass took", "prediction error (target within 10%)",
+    say(table(["bypass_cache", "plan's need (with what the pass keeps back)", "the pass took",
+               "against the need", "the plan's saves", "prediction error of the saves (target within 10%)",
                "promised guests safe before the cut", "host went down before the cut",
                "flush of an image"], rows))
     say("\n" + table(["discharge", "bypass_cache", "the watch's trigger", "the pass's deadline on battery", "outcomes"],

@@ -138,7 +138,7 @@ def test_a_big_guest_is_sized_from_free_memory_and_disk_within_the_cap():
 
 
 def test_a_discharge_counts_the_promised_guests_safe_before_the_cut():
-    from bench.power import Discharge, promised, safe_before
+    from bench.power import Discharge, promised, safe_before, saves_estimate
 
     plan = {"plans": [{"pass": "shutdown", "guests": [
         {"name": "a", "actions": ["save", "shutdown"], "save_dropped_because": None},
@@ -153,8 +153,10 @@ def test_a_discharge_counts_the_promised_guests_safe_before_the_cut():
     cut = epoch("2026-12-06T22:00:20.000000Z")
     assert safe_before(result, cut) == ("a",)
     d = Discharge(False, needed=10.0, took=11.0, lead=30.0, promised=("a",), safe=("a",), flushes=(),
-                  deadline=40.0, outcomes=("a saved",))
-    assert round(d.error, 3) == 0.1 and d.promised_safe == 1.0
+                  deadline=40.0, outcomes=("a saved",), estimate=5.0)
+    assert round(d.error, 3) == 0.1 and d.promised_safe == 1.0 and round(d.estimate_error, 3) == 1.2
+    plan["plans"][0]["guests"][0]["estimated_save_end_seconds"] = 4.5
+    assert saves_estimate(plan) == 4.5
 
 
 def test_compare_prints_its_tables_from_its_measurements(capsys):
