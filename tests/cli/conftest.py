@@ -1,10 +1,33 @@
 # The second tier: the real CLI on libvirt's built-in test driver (see tests/testdriver.py).
+import functools
+import os
 import uuid
 
 import pytest
 
-from libmgsave import interrupt, state
-from tests.testdriver import hv  # noqa: F401
+from libmgsave import cli, conflicts, interrupt, state
+from tests.testdriver import URI, hv  # noqa: F401
+
+
+@pytest.fixture
+def quiet_host(tmp_path, monkeypatch):
+    """This host's own setup (libvirt-guests enabled, say) is looked for in an empty tree."""
+    (tmp_path / "root").mkdir()
+    monkeypatch.setattr(conflicts, "host_conflicts", functools.partial(conflicts.host_conflicts, root=tmp_path / "root"))
+
+
+def policy_runner(tmp_path, capsys, policy: str):
+    """``run(*args)``: mgsave on the test driver with ``policy`` (written once), its state in
+    ``tmp_path``; returns (exit code, standard output)."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy)
+    os.chmod(path, 0o644)
+
+    def run(*args):
+        capsys.readouterr()
+        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(path), *args])
+        return code, capsys.readouterr().out
+    return run
 
 
 @pytest.fixture

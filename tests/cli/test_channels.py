@@ -1,16 +1,16 @@
 """``save_channels`` on the test driver, which has no parallel save: plan and check say so,
 and the pass saves the guest in one stream all the same."""
 
-import functools
 import json
 import os
 
 import pytest
 
-from libmgsave import cli, conflicts, parallelsave
+from libmgsave import parallelsave
 from libmgsave.hypervisor import host as hypervisor_host
 from libmgsave.errors import ExitCode
 from libmgsave.hypervisor import Host
+from tests.cli.conftest import policy_runner
 from tests.testdriver import URI, define, has_image, hv  # noqa: F401
 
 POLICY = """\
@@ -26,22 +26,13 @@ REFUSED = "save_channels 4 not available: the test driver has no parallel save (
 
 
 @pytest.fixture(autouse=True)
-def quiet_host(tmp_path, monkeypatch):
-    (tmp_path / "root").mkdir()
-    monkeypatch.setattr(conflicts, "host_conflicts", functools.partial(conflicts.host_conflicts, root=tmp_path / "root"))
+def _quiet_host(quiet_host):
+    """This host's own setup is looked for in an empty tree (``quiet_host``)."""
 
 
 @pytest.fixture
 def mgsave(tmp_path, capsys):
-    path = tmp_path / "policy.yaml"
-    path.write_text(POLICY)
-    os.chmod(path, 0o644)
-
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(path), *args])
-        return code, capsys.readouterr().out
-    return run
+    return policy_runner(tmp_path, capsys, POLICY)
 
 
 def test_plan_and_check_say_why_a_guest_gets_one_stream(hv, mgsave):

@@ -1,12 +1,11 @@
 """``mgsave check`` on libvirt's test driver: warnings located at their rule, and ``--strict``."""
 
-import functools
 import json
 import os
 
 import pytest
 
-from libmgsave import cli, conflicts
+from libmgsave import cli
 from libmgsave.errors import ExitCode
 from tests.testdriver import URI, define, hv  # noqa: F401
 
@@ -28,10 +27,8 @@ guests:
 
 
 @pytest.fixture(autouse=True)
-def quiet_host(tmp_path, monkeypatch):
-    """This host's own setup (libvirt-guests enabled, say) is looked for in an empty tree."""
-    (tmp_path / "root").mkdir()
-    monkeypatch.setattr(conflicts, "host_conflicts", functools.partial(conflicts.host_conflicts, root=tmp_path / "root"))
+def _quiet_host(quiet_host):
+    """This host's own setup is looked for in an empty tree (``quiet_host``)."""
 
 
 def _check(tmp_path, capsys, *args, policy=POLICY, connect=URI):

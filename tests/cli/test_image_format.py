@@ -2,15 +2,14 @@
 says which format each guest gets and why, ``check`` warns at the rule, and the pass saves the
 guest in libvirt's own format all the same."""
 
-import functools
 import json
 import os
 
 import pytest
 
-from libmgsave import cli, conflicts
 from libmgsave.errors import ExitCode
 from libmgsave.hypervisor import Host
+from tests.cli.conftest import policy_runner
 from tests.testdriver import URI, define, has_image, hv  # noqa: F401
 
 POLICY = """\
@@ -25,22 +24,13 @@ REFUSED = ("image_format zstd not available: the test driver has no per-call ima
 
 
 @pytest.fixture(autouse=True)
-def quiet_host(tmp_path, monkeypatch):
-    (tmp_path / "root").mkdir()
-    monkeypatch.setattr(conflicts, "host_conflicts", functools.partial(conflicts.host_conflicts, root=tmp_path / "root"))
+def _quiet_host(quiet_host):
+    """This host's own setup is looked for in an empty tree (``quiet_host``)."""
 
 
 @pytest.fixture
 def mgsave(tmp_path, capsys):
-    path = tmp_path / "policy.yaml"
-    path.write_text(POLICY)
-    os.chmod(path, 0o644)
-
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(path), *args])
-        return code, capsys.readouterr().out
-    return run
+    return policy_runner(tmp_path, capsys, POLICY)
 
 
 def test_plan_says_which_format_each_guest_gets_and_why(hv, mgsave):

@@ -2,13 +2,12 @@
 answer, ``plan`` shows the peer chosen, ``evacuate`` and ``return`` with --dry-run. (The test
 driver cannot migrate: the real thing is in tests/test_migrate_rig.py.)"""
 
-import functools
 import json
 import os
 
 import pytest
 
-from libmgsave import cli, conflicts
+from libmgsave import cli
 from libmgsave.errors import ExitCode
 from libmgsave.hypervisor import Guest
 from tests.testdriver import URI, define, domain_xml, hv, migrated_record, running  # noqa: F401
@@ -28,9 +27,8 @@ guests:
 
 
 @pytest.fixture(autouse=True)
-def quiet_host(tmp_path, monkeypatch):
-    (tmp_path / "root").mkdir()
-    monkeypatch.setattr(conflicts, "host_conflicts", functools.partial(conflicts.host_conflicts, root=tmp_path / "root"))
+def _quiet_host(quiet_host):
+    """This host's own setup is looked for in an empty tree (``quiet_host``)."""
 
 
 def small(conn, name):
