@@ -45,5 +45,5 @@ def test_power_replays_a_discharge():
     out = bench("power", "--guests", "1", "--memory", "256", "--fill", "32", "--runtime", "30",
                 "--margin", "10", "--bypass-cache", "off")
     assert "## A power cut replayed: 1 guests" in out
-    assert "prediction error (target within 10%)" in out and "promised guests safe before the cut" in out
+    assert "prediction error of the saves (target within 10%)" in out and "promised guests safe before the cut" in out
     assert "upsmon would have begun the host's shutdown 120 s before the cut" in out
