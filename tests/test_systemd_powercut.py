@@ -41,7 +41,7 @@ device-mapper cannot give. What is asserted instead: the pass flushed the image 
 ok`` journal entry, fdatasync) before it said the guest was saved (the ``save ok`` entry, then
 the outcome), both before the cut; and the image resumes.
 
-About 90-150 s on the 2-core machine (four boots of the container, 3 x 48 MiB of guest memory
+About 90-160 s on the 2-core machine (four boots of the container, 3 x 48 MiB of guest memory
 filled); run with ``-s`` for what the host did at each cut.
 """
 
