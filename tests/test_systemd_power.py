@@ -62,14 +62,14 @@ def container():
         yield c
 
 
-def wait_journal(c, since: float, wanted, timeout: float = WAIT) -> dict:
+def wait_journal(c, since: float, wanted, timeout: float = WAIT, unit: str = "mgsave-power.service") -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        for entry in c.journal("_SYSTEMD_UNIT=mgsave-power.service", since=since):
+        for entry in c.journal(f"_SYSTEMD_UNIT={unit}", since=since):
             if wanted(" ".join(str(entry.get("MESSAGE", "")).split())):
                 return entry
         if time.monotonic() > deadline:
-            raise AssertionError(f"not in mgsave-power.service's journal within {timeout:g} s")
+            raise AssertionError(f"not in {unit}'s journal within {timeout:g} s")
         time.sleep(0.5)
 
 

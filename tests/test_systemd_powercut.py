@@ -22,6 +22,16 @@ Boot 2. The pass saved every guest (the need left it the time), and each resumes
      to come or under way (one save at a time).
 Boot 3. The guest said saved resumes with its memory; the others do not come back from a torn
   image (the boot pass refuses a partial one; a guest never saved is not "restored").
+  d. The runtime drops sharply mid-pass. A fourth guest that ignores ACPI ("deaf", the first
+     order group, [shutdown, poweroff], a 10 s shutdown_timeout) holds the pass before its saves;
+     on battery with a long runtime the test runs ``systemctl poweroff``, and while the deaf
+     guest is held the runtime drops to 50 s (25 s left to the pass, 15 s of them for steps).
+     Re-planned at the built-in rate (the record of the earlier passes removed, so that no
+     learned rate makes the sizes a guess), the saves of pc-1 and pc-2 (priorities 300 and 200,
+     about 5.4 and 10.7 s from then) still fit, the save of pc-3 after them (16.1 s) does not:
+     pc-3 is moved to shutdown (or poweroff), pc-1 and pc-2 are saved before the runtime,
+     falling on one second a second, reaches zero and the test cuts the power.
+Boot 4. pc-1 and pc-2 resume with their memory; pc-3, shut down, is not "restored".
 
 What a cut by SIGKILL cannot show: the host's kernel, and its page cache, outlive the
 container, so an image the pass had not flushed would still be read back whole at the next
@@ -31,7 +41,7 @@ device-mapper cannot give. What is asserted instead: the pass flushed the image 
 ok`` journal entry, fdatasync) before it said the guest was saved (the ``save ok`` entry, then
 the outcome), both before the cut; and the image resumes.
 
-About 65-110 s on the 2-core machine (three boots of the container, 3 x 48 MiB of guest memory
+About 90-160 s on the 2-core machine (four boots of the container, 3 x 48 MiB of guest memory
 filled); run with ``-s`` for what the host did at each cut.
 """
 
@@ -42,9 +52,11 @@ import os
 import signal
 import time
 
+import libvirt
 import pytest
 
 from libmgsave import journal
+from libmgsave.state.records import read_record
 from tests import nutrig
 from tests.rig.guests import domain_xml
 from tests.test_systemd_boot import (RUNNING_RESTORED, SRC, _copy_tree, guest_states, unit_state, wait_boot_pass,
@@ -60,10 +72,16 @@ MEMORY_MIB, FILL_MIB = 1024, 48
 RUNNING = 1
 MARGIN = 20  # seconds
 UPS = "ups1"
+DEAF = "pc-deaf"  # ignores its ACPI shutdown request: holds the first order group (scenario d)
+HIGH, LOW = ["pc-1", "pc-2"], ["pc-3"]  # scenario d: saved, and moved off their saves
+DROP = 50  # seconds of runtime: 50 - 20 of margin - 5 of final flush = 25 s left, 15 s for steps
 
 
-def policy(port: int) -> str:
+def policy(port: int, deaf: bool = False) -> str:
     guests = "".join(f"  - match: {{name: {name}}}\n    priority: {priority}\n" for name, priority in GUESTS.items())
+    if deaf:
+        guests += (f"  - match: {{name: {DEAF}}}\n    order: 10\n    on_shutdown: [shutdown, poweroff]\n"
+                   f"    shutdown_timeout: 10s\n")
     return f"""\
 version: 1
 connections: ['qemu:///system']
@@ -236,6 +254,7 @@ def test_power_cuts_with_the_watch_and_heartbeat_guests(container, tmp_path):
         assert any(m.startswith(f"{name}: resume failed") and "its saved image is incomplete" in m
                    for m in boot_pass), boot_pass
         assert any(m.startswith(f"{name}: kept the image") for m in boot_pass), boot_pass
+    a_sharp_drop_then_the_next_boot(c, tmp_path / "nut-3", port)
 
 
 def a_short_outage_costs_nothing(c, nut) -> None:
@@ -268,18 +287,7 @@ def runtime_falls_steadily(c, nut) -> tuple[str, dict[str, int], float]:
     need = int(need_entry["MGSAVE_NEEDED_SECONDS"])
     # three guests of 1 GiB at the built-in rate (no pass has measured one yet), and what the pass keeps back
     assert need >= 30, need_entry
-    start = need + MARGIN + 8
-    began = time.monotonic()
-    runtime = start
-    while runtime > 0 and c.nspawn.poll() is None:
-        runtime = max(0, start - round(time.monotonic() - began))
-        nut.set(UPS, {"battery.runtime": str(runtime)})
-    if c.nspawn.poll() is None:
-        cut_power(c)
-        how = "was cut at runtime 0"
-    else:
-        how = f"was off by itself at a runtime of {runtime} s"
-        c.nspawn = c.pid1 = None
+    how = falls_to_zero(c, nut, need + MARGIN + 8)
     last_tick = {n: c.ticks(n)[-1] for n in GUESTS}
     [started] = watch_entries(c, since, "MGSAVE_DECISION=shut-down-now")
     at = int(started["MGSAVE_RUNTIME_SECONDS"])
@@ -292,6 +300,21 @@ def runtime_falls_steadily(c, nut) -> tuple[str, dict[str, int], float]:
     lag = (int(begun[0]["__REALTIME_TIMESTAMP"]) - int(started["__REALTIME_TIMESTAMP"])) / 1e6
     return f"{how}; the watch started it at a runtime of {at} s (need {need} s), the pass began {lag:.1f} s later", \
         last_tick, since
+
+
+def falls_to_zero(c, nut, start: int) -> str:
+    """The runtime falls one second a second from ``start``; the power is cut when it reaches
+    zero, unless the host is off by then. Returns how the host ended."""
+    began = time.monotonic()
+    runtime = start
+    while runtime > 0 and c.nspawn.poll() is None:
+        runtime = max(0, start - round(time.monotonic() - began))
+        nut.set(UPS, {"battery.runtime": str(runtime)})
+    if c.nspawn.poll() is None:
+        cut_power(c)
+        return "was cut at runtime 0"
+    c.nspawn = c.pid1 = None
+    return f"was off by itself at a runtime of {runtime} s"
 
 
 def cut_right_after_the_first_save(c, nut) -> tuple[str, dict[str, int], float]:
@@ -315,3 +338,70 @@ def cut_right_after_the_first_save(c, nut) -> tuple[str, dict[str, int], float]:
     assert ("flush", "ok") in kinds, f"{first} was said saved without a flush: {said}"
     assert kinds.index(("flush", "ok")) < kinds.index(("save", "ok")), f"said saved before it was flushed: {said}"
     return first, last_tick, since
+
+
+def a_sharp_drop_then_the_next_boot(c, workdir, port: int) -> None:
+    """Boot 3 goes on: the runtime drops sharply mid-pass (scenario d). Boot 4: the high
+    priority resumes with its memory; the guests moved off their saves are not restored."""
+    nut = start_nut(c, workdir, {"ups.status": "OL", "battery.runtime": "1200"}, port)
+    try:
+        c.write("/etc/mgsave/policy.yaml", policy(port, deaf=True))
+        # No learned rate: the plan's times are the built-in rate's, which the drop is sized for.
+        (c.dir("mgsave") / "last-shutdown.json").unlink(missing_ok=True)
+        run_every_guest(c)
+        boots_before = {n: c.guest_boots(n) for n in GUESTS}
+        how, last_tick = runtime_drops_sharply_mid_pass(c, nut)
+    finally:
+        nut.stop()
+    print(f"after the sharp drop the host {how}")
+    c.boot()
+    assert_resumed_with_memory(c, HIGH, last_tick, boots_before)
+    wait_boot_pass(c)
+    assert_none_from_a_torn_image(c, LOW, boots_before)
+
+
+def run_every_guest(c) -> None:
+    """Every guest of GUESTS running (one the cut left with a partial image booted afresh,
+    its image discarded), and the deaf one started; all ticking."""
+    conn = c.connect()
+    try:
+        for name in GUESTS:
+            domain = conn.lookupByName(name)
+            if not domain.isActive():
+                domain.createWithFlags(libvirt.VIR_DOMAIN_START_FORCE_BOOT)
+        conn.defineXML(domain_xml(DEAF, memory_mib=256, ignore_acpi=True)).create()
+    finally:
+        conn.close()
+    c.wait_ticking([*GUESTS, DEAF])
+
+
+def runtime_drops_sharply_mid_pass(c, nut) -> tuple[str, dict[str, int]]:
+    """On battery with a long runtime the test shuts the host down; while the deaf guest holds
+    the first order group the runtime drops to DROP, then falls to zero and the power is cut.
+    Returns how the host ended and the last ticks before the cut."""
+    since = time.time()
+    nut.set(UPS, {"ups.status": "OB DISCHRG", "battery.runtime": "900"})
+    wait_journal(c, since, lambda m: "on battery, runtime 15 min 00 s left: more than" in m
+                 and m.endswith(": waiting"))
+    c.run("systemctl", "--no-block", "poweroff")
+    wait_journal(c, since, lambda m: m.startswith("running the shutdown pass:"), unit="mgsave.service")
+    nut.set(UPS, {"battery.runtime": str(DROP)})
+    line = f"re-planned the guests not yet begun (the UPS's runtime fell to {DROP} s"
+    wait_journal(c, since, lambda m: line in m, unit="mgsave.service")
+    how = falls_to_zero(c, nut, DROP)
+    last_tick = {n: c.ticks(n)[-1] for n in GUESTS}
+    pass_log = "\n".join(f"  {e.get('MESSAGE')}" for e in c.journal("_SYSTEMD_UNIT=mgsave.service", since=since))
+    assert sorted(saved(c, since)) == HIGH, f"the host {how}:\n{pass_log}"
+    record = read_record(c.dir("mgsave") / "last-shutdown.json", "shutdown")
+    assert record is not None, f"no shutdown record; the host {how}:\n{pass_log}"
+    [replanned, *_] = [d for d in record["battery"] if d["step"] == "replanned"]
+    assert (replanned["runtime_seconds"], sorted(replanned["moved"])) == (DROP, LOW), record["battery"]
+    guests = {e["name"]: e for e in record["guests"].values()}
+    assert {n: guests[n]["outcome"] for n in HIGH} == dict.fromkeys(HIGH, "saved"), guests
+    assert guests[DEAF]["outcome"] == "powered-off", guests[DEAF]
+    for name in LOW:
+        assert guests[name]["outcome"] in ("shut-down", "powered-off"), guests[name]
+        assert "save" not in [s["action"] for s in guests[name]["steps"]], guests[name]
+        priority = f"priority {GUESTS[name]}"
+        assert any("re-planned" in m and priority in m for m in guests[name]["messages"]), guests[name]
+    return how, last_tick
