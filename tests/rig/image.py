@@ -84,9 +84,18 @@ if [ "$agent" = 1 ]; then
     for m in $(cat /lib/modules/agent-load-order); do
         insmod "/lib/modules/$m.ko" || echo "rig: insmod $m failed"
     done
+    # The device announces its ports after the module has loaded, asynchronously: on a loaded
+    # host the port can appear seconds later, so look for it for up to a minute.
     port=""
-    for p in /sys/class/virtio-ports/*; do
-        [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port="/dev/${p##*/}"
+    tries=0
+    while [ -z "$port" ] && [ "$tries" -lt 600 ]; do
+        for p in /sys/class/virtio-ports/*; do
+            [ "$(cat "$p/name" 2>/dev/null)" = org.qemu.guest_agent.0 ] && port="/dev/${p##*/}"
+        done
+        [ -n "$port" ] && [ -e "$port" ] && break
+        port=""
+        tries=$((tries + 1))
+        sleep 0.1
     done
     if [ -n "$port" ]; then
         mkdir -p /run/qga
