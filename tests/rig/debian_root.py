@@ -51,6 +51,8 @@ PACKAGES = (
     "man-db",
     # the rig's own tests run inside with this root's python3 (tests/rig/inroot.py)
     "python3-pytest",
+    # the programs libvirt runs for the compressed image formats (bench/formats.py measures them)
+    "zstd", "lzop", "bzip2", "xz-utils",
 )
 # The versions recorded in the root, by what they are called in a report.
 VERSIONED = {"Debian": None, "libvirt": "libvirt-daemon", "QEMU": "qemu-system-x86",
