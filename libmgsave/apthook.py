@@ -55,6 +55,7 @@ class Change(enum.StrEnum):
 
 @dataclass(frozen=True)
 class PackageChange:
+    """One package apt is about to upgrade, downgrade, reinstall or remove."""
     name: str  # without ":arch"
     old_version: str
     new_version: str | None  # None: removed
@@ -169,6 +170,7 @@ def _managed_image(connection: str, entry: dict) -> str | None:
 
 @dataclass(frozen=True)
 class Verdict:
+    """What the hook says to apt's user, and whether it stops the upgrade."""
     lines: tuple[str, ...]  # what to say, each without the "mgsave: " prefix; empty: nothing
     refuse: bool
 

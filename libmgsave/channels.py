@@ -63,6 +63,12 @@ def support(driver: str, libvirt_version: int, qemu_version: int | None, *,
     return ChannelSupport(channels is None, channels, formats)
 
 
+def daemon_may_offer(driver: str, libvirt_version: int) -> bool:
+    """Whether a daemon of this driver and version could offer channels or a per-call format,
+    before the rest (QEMU, the binding, the save directory) is asked."""
+    return driver == "QEMU" and libvirt_version >= FIRST_LIBVIRT
+
+
 def _why_not(driver: str, libvirt_version: int, qemu_version: int | None, managed_dir_known: bool,
              binding_problem: str | None, feature: str) -> str | None:
     if driver != "QEMU":

@@ -99,6 +99,7 @@ class Rearm(enum.Enum):
 
 @dataclass(frozen=True)
 class Decision:
+    """Whether the shutdown that is under way runs a pass, and why."""
     verdict: Verdict
     why: str  # for the log: what showed it, or what could not be asked
     rearm: Rearm | None = None  # only when the verdict runs no pass

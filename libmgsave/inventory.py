@@ -34,6 +34,7 @@ ON_PEER = "on peer"
 
 @dataclass(frozen=True)
 class GuestInfo:
+    """One guest as libvirt reports it at the start of a pass."""
     connection: str
     name: str
     uuid: str

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Wait:
+    """A span a guest spent waiting (for a slot, or a guest it is after)."""
     kind: WaitKind
     started: float
     finished: float
@@ -41,6 +42,7 @@ class Wait:
 
 @dataclass
 class StepResult:
+    """One step of a guest's chain, as it ran."""
     action: Action
     ok: bool
     started: float
@@ -64,6 +66,7 @@ class StepResult:
 
 @dataclass
 class GuestResult:
+    """One guest's whole pass: its plan, its steps and how it ended."""
     plan: GuestPlan
     outcome: Outcome
     steps: list[StepResult] = field(default_factory=list)
@@ -135,6 +138,7 @@ class GuestResult:
 
 @dataclass
 class PassResult:
+    """A whole pass: every guest's result, for the summary, the record and the report."""
     kind: PassKind
     dry_run: bool
     started: float

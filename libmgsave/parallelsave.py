@@ -131,11 +131,11 @@ _LIB: list = []
 def _library():
     """The C library the binding uses (already loaded: dlopen finds the same one), or None."""
     import ctypes
-    import ctypes.util
 
     if not _LIB:
         try:
-            lib = ctypes.CDLL(ctypes.util.find_library("virt") or "libvirt.so.0")
+            # By its soname, as the binding's module was linked: find_library would run ldconfig.
+            lib = ctypes.CDLL("libvirt.so.0")
             for name in ("virDomainSaveParams", "virDomainRestoreParams"):
                 call = getattr(lib, name)
                 call.restype = ctypes.c_int

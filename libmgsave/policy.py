@@ -100,6 +100,7 @@ class ImageFormat(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Ready:
+    """When a started guest counts as up, for the guests that wait on it."""
     kind: ReadyKind = ReadyKind.NONE
     seconds: float = 0.0  # DELAY: the delay; AGENT: how long to wait before giving up (warning)
 
@@ -212,6 +213,7 @@ def default_parallelism() -> int:
 
 @dataclass(frozen=True)
 class Limits:
+    """The policy's ``limits:``: parallelism and the passes' time budgets."""
     max_parallel_saves: int = dataclasses.field(default_factory=default_parallelism)
     max_parallel_starts: int = dataclasses.field(default_factory=default_parallelism)
     shutdown_deadline: float = 900.0  # seconds for the whole shutdown pass
@@ -223,6 +225,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Metrics:
+    """The policy's ``metrics:``."""
     textfile: str | None = None  # the Prometheus text file written after each pass; None: none
 
 
@@ -280,6 +283,7 @@ class Upgrades:
 
 @dataclass(frozen=True)
 class Policy:
+    """A whole policy, checked and built: what every pass and command reads."""
     version: int = 1
     source: str | None = None  # the file it came from; None for the built-in defaults
     connections: tuple[str, ...] = DEFAULT_CONNECTIONS

@@ -26,6 +26,7 @@ GAP = "  "
 
 @dataclass(frozen=True)
 class Column:
+    """One column of a text table."""
     header: str
     shrink: bool = False  # may be cut to fit (on a terminal)
     right: bool = False  # numbers: aligned on the right

@@ -52,6 +52,7 @@ class LocatedWarning:
 
 @dataclass(frozen=True)
 class CheckResult:
+    """What ``mgsave check`` found in the policy."""
     problems: tuple[Problem, ...]  # empty: the policy is valid
     warnings: tuple[LocatedWarning, ...]
     strict: bool = False  # --strict: the warnings are errors too

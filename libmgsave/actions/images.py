@@ -27,6 +27,7 @@ class ImagesOptions:
 
 @dataclass(frozen=True)
 class ImagesResult:
+    """What ``mgsave images remove`` could not do."""
     unknown: tuple[str, ...] = ()  # names asked for that are not kept files
     failed: tuple[str, ...] = ()  # kept files that could not be removed
     refused: str | None = None  # why nothing was removed at all (an insecure state directory)

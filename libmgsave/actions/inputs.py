@@ -8,14 +8,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from libmgsave import units
-from libmgsave.actions import held
 from libmgsave.context import Context, PassLog
 from libmgsave.diskspace import free_bytes, save_room
 from libmgsave.errors import HypervisorError, PolicyError, Problem
 from libmgsave.history import HostShutdown, RecordedPass
 from libmgsave.hypervisor import Connections
-from libmgsave.plan import FILES_ROOM, Plan, plan_boot, plan_shutdown
-from libmgsave.plan.boot import peer_questions
+from libmgsave.plan import FILES_ROOM, Plan
 from libmgsave.policy import BUILTIN_POLICY, Policy, PolicyChoice, PolicyOrigin, copy_stamp
 from libmgsave.state import policy_copy
 from libmgsave.state.kept import kept_beside, kept_files, kept_usage, over_share_warning
@@ -189,6 +187,7 @@ def shutdown_plan(ctx: Context, guests, policy: Policy, deadline: float | None =
     each connection offers of parallel save channels, and what the peers of guests to migrate
     answer now; for ``host_shutdown``, the kind of shutdown (None: not known)."""
     from libmgsave import peers
+    from libmgsave.plan.shutdown import plan_shutdown  # a boot pass does not load it
 
     previous = ctx.state.last_shutdown(quiet=True)
     room = {uri: save_room(uri) for uri in policy.connections}
@@ -244,6 +243,8 @@ def boot_plan(ctx: Context, pass_log: PassLog, guests, policy: Policy, connectio
     with what the peers say of the guests the record places there that are defined here again.
     ``restore_unrecorded``: see ``state.images.transient_images_without_record``."""
     from libmgsave import peers
+    from libmgsave.actions import held  # a shutdown pass loads none of these
+    from libmgsave.plan.boot import peer_questions, plan_boot
 
     record = pass_log.gather(lambda warnings: ctx.state.last_shutdown(warnings=warnings))
     boot = ctx.state.last_boot(quiet=True)

@@ -33,6 +33,7 @@ class PlanOptions:
 
 @dataclass(frozen=True)
 class PlanResult:
+    """What ``mgsave plan`` could not plan."""
     policy_broken: bool
     unknown_guests: tuple[str, ...]  # named on the command line, not a guest on any connection
 

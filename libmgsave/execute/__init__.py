@@ -13,8 +13,6 @@ goes through ``hypervisor.Connections``, which reconnects when a daemon went awa
 from __future__ import annotations
 
 from libmgsave.events import EventKind, Events
-from libmgsave.execute.boot import BootPass
-from libmgsave.execute.shutdown import ShutdownPass
 from libmgsave.outcomes import GuestResult, Outcome
 from libmgsave.plan import Plan
 
@@ -41,3 +39,15 @@ def skipped_results(plan: Plan) -> list[GuestResult]:
             result = GuestResult(entry, Outcome.SKIPPED, messages=[entry.reason])
         results.append(result)
     return results
+
+
+def __getattr__(name: str):
+    """``BootPass`` and ``ShutdownPass``, imported when first asked for: a pass loads only the
+    executor it runs."""
+    if name == "BootPass":
+        from libmgsave.execute.boot import BootPass
+        return BootPass
+    if name == "ShutdownPass":
+        from libmgsave.execute.shutdown import ShutdownPass
+        return ShutdownPass
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -57,6 +57,7 @@ class Facts:
 
 @dataclass(frozen=True)
 class JobProgress:
+    """How far a running save or migration has got."""
     processed: int  # bytes
     total: int  # bytes; 0 when libvirt does not know yet
 

@@ -8,7 +8,7 @@ import time
 import libvirt
 
 from libmgsave import console, interrupt, parallelsave
-from libmgsave.channels import ChannelSupport, support
+from libmgsave.channels import ChannelSupport, daemon_may_offer, support
 from libmgsave.domainxml import DefinitionError, stopped_transient_guest, uuid_of
 from libmgsave.errors import GuestGone, HypervisorUnavailable, OperationRefused
 from libmgsave.hypervisor.guest import Facts, Guest, image_on_disk
@@ -211,8 +211,10 @@ class Host:
             why = f"could not ask {self.uri}: {error.get_error_message() or error}"
             return ChannelSupport(False, why, why)
         known = managed_save_dir(self.uri) is not None and not save_dir_moved(self.uri)
-        return support(driver, lib_version, qemu_version, managed_dir_known=known,
-                       binding_problem=parallelsave.binding_problem())
+        # The binding is asked only when the daemon could take channels: asking may load the C
+        # library through ctypes, a tenth of a pass's start-up, for nothing on an older libvirt.
+        problem = parallelsave.binding_problem() if daemon_may_offer(driver, lib_version) else None
+        return support(driver, lib_version, qemu_version, managed_dir_known=known, binding_problem=problem)
 
     def restore_params(self, path: str, channels: int, flags: int) -> None:
         """virDomainRestoreParams of ``path`` with ``channels`` channels; raises as

@@ -13,13 +13,23 @@ what happens.
 
 from __future__ import annotations
 
-from libmgsave.plan.boot import plan_boot
 from libmgsave.plan.model import (DEADLINE_RESERVE, DEFAULT_SAVE_THROUGHPUT, FILES_ROOM, Action, GuestKey, GuestPlan,
                                   PassKind, Plan, SaveRate)
 from libmgsave.plan.ordering import AfterProblem, after_problems
-from libmgsave.plan.shutdown import plan_shutdown
 
 __all__ = [
     "DEADLINE_RESERVE", "DEFAULT_SAVE_THROUGHPUT", "FILES_ROOM", "Action", "GuestKey", "GuestPlan", "PassKind", "Plan",
     "AfterProblem", "SaveRate", "after_problems", "plan_boot", "plan_shutdown",
 ]
+
+
+def __getattr__(name: str):
+    """``plan_boot`` and ``plan_shutdown``, imported when first asked for: a pass loads only the
+    planner it runs (each is a tenth of the pass's start-up with what it imports)."""
+    if name == "plan_boot":
+        from libmgsave.plan.boot import plan_boot
+        return plan_boot
+    if name == "plan_shutdown":
+        from libmgsave.plan.shutdown import plan_shutdown
+        return plan_shutdown
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -130,6 +130,7 @@ class GuestPlan:
 
 @dataclass(frozen=True)
 class Plan:
+    """One pass's decisions: every guest's plan, in the order they run."""
     kind: PassKind
     entries: tuple[GuestPlan, ...]  # in execution order
     limits: Limits

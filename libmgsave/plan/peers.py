@@ -63,6 +63,7 @@ def migration_seconds(memory_bytes: int, settings: Migrate, rate: float) -> floa
 
 @dataclass(frozen=True)
 class PeerChoice:
+    """The peer a guest migrates to, or why none can take it."""
     peer: str | None  # None: no peer can take it (``why`` says why)
     estimate: float | None = None  # seconds from the pass's start to the migration's end
     why: str | None = None

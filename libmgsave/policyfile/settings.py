@@ -149,6 +149,7 @@ def setting_text(value: object) -> str:
 
 @dataclass(frozen=True)
 class Setting:
+    """One per-guest setting of the schema, and how its value is built."""
     name: str
     build: Callable[[object], object]  # the checked YAML value -> the model's value
 

@@ -27,6 +27,7 @@ class CredentialsError(MgsaveError):
 
 @dataclass(frozen=True)
 class Credentials:
+    """The UPS's user and password, from the root-only file."""
     username: str
     password: str = field(repr=False)
 

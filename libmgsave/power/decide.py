@@ -25,6 +25,7 @@ class Verdict(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Decision:
+    """What the watch does after one reading of the UPS, and why."""
     verdict: Verdict
     why: str
     state: PowerState

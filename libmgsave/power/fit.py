@@ -16,6 +16,7 @@ from libmgsave.power.ups import read_ups
 
 @dataclass(frozen=True)
 class PlanFit:
+    """Whether the shutdown plan fits the runtime the UPS reports."""
     reading: UpsReading
     needed: float  # seconds the shutdown plan needs
     margin: float

@@ -43,6 +43,7 @@ UNDER_WAY_READINGS = 12
 
 @dataclass(frozen=True)
 class WatchHooks:
+    """What the watch reads and does, given to it (the real ones, or a test's)."""
     read: Callable[[], UpsReading]  # one reading of the UPS; never raises
     needed: Callable[[], float]  # the seconds the shutdown plan needs now; never raises
     start_shutdown: Callable[[Decision], bool]  # runs the shutdown command; True when it succeeded

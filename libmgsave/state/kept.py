@@ -30,6 +30,7 @@ _SET_ASIDE = (f"{SHUTDOWN_RECORD}.untrusted-", f"{BOOT_RECORD}.untrusted-")
 
 @dataclass(frozen=True)
 class KeptFile:
+    """An image or file mgsave keeps for the admin to look at or remove."""
     # What ``mgsave images remove`` takes: the path relative to the state directory, or the
     # whole path of an image kept beside libvirt's
     name: str
@@ -87,6 +88,7 @@ def _regular_in(base: Path, *where: str) -> dict[str, os.stat_result]:
 
 @dataclass(frozen=True)
 class KeptUsage:
+    """What the kept files take, against their file system."""
     files: int
     bytes: int
     filesystem_bytes: int | None  # the size of the state directory's file system; None: unknown

@@ -34,6 +34,7 @@ class CopyUnusable(Exception):
 
 @dataclass(frozen=True)
 class PolicyCopy:
+    """The last policy file a pass accepted, as kept in the state directory."""
     source: str  # the policy file's absolute path
     data: bytes  # its bytes when they were accepted
     digest: str  # "sha256:<hex>" of ``data``

@@ -29,6 +29,7 @@ _CARRIED_OVER_SLACK = 1.0
 
 @dataclass(frozen=True)
 class Phase:
+    """One span of a guest's row: a step or a wait."""
     kind: str  # a step's action, or one of WAIT_KINDS
     started: float
     finished: float
@@ -46,6 +47,7 @@ class Phase:
 
 @dataclass(frozen=True)
 class Row:
+    """One guest's row of the timeline."""
     name: str
     connection: str
     outcome: str
@@ -54,6 +56,7 @@ class Row:
 
 @dataclass(frozen=True)
 class PassTimeline:
+    """A whole pass, as the timeline draws it."""
     kind: str  # "shutdown" or "boot"
     started: float
     finished: float
