@@ -124,6 +124,10 @@ def sweep_stale(parent: str) -> None:
         shutil.rmtree(wd, ignore_errors=True)
 
 
+# Set inside: a test may change the root's files there (the overlay is thrown away afterwards).
+THROWAWAY_ENV = "MGSAVE_RIG_THROWAWAY_ROOT"
+
+
 def run_tests(root: Path, pytest_args: list[str], *, timeout: float = 3600, log=None) -> InnerRun:
     """``python3 -m pytest <pytest_args>`` inside ``root`` (see the module docstring).
 
@@ -158,7 +162,7 @@ def run_inside(root: Path, shell_command: str, *, timeout: float = 3600, log=Non
             "systemd-nspawn", "-D", f"{workdir}/root", f"--machine={re.sub('[^A-Za-z0-9-]', 'x', workdir.name)}", "--quiet",
             "--register=no", "--keep-unit", "--as-pid2", "--private-network", "--console=pipe", f"--chdir={CHECKOUT}",
             f"--bind-ro={CHECKOUT}", f"--bind-ro={image}", f"--bind={workdir}/out:{OUT}",
-            f"--setenv={PREBUILT_ENV}={image}", "--setenv=CI=true", "--setenv=PYTHONDONTWRITEBYTECODE=1",
+            f"--setenv={PREBUILT_ENV}={image}", f"--setenv={THROWAWAY_ENV}=1", "--setenv=CI=true", "--setenv=PYTHONDONTWRITEBYTECODE=1",
             "--setenv=PYTHONUNBUFFERED=1", "--setenv=LANG=C.UTF-8", "--setenv=HOME=/root",
             "sh", "-c", inner,
         ]
