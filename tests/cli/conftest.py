@@ -16,17 +16,22 @@ def quiet_host(tmp_path, monkeypatch):
     monkeypatch.setattr(conflicts, "host_conflicts", functools.partial(conflicts.host_conflicts, root=tmp_path / "root"))
 
 
-def policy_runner(tmp_path, capsys, policy: str):
-    """``run(*args)``: mgsave on the test driver with ``policy`` (written once), its state in
-    ``tmp_path``; returns (exit code, standard output)."""
-    path = tmp_path / "policy.yaml"
+def policy_runner(tmp_path, capsys, policy: str, *, stderr: bool = False, name: str = "policy.yaml"):
+    """``run(*args)``: mgsave on the test driver with ``policy`` (written once, to ``name`` in
+    ``tmp_path``), its state in ``run.state_dir``; returns (exit code, standard output), and
+    standard error after them with ``stderr``."""
+    path = tmp_path / name
     path.write_text(policy)
     os.chmod(path, 0o644)
+    state_dir = tmp_path / "state"
 
     def run(*args):
         capsys.readouterr()
-        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(path), *args])
-        return code, capsys.readouterr().out
+        code = cli.main(["--connect", URI, "--state-dir", str(state_dir), "--policy", str(path), *args])
+        out, err = capsys.readouterr()
+        return (code, out, err) if stderr else (code, out)
+
+    run.state_dir = state_dir
     return run
 
 

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
-from libmgsave import cli
 from libmgsave.errors import ExitCode
-from tests.testdriver import URI, define, domain_xml, hv  # noqa: F401
+from tests.cli.conftest import policy_runner
+from tests.testdriver import define, domain_xml, hv  # noqa: F401
 
 POLICY = """\
 version: 1
@@ -28,18 +28,7 @@ guests:
 @pytest.fixture
 def mgsave(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    os.chmod(policy, 0o644)
-
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy), *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    run.state_dir = tmp_path / "state"
-    return run
+    return policy_runner(tmp_path, capsys, POLICY, stderr=True)
 
 
 def _setting(out: str, name: str) -> str:

@@ -12,12 +12,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from libmgsave import cli, state
+from libmgsave import state
 from libmgsave.errors import ExitCode
 from libmgsave.timeline import svg
+from tests.cli.conftest import policy_runner
 from tests.cli.terminal import terminal
 from tests.pngcheck import colours
-from tests.testdriver import URI, define, hv  # noqa: F401
+from tests.testdriver import define, hv  # noqa: F401
 
 # One save at a time, so that guests wait for a slot; db is ready a moment after it resumes,
 # and web1 is after db (it stops before db, and starts once db is ready).
@@ -37,18 +38,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
 
 @pytest.fixture
 def mgsave(tmp_path, capsys):
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY)
-    os.chmod(policy, 0o644)
-
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy), *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    run.state_dir = tmp_path / "state"
-    return run
+    return policy_runner(tmp_path, capsys, POLICY, stderr=True)
 
 
 def _cycle(hv, mgsave):
@@ -159,16 +149,7 @@ LONG_NAME = "build-runner-with-a-really-long-descriptive-name"
 @pytest.fixture
 def ordered(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
-    policy = tmp_path / "ordered.yaml"
-    policy.write_text(ORDERED)
-    os.chmod(policy, 0o644)
-
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy), *args])
-        return code, *capsys.readouterr()
-
-    return run
+    return policy_runner(tmp_path, capsys, ORDERED, stderr=True, name="ordered.yaml")
 
 
 def _ordered_cycle(hv, ordered):

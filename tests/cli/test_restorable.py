@@ -11,14 +11,14 @@ The test driver offers no machine types and cannot read a saved image's definiti
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from libmgsave import cli, state
+from libmgsave import state
 from libmgsave.errors import ExitCode
 from libmgsave.state.writer import write_json_atomic
-from tests.testdriver import URI, hv  # noqa: F401
+from tests.cli.conftest import policy_runner
+from tests.testdriver import hv  # noqa: F401
 
 GUEST = ("<domain type='test'><name>db</name><memory>262144</memory>"
          "<os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type></os>"
@@ -31,17 +31,8 @@ CHANGED = "QEMU changed since the save (0.0.1 -> 0.0.2): expected to resume"
 def mgsave(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("COLUMNS", "250")
-    policy = tmp_path / "policy.yaml"
-    policy.write_text("version: 1\n")
-    os.chmod(policy, 0o644)
-
-    def run(*args):
-        capsys.readouterr()
-        code = cli.main(["--connect", URI, "--state-dir", str(tmp_path / "state"), "--policy", str(policy), *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    run.record = tmp_path / "state" / state.SHUTDOWN_RECORD
+    run = policy_runner(tmp_path, capsys, "version: 1\n", stderr=True)
+    run.record = run.state_dir / state.SHUTDOWN_RECORD
     return run
 
 
