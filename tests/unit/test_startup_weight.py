@@ -1,9 +1,10 @@
 """What a pass loads before its first save: counted, never timed (bench/run startup times it).
 
-A shutdown pass on libvirt's test driver, stopped at its first save, must not have loaded the boot
-pass's planner and executor, the held-image checks, or ctypes (which the channels' fallback loads
-only when a daemon could take channels); and every dataclass of the package has a docstring,
-without which ``dataclass()`` builds one with ``inspect.signature`` at import.
+A shutdown pass on libvirt's test driver, stopped at its first save (bench/run startup's probe),
+must not have loaded the boot pass's planner and executor, the held-image checks, or ctypes
+(which the channels' fallback loads only when a daemon could take channels); and every dataclass
+of the package has a docstring, without which ``dataclass()`` builds one with
+``inspect.signature`` at import.
 """
 
 from __future__ import annotations
@@ -13,38 +14,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.startup import FIRST_CALL_PROBE, modules_at_first_call
+
 ROOT = Path(__file__).resolve().parents[2]
-
-PROBE = """\
-import os, sys
-import libvirt
-
-def stop(*args, **kwargs):
-    sys.stderr.write("LOADED " + " ".join(sorted(sys.modules)) + "\\n")
-    sys.stderr.flush()
-    os._exit(0)
-
-libvirt.virDomain.managedSave = stop
-from libmgsave import cli
-cli.main(sys.argv[1:])
-sys.exit("no guest was saved")
-"""
 
 NOT_ON_THE_SHUTDOWN_PATH = ("libmgsave.plan.boot", "libmgsave.execute.boot", "libmgsave.actions.held",
                             "libmgsave.restorable", "libmgsave.timeline", "ctypes", "jsonschema")
 
 
 def _loaded_at_first_save(tmp_path: Path) -> set[str]:
+    """The modules of ``mgsave shutdown`` at its first save, by bench/run startup's probe, the
+    policy validated by a run before (as in the usual pass)."""
     policy = tmp_path / "policy.yaml"
     policy.write_text("version: 1\n")
-    state = tmp_path / "state"
-    argv = [sys.executable, "-c", PROBE, "--policy", str(policy), "--connect", "test:///default",
-            "--state-dir", str(state), "shutdown"]
-    subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120)  # validates, keeps
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120)
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("LOADED ")]
-    assert lines, f"the pass never reached its first save:\n{proc.stdout}\n{proc.stderr}"
-    return set(lines[0].split()[1:])
+    argv = [sys.executable, "-c", FIRST_CALL_PROBE, "--state-dir", str(tmp_path / "state"),
+            "--policy", str(policy), "--connect", "test:///default", "shutdown"]
+    subprocess.run(argv, capture_output=True, cwd=ROOT, timeout=120)  # validates the policy, keeps it
+    loaded = modules_at_first_call(argv, cwd=ROOT)
+    assert loaded is not None, "the pass never reached its first save"
+    return set(loaded)
 
 
 def test_a_shutdown_pass_loads_nothing_of_the_boot_pass_before_its_first_save(tmp_path):
