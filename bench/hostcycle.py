@@ -98,15 +98,17 @@ class Host:
             conn.close()
         note(f"{len(self.names)} guests ({self.args.memory} MiB, {self.args.fill} MiB filled) booting")
         self.c.wait_ticking(self.names, timeout=300 + 60 * len(self.names) + self.args.fill / 10)
-        self.wait_filled()
-        self.boots = {n: self.c.guest_boots(n) for n in self.names}
+        self.wait_filled(self.names)
 
-    def wait_filled(self, timeout: float = 1800) -> None:
+    def wait_filled(self, names: list[str], timeout: float = 1800) -> None:
+        """Until each of ``names`` has filled its memory in its latest boot (each boot fills it
+        once); then their boots are the ones to resume."""
         deadline = time.monotonic() + timeout
-        while not all(b"rig: filled" in self.c.serial(n) for n in self.names):
+        while not all(self.c.serial(n).count(b"rig: filled") >= self.c.guest_boots(n) for n in names):
             if time.monotonic() > deadline:
-                raise RuntimeError("guests did not finish filling their memory")
+                raise RuntimeError(f"{names}: did not finish filling their memory")
             time.sleep(1)
+        self.boots.update({n: self.c.guest_boots(n) for n in names})
 
     def without_stop(self, unit: str) -> None:
         """Stop ``unit`` without running its ExecStop (which would save or stop the guests)."""
@@ -233,16 +235,6 @@ class Host:
         if fresh:
             raise RuntimeError(f"booted afresh instead of resumed: {fresh}")
 
-    def refill(self, lost: list[str]) -> None:
-        """The guests booted afresh, filled again before the next round (their boot fills them)."""
-        self.c.wait_ticking(lost, timeout=300 + self.args.fill / 10)
-        deadline = time.monotonic() + 1800
-        while not all(self.c.serial(n).count(b"rig: filled") >= self.c.guest_boots(n) for n in lost):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{lost}: did not finish filling their memory after booting afresh")
-            time.sleep(1)
-        self.boots.update({n: self.c.guest_boots(n) for n in lost})
-
     @property
     def save_dir(self) -> Path:
         """The host's libvirt save directory, seen from outside (the same file system)."""
@@ -272,7 +264,8 @@ class Host:
         self.check_resumed(before, out["lost"])
         if out["lost"]:
             note(f"  {contender} lost the saved state of {', '.join(out['lost'])}: booted afresh")
-            self.refill(out["lost"])
+            self.c.wait_ticking(out["lost"], timeout=300 + self.args.fill / 10)
+            self.wait_filled(out["lost"])  # booted afresh: filled again before the next round
         return out
 
 
