@@ -212,7 +212,8 @@ class Host:
             return ChannelSupport(False, why, why)
         known = managed_save_dir(self.uri) is not None and not save_dir_moved(self.uri)
         # The binding is asked only when the daemon could take channels: asking may load the C
-        # library through ctypes, a tenth of a pass's start-up, for nothing on an older libvirt.
+        # library through ctypes (importing ctypes.util alone takes 8-10 ms here), for nothing
+        # on an older libvirt.
         problem = parallelsave.binding_problem() if daemon_may_offer(driver, lib_version) else None
         return support(driver, lib_version, qemu_version, managed_dir_known=known, binding_problem=problem)
 

@@ -25,7 +25,7 @@ __all__ = [
 
 def __getattr__(name: str):
     """``plan_boot`` and ``plan_shutdown``, imported when first asked for: a pass loads only the
-    planner it runs (each is a tenth of the pass's start-up with what it imports)."""
+    planner it runs, and what that imports."""
     if name == "plan_boot":
         from libmgsave.plan.boot import plan_boot
         return plan_boot
